@@ -1,0 +1,52 @@
+"""wbc_nnabla: CNN white-blood-cell screening on Sony's nnabla (Sasaki et al., 2020)."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "wbc_nnabla" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="wbc_nnabla",
+    version=VERSION,
+    description=(
+        "Reference nnabla implementation of Sasaki et al. (2020), CNN analysis of "
+        "peripheral blood smears for leukocyte classification"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["wbc_nnabla", "wbc_nnabla.*"]),
+    include_package_data=True,
+    package_data={"wbc_nnabla": ["data/demo_pbc/*", "data/demo_pbc/*/*"]},
+    # nnabla 1.39 ships wheels for CPython 3.8-3.10 only.
+    python_requires=">=3.8,<3.11",
+    install_requires=[
+        "nnabla>=1.39,<1.40",
+        "numpy",
+        # Same cv2 module as opencv-python, without the GUI libraries a server lacks.
+        "opencv-python-headless",
+        "scipy",
+        "pandas",
+        "matplotlib",
+        "tqdm",
+        # ONNX export for the fast CPU backends; declared here (not installed later)
+        # so the resolver keeps protobuf at the 3.20 line nnabla needs.
+        "onnx>=1.14,<1.18",
+    ],
+    extras_require={
+        "cuda116": ["nnabla-ext-cuda116>=1.39,<1.40"],
+        "cuda120": ["nnabla-ext-cuda120>=1.39,<1.40"],
+        "onnxruntime": ["onnxruntime>=1.16"],
+        "test": ["pytest>=7", "onnxruntime>=1.16", "nbformat", "nbconvert", "ipykernel"],
+    },
+    entry_points={"console_scripts": ["wbc-nnabla=wbc_nnabla.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.8",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
