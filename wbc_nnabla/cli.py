@@ -46,7 +46,14 @@ def _add_io(sub) -> None:
     p.set_defaults(func=_cmd_cells)
 
 
-# ----------------------------------------------------------------------------- datasets (issue 3)
+# ----------------------------------------------------------------------------- cells: segment, locate (issue 3)
+
+
+def _add_cells(sub) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------- datasets: build-dataset (issue 3)
 
 
 def _add_datasets(sub) -> None:
@@ -74,7 +81,14 @@ def _add_scoring(sub) -> None:
     pass
 
 
-# ----------------------------------------------------------------------------- pipeline, Grad-CAM (issue 7)
+# ----------------------------------------------------------------------------- Grad-CAM (issue 7)
+
+
+def _add_gradcam(sub) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------- pipeline: reproduce, demo (issue 7)
 
 
 def _cmd_demo(args) -> int:
@@ -101,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbc-nnabla {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_io, _add_datasets, _add_training, _add_inference, _add_scoring, _add_pipeline):
+    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_scoring,
+                _add_gradcam, _add_pipeline):
         add(sub)
     return parser
 

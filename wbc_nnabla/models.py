@@ -32,10 +32,18 @@ ARCHS = {
 
 
 def normalize(x: nn.Variable) -> nn.Variable:
-    """ImageNet normalisation of a [0, 1] RGB batch ``(N, 3, H, W)``."""
-    mean = nn.Variable.from_numpy_array(np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1))
-    std = nn.Variable.from_numpy_array(np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1))
-    return (x - mean) / std
+    """ImageNet normalisation of a [0, 1] RGB batch ``(N, 3, H, W)``.
+
+    The constants are stored as non-trainable parameters ``preprocess/scale``
+    and ``preprocess/bias`` (``(1, 3, 1, 1)``): a plain constant Variable would
+    not be saved in an ``.nnp``, while parameters travel with the model.
+    """
+    scale = 1.0 / np.array(IMAGENET_STD, np.float32)
+    bias = -np.array(IMAGENET_MEAN, np.float32) * scale
+    with nn.parameter_scope("preprocess"):
+        s = nn.parameter.get_parameter_or_create("scale", (1, 3, 1, 1), scale.reshape(1, 3, 1, 1), need_grad=False)
+        b = nn.parameter.get_parameter_or_create("bias", (1, 3, 1, 1), bias.reshape(1, 3, 1, 1), need_grad=False)
+    return x * s + b
 
 
 def conv_bn(x, out_channels: int, kernel: int, stride: int, name: str, bn_name: str,
@@ -127,3 +135,83 @@ def arch_of(params: Sequence[str]) -> str:
         if tuple(layers) == blocks and (kind == "bottleneck") == bottle:
             return arch
     raise ValueError(f"parameters do not form a supported ResNet (blocks per stage {blocks})")
+
+
+# ----------------------------------------------------------------------------- model files
+#
+# A wbc_nnabla model file is a standard nnabla ``.nnp`` (loadable by
+# ``nnabla.utils.nnp_graph.NnpLoader`` and ``nnabla_cli infer``) with:
+#   network "inference": input "x" (N, 3, S, S) float32 RGB in [0, 1],
+#                        output "y" (N, C) softmax probabilities (test-mode BatchNorm);
+#   executor "inference" over it;
+#   an extra zip member "wbc_nnabla.json" with MODEL_META (arch, class names,
+#   input size), which nnabla's loaders ignore.
+
+import json as _json
+import zipfile as _zipfile
+
+META_NAME = "wbc_nnabla.json"
+
+
+def model_meta(arch: str, class_names: Sequence[str], size: int, **extra) -> dict:
+    """The description stored with a model: ``arch``, ``class_names``, ``input_size`` (pixels)."""
+    from . import __version__
+    return dict(format="wbc_nnabla-model/1", arch=arch, class_names=list(class_names),
+                num_classes=len(class_names), input_size=int(size), wbc_nnabla=__version__, **extra)
+
+
+def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
+    """Save parameters ``{name: ndarray or nn.Variable}`` as a self-describing inference ``.nnp``.
+
+    The graph is rebuilt from ``meta['arch']``/``meta['num_classes']`` at
+    ``meta['input_size']`` in test mode, so the file holds only what inference needs.
+    Written atomically.
+    """
+    import nnabla.utils.save as nn_save
+
+    from .io import atomic_path
+    size = int(meta["input_size"])
+    with nn.parameter_scope("__save_nnp"):
+        for k, v in params.items():
+            arr = v.d if isinstance(v, nn.Variable) else np.asarray(v)
+            nn.parameter.get_parameter_or_create(k, arr.shape, need_grad="/mean" not in k and "/var" not in k)
+            nn.get_parameters(grad_only=False)[k].d = arr
+        x = nn.Variable(input_shape(batch_size, size))
+        y = F.softmax(resnet(x, meta["arch"], int(meta["num_classes"]), test=True))
+        contents = {
+            "networks": [{"name": "inference", "batch_size": batch_size,
+                          "outputs": {"y": y}, "names": {"x": x}}],
+            "executors": [{"name": "inference", "network": "inference", "data": ["x"], "output": ["y"]}],
+        }
+        with atomic_path(path) as tmp:
+            nn_save.save(str(tmp), contents, variable_batch_size=True)
+            with _zipfile.ZipFile(tmp, "a") as z:
+                z.writestr(META_NAME, _json.dumps(meta, indent=2))
+    _drop_scope("__save_nnp")
+
+
+def _drop_scope(scope: str) -> None:
+    # nnabla has no public "delete scope"; parameters created under a temporary
+    # scope are removed from the global dict so they never leak into training.
+    import nnabla.parameter as P
+    P.current_scope.pop(scope, None)
+
+
+def read_meta(path) -> dict:
+    """The model description stored in a wbc_nnabla ``.nnp``; ``{}`` for a plain nnabla ``.nnp``."""
+    try:
+        with _zipfile.ZipFile(path) as z:
+            if META_NAME in z.namelist():
+                return _json.loads(z.read(META_NAME))
+    except _zipfile.BadZipFile:
+        raise ValueError(f"{path}: not an .nnp file (expected a zip archive written by nnabla)") from None
+    return {}
+
+
+def load_parameters(path) -> dict:
+    """Parameters ``{name: ndarray}`` of a ``.nnp`` or ``.h5`` file, without touching the global scope."""
+    with nn.parameter_scope("__load"):
+        nn.load_parameters(str(path))
+        params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+    _drop_scope("__load")
+    return params
