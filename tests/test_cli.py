@@ -1,0 +1,32 @@
+"""The command line: --help, --version, one-line errors."""
+import subprocess
+import sys
+
+import pytest
+
+from wbc_nnabla import __version__, cli
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "demo" in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "wbc_nnabla.cli", "--version"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"wbc-nnabla {__version__}"
+
+
+def test_cells_command_and_one_line_error(capsys, demo_dir, tmp_path):
+    assert cli.main(["cells", str(demo_dir)]) == 0
+    assert "120 cells" in capsys.readouterr().out
+    (tmp_path / "bad.csv").write_text("path,label\na.png,Blast\n")
+    assert cli.main(["cells", str(tmp_path / "bad.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "Blast" in err and "bad.csv:2" in err and "Traceback" not in err
