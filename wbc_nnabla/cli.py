@@ -49,58 +49,546 @@ def _add_io(sub) -> None:
 # ----------------------------------------------------------------------------- cells: segment, locate (issue 3)
 
 
+def _image_inputs(items) -> list:
+    """Image files named on the command line: files as given, folders searched recursively."""
+    from . import io
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file() and io.is_image_file(q))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise CLIError(f"{p}: no such image file or folder")
+    if not out:
+        raise CLIError(f"no images ({', '.join(io.IMAGE_EXTENSIONS)}) in {', '.join(map(str, items))}")
+    return out
+
+
+def _cmd_segment(args) -> int:
+    import numpy as np
+    from . import cells, io
+    paths = _image_inputs(args.inputs)
+    out = Path(args.out)
+    io.check_not_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in args.inputs])
+    stems = {}
+    for p in paths:
+        if p.stem in stems:
+            raise CLIError(f"{p} and {stems[p.stem]} would both write {p.stem}.png; segment them separately")
+        stems[p.stem] = p
+    tiles, empty = [], 0
+    for p in paths:
+        rgb = io.read_rgb(p)
+        mask, nucleus = cells.segment_wbc(rgb)
+        empty += int(not mask.any())
+        io.write_image(out / f"{p.stem}.png", mask.astype(np.uint8) * 255)
+        if len(tiles) < args.gallery:
+            tiles.append(cells.overlay(rgb, mask, nucleus, size=160))
+    if tiles:
+        io.write_image(out / "gallery.png", cells.contact_sheet(tiles, 8))
+    print(f"{len(paths)} masks (0 outside, 255 WBC) in {out}; {empty} without a nucleus (empty mask); "
+          f"overlay of the first {len(tiles)} in {out / 'gallery.png'}")
+    return 0
+
+
+def _cmd_locate(args) -> int:
+    import pandas as pd
+    from . import cells, io
+    paths = _image_inputs(args.inputs)
+    out = Path(args.out)
+    io.check_not_inside(out.parent, [p if Path(p).is_dir() else Path(p).parent for p in args.inputs])
+    rows = []
+    for p in paths:
+        for x, y in cells.locate_wbcs(io.read_rgb(p)):
+            rows.append({"image": str(p), "x": round(float(x), 1), "y": round(float(y), 1)})
+    with io.atomic_path(out) as tmp:
+        pd.DataFrame(rows, columns=["image", "x", "y"]).to_csv(tmp, index=False, lineterminator="\n")
+    print(f"{len(rows)} WBC centres in {len(paths)} fields -> {out}")
+    return 0
+
+
 def _add_cells(sub) -> None:
-    pass
+    p = sub.add_parser("segment", help="WBC masks (background removal, dataset 1 of section II.3)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS",
+                   help="single-cell crops, or folders searched recursively")
+    p.add_argument("--out", required=True, help="output folder: one mask PNG per image (same stem)")
+    p.add_argument("--gallery", type=int, default=48, metavar="N",
+                   help="overlay the first N cells in OUT/gallery.png (default 48, 0 = none)")
+    p.set_defaults(func=_cmd_segment)
+    p = sub.add_parser("locate", help="WBC centres in smear field images")
+    p.add_argument("inputs", nargs="+", metavar="FIELDS_OR_FOLDERS",
+                   help="field images, or folders searched recursively")
+    p.add_argument("--out", required=True, help="CSV with one image,x,y row per located WBC (pixels)")
+    p.set_defaults(func=_cmd_locate)
 
 
 # ----------------------------------------------------------------------------- datasets: build-dataset (issue 3)
 
 
+def _cmd_build_dataset(args) -> int:
+    import json
+    import time
+
+    from . import datasets
+    if args.background is None and not args.inference:
+        raise CLIError("--background is required: remove (dataset ①, only the WBC kept) or keep (dataset ②)")
+    t0 = time.time()
+    try:
+        out = datasets.build_dataset(
+            args.source, args.out, background=args.background, crop=args.crop, crop_um=args.crop_um,
+            pixel_um=args.pixel_um, size=args.size, total=args.total, valid_fraction=args.valid_fraction,
+            seed=args.seed, inference=args.inference, locate=args.locate, skip_bad=args.skip_bad,
+            overwrite=args.overwrite, pad_mode=args.pad_mode, progress=not args.no_progress)
+    except ValueError as e:  # LabelError and SourceError are ValueErrors too: one line, no traceback
+        raise CLIError(str(e)) from None
+    report = json.loads((out / "build_report.json").read_text(encoding="utf-8"))
+    print(f"{report['cells']} source cells -> {report['images']} images ({report['mode']}, background "
+          f"{report['background']}) in {time.time() - t0:.1f} s")
+    for c, d in report["classes"].items():
+        if report["mode"] == "inference":
+            print(f"  {c:10s} {d['sources']:6d} cells")
+        else:
+            print(f"  {c:10s} {d['sources']:6d} sources -> train {d['train_images']:6d}  valid {d['valid_images']:6d}")
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} bad image(s), listed in {out / 'build_report.md'}")
+    print(f"dataset: {out}")
+    return 0
+
+
 def _add_datasets(sub) -> None:
-    pass
+    p = sub.add_parser(
+        "build-dataset",
+        help="build teacher dataset ①/② or the inference set (crop, background, dihedral balancing, split)",
+        description="Section II.3 of Sasaki et al. (2020): crop around each WBC, remove or keep the "
+                    "background, balance the six classes with the 8 dihedral variants, split per "
+                    "source cell (and smear) into train/valid, write an NNC dataset folder. "
+                    "See docs/datasets.md.")
+    p.add_argument("source", help="class folders, path,label[,smear][,x,y] CSV, NNC CSV/folder, "
+                                  "Pascal VOC folder (Annotations/ + JPEGImages/) or a folder of images")
+    p.add_argument("out", help="dataset folder to create (not inside a source folder)")
+    p.add_argument("--background", choices=("remove", "keep"), default=None,
+                   help="remove: dataset ① (only the WBC kept); keep: dataset ② (required unless "
+                        "--inference, where the default is keep)")
+    p.add_argument("--crop", type=int, default=750, help="crop side in pixels (default 750)")
+    p.add_argument("--crop-um", type=float, default=None, help="crop side in micrometres (with --pixel-um)")
+    p.add_argument("--pixel-um", type=float, default=None, help="micrometres per pixel of the source images")
+    p.add_argument("--size", type=int, default=None,
+                   help="output side in pixels (default 480, or 320 with --inference)")
+    p.add_argument("--total", type=int, default=None,
+                   help="images in train+valid (default 2385 for remove, 3284 for keep)")
+    p.add_argument("--valid-fraction", type=float, default=0.2, help="share of images in valid.csv (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and variant choice (default 0)")
+    p.add_argument("--inference", action="store_true",
+                   help="inference set: crop and resize only (cells.csv + test.csv), no split or augmentation")
+    p.add_argument("--locate", action="store_true",
+                   help="find WBCs in field images that have no x,y centre")
+    p.add_argument("--pad-mode", choices=("reflect", "constant", "replicate"), default="reflect",
+                   help="padding where a crop leaves the image (default reflect)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in the report")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_build_dataset)
 
 
 # ----------------------------------------------------------------------------- training (issue 4)
 
 
+def _cmd_train(args) -> int:
+    from . import models, training
+    solver = training.AdaBoundConfig(alpha=args.alpha, final_lr=args.final_lr, gamma=args.gamma,
+                                     beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+                                     weight_decay=args.weight_decay)
+    aug = training.Augmentation(contrast=args.contrast, contrast_center=args.contrast_center,
+                                brightness=args.brightness, min_scale=args.min_scale, max_scale=args.max_scale,
+                                angle=args.angle, flip_lr=not args.no_flip, flip_ud=not args.no_flip,
+                                enabled=not args.no_augmentation)
+    try:
+        s = training.train(args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, size=args.size,
+                           seed=args.seed, pretrained=args.pretrained, init=args.init, arch=args.arch,
+                           solver=solver, augmentation=aug, context=args.context, resume=args.resume,
+                           train_eval_limit=args.train_eval_limit, export_size=args.export_size,
+                           progress=not args.no_progress)
+    except (training.TrainingError, models.PretrainedError) as e:
+        raise CLIError(str(e)) from None
+    b = s["best"]
+    print(f"best epoch {b['epoch']}: Validation Error {b['validation_error']:.4f}, "
+          f"misclassification {b.get('validation_misclassification', float('nan')):.3f}")
+    print(f"model: {Path(args.out) / 'model.nnp'}  learning curve: {Path(args.out) / 'learning_curve.png'}")
+    return 0
+
+
 def _add_training(sub) -> None:
-    pass
+    from .training import AdaBoundConfig, Augmentation
+    s, a = AdaBoundConfig(), Augmentation()
+    p = sub.add_parser("train", help="train WBC Model A (ImageNet start) or fine-tune Model B (--init A.nnp)",
+                       description="ResNet + AdaBound + ImageAugmentation training (paper section II.4). "
+                                   "Writes model.nnp, model.h5, config.json, learning_curve.csv/.png, monitor/, "
+                                   "checkpoints/ into OUT.")
+    p.add_argument("dataset", help="NNC dataset folder with train.csv and valid.csv (x:image,y:label)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--epochs", type=int, default=300, help="epochs (paper: 300)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--size", type=int, default=480, help="training input size in pixels (paper: 480)")
+    p.add_argument("--export-size", type=int, default=None, help="input size of model.nnp (default --size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    p.add_argument("--pretrained", default="imagenet",
+                   help="imagenet (file cached in ~/nnabla_data/nnp_models/imagenet/), a .nnp/.h5 path, or none")
+    p.add_argument("--init", default=None, help="start from every parameter of this model (Model B: Model A's .nnp)")
+    p.add_argument("--context", default="cpu", choices=["cpu", "cudnn"])
+    p.add_argument("--resume", action="store_true", help="continue the last checkpoint in OUT")
+    p.add_argument("--train-eval-limit", type=int, default=None,
+                   help="Training Error on the first N training images only (default all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("AdaBound")
+    g.add_argument("--alpha", type=float, default=s.alpha, help="step size (Adam learning rate)")
+    g.add_argument("--final-lr", type=float, default=s.final_lr, help="final (SGD) learning rate")
+    g.add_argument("--gamma", type=float, default=s.gamma, help="convergence speed of the bounds")
+    g.add_argument("--beta1", type=float, default=s.beta1)
+    g.add_argument("--beta2", type=float, default=s.beta2)
+    g.add_argument("--eps", type=float, default=s.eps)
+    g.add_argument("--weight-decay", type=float, default=s.weight_decay, help="L2 added to gradients")
+    g = p.add_argument_group("ImageAugmentation (training graph only)")
+    g.add_argument("--contrast", type=float, default=a.contrast, help="factor in [1/c, c]")
+    g.add_argument("--contrast-center", type=float, default=a.contrast_center)
+    g.add_argument("--brightness", type=float, default=a.brightness, help="additive, in [-b, b] on [0,1] pixels")
+    g.add_argument("--min-scale", type=float, default=a.min_scale, help="Magnification minimum")
+    g.add_argument("--max-scale", type=float, default=a.max_scale, help="Magnification maximum")
+    g.add_argument("--angle", type=float, default=a.angle, help="rotation in [-angle, angle] degrees")
+    g.add_argument("--no-flip", action="store_true", help="no random left-right/up-down mirror")
+    g.add_argument("--no-augmentation", action="store_true", help="train without ImageAugmentation")
+    p.set_defaults(func=_cmd_train)
 
 
 # ----------------------------------------------------------------------------- inference, export (issues 5, 6)
 
 
+def _expected_classes(spec: str):
+    from . import classes
+    if spec in ("", "auto"):
+        return None
+    if spec.lower() == "six":
+        return list(classes.CLASSES6)
+    return [c.strip() for c in spec.split(",") if c.strip()]
+
+
+def _cmd_predict(args) -> int:
+    from . import inference, io
+    from .export import ModelError
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise CLIError(f"{out}: the predictions file must end in .csv")
+    cells = Path(args.cells)
+    if cells.is_dir():
+        io.check_not_inside(out, [cells])          # never write into a source folder
+    elif out.resolve() == cells.resolve():
+        raise CLIError(f"{out}: is the cell list itself; choose another output")
+    try:
+        engine = inference.load_backend(args.model, args.backend, args.threads)
+        how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
+        print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}, "
+              f"classes {', '.join(engine.class_names)}, trained at {engine.meta['input_size']} px)")
+        df = inference.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
+                               expected_classes=_expected_classes(args.classes), progress=not args.no_progress)
+    except (ModelError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    inference.write_predictions(df, out)
+    io.write_json(out.with_suffix(".json"), inference.run_config(df, args.model, args.cells, args.batch_size))
+    rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
+    print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
+          f"-> {out} (+ {out.with_suffix('.json').name})")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import ModelError, export_onnx, read_onnx_meta
+    try:
+        path = export_onnx(args.model, args.onnx, opset=args.opset)
+        meta = read_onnx_meta(path)
+    except (ModelError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta['arch']}, input x (N,3,H,W) RGB [0,1], "
+          f"output y softmax over {', '.join(meta['class_names'])}; trained at {meta['input_size']} px)")
+    return 0
+
+
 def _add_inference(sub) -> None:
-    pass
+    p = sub.add_parser("predict", help="predict cell classes with a trained model (predictions CSV)")
+    p.add_argument("model", help="model .nnp / .h5, or an .onnx exported by `wbc-nnabla export`")
+    p.add_argument("cells", help="cell images: folder (images, class or smear sub-folders, inference dataset), "
+                                 "path,label[,smear] CSV or NNC dataset CSV")
+    p.add_argument("out", help="predictions CSV to write (columns path, smear, label, pred6, pred5, prob_*)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side in pixels (default: the model's training size; the paper infers at 320)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--backend", choices=("auto", "nnabla", "opencv", "onnxruntime"), default="auto",
+                   help="auto (default): nnabla on a GPU context, else the fastest CPU backend")
+    p.add_argument("--classes", default="auto",
+                   help="expected model classes: 'six' (the paper's), a comma list, or 'auto' (accept the "
+                        "model's; default)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for opencv/onnxruntime (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("export", help="export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")
+    p.add_argument("model", help="model .nnp or .h5")
+    p.add_argument("--onnx", required=True, help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset (>= 13; default 13)")
+    p.set_defaults(func=_cmd_export)
 
 
 # ----------------------------------------------------------------------------- scoring, report (issue 5)
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+def _cmd_score(args) -> int:
+    from . import scoring
+    try:
+        result = scoring.score(args.predictions, pending_threshold=args.pending_threshold,
+                               pending_margin=args.pending_margin, target_accuracy=args.target_accuracy)
+        out = scoring.write_score(result, args.out_dir, figures=not args.no_figures,
+                                  gallery=not args.no_gallery, overwrite=args.overwrite)
+    except scoring.PredictionsError as e:
+        raise CLIError(str(e)) from None
+    s = result.summary
+    print(f"{s['n_cells']} cells, {s['n_smears']} smears: accuracy 6 classes {s['accuracy6_mean']:.3f} "
+          f"+- {s['accuracy6_sd']:.3f} (pooled {s['accuracy6_pooled']:.3f}), 5 classes "
+          f"{s['accuracy5_mean']:.3f} +- {s['accuracy5_sd']:.3f} (pooled {s['accuracy5_pooled']:.3f}); "
+          f"{s['n_pending']} pending")
+    if args.target_accuracy is not None:
+        th = s.get("threshold_at_target6")
+        print(f"target accuracy {args.target_accuracy:g} (6 classes): "
+              + (f"threshold {th:.4f}, coverage {s['coverage_at_target6']:.3f}" if th is not None else "not reached"))
+    print(f"wrote {out}/ (report.html, summary.json, per_smear.csv, confusion6.csv, confusion5.csv, ...)")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from . import scoring
+    try:
+        result = scoring.compare(args.pred_a, args.pred_b, name_a=args.name_a, name_b=args.name_b,
+                                 pending_threshold=args.pending_threshold, pending_margin=args.pending_margin)
+        out = scoring.write_compare(result, args.out_dir, figures=not args.no_figures, overwrite=args.overwrite)
+    except scoring.PredictionsError as e:
+        raise CLIError(str(e)) from None
+    s = result.summary
+    for v in ("5", "6"):
+        print(f"{v} classes: {args.name_a} {s['accuracy' + v + '_mean_a']:.3f}, {args.name_b} "
+              f"{s['accuracy' + v + '_mean_b']:.3f}, mean diff {s['mean_diff' + v]:+.3f}, rank-sum p "
+              f"{s['p_ranksum' + v]:.3g}, signed-rank p {s['p_signedrank' + v]:.3g}")
+    print(f"wrote {out}/ (report.html, comparison.json, per_smear_pairs.csv, recall_change.csv)")
+    return 0
+
+
+def _add_pending_flags(p) -> None:
+    p.add_argument("--pending-threshold", type=_fraction, metavar="T",
+                   help="hold cells whose top probability is below T for a human ('judgement pending')")
+    p.add_argument("--pending-margin", type=_fraction, metavar="M",
+                   help="also hold Band/Segment and Lymph/Mono calls whose pair probabilities differ by less than M")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--no-figures", action="store_true", help="write tables and JSON only (no figures, no report)")
+
+
 def _add_scoring(sub) -> None:
-    pass
+    p = sub.add_parser("score", help="per-smear accuracy, Table 1, differential and pending cells of a predictions CSV")
+    p.add_argument("predictions", help="predictions CSV (path, smear, label, pred6, pred5, prob_*)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created; see docs/scoring.md)")
+    _add_pending_flags(p)
+    p.add_argument("--target-accuracy", type=_fraction, metavar="A",
+                   help="report the lowest top-probability cut-off whose kept labeled cells reach accuracy A")
+    p.add_argument("--no-gallery", action="store_true", help="skip the image gallery of disagreeing cells")
+    p.set_defaults(func=_cmd_score)
+    p = sub.add_parser("compare", help="compare two models' per-smear accuracies on the same smears (Wilcoxon, Fig. 9)")
+    p.add_argument("pred_a", metavar="PRED_A", help="predictions CSV of the first model")
+    p.add_argument("pred_b", metavar="PRED_B", help="predictions CSV of the second model (same cells)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
+    p.add_argument("--name-a", default="Model A", help="label of the first model (default: Model A)")
+    p.add_argument("--name-b", default="Model B", help="label of the second model (default: Model B)")
+    _add_pending_flags(p)
+    p.set_defaults(func=_cmd_compare)
 
 
 # ----------------------------------------------------------------------------- Grad-CAM (issue 7)
 
 
+def _gradcam_inputs(items: List[str]) -> List[Path]:
+    """Image paths from the IMAGES arguments; a folder expands to its images (not recursive)."""
+    from . import io
+    out: List[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = io.list_images(p)
+            if not found:
+                raise CLIError(f"{p}: folder holds no images ({', '.join(io.IMAGE_EXTENSIONS)})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise CLIError(f"{p}: no such image file or folder")
+    return out
+
+
+def _gradcam_stems(paths: List[Path]) -> List[str]:
+    """Output name stems: the file stem, prefixed by its folder (then numbered) when stems collide."""
+    from collections import Counter
+    counts = Counter(p.stem for p in paths)
+    stems = [p.stem if counts[p.stem] == 1 else f"{p.parent.name}_{p.stem}" for p in paths]
+    seen: dict = {}
+    unique = []
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+        unique.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
+    return unique
+
+
+def _cmd_gradcam(args) -> int:
+    import numpy as np
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import gradcam, io
+    from .export import ModelError
+    paths = _gradcam_inputs(args.images)
+    out = Path(args.out)
+    io.check_not_inside(out, [p.parent for p in paths])
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CLIError(f"--alpha {args.alpha}: expected a weight between 0 and 1")
+    try:
+        g = gradcam.GradCAM(args.model, size=args.size, batch_size=args.batch_size)
+    except (ModelError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    target = None if args.class_name is None else g.class_index(args.class_name)
+    stems = _gradcam_stems(paths)
+    rows = []
+    for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch", disable=args.quiet):
+        chunk = paths[s:s + g.batch_size]
+        rgbs = [io.read_rgb(p) for p in chunk]
+        for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, target)):
+            io.write_image(out / f"{stem}_gradcam.png", gradcam.overlay(rgb, r.cam, args.alpha))
+            with io.atomic_path(out / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, r.cam)
+            rows.append(dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png", cam=f"{stem}_cam.npy",
+                             predicted=r.predicted_name, probability=round(r.probability, 6),
+                             **{"class": r.class_name}, class_probability=round(r.class_probability, 6)))
+    with io.atomic_path(out / "gradcam.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    io.write_json(out / "gradcam.json", dict(
+        command="gradcam", model=str(Path(args.model).resolve()), arch=g.arch, class_names=list(g.class_names),
+        size=g.size, layer="layer4 output (last convolutional stage)", batchnorm="test mode (running statistics)",
+        **{"class": args.class_name}, alpha=args.alpha, batch_size=g.batch_size, images=len(paths),
+        environment=io.environment()))
+    print(f"Grad-CAM of {len(paths)} image(s) at {g.size}x{g.size} -> {out} (gradcam.csv, *_gradcam.png, *_cam.npy)")
+    return 0
+
+
 def _add_gradcam(sub) -> None:
-    pass
+    p = sub.add_parser("gradcam", help="Grad-CAM heat maps: where the CNN looks (paper's discussion)")
+    p.add_argument("model", help="model .nnp (or .h5) written by wbc_nnabla")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="output folder (<stem>_gradcam.png, <stem>_cam.npy, gradcam.csv)")
+    p.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                   help="explain this class (any accepted spelling, e.g. Band, SNE, lymphocyte); "
+                        "default: each image's predicted class")
+    p.add_argument("--size", type=int, default=None, metavar="S", help="network input size in pixels (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per pass (default 8)")
+    p.add_argument("--alpha", type=float, default=0.4, help="heat-map weight in the overlay, 0-1 (default 0.4)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_gradcam)
 
 
 # ----------------------------------------------------------------------------- pipeline: reproduce, demo (issue 7)
 
 
-def _cmd_demo(args) -> int:
-    from . import io
-    df = io.read_cells(io.demo_data())
-    print(f"embedded demo data: {len(df)} cells in {io.demo_data()}")
-    print(df["label"].value_counts().sort_index().to_string())
+def _print_headline(summary: dict, out) -> None:
+    out = Path(out)
+    print(f"report: {out / 'report.html'}  (Markdown: {out / 'report.md'})")
+    for tag in ("A", "B"):
+        print(f"WBC Model {tag}: per-smear accuracy 6 classes {summary[f'accuracy6_mean_{tag}']:.3f} "
+              f"± {summary[f'accuracy6_sd_{tag}']:.3f}, 5 classes {summary[f'accuracy5_mean_{tag}']:.3f} "
+              f"± {summary[f'accuracy5_sd_{tag}']:.3f} (pooled {summary[f'accuracy6_pooled_{tag}']:.3f} / "
+              f"{summary[f'accuracy5_pooled_{tag}']:.3f})")
+    print(f"Wilcoxon rank-sum A vs B: p = {summary['p_ranksum5']:.3g} (5 classes), "
+          f"{summary['p_ranksum6']:.3g} (6 classes); {summary['n_inference_cells']} cells in "
+          f"{summary['n_smears']} smears; {summary['seconds']:.0f} s")
+
+
+_OVERRIDES = ("crop", "train_size", "infer_size", "total_a", "total_b", "epochs_a", "epochs_b", "batch_size",
+              "arch", "pretrained", "valid_fraction", "inference_fraction", "pseudo_smears", "cells_per_smear",
+              "seed", "backend", "context", "pending_threshold", "target_accuracy", "gradcam_examples")
+
+
+def _overrides(args) -> dict:
+    return {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None}
+
+
+def _cmd_reproduce(args) -> int:
+    from . import pipeline
+    try:
+        summary = pipeline.reproduce(args.source, args.out, preset=args.preset, inference=args.inference,
+                                     config_file=args.config, progress=not args.quiet, **_overrides(args))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    _print_headline(summary, args.out)
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from . import pipeline
+    summary = pipeline.demo(args.out, progress=not args.quiet, **_overrides(args))
+    _print_headline(summary, args.out)
+    return 0
+
+
+def _add_run_flags(p) -> None:
+    g = p.add_argument_group("settings (override the preset; see docs/method.md)")
+    g.add_argument("--config", help="JSON file of settings (applied after the preset, before these flags)")
+    g.add_argument("--crop", type=int, help="crop side in pixels around each cell (paper: 750)")
+    g.add_argument("--train-size", type=int, help="training input side in pixels (paper: 480)")
+    g.add_argument("--infer-size", type=int, help="inference input side in pixels (paper: 320)")
+    g.add_argument("--total-a", type=int, help="images in dataset ① after balancing (paper: 2385)")
+    g.add_argument("--total-b", type=int, help="images in dataset ② after balancing (paper: 3284)")
+    g.add_argument("--epochs-a", type=int, help="epochs of Model A (paper: 300)")
+    g.add_argument("--epochs-b", type=int, help="epochs of Model B (paper: 300)")
+    g.add_argument("--batch-size", type=int, help="images per iteration")
+    g.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="network (paper: resnet18)")
+    g.add_argument("--pretrained", help="auto (ImageNet when the weights file is present), imagenet, none or a file")
+    g.add_argument("--valid-fraction", type=float, help="validation share of the teacher cells")
+    g.add_argument("--inference-fraction", type=float, help="share of SOURCE held out as the inference set")
+    g.add_argument("--pseudo-smears", type=int, help="group held-out cells without smear ids into N smears")
+    g.add_argument("--cells-per-smear", type=int, help="cells per pseudo-smear")
+    g.add_argument("--seed", type=int, help="seed of every random choice")
+    g.add_argument("--backend", choices=("auto", "nnabla", "opencv", "onnxruntime"), help="inference backend")
+    g.add_argument("--context", choices=("cpu", "cudnn"), help="nnabla context for training")
+    g.add_argument("--pending-threshold", type=float, help="judgement-pending cut-off on the top probability")
+    g.add_argument("--target-accuracy", type=float, help="accuracy the pending cut-off is calibrated to")
+    g.add_argument("--gradcam-examples", type=int, help="disagreeing cells shown with Grad-CAM")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_pipeline(sub) -> None:
-    p = sub.add_parser("demo", help="run the paper's pipeline on the embedded demo data")
+    p = sub.add_parser("reproduce", help="run the paper's whole study: datasets, Model A/B, scoring, report")
+    p.add_argument("source", help="labeled teacher cells (class folders, path,label[,smear] CSV, NNC CSV)")
+    p.add_argument("out", help="output folder (re-running skips complete stages)")
+    p.add_argument("--preset", choices=("paper", "recommended", "demo"), default="paper",
+                   help="paper: the paper's settings; recommended: infer at the training scale; demo: minutes on a CPU")
+    p.add_argument("--inference", help="labeled inference set; default: a held-out part of SOURCE")
+    _add_run_flags(p)
+    p.set_defaults(func=_cmd_reproduce)
+    p = sub.add_parser("demo", help="reproduce on the embedded demo cells with the demo preset (make demo)")
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    _add_run_flags(p)
     p.set_defaults(func=_cmd_demo)
 
 

@@ -312,6 +312,12 @@ def write_nnc_csv(path: PathLike, images: Iterable[PathLike], labels: Iterable[i
 # ----------------------------------------------------------------------------- safe outputs
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
@@ -323,6 +329,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=str(path.parent))
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -343,6 +350,7 @@ def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{path}: already exists (choose another output or allow overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent)))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
@@ -374,17 +382,21 @@ def write_json(path: PathLike, obj) -> Path:
 
 
 def environment() -> dict:
-    """Versions of Python, the platform and the libraries a run depends on."""
+    """Versions of Python, the platform and the installed libraries a run depends on.
+
+    Read from package metadata, so calling it imports none of them (scoring
+    stays free of nnabla).
+    """
+    from importlib import metadata
+
     from . import __version__
     out = {"wbc_nnabla": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
-    for mod in ("nnabla", "numpy", "cv2", "scipy", "pandas", "onnx", "onnxruntime"):
-        m = sys.modules.get(mod)
-        if m is None:
-            try:
-                m = __import__(mod)
-            except Exception:  # optional packages may be absent
-                continue
-        out[mod] = getattr(m, "__version__", "?")
+    for dist in ("nnabla", "nnabla-ext-cuda116", "nnabla-ext-cuda120", "numpy", "opencv-python-headless",
+                 "scipy", "pandas", "matplotlib", "onnx", "onnxruntime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # optional packages may be absent
+            continue
     return out
 
 

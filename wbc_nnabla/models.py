@@ -215,3 +215,238 @@ def load_parameters(path) -> dict:
         params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
     _drop_scope("__load")
     return params
+
+
+# ----------------------------------------------------------------------------- ImageNet weights (transfer learning)
+#
+# Section II.4: the paper starts ResNet-18 from ImageNet weights (Neural Network
+# Console's pretrained ResNet-18). Two nnabla sources exist; both are read from
+# local files only (nothing is downloaded here):
+#
+# * nnabla's model zoo ``Resnet-<N>.nnp`` (what ``nnabla.models.imagenet.ResNet18``
+#   caches in ``~/nnabla_data/nnp_models/imagenet/``): a Neural Network Console
+#   graph whose parameters carry NNC layer names (``Convolution_3/W`` ...) and
+#   whose input is an uint8-range RGB image. Names are not relied on: layers are
+#   matched by the graph's structure (see :func:`map_zoo_nnp`).
+# * nnabla-examples' ImageNet ``rn18-nhwc*.h5`` / ``rn50-nchw.h5``
+#   (``image-classification/imagenet/models/base.py``): names
+#   ``conv1/conv/W``, ``res{s}/layer{j}/basicblock{1,2}/...``,
+#   ``.../basicblock_s/shortcut_conv/...``, ``fc/conv/{W,b}``; mostly stored
+#   channels-last (NHWC) with a zero 4th input channel in ``conv1``.
+#
+# Either way the classifier (fc) is not loaded: the head is replaced by a fresh
+# ``num_classes``-output affine layer.
+
+ZOO_NAMES = {"resnet18": "Resnet-18.nnp", "resnet34": "Resnet-34.nnp", "resnet50": "Resnet-50.nnp"}
+EXAMPLES_NAMES = {"resnet18": "rn18-nhwc.h5", "resnet34": "rn34-nhwc.h5", "resnet50": "rn50-nchw.h5"}
+_ZOO_URL = "https://nnabla.org/pretrained-models/nnp_models/imagenet/Resnet-{n}/Resnet-{n}.nnp"
+_EXAMPLES_URL = "https://nnabla.org/pretrained-models/nnabla-examples/ilsvrc2012/{name}"
+
+
+class PretrainedError(ValueError):
+    """A missing or unusable ImageNet weight file (the message says how to get one)."""
+
+
+def imagenet_cache_dir():
+    """Where ``nnabla.models.imagenet`` caches zoo files: ``~/nnabla_data/nnp_models/imagenet``."""
+    import os
+    return os.path.join(os.path.expanduser("~"), "nnabla_data", "nnp_models", "imagenet")
+
+
+def _how_to_get(arch: str) -> str:
+    n = arch.replace("resnet", "")
+    return (f"On a machine with internet run `python -c \"from nnabla.models.imagenet import ResNet{n}; "
+            f"ResNet{n}()\"` (it caches {ZOO_NAMES[arch]} in ~/nnabla_data/nnp_models/imagenet/), or download "
+            f"{_ZOO_URL.format(n=n)} or {_EXAMPLES_URL.format(name=EXAMPLES_NAMES[arch])}; copy the file to "
+            f"{imagenet_cache_dir()}/ (or pass its path), or use --pretrained none to train from scratch")
+
+
+def find_pretrained(spec: str, arch: str = "resnet18"):
+    """Resolve ``--pretrained``: ``none`` -> None, ``imagenet`` -> the cached zoo/examples file, else a path.
+
+    Raises :class:`PretrainedError` naming the file, where to put it and how to get it.
+    """
+    import os
+    if spec is None or str(spec).lower() == "none":
+        return None
+    if arch not in ZOO_NAMES:
+        raise PretrainedError(f"no ImageNet weights known for arch {arch!r}")
+    if str(spec).lower() == "imagenet":
+        d = imagenet_cache_dir()
+        for name in (ZOO_NAMES[arch], EXAMPLES_NAMES[arch]):
+            p = os.path.join(d, name)
+            if os.path.isfile(p):
+                return p
+        raise PretrainedError(f"ImageNet {arch} weights not found: expected {d}/{ZOO_NAMES[arch]} "
+                              f"(or {EXAMPLES_NAMES[arch]}). {_how_to_get(arch)}")
+    if not os.path.isfile(spec):
+        raise PretrainedError(f"--pretrained {spec}: no such file. {_how_to_get(arch)}")
+    return str(spec)
+
+
+def our_layers(arch: str):
+    """``[(conv_name, bn_name)]`` of our graph in creation order, e.g. ``('layer2/0/downsample/0', 'layer2/0/downsample/1')``."""
+    kind, layers = ARCHS[arch]
+    n_conv = 2 if kind == "basic" else 3
+    out = [("conv1", "bn1")]
+    for s, n in enumerate(layers, start=1):
+        for i in range(n):
+            p = f"layer{s}/{i}"
+            out += [(f"{p}/conv{k}", f"{p}/bn{k}") for k in range(1, n_conv + 1)]
+            if i == 0 and (s > 1 or kind == "bottleneck"):
+                out.append((f"{p}/downsample/0", f"{p}/downsample/1"))
+    return out
+
+
+def _bn_dict(bn: str, beta, gamma, mean, var) -> dict:
+    c = int(np.asarray(beta).size)
+    return {f"{bn}/bn/{k}": np.asarray(v, np.float32).reshape(1, c, 1, 1)
+            for k, v in (("beta", beta), ("gamma", gamma), ("mean", mean), ("var", var))}
+
+
+def map_examples_h5(src: dict, arch: str) -> dict:
+    """nnabla-examples ImageNet parameters (NHWC or NCHW) -> our names and NCHW layout (no fc)."""
+    kind, layers = ARCHS[arch]
+    blk = "basicblock" if kind == "basic" else "bottleneck"
+    nhwc = next(v for k, v in src.items() if k.endswith("bn/beta")).shape[1] == 1
+
+    def conv_w(name):
+        w = src[name]
+        if nhwc:
+            w = np.transpose(w, (0, 3, 1, 2))
+        return np.ascontiguousarray(w[:, :3] if name == "conv1/conv/W" else w, np.float32)
+
+    def bn(prefix, ours):
+        return _bn_dict(ours, *(src[f"{prefix}/bn/{k}"] for k in ("beta", "gamma", "mean", "var")))
+
+    pairs = [("conv1", "conv1", "bn1")]
+    for s, n in enumerate(layers, start=1):
+        for i in range(n):
+            theirs, p = f"res{s}/layer{i + 1}/{blk}", f"layer{s}/{i}"
+            n_conv = 2 if kind == "basic" else 3
+            pairs += [(f"{theirs}{k}", f"{p}/conv{k}", f"{p}/bn{k}") for k in range(1, n_conv + 1)]
+            if f"{theirs}_s/shortcut_conv/conv/W" in src:
+                pairs.append((f"{theirs}_s/shortcut_conv", f"{p}/downsample/0", f"{p}/downsample/1"))
+    out = {}
+    for theirs, conv, bn_name in pairs:
+        key = f"{theirs}/conv/W"
+        if key not in src:
+            raise PretrainedError(f"parameter {key} missing: not an nnabla-examples {arch} file")
+        out[f"{conv}/conv/W"] = conv_w(key)
+        out.update(bn(theirs, bn_name))
+    return out
+
+
+def _zoo_network(path):
+    """(functions, parameter dict) of the largest network in an NNC/zoo ``.nnp``."""
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+    proto = nnabla_pb2.NNablaProtoBuf()
+    with _zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            if name.endswith(".nntxt") or name.endswith(".prototxt"):
+                text_format.Merge(z.read(name).decode("utf-8"), proto)
+            elif name.endswith(".protobuf"):
+                p = nnabla_pb2.NNablaProtoBuf()
+                p.ParseFromString(z.read(name))
+                proto.MergeFrom(p)
+    if not proto.network:
+        raise PretrainedError(f"{path}: no network in this .nnp")
+    net = max(proto.network, key=lambda n: len(n.function))
+    return list(net.function), load_parameters(path)
+
+
+def map_zoo_nnp(path, arch: str) -> dict:
+    """Model-zoo ``Resnet-N.nnp`` parameters -> our names, matched by graph structure (no fc).
+
+    Convolutions are grouped by weight shape and paired in graph order with
+    ours (within a shape group the order is forced by data dependencies); each
+    BatchNormalization is paired through the convolution that feeds it. A
+    convolution bias before BN is folded into the BN mean. Leading
+    ``MulScalar``/``AddScalar`` input scaling (the zoo takes 0-255 RGB) goes
+    into ``preprocess/scale``/``preprocess/bias``, so our [0, 1] input reproduces
+    the zoo's first-layer input exactly.
+    """
+    funcs, src = _zoo_network(path)
+    producer = {o: f for f in funcs for o in f.output}
+    convs = [f for f in funcs if f.type == "Convolution"]
+    bn_of = {}
+    for f in funcs:
+        if f.type in ("BatchNormalization", "FusedBatchNormalization"):
+            p = producer.get(f.input[0])
+            if p is not None and p.type == "Convolution":
+                bn_of[p.input[1]] = f
+    ours = our_layers(arch)
+    with nn.parameter_scope("__shapes"):
+        resnet(nn.Variable((1, 3, 64, 64)), arch, 6, test=True)
+        shapes = {k: v.shape for k, v in nn.get_parameters(grad_only=False).items()}
+    _drop_scope("__shapes")
+    if len(convs) != len(ours):
+        raise PretrainedError(f"{path}: {len(convs)} convolutions, {arch} has {len(ours)}: not a {arch} model")
+    groups = {}
+    for f in convs:
+        groups.setdefault(tuple(src[f.input[1]].shape), []).append(f)
+    out = {}
+    for conv, bn in ours:
+        shape = shapes[f"{conv}/conv/W"]
+        if not groups.get(tuple(shape)):
+            raise PretrainedError(f"{path}: no convolution of shape {shape} left for {conv}: not a {arch} model")
+        f = groups[tuple(shape)].pop(0)
+        out[f"{conv}/conv/W"] = src[f.input[1]].astype(np.float32)
+        b = bn_of.get(f.input[1])
+        if b is None:
+            raise PretrainedError(f"{path}: convolution {f.name} is not followed by BatchNormalization")
+        beta, gamma, mean, var = (src[v].reshape(-1) for v in b.input[1:5])
+        if len(f.input) > 2 and f.input[2] in src:       # conv bias before BN: fold into the mean
+            mean = mean - src[f.input[2]].reshape(-1)
+        out.update(_bn_dict(bn, beta, gamma, mean, var))
+    out.update(_zoo_preprocess(funcs, producer, convs[0]))
+    return out
+
+
+def _zoo_preprocess(funcs, producer, first_conv) -> dict:
+    """Our ``preprocess/scale,bias`` reproducing the zoo's scaling of its 0-255 RGB input.
+
+    Walks back from the first convolution through ``MulScalar``/``AddScalar``
+    (``ImageAugmentation`` is skipped: it is identity at test time) and composes
+    them forwards into ``a * x255 + b``; our input is ``x255 / 255``.
+    """
+    chain = []
+    v = first_conv.input[0]
+    while v in producer:
+        f = producer[v]
+        if f.type not in ("MulScalar", "AddScalar", "ImageAugmentation", "Identity"):
+            raise PretrainedError(f"unsupported input preprocessing function {f.type} ({f.name}) "
+                                  f"before the first convolution")
+        chain.append(f)
+        v = f.input[0]
+    a, b = 1.0, 0.0
+    for f in reversed(chain):
+        if f.type == "MulScalar":
+            a, b = a * f.mul_scalar_param.val, b * f.mul_scalar_param.val
+        elif f.type == "AddScalar":
+            b = b + f.add_scalar_param.val
+    return {"preprocess/scale": np.full((1, 3, 1, 1), 255.0 * a, np.float32),
+            "preprocess/bias": np.full((1, 3, 1, 1), b, np.float32)}
+
+
+def load_imagenet(path, arch: str = "resnet18") -> dict:
+    """ImageNet backbone parameters from a zoo ``.nnp`` or nnabla-examples ``.h5``, in our names.
+
+    Returns ``{name: ndarray}`` for every parameter of :func:`resnet` except
+    ``fc`` (and, for ``.h5`` files, ``preprocess``: nnabla-examples normalise
+    with the same ImageNet mean/std as this graph).
+    """
+    path = str(path)
+    try:
+        if path.endswith(".nnp"):
+            return map_zoo_nnp(path, arch)
+        src = load_parameters(path)
+    except PretrainedError:
+        raise
+    except Exception as e:  # nnabla raises bare RuntimeErrors for unreadable files
+        raise PretrainedError(f"{path}: cannot read ImageNet weights ({type(e).__name__}: {e})") from None
+    if "conv1/conv/W" not in src:
+        raise PretrainedError(f"{path}: not an nnabla-examples ImageNet ResNet parameter file "
+                              f"(no conv1/conv/W); expected {EXAMPLES_NAMES.get(arch)} or {ZOO_NAMES.get(arch)}")
+    return map_examples_h5(src, arch)

@@ -1,0 +1,218 @@
+"""Tests of wbc_nnabla.cells: crops, WBC masks, background removal, location, VOC, CLI."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from wbc_nnabla import cells, cli, io
+
+CREAM, CYTO, NUCLEUS, PINK = (250, 230, 200), (200, 180, 220), (80, 30, 140), (220, 160, 170)
+
+
+def disc(shape, cx, cy, r):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2
+
+
+def synthetic_cell(size=96, r_cell=20, r_nuc=10, r_rbc=13):
+    """A dark nucleus inside a paler cell on cream, a pink red cell touching it."""
+    shape = (size, size)
+    img = np.zeros(shape + (3,), np.uint8)
+    img[:] = CREAM
+    c = size // 2
+    rbc = disc(shape, c + r_cell + r_rbc - 1, c, r_rbc)
+    cell = disc(shape, c, c, r_cell)
+    img[rbc] = PINK
+    img[cell] = CYTO
+    img[disc(shape, c, c, r_nuc)] = NUCLEUS
+    rng = np.random.default_rng(0)
+    img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    return img, cell, rbc & ~cell
+
+
+def synthetic_field(h=240, w=320):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = CREAM
+    for x, y in [(40, 40), (150, 60), (280, 200), (200, 190), (100, 200), (270, 40)]:
+        img[disc((h, w), x, y, 14)] = PINK
+    centres = [(80, 120), (230, 110)]
+    for x, y in centres:
+        img[disc((h, w), x, y, 24)] = CYTO
+        img[disc((h, w), x, y, 13)] = NUCLEUS
+    return img, np.array(centres, float)
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def test_crop_square_centred_inside():
+    img = np.arange(100 * 120 * 3, dtype=np.uint32).reshape(100, 120, 3).astype(np.uint8)
+    crop, info = cells.crop_square(img, 60, 50, 20)
+    assert crop.shape == (20, 20, 3)
+    assert info["box"] == (50, 40, 70, 60) and info["pad"] == (0, 0, 0, 0)
+    np.testing.assert_array_equal(crop, img[40:60, 50:70])
+
+
+@pytest.mark.parametrize("mode", ["reflect", "constant", "replicate"])
+def test_crop_square_pads_at_border(mode):
+    img = np.zeros((50, 60, 3), np.uint8)
+    img[:, :] = (10, 20, 30)
+    img[0, 0] = (200, 100, 50)
+    crop, info = cells.crop_square(img, 2, 3, 16, pad_mode=mode)
+    assert crop.shape == (16, 16, 3)
+    assert info["box"] == (-6, -5, 10, 11)
+    assert info["pad"] == (5, 0, 6, 0) and info["pad_mode"] == mode
+    # the source pixel (0, 0) sits at crop (top, left) = (5, 6): the centre is kept
+    np.testing.assert_array_equal(crop[5, 6], (200, 100, 50))
+    if mode == "constant":
+        np.testing.assert_array_equal(crop[0, 0], (255, 255, 255))
+    if mode == "replicate":
+        np.testing.assert_array_equal(crop[0, 6], (200, 100, 50))
+    if mode == "reflect":
+        np.testing.assert_array_equal(crop[5, 6 - 1], (10, 20, 30))
+
+
+def test_crop_square_errors():
+    img = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(ValueError, match="pad_mode"):
+        cells.crop_square(img, 10, 10, 8, pad_mode="wrap")
+    with pytest.raises(ValueError, match="outside"):
+        cells.crop_square(img, 100, 100, 8)
+
+
+def test_crop_size_px():
+    assert cells.crop_size_px() == 750
+    assert cells.crop_size_px(320) == 320
+    assert cells.crop_size_px(crop_um=30.0, pixel_um=0.04) == 750
+    with pytest.raises(ValueError, match="pixel_um"):
+        cells.crop_size_px(crop_um=30.0)
+    with pytest.raises(ValueError, match="crop_um"):
+        cells.crop_size_px(pixel_um=0.1)
+    with pytest.raises(ValueError, match="positive"):
+        cells.crop_size_px(crop_um=-1, pixel_um=0.1)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_wbc_mask_synthetic_cell(scale):
+    img, cell, rbc = synthetic_cell(96 * scale, 20 * scale, 10 * scale, 13 * scale)
+    m = cells.wbc_mask(img)
+    assert m.dtype == bool and m.shape == cell.shape
+    iou = (m & cell).sum() / (m | cell).sum()
+    assert iou > 0.85, iou
+    assert (m & rbc).sum() < 0.1 * rbc.sum()          # the touching red cell is excluded
+    assert ndi.label(m)[1] == 1                         # one component
+    np.testing.assert_array_equal(ndi.binary_fill_holes(m), m)  # no holes
+
+
+def test_wbc_mask_no_nucleus_is_empty():
+    img = np.full((40, 40, 3), CREAM, np.uint8)
+    assert not cells.wbc_mask(img).any()
+
+
+def test_remove_background_fill():
+    img, cell, _ = synthetic_cell()
+    out = cells.remove_background(img, cell, fill=(1, 2, 3))
+    np.testing.assert_array_equal(out[~cell], np.tile((1, 2, 3), ((~cell).sum(), 1)))
+    np.testing.assert_array_equal(out[cell], img[cell])
+    auto = cells.remove_background(img)
+    assert (auto == 255).all(axis=2).sum() > 0.5 * (~cell).sum()
+    with pytest.raises(ValueError, match="mask shape"):
+        cells.remove_background(img, np.ones((5, 5), bool))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        cells.remove_background(img.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- location and VOC
+
+
+def test_locate_synthetic_field():
+    img, truth = synthetic_field()
+    found = cells.locate_wbcs(img)
+    assert found.shape == (2, 2)
+    for x, y in truth:
+        assert np.min(np.hypot(found[:, 0] - x, found[:, 1] - y)) < 4
+    assert cells.locate_wbcs(np.full((50, 60, 3), CREAM, np.uint8)).shape == (0, 2)
+
+
+VOC = """<annotation><filename>f1.jpg</filename>
+<object><name>WBC</name><bndbox><xmin>10</xmin><ymin>20</ymin><xmax>50</xmax><ymax>60</ymax></bndbox></object>
+<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object>
+</annotation>"""
+
+
+def test_read_voc(tmp_path):
+    p = tmp_path / "f1.xml"
+    p.write_text(VOC)
+    df = cells.read_voc(p)
+    assert list(df.columns) == ["image", "name", "xmin", "ymin", "xmax", "ymax", "x", "y"]
+    assert len(df) == 1 and df.image[0] == "f1.jpg" and (df.x[0], df.y[0]) == (30.0, 40.0)
+    assert len(cells.read_voc(p, names=("WBC", "RBC"))) == 2
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<annotation><object><name>WBC</name>")
+    with pytest.raises(ValueError, match="bad.xml"):
+        cells.read_voc(bad)
+    nobox = tmp_path / "nobox.xml"
+    nobox.write_text("<annotation><object><name>WBC</name><bndbox><xmin>a</xmin></bndbox></object></annotation>")
+    with pytest.raises(ValueError, match="nobox.xml.*bndbox"):
+        cells.read_voc(nobox)
+
+
+# ----------------------------------------------------------------------------- real data (skipped when absent)
+
+
+def test_zheng_masks_iou(zheng):
+    ious = []
+    for i in (1, 2, 3, 5, 8, 13, 21, 34):
+        rgb = io.read_rgb(zheng / f"{i:03d}.bmp")
+        truth = io.read_rgb(zheng / f"{i:03d}.png")[..., 0] > 0
+        m = cells.wbc_mask(rgb)
+        ious.append((m & truth).sum() / (m | truth).sum())
+    assert np.median(ious) >= 0.9, ious
+
+
+def test_bccd_locate(bccd):
+    hits = []
+    for name in ("BloodImage_00000", "BloodImage_00003", "BloodImage_00012", "BloodImage_00034"):
+        boxes = cells.read_voc(bccd / "Annotations" / f"{name}.xml")
+        found = cells.locate_wbcs(io.read_rgb(bccd / "JPEGImages" / f"{name}.jpg"))
+        for bx, by in zip(boxes.x, boxes.y):
+            hits.append(len(found) > 0 and np.min(np.hypot(found[:, 0] - bx, found[:, 1] - by)) <= 40)
+    assert np.mean(hits) >= 0.75, hits
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_segment(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    img, cell, _ = synthetic_cell()
+    io.write_image(src / "a.png", img)
+    io.write_image(src / "b.jpg", np.full((40, 40, 3), CREAM, np.uint8))
+    out = tmp_path / "masks"
+    assert cli.main(["segment", str(src), "--out", str(out)]) == 0
+    m = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert m.shape == cell.shape and set(np.unique(m)) <= {0, 255}
+    assert ((m > 0) & cell).sum() / ((m > 0) | cell).sum() > 0.85
+    assert (out / "b.png").exists() and (out / "gallery.png").exists()
+    assert cli.main(["segment", str(src), "--out", str(src / "masks")]) == 2   # inside the input
+    assert cli.main(["segment", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_cli_locate(tmp_path):
+    src = tmp_path / "fields"
+    src.mkdir()
+    img, truth = synthetic_field()
+    io.write_image(src / "f.png", img)
+    out = tmp_path / "centres.csv"
+    assert cli.main(["locate", str(src), "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["image", "x", "y"] and len(df) == 2
+    assert Path(df.image[0]).name == "f.png"
+    assert cli.main(["locate", str(src), "--out", str(src / "c.csv")]) == 2

@@ -1,0 +1,198 @@
+"""ONNX export (issue 6): checker, dynamic batch, metadata, parity with nnabla, bad model files."""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+nn = pytest.importorskip("nnabla")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+import cv2  # noqa: E402
+import nnabla.functions as F  # noqa: E402
+
+from wbc_nnabla import CLASSES6, models  # noqa: E402
+from wbc_nnabla.export import (ModelError, build_onnx, cached_onnx, export_onnx, read_model,  # noqa: E402
+                               read_onnx_meta)
+
+
+def random_bn_params(arch="resnet18", num_classes=6, seed=0):
+    """Parameters of ``arch`` with non-trivial BatchNorm statistics (so folding BN is really tested)."""
+    rng = np.random.RandomState(seed)
+    scope: dict = {}
+    with nn.parameter_scope("net", scope=scope):
+        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=True)
+        params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+    for k, v in params.items():
+        if k.endswith("/bn/mean"):
+            params[k] = (rng.randn(*v.shape) * 0.3).astype(np.float32)
+        elif k.endswith("/bn/var"):
+            params[k] = rng.uniform(0.5, 2.0, v.shape).astype(np.float32)
+        elif k.endswith("/bn/gamma"):
+            params[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+        elif k.endswith("/bn/beta"):
+            params[k] = (rng.randn(*v.shape) * 0.2).astype(np.float32)
+    return params
+
+
+def nnabla_probs(params, arch, num_classes, x):
+    scope: dict = {}
+    with nn.parameter_scope("ref", scope=scope):
+        for k, v in params.items():
+            nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
+        xv = nn.Variable(x.shape)
+        y = F.softmax(models.resnet(xv, arch, num_classes, test=True))
+    xv.d = x
+    y.forward()
+    return y.d.copy()
+
+
+@pytest.fixture(scope="module")
+def nnp18(tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "m18.nnp"
+    params = random_bn_params()
+    models.save_nnp(path, params, models.model_meta("resnet18", CLASSES6, 48))
+    return path, params
+
+
+def test_export_checker_dynamic_batch_and_metadata(nnp18, tmp_path):
+    path, _ = nnp18
+    out = export_onnx(path, tmp_path / "m.onnx")
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 13
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and not dims[0].HasField("dim_value")
+    assert dims[1].dim_value == 3
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_names"]) == list(CLASSES6)
+    assert props["input_size"] == "48"
+    meta = read_onnx_meta(out)
+    assert meta["arch"] == "resnet18" and meta["class_names"] == list(CLASSES6)
+    # BatchNorm is folded: no BatchNormalization node left
+    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
+
+
+def test_parity_onnxruntime_opencv_vs_nnabla(nnp18, tmp_path):
+    path, params = nnp18
+    out = export_onnx(path, tmp_path / "m.onnx")
+    rng = np.random.RandomState(1)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    net = cv2.dnn.readNetFromONNX(str(out))
+    for n, size in ((1, 48), (3, 48), (2, 64)):       # dynamic batch, and another input size
+        x = rng.rand(n, 3, size, size).astype(np.float32)
+        ref = nnabla_probs(params, "resnet18", 6, x)
+        got = sess.run(["y"], {"x": x})[0]
+        net.setInput(x)
+        got_cv = net.forward()
+        assert got.shape == ref.shape == got_cv.shape == (n, 6)
+        assert np.abs(got - ref).max() < 1e-4
+        assert np.abs(got_cv - ref).max() < 1e-4
+        assert (got.argmax(1) == ref.argmax(1)).all() and (got_cv.argmax(1) == ref.argmax(1)).all()
+        # the inputs must discriminate: probabilities are not uniform
+        assert ref.std(axis=1).max() > 1e-3
+
+
+def test_bottleneck_resnet50_and_other_class_count(tmp_path):
+    params = random_bn_params("resnet50", num_classes=3, seed=2)
+    meta = dict(arch="resnet50", class_names=["a", "b", "c"], num_classes=3, input_size=32)
+    model = build_onnx(params, meta)
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.RandomState(3).rand(2, 3, 32, 32).astype(np.float32)
+    ref = nnabla_probs(params, "resnet50", 3, x)
+    got = sess.run(["y"], {"x": x})[0]
+    assert got.shape == (2, 3) and np.abs(got - ref).max() < 1e-4
+
+
+def test_h5_parameters_read_with_assumptions(nnp18, tmp_path):
+    _, params = nnp18
+    h5 = tmp_path / "p.h5"
+    nn.save_parameters(str(h5), {k: nn.Variable.from_numpy_array(v) for k, v in params.items()}, extension=".h5")
+    got, meta = read_model(h5)
+    assert meta["arch"] == "resnet18" and meta["class_names"] == list(CLASSES6)
+    assert meta["input_size"] == 480 and set(meta["assumed"]) == {"class_names", "input_size"}
+    assert np.array_equal(got["fc/affine/W"], params["fc/affine/W"])
+    out = export_onnx(h5, tmp_path / "h5.onnx")
+    assert read_onnx_meta(out)["input_size"] == 480
+
+
+def test_bad_model_files(nnp18, tmp_path):
+    _, params = nnp18
+    junk = tmp_path / "junk.nnp"
+    junk.write_bytes(np.random.RandomState(0).bytes(2000))
+    with pytest.raises(ModelError, match="junk.nnp"):
+        export_onnx(junk, tmp_path / "x.onnx")
+    junk_h5 = tmp_path / "junk.h5"
+    junk_h5.write_bytes(b"not hdf5 at all")
+    with pytest.raises(ModelError, match="cannot read parameters"):
+        read_model(junk_h5)
+    with pytest.raises(ModelError, match="no such model file"):
+        read_model(tmp_path / "missing.nnp")
+    pt = tmp_path / "weights.pt"
+    pt.write_bytes(b"x")
+    with pytest.raises(ModelError, match="unsupported model file type"):
+        read_model(pt)
+    # parameters that are not a ResNet
+    dense = tmp_path / "dense.h5"
+    nn.save_parameters(str(dense), {"dense/affine/W": nn.Variable.from_numpy_array(np.ones((4, 3), np.float32))},
+                       extension=".h5")
+    with pytest.raises(ModelError, match="supported ResNet"):
+        read_model(dense)
+    # a ResNet with one tensor missing, and one with a wrong shape
+    broken = dict(params)
+    del broken["layer2/0/bn1/bn/var"]
+    b1 = tmp_path / "broken.h5"
+    nn.save_parameters(str(b1), {k: nn.Variable.from_numpy_array(v) for k, v in broken.items()}, extension=".h5")
+    with pytest.raises(ModelError, match="missing"):
+        read_model(b1)
+    broken = dict(params)
+    broken["layer3/1/conv2/conv/W"] = np.zeros((256, 256, 1, 1), np.float32)
+    b2 = tmp_path / "shape.h5"
+    nn.save_parameters(str(b2), {k: nn.Variable.from_numpy_array(v) for k, v in broken.items()}, extension=".h5")
+    with pytest.raises(ModelError, match="layer3/1/conv2/conv/W"):
+        read_model(b2)
+    # an .nnp whose description disagrees with its parameters
+    good, lying = tmp_path / "good.nnp", tmp_path / "lying.nnp"
+    models.save_nnp(good, params, models.model_meta("resnet18", CLASSES6, 32))
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(lying, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == models.META_NAME:
+                data = json.dumps(models.model_meta("resnet18", ["a", "b"], 32)).encode()
+            dst.writestr(name, data)
+    with pytest.raises(ModelError, match="2 class names"):
+        read_model(lying)
+    with pytest.raises(ValueError, match="opset"):
+        build_onnx(params, dict(arch="resnet18", class_names=list(CLASSES6), num_classes=6, input_size=32), opset=12)
+
+
+def test_read_onnx_meta_refuses_foreign_onnx(tmp_path):
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(g), str(foreign))
+    with pytest.raises(ModelError, match="no wbc_nnabla metadata"):
+        read_onnx_meta(foreign)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(ModelError, match="garbage.onnx"):
+        read_onnx_meta(garbage)
+
+
+def test_cache_reuses_and_follows_content(nnp18, tmp_path):
+    path, params = nnp18
+    local = tmp_path / "m.nnp"
+    local.write_bytes(path.read_bytes())
+    first = cached_onnx(local, folder=tmp_path / "cache")
+    again = cached_onnx(local, folder=tmp_path / "cache")
+    assert first == again and first.stat().st_mtime_ns == again.stat().st_mtime_ns
+    changed = dict(params, **{"fc/affine/b": params["fc/affine/b"] + 1.0})
+    models.save_nnp(local, changed, models.model_meta("resnet18", CLASSES6, 48))
+    third = cached_onnx(local, folder=tmp_path / "cache")
+    assert third != first and third.is_file()
+    with zipfile.ZipFile(local) as z:
+        assert models.META_NAME in z.namelist()

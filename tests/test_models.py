@@ -1,0 +1,177 @@
+"""ResNet graphs (Fig. 4) and ImageNet weight mapping (transfer learning, section II.4).
+
+The 480x480 (training) and 320x320 (inference) shapes are exercised by
+benchmarks/bench_training.py; tests use 64 and 96 px to stay fast.
+"""
+import numpy as np
+import pytest
+
+nn = pytest.importorskip("nnabla")
+import nnabla.functions as F  # noqa: E402
+import nnabla.parametric_functions as PF  # noqa: E402
+
+from wbc_nnabla import models  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def clean_scope():
+    nn.clear_parameters()
+    yield
+    nn.clear_parameters()
+
+
+def test_resnet18_parameter_count_and_shapes():
+    x = nn.Variable((2, 3, 64, 64))
+    y, feat = models.resnet18(x, num_classes=6, return_features=True)
+    assert models.count_parameters() == 11_179_590      # trainable: conv W, BN beta/gamma, fc W/b
+    assert y.shape == (2, 6) and feat.shape == (2, 512, 2, 2)
+    y96, feat96 = models.resnet18(nn.Variable((1, 3, 96, 96)), num_classes=6, return_features=True)
+    assert y96.shape == (1, 6) and feat96.shape == (1, 512, 3, 3)
+    assert models.count_parameters() == 11_179_590      # same parameters at any input size
+    assert models.arch_of(nn.get_parameters(grad_only=False)) == "resnet18"
+
+
+def _conv_shapes(arch):
+    with nn.parameter_scope("ref"):
+        models.resnet(nn.Variable((1, 3, 64, 64)), arch, 6, test=True)
+        return {k: v.shape for k, v in nn.get_parameters(grad_only=False).items()}
+
+
+def test_our_layers_cover_every_conv():
+    shapes = _conv_shapes("resnet18")
+    convs = sorted(k[: -len("/conv/W")] for k in shapes if k.endswith("/conv/W") and not k.startswith("fc"))
+    assert sorted(c for c, _ in models.our_layers("resnet18")) == convs
+
+
+# ----------------------------------------------------------------------------- nnabla-examples .h5
+
+
+def _examples_params(rng, nhwc=True):
+    """Parameters named as nnabla-examples' ImageNet ResNet-18 (models/base.py), random values."""
+    ours = _conv_shapes("resnet18")
+    p = {}
+
+    def conv(name, ours_name):
+        w = rng.randn(*ours[f"{ours_name}/conv/W"]).astype(np.float32)
+        if name == "conv1":
+            w = np.concatenate([w, np.zeros_like(w[:, :1])], axis=1)    # padded 4th channel
+        p[f"{name}/conv/W"] = np.transpose(w, (0, 2, 3, 1)) if nhwc else w
+        c = w.shape[0]
+        for k in ("beta", "gamma", "mean", "var"):
+            v = rng.rand(c).astype(np.float32) + 0.5
+            p[f"{name}/bn/{k}"] = v.reshape((1, 1, 1, c) if nhwc else (1, c, 1, 1))
+
+    conv("conv1", "conv1")
+    for s in range(1, 5):
+        for i in range(2):
+            t, o = f"res{s}/layer{i + 1}/basicblock", f"layer{s}/{i}"
+            conv(f"{t}1", f"{o}/conv1")
+            conv(f"{t}2", f"{o}/conv2")
+            if s > 1 and i == 0:
+                conv(f"{t}_s/shortcut_conv", f"{o}/downsample/0")
+    p["fc/conv/W"] = rng.randn(1000, 1, 1, 512).astype(np.float32)
+    p["fc/conv/b"] = rng.randn(1000).astype(np.float32)
+    return p
+
+
+def test_examples_h5_maps_onto_our_names(tmp_path):
+    rng = np.random.RandomState(0)
+    src = _examples_params(rng)
+    path = tmp_path / "rn18-nhwc.h5"
+    with nn.parameter_scope("gen"):
+        for k, v in src.items():
+            nn.parameter.get_parameter_or_create(k, v.shape).d = v
+        nn.save_parameters(str(path))
+    out = models.load_imagenet(path, "resnet18")
+    shapes = _conv_shapes("resnet18")
+    expected = {k for k in shapes if not k.startswith(("fc/", "preprocess/"))}
+    assert set(out) == expected
+    assert all(out[k].shape == shapes[k] for k in out)
+    np.testing.assert_array_equal(out["layer2/0/downsample/0/conv/W"],
+                                  np.transpose(src["res2/layer1/basicblock_s/shortcut_conv/conv/W"], (0, 3, 1, 2)))
+    np.testing.assert_array_equal(out["conv1/conv/W"], np.transpose(src["conv1/conv/W"], (0, 3, 1, 2))[:, :3])
+    np.testing.assert_array_equal(out["layer4/1/bn2/bn/var"].ravel(),
+                                  src["res4/layer2/basicblock2/bn/var"].ravel())
+
+
+# ----------------------------------------------------------------------------- model-zoo .nnp (NNC graph)
+
+
+def _nnc_resnet18(x255):
+    """A ResNet-18 laid out as Neural Network Console writes one: NNC layer names, uint8-range
+    input scaled by MulScalar/AddScalar, a biased first convolution, shortcut branch built
+    before the main branch, 1000-class Affine. Test-mode BN; returns (logits, pooled features)."""
+    counter = {"Convolution": 0, "BatchNormalization": 0}
+
+    def nm(kind):
+        counter[kind] += 1
+        return kind if counter[kind] == 1 else f"{kind}_{counter[kind]}"
+
+    def cbn(h, c, k, s, bias=False):
+        h = PF.convolution(h, c, (k, k), pad=(k // 2, k // 2), stride=(s, s), with_bias=bias, name=nm("Convolution"))
+        return PF.batch_normalization(h, batch_stat=False, name=nm("BatchNormalization"))
+
+    h = F.add_scalar(F.mul_scalar(x255, 0.01735), -1.99)
+    h = F.relu(cbn(h, 64, 7, 2, bias=True))
+    h = F.max_pooling(h, (3, 3), (2, 2), pad=(1, 1))
+    for s, c in enumerate((64, 128, 256, 512), start=1):
+        for i in range(2):
+            stride = 2 if (i == 0 and s > 1) else 1
+            sc = cbn(h, c, 1, stride) if (i == 0 and s > 1) else h
+            b = F.relu(cbn(h, c, 3, stride))
+            h = F.relu(cbn(b, c, 3, 1) + sc)
+    pooled = F.global_average_pooling(h)
+    return PF.affine(pooled, 1000, name="Affine"), pooled
+
+
+def _randomise(params, rng):
+    for k, v in params.items():
+        if k.endswith(("/mean", "/b")):
+            v.d = rng.randn(*v.shape) * 0.1
+        elif k.endswith(("/var", "/gamma")):
+            v.d = rng.rand(*v.shape) + 0.5
+        elif k.endswith("/beta"):
+            v.d = rng.randn(*v.shape) * 0.1
+
+
+def test_zoo_nnp_maps_by_graph_and_reproduces_features(tmp_path):
+    from nnabla.utils.save import save
+    rng = np.random.RandomState(1)
+    x255 = nn.Variable((2, 3, 64, 64))
+    with nn.parameter_scope("zoo"):
+        logits, pooled = _nnc_resnet18(x255)
+        _randomise(nn.get_parameters(grad_only=False), rng)
+        path = tmp_path / "Resnet-18.nnp"
+        save(str(path), {"networks": [{"name": "Training", "batch_size": 2, "outputs": {"y": logits},
+                                       "names": {"x": x255}}],
+                         "executors": [{"name": "Runtime", "network": "Training", "data": ["x"], "output": ["y"]}]})
+    img = rng.randint(0, 256, size=x255.shape).astype(np.float32)
+    x255.d = img
+    pooled.forward()
+    want = pooled.d.reshape(2, -1).copy()
+
+    mapped = models.load_imagenet(path, "resnet18")
+    x = nn.Variable((2, 3, 64, 64))
+    with nn.parameter_scope("ours"):
+        _, feat = models.resnet(x, "resnet18", 6, test=True, return_features=True)
+        params = nn.get_parameters(grad_only=False)
+        for k, v in mapped.items():
+            params[k].d = v
+    got = F.global_average_pooling(feat)
+    x.d = img / 255.0
+    got.forward()
+    np.testing.assert_allclose(got.d.reshape(2, -1), want, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_imagenet_weights_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(models.PretrainedError) as e:
+        models.find_pretrained("imagenet", "resnet18")
+    msg = str(e.value)
+    assert "Resnet-18.nnp" in msg and str(tmp_path) in msg and "--pretrained none" in msg
+    assert models.find_pretrained("none") is None
+    with pytest.raises(models.PretrainedError, match="no such file"):
+        models.find_pretrained(str(tmp_path / "nope.h5"))
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(models.PretrainedError, match="junk.h5"):
+        models.load_imagenet(tmp_path / "junk.h5")

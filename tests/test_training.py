@@ -1,0 +1,255 @@
+"""Training (section II.4): AdaBound, ImageAugmentation, monitors, .nnp export, resume, fine-tuning.
+
+Tiny runs only (32-64 px, a few iterations) on NNC datasets built from the
+embedded demo cells.
+"""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nn = pytest.importorskip("nnabla")
+import nnabla.solvers as S  # noqa: E402
+
+from wbc_nnabla import classes, io, models, training  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _dataset(root: Path, n_train: int, n_valid: int) -> Path:
+    """NNC dataset folder of demo cells: n_train / n_valid images per class."""
+    df = io.read_cells(io.demo_data())
+    tr, va = [], []
+    for _, g in df.groupby("label"):
+        tr += list(g.index[:n_train])
+        va += list(g.index[n_train:n_train + n_valid])
+    for name, rows in (("train.csv", tr), ("valid.csv", va)):
+        io.write_nnc_csv(root / name, df.path[rows], [classes.index6(v) for v in df.label[rows]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("tiny"), 2, 1)      # 12 train, 6 valid
+
+
+FAST = dict(size=32, batch_size=4, pretrained="none", progress=False, max_iterations=2)
+
+
+@pytest.fixture(scope="module")
+def model_a(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("A") / "A"
+    training.train(tiny, out, epochs=2, **FAST)
+    return out
+
+
+# ----------------------------------------------------------------------------- AdaBound
+
+
+def _adabound_reference(w, grads, lrs, base_lr, final_lr, gamma, b1, b2, eps, wd):
+    """AdaBound as in the official code (Luo et al., ICLR 2019, Luolc/AdaBound adabound.py), NumPy."""
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        g = g + wd * w
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        fl = final_lr * lr / base_lr
+        lower = fl * (1 - 1 / (gamma * t + 1))
+        upper = fl * (1 + 1 / (gamma * t))
+        w = w - np.clip(step / (np.sqrt(v) + eps), lower, upper) * m
+    return w
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_adabound_matches_official_reference(wd):
+    rng = np.random.RandomState(0)
+    w0 = rng.randn(5, 7).astype(np.float32)
+    grads = [rng.randn(5, 7).astype(np.float32) * s for s in (1, 0.1, 3, 1e-3, 1, 0.5, 2, 1)]
+    lrs = [1e-2] * 4 + [5e-3] * 4          # a learning-rate change scales final_lr too
+    cfg = dict(final_lr=0.1, gamma=0.3, beta1=0.8, beta2=0.99, eps=1e-6)   # gamma large: bounds bite
+    p = nn.Variable.from_numpy_array(w0.copy(), need_grad=True)
+    solver = S.AdaBound(alpha=lrs[0], **cfg)
+    solver.set_parameters({"w": p})
+    for g, lr in zip(grads, lrs):
+        solver.set_learning_rate(lr)
+        solver.zero_grad()
+        p.g = g
+        if wd:
+            solver.weight_decay(wd)
+        solver.update()
+    ref = _adabound_reference(w0.astype(np.float64), grads, lrs, lrs[0], cfg["final_lr"], cfg["gamma"],
+                              cfg["beta1"], cfg["beta2"], cfg["eps"], wd)
+    np.testing.assert_allclose(p.d, ref, rtol=2e-5, atol=1e-6)
+    # the bounds were active in some steps (else this would only test Adam)
+    assert not np.allclose(ref, _adabound_reference(w0.astype(np.float64), grads, lrs, lrs[0], 1e6, 1e-9,
+                                                    cfg["beta1"], cfg["beta2"], cfg["eps"], wd))
+
+
+def test_make_solver_uses_config():
+    nn.clear_parameters()
+    training.models._drop_scope(training.SCOPE)
+    training.Graphs("resnet18", 6, 1, 32, None)
+    solver = training.make_solver(training.AdaBoundConfig(alpha=0.002))
+    assert solver.name == "AdaBound" and math.isclose(solver.learning_rate(), 0.002, rel_tol=1e-6)
+    assert len(solver.get_parameters()) == len(training.parameters(grad_only=True))
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _function_names(v):
+    names = []
+    v.visit(lambda f: names.append(f.info.type_name))
+    return names
+
+
+def test_augmentation_in_training_graph_only(model_a):
+    training.models._drop_scope(training.SCOPE)
+    g = training.Graphs("resnet18", 6, 2, 32, training.Augmentation(), 0)
+    assert "ImageAugmentation" in _function_names(g.loss)
+    assert "ImageAugmentation" not in _function_names(g.losses)
+    assert "BatchNormalization" in _function_names(g.losses)
+    import zipfile
+    with zipfile.ZipFile(model_a / "model.nnp") as z:
+        nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    assert "ImageAugmentation" not in nntxt and "Convolution" in nntxt
+
+
+def test_augmentation_semantics_brightness_contrast():
+    """Brightness is additive on [0,1] pixels; contrast scales around contrast_center (docs/training.md)."""
+    rng = np.random.RandomState(0)
+    x = nn.Variable.from_numpy_array(rng.rand(8, 3, 16, 16).astype(np.float32))
+    none = dict(min_scale=1.0, max_scale=1.0, angle=0.0, flip_lr=False, flip_ud=False)
+    y = training.augment(x, training.Augmentation(brightness=0.2, contrast=1.0, **none), seed=3)
+    y.forward()
+    shift = (y.d - x.d).reshape(8, -1)
+    assert np.allclose(shift, shift[:, :1], atol=1e-5)                  # one shift per image
+    assert np.all(np.abs(shift[:, 0]) <= 0.2 + 1e-6) and shift[:, 0].std() > 0.01
+    y = training.augment(x, training.Augmentation(brightness=0.0, contrast=1.5, contrast_center=0.5, **none), 3)
+    y.forward()
+    d_in, d_out = (x.d - 0.5).reshape(8, -1), (y.d - 0.5).reshape(8, -1)
+    factor = np.array([np.median(o[np.abs(i) > 0.05] / i[np.abs(i) > 0.05]) for i, o in zip(d_in, d_out)])
+    np.testing.assert_allclose(d_out, d_in * factor[:, None], atol=1e-4)    # one factor per image
+    assert np.all((factor >= 1 / 1.5 - 1e-4) & (factor <= 1.5 + 1e-4)) and factor.std() > 0.01
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_outputs_and_monitors(model_a):
+    for name in ("Cost", "Training-Error", "Validation-Error", "Validation-Misclassification"):
+        lines = (model_a / "monitor" / f"{name}.series.txt").read_text().split("\n")
+        assert [ln.split()[0] for ln in lines if ln] == ["1", "2"]
+    tiles = sorted((model_a / "monitor" / "Augmented-training-batch").glob("*.png"))
+    assert len(tiles) == 2
+    import pandas as pd
+    curve = pd.read_csv(model_a / "learning_curve.csv")
+    assert list(curve.epoch) == [1, 2] and curve[["cost", "training_error", "validation_error"]].notna().all().all()
+    assert (model_a / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    cfg = json.loads((model_a / "config.json").read_text())
+    assert cfg["config"]["solver"]["final_lr"] == 0.1 and "nnabla" in cfg["environment"]
+    meta = models.read_meta(model_a / "model.nnp")
+    assert meta["arch"] == "resnet18" and meta["class_names"] == list(classes.CLASSES6)
+    assert meta["input_size"] == 32 and meta["training"]["epoch"] in (1, 2)
+    assert set(models.load_parameters(model_a / "model.h5")) == set(models.load_parameters(model_a / "model.nnp"))
+
+
+def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
+    from nnabla.utils.nnp_graph import NnpLoader
+    rng = np.random.RandomState(0)
+    xin = rng.rand(2, 3, 32, 32).astype(np.float32)
+    # training graph in test mode with the exported parameters
+    training.models._drop_scope(training.SCOPE)
+    g = training.Graphs("resnet18", 6, 2, 32, None)
+    training._load_into(training.parameters(), models.load_parameters(model_a / "model.h5"), "model.h5")
+    g.vx.d = xin
+    g.logits.forward()
+    z = g.logits.d
+    want = np.exp(z - z.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    nn.clear_parameters()
+    net = NnpLoader(str(model_a / "model.nnp")).get_network("inference", batch_size=2)
+    net.inputs["x"].d = xin
+    y = net.outputs["y"]
+    y.forward()
+    np.testing.assert_allclose(y.d, want, rtol=1e-4, atol=1e-6)
+    # nnabla's command-line runtime (the C++ `nbla` binary is not in the pip wheel)
+    cli = Path(sys.executable).with_name("nnabla_cli")
+    if not cli.exists():
+        pytest.skip("nnabla_cli not installed beside this Python")
+    xin[:1].tofile(tmp_path / "x.bin")
+    r = subprocess.run([str(cli), "infer", "-c", str(model_a / "model.nnp"), "-o", str(tmp_path / "y"),
+                        "-b", "1", str(tmp_path / "x.bin")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = np.fromfile(tmp_path / "y_0.bin", np.float32)
+    np.testing.assert_allclose(out, want[0], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- resume, fine-tune, failures
+
+
+def test_resume_reaches_same_parameters(tiny, tmp_path):
+    """4 epochs straight == 2 epochs, stop, resume to 4 (augmentation on: per-epoch seeded)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    training.train(tiny, straight, epochs=4, **FAST)
+    training.train(tiny, split, epochs=2, **FAST)
+    with pytest.raises(training.TrainingError, match="--resume"):
+        training.train(tiny, split, epochs=4, **FAST)
+    training.train(tiny, split, epochs=4, resume=True, **FAST)
+    a = models.load_parameters(straight / "checkpoints" / "epoch0004" / "params.h5")
+    b = models.load_parameters(split / "checkpoints" / "epoch0004" / "params.h5")
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    ca = (straight / "learning_curve.csv").read_text().splitlines()
+    cb = (split / "learning_curve.csv").read_text().splitlines()
+    assert len(ca) == len(cb) == 5
+    assert [r.split(",")[1:4] for r in ca] == [r.split(",")[1:4] for r in cb]   # cost and errors
+    assert (split / "monitor" / "Cost.series.txt").read_text() == (straight / "monitor" / "Cost.series.txt").read_text()
+
+
+def test_finetune_starts_from_model_a_exactly(model_a, tiny, tmp_path):
+    training.models._drop_scope(training.SCOPE)
+    training.Graphs("resnet18", 6, 4, 32, training.Augmentation(), 0)
+    params = training.parameters()
+    info = training.initialise(params, pretrained="imagenet", init=model_a / "model.nnp")   # init wins
+    a = models.load_parameters(model_a / "model.nnp")
+    assert set(params) == set(a) and "fc/affine/W" in a
+    for k in a:
+        np.testing.assert_array_equal(params[k].d, a[k], err_msg=k)
+    assert info.startswith("init")
+    out = tmp_path / "B"
+    training.train(tiny, out, epochs=1, init=model_a / "model.nnp", **FAST)
+    assert json.loads((out / "config.json").read_text())["initialisation"] == info
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny, tmp_path):
+    out = tmp_path / "nan"
+    huge = training.AdaBoundConfig(alpha=1e30, final_lr=1e30)
+    with pytest.raises(training.TrainingError, match="non-finite Cost.*checkpoints/epoch0001"):
+        training.train(tiny, out, epochs=3, solver=huge, **FAST)
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 1
+
+
+def test_bad_inputs_fail_clearly(tiny, tmp_path):
+    with pytest.raises(training.TrainingError, match="train.csv"):
+        training.train(tmp_path, tmp_path / "o", epochs=1, **FAST)
+    with pytest.raises(training.TrainingError, match="cudnn.*pip install"):
+        training.get_context("cudnn")
+    with pytest.raises(training.TrainingError, match="nothing to resume"):
+        training.train(tiny, tmp_path / "fresh", epochs=1, resume=True, **FAST)
+
+
+def test_tiny_training_on_real_crops_drops_loss(tmp_path):
+    ds = _dataset(tmp_path / "ds", 6, 1)                           # 36 train images, 64 px
+    s = training.train(ds, tmp_path / "run", epochs=4, size=64, batch_size=12, pretrained="none",
+                       progress=False, augmentation=training.Augmentation(enabled=False))
+    h = s["history"]
+    assert h[-1]["training_error"] < h[0]["training_error"]
+    assert h[-1]["cost"] < h[0]["cost"]

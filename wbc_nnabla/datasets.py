@@ -1,0 +1,603 @@
+"""Teacher datasets ① and ② and the inference set of Sasaki et al. (2020), section II.3.
+
+The paper crops 750x750 pixels around each white blood cell (WBC) and builds
+
+* dataset ① (**background removed**, only the WBC kept) and dataset ②
+  (**background kept**), each balanced by offline rotations (90/180/270
+  degrees) and flips until the six classes are equal (2,385 and 3,284 images)
+  and resized to 480x480 pixels;
+* the **inference set**: the same crop resized to 320x320, no augmentation.
+
+:func:`build_dataset` does this for any cell source and writes a Neural
+Network Console (NNC) dataset folder (see ``docs/datasets.md`` for the
+layout, the manifest columns and the decisions taken where the paper is
+silent). The pure steps are exposed so they can be tested and reused alone:
+:func:`dihedral`, :func:`class_targets`, :func:`source_variants`,
+:func:`plan_variants`, :func:`split_cells`, :func:`read_source`.
+
+Images are RGB ``uint8`` ``(H, W, 3)``; coordinates are ``(x, y)`` pixels of
+the source image.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import cells, classes, io
+
+log = logging.getLogger(__name__)
+
+#: Names of the eight dihedral variants, index k of :func:`dihedral`.
+DIHEDRAL_NAMES = ("rot0", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
+BACKGROUNDS = ("remove", "keep")
+#: Dataset sizes of the paper (section II.3): ① background removed, ② background kept.
+DEFAULT_TOTAL = {"remove": 2385, "keep": 3284}
+DEFAULT_SIZE = 480
+DEFAULT_INFERENCE_SIZE = 320
+SPLITS = ("train", "valid")
+MANIFEST_COLUMNS = (
+    "image", "split", "label", "y", "cell_id", "source_path", "source_row", "smear", "kind",
+    "cell_x", "cell_y", "transform", "k", "repeat", "crop_px", "box_x0", "box_y0", "box_x1", "box_y1",
+    "pad_top", "pad_bottom", "pad_left", "pad_right", "pad_mode", "background", "wbc_fraction", "size")
+#: A removed-background crop keeping less than this share of its pixels is reported (likely a failed mask).
+MIN_WBC_FRACTION = 0.01
+
+
+# ----------------------------------------------------------------------------- pure steps
+
+
+def dihedral(rgb: np.ndarray, k: int) -> np.ndarray:
+    """Variant ``k`` (0-7) of the dihedral group of the square (section II.3 augmentation).
+
+    k = 0..3: rotation by k x 90 degrees counter-clockwise (0 = identity);
+    k = 4..7: left-right flip, then rotation by (k - 4) x 90 degrees.
+    Names in :data:`DIHEDRAL_NAMES`. Works on any ``(H, W[, C])`` array and
+    returns a new contiguous array (lossless: pixels are only permuted).
+    """
+    if not (isinstance(k, (int, np.integer)) and 0 <= int(k) < 8):
+        raise ValueError(f"dihedral variant k must be an integer 0-7, got {k!r}")
+    a = rgb[:, ::-1] if k >= 4 else rgb
+    return np.ascontiguousarray(np.rot90(a, int(k) % 4))
+
+
+def _class_order(names) -> List[str]:
+    """Class names in Table 1 order (six classes first), any other names after, sorted."""
+    names = set(names)
+    known = [c for c in classes.CLASSES6 if c in names]
+    return known + sorted(names - set(known))
+
+
+def class_targets(total: int, names: Sequence[str] = classes.CLASSES6) -> Dict[str, int]:
+    """Images per class so that the classes are equal and sum to ``total``.
+
+    ``total // n`` each; the remainder ``total % n`` goes one image each to
+    the first classes in Table 1 order (Basophil, Eosinophil, Lymph, Mono,
+    Band, Segment), so 2,385 gives 398 x 3 + 397 x 3. Deterministic.
+    """
+    order = _class_order(names)
+    if total < 0:
+        raise ValueError(f"total must be >= 0, got {total}")
+    if not order:
+        return {}
+    base, rem = divmod(int(total), len(order))
+    return OrderedDict((c, base + (1 if i < rem else 0)) for i, c in enumerate(order))
+
+
+def source_variants(n_sources: int, target: int) -> List[List[int]]:
+    """Dihedral variants for each of ``n_sources`` cells of one class so the class has ``target`` images.
+
+    Each source gets ``target // n`` or ``target // n + 1`` images (the first
+    ``target % n`` sources one more), and a source's images cycle through all
+    eight variants (0, 1, ..., 7, 0, ...) before any repeats. When ``target <
+    n_sources`` the last sources get none (they are left unused). Returns one
+    list of k per source.
+    """
+    if n_sources < 0 or target < 0:
+        raise ValueError(f"n_sources and target must be >= 0, got {n_sources}, {target}")
+    if n_sources == 0:
+        if target:
+            raise ValueError(f"cannot make {target} images from 0 source cells")
+        return []
+    base, extra = divmod(int(target), int(n_sources))
+    return [[j % 8 for j in range(base + (1 if i < extra else 0))] for i in range(n_sources)]
+
+
+def plan_variants(counts: Mapping[str, int], total: int) -> Dict[str, List[List[int]]]:
+    """Dihedral variants per class and source so that the classes present are equal and sum to ``total``.
+
+    counts: ``{class: number of source cells}``; classes with 0 cells are left
+    out of the balance (and get ``[]``). Returns ``{class: [[k, ...] per
+    source]}`` (see :func:`source_variants`); the per-class targets are those
+    of :func:`class_targets` over the present classes.
+    """
+    present = [c for c in _class_order(counts) if counts[c] > 0]
+    targets = class_targets(total, present)
+    plan = OrderedDict()
+    for c in _class_order(counts):
+        plan[c] = source_variants(int(counts[c]), targets.get(c, 0)) if counts[c] > 0 else []
+    return plan
+
+
+def split_cells(table: pd.DataFrame, valid_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Train/valid split of source cells, stratified by class and grouped by smear.
+
+    table: a cell table (columns ``label`` and ``smear``), one row per source
+    cell *before* augmentation, so no variant of a validation cell can be in
+    training. Cells with the same non-empty ``smear`` form one group (a smear
+    is wholly in one split); a cell without a smear is its own group.
+    Groups are visited in a seeded random order and each goes to ``valid``
+    when that brings the per-class valid counts closer to ``valid_fraction``
+    x the class counts (sum of absolute deviations), else to ``train``: exact
+    stratification (rounded) for ungrouped cells, the best greedy
+    approximation for smears. Returns an array of ``"train"``/``"valid"``.
+    """
+    vf = float(valid_fraction)
+    if not 0.0 <= vf < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    n = len(table)
+    out = np.array(["train"] * n, dtype=object)
+    if n == 0 or vf == 0.0:
+        return out
+    labels = table["label"].astype(str).to_numpy()
+    names = _class_order(labels)
+    col = {c: i for i, c in enumerate(names)}
+    target = np.array([vf * np.sum(labels == c) for c in names], float)
+    smears = table["smear"].fillna("").astype(str).to_numpy() if "smear" in table else np.array([""] * n)
+    groups: "OrderedDict[str, List[int]]" = OrderedDict()
+    for i in range(n):
+        key = f"smear:{smears[i]}" if smears[i] != "" else f"cell:{i}"
+        groups.setdefault(key, []).append(i)
+    keys = list(groups)
+    valid = np.zeros(len(names), float)
+    for gi in np.random.RandomState(seed).permutation(len(keys)):
+        idx = groups[keys[gi]]
+        g = np.bincount([col[labels[i]] for i in idx], minlength=len(names))
+        if np.abs(valid + g - target).sum() < np.abs(valid - target).sum():
+            valid += g
+            out[idx] = "valid"
+    return out
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square image to ``size`` x ``size``: INTER_AREA when shrinking, INTER_LINEAR when enlarging."""
+    h = rgb.shape[0]
+    if h == size and rgb.shape[1] == size:
+        return rgb.copy()
+    interp = cv2.INTER_AREA if h > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (int(size), int(size)), interpolation=interp)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _is_voc_folder(p: Path) -> bool:
+    return p.is_dir() and (p / "Annotations").is_dir() and (p / "JPEGImages").is_dir()
+
+
+def read_voc_folder(root, names: Sequence[str] = ("WBC",)) -> pd.DataFrame:
+    """Unlabeled cells at the centres of the WBC boxes of a Pascal VOC folder.
+
+    root holds ``Annotations/*.xml`` and ``JPEGImages/`` (e.g. BCCD). Returns a
+    cell table (``label`` and ``smear`` empty, ``x``, ``y`` = box centre,
+    ``source`` = ``<xml>:<box number>``). A malformed XML raises
+    :class:`~wbc_nnabla.io.SourceError` naming it.
+    """
+    root = Path(root)
+    rows = []
+    for xml in sorted((root / "Annotations").glob("*.xml")):
+        try:
+            boxes = cells.read_voc(xml, names=names)
+        except ValueError as e:
+            raise io.SourceError(str(e)) from None
+        for j, b in enumerate(boxes.to_dict("records")):
+            image = b["image"] or xml.stem + ".jpg"
+            rows.append(dict(path=str((root / "JPEGImages" / image).resolve()), label="", category="",
+                             smear="", x=b["x"], y=b["y"], source=f"{xml}:{j + 1}"))
+    if not rows:
+        raise io.SourceError(f"{root}: no {'/'.join(names)} boxes in Annotations/*.xml")
+    return io._table(rows)
+
+
+def _read_image_folder(root: Path) -> pd.DataFrame:
+    rows = [dict(path=str(p.resolve()), label="", category="", smear="", x=np.nan, y=np.nan,
+                 source=str(p)) for p in io.list_images(root)]
+    return io._table(rows)
+
+
+def read_source(source) -> pd.DataFrame:
+    """Cell table of any supported source (see ``docs/datasets.md``).
+
+    * anything :func:`wbc_nnabla.io.read_cells` reads (class folders,
+      ``path,label[,smear][,x,y]`` CSV, NNC CSV or folder);
+    * a Pascal VOC folder (``Annotations/`` + ``JPEGImages/``): one unlabeled
+      cell per WBC box (:func:`read_voc_folder`);
+    * a folder holding images directly and no class sub-folders: unlabeled
+      images (single cells, or fields to use with ``locate=True``).
+    """
+    src = Path(source)
+    if _is_voc_folder(src):
+        return read_voc_folder(src)
+    if src.is_dir() and not (src / "labels.csv").is_file() and not (src / "train.csv").is_file() \
+            and not (src / "valid.csv").is_file() and io.list_images(src) \
+            and not any(d.is_dir() and io.list_images(d) for d in src.iterdir()):
+        return _read_image_folder(src)
+    return io.read_cells(src)
+
+
+# ----------------------------------------------------------------------------- the build
+
+
+def _stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem)[:40]
+
+
+def _check_labels(table: pd.DataFrame, inference: bool) -> None:
+    if inference:
+        return
+    bad = table[~table["label"].isin(classes.CLASSES6)]
+    if len(bad):
+        rows = "; ".join(f"{r.source} ({r.label or 'unlabeled'})" for r in bad.head(5).itertuples())
+        raise io.SourceError(
+            f"{len(bad)} cell(s) have no six-class label ({', '.join(classes.CLASSES6)}), which a teacher "
+            f"dataset needs: {rows}{' ...' if len(bad) > 5 else ''}. Label them, or build an "
+            f"inference set (--inference)")
+
+
+def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: bool,
+                  progress: bool, report: dict) -> pd.DataFrame:
+    """Pass 1: read every image once; one row per cell with its centre and crop size.
+
+    Bad images raise (naming the file and the source row) or, with
+    ``skip_bad``, are listed in ``report["skipped"]``. Fields without centres
+    are searched with :func:`wbc_nnabla.cells.locate_wbcs` when ``locate``.
+    """
+    out = []
+    shapes: Dict[str, Optional[tuple]] = {}
+    located: Dict[str, np.ndarray] = {}
+    for rec in tqdm(table.to_dict("records"), desc="checking sources", unit="cell", disable=not progress):
+        p = rec["path"]
+        rgb = None
+        if p not in shapes:
+            try:
+                rgb = io.read_rgb(p)
+            except io.ImageReadError as e:
+                if not skip_bad:
+                    raise io.ImageReadError(f"{e} (listed at {rec['source']}); "
+                                            f"fix or remove it, or skip bad images (--skip-bad)") from None
+                report["skipped"].append({"path": p, "source": rec["source"], "error": str(e)})
+                shapes[p] = None
+                continue
+            shapes[p] = rgb.shape[:2]
+        if shapes[p] is None:
+            report["skipped"].append({"path": p, "source": rec["source"], "error": "same bad image as above"})
+            continue
+        if locate and np.isnan(rec["x"]) and p not in located:
+            located[p] = cells.locate_wbcs(rgb if rgb is not None else io.read_rgb(p))
+        h, w = shapes[p]
+        base = dict(rec, img_w=w, img_h=h)
+        if not np.isnan(rec["x"]):
+            if not (0 <= rec["x"] < w and 0 <= rec["y"] < h):
+                raise io.SourceError(f"{rec['source']}: cell centre ({rec['x']:g}, {rec['y']:g}) lies outside "
+                                     f"the {w}x{h} image {p}")
+            out.append(dict(base, kind="field", cx=rec["x"], cy=rec["y"], crop_px=crop_px))
+        elif locate:
+            cents = located[p]
+            if len(cents) == 0:
+                report["no_wbc_located"].append({"path": p, "source": rec["source"]})
+            for j, (x, y) in enumerate(cents):
+                out.append(dict(base, kind="located", cx=float(x), cy=float(y), crop_px=crop_px,
+                                source=f"{rec['source']}#wbc{j + 1}"))
+        else:
+            # a single-cell crop: a centred square of min(crop, shorter side), never padded
+            s = min(crop_px, w, h)
+            out.append(dict(base, kind="single", cx=(w - s) // 2 + s // 2, cy=(h - s) // 2 + s // 2, crop_px=s))
+    df = pd.DataFrame(out, columns=list(io.CELL_COLUMNS) + ["img_w", "img_h", "kind", "cx", "cy", "crop_px"])
+    df["cell_id"] = [f"c{i:05d}_{_stem(p)}" for i, p in enumerate(df["path"])]
+    return df
+
+
+def _assign(cells_df: pd.DataFrame, split: np.ndarray, total: int, valid_fraction: float,
+            seed: int, report: dict) -> List[List[int]]:
+    """Variants per cell (one list of k per row): each split balanced by :func:`plan_variants`."""
+    variants: List[List[int]] = [[] for _ in range(len(cells_df))]
+    has_valid = bool((split == "valid").any())
+    split_total = {"valid": int(round(total * valid_fraction)) if has_valid else 0}
+    split_total["train"] = total - split_total["valid"]
+    if valid_fraction > 0 and not has_valid:
+        report["warnings"].append(f"valid fraction {valid_fraction} but no source cell went to validation "
+                                  f"(classes or smears too few): no valid.csv")
+    labels = cells_df["label"].to_numpy()
+    all_classes = _class_order(labels)
+    rng = np.random.RandomState(seed)
+    for s in SPLITS:
+        idx = np.nonzero(split == s)[0]
+        counts = OrderedDict((c, int(np.sum(labels[idx] == c))) for c in all_classes)
+        if split_total[s] and not any(counts.values()):
+            report["warnings"].append(f"{s}: no source cells (all went to the other split); "
+                                      f"{split_total[s]} planned {s} images were not made")
+            continue
+        missing = [c for c, n in counts.items() if n == 0]
+        if missing and split_total[s]:
+            report["warnings"].append(
+                f"{s}: no source cell of {', '.join(missing)}; the {s} images are balanced over the "
+                f"other classes only")
+        plan = plan_variants(counts, split_total[s])
+        for c in all_classes:
+            members = idx[labels[idx] == c]
+            # which sources get one extra variant (or are left unused) is a seeded choice
+            for i, v in zip(rng.permutation(members), plan[c]):
+                variants[i] = v
+    return variants
+
+
+def _process(rgb: np.ndarray, row, background: str, size: int, pad_mode: str):
+    crop, info = cells.crop_square(rgb, row.cx, row.cy, int(row.crop_px), pad_mode=pad_mode)
+    info["wbc_fraction"] = ""
+    if background == "remove":
+        # wbc_mask may use GrabCut, whose k-means initialisation draws from OpenCV's global
+        # RNG: reseed it per cell so each mask depends on the cell only (byte-identical builds)
+        cv2.setRNGSeed(0)
+        mask = cells.wbc_mask(crop)  # computed on the crop (section II.3, dataset ①)
+        info["wbc_fraction"] = round(float(mask.mean()), 4)
+        crop = cells.remove_background(crop, mask)
+    return resize_square(crop, size), info
+
+
+def _manifest_row(row, info, image, split, k, repeat, background, size, pad_mode) -> dict:
+    x0, y0, x1, y1 = info["box"] if info else ("",) * 4
+    top, bottom, left, right = info["pad"] if info else ("",) * 4
+    return dict(image=image, split=split, label=row.label,
+                y=classes.INDEX6.get(row.label, ""), cell_id=row.cell_id, source_path=row.path,
+                source_row=row.source, smear=row.smear, kind=row.kind, cell_x=row.cx, cell_y=row.cy,
+                transform=DIHEDRAL_NAMES[k] if k is not None else "(unused)",
+                k="" if k is None else k, repeat=repeat, crop_px=int(row.crop_px),
+                box_x0=x0, box_y0=y0, box_x1=x1, box_y1=y1, pad_top=top, pad_bottom=bottom,
+                pad_left=left, pad_right=right, pad_mode=pad_mode, background=background,
+                wbc_fraction=info["wbc_fraction"] if info else "", size=size)
+
+
+def build_dataset(source, out, background: Optional[str] = None, crop: int = 750,
+                  crop_um: Optional[float] = None, pixel_um: Optional[float] = None,
+                  size: Optional[int] = None, total: Optional[int] = None, valid_fraction: float = 0.2,
+                  seed: int = 0, inference: bool = False, locate: bool = False, skip_bad: bool = False,
+                  overwrite: bool = False, pad_mode: str = "reflect", progress: bool = True) -> Path:
+    """Build teacher dataset ① / ② or the inference set (section II.3) as an NNC dataset folder.
+
+    source: any source :func:`read_source` reads. out: the dataset folder to
+    create (must not exist unless ``overwrite``; never inside a source folder).
+    background: ``"remove"`` (dataset ①, :func:`wbc_nnabla.cells.remove_background`
+    on each crop) or ``"keep"`` (dataset ②); None means remove for a teacher
+    set and keep for an inference set (the paper's inference images are plain crops). crop: crop side in pixels, or
+    ``crop_um`` µm at ``pixel_um`` µm/pixel (:func:`wbc_nnabla.cells.crop_size_px`);
+    single-cell images without a centre get a centred square of
+    min(crop, shorter side). size: output side in pixels (default 480, or
+    320 with ``inference``). total: images in train + valid (default 2,385
+    for remove, 3,284 for keep), balanced per class within each split.
+    valid_fraction: share of the images in ``valid.csv``; the split is made
+    per source cell before augmentation (:func:`split_cells`), seeded.
+    inference: crop and resize only, no split or augmentation; writes
+    ``cells.csv`` and ``test.csv``. locate: find WBCs in images that have
+    no centre (:func:`wbc_nnabla.cells.locate_wbcs`). skip_bad: skip and
+    report unreadable images instead of stopping.
+
+    The same inputs and arguments give byte-identical files. Returns ``out``.
+    """
+    t0 = time.time()
+    if background is None:
+        background = "keep" if inference else "remove"
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)} (remove = dataset ①, "
+                         f"keep = dataset ②), got {background!r}")
+    if pad_mode not in cells.PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {', '.join(sorted(cells.PAD_MODES))}, got {pad_mode!r}")
+    crop_px = cells.crop_size_px(crop, crop_um, pixel_um)
+    size = int(size) if size is not None else (DEFAULT_INFERENCE_SIZE if inference else DEFAULT_SIZE)
+    if size < 1:
+        raise ValueError(f"size must be at least 1 pixel, got {size}")
+    if inference and total is not None:
+        raise ValueError("total (--total) has no meaning for an inference set (no augmentation)")
+    total = int(total) if total is not None else DEFAULT_TOTAL[background]
+    if not inference and total < 1:
+        raise ValueError(f"total must be at least 1 image, got {total}")
+    if not 0.0 <= float(valid_fraction) < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    source, out = Path(source), Path(out)
+    table = read_source(source)
+    source_dirs = [source] + sorted({str(Path(p).parent) for p in table["path"]})
+    io.check_not_inside(out, source_dirs)
+    for d in source_dirs:  # --overwrite replaces OUT: it must not hold any source
+        d = Path(d).resolve()
+        d = d if d.is_dir() else d.parent
+        if out.resolve() in d.parents:
+            raise io.SourceError(f"output {out} contains the source folder {d}; choose another output "
+                                 f"(sources are never written)")
+    _check_out(out, overwrite)
+    _check_labels(table, inference)
+    report = {"mode": "inference" if inference else "teacher", "background": background,
+              "skipped": [], "no_wbc_located": [], "warnings": []}
+    cdf = _expand_cells(table, crop_px, locate, skip_bad, progress, report)
+    if len(cdf) == 0:
+        raise io.SourceError(f"{source}: no usable cells (skipped {len(report['skipped'])} bad images, "
+                             f"{len(report['no_wbc_located'])} fields without a located WBC)")
+    if inference:
+        split = np.array(["test"] * len(cdf), dtype=object)
+        variants = [[0] for _ in range(len(cdf))]
+    else:
+        split = split_cells(cdf, valid_fraction, seed)
+        variants = _assign(cdf, split, total, float(valid_fraction), seed, report)
+
+    config = OrderedDict(command="build-dataset", source=str(source.resolve()), background=background,
+                         crop=crop, crop_um=crop_um, pixel_um=pixel_um, crop_px=crop_px, size=size,
+                         total=None if inference else total, valid_fraction=float(valid_fraction),
+                         seed=int(seed), inference=bool(inference), locate=bool(locate),
+                         skip_bad=bool(skip_bad), pad_mode=pad_mode, environment=io.environment())
+    with io.atomic_dir(out, overwrite=overwrite) as tmp:
+        manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
+        _write_tables(tmp, cdf, manifest, inference)
+        report.update(_summary(cdf, split, variants, manifest, inference, crop_px))
+        io.write_json(tmp / "build_report.json", report)
+        io.write_text(tmp / "build_report.md", _report_md(report, config))
+        io.write_json(tmp / "config.json", config)
+    log.info("built %s in %.1f s", out, time.time() - t0)
+    return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """OUT must not exist, or (with overwrite) be an earlier build-dataset output or empty.
+
+    The check keeps ``--overwrite`` from deleting a folder that is not a dataset (a typo
+    such as ``--overwrite ~`` would otherwise remove a home folder).
+    """
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out}: already exists (choose another output, or --overwrite)")
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; not replaced")
+    cfg = out / "config.json"
+    ours = False
+    if cfg.is_file():
+        try:
+            import json
+            ours = json.loads(cfg.read_text(encoding="utf-8")).get("command") == "build-dataset"
+        except (ValueError, OSError, AttributeError):
+            ours = False
+    if not ours and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not a build-dataset output (no config.json from "
+                              f"build-dataset); --overwrite replaces only those. Choose another output")
+
+
+def _write_images(tmp: Path, cdf: pd.DataFrame, split, variants, background, size, pad_mode,
+                  progress, inference) -> pd.DataFrame:
+    """Pass 2: crop, background, resize and write each (cell, variant) once, as PNG."""
+    rows = []
+    cache_path, cache_rgb = None, None
+    for i, row in enumerate(tqdm(list(cdf.itertuples()), desc="writing images", unit="cell",
+                                 disable=not progress)):
+        ks = variants[i]
+        if not ks:
+            rows.append(_manifest_row(row, None, "", split[i], None, "", background, size, pad_mode))
+            continue
+        if row.path != cache_path:  # field images hold several cells: read each once in a row
+            cache_path, cache_rgb = row.path, io.read_rgb(row.path)
+        base, info = _process(cache_rgb, row, background, size, pad_mode)
+        folder = row.label or "unlabeled"
+        seen: Dict[int, int] = {}
+        for k in ks:
+            rel = f"images/{folder}/{row.cell_id}.png" if inference else \
+                f"images/{folder}/{row.cell_id}_{DIHEDRAL_NAMES[k]}.png"
+            if k not in seen:  # an identical repeat reuses the file: listed twice, stored once
+                io.write_image(tmp / rel, dihedral(base, k))
+            seen[k] = seen.get(k, -1) + 1
+            rows.append(_manifest_row(row, info, rel, split[i], k, seen[k], background, size, pad_mode))
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+
+
+def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inference: bool) -> None:
+    def write_csv(path, df):
+        with io.atomic_path(path) as t:
+            df.to_csv(t, index=False, lineterminator="\n")
+
+    write_csv(tmp / "manifest.csv", manifest)
+    used = manifest[manifest["image"] != ""]
+    if inference:
+        write_csv(tmp / "cells.csv", pd.DataFrame({"path": used["image"], "label": used["label"],
+                                                   "smear": used["smear"]}))
+        if used["label"].isin(classes.CLASSES6).all():
+            io.write_nnc_csv(tmp / "test.csv", [tmp / p for p in used["image"]],
+                             [classes.INDEX6[c] for c in used["label"]])
+        else:  # unlabeled (or Neutrophil-only) cells: an NNC CSV with the image column only
+            write_csv(tmp / "test.csv", pd.DataFrame({io.NNC_HEADER[0]: used["image"]}))
+        return
+    for s in SPLITS:
+        part = used[used["split"] == s]
+        if len(part):
+            io.write_nnc_csv(tmp / f"{s}.csv", [tmp / p for p in part["image"]], part["y"].astype(int))
+
+
+def _summary(cdf, split, variants, manifest, inference, crop_px) -> dict:
+    used = manifest[manifest["image"] != ""]
+    labels = cdf["label"].replace("", "unlabeled").to_numpy()
+    per_class = OrderedDict()
+    for c in _class_order(labels):
+        m = labels == c
+        d = OrderedDict(sources=int(m.sum()))
+        if inference:
+            d["images"] = int((used["label"].replace("", "unlabeled") == c).sum())
+        else:
+            for s in SPLITS:
+                ms = m & (split == s)
+                n_var = [len(variants[i]) for i in np.nonzero(ms)[0]]
+                d[f"{s}_sources"] = int(ms.sum())
+                d[f"{s}_images"] = int(sum(n_var))
+                d[f"{s}_unused_sources"] = int(sum(1 for n in n_var if n == 0))
+                d[f"{s}_images_per_source"] = [int(min(n_var)), int(max(n_var))] if n_var else []
+            n_all = [len(variants[i]) for i in np.nonzero(m)[0]]
+            d["images"] = int(sum(n_all))
+            d["identical_repeats"] = int(sum(max(0, n - 8) for n in n_all))
+        per_class[c] = d
+    out = OrderedDict(cells=int(len(cdf)), images=int(len(used)), classes=per_class)
+    if not inference:
+        out["split_images"] = {s: int((used["split"] == s).sum()) for s in SPLITS}
+        out["repeats"] = [c for c, d in per_class.items() if d["identical_repeats"]]
+    out["kinds"] = {k: int(v) for k, v in cdf["kind"].value_counts().sort_index().items()}
+    pads = manifest[(manifest["image"] != "") & (manifest["pad_top"] != "")]
+    padded = pads[(pads[["pad_top", "pad_bottom", "pad_left", "pad_right"]].astype(int).sum(axis=1) > 0)]
+    out["padded_cells"] = int(padded["cell_id"].nunique())
+    frac = pd.to_numeric(used.drop_duplicates("cell_id")["wbc_fraction"], errors="coerce")
+    small = used.drop_duplicates("cell_id")[frac < MIN_WBC_FRACTION]
+    out["small_wbc_masks"] = [{"cell_id": r.cell_id, "source": r.source_row, "wbc_fraction": float(r.wbc_fraction)}
+                              for r in small.itertuples()]
+    out["smaller_than_crop"] = int(((cdf["kind"] == "single") & (cdf["crop_px"] < crop_px)).sum())
+    return out
+
+
+def _report_md(report: dict, config: dict) -> str:
+    lines = [f"# build-dataset report ({report['mode']}, background {report['background']})", "",
+             f"source: `{config['source']}`  ", f"crop {config['crop_px']} px, output {config['size']}x"
+             f"{config['size']} px, seed {config['seed']}" +
+             ("" if report["mode"] == "inference" else
+              f", total {config['total']}, valid fraction {config['valid_fraction']}"), "",
+             f"{report['cells']} source cells -> {report['images']} images", ""]
+    if report["mode"] == "inference":
+        lines += ["| class | cells | images |", "| --- | ---: | ---: |"]
+        lines += [f"| {c} | {d['sources']} | {d['images']} |" for c, d in report["classes"].items()]
+    else:
+        lines += ["| class | sources | train sources | valid sources | train images | valid images | "
+                  "unused sources | images per source | identical repeats |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+        for c, d in report["classes"].items():
+            ips = "/".join("-".join(map(str, d[f"{s}_images_per_source"])) or "-" for s in SPLITS)
+            lines.append(f"| {c} | {d['sources']} | {d['train_sources']} | {d['valid_sources']} | "
+                         f"{d['train_images']} | {d['valid_images']} | "
+                         f"{d['train_unused_sources'] + d['valid_unused_sources']} | {ips} | "
+                         f"{d['identical_repeats']} |")
+        lines += ["", f"train images: {report['split_images']['train']}, "
+                      f"valid images: {report['split_images']['valid']}"]
+        if report["repeats"]:
+            lines += ["", f"Too few source cells in {', '.join(report['repeats'])}: after all 8 dihedral "
+                          "variants, variants were repeated (identical images listed more than once)."]
+    lines += ["", f"cells by kind: {report['kinds']}; padded crops: {report['padded_cells']}; "
+                  f"single-cell images smaller than the crop: {report['smaller_than_crop']}"]
+    for w in report["warnings"]:
+        lines.append(f"\nWARNING: {w}")
+    if report.get("small_wbc_masks"):
+        lines += ["", f"## Crops whose WBC mask kept < {MIN_WBC_FRACTION:.0%} of the pixels "
+                      f"({len(report['small_wbc_masks'])}): check them", ""]
+        lines += [f"- {m['cell_id']} (`{m['source']}`): {m['wbc_fraction']:.4f}" for m in report["small_wbc_masks"]]
+    if report["skipped"]:
+        lines += ["", f"## Skipped bad images ({len(report['skipped'])})", ""]
+        lines += [f"- `{s['source']}`: {s['error']}" for s in report["skipped"]]
+    if report["no_wbc_located"]:
+        lines += ["", f"## Fields with no WBC located ({len(report['no_wbc_located'])})", ""]
+        lines += [f"- `{s['source']}`" for s in report["no_wbc_located"]]
+    return "\n".join(lines) + "\n"

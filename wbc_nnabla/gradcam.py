@@ -1,0 +1,318 @@
+"""Grad-CAM maps: where the CNN looks (the paper's discussion, section IV).
+
+Sasaki et al. (2020) ask in their discussion for Grad-CAM (Selvaraju et al.,
+"Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization", ICCV 2017) to see which parts of a leukocyte the ResNet-18 uses.
+For an image and a class ``c``::
+
+    A^k       = activation k of the last convolutional stage (``layer4``
+                output, ``(K, h, w)`` = ``(512, S/32, S/32)`` for ResNet-18)
+    alpha_k   = mean over the h x w positions of d(score_c) / dA^k
+    map       = ReLU(sum_k alpha_k A^k)                         (h, w)
+
+where ``score_c`` is the class logit (before the softmax: the exported
+``.nnp`` outputs probabilities, so the graph is rebuilt from the parameters
+with :func:`wbc_nnabla.models.resnet`). The network runs in test mode
+(BatchNorm running statistics), as at inference. The map is resampled to the
+input image's size (bilinear, each cell placed on the centre of its receptive
+field, see :func:`_upsample`) and divided by its maximum, so it lies in [0, 1].
+See ``docs/gradcam.md`` for how to read it and its limits.
+
+The model's parameters live in a private parameter dictionary: building a
+:class:`GradCAM` never adds, changes or removes parameters of nnabla's global
+scope (a training session in the same process is not disturbed).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+from . import classes, io, models
+from .export import read_model
+from .inference import preprocess
+
+ImageLike = Union[str, Path, np.ndarray]
+
+
+@dataclass
+class CamResult:
+    """Grad-CAM of one image.
+
+    cam: float32 ``(H, W)`` in [0, 1], the map at the input image's size.
+    raw: float32 ``(h, w)``, the un-normalised map at the ``layer4`` resolution
+        (``ReLU(sum_k alpha_k A^k)``; all zeros when nothing supports the class).
+    class_index, class_name: the class the map explains.
+    predicted_index, predicted_name, probability: the model's top class and its
+        softmax probability.
+    class_probability: softmax probability of the explained class.
+    """
+
+    cam: np.ndarray
+    raw: np.ndarray
+    class_index: int
+    class_name: str
+    predicted_index: int
+    predicted_name: str
+    probability: float
+    class_probability: float
+
+
+def _as_rgb(image: ImageLike, i: int) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected an RGB uint8 array (H, W, 3), "
+                             f"got {image.dtype} {image.shape}")
+        return image
+    return io.read_rgb(image)
+
+
+class GradCAM:
+    """Grad-CAM for a wbc_nnabla ResNet model, loaded once and reused.
+
+    model: path of a ``.nnp`` written by :func:`wbc_nnabla.models.save_nnp`
+        (architecture, class names and input size come from its metadata) or of
+        an ``.h5`` parameter file; read by :func:`wbc_nnabla.export.read_model`
+        (which says what it assumes for files without a description and raises
+        :class:`~wbc_nnabla.export.ModelError` for a bad file).
+    size: network input size in pixels (images are resized to ``size x size``
+        by :func:`wbc_nnabla.inference.preprocess`, as for predictions);
+        default: the model's ``input_size``.
+    batch_size: images per forward/backward pass.
+    """
+
+    def __init__(self, model: Union[str, Path], size: Optional[int] = None, batch_size: int = 8):
+        import nnabla as nn
+
+        self.path = Path(model)
+        params, meta = read_model(self.path)
+        self.meta = meta
+        self.arch = meta["arch"]
+        self.num_classes = int(meta["num_classes"])
+        self.class_names: Tuple[str, ...] = tuple(meta["class_names"])
+        self.size = int(size or meta["input_size"])
+        if self.size < 32:
+            raise ValueError(f"size {self.size}: the ResNet needs at least 32x32 pixels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: expected >= 1")
+        self.batch_size = int(batch_size)
+        # A private parameter dict (parameter_scope("", dict)); no_grad makes the
+        # parametric functions return need_grad=False views, so backward stops at
+        # the features and never computes parameter gradients.
+        self._scope: Dict = OrderedDict()
+        with nn.parameter_scope("", self._scope), nn.no_grad():
+            for k, v in params.items():
+                nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
+        self._graphs: Dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ classes
+
+    def class_index(self, name: Union[str, int]) -> int:
+        """Index in the model's classes of ``name``: the model's own class name or any
+        spelling :func:`classes.category` accepts (case-insensitive), or an index.
+
+        A sub-category maps to its reporting class when the model does not have
+        it (``Lymph small`` -> ``Lymph``; ``Band`` -> ``Neutrophil`` for a
+        five-class model). Raises :class:`~wbc_nnabla.classes.LabelError` naming
+        the model's classes when there is no match.
+        """
+        if isinstance(name, (int, np.integer)):
+            if not 0 <= int(name) < self.num_classes:
+                raise classes.LabelError(f"class index {name} out of range 0-{self.num_classes - 1}")
+            return int(name)
+        exact = [i for i, m in enumerate(self.class_names) if m.casefold() == str(name).strip().casefold()]
+        if exact:  # the model's own spelling, even outside the taxonomy
+            return exact[0]
+        try:
+            cat = classes.category(name)
+        except classes.LabelError as e:
+            raise classes.LabelError(f"{e}; this model's classes are {', '.join(self.class_names)}") from None
+        keys = {}
+        for i, m in enumerate(self.class_names):
+            keys.setdefault(m.casefold(), i)
+            try:
+                keys.setdefault(classes.category(m).name.casefold(), i)
+            except classes.LabelError:  # a custom class name outside the taxonomy
+                pass
+        for candidate in (cat.name, cat.class6, cat.class5):
+            if candidate and candidate.casefold() in keys:
+                return keys[candidate.casefold()]
+        raise classes.LabelError(f"class {name!r} is not one of the model's classes "
+                                 f"({', '.join(self.class_names)}) of {self.path}")
+
+    # ------------------------------------------------------------------ graph
+
+    def _graph(self, n: int):
+        """(x, logits, features) for a batch of ``n``; built once per batch size."""
+        import nnabla as nn
+
+        if n not in self._graphs:
+            with nn.parameter_scope("", self._scope), nn.no_grad():
+                x = nn.Variable(models.input_shape(n, self.size))
+                logits, feats = models.resnet(x, self.arch, self.num_classes, test=True,
+                                              return_features=True)
+            # Gradients are wanted at the layer4 output only: backward starts at
+            # the logits and stops here (parameters and x do not need gradients).
+            feats.need_grad = True
+            self._graphs[n] = (x, logits, feats)
+        return self._graphs[n]
+
+    def _batch(self, rgbs: Sequence[np.ndarray], target: Optional[int]) -> List[CamResult]:
+        from scipy.special import softmax
+
+        x, logits, feats = self._graph(len(rgbs))
+        x.d = np.stack([preprocess(r, self.size) for r in rgbs])
+        logits.forward(clear_no_need_grad=True)
+        scores = logits.d.copy()
+        probs = softmax(scores, axis=1)
+        pred = scores.argmax(axis=1)
+        used = pred if target is None else np.full(len(rgbs), target)
+        activations = feats.d.copy()                                   # (N, K, h, w)
+        onehot = np.zeros(scores.shape, np.float32)
+        onehot[np.arange(len(rgbs)), used] = 1.0                       # d(sum_n score_{n,c_n})
+        feats.grad.zero()
+        logits.backward(grad=onehot, clear_buffer=True)
+        alpha = feats.g.mean(axis=(2, 3))                              # (N, K)
+        raw = np.maximum(np.einsum("nk,nkhw->nhw", alpha, activations), 0.0).astype(np.float32)
+        out = []
+        for i, rgb in enumerate(rgbs):
+            out.append(CamResult(
+                cam=_upsample(raw[i], rgb.shape[:2], self.size), raw=raw[i],
+                class_index=int(used[i]), class_name=self.class_names[used[i]],
+                predicted_index=int(pred[i]), predicted_name=self.class_names[pred[i]],
+                probability=float(probs[i, pred[i]]), class_probability=float(probs[i, used[i]])))
+        return out
+
+    # ------------------------------------------------------------------ API
+
+    def explain(self, images: Sequence[ImageLike], class_name: Union[str, int, None] = None,
+                progress: bool = False) -> List[CamResult]:
+        """Grad-CAM of each image, for ``class_name`` or (default) the predicted class.
+
+        images: RGB uint8 ``(H, W, 3)`` arrays and/or image paths, any sizes.
+        Returns one :class:`CamResult` per image, in order; each ``cam`` has the
+        image's ``(H, W)``.
+        """
+        target = None if class_name is None else self.class_index(class_name)
+        images = list(images)
+        chunks = range(0, len(images), self.batch_size)
+        if progress:
+            from tqdm import tqdm
+            chunks = tqdm(chunks, desc="gradcam", unit="batch")
+        out: List[CamResult] = []
+        for s in chunks:
+            rgbs = [_as_rgb(im, s + j) for j, im in enumerate(images[s:s + self.batch_size])]
+            out.extend(self._batch(rgbs, target))
+        return out
+
+
+#: Total stride of the ResNets of :mod:`wbc_nnabla.models`: conv1, the max-pool and
+#: the first blocks of layer2-4 each halve the grid, with "same" padding.
+STRIDE = 32
+
+
+def _upsample(raw: np.ndarray, shape: Tuple[int, int], size: int) -> np.ndarray:
+    """An ``(h, w)`` layer4 map resampled onto an image of ``shape`` = (H, W), divided by its maximum.
+
+    ``size``: the network input size the image was resized to. Layer4 cell
+    ``(i, j)`` is centred on network-input pixel ``(32 i, 32 j)`` (each stride-2
+    layer maps output ``j`` to input ``2 j``; measured with input gradients in
+    tests), not on the middle of a 32-pixel block as a plain ``cv2.resize``
+    would place it, which would shift the map by half a cell (16 px of the
+    network input; 37 px of a 750-px crop inferred at 320). So the map is
+    placed with an affine warp (bilinear between cell centres, edge cells
+    extended to the border).
+    """
+    h_img, w_img = int(shape[0]), int(shape[1])
+    sy, sx = h_img / size, w_img / size                     # image pixels per network-input pixel
+    # network-input index p lies at image index (p + 0.5) * s - 0.5 (cv2.resize's pixel-centre rule)
+    m = np.float32([[STRIDE * sx, 0.0, 0.5 * sx - 0.5],
+                    [0.0, STRIDE * sy, 0.5 * sy - 0.5]])
+    cam = cv2.warpAffine(raw.astype(np.float32), m, (w_img, h_img), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+    cam = np.maximum(cam, 0.0)
+    top = float(cam.max())
+    return (cam / top if top > 0 else cam).astype(np.float32)
+
+
+def gradcam(model: Union[str, Path], images: Sequence[ImageLike], class_name: Union[str, int, None] = None,
+            size: Optional[int] = None, batch_size: int = 8) -> List[np.ndarray]:
+    """Grad-CAM maps (float32 ``(H, W)`` in [0, 1], one per image) of a model file.
+
+    A one-call form of :class:`GradCAM` (which also gives the predicted class
+    and probabilities); see it for the arguments.
+    """
+    return [r.cam for r in GradCAM(model, size=size, batch_size=batch_size).explain(images, class_name)]
+
+
+def peak(cam: np.ndarray, level: float = 0.9) -> Tuple[float, float]:
+    """Where a map points: centroid ``(y, x)`` in pixels of the region ``cam >= level * max``.
+
+    A centroid rather than ``argmax``: a bilinearly upsampled coarse map has
+    flat maxima whose first pixel sits at a corner of the region.
+    """
+    top = float(cam.max())
+    if top <= 0:
+        raise ValueError("the map is all zeros: no region supports the class")
+    ys, xs = np.nonzero(cam >= level * top)
+    return float(ys.mean()), float(xs.mean())
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
+            colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The map as a heat map over the image: RGB uint8 ``(H, W, 3)``.
+
+    rgb: RGB uint8 ``(H, W, 3)``; cam: ``(H, W)`` in [0, 1] (e.g. ``CamResult.cam``);
+    alpha: weight of the heat map (0 = image only, 1 = heat map only);
+    colormap: an OpenCV colormap (JET: blue = 0, red = 1).
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"overlay: expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if cam.shape != rgb.shape[:2]:
+        raise ValueError(f"overlay: map shape {cam.shape} differs from the image's {rgb.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay: alpha {alpha} outside [0, 1]")
+    heat = cv2.applyColorMap(np.clip(np.round(cam * 255.0), 0, 255).astype(np.uint8), colormap)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(rgb, 1.0 - alpha, heat, alpha, 0.0)
+
+
+def figure(rgbs: Sequence[np.ndarray], cams: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None,
+           ncols: int = 4, alpha: float = 0.4, tile_inches: float = 2.5):
+    """A grid of overlays as a matplotlib :class:`~matplotlib.figure.Figure` (no pyplot state).
+
+    rgbs, cams: images and their maps (same lengths); titles: one per image
+    (e.g. ``"Band 0.93"``). Save with :func:`save_figure` or embed in a report.
+    """
+    from matplotlib.figure import Figure
+
+    if len(rgbs) != len(cams) or (titles is not None and len(titles) != len(rgbs)):
+        raise ValueError("figure: rgbs, cams and titles must have the same length")
+    if not rgbs:
+        raise ValueError("figure: no images")
+    ncols = max(1, min(ncols, len(rgbs)))
+    nrows = -(-len(rgbs) // ncols)
+    fig = Figure(figsize=(tile_inches * ncols, tile_inches * nrows + 0.3 * nrows))
+    for i, (rgb, cam) in enumerate(zip(rgbs, cams)):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(overlay(rgb, cam, alpha))
+        ax.set_axis_off()
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Union[str, Path], dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix, e.g. ``.png``)."""
+    path = Path(path)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(str(tmp), dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    return path

@@ -1,0 +1,456 @@
+"""Predictions for cell images: the inference stage of Sasaki et al. (2020), section II.3/III.
+
+``predict(model, cells)`` runs a trained ResNet over single-cell crops and
+returns a predictions table (one row per cell)::
+
+    path, smear, label, pred6, pred5, prob_Basophil, prob_Eosinophil, prob_Lymph,
+    prob_Mono, prob_Band, prob_Segment
+
+(a model of another class set gives ``pred`` and ``prob_<name>`` columns; the
+scoring stage only accepts the six-class schema). See ``docs/inference.md``.
+
+Every backend gets the same input from one function, :func:`preprocess`
+(resize to ``size`` x ``size``, RGB scaled to [0, 1], ``(3, S, S)``), so only
+the network arithmetic differs between them:
+
+* ``nnabla``: the reference, the graph of :mod:`wbc_nnabla.models` (GPU when a
+  CUDA context is current; single-threaded on CPU);
+* ``opencv``: the ONNX export run by ``cv2.dnn`` (multi-threaded, Winograd 3x3);
+* ``onnxruntime``: the ONNX export run by onnxruntime.
+
+``auto`` picks nnabla on a GPU context, else the fastest CPU backend installed.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import classes, io
+from .export import ModelError, cached_onnx, read_model, read_onnx_meta
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+
+BACKENDS = ("auto", "nnabla", "opencv", "onnxruntime")
+#: CPU backends in the order ``auto`` tries them (fastest first, measured in
+#: docs/bench_inference.md on a 2-core AVX-512 machine).
+CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
+PROB_PREFIX = "prob_"
+SIX_COLUMNS = ("path", "smear", "label", "pred6", "pred5") + tuple(PROB_PREFIX + c for c in classes.CLASSES6)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Network input of one cell image: float32 ``(3, size, size)`` RGB in [0, 1].
+
+    rgb: uint8 ``(H, W, 3)`` RGB (as :func:`wbc_nnabla.io.read_rgb` returns).
+    The image is resized to ``size`` x ``size`` (the paper resizes its 750x750
+    crops to 480 for training and 320 for inference, section II.3) with
+    ``cv2.INTER_AREA`` when shrinking (both sides larger than ``size``; no
+    aliasing), else ``cv2.INTER_LINEAR``; then scaled by 1/255 like nnabla's
+    ``data_iterator_csv_dataset(normalize=True)``. ImageNet normalisation is
+    inside the network. Every backend uses this function.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    if (h, w) != (size, size):
+        # the rule of training's validation loader (training.ImageLoader), kept identical
+        interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def load_input(path: PathLike, size: int) -> np.ndarray:
+    """:func:`preprocess` of the image file ``path`` (raises ``ImageReadError`` naming it)."""
+    return preprocess(io.read_rgb(path), size)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def nnabla_on_gpu() -> bool:
+    """True when nnabla's current default context is a CUDA one."""
+    import nnabla as nn
+    return any(b.startswith(("cuda", "cudnn")) for b in nn.get_current_context().backend)
+
+
+class Backend:
+    """A loaded model: ``run(x)`` maps float32 ``(N, 3, S, S)`` in [0, 1] to probabilities ``(N, C)``.
+
+    Attributes: ``name`` (backend), ``meta`` (``arch``, ``class_names``,
+    ``input_size``...), ``model_path`` (the file the user gave; the ONNX
+    backends also have ``onnx_path``, the converted file they run).
+    """
+
+    name = "?"
+    #: images per call to the engine; larger batches are split (measured faster
+    #: on CPU: activations of small chunks stay in cache).
+    chunk = 0
+
+    def __init__(self, model_path: PathLike, meta: dict):
+        self.model_path = Path(model_path)
+        self.meta = meta
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.meta["class_names"])
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a float32 batch (N, 3, S, S), got shape {x.shape}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        step = self.chunk or len(x)
+        return np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.meta.get('arch')} {self.model_path.name}>"
+
+
+class NnablaBackend(Backend):
+    """The reference: the nnabla graph of models.py, in test mode, with softmax.
+
+    One graph per input shape, built in a private parameter scope (never the
+    global one, so training code in the same process is not disturbed).
+    """
+
+    name = "nnabla"
+
+    def __init__(self, model_path: PathLike, params: dict, meta: dict):
+        super().__init__(model_path, meta)
+        self.params = params
+        self._graphs: Dict[tuple, tuple] = {}
+
+    def _graph(self, shape: tuple):
+        if shape not in self._graphs:
+            import nnabla as nn
+            import nnabla.functions as F
+
+            from . import models
+            scope: dict = {}
+            with nn.parameter_scope("net", scope=scope):
+                for k, v in self.params.items():
+                    nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
+                x = nn.Variable(shape)
+                y = F.softmax(models.resnet(x, self.meta["arch"], int(self.meta["num_classes"]), test=True))
+            self._graphs = {shape: (x, y)}  # keep one: each holds the activations of a batch
+        return self._graphs[shape]
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        xv, yv = self._graph(x.shape)
+        xv.d = x
+        yv.forward(clear_buffer=True)
+        return yv.d.copy()
+
+
+class OpenCVBackend(Backend):
+    """The ONNX export run by OpenCV's DNN module (``cv2.dnn.readNetFromONNX``)."""
+
+    name = "opencv"
+    chunk = 2
+
+    def __init__(self, onnx_path: PathLike, meta: dict, threads: Optional[int] = None,
+                 model_path: Optional[PathLike] = None):
+        super().__init__(model_path or onnx_path, meta)
+        self.onnx_path = Path(onnx_path)
+        cv2.setNumThreads(threads or cpu_count())
+        self.net = cv2.dnn.readNetFromONNX(str(onnx_path))
+        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self.net.setInput(x)
+        return np.array(self.net.forward(), dtype=np.float32, copy=True)
+
+
+class OnnxRuntimeBackend(Backend):
+    """The ONNX export run by onnxruntime's CPU execution provider."""
+
+    name = "onnxruntime"
+    chunk = 1
+
+    def __init__(self, onnx_path: PathLike, meta: dict, threads: Optional[int] = None,
+                 model_path: Optional[PathLike] = None):
+        import onnxruntime as ort
+        super().__init__(model_path or onnx_path, meta)
+        self.onnx_path = Path(onnx_path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or cpu_count()
+        so.inter_op_num_threads = 1
+        # EXTENDED, not ALL: ALL adds the NCHWc layout rewrite, measured slower
+        # for this network here (docs/bench_inference.md).
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["y"], {"x": x})[0]
+
+
+def available_backends() -> List[str]:
+    """Backends whose libraries import in this environment."""
+    out = ["nnabla", "opencv"]
+    try:
+        import onnxruntime  # noqa: F401
+        out.append("onnxruntime")
+    except ImportError:
+        pass
+    return out
+
+
+def _model_kind(path: Path) -> str:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file (expected .nnp, .h5 or an exported .onnx)")
+    suffix = path.suffix.lower()
+    if suffix not in (".nnp", ".h5", ".onnx"):
+        raise ModelError(f"{path}: unsupported model file type {suffix!r} (expected .nnp, .h5 or .onnx)")
+    return suffix[1:]
+
+
+def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] = None) -> Backend:
+    """Load a model file for one backend.
+
+    model: ``.nnp`` / ``.h5`` (any backend; the ONNX is exported on the fly and
+        cached, see :func:`wbc_nnabla.export.cached_onnx`) or an ONNX exported by
+        wbc_nnabla (``opencv``/``onnxruntime`` only).
+    backend: one of :data:`BACKENDS`; ``auto`` = nnabla on a GPU context, else
+        the first of :data:`CPU_ORDER` available.
+    threads: CPU threads for opencv/onnxruntime (default: all cores of this process).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = Path(model)
+    kind = _model_kind(path)
+    if backend == "auto":
+        if kind != "onnx" and nnabla_on_gpu():
+            backend = "nnabla"
+        else:
+            have = available_backends()
+            backend = next(b for b in CPU_ORDER if b in have and not (kind == "onnx" and b == "nnabla"))
+    if backend not in available_backends():
+        raise ModelError(f"backend {backend!r} is not installed (pip install 'wbc_nnabla[{backend}]')")
+    if kind == "onnx":
+        if backend == "nnabla":
+            raise ModelError(f"{path}: the nnabla backend needs the .nnp or .h5 model, not an ONNX file")
+        onnx_path, meta = path, read_onnx_meta(path)
+    elif backend == "nnabla":
+        params, meta = read_model(path)
+        return NnablaBackend(path, params, meta)
+    else:
+        _, meta = read_model(path)  # validates the network before converting
+        onnx_path = cached_onnx(path)
+    cls = OpenCVBackend if backend == "opencv" else OnnxRuntimeBackend
+    try:
+        return cls(onnx_path, meta, threads, model_path=path)
+    except cv2.error as e:
+        raise ModelError(f"{onnx_path}: OpenCV cannot load this ONNX ({str(e).strip().splitlines()[-1]})") from None
+
+
+# ----------------------------------------------------------------------------- cell inputs
+
+
+def read_inputs(source) -> pd.DataFrame:
+    """The cells to predict: a cell table (see :mod:`wbc_nnabla.io`), labels optional.
+
+    source: a cell table DataFrame (needs ``path``), or anything
+    :func:`wbc_nnabla.io.read_cells` reads (class-folder tree, ``path,label[,smear]``
+    CSV, NNC dataset CSV or folder), an inference dataset folder (its ``cells.csv``:
+    path, label, smear), a folder of images (unlabeled), or a
+    folder of sub-folders that are not class names (each one a smear, unlabeled:
+    the paper's inference set is 57 smears).
+    """
+    if isinstance(source, pd.DataFrame):
+        if "path" not in source.columns:
+            raise io.SourceError("cell table has no 'path' column")
+        df = source.copy()
+        for col in ("label", "smear"):
+            df[col] = df[col].fillna("").astype(str) if col in df.columns else ""
+        return df
+    src = Path(source)
+    if src.is_dir() and (src / "cells.csv").is_file() and not (src / "labels.csv").is_file():
+        return io.read_cells(src / "cells.csv")  # an inference dataset folder (build-dataset --inference)
+    if src.is_dir() and not any((src / n).is_file() for n in ("labels.csv", "train.csv", "valid.csv")):
+        images = io.list_images(src)
+        if images:
+            return _cell_table([dict(path=str(p.resolve()), smear="", source=str(p)) for p in images])
+        try:
+            return io.read_cells(src)
+        except classes.LabelError:
+            return _smear_folders(src)
+    return io.read_cells(src)
+
+
+def _smear_folders(root: Path) -> pd.DataFrame:
+    rows = [dict(path=str(p.resolve()), smear=sub.name, source=str(p))
+            for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            for p in io.list_images(sub)]
+    if not rows:
+        raise io.SourceError(f"{root}: no images (expected image files, class or smear sub-folders, "
+                             f"or a labels.csv)")
+    return _cell_table(rows)
+
+
+def _cell_table(rows: List[dict]) -> pd.DataFrame:
+    """An unlabeled cell table (columns of ``io.CELL_COLUMNS``) from ``path, smear, source`` rows."""
+    df = pd.DataFrame(rows, columns=list(io.CELL_COLUMNS))
+    df[["label", "category"]] = ""
+    df[["x", "y"]] = np.nan
+    return df
+
+
+def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int) -> Iterator[np.ndarray]:
+    """Batches ``(n, 3, size, size)`` decoded by a thread pool, up to two batches ahead.
+
+    cv2 decoding/resizing releases the GIL, so this overlaps with inference;
+    the bounded look-ahead keeps memory at a few batches whatever the cell count.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(paths)
+
+        def fill():
+            while len(pending) < 2 * batch_size:
+                p = next(it, None)
+                if p is None:
+                    return
+                pending.append(pool.submit(load_input, p, size))
+
+        fill()
+        while pending:
+            n = min(batch_size, len(pending))
+            batch = np.stack([pending.popleft().result() for _ in range(n)])
+            fill()
+            yield batch
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]], where: str) -> None:
+    """Refuse a model whose class names differ (as a set) from ``expected`` (None: no check)."""
+    if expected is None:
+        return
+    if sorted(class_names) != sorted(expected):
+        raise ModelError(f"{where}: model classes {', '.join(class_names)} differ from the expected "
+                         f"{', '.join(expected)}; predictions of one class set cannot fill another's schema")
+
+
+def is_six_class(class_names: Sequence[str]) -> bool:
+    """True when the model predicts exactly the paper's six classes (in any order)."""
+    return sorted(class_names) == sorted(classes.CLASSES6)
+
+
+def predictions_table(cells: pd.DataFrame, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """The predictions table of ``cells`` given probabilities ``(N, C)`` over ``class_names``.
+
+    Six-class models: :data:`SIX_COLUMNS` (probabilities in Table 1 order,
+    ``pred5`` merges Band and Segment into Neutrophil). Other models:
+    ``path, smear, label, pred, prob_<name>...``.
+    """
+    names = list(class_names)
+    out = pd.DataFrame({"path": cells["path"].astype(str).values,
+                        "smear": cells["smear"].fillna("").astype(str).values,
+                        "label": cells["label"].fillna("").astype(str).values})
+    if is_six_class(names):
+        order = [names.index(c) for c in classes.CLASSES6]
+        p6 = probs[:, order]
+        out["pred6"] = [classes.CLASSES6[i] for i in p6.argmax(1)]
+        out["pred5"] = [classes.to_class5(c) for c in out["pred6"]]
+        for j, c in enumerate(classes.CLASSES6):
+            out[PROB_PREFIX + c] = p6[:, j].astype(np.float64)
+    else:
+        out["pred"] = [names[i] for i in probs.argmax(1)]
+        for j, c in enumerate(names):
+            out[PROB_PREFIX + c] = probs[:, j].astype(np.float64)
+    return out
+
+
+def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
+            expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
+            progress: bool = True) -> pd.DataFrame:
+    """Predict every cell (section III's inference, 150-200 cells per smear).
+
+    model: a model file (``.nnp``, ``.h5`` or exported ``.onnx``) or a loaded
+        :class:`Backend` (reuse it across calls).
+    cells: anything :func:`read_inputs` accepts (labels optional).
+    size: input side in pixels; default the model's training size
+        (``meta['input_size']``). The paper infers at 320 with a model trained
+        at 480 (pass ``size=320`` for that); a differing size is logged as a warning.
+    batch_size: images per batch; backend: see :func:`load_backend`.
+    expected_classes: class names the caller expects (e.g. :data:`wbc_nnabla.classes.CLASSES6`);
+        a model of another class set raises :class:`~wbc_nnabla.export.ModelError`.
+    Returns the predictions table (:func:`predictions_table`), with
+    ``df.attrs`` holding ``backend``, ``size``, ``train_size``, ``seconds``.
+    """
+    from tqdm.auto import tqdm
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
+    check_classes(engine.class_names, expected_classes, str(engine.model_path))
+    train_size = int(engine.meta["input_size"])
+    size = int(size or train_size)
+    if size < 32:
+        raise ValueError(f"size {size}: the ResNet needs at least 32x32 pixels")
+    if size != train_size:
+        log.warning("inferring at %d px with a model trained at %d px: cells look %.2fx their training "
+                    "size (the paper does 480 -> 320 this way)", size, train_size, size / train_size)
+    table = read_inputs(cells)
+    log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
+             engine.meta.get("arch"))
+    t0 = time.perf_counter()
+    chunks = []
+    with tqdm(total=len(table), unit="cell", desc=f"predict [{engine.name}]", disable=not progress) as bar:
+        for x in _prefetch(list(table["path"]), size, batch_size, workers=min(4, cpu_count() + 1)):
+            chunks.append(engine.run(x))
+            bar.update(len(x))
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(engine.class_names)), np.float32)
+    out = predictions_table(table, probs, engine.class_names)
+    out.attrs.update(backend=engine.name, size=size, train_size=train_size,
+                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"))
+    return out
+
+
+def write_predictions(df: pd.DataFrame, path: PathLike) -> Path:
+    """Write a predictions table as CSV atomically (probabilities with 7 significant digits)."""
+    path = Path(path)
+    with io.atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.7g", lineterminator="\n")
+    return path
+
+
+def read_predictions(path: PathLike) -> pd.DataFrame:
+    """Read a predictions CSV back (``smear``/``label`` as strings, empty when unknown)."""
+    df = pd.read_csv(path, dtype={"path": str, "smear": str, "label": str}, keep_default_na=False)
+    return df
+
+
+def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dict:
+    """The effective configuration of a predict run (saved beside the CSV by the CLI)."""
+    return dict(stage="predict", model=str(model), cells=str(cells), batch_size=batch_size,
+                n_cells=len(df), environment=io.environment(), **df.attrs)
+
+
+__all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
+           "SIX_COLUMNS", "available_backends", "check_classes", "load_backend", "predict",
+           "predictions_table", "preprocess", "read_inputs", "read_predictions", "write_predictions"]
