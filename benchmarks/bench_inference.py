@@ -75,13 +75,15 @@ def trained_model(args) -> Path:
 
 
 def time_runs(fn, repeats: int):
+    """(wall seconds per run, process CPU seconds per run) after one warm-up call."""
     fn()  # warm-up: OpenCV/onnxruntime allocate and transform weights on the first call
-    runs = []
+    runs, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         runs.append(time.perf_counter() - t0)
-    return runs
+        cpu.append(time.process_time() - c0)
+    return runs, cpu
 
 
 def engine_speed(engines, x, repeats, chunks):
@@ -91,13 +93,17 @@ def engine_speed(engines, x, repeats, chunks):
         variants = [eng.chunk] + ([c for c in chunks if c != eng.chunk] if name != "nnabla" else [])
         for chunk in variants:
             eng.chunk, keep = chunk, eng.chunk
-            runs = time_runs(lambda: eng.run(x), 1 if name == "nnabla" else repeats)
+            runs, cpu = time_runs(lambda: eng.run(x), max(1, repeats // 2) if name == "nnabla" else repeats)
             eng.chunk = keep
             rate = [len(x) / r for r in runs]
+            # CPU-seconds per image: with a busy machine the wall rate understates
+            # the engine; cores / cpu_per_image bounds the rate on an idle machine.
+            cpu_img = statistics.median(cpu) / len(x)
             rows.append(dict(backend=name, chunk=chunk or len(x), default=chunk == keep,
-                             median=statistics.median(rate), best=max(rate), load=load()))
+                             median=statistics.median(rate), best=max(rate), cpu_s_per_image=cpu_img,
+                             load=load()))
             print(f"  {name:12s} chunk {chunk or len(x):2d}: median {rows[-1]['median']:6.2f} img/s, "
-                  f"best {rows[-1]['best']:6.2f}  ({rows[-1]['load']})", flush=True)
+                  f"best {rows[-1]['best']:6.2f}, {cpu_img:.3f} CPU-s/img  ({rows[-1]['load']})", flush=True)
     return rows
 
 

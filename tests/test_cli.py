@@ -30,3 +30,11 @@ def test_cells_command_and_one_line_error(capsys, demo_dir, tmp_path):
     assert cli.main(["cells", str(tmp_path / "bad.csv")]) == 2
     err = capsys.readouterr().err
     assert "Blast" in err and "bad.csv:2" in err and "Traceback" not in err
+
+
+def test_docs_cli_reference_matches_help():
+    from pathlib import Path
+    doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    assert doc.read_text() == cli.help_markdown(), (
+        "docs/cli.md is out of date: regenerate with "
+        "python -c 'from wbc_nnabla import cli; print(cli.help_markdown(), end=\"\")' > docs/cli.md")

@@ -139,6 +139,17 @@ def test_smear_level_no_leakage(tmp_path):
     assert set(m["split"]) == {"train", "valid"}
 
 
+def test_remove_and_keep_builds_share_the_split(tmp_path):
+    """Model B fine-tunes Model A: dataset ②'s valid cells must not be in dataset ①'s train."""
+    src = _demo_subset(tmp_path, per_class=5)
+    a = _manifest(datasets.build_dataset(src, tmp_path / "a", background="remove", total=60, **SMALL))
+    b = _manifest(datasets.build_dataset(src, tmp_path / "b", background="keep", total=90, **SMALL))
+    split_a = a.drop_duplicates("cell_id").set_index("cell_id")["split"]
+    split_b = b.drop_duplicates("cell_id").set_index("cell_id")["split"]
+    assert split_a.sort_index().equals(split_b.sort_index())
+    assert not set(a.loc[a["split"] == "train", "source_path"]) & set(b.loc[b["split"] == "valid", "source_path"])
+
+
 def test_same_inputs_give_byte_identical_outputs(tmp_path):
     src = _demo_subset(tmp_path, per_class=2)
     a = datasets.build_dataset(src, tmp_path / "a", background="remove", total=30, seed=3, **SMALL)
@@ -194,8 +205,10 @@ def test_missing_and_corrupt_images_stop_or_are_skipped(tmp_path):
 
 def test_refuses_bad_outputs_and_sources(tmp_path):
     src = _demo_subset(tmp_path, per_class=1)
+    image_dir = Path(pd.read_csv(src)["path"][0]).parent  # the folders of the listed images are sources too
     with pytest.raises(io.SourceError, match="inside the source folder"):
-        datasets.build_dataset(src, tmp_path / "src" / "out", background="keep", **SMALL)
+        datasets.build_dataset(src, image_dir / "out", background="keep", **SMALL)
+    assert not (image_dir / "out").exists()
     (tmp_path / "exists").mkdir()
     with pytest.raises(FileExistsError, match="exists"):
         datasets.build_dataset(src, tmp_path / "exists", background="keep", total=12, **SMALL)

@@ -283,6 +283,9 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
     gc[nuc_w] = cv2.GC_FGD
     bgm = np.zeros((1, 65), np.float64)
     fgm = np.zeros((1, 65), np.float64)
+    # GrabCut's k-means start draws from OpenCV's global RNG: seed it so the mask
+    # depends on the image only (the same crop always gives the same mask)
+    cv2.setRNGSeed(0)
     cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gc, None, bgm, fgm, GRABCUT_ITERS,
                 cv2.GC_INIT_WITH_MASK)
     m = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)

@@ -609,6 +609,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def help_markdown(width: int = 100) -> str:
+    """The CLI reference (``docs/cli.md``): every sub-command's ``--help``, at a fixed width."""
+    import os
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)  # argparse wraps help to the terminal width
+    try:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parts = ["# Command-line reference", "",
+                 "Generated from `wbc-nnabla --help` by `wbc_nnabla.cli.help_markdown()`; "
+                 "a test checks that it matches the installed command.", "",
+                 "```text", parser.format_help().rstrip(), "```", ""]
+        for name, p in sub.choices.items():
+            parts += [f"## wbc-nnabla {name}", "", "```text", p.format_help().rstrip(), "```", ""]
+        return "\n".join(parts)
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -343,9 +343,6 @@ def _process(rgb: np.ndarray, row, background: str, size: int, pad_mode: str):
     crop, info = cells.crop_square(rgb, row.cx, row.cy, int(row.crop_px), pad_mode=pad_mode)
     info["wbc_fraction"] = ""
     if background == "remove":
-        # wbc_mask may use GrabCut, whose k-means initialisation draws from OpenCV's global
-        # RNG: reseed it per cell so each mask depends on the cell only (byte-identical builds)
-        cv2.setRNGSeed(0)
         mask = cells.wbc_mask(crop)  # computed on the crop (section II.3, dataset ①)
         info["wbc_fraction"] = round(float(mask.mean()), 4)
         crop = cells.remove_background(crop, mask)
@@ -417,7 +414,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = 750
     for d in source_dirs:  # --overwrite replaces OUT: it must not hold any source
         d = Path(d).resolve()
         d = d if d.is_dir() else d.parent
-        if out.resolve() in d.parents:
+        if out.resolve() == d or out.resolve() in d.parents:
             raise io.SourceError(f"output {out} contains the source folder {d}; choose another output "
                                  f"(sources are never written)")
     _check_out(out, overwrite)

@@ -6,7 +6,8 @@ Localization", ICCV 2017) to see which parts of a leukocyte the ResNet-18 uses.
 For an image and a class ``c``::
 
     A^k       = activation k of the last convolutional stage (``layer4``
-                output, ``(K, h, w)`` = ``(512, S/32, S/32)`` for ResNet-18)
+                output, ``(K, h, w)`` = ``(512, ceil(S/32), ceil(S/32))`` for
+                ResNet-18 at input size S: 10 x 10 at the paper's 320)
     alpha_k   = mean over the h x w positions of d(score_c) / dA^k
     map       = ReLU(sum_k alpha_k A^k)                         (h, w)
 

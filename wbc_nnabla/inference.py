@@ -406,6 +406,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     from tqdm.auto import tqdm
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    table = read_inputs(cells)            # bad cell lists fail before any model conversion
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
     train_size = int(engine.meta["input_size"])
@@ -415,7 +416,6 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     if size != train_size:
         log.warning("inferring at %d px with a model trained at %d px: cells look %.2fx their training "
                     "size (the paper does 480 -> 320 this way)", size, train_size, size / train_size)
-    table = read_inputs(cells)
     log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
              engine.meta.get("arch"))
     t0 = time.perf_counter()

@@ -287,7 +287,8 @@ def write_nnc_csv(path: PathLike, images: Iterable[PathLike], labels: Iterable[i
                   extra: Optional[dict] = None) -> Path:
     """Write a Neural Network Console dataset CSV (``x:image,y:label``).
 
-    images: image paths, written relative to the CSV's folder when inside it.
+    images: image paths (relative ones are taken from the current directory), written
+        relative to the CSV's folder when inside it, else absolute.
     labels: class indices (six-class order of :data:`wbc_nnabla.classes.CLASSES6`).
     extra: optional further columns ``{header: values}`` (e.g. ``{"smear": [...]}``);
         nnabla's ``data_iterator_csv_dataset`` reads them as extra variables.
@@ -296,11 +297,11 @@ def write_nnc_csv(path: PathLike, images: Iterable[PathLike], labels: Iterable[i
     base = path.parent.resolve()
     rel = []
     for p in images:
-        p = Path(p)
+        p = Path(p).resolve()
         try:
-            rel.append(p.resolve().relative_to(base).as_posix() if p.is_absolute() else p.as_posix())
+            rel.append(p.relative_to(base).as_posix())
         except ValueError:
-            rel.append(str(p.resolve()))
+            rel.append(str(p))
     df = pd.DataFrame({NNC_HEADER[0]: rel, NNC_HEADER[1]: [int(v) for v in labels]})
     for k, v in (extra or {}).items():
         df[k] = list(v)
@@ -401,13 +402,20 @@ def environment() -> dict:
 
 
 def check_not_inside(out: PathLike, sources: Iterable[PathLike]) -> None:
-    """Refuse an output folder inside (or equal to) a source folder: sources stay read-only."""
+    """Refuse an output folder inside (or equal to) a source folder: sources stay read-only.
+
+    A source that is a file (a CSV listing cells) protects only itself; pass
+    the folders of the images it lists to protect them too.
+    """
     out_r = Path(out).resolve()
     for s in sources:
         s_r = Path(s).resolve()
-        s_dir = s_r if s_r.is_dir() else s_r.parent
-        if out_r == s_dir or s_dir in out_r.parents:
-            raise SourceError(f"output {out} is inside the source folder {s_dir}; "
+        if s_r.is_file() or not s_r.exists():
+            if out_r == s_r:
+                raise SourceError(f"output {out} is the source file {s}; choose another output")
+            continue
+        if out_r == s_r or s_r in out_r.parents:
+            raise SourceError(f"output {out} is inside the source folder {s_r}; "
                               f"choose an output outside it (sources are never written)")
 
 

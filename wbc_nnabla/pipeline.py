@@ -175,18 +175,20 @@ def _pretrained(cfg: Config) -> str:
         return "none"
 
 
-def _train(dataset, out, cfg: Config, epochs: int, pretrained: str = "none", init=None) -> Path:
+def _train(dataset, out, cfg: Config, epochs: int, pretrained: str = "none", init=None,
+           progress: bool = True) -> Path:
     from . import training
     out = Path(out)
     model = out / "model.nnp"
     state = _read_json(out / "config.json")
-    if model.is_file() and state.get("finished"):
+    done = len(state.get("history", [])) >= state.get("config", {}).get("epochs", float("inf"))
+    if model.is_file() and done:
         log.info("skip: %s is complete", out)
         return model
     resume = (out / "checkpoint.json").is_file()
     training.train(dataset, out, epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size,
                    seed=cfg.seed, pretrained=pretrained, init=init, arch=cfg.arch, context=cfg.context,
-                   resume=resume)
+                   resume=resume, progress=progress)
     return model
 
 
@@ -250,8 +252,9 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
               size=cfg.infer_size, inference=True, crop=cfg.crop, seed=cfg.seed, progress=progress)
 
     model_a = timed("train_A", _train, out / "dataset_A", out / "model_A", cfg, cfg.epochs_a,
-                    pretrained=_pretrained(cfg))
-    model_b = timed("train_B", _train, out / "dataset_B", out / "model_B", cfg, cfg.epochs_b, init=model_a)
+                    pretrained=_pretrained(cfg), progress=progress)
+    model_b = timed("train_B", _train, out / "dataset_B", out / "model_B", cfg, cfg.epochs_b, init=model_a,
+                    progress=progress)
 
     preds = {}
     for name, model in (("A", model_a), ("B", model_b)):

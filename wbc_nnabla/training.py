@@ -479,7 +479,11 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
 
     nn.set_default_context(get_context(context))
     models._drop_scope(SCOPE)
-    np.random.seed(_derive_seed(seed, 0, 0))          # parameter initialisation (fc, or all from scratch)
+    # nnabla's initialisers draw from nnabla.random.prng, not NumPy's global state.
+    import nnabla.random
+    nnabla.random.set_parameter_seed(_derive_seed(seed, 0, 0))
+    nnabla.random.seed(_derive_seed(seed, 0, 3))
+    np.random.seed(_derive_seed(seed, 0, 4))
     g, g_epoch = Graphs(arch, len(classes.CLASSES6), batch_size, size, aug, _derive_seed(seed, 0, 1)), 0
     params = parameters()
     start_epoch, history, best = 0, [], {"epoch": None, "validation_error": float("inf")}

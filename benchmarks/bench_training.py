@@ -1,0 +1,68 @@
+"""Training throughput (not a test): images/s and the share of step time outside nnabla's
+forward/backward/update (data loading and conversion, augmentation-tile monitor, progress bar).
+
+Runs :func:`wbc_nnabla.training.train` for 2 short epochs (epoch 1 reads and decodes
+JPEGs through the background data iterator; epoch 2 hits the in-memory cache) at
+480x480 batch 4 (the paper's training size) and 64x64 batch 32, on the demo cells
+(~360 px JPEGs, resized on load). F.image_augmentation runs inside the graph and is
+counted as compute. Also checks the 320x320 inference graph shape.
+
+    nice -n 5 .venv/bin/python benchmarks/bench_training.py [--iterations 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from wbc_nnabla import classes, io, models, training  # noqa: E402
+
+
+def dataset(root: Path, per_class: int) -> Path:
+    df = io.read_cells(io.demo_data())
+    rows = [i for _, g in df.groupby("label") for i in g.index[:per_class]]
+    io.write_nnc_csv(root / "train.csv", df.path[rows], [classes.index6(v) for v in df.label[rows]])
+    io.write_nnc_csv(root / "valid.csv", df.path[rows[:4]], [classes.index6(v) for v in df.label[rows[:4]]])
+    return root
+
+
+def bench(size: int, batch: int, iterations: int, tmp: Path) -> dict:
+    ds = dataset(tmp / f"ds{size}", max(2, -(-batch * iterations // 6)))
+    t0 = time.time()
+    s = training.train(ds, tmp / f"out{size}", epochs=2, batch_size=batch, size=size, pretrained="none",
+                       progress=False, max_iterations=iterations, train_eval_limit=4)
+    h = s["history"]
+    return dict(size=size, batch_size=batch, iterations_per_epoch=iterations,
+                cold_images_per_s=h[0]["images_per_s"], cold_outside_share=h[0]["data_share"],
+                warm_images_per_s=h[1]["images_per_s"], warm_outside_share=h[1]["data_share"],
+                wall_s=time.time() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=3, help="iterations per epoch at 480 px")
+    ap.add_argument("--iterations-64", type=int, default=6, help="iterations per epoch at 64 px")
+    a = ap.parse_args()
+    import nnabla as nn
+    import numpy as np
+    x = nn.Variable((1, 3, 320, 320))
+    y = models.resnet18(x, test=True)
+    x.d = np.random.rand(*x.shape)
+    t = time.time()
+    y.forward()
+    print(f"inference graph 320x320: output {y.shape}, one forward {time.time() - t:.2f} s")
+    nn.clear_parameters()
+    with tempfile.TemporaryDirectory() as d:
+        for size, batch, it in ((480, 4, a.iterations), (64, 32, a.iterations_64)):
+            r = bench(size, batch, it, Path(d))
+            print(json.dumps(r, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

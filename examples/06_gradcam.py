@@ -1,0 +1,27 @@
+"""Step 6 (the paper's discussion): Grad-CAM of Model B on the cells it gets wrong.
+
+    python examples/06_gradcam.py --work WORK [--n 6]
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wbc_nnabla import gradcam, io
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--work", default="work")
+ap.add_argument("--n", type=int, default=6, help="how many cells")
+args = ap.parse_args()
+work = Path(args.work)
+
+preds = pd.read_csv(work / "predictions_B.csv", keep_default_na=False)
+wrong = preds[(preds["label"] != "") & (preds["label"] != preds["pred6"])]
+cells = (wrong if len(wrong) else preds).head(args.n)
+images = [io.read_rgb(p) for p in cells["path"]]
+explainer = gradcam.GradCAM(work / "model_B" / "model.nnp")
+for (_, row), img, res in zip(cells.iterrows(), images, explainer.explain(images)):
+    out = work / "gradcam" / f"{Path(row['path']).stem}.png"
+    io.write_image(out, np.hstack([img, gradcam.overlay(img, res.cam)]))
+    print(f"{out}: human {row['label'] or '?'}, AI {row['pred6']}")
