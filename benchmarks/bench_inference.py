@@ -107,6 +107,29 @@ def engine_speed(engines, x, repeats, chunks):
     return rows
 
 
+def parity(engines, cells, size, batch_size) -> dict:
+    """Max |p - p_nnabla| and argmax agreement of the ONNX backends on ``cells`` at ``size``."""
+    print(f"\n[3] parity on {len(cells)} pbc6 cells at {size} px (nnabla reference; slow on CPU)", flush=True)
+    out = {}
+    for name in ("nnabla", "opencv", "onnxruntime"):
+        out[name] = inference.predict(engines[name], cells, size=size, batch_size=batch_size, progress=False)
+        print(f"  {name:12s}: {out[name].attrs['seconds']:.0f} s ({load()})", flush=True)
+    ref = out["nnabla"]
+    par = {}
+    for name in ("opencv", "onnxruntime"):
+        diff = float(np.abs(out[name][PROBS].values - ref[PROBS].values).max())
+        same = float((out[name]["pred6"] == ref["pred6"]).mean())
+        par[name] = dict(max_abs_prob_diff=diff, argmax_agreement=same, n=len(cells))
+        print(f"  {name:12s} vs nnabla: max |dp| = {diff:.2e}, same class {same * 100:.2f}% "
+              f"({'PASS' if diff < 1e-4 and same == 1.0 else 'FAIL'})")
+    accuracy = float((ref["pred6"] == ref["label"]).mean())
+    top = ref[PROBS].values.max(axis=1)
+    print(f"  (model sanity: nnabla accuracy {accuracy:.3f} on these cells, top probability mean {top.mean():.3f} "
+          f"max {top.max():.3f}; predicted classes {ref['pred6'].value_counts().to_dict()})")
+    par["nnabla_accuracy"], par["mean_top_prob"] = accuracy, float(top.mean())
+    return par
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model .nnp (default: train one briefly, cached in --workdir)")
@@ -183,31 +206,16 @@ def main(argv=None) -> int:
         pred["cli_wall_s"] = wall
         pred["cli_img_per_s"] = len(paths) / wall
         print(f"  `wbc-nnabla predict MODEL {folder.name} OUT.csv --size {args.size}`: {wall:.1f} s wall "
-              f"= {len(paths) / wall:.2f} img/s incl. start-up; {proc.stdout.strip().splitlines()[0]} ({load()})")
+              f"= {len(paths) / wall:.2f} img/s incl. start-up ({load()})")
+        print("    " + "\n    ".join(proc.stdout.strip().splitlines()))
         results["predict"] = pred
 
     if "parity" not in args.skip:
         cells = sample_cells(args.data, args.parity_cells, seed=4)
-        print(f"\n[3] parity on {len(cells)} pbc6 cells at {args.size} px (nnabla reference; slow on CPU)", flush=True)
-        out = {}
-        for name in ("nnabla", "opencv", "onnxruntime"):
-            out[name] = inference.predict(engines[name], cells, size=args.size, batch_size=args.batch_size,
-                                          progress=False)
-            print(f"  {name:12s}: {out[name].attrs['seconds']:.0f} s ({load()})", flush=True)
-        ref = out["nnabla"]
-        par = {}
-        for name in ("opencv", "onnxruntime"):
-            diff = float(np.abs(out[name][PROBS].values - ref[PROBS].values).max())
-            same = float((out[name]["pred6"] == ref["pred6"]).mean())
-            par[name] = dict(max_abs_prob_diff=diff, argmax_agreement=same, n=len(cells))
-            print(f"  {name:12s} vs nnabla: max |dp| = {diff:.2e}, same class {same * 100:.2f}% "
-                  f"({'PASS' if diff < 1e-4 and same == 1.0 else 'FAIL'})")
-        accuracy = float((ref["pred6"] == ref["label"]).mean())
-        spread = float(ref[PROBS].values.max(axis=1).mean())
-        print(f"  (model sanity: nnabla accuracy {accuracy:.3f} on these cells, mean top probability {spread:.3f}; "
-              f"predicted classes {ref['pred6'].value_counts().to_dict()})")
-        par["nnabla_accuracy"], par["mean_top_prob"] = accuracy, spread
-        results["parity"] = par
+        train_size = int(engines["nnabla"].meta["input_size"])
+        results["parity"] = {}
+        for size in dict.fromkeys((args.size, train_size)):   # the paper's size, and the training size
+            results["parity"][size] = parity(engines, cells, size, args.batch_size)
 
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\nresults -> {args.workdir / 'results.json'}  ({load()})")

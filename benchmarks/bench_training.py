@@ -39,8 +39,8 @@ def bench(size: int, batch: int, iterations: int, tmp: Path) -> dict:
                        progress=False, max_iterations=iterations, train_eval_limit=4)
     h = s["history"]
     return dict(size=size, batch_size=batch, iterations_per_epoch=iterations,
-                cold_images_per_s=h[0]["images_per_s"], cold_outside_share=h[0]["data_share"],
-                warm_images_per_s=h[1]["images_per_s"], warm_outside_share=h[1]["data_share"],
+                cold_images_per_s=h[0]["images_per_s"], cold_outside_share=h[0]["outside_share"],
+                warm_images_per_s=h[1]["images_per_s"], warm_outside_share=h[1]["outside_share"],
                 wall_s=time.time() - t0)
 
 

@@ -35,3 +35,17 @@ def bccd() -> Path:
 def demo_dir() -> Path:
     from wbc_nnabla import io
     return io.demo_data()
+
+
+#: The tiny demo settings shared by the pipeline tests and the notebook (examples/demo.ipynb
+#: uses the same values when WBC_TINY=1, so it resumes this run instead of training again).
+TINY_DEMO = dict(epochs_a=1, epochs_b=1, train_size=40, infer_size=40, total_a=120, total_b=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_run(tmp_path_factory):
+    """One end-to-end ``pipeline.demo`` run at tiny settings; returns (out folder, summary)."""
+    from wbc_nnabla import pipeline
+    out = tmp_path_factory.mktemp("demo") / "run"
+    summary = pipeline.demo(out, progress=False, **TINY_DEMO)
+    return out, summary

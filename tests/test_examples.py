@@ -37,13 +37,15 @@ def test_examples_run_in_order(tmp_path):
 
 
 @pytest.mark.slow
-def test_notebook_executes(tmp_path):
+def test_notebook_executes(tmp_path, tiny_demo_run):
+    """The notebook runs headless; it resumes the session's tiny demo run (same settings)."""
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
 
+    out, _ = tiny_demo_run
     nb = nbformat.read(EXAMPLES / "demo.ipynb", as_version=4)
     os.environ["WBC_TINY"] = "1"
-    os.environ["WBC_NOTEBOOK_OUT"] = str(tmp_path / "nb")
+    os.environ["WBC_NOTEBOOK_OUT"] = str(out)
     try:
         ExecutePreprocessor(timeout=900, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(tmp_path)}})
     finally:
@@ -52,4 +54,4 @@ def test_notebook_executes(tmp_path):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) >= 5  # learning curves A/B, box plots, disagreements, risk-coverage...
-    assert (tmp_path / "nb" / "report.html").is_file()
+    assert (out / "report.html").is_file()

@@ -197,11 +197,12 @@ def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
 def test_resume_reaches_same_parameters(tiny, tmp_path):
     """4 epochs straight == 2 epochs, stop, resume to 4 (augmentation on: per-epoch seeded)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    training.train(tiny, straight, epochs=4, **FAST)
-    training.train(tiny, split, epochs=2, **FAST)
+    one = dict(FAST, max_iterations=1)
+    training.train(tiny, straight, epochs=4, **one)
+    training.train(tiny, split, epochs=2, **one)
     with pytest.raises(training.TrainingError, match="--resume"):
-        training.train(tiny, split, epochs=4, **FAST)
-    training.train(tiny, split, epochs=4, resume=True, **FAST)
+        training.train(tiny, split, epochs=4, **one)
+    training.train(tiny, split, epochs=4, resume=True, **one)
     a = models.load_parameters(straight / "checkpoints" / "epoch0004" / "params.h5")
     b = models.load_parameters(split / "checkpoints" / "epoch0004" / "params.h5")
     assert set(a) == set(b)
@@ -244,12 +245,21 @@ def test_bad_inputs_fail_clearly(tiny, tmp_path):
         training.get_context("cudnn")
     with pytest.raises(training.TrainingError, match="nothing to resume"):
         training.train(tiny, tmp_path / "fresh", epochs=1, resume=True, **FAST)
+    # an unreadable image fails with its name (the loader thread must not hang the run)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = io.read_cells(tiny / "train.csv").path.tolist()
+    (bad / "broken.jpg").write_bytes(Path(good[0]).read_bytes()[:300])
+    io.write_nnc_csv(bad / "train.csv", [bad / "broken.jpg"] + good[:3], [0, 1, 2, 3])
+    io.write_nnc_csv(bad / "valid.csv", good[:2], [0, 1])
+    with pytest.raises(io.ImageReadError, match="broken.jpg"):
+        training.train(bad, tmp_path / "o2", epochs=1, **FAST)
 
 
 def test_tiny_training_on_real_crops_drops_loss(tmp_path):
-    ds = _dataset(tmp_path / "ds", 6, 1)                           # 36 train images, 64 px
-    s = training.train(ds, tmp_path / "run", epochs=4, size=64, batch_size=12, pretrained="none",
-                       progress=False, augmentation=training.Augmentation(enabled=False))
+    ds = _dataset(tmp_path / "ds", 4, 1)                           # 24 train images, 64 px
+    s = training.train(ds, tmp_path / "run", epochs=3, size=64, batch_size=6, pretrained="none",
+                       progress=False, augmentation=training.Augmentation(enabled=False), train_eval_limit=12)
     h = s["history"]
     assert h[-1]["training_error"] < h[0]["training_error"]
     assert h[-1]["cost"] < h[0]["cost"]

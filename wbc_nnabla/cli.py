@@ -221,7 +221,7 @@ def _cmd_train(args) -> int:
 
 
 def _add_training(sub) -> None:
-    from .training import AdaBoundConfig, Augmentation
+    from .recipe import AdaBoundConfig, Augmentation
     s, a = AdaBoundConfig(), Augmentation()
     p = sub.add_parser("train", help="train WBC Model A (ImageNet start) or fine-tune Model B (--init A.nnp)",
                        description="ResNet + AdaBound + ImageAugmentation training (paper section II.4). "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -277,7 +278,9 @@ def read_onnx_meta(path: PathLike) -> dict:
     if not p.is_file():
         raise ModelError(f"{p}: no such ONNX file")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        with warnings.catch_warnings():   # protobuf warns on some garbage before failing; we report it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
         raise ModelError(f"{p}: not an ONNX model ({type(e).__name__})") from None
     props = {m.key: m.value for m in model.metadata_props}

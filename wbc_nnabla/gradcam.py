@@ -167,7 +167,10 @@ class GradCAM:
 
         x, logits, feats = self._graph(len(rgbs))
         x.d = np.stack([preprocess(r, self.size) for r in rgbs])
-        logits.forward(clear_no_need_grad=True)
+        # No buffer clearing here: on a graph's first forward nnabla has not yet
+        # propagated the need_grad set on `feats` above, and clear_no_need_grad
+        # released the layer4 activations (garbage maps on the first call).
+        logits.forward()
         scores = logits.d.copy()
         probs = softmax(scores, axis=1)
         pred = scores.argmax(axis=1)

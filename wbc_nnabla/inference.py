@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,8 +90,14 @@ def cpu_count() -> int:
 
 
 def nnabla_on_gpu() -> bool:
-    """True when nnabla's current default context is a CUDA one."""
-    import nnabla as nn
+    """True when nnabla's current default context is a CUDA one.
+
+    nnabla not imported yet means nobody set a context: CPU (and the ONNX
+    backends then never import nnabla, saving its start-up).
+    """
+    nn = sys.modules.get("nnabla")
+    if nn is None:
+        return False
     return any(b.startswith(("cuda", "cudnn")) for b in nn.get_current_context().backend)
 
 
@@ -169,7 +176,7 @@ class OpenCVBackend(Backend):
     """The ONNX export run by OpenCV's DNN module (``cv2.dnn.readNetFromONNX``)."""
 
     name = "opencv"
-    chunk = 2
+    chunk = 1
 
     def __init__(self, onnx_path: PathLike, meta: dict, threads: Optional[int] = None,
                  model_path: Optional[PathLike] = None):
@@ -202,6 +209,9 @@ class OnnxRuntimeBackend(Backend):
         # EXTENDED, not ALL: ALL adds the NCHWc layout rewrite, measured slower
         # for this network here (docs/bench_inference.md).
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        # idle worker threads sleep instead of spinning: on a shared CPU spinning
+        # burned ~20% more CPU per image for no gain (docs/bench_inference.md)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -258,8 +268,10 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
         params, meta = read_model(path)
         return NnablaBackend(path, params, meta)
     else:
-        _, meta = read_model(path)  # validates the network before converting
+        # a cache miss exports (read_model validates the network); a hit was
+        # validated when exported, and skips importing nnabla altogether
         onnx_path = cached_onnx(path)
+        meta = read_onnx_meta(onnx_path)
     cls = OpenCVBackend if backend == "opencv" else OnnxRuntimeBackend
     try:
         return cls(onnx_path, meta, threads, model_path=path)

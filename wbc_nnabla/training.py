@@ -46,46 +46,9 @@ class TrainingError(ValueError):
 # ----------------------------------------------------------------------------- configuration
 
 
-@dataclasses.dataclass
-class Augmentation:
-    """Ranges of NNC's ImageAugmentation (``nnabla.functions.image_augmentation``), per image and iteration.
-
-    Semantics (nnabla ``image_augmentation.cpp``), input RGB in [0, 1]:
-
-    * ``contrast``: factor drawn log-uniformly in ``[1/contrast, contrast]`` and applied
-      around ``contrast_center``: ``y = (x + b - center) * c + center``;
-    * ``brightness``: additive shift ``b`` uniform in ``[-brightness, brightness]`` (same units as x);
-    * ``min_scale``/``max_scale`` (Magnification): zoom factor, log-uniform; >1 zooms in;
-    * ``angle``: rotation uniform in ``[-angle, angle]`` **degrees** here (nnabla takes
-      radians; converted); pixels from outside the image repeat the border;
-    * ``flip_lr``/``flip_ud``: random mirror (cells have no orientation; not in the paper).
-    """
-    contrast: float = 1.2
-    contrast_center: float = 0.5
-    brightness: float = 0.1
-    min_scale: float = 0.9
-    max_scale: float = 1.1
-    angle: float = 45.0
-    flip_lr: bool = True
-    flip_ud: bool = True
-    enabled: bool = True
-
-
-@dataclasses.dataclass
-class AdaBoundConfig:
-    """Hyper-parameters of ``nnabla.solvers.AdaBound`` plus L2 weight decay (``solver.weight_decay``).
-
-    Defaults are nnabla's (= Luo et al.'s official code and NNC's). ``weight_decay`` adds
-    ``weight_decay * w`` to every gradient before the update, as the official
-    ``adabound.py`` does.
-    """
-    alpha: float = 1e-3
-    final_lr: float = 0.1
-    gamma: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+# The settings live in an nnabla-free module so the CLI can show their defaults
+# without importing nnabla; they are re-exported here as part of this stage's API.
+from .recipe import AdaBoundConfig, Augmentation  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- graph pieces
@@ -187,6 +150,7 @@ class ImageLoader:
 
     def __init__(self, paths: Sequence[str], labels: np.ndarray, size: int, cache: bool = True):
         self.paths, self.labels, self.size, self.cache = list(paths), labels, int(size), {} if cache else None
+        self.error: Optional[Exception] = None
 
     def __len__(self):
         return len(self.paths)
@@ -205,7 +169,13 @@ class ImageLoader:
         return chw
 
     def __call__(self, i: int):
-        return self.image(i), np.array([self.labels[i]], np.int32)
+        try:
+            return self.image(i), np.array([self.labels[i]], np.int32)
+        except Exception as e:
+            # Runs in the iterator's background thread, where an exception would leave
+            # the main thread waiting forever: keep it and let batches() raise it.
+            self.error = e
+            return np.zeros((3, self.size, self.size), np.uint8), np.array([self.labels[i]], np.int32)
 
 
 def batches(loader: ImageLoader, batch_size: int, n_batches: int, shuffle: bool, seed: int):
@@ -222,6 +192,9 @@ def batches(loader: ImageLoader, batch_size: int, n_batches: int, shuffle: bool,
     try:
         for b in range(n_batches):
             xb, yb = it.next()
+            err = getattr(loader, "error", None) or getattr(getattr(loader, "loader", None), "error", None)
+            if err is not None:
+                raise err
             yield xb.astype(np.float32) * np.float32(1 / 255), yb, min(batch_size, n - b * batch_size)
     finally:
         it.close()
@@ -271,7 +244,7 @@ class _Subset:
 # ----------------------------------------------------------------------------- monitors and outputs
 
 CURVE_COLUMNS = ("epoch", "cost", "training_error", "validation_error", "training_misclassification",
-                 "validation_misclassification", "seconds", "images_per_s", "data_share")
+                 "validation_misclassification", "seconds", "images_per_s", "outside_share")
 _SERIES = {"cost": "Cost", "training_error": "Training Error", "validation_error": "Validation Error",
            "training_misclassification": "Training Misclassification",
            "validation_misclassification": "Validation Misclassification"}
@@ -551,7 +524,7 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
         row = dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
                    training_misclassification=tr_mis, validation_misclassification=va_mis,
                    seconds=time.perf_counter() - t0, images_per_s=iters * batch_size / train_time,
-                   data_share=1.0 - compute / train_time)
+                   outside_share=1.0 - compute / train_time)
         history.append(row)
         log.info("epoch %d/%d  Cost %.4f  Training Error %.4f  Validation Error %.4f  "
                  "validation misclassification %.3f  (%.0f s)", epoch + 1, epochs, row["cost"], tr_loss,
