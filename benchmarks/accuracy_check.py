@@ -43,7 +43,6 @@ def split(pbc6: Path, ds: Path, seed: int, valid_fraction: float = 0.2) -> None:
 
 def accuracies(params: dict, loader, batch_size: int, size: int) -> dict:
     """6- and 5-class accuracy of parameters on a loader."""
-    import nnabla as nn
     models._drop_scope(training.SCOPE)
     g = training.Graphs("resnet18", 6, batch_size, size, None)
     training._load_into(training.parameters(), params, "accuracy_check")

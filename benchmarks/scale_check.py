@@ -4,7 +4,7 @@ The paper trains at 480x480 and infers at 320x320, both resized from the same 75
 so at inference a cell is 2/3 as large in pixels as in training. This script trains ResNet-18
 from scratch at SIZE on a seeded subset of ../shared/data/pbc6 (background kept) twice —
 with the default Magnification range (0.9-1.1) and with one reaching 2/3 (0.6-1.1) — and
-scores each on held-out cells at SIZE and at round(2/3 SIZE).
+scores each on held-out cells at SIZE, at round(2/3 SIZE) and at the other --scales.
 
     nice -n 5 .venv/bin/python benchmarks/scale_check.py --out /work/runs/scale_check
 
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--per-class-test", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scales", default="0.667,0.833,1,1.333",
+                    help="inference sizes as fractions of --size (2/3 is the paper's 320/480)")
     args = ap.parse_args()
 
     parts = subset(args.pbc6, args.per_class_train, args.per_class_valid, args.per_class_test, args.seed)
@@ -65,7 +67,7 @@ def main() -> None:
     for name in ("train", "valid"):
         t = parts[name]
         io.write_nnc_csv(ds / f"{name}.csv", list(t["path"]), [classes.index6(v) for v in t["label"]])
-    small = int(round(args.size * 2 / 3))
+    sizes = sorted({max(32, int(round(args.size * float(f)))) for f in args.scales.split(",")})
     runs = {"magnification 0.9-1.1 (default)": training.Augmentation(),
             "magnification 0.6-1.1 (reaches 2/3)": training.Augmentation(min_scale=0.6)}
     rows = []
@@ -78,7 +80,7 @@ def main() -> None:
             training.train(ds, run, epochs=args.epochs, batch_size=args.batch_size, size=args.size,
                            seed=args.seed, pretrained="none", augmentation=aug,
                            resume=(run / "checkpoint.json").is_file(), progress=False)
-        for s in (args.size, small):
+        for s in sizes:
             pred = inference.predict(run / "model.nnp", parts["test"], size=s, backend="nnabla", progress=False)
             six, five = accuracy(pred)
             rows.append(dict(augmentation=name, train_size=args.size, infer_size=s, accuracy6=round(six, 3),
@@ -87,7 +89,7 @@ def main() -> None:
         rows[-1]["train_seconds"] = round(time.perf_counter() - t0, 1)
     io.write_json(args.out / "scale_check.json", dict(args={k: str(v) for k, v in vars(args).items()},
                                                       rows=rows, environment=io.environment()))
-    print(f"\n| augmentation | infer at | 6-class | 5-class |\n|---|---|---|---|")
+    print("\n| augmentation | infer at | 6-class | 5-class |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['augmentation']} | {r['infer_size']} px (train {r['train_size']}) | "
               f"{r['accuracy6']:.3f} | {r['accuracy5']:.3f} |")

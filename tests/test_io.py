@@ -1,11 +1,9 @@
 """Dataset I/O: image reading, the three cell-source readers, the NNC CSV writer, safe outputs."""
 import os
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
 from wbc_nnabla import io

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from wbc_nnabla import report, scoring
-from wbc_nnabla.classes import CLASSES6
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

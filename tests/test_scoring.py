@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from wbc_nnabla import cli, scoring
-from wbc_nnabla.classes import CLASSES5, CLASSES6
+from wbc_nnabla.classes import CLASSES6
 
 # ----------------------------------------------------------------------------- Table 1 of the paper
 #

@@ -236,7 +236,6 @@ def _nucleus_group(nuclear: np.ndarray, centre: Tuple[float, float],
     changed = True
     while changed:
         changed = False
-        r = _radius(_hull(group))
         d = ndi.distance_transform_edt(~group)
         for k in big:
             comp = lab == k
@@ -394,7 +393,6 @@ def _group_fragments(nuclear: np.ndarray, min_share: float = 0.15,
         while changed and free:
             changed = False
             d = ndi.distance_transform_edt(~group)
-            r = _radius(_hull(group))
             for k in list(free):
                 comp = lab == k
                 if _joins(group, comp, d, stained):

@@ -27,7 +27,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -165,15 +164,6 @@ def split_cells(table: pd.DataFrame, valid_fraction: float = 0.2, seed: int = 0)
             valid += g
             out[idx] = "valid"
     return out
-
-
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square image to ``size`` x ``size``: INTER_AREA when shrinking, INTER_LINEAR when enlarging."""
-    h = rgb.shape[0]
-    if h == size and rgb.shape[1] == size:
-        return rgb.copy()
-    interp = cv2.INTER_AREA if h > size else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (int(size), int(size)), interpolation=interp)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -346,7 +336,7 @@ def _process(rgb: np.ndarray, row, background: str, size: int, pad_mode: str):
         mask = cells.wbc_mask(crop)  # computed on the crop (section II.3, dataset ①)
         info["wbc_fraction"] = round(float(mask.mean()), 4)
         crop = cells.remove_background(crop, mask)
-    return resize_square(crop, size), info
+    return io.resize_square(crop, size), info
 
 
 def _manifest_row(row, info, image, split, k, repeat, background, size, pad_mode) -> dict:

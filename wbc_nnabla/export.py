@@ -304,12 +304,24 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "wbc_nnabla" / "onnx"
 
 
+#: Converted models kept in the cache folder (the oldest beyond this are removed; ~45 MB each for ResNet-18).
+CACHE_KEEP = 16
+
+
+def _prune(folder: Path, keep: int, protect: Path) -> None:
+    files = sorted(folder.glob("*-op*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        if old != protect:
+            old.unlink(missing_ok=True)
+
+
 def cached_onnx(model_path: PathLike, opset: int = 13, folder: Optional[PathLike] = None) -> Path:
     """An ONNX export of ``model_path``, converted once and reused.
 
     Keyed by the SHA-256 of the model file's bytes (so a retrained model under
     the same name is converted again) and the opset. When the cache folder is
-    not writable, a temporary folder is used.
+    not writable, a temporary folder is used. The folder keeps the
+    :data:`CACHE_KEEP` most recent conversions.
     """
     import tempfile
     key = file_sha256(model_path)[:20]
@@ -320,7 +332,9 @@ def cached_onnx(model_path: PathLike, opset: int = 13, folder: Optional[PathLike
             return target
         try:
             base.mkdir(parents=True, exist_ok=True)
-            return export_onnx(model_path, target, opset)
+            out = export_onnx(model_path, target, opset)
         except PermissionError:
             continue
+        _prune(base, keep=CACHE_KEEP, protect=out)
+        return out
     raise ModelError("no writable folder for the ONNX cache (set WBC_NNABLA_CACHE)")

@@ -65,11 +65,7 @@ def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    h, w = rgb.shape[:2]
-    if (h, w) != (size, size):
-        # the rule of training's validation loader (training.ImageLoader), kept identical
-        interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
+    rgb = io.resize_square(rgb, size)  # the same rule as training's loader
     return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 

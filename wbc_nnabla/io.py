@@ -113,6 +113,20 @@ def write_image(path: PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None
         buf.tofile(str(tmp))
 
 
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an image to ``size`` x ``size`` pixels, the one rule every stage uses.
+
+    ``cv2.INTER_AREA`` when shrinking (both sides larger than ``size``: no
+    aliasing), else ``cv2.INTER_LINEAR``. The paper resizes its 750x750 crops to
+    480 (training) and 320 (inference), section II.3. Returns a new array.
+    """
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb.copy()
+    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (int(size), int(size)), interpolation=interp)
+
+
 def is_image_file(path: PathLike) -> bool:
     """True for a file whose suffix is one of :data:`IMAGE_EXTENSIONS`."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

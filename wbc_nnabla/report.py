@@ -19,7 +19,7 @@ import io as _bytes_io
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,7 +29,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import scoring
-from .classes import CLASSES5, CLASSES6
 
 log = logging.getLogger(__name__)
 

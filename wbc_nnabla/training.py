@@ -22,13 +22,11 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from . import classes, io, models
@@ -158,11 +156,7 @@ class ImageLoader:
     def image(self, i: int) -> np.ndarray:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        rgb = io.read_rgb(self.paths[i])
-        h, w = rgb.shape[:2]
-        if (h, w) != (self.size, self.size):
-            interp = cv2.INTER_AREA if min(h, w) > self.size else cv2.INTER_LINEAR
-            rgb = cv2.resize(rgb, (self.size, self.size), interpolation=interp)
+        rgb = io.resize_square(io.read_rgb(self.paths[i]), self.size)
         chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
         if self.cache is not None:
             self.cache[i] = chw
