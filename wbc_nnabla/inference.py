@@ -43,7 +43,7 @@ PathLike = Union[str, os.PathLike]
 
 BACKENDS = ("auto", "nnabla", "opencv", "onnxruntime")
 #: CPU backends in the order ``auto`` tries them (fastest first, measured in
-#: docs/bench_inference.md on a 2-core AVX-512 machine).
+#: docs/benchmarks.md on a 2-core AVX-512 machine).
 CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
 PROB_PREFIX = "prob_"
 SIX_COLUMNS = ("path", "smear", "label", "pred6", "pred5") + tuple(PROB_PREFIX + c for c in classes.CLASSES6)
@@ -203,10 +203,10 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = threads or cpu_count()
         so.inter_op_num_threads = 1
         # EXTENDED, not ALL: ALL adds the NCHWc layout rewrite, measured slower
-        # for this network here (docs/bench_inference.md).
+        # for this network here (docs/benchmarks.md).
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         # idle worker threads sleep instead of spinning: on a shared CPU spinning
-        # burned ~20% more CPU per image for no gain (docs/bench_inference.md)
+        # burned ~20% more CPU per image for no gain (docs/benchmarks.md)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
