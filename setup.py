@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "wbc_nnabla" / "__init__.py").read_text()).group(1)
@@ -17,9 +17,10 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_packages(include=["wbc_nnabla", "wbc_nnabla.*"]),
-    include_package_data=True,
-    package_data={"wbc_nnabla": ["data/demo_pbc/*", "data/demo_pbc/*/*"]},
+    # The demo data folders hold no Python; listing them as (namespace) packages
+    # is how setuptools ships their files without "data directory" warnings.
+    packages=find_namespace_packages(include=["wbc_nnabla", "wbc_nnabla.*"]),
+    package_data={"": ["*.jpg", "*.csv", "*.md"]},
     # nnabla 1.39 ships wheels for CPython 3.8-3.10 only.
     python_requires=">=3.8,<3.11",
     install_requires=[

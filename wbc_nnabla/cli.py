@@ -525,7 +525,7 @@ def _print_headline(summary: dict, out) -> None:
 
 
 _OVERRIDES = ("crop", "train_size", "infer_size", "total_a", "total_b", "epochs_a", "epochs_b", "batch_size",
-              "arch", "pretrained", "valid_fraction", "inference_fraction", "pseudo_smears", "cells_per_smear",
+              "train_eval_limit", "arch", "pretrained", "valid_fraction", "inference_fraction", "pseudo_smears", "cells_per_smear",
               "seed", "backend", "context", "pending_threshold", "target_accuracy", "gradcam_examples")
 
 
@@ -562,6 +562,8 @@ def _add_run_flags(p) -> None:
     g.add_argument("--epochs-a", type=int, help="epochs of Model A (paper: 300)")
     g.add_argument("--epochs-b", type=int, help="epochs of Model B (paper: 300)")
     g.add_argument("--batch-size", type=int, help="images per iteration")
+    g.add_argument("--train-eval-limit", type=int,
+                   help="Training Error over the first N training images only (default: all, as NNC)")
     g.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="network (paper: resnet18)")
     g.add_argument("--pretrained", help="auto (ImageNet when the weights file is present), imagenet, none or a file")
     g.add_argument("--valid-fraction", type=float, help="validation share of the teacher cells")

@@ -50,6 +50,7 @@ class Config:
     epochs_a: int = 300
     epochs_b: int = 300
     batch_size: int = 16
+    train_eval_limit: Optional[int] = None  # Training Error over the first N training images (None: all, as NNC)
     arch: str = "resnet18"
     pretrained: str = "auto"         # "auto": ImageNet weights when the file is present, else scratch
     valid_fraction: float = 0.2
@@ -67,9 +68,9 @@ class Config:
 PRESETS: Dict[str, dict] = {
     "paper": {},
     "recommended": dict(infer_size=480),
-    "demo": dict(crop=360, train_size=48, infer_size=48, total_a=360, total_b=360, epochs_a=6, epochs_b=4,
-                 batch_size=16, pretrained="none", inference_fraction=1 / 3, pseudo_smears=4,
-                 cells_per_smear=10, gradcam_examples=6),
+    "demo": dict(crop=360, train_size=48, infer_size=48, total_a=360, total_b=360, epochs_a=5, epochs_b=3,
+                 batch_size=16, train_eval_limit=96, pretrained="none", inference_fraction=1 / 3,
+                 pseudo_smears=4, cells_per_smear=10, gradcam_examples=6),
 }
 
 
@@ -188,7 +189,7 @@ def _train(dataset, out, cfg: Config, epochs: int, pretrained: str = "none", ini
     resume = (out / "checkpoint.json").is_file()
     training.train(dataset, out, epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size,
                    seed=cfg.seed, pretrained=pretrained, init=init, arch=cfg.arch, context=cfg.context,
-                   resume=resume, progress=progress)
+                   resume=resume, train_eval_limit=cfg.train_eval_limit, progress=progress)
     return model
 
 
@@ -301,7 +302,10 @@ def _gradcam_examples(model, result, folder: Path, cfg: Config) -> list:
     out = []
     for (_, row), img, res in zip(wrong.iterrows(), images, found):
         path = folder / f"{Path(row['path']).stem}_gradcam.png"
-        io.write_image(path, np.hstack([img, gradcam.overlay(img, res.cam)]))
+        cam = res.cam
+        if img.shape[0] < 192:  # small inference crops (e.g. the demo's 48 px) are enlarged for viewing
+            img, cam = io.resize_square(img, 192), io.resize_square(cam, 192)
+        io.write_image(path, np.hstack([img, gradcam.overlay(img, cam)]))
         out.append(dict(path=str(path), cell=str(row["path"]), human=row["true6"], ai=row["pred6"]))
     return out
 

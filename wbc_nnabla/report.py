@@ -545,8 +545,15 @@ def write_compare_report(result: "scoring.CompareResult", folder: Union[str, os.
 # ----------------------------------------------------------------------------- the reproduce report
 
 
-def _png_file(path: Path) -> Optional[bytes]:
-    return Path(path).read_bytes() if Path(path).is_file() else None
+def _file_figures(figures: List[ReportFigure], items) -> Tuple[str, str]:
+    """Add a figure per existing PNG file ``(name, caption, path)``; returns their HTML and Markdown."""
+    h, m = "", ""
+    for name, caption, path in items:
+        if Path(path).is_file():
+            f = ReportFigure(name, caption, Path(path).read_bytes())
+            figures.append(f)
+            h, m = h + f.html(), m + "\n\n" + f.markdown()
+    return h, m
 
 
 def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.ScoreResult",
@@ -573,14 +580,9 @@ def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.S
     sections.append(Section("Run", "".join(_p(t) for t in text) + html_table(cfg_df),
                             "\n\n".join(text + [markdown_table(cfg_df)])))
     # Figs 5 and 7: learning curves written by the training stage.
-    h, m = "", ""
-    for tag, fig_no in (("A", 5), ("B", 7)):
-        png = _png_file(out / f"model_{tag}" / "learning_curve.png")
-        if png is not None:
-            f = ReportFigure(f"learning_curve_{tag}", f"WBC Model {tag}: Cost, Training Error and Validation "
-                             f"Error per epoch (Fig. {fig_no} style)", png)
-            figures.append(f)
-            h, m = h + f.html(), m + "\n\n" + f.markdown()
+    h, m = _file_figures(figures, [(f"learning_curve_{tag}", f"WBC Model {tag}: Cost, Training Error and "
+                                    f"Validation Error per epoch (Fig. {n} style)",
+                                    out / f"model_{tag}" / "learning_curve.png") for tag, n in (("A", 5), ("B", 7))])
     sections.append(Section("Learning curves (Figs 5 and 7)", h, m))
     # Table 1: A1/B1 five classes, A2/B2 six classes.
     h, m = "", ""
@@ -611,13 +613,9 @@ def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.S
     pairs = disagreement_pairs(score_b.cells).head(10)
     h += html_table(pairs, index=False)
     m += "\n\n" + markdown_table(pairs, index=False)
-    for i, c in enumerate(gradcams):
-        png = _png_file(Path(c["path"]))
-        if png is not None:
-            f = ReportFigure(f"gradcam_{i}", f"Grad-CAM, Model B: human {c['human']}, AI {c['ai']} "
-                             f"({Path(c['cell']).name})", png)
-            figures.append(f)
-            h, m = h + f.html(), m + "\n\n" + f.markdown()
+    hg, mg = _file_figures(figures, [(f"gradcam_{i}", f"Grad-CAM, Model B: human {c['human']}, AI {c['ai']} "
+                                      f"({Path(c['cell']).name})", Path(c["path"])) for i, c in enumerate(gradcams)])
+    h, m = h + hg, m + mg
     sections.append(Section("Disagreements and Grad-CAM (Fig. 10; discussion)", h, m))
     # Judgement pending: risk-coverage of Model B.
     rc = score_b.risk_coverage6
