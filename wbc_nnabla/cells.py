@@ -112,6 +112,13 @@ CELL_REACH = 1.6      # the WBC ends within CELL_REACH * r_n of the nucleus' con
 WORK_RADIUS = 24.0    # GrabCut runs at a scale where r_n is at most this many pixels
 MAX_SIDE = 512        # images larger than this (px) are first reduced (speed only)
 GRABCUT_ITERS = 4
+# Retry for pale cytoplasm (see _cytoplasm_ring): a mask of at most NUCLEUS_ONLY x the
+# nucleus hull area is retried when the ring RING_INNER..RING_OUTER r_n around the hull
+# is stained; the retry takes stained pixels within RING_SEED r_n as sure WBC.
+NUCLEUS_ONLY = 1.1
+RING_INNER, RING_OUTER = 0.05, 0.35
+RING_MEAN, RING_MIN = 0.6, 0.25
+RING_SEED = 0.25
 
 
 def _background_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -268,10 +275,32 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
     hull_w = _hull(nuc_w)
     rw = _radius(hull_w)
     d = ndi.distance_transform_edt(~hull_w)
-    # GrabCut seeds: nucleus = sure WBC; stained pixels connected to it within reach =
-    # probable WBC; the rest within reach = probable background (red cells compete
-    # here); unstained pixels away from the nucleus and everything beyond reach = sure
-    # background. GrabCut then separates WBC from red cells by colour and edges.
+    gc = _seeds(s_w, t_low, nuc_w, hull_w, d, rw)
+    m = _grabcut(img, gc, nuc_w, hull_w, rw)
+    if m.sum() <= NUCLEUS_ONLY * hull_w.sum() and _cytoplasm_ring(s_w > t_low, hull_w, d, rw):
+        # Pale cytoplasm (MGG neutrophils) has the colour of the red cells around it, so
+        # GrabCut's colour models can hand it to the background and keep only the
+        # nucleus. A stained ring all around the nucleus says a cytoplasm is there:
+        # retry with the stained pixels of its inner part as sure WBC, which puts the
+        # cytoplasm colour into the WBC model.
+        gc[(d <= RING_SEED * rw) & (s_w > t_low)] = cv2.GC_FGD
+        m = _grabcut(img, gc, nuc_w, hull_w, rw)
+    if f < 1.0:
+        m = cv2.resize(m.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) > 127
+        m = _largest(m)
+    return m, nuc
+
+
+def _seeds(s_w: np.ndarray, t_low: float, nuc_w: np.ndarray, hull_w: np.ndarray,
+           d: np.ndarray, rw: float) -> np.ndarray:
+    """GrabCut seed mask (uint8 (H, W) of cv2.GC_*) at the working scale.
+
+    Nucleus = sure WBC; stained pixels connected to it within reach = probable
+    WBC; the rest within reach = probable background (red cells compete here);
+    unstained pixels away from the nucleus and everything beyond reach = sure
+    background. GrabCut then separates WBC from red cells by colour and edges.
+    ``d`` is the distance (px) to the nucleus hull, ``rw`` its radius (px).
+    """
     reach = d <= CELL_REACH * rw
     lab, _ = ndi.label(((s_w > t_low) & reach) | hull_w)
     connected = np.isin(lab, np.unique(lab[nuc_w]))
@@ -280,6 +309,13 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
     gc[(d > 0.25 * rw) & (s_w < 0.5 * t_low)] = cv2.GC_BGD
     gc[~reach] = cv2.GC_BGD
     gc[nuc_w] = cv2.GC_FGD
+    return gc
+
+
+def _grabcut(img: np.ndarray, gc: np.ndarray, nuc_w: np.ndarray, hull_w: np.ndarray,
+             rw: float) -> np.ndarray:
+    """WBC mask (bool) from GrabCut on RGB ``img`` with seeds ``gc``, cleaned up."""
+    gc = gc.copy()
     bgm = np.zeros((1, 65), np.float64)
     fgm = np.zeros((1, 65), np.float64)
     # GrabCut's k-means start draws from OpenCV's global RNG: seed it so the mask
@@ -294,11 +330,27 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
     m = (cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, se) > 0) | nuc_w
     lab, _ = ndi.label(m)
     m = np.isin(lab, np.unique(lab[nuc_w]))
-    m = ndi.binary_fill_holes(m | hull_w)
-    if f < 1.0:
-        m = cv2.resize(m.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) > 127
-        m = _largest(m)
-    return m, nuc
+    return ndi.binary_fill_holes(m | hull_w)
+
+
+def _cytoplasm_ring(stained: np.ndarray, hull_w: np.ndarray, d: np.ndarray, rw: float) -> bool:
+    """Whether a stained ring surrounds the nucleus hull (a wide cytoplasm is there).
+
+    Looks at the ring ``RING_INNER * r_n < d <= RING_OUTER * r_n`` (``d``: distance
+    to the hull, px) in 8 angular sectors: stained (``> t_low``) share >= RING_MEAN
+    overall and >= RING_MIN in every sector. On pbc6, neutrophils whose mask lost the
+    cytoplasm score 0.7-0.9 / >= 0.35; lymphocytes and basophils (thin or no
+    cytoplasm, red cells touching on one side) <= 0.45 / ~0.
+    """
+    ring = (d > RING_INNER * rw) & (d <= RING_OUTER * rw)
+    yy, xx = np.nonzero(ring)
+    if len(yy) == 0:
+        return False
+    cy, cx = ndi.center_of_mass(hull_w)
+    sector = ((np.arctan2(yy - cy, xx - cx) + np.pi) / (2 * np.pi) * 8).astype(int) % 8
+    st = stained[yy, xx].astype(float)
+    share = np.bincount(sector, st, 8) / np.maximum(np.bincount(sector, minlength=8), 1)
+    return bool(st.mean() >= RING_MEAN and share.min() >= RING_MIN)
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:

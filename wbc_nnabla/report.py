@@ -275,7 +275,9 @@ def box_plots(per_smear_pairs: pd.DataFrame, name_a: str = "Model A", name_b: st
         t = (tests or {}).get(view)
         p = "" if not t else f"\nrank-sum p {_pval(t['p_ranksum'])}, signed-rank p {_pval(t['p_signedrank'])}"
         ax.set_title(f"{view} classes{p}", fontsize=9)
-        ax.set_ylabel("per-smear accuracy")
+        if k == 0:
+            ax.set_ylabel("per-smear accuracy")
+    fig.tight_layout()
     return fig
 
 
