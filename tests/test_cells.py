@@ -216,3 +216,30 @@ def test_cli_locate(tmp_path):
     assert list(df.columns) == ["image", "x", "y"] and len(df) == 2
     assert Path(df.image[0]).name == "f.png"
     assert cli.main(["locate", str(src), "--out", str(src / "c.csv")]) == 2
+
+
+# ----------------------------------------------------------------------------- pale cytoplasm retry
+
+
+def test_cytoplasm_ring_needs_stain_all_around():
+    shape = (80, 80)
+    hull = disc(shape, 40, 40, 12)
+    d = ndi.distance_transform_edt(~hull)
+    rw = cells._radius(hull)
+    around = disc(shape, 40, 40, 20)                     # a cytoplasm all around the nucleus
+    assert cells._cytoplasm_ring(around, hull, d, rw)
+    one_side = around & (np.mgrid[:80, :80][1] > 40)    # e.g. a red cell touching on one side
+    assert not cells._cytoplasm_ring(one_side | hull, hull, d, rw)
+    assert not cells._cytoplasm_ring(hull, hull, d, rw)  # nucleus only, no cytoplasm
+
+
+def test_pbc6_pale_neutrophils_keep_cytoplasm(pbc6):
+    # Segment cells whose pale cytoplasm GrabCut gave to the background before the
+    # retry (mask area was <= 1.1 x the nucleus hull area).
+    for name in ("SNE_699042", "SNE_633335", "SNE_23265", "SNE_668137"):
+        rgb = io.read_rgb(pbc6 / "Segment" / f"{name}.jpg")
+        m, nuc = cells.segment_wbc(rgb)
+        ratio = m.sum() / cells._hull(nuc).sum()
+        assert ratio >= 1.4, (name, ratio)
+        assert m.sum() / cells._hull(m).sum() >= 0.9, name    # convex: no red cell swallowed
+        np.testing.assert_array_equal(cells.segment_wbc(rgb)[0], m)  # deterministic
