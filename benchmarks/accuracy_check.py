@@ -53,7 +53,8 @@ def accuracies(params: dict, loader, batch_size: int, size: int) -> dict:
     return dict(acc6=float((pred6 == y).mean()), acc5=float((five[pred6] == five[y]).mean()))
 
 
-def run(seed: int, out: Path, pbc6: Path, epochs: int, size: int, batch: int, train_eval_limit: int) -> dict:
+def run(seed: int, out: Path, pbc6: Path, epochs: int, size: int, batch: int, train_eval_limit: int,
+        bn_recalibration: int = 0) -> dict:
     ds = out / "dataset"
     if not (ds / "valid.csv").exists():
         split(pbc6, ds, seed)
@@ -61,7 +62,7 @@ def run(seed: int, out: Path, pbc6: Path, epochs: int, size: int, batch: int, tr
     resume = (out / "train" / "checkpoint.json").exists()
     summary = training.train(ds, out / "train", epochs=epochs, batch_size=batch, size=size, seed=seed,
                              pretrained="none", resume=resume, train_eval_limit=train_eval_limit,
-                             progress=False)
+                             progress=False, bn_recalibration=bn_recalibration)
     wall = time.time() - t0
     paths, y = training.read_split(ds / "valid.csv")
     loader = training.ImageLoader(paths, y, size)
@@ -102,6 +103,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-eval-limit", type=int, default=480,
                     help="Training Error on the first N training images only (saves time)")
+    ap.add_argument("--bn-recalibration", type=int, default=0,
+                    help="re-estimate BatchNorm statistics on N clean training images each epoch (0: off)")
     ap.add_argument("--summarize", type=Path, default=None, help="print mean/spread of seed*/result.json")
     a = ap.parse_args()
     if a.summarize:
@@ -109,7 +112,7 @@ def main():
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = a.out or Path("/work/runs/accuracy_check") / f"seed{a.seed}"
-    r = run(a.seed, out, a.pbc6, a.epochs, a.size, a.batch_size, a.train_eval_limit)
+    r = run(a.seed, out, a.pbc6, a.epochs, a.size, a.batch_size, a.train_eval_limit, a.bn_recalibration)
     print(json.dumps({k: r[k] for k in ("seed", "final", "best", "wall_s_total")}, indent=1))
 
 

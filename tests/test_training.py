@@ -263,3 +263,41 @@ def test_tiny_training_on_real_crops_drops_loss(tmp_path):
     h = s["history"]
     assert h[-1]["training_error"] < h[0]["training_error"]
     assert h[-1]["cost"] < h[0]["cost"]
+
+
+def test_recalibrate_bn_sets_clean_batch_statistics(tiny):
+    """Precise BN: bn1's running mean becomes the mean over clean batches of conv1's per-channel mean."""
+    import nnabla.parametric_functions as PF
+
+    models._drop_scope(training.SCOPE)
+    size, bs = 32, 4
+    g = training.Graphs("resnet18", 6, bs, size, training.Augmentation())
+    params = training.parameters()
+    rng = np.random.default_rng(0)
+    for k, v in params.items():  # non-trivial weights and stale statistics
+        if not (k.endswith("/mean") or k.endswith("/var")) and not k.startswith("preprocess"):
+            v.d = rng.normal(0, 0.05, v.shape)
+        elif k.endswith("/mean"):
+            v.d = 5.0
+    paths, labels = training.read_split(tiny / "train.csv")
+    loader = training.ImageLoader(paths, labels, size)
+    n = training.recalibrate_bn(g, loader, bs, 8)
+    assert n == 2
+    # independent expectation: conv1 over the same clean images, in fixed order
+    with nn.parameter_scope(training.SCOPE):
+        x = nn.Variable((bs, 3, size, size))
+        h = PF.convolution(models.normalize(x), 64, (7, 7), pad=(3, 3), stride=(2, 2), with_bias=False,
+                           name="conv1")
+    means = []
+    for i in range(n):
+        x.d = np.stack([loader.image(j) for j in range(i * bs, (i + 1) * bs)]).astype(np.float32) / 255
+        h.forward()
+        means.append(h.d.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(params["bn1/bn/mean"].d.reshape(-1), np.mean(means, axis=0), rtol=1e-3, atol=1e-4)
+    assert not np.allclose(params["layer4/1/bn2/bn/mean"].d, 5.0)
+
+
+def test_bn_recalibration_option_is_recorded_and_runs(tiny, tmp_path):
+    out = tmp_path / "r"
+    s = training.train(tiny, out, epochs=1, bn_recalibration=8, **FAST)
+    assert s["config"]["bn_recalibration"] == 8 and (out / "model.nnp").is_file()

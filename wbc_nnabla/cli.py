@@ -210,7 +210,7 @@ def _cmd_train(args) -> int:
                            seed=args.seed, pretrained=args.pretrained, init=args.init, arch=args.arch,
                            solver=solver, augmentation=aug, context=args.context, resume=args.resume,
                            train_eval_limit=args.train_eval_limit, export_size=args.export_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, bn_recalibration=args.bn_recalibration)
     except (training.TrainingError, models.PretrainedError) as e:
         raise CLIError(str(e)) from None
     b = s["best"]
@@ -243,6 +243,9 @@ def _add_training(sub) -> None:
     p.add_argument("--train-eval-limit", type=int, default=None,
                    help="Training Error on the first N training images only (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--bn-recalibration", type=int, default=0, metavar="N",
+                   help="re-estimate BatchNorm statistics on N clean training images before each "
+                        "evaluation (0: off, as NNC; see docs/training.md)")
     g = p.add_argument_group("AdaBound")
     g.add_argument("--alpha", type=float, default=s.alpha, help="step size (Adam learning rate)")
     g.add_argument("--final-lr", type=float, default=s.final_lr, help="final (SGD) learning rate")

@@ -93,6 +93,9 @@ class Graphs:
             self.logits = models.resnet(self.vx, arch, num_classes, test=True)
             self.logits.persistent = True
             self.losses = F.softmax_cross_entropy(self.logits, self.vt)
+            # clean (un-augmented) batch-statistics graph, for recalibrate_bn
+            self.rx = nn.Variable(models.input_shape(batch_size, size))
+            self.rlogits = models.resnet(self.rx, arch, num_classes, test=False)
 
 
 def parameters(grad_only: bool = False) -> Dict[str, "object"]:
@@ -197,6 +200,35 @@ def batches(loader: ImageLoader, batch_size: int, n_batches: int, shuffle: bool,
 def _derive_seed(*keys: int) -> int:
     """A 31-bit seed from (run seed, epoch, stream); independent streams per key."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] % (2 ** 31 - 1))
+
+
+def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, n_images: int) -> int:
+    """Re-estimate every BatchNorm's running mean/var on clean training images ("precise BN").
+
+    The running statistics accumulated during training come from augmented
+    batches and lag the weights; the validation graph and the exported model use
+    them (benchmarks/bn_diagnosis.py: this costs about 0.06 of 6-class accuracy
+    at 64 px). Here the first ``n_images`` training images (fixed order, no
+    augmentation) go through the batch-statistics graph, and each layer's running
+    statistics are set to the mean of the per-batch statistics. Returns the
+    number of batches used.
+    """
+    stats = {k: v for k, v in parameters().items() if k.endswith("/mean") or k.endswith("/var")}
+    # nnabla's BatchNormalization only exposes its statistics through the moving
+    # average r_t = d r_{t-1} + (1 - d) b_t (d = 0.9, models.conv_bn); each batch's b_t
+    # is recovered from two successive r, then averaged with equal weights.
+    decay = 0.9
+    sums = {k: np.zeros(v.shape, np.float64) for k, v in stats.items()}
+    n_batches = max(1, min(int(n_images), len(loader)) // batch_size)
+    for xb, _, _ in batches(loader, batch_size, n_batches, False, 0):
+        before = {k: v.d.copy() for k, v in stats.items()}
+        g.rx.d = xb
+        g.rlogits.forward(clear_buffer=True)
+        for k, v in stats.items():
+            sums[k] += (v.d - decay * before[k]) / (1.0 - decay)
+    for k, v in stats.items():
+        v.d = sums[k] / n_batches
+    return n_batches
 
 
 def evaluate(g: Graphs, loader: ImageLoader, batch_size: int, limit: Optional[int] = None
@@ -370,7 +402,7 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
           solver: Optional[AdaBoundConfig] = None, augmentation: Optional[Augmentation] = None,
           context: str = "cpu", resume: bool = False, train_eval_limit: Optional[int] = None,
           export_size: Optional[int] = None, cache_images: bool = True, tile_every: int = 1,
-          progress: bool = True, max_iterations: Optional[int] = None) -> dict:
+          progress: bool = True, max_iterations: Optional[int] = None, bn_recalibration: int = 0) -> dict:
     """Train WBC Model A (``pretrained``) or fine-tune Model B (``init=model_A.nnp``); section II.4.
 
     dataset_dir: NNC dataset folder with ``train.csv`` and ``valid.csv`` (``x:image,y:label``,
@@ -387,6 +419,9 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
     export_size: input size of the exported ``model.nnp`` (default ``size``).
     tile_every: write a tile of the augmented batch every this many epochs (0: never).
     max_iterations: stop each epoch after this many iterations (for smoke tests/benchmarks).
+    bn_recalibration: before each epoch's evaluation, re-estimate the BatchNorm running
+        statistics on this many clean training images (:func:`recalibrate_bn`); 0 (default)
+        keeps Neural Network Console's behaviour. See docs/training.md, "Known issue".
 
     Returns the summary written to ``config.json`` (config, environment, best epoch, history).
     """
@@ -398,13 +433,14 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
     try:
         return _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, init, arch, solver,
                       augmentation, context, resume, train_eval_limit, export_size, cache_images, tile_every,
-                      progress, max_iterations)
+                      progress, max_iterations, bn_recalibration)
     finally:
         nn_logger.setLevel(level)
 
 
 def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, init, arch, solver, augmentation,
-           context, resume, train_eval_limit, export_size, cache_images, tile_every, progress, max_iterations):
+           context, resume, train_eval_limit, export_size, cache_images, tile_every, progress, max_iterations,
+           bn_recalibration):
     import nnabla as nn
     from tqdm import tqdm
 
@@ -431,7 +467,8 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
                   class_names=list(classes.CLASSES6), pretrained=str(pretrained), init=str(init) if init else None,
                   solver=dataclasses.asdict(solver_cfg), augmentation=dataclasses.asdict(aug), context=context,
                   train_eval_limit=train_eval_limit, export_size=export_size or size,
-                  n_train=len(train_paths), n_valid=len(valid_paths), max_iterations=max_iterations)
+                  n_train=len(train_paths), n_valid=len(valid_paths), max_iterations=max_iterations,
+                  bn_recalibration=int(bn_recalibration))
 
     if resume:
         ck_dir, state = load_checkpoint(out_dir)
@@ -513,6 +550,8 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
             bar.update(1)
         bar.close()
         train_time = time.perf_counter() - t0
+        if bn_recalibration:
+            recalibrate_bn(g, train_loader, batch_size, bn_recalibration)
         tr_loss, tr_mis, _ = evaluate(g, train_loader, batch_size, train_eval_limit)
         va_loss, va_mis, _ = evaluate(g, valid_loader, batch_size)
         row = dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
