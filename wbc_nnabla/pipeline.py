@@ -149,10 +149,10 @@ def split_source(source, out_dir, cfg: Config, inference=None) -> dict:
                      f"{cfg.cells_per_smear} cells (seeded) that stand in for the paper's smears")
         else:
             note += "; no smear ids: all inference cells are scored as one smear"
-    rows = lambda df: df[["path", "label", "smear"]]  # noqa: E731
+    columns = ["path", "label", "smear"]
     with io.atomic_dir(out_dir, overwrite=True) as tmp:
-        rows(teacher).to_csv(tmp / "teacher.csv", index=False)
-        rows(held).to_csv(tmp / "inference.csv", index=False)
+        teacher[columns].to_csv(tmp / "teacher.csv", index=False)
+        held[columns].to_csv(tmp / "inference.csv", index=False)
         info = dict(source=str(source), inference=str(inference) if inference else None,
                     n_teacher=len(teacher), n_inference=len(held),
                     n_smears=int(held["smear"].replace("", "(all)").nunique()), note=note,
@@ -215,7 +215,7 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
     preset / config_file / overrides: see :func:`make_config`.
     Returns the headline summary (also in ``OUT/summary.json``).
     """
-    from . import datasets, gradcam, inference as infer, report, scoring  # noqa: F401
+    from . import datasets, inference as infer, report, scoring
     out = Path(out)
     cfg = make_config(preset, config_file, **overrides)
     io.check_not_inside(out, [source] + ([inference] if inference else []))
