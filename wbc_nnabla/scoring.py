@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -31,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import classes
+from . import classes, io
 from .classes import CLASSES5, CLASSES6, NEUTROPHIL
 
 log = logging.getLogger(__name__)
@@ -758,16 +756,6 @@ def _json_safe(obj):
     return obj
 
 
-def run_environment() -> dict:
-    """Versions relevant to scoring (not :func:`wbc_nnabla.io.environment`, which imports nnabla)."""
-    from . import __version__
-    import matplotlib
-    import scipy
-    return {"wbc_nnabla": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "numpy": np.__version__, "pandas": pd.__version__, "scipy": scipy.__version__,
-            "matplotlib": matplotlib.__version__}
-
-
 def _check_output(out_dir: Path, inputs: Sequence[Optional[str]]) -> None:
     out_r = out_dir.resolve()
     for s in inputs:
@@ -789,7 +777,6 @@ def write_score(result: ScoreResult, out_dir: Union[str, os.PathLike], figures: 
     ``report.html`` (self-contained) and ``report.md``. Raises
     ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false.
     """
-    from . import io
     out_dir = Path(out_dir)
     _check_output(out_dir, [result.settings.get("predictions")])
     with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -802,7 +789,6 @@ def write_score(result: ScoreResult, out_dir: Union[str, os.PathLike], figures: 
 
 def write_score_files(result: ScoreResult, folder: Union[str, os.PathLike]) -> None:
     """The tables and JSON of :func:`write_score`, into an existing ``folder`` (no figures)."""
-    from . import io
     folder = Path(folder)
     result.per_smear.to_csv(folder / "per_smear.csv", index=False, float_format="%.6g")
     result.confusion6.to_csv(folder / "confusion6.csv", float_format="%.6g")
@@ -814,7 +800,7 @@ def write_score_files(result: ScoreResult, folder: Union[str, os.PathLike]) -> N
         folder / "risk_coverage.csv", index=False, float_format="%.6g")
     io.write_json(folder / "summary.json", _json_safe(result.summary))
     io.write_json(folder / "config.json", _json_safe({"command": "score", **result.settings,
-                                                      "environment": run_environment()}))
+                                                      "environment": io.environment()}))
 
 
 def write_compare(result: CompareResult, out_dir: Union[str, os.PathLike], figures: bool = True,
@@ -822,7 +808,6 @@ def write_compare(result: CompareResult, out_dir: Union[str, os.PathLike], figur
     """Write a :class:`CompareResult`: ``comparison.json``, ``per_smear_pairs.csv``,
     ``recall_change.csv``, ``config.json``, each model's score in ``A/`` and ``B/``
     folders (tables only) and, with ``figures``, box plots and ``report.html``/``report.md``."""
-    from . import io
     out_dir = Path(out_dir)
     _check_output(out_dir, [result.summary.get("predictions_a"), result.summary.get("predictions_b")])
     with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -835,7 +820,7 @@ def write_compare(result: CompareResult, out_dir: Union[str, os.PathLike], figur
                                                        "predictions_b": result.summary["predictions_b"],
                                                        "pending_threshold": result.summary["pending_threshold"],
                                                        "pending_margin": result.summary["pending_margin"],
-                                                       "environment": run_environment()}))
+                                                       "environment": io.environment()}))
         for sub, s in (("A", result.score_a), ("B", result.score_b)):
             (tmp / sub).mkdir()
             write_score_files(s, tmp / sub)
