@@ -4,8 +4,9 @@ Seeded stratified 80/20 split of /work/shared/data/pbc6 (background kept), one
 training run per seed; reports 6- and 5-class validation accuracy of the final
 epoch and of the best-Validation-Error epoch (model.nnp), and wall time.
 
-    nice -n 5 .venv/bin/python benchmarks/accuracy_check.py --seed 0 --out /work/runs/accuracy_check/seed0
-    .venv/bin/python benchmarks/accuracy_check.py --summarize /work/runs/accuracy_check
+    nice -n 5 .venv/bin/python benchmarks/accuracy_check.py --seed 0 --out /work/runs/accuracy_check_pbn/seed0
+    nice -n 5 .venv/bin/python benchmarks/accuracy_check.py --seed 0 --bn-recalibration 0 --out DIR  # NNC's BN
+    .venv/bin/python benchmarks/accuracy_check.py --summarize /work/runs/accuracy_check_pbn
 
 Reference (from the brief): PyTorch ResNet-18 + adabound, same augmentations,
 0.84 (6-class) / 0.95 (5-class) at this budget.
@@ -54,7 +55,7 @@ def accuracies(params: dict, loader, batch_size: int, size: int) -> dict:
 
 
 def run(seed: int, out: Path, pbc6: Path, epochs: int, size: int, batch: int, train_eval_limit: int,
-        bn_recalibration: int = 0) -> dict:
+        bn_recalibration: int = training.BN_RECALIBRATION_IMAGES) -> dict:
     ds = out / "dataset"
     if not (ds / "valid.csv").exists():
         split(pbc6, ds, seed)
@@ -103,8 +104,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-eval-limit", type=int, default=480,
                     help="Training Error on the first N training images only (saves time)")
-    ap.add_argument("--bn-recalibration", type=int, default=0,
-                    help="re-estimate BatchNorm statistics on N clean training images each epoch (0: off)")
+    ap.add_argument("--bn-recalibration", type=int, default=training.BN_RECALIBRATION_IMAGES,
+                    help="re-estimate BatchNorm statistics on N clean training images each epoch "
+                         "(default: the library's, %(default)s; 0: NNC's running statistics)")
     ap.add_argument("--summarize", type=Path, default=None, help="print mean/spread of seed*/result.json")
     a = ap.parse_args()
     if a.summarize:

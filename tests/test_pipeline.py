@@ -79,3 +79,17 @@ def test_demo_end_to_end_and_resume(tiny_demo_run, caplog):
     # Another configuration in the same folder is refused.
     with pytest.raises(ValueError, match="another configuration"):
         pipeline.demo(out, progress=False, epochs_a=2)
+
+
+def test_every_setting_has_a_reproduce_flag():
+    """Each Config field (but the preset itself) can be set from the command line, and reaches the config."""
+    import dataclasses
+
+    from wbc_nnabla import cli
+
+    fields = {f.name for f in dataclasses.fields(pipeline.Config)} - {"preset"}
+    assert set(cli._OVERRIDES) == fields
+    args = cli.build_parser().parse_args(["reproduce", "SRC", "OUT", "--bn-recalibration", "0", "--seed", "4"])
+    cfg = pipeline.make_config("paper", **cli._overrides(args))
+    assert (cfg.bn_recalibration, cfg.seed) == (0, 4)
+    assert pipeline.make_config("paper").bn_recalibration == pipeline.BN_RECALIBRATION_IMAGES > 0

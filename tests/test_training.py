@@ -297,7 +297,23 @@ def test_recalibrate_bn_sets_clean_batch_statistics(tiny):
     assert not np.allclose(params["layer4/1/bn2/bn/mean"].d, 5.0)
 
 
-def test_bn_recalibration_option_is_recorded_and_runs(tiny, tmp_path):
-    out = tmp_path / "r"
-    s = training.train(tiny, out, epochs=1, bn_recalibration=8, **FAST)
-    assert s["config"]["bn_recalibration"] == 8 and (out / "model.nnp").is_file()
+def test_bn_recalibration_is_on_by_default_and_guarded_on_resume(tiny, tmp_path):
+    """Default: precise BN before each evaluation (recorded); 0 keeps NNC's running statistics.
+
+    The exported model differs only in BatchNorm statistics between the two, and a resume
+    may not switch the setting (an old config without the key counts as 0).
+    """
+    on, off = tmp_path / "on", tmp_path / "off"
+    s = training.train(tiny, on, epochs=1, **FAST)
+    assert s["config"]["bn_recalibration"] == training.BN_RECALIBRATION_IMAGES > 0
+    training.train(tiny, off, epochs=1, bn_recalibration=0, **FAST)
+    a, b = models.load_parameters(on / "model.nnp"), models.load_parameters(off / "model.nnp")
+    differ = {k for k in a if not np.array_equal(a[k], b[k])}
+    assert differ and all(k.endswith("/mean") or k.endswith("/var") for k in differ)
+    with pytest.raises(training.TrainingError, match="bn_recalibration.*was 0"):
+        training.train(tiny, off, epochs=2, resume=True, **FAST)
+    cfg = json.loads((off / "config.json").read_text())
+    del cfg["config"]["bn_recalibration"]                          # a run written before the option
+    (off / "config.json").write_text(json.dumps(cfg))
+    s = training.train(tiny, off, epochs=2, resume=True, bn_recalibration=0, **FAST)
+    assert len(s["history"]) == 2

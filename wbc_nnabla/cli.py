@@ -221,7 +221,7 @@ def _cmd_train(args) -> int:
 
 
 def _add_training(sub) -> None:
-    from .recipe import AdaBoundConfig, Augmentation
+    from .recipe import BN_RECALIBRATION_IMAGES, AdaBoundConfig, Augmentation
     s, a = AdaBoundConfig(), Augmentation()
     p = sub.add_parser("train", help="train WBC Model A (ImageNet start) or fine-tune Model B (--init A.nnp)",
                        description="ResNet + AdaBound + ImageAugmentation training (paper section II.4). "
@@ -243,9 +243,9 @@ def _add_training(sub) -> None:
     p.add_argument("--train-eval-limit", type=int, default=None,
                    help="Training Error on the first N training images only (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--bn-recalibration", type=int, default=0, metavar="N",
+    p.add_argument("--bn-recalibration", type=int, default=BN_RECALIBRATION_IMAGES, metavar="N",
                    help="re-estimate BatchNorm statistics on N clean training images before each "
-                        "evaluation (0: off, as NNC; see docs/training.md)")
+                        "evaluation and export (default %(default)s; 0: off, as NNC; see docs/training.md)")
     g = p.add_argument_group("AdaBound")
     g.add_argument("--alpha", type=float, default=s.alpha, help="step size (Adam learning rate)")
     g.add_argument("--final-lr", type=float, default=s.final_lr, help="final (SGD) learning rate")
@@ -528,7 +528,7 @@ def _print_headline(summary: dict, out) -> None:
 
 
 _OVERRIDES = ("crop", "train_size", "infer_size", "total_a", "total_b", "epochs_a", "epochs_b", "batch_size",
-              "train_eval_limit", "arch", "pretrained", "valid_fraction", "inference_fraction", "pseudo_smears", "cells_per_smear",
+              "train_eval_limit", "bn_recalibration", "arch", "pretrained", "valid_fraction", "inference_fraction", "pseudo_smears", "cells_per_smear",
               "seed", "backend", "context", "pending_threshold", "target_accuracy", "gradcam_examples")
 
 
@@ -567,6 +567,8 @@ def _add_run_flags(p) -> None:
     g.add_argument("--batch-size", type=int, help="images per iteration")
     g.add_argument("--train-eval-limit", type=int,
                    help="Training Error over the first N training images only (default: all, as NNC)")
+    g.add_argument("--bn-recalibration", type=int, metavar="N",
+                   help="re-estimate BatchNorm statistics on N clean training images (default 960; 0: as NNC)")
     g.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="network (paper: resnet18)")
     g.add_argument("--pretrained", help="auto (ImageNet when the weights file is present), imagenet, none or a file")
     g.add_argument("--valid-fraction", type=float, help="validation share of the teacher cells")

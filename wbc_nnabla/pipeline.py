@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import classes, io
+from .recipe import BN_RECALIBRATION_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Config:
     epochs_b: int = 300
     batch_size: int = 16
     train_eval_limit: Optional[int] = None  # Training Error over the first N training images (None: all, as NNC)
+    bn_recalibration: int = BN_RECALIBRATION_IMAGES  # precise BN before each evaluation (0: as NNC)
     arch: str = "resnet18"
     pretrained: str = "auto"         # "auto": ImageNet weights when the file is present, else scratch
     valid_fraction: float = 0.2
@@ -189,7 +191,8 @@ def _train(dataset, out, cfg: Config, epochs: int, pretrained: str = "none", ini
     resume = (out / "checkpoint.json").is_file()
     training.train(dataset, out, epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size,
                    seed=cfg.seed, pretrained=pretrained, init=init, arch=cfg.arch, context=cfg.context,
-                   resume=resume, train_eval_limit=cfg.train_eval_limit, progress=progress)
+                   resume=resume, train_eval_limit=cfg.train_eval_limit, progress=progress,
+                   bn_recalibration=cfg.bn_recalibration)
     return model
 
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 
+#: Clean training images on which BatchNorm's running statistics are re-estimated before
+#: every evaluation ("precise BN", :func:`wbc_nnabla.training.recalibrate_bn`); 0 keeps
+#: Neural Network Console's behaviour. A deviation from NNC: docs/training.md, "BatchNorm".
+BN_RECALIBRATION_IMAGES = 960
+
 
 @dataclasses.dataclass
 class Augmentation:

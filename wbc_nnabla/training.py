@@ -46,7 +46,7 @@ class TrainingError(ValueError):
 
 # The settings live in an nnabla-free module so the CLI can show their defaults
 # without importing nnabla; they are re-exported here as part of this stage's API.
-from .recipe import AdaBoundConfig, Augmentation  # noqa: E402,F401
+from .recipe import BN_RECALIBRATION_IMAGES, AdaBoundConfig, Augmentation  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- graph pieces
@@ -227,7 +227,8 @@ def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, n_images: in
         for k, v in stats.items():
             sums[k] += (v.d - decay * before[k]) / (1.0 - decay)
     for k, v in stats.items():
-        v.d = sums[k] / n_batches
+        # float32 like every parameter: a float64 array would change the stored dtype
+        v.d = (sums[k] / n_batches).astype(np.float32)
     return n_batches
 
 
@@ -394,7 +395,9 @@ def load_checkpoint(out_dir: Path) -> Tuple[Path, dict]:
 
 
 #: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
-_RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir")
+_RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration")
+# Keys added after runs were already written: a config without the key had this value.
+_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0}
 
 
 def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: int = 480, seed: int = 0,
@@ -402,7 +405,8 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
           solver: Optional[AdaBoundConfig] = None, augmentation: Optional[Augmentation] = None,
           context: str = "cpu", resume: bool = False, train_eval_limit: Optional[int] = None,
           export_size: Optional[int] = None, cache_images: bool = True, tile_every: int = 1,
-          progress: bool = True, max_iterations: Optional[int] = None, bn_recalibration: int = 0) -> dict:
+          progress: bool = True, max_iterations: Optional[int] = None,
+          bn_recalibration: int = BN_RECALIBRATION_IMAGES) -> dict:
     """Train WBC Model A (``pretrained``) or fine-tune Model B (``init=model_A.nnp``); section II.4.
 
     dataset_dir: NNC dataset folder with ``train.csv`` and ``valid.csv`` (``x:image,y:label``,
@@ -419,9 +423,9 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
     export_size: input size of the exported ``model.nnp`` (default ``size``).
     tile_every: write a tile of the augmented batch every this many epochs (0: never).
     max_iterations: stop each epoch after this many iterations (for smoke tests/benchmarks).
-    bn_recalibration: before each epoch's evaluation, re-estimate the BatchNorm running
-        statistics on this many clean training images (:func:`recalibrate_bn`); 0 (default)
-        keeps Neural Network Console's behaviour. See docs/training.md, "Known issue".
+    bn_recalibration: before each epoch's evaluation and export, re-estimate the BatchNorm
+        running statistics on this many clean training images (:func:`recalibrate_bn`;
+        default 960); 0 keeps Neural Network Console's behaviour. See docs/training.md, "BatchNorm".
 
     Returns the summary written to ``config.json`` (config, environment, best epoch, history).
     """
@@ -473,10 +477,11 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
     if resume:
         ck_dir, state = load_checkpoint(out_dir)
         old = json.loads((out_dir / "config.json").read_text())["config"]
-        diff = [k for k in _RESUME_KEYS if old.get(k) != config.get(k)]
+        old = {k: old.get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in _RESUME_KEYS}
+        diff = [k for k in _RESUME_KEYS if old[k] != config.get(k)]
         if diff:
             raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "
-                                f"(was {', '.join(repr(old.get(k)) for k in diff)})")
+                                f"(was {', '.join(repr(old[k]) for k in diff)})")
     elif _checkpoint_pointer(out_dir).exists() or (out_dir / "model.nnp").exists():
         raise TrainingError(f"{out_dir}: already holds a training run; use --resume to continue it "
                             f"or choose another output folder")
