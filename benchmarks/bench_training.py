@@ -5,7 +5,9 @@ Runs :func:`wbc_nnabla.training.train` for 2 short epochs (epoch 1 reads and dec
 JPEGs through the background data iterator; epoch 2 hits the in-memory cache) at
 480x480 batch 4 (the paper's training size) and 64x64 batch 32, on the demo cells
 (~360 px JPEGs, resized on load). F.image_augmentation runs inside the graph and is
-counted as compute. Also checks the 320x320 inference graph shape.
+counted as compute. Also times the precise-BN recalibration (a forward pass of the
+batch-statistics graph over clean training images, done before every evaluation by
+default) and checks the 320x320 inference graph shape.
 
     nice -n 5 .venv/bin/python benchmarks/bench_training.py [--iterations 3]
 """
@@ -41,7 +43,20 @@ def bench(size: int, batch: int, iterations: int, tmp: Path) -> dict:
     return dict(size=size, batch_size=batch, iterations_per_epoch=iterations,
                 cold_images_per_s=h[0]["images_per_s"], cold_outside_share=h[0]["outside_share"],
                 warm_images_per_s=h[1]["images_per_s"], warm_outside_share=h[1]["outside_share"],
+                precise_bn_images_per_s=recalibration_rate(ds, size, batch),
                 wall_s=time.time() - t0)
+
+
+def recalibration_rate(ds: Path, size: int, batch: int) -> float:
+    """Images/s of :func:`training.recalibrate_bn` over the (cached) training images."""
+    models._drop_scope(training.SCOPE)
+    g = training.Graphs("resnet18", 6, batch, size, None)
+    paths, y = training.read_split(ds / "train.csv")
+    loader = training.ImageLoader(paths, y, size)
+    training.recalibrate_bn(g, loader, batch, batch)           # warm the image cache and the graph
+    t = time.perf_counter()
+    n = training.recalibrate_bn(g, loader, batch, len(loader)) * batch
+    return n / (time.perf_counter() - t)
 
 
 def main():
