@@ -384,7 +384,7 @@ def predictions_table(cells: pd.DataFrame, probs: np.ndarray, class_names: Seque
         order = [names.index(c) for c in classes.CLASSES6]
         p6 = probs[:, order]
         out["pred6"] = [classes.CLASSES6[i] for i in p6.argmax(1)]
-        out["pred5"] = [classes.to_class5(c) for c in out["pred6"]]
+        out["pred5"] = classes.merge_to_five(out["pred6"])
         for j, c in enumerate(classes.CLASSES6):
             out[PROB_PREFIX + c] = p6[:, j].astype(np.float64)
     else:

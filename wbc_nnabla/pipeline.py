@@ -276,7 +276,8 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
                                       target_accuracy=cfg.target_accuracy)
         if _stage(f"score {name}", (out / f"score_{name}" / "summary.json").is_file()):
             scoring.write_score(results[name], out / f"score_{name}", overwrite=True)
-    comparison = scoring.compare(preds["A"], preds["B"], pending_threshold=cfg.pending_threshold)
+    # the cells already read and checked by score(), not the CSVs again
+    comparison = scoring.compare(results["A"].cells, results["B"].cells, pending_threshold=cfg.pending_threshold)
     if _stage("compare", (out / "compare" / "comparison.json").is_file()):
         scoring.write_compare(comparison, out / "compare", overwrite=True)
 

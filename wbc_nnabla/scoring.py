@@ -167,7 +167,7 @@ def read_predictions(source: PathOrFrame, name: Optional[str] = None) -> pd.Data
                                  lambda t, s: classes.to_class6(t, s, allow_neutrophil=True), True)
     out["true5"] = _parse_labels(label, name, "label", classes.to_class5, True)
     out["pred6"] = _parse_labels(df[cols["pred6"]], name, "pred6", classes.to_class6, False)
-    out["pred5"] = [classes.to_class5(c) for c in out["pred6"]]
+    out["pred5"] = classes.merge_to_five(out["pred6"])
     if "pred5" in cols:
         given = _parse_labels(df[cols["pred5"]], name, "pred5", classes.to_class5, True)
         bad = np.flatnonzero([g != "" and g != p for g, p in zip(given, out["pred5"])])
@@ -732,7 +732,7 @@ def predictions_from_confusion(counts6, n_smears: int = 57, seed: int = 0,
     names = np.array(CLASSES6, dtype=object)
     df = pd.DataFrame({"path": [f"{path_prefix}cell_{i:05d}.png" for i in range(n)], "smear": smear,
                        "label": names[true], "pred6": names[pred],
-                       "pred5": [classes.to_class5(c) for c in names[pred]]})
+                       "pred5": classes.merge_to_five(names[pred])})
     for j, c in enumerate(PROB_COLUMNS):
         df[c] = probs[:, j]
     return df

@@ -239,7 +239,7 @@ def evaluate(g: Graphs, loader: ImageLoader, batch_size: int, limit: Optional[in
     This is NNC's "Error" of a dataset: the validation network's cost over it.
     ``limit`` evaluates only the first ``limit`` images.
     """
-    import nnabla.functions as F  # noqa: F401
+    from scipy.special import softmax
     n = len(loader) if limit is None else min(limit, len(loader))
     sub = loader if n == len(loader) else _Subset(loader, n)
     losses, probs = [], []
@@ -247,9 +247,7 @@ def evaluate(g: Graphs, loader: ImageLoader, batch_size: int, limit: Optional[in
         g.vx.d, g.vt.d = xb, yb
         g.losses.forward(clear_buffer=True)
         losses.append(g.losses.d[:k, 0].copy())
-        z = g.logits.d[:k]
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        probs.append(e / e.sum(axis=1, keepdims=True))
+        probs.append(softmax(g.logits.d[:k], axis=1))
     p = np.concatenate(probs)
     y = np.asarray(sub.labels[:n])
     return float(np.concatenate(losses).mean()), float((p.argmax(1) != y).mean()), p
@@ -476,8 +474,8 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
 
     if resume:
         ck_dir, state = load_checkpoint(out_dir)
-        old = json.loads((out_dir / "config.json").read_text())["config"]
-        old = {k: old.get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in _RESUME_KEYS}
+        saved = json.loads((out_dir / "config.json").read_text())
+        old = {k: saved["config"].get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in _RESUME_KEYS}
         diff = [k for k in _RESUME_KEYS if old[k] != config.get(k)]
         if diff:
             raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "
@@ -498,7 +496,7 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
     start_epoch, history, best = 0, [], {"epoch": None, "validation_error": float("inf")}
     if resume:
         _load_into(params, models.load_parameters(ck_dir / "params.h5"), str(ck_dir / "params.h5"))
-        init_info = json.loads((out_dir / "config.json").read_text()).get("initialisation", "")
+        init_info = saved.get("initialisation", "")
     else:
         init_info = initialise(params, pretrained, init, arch)
     opt = make_solver(solver_cfg)
