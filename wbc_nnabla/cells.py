@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from . import io
+
 PAD_MODES = {
     "reflect": cv2.BORDER_REFLECT_101,
     "constant": cv2.BORDER_CONSTANT,
@@ -372,7 +374,7 @@ def segment_wbc(rgb: np.ndarray, centre: Optional[Tuple[float, float]] = None
     background; an opening of ``0.15 r_n`` cuts bridges; holes are filled.
     An empty mask means no nucleus was found.
     """
-    _check_rgb(rgb)
+    io.check_rgb(rgb)
     h, w = rgb.shape[:2]
     if centre is None:
         centre = (w / 2.0, h / 2.0)
@@ -403,7 +405,7 @@ def remove_background(rgb: np.ndarray, mask: Optional[np.ndarray] = None,
     :func:`wbc_mask` when None); fill: RGB colour of the removed background.
     Returns a new RGB uint8 array.
     """
-    _check_rgb(rgb)
+    io.check_rgb(rgb)
     if mask is None:
         mask = wbc_mask(rgb)
     mask = np.asarray(mask).astype(bool)
@@ -412,12 +414,6 @@ def remove_background(rgb: np.ndarray, mask: Optional[np.ndarray] = None,
     out = rgb.copy()
     out[~mask] = np.asarray(fill, dtype=np.uint8)
     return out
-
-
-def _check_rgb(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError("expected an RGB uint8 image of shape (H, W, 3), got "
-                         f"{getattr(rgb, 'dtype', type(rgb))} {getattr(rgb, 'shape', '')}")
 
 
 # ----------------------------------------------------------------------------- location in fields
@@ -467,7 +463,7 @@ def locate_wbcs(field_rgb: np.ndarray, min_share: float = 0.3) -> np.ndarray:
     with no stained nucleus gives ``(0, 2)``; a field whose largest dark
     object is not a WBC (no WBC at all) is not recognised as such.
     """
-    _check_rgb(field_rgb)
+    io.check_rgb(field_rgb)
     h, w = field_rgb.shape[:2]
     f = min(1.0, MAX_SIDE / max(h, w))
     img = field_rgb if f >= 1.0 else cv2.resize(
@@ -534,7 +530,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, nucleus: Optional[np.ndarray] = N
     size: when given, the overlay is resized to ``size`` x ``size`` pixels
     (a gallery tile).
     """
-    _check_rgb(rgb)
+    io.check_rgb(rgb)
     o = rgb.copy()
     th = max(1, max(rgb.shape[:2]) // 150)
     for m, col in ((mask, (0, 160, 0)), (nucleus, (0, 0, 255))):

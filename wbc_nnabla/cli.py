@@ -49,20 +49,25 @@ def _add_io(sub) -> None:
 # ----------------------------------------------------------------------------- cells: segment, locate (issue 3)
 
 
-def _image_inputs(items) -> list:
-    """Image files named on the command line: files as given, folders searched recursively."""
+def _image_inputs(items: List[str], recursive: bool = True) -> List[Path]:
+    """Image files named on the command line: files as given; folders searched (recursively by default).
+
+    A missing path, or a folder holding no images, is an error naming it.
+    """
     from . import io
-    out = []
+    out: List[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and io.is_image_file(q))
+            found = (sorted(q for q in p.rglob("*") if q.is_file() and io.is_image_file(q)) if recursive
+                     else io.list_images(p))
+            if not found:
+                raise CLIError(f"{p}: folder holds no images ({', '.join(io.IMAGE_EXTENSIONS)})")
+            out.extend(found)
         elif p.is_file():
             out.append(p)
         else:
             raise CLIError(f"{p}: no such image file or folder")
-    if not out:
-        raise CLIError(f"no images ({', '.join(io.IMAGE_EXTENSIONS)}) in {', '.join(map(str, items))}")
     return out
 
 
@@ -425,24 +430,6 @@ def _add_scoring(sub) -> None:
 # ----------------------------------------------------------------------------- Grad-CAM (issue 7)
 
 
-def _gradcam_inputs(items: List[str]) -> List[Path]:
-    """Image paths from the IMAGES arguments; a folder expands to its images (not recursive)."""
-    from . import io
-    out: List[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = io.list_images(p)
-            if not found:
-                raise CLIError(f"{p}: folder holds no images ({', '.join(io.IMAGE_EXTENSIONS)})")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise CLIError(f"{p}: no such image file or folder")
-    return out
-
-
 def _gradcam_stems(paths: List[Path]) -> List[str]:
     """Output name stems: the file stem, prefixed by its folder (then numbered) when stems collide."""
     from collections import Counter
@@ -463,7 +450,7 @@ def _cmd_gradcam(args) -> int:
 
     from . import gradcam, io
     from .export import ModelError
-    paths = _gradcam_inputs(args.images)
+    paths = _image_inputs(args.images, recursive=False)
     out = Path(args.out)
     io.check_not_inside(out, [p.parent for p in paths])
     if not 0.0 <= args.alpha <= 1.0:

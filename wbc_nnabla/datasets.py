@@ -194,13 +194,7 @@ def read_voc_folder(root, names: Sequence[str] = ("WBC",)) -> pd.DataFrame:
                              smear="", x=b["x"], y=b["y"], source=f"{xml}:{j + 1}"))
     if not rows:
         raise io.SourceError(f"{root}: no {'/'.join(names)} boxes in Annotations/*.xml")
-    return io._table(rows)
-
-
-def _read_image_folder(root: Path) -> pd.DataFrame:
-    rows = [dict(path=str(p.resolve()), label="", category="", smear="", x=np.nan, y=np.nan,
-                 source=str(p)) for p in io.list_images(root)]
-    return io._table(rows)
+    return io.cell_table(rows)
 
 
 def read_source(source) -> pd.DataFrame:
@@ -219,7 +213,7 @@ def read_source(source) -> pd.DataFrame:
     if src.is_dir() and not (src / "labels.csv").is_file() and not (src / "train.csv").is_file() \
             and not (src / "valid.csv").is_file() and io.list_images(src) \
             and not any(d.is_dir() and io.list_images(d) for d in src.iterdir()):
-        return _read_image_folder(src)
+        return io.read_image_folder(src)
     return io.read_cells(src)
 
 

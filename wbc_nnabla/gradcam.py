@@ -65,10 +65,7 @@ class CamResult:
 
 def _as_rgb(image: ImageLike, i: int) -> np.ndarray:
     if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image {i}: expected an RGB uint8 array (H, W, 3), "
-                             f"got {image.dtype} {image.shape}")
-        return image
+        return io.check_rgb(image, f"image {i}")
     return io.read_rgb(image)
 
 
@@ -277,8 +274,7 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
     alpha: weight of the heat map (0 = image only, 1 = heat map only);
     colormap: an OpenCV colormap (JET: blue = 0, red = 1).
     """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"overlay: expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    io.check_rgb(rgb, "overlay")
     if cam.shape != rgb.shape[:2]:
         raise ValueError(f"overlay: map shape {cam.shape} differs from the image's {rgb.shape[:2]}")
     if not 0.0 <= alpha <= 1.0:

@@ -63,9 +63,7 @@ def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
     ``data_iterator_csv_dataset(normalize=True)``. ImageNet normalisation is
     inside the network. Every backend uses this function.
     """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    rgb = io.resize_square(rgb, size)  # the same rule as training's loader
+    rgb = io.resize_square(io.check_rgb(rgb), size)  # the same rule as training's loader
     return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
@@ -299,9 +297,9 @@ def read_inputs(source) -> pd.DataFrame:
     if src.is_dir() and (src / "cells.csv").is_file() and not (src / "labels.csv").is_file():
         return io.read_cells(src / "cells.csv")  # an inference dataset folder (build-dataset --inference)
     if src.is_dir() and not any((src / n).is_file() for n in ("labels.csv", "train.csv", "valid.csv")):
-        images = io.list_images(src)
-        if images:
-            return _cell_table([dict(path=str(p.resolve()), smear="", source=str(p)) for p in images])
+        images = io.read_image_folder(src)
+        if len(images):
+            return images
         try:
             return io.read_cells(src)
         except classes.LabelError:
@@ -316,15 +314,7 @@ def _smear_folders(root: Path) -> pd.DataFrame:
     if not rows:
         raise io.SourceError(f"{root}: no images (expected image files, class or smear sub-folders, "
                              f"or a labels.csv)")
-    return _cell_table(rows)
-
-
-def _cell_table(rows: List[dict]) -> pd.DataFrame:
-    """An unlabeled cell table (columns of ``io.CELL_COLUMNS``) from ``path, smear, source`` rows."""
-    df = pd.DataFrame(rows, columns=list(io.CELL_COLUMNS))
-    df[["label", "category"]] = ""
-    df[["x", "y"]] = np.nan
-    return df
+    return io.cell_table(rows)
 
 
 def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int) -> Iterator[np.ndarray]:

@@ -80,6 +80,14 @@ def to_rgb_uint8(image: np.ndarray, name: str = "<array>") -> np.ndarray:
     raise ImageReadError(f"{name}: unsupported image shape {image.shape}")
 
 
+def check_rgb(rgb, what: str = "") -> np.ndarray:
+    """``rgb`` itself if it is an RGB uint8 array ``(H, W, 3)``, else ValueError (prefixed ``what: ``)."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"{what + ': ' if what else ''}expected an RGB uint8 image (H, W, 3), got "
+                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
+    return rgb
+
+
 def read_rgb(path: PathLike) -> np.ndarray:
     """Read an image file as RGB uint8 ``(H, W, 3)``, whatever it holds.
 
@@ -137,10 +145,17 @@ def list_images(folder: PathLike) -> list:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
 
 
+def read_image_folder(folder: PathLike, smear: str = "") -> pd.DataFrame:
+    """Unlabeled cell table of the images directly in ``folder`` (empty when it holds none)."""
+    return cell_table([dict(path=str(p.resolve()), smear=smear, source=str(p)) for p in list_images(folder)])
+
+
 # ----------------------------------------------------------------------------- cell tables
 
 
-def _table(rows: Sequence[dict]) -> pd.DataFrame:
+def cell_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """A cell table (columns :data:`CELL_COLUMNS`) from row dicts; missing text fields are ``""``,
+    missing ``x``/``y`` NaN."""
     df = pd.DataFrame(list(rows), columns=list(CELL_COLUMNS))
     df["x"] = pd.to_numeric(df["x"], errors="coerce").astype(float)
     df["y"] = pd.to_numeric(df["y"], errors="coerce").astype(float)
@@ -177,7 +192,7 @@ def read_class_folders(root: PathLike) -> pd.DataFrame:
                              x=np.nan, y=np.nan, source=str(img)))
     if not rows:
         raise SourceError(f"{root}: no class sub-folders with images ({', '.join(IMAGE_EXTENSIONS)})")
-    return _table(rows)
+    return cell_table(rows)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -226,7 +241,7 @@ def read_labels_csv(path: PathLike) -> pd.DataFrame:
                          smear=rec.get("smear", ""), x=xy[0], y=xy[1], source=where))
     if not rows:
         raise SourceError(f"{path}: no cells listed")
-    return _table(rows)
+    return cell_table(rows)
 
 
 def read_nnc_csv(path: PathLike, class_names: Sequence[str] = classes.CLASSES6) -> pd.DataFrame:
@@ -261,7 +276,7 @@ def read_nnc_csv(path: PathLike, class_names: Sequence[str] = classes.CLASSES6) 
                          x=np.nan, y=np.nan, source=where))
     if not rows:
         raise SourceError(f"{path}: no cells listed")
-    return _table(rows)
+    return cell_table(rows)
 
 
 def is_nnc_csv(path: PathLike) -> bool:
