@@ -19,13 +19,13 @@ sys.path.insert(0, str(ROOT))
 
 import nnabla as nn  # noqa: E402
 
-from wbc_nnabla import io, models, training  # noqa: E402
+from wbc_nnabla import inference, models, training  # noqa: E402
 
 B = 32
 
 
 def images(paths, size):
-    return np.stack([io.resize_square(io.read_rgb(p), size).transpose(2, 0, 1) for p in paths]).astype(np.float32) / 255
+    return np.stack([inference.load_input(p, size) for p in paths])
 
 
 def accuracy(params, x_valid, y_valid, x_recal, size, test, recalibrate=False):

@@ -25,7 +25,6 @@ scope (a training session in the same process is not disturbed).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -84,8 +83,6 @@ class GradCAM:
     """
 
     def __init__(self, model: Union[str, Path], size: Optional[int] = None, batch_size: int = 8):
-        import nnabla as nn
-
         self.path = Path(model)
         params, meta = read_model(self.path)
         self.meta = meta
@@ -98,13 +95,10 @@ class GradCAM:
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size}: expected >= 1")
         self.batch_size = int(batch_size)
-        # A private parameter dict (parameter_scope("", dict)); no_grad makes the
-        # parametric functions return need_grad=False views, so backward stops at
-        # the features and never computes parameter gradients.
-        self._scope: Dict = OrderedDict()
-        with nn.parameter_scope("", self._scope), nn.no_grad():
-            for k, v in params.items():
-                nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
+        # Fixed parameters in a private dict; _graph's no_grad makes the parametric
+        # functions return need_grad=False views, so backward stops at the features
+        # and never computes parameter gradients.
+        self._scope = models.private_scope(params)
         self._graphs: Dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ classes

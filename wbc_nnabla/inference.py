@@ -140,22 +140,20 @@ class NnablaBackend(Backend):
     name = "nnabla"
 
     def __init__(self, model_path: PathLike, params: dict, meta: dict):
+        from . import models
         super().__init__(model_path, meta)
         self.params = params
+        self._scope = models.private_scope(params)
         self._graphs: Dict[tuple, tuple] = {}
 
     def _graph(self, shape: tuple):
         if shape not in self._graphs:
             import nnabla as nn
-            import nnabla.functions as F
 
             from . import models
-            scope: dict = {}
-            with nn.parameter_scope("net", scope=scope):
-                for k, v in self.params.items():
-                    nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
+            with nn.parameter_scope("", self._scope):
                 x = nn.Variable(shape)
-                y = F.softmax(models.resnet(x, self.meta["arch"], int(self.meta["num_classes"]), test=True))
+                y = models.inference_network(x, self.meta)
             self._graphs = {shape: (x, y)}  # keep one: each holds the activations of a batch
         return self._graphs[shape]
 

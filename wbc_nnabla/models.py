@@ -13,6 +13,7 @@ trains at 480x480 and infers at 320x320).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence, Tuple
 
 import nnabla as nn
@@ -111,6 +112,25 @@ def resnet18(x: nn.Variable, num_classes: int = 6, test: bool = False, return_fe
     return resnet(x, "resnet18", num_classes, test, return_features)
 
 
+def inference_network(x: nn.Variable, meta: dict) -> nn.Variable:
+    """Softmax probabilities ``(N, C)`` of the test-mode network ``meta`` describes (``arch``,
+    ``num_classes``): the graph every saved ``.nnp`` holds and the nnabla backend runs."""
+    return F.softmax(resnet(x, meta["arch"], int(meta["num_classes"]), test=True))
+
+
+def private_scope(params: dict) -> dict:
+    """A parameter dict of fixed (``need_grad=False``) copies of ``params`` ``{name: ndarray}``.
+
+    Graphs built under ``nn.parameter_scope("", private_scope(params))`` never touch
+    nnabla's global parameters, so a model can be used beside a training run.
+    """
+    scope: dict = OrderedDict()
+    with nn.parameter_scope("", scope):
+        for k, v in params.items():
+            nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
+    return scope
+
+
 def count_parameters(grad_only: bool = True) -> int:
     """Number of scalars in the current parameter scope (trainable ones by default)."""
     return int(sum(np.prod(v.shape) for v in nn.get_parameters(grad_only=grad_only).values()))
@@ -177,7 +197,7 @@ def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
             nn.parameter.get_parameter_or_create(k, arr.shape, need_grad="/mean" not in k and "/var" not in k)
             nn.get_parameters(grad_only=False)[k].d = arr
         x = nn.Variable(input_shape(batch_size, size))
-        y = F.softmax(resnet(x, meta["arch"], int(meta["num_classes"]), test=True))
+        y = inference_network(x, meta)
         contents = {
             "networks": [{"name": "inference", "batch_size": batch_size,
                           "outputs": {"y": y}, "names": {"x": x}}],
