@@ -156,6 +156,18 @@ def _p(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
+def section(title: str, texts: Sequence[str] = (), tables: Sequence[Tuple[pd.DataFrame, dict]] = (),
+            figures: Sequence["ReportFigure"] = (), level: int = 2, prefix: str = "figures/") -> Section:
+    """A section of paragraphs, then tables ``(DataFrame, html_table/markdown_table options)``,
+    then figures, rendered alike in HTML and Markdown."""
+    h = "".join(_p(t) for t in texts) + "".join(html_table(d, **kw) for d, kw in tables)
+    m = "\n\n".join(list(texts) + [markdown_table(d, **kw) for d, kw in tables])
+    for f in figures:
+        h += f.html()
+        m += "\n\n" + f.markdown(prefix)
+    return Section(title, h, m, level)
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -413,13 +425,7 @@ def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure
 
     def sec(title: str, texts: Sequence[str], tables: Sequence[Tuple[pd.DataFrame, dict]] = (),
             names: Sequence[str] = ()) -> Section:
-        h = "".join(_p(t) for t in texts) + "".join(html_table(d, **kw) for d, kw in tables)
-        m = "\n\n".join(list(texts) + [markdown_table(d, **kw) for d, kw in tables])
-        for n in names:
-            if n in fig:
-                h += fig[n].html()
-                m += "\n\n" + fig[n].markdown(prefix)
-        return Section(title, h, m, level)
+        return section(title, texts, tables, [fig[n] for n in names if n in fig], level, prefix)
 
     sd_note = f"Mean ± SD over smears (sample SD, ddof={s['sd_ddof']}); pooled = all scored cells together."
     text = [f"{s['n_cells']} cells in {s['n_smears']} smears from {result.source}.",
@@ -509,20 +515,13 @@ def compare_sections(result: "scoring.CompareResult", figures: Sequence[ReportFi
     text = [f"{s['n_cells']} cells in {s['n_smears']} smears, matched by path. Wilcoxon rank-sum "
             f"(scipy.stats.ranksums, as in the paper) and, since smears are paired, signed-rank "
             f"(scipy.stats.wilcoxon). SD: sample SD (ddof={s['sd_ddof']})."] + notes
-    fig = {f.name: f for f in figures}
-    h = "".join(_p(t) for t in text) + html_table(tests, digits=4)
-    m = "\n\n".join(text + [markdown_table(tests, digits=4)])
-    if "boxplots" in fig:
-        h += fig["boxplots"].html()
-        m += "\n\n" + fig["boxplots"].markdown(prefix)
-    out = [Section(f"{a} vs {b}: per-smear accuracy", h, m, level)]
+    boxplots = [f for f in figures if f.name == "boxplots"]
+    out = [section(f"{a} vs {b}: per-smear accuracy", text, [(tests, {"digits": 4})], boxplots, level, prefix)]
     rc = result.recall_change.rename(columns={"recall_a": f"recall {a}", "recall_b": f"recall {b}"})
-    out.append(Section("Per-class accuracy (recall) change",
-                       _p("Recall of each human class (Table 1 'Accuracy'); change = B - A.") + html_table(rc, index=False),
-                       "Recall of each human class (Table 1 'Accuracy'); change = B - A.\n\n" + markdown_table(rc, index=False),
-                       level))
-    out.append(Section("Per-smear pairs", html_table(result.per_smear, index=False),
-                       markdown_table(result.per_smear, index=False), level))
+    out.append(section("Per-class accuracy (recall) change",
+                       ["Recall of each human class (Table 1 'Accuracy'); change = B - A."],
+                       [(rc, {"index": False})], level=level))
+    out.append(section("Per-smear pairs", tables=[(result.per_smear, {"index": False})], level=level))
     return out
 
 
@@ -537,10 +536,8 @@ def write_compare_report(result: "scoring.CompareResult", folder: Union[str, os.
         f6 = ReportFigure(f"confusion6_{tag}", f"{name}: confusion table, 6 classes",
                           figure_png(confusion_heatmap(sc.confusion6, f"{name}, 6 classes")))
         figures.append(f6)
-        sections.append(Section(f"{name}: Table 1 (6 and 5 classes)",
-                                html_table(sc.confusion6) + html_table(sc.confusion5) + f6.html(),
-                                markdown_table(sc.confusion6) + "\n\n" + markdown_table(sc.confusion5) + "\n\n"
-                                + f6.markdown(), 2))
+        sections.append(section(f"{name}: Table 1 (6 and 5 classes)",
+                                tables=[(sc.confusion6, {}), (sc.confusion5, {})], figures=[f6]))
     _write_report(folder, f"{result.name_a} vs {result.name_b} (Sasaki et al. 2020, Fig. 9)", figures, sections)
 
 
@@ -579,8 +576,7 @@ def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.S
     text = [f"Preset '{config.get('preset')}'. {split.get('note', '')}.",
             f"Teacher cells: {split.get('n_teacher')}; inference cells: {split.get('n_inference')} in "
             f"{split.get('n_smears')} smears. Whole run: {summary.get('seconds')} s."] + warn
-    sections.append(Section("Run", "".join(_p(t) for t in text) + html_table(cfg_df),
-                            "\n\n".join(text + [markdown_table(cfg_df)])))
+    sections.append(section("Run", text, [(cfg_df, {})]))
     # Figs 5 and 7: learning curves written by the training stage.
     h, m = _file_figures(figures, [(f"learning_curve_{tag}", f"WBC Model {tag}: Cost, Training Error and "
                                     f"Validation Error per epoch (Fig. {n} style)",
@@ -630,8 +626,7 @@ def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.S
         keep = rc.iloc[np.unique(np.linspace(0, len(rc) - 1, min(len(rc), 12)).round().astype(int))]
         text = ["Cells whose top probability is below a threshold are held for a human (the paper's "
                 "conclusion). Coverage = share of cells the AI decides; accuracy over those."]
-        sections.append(Section("Judgement pending (conclusion)", _p(text[0]) + html_table(keep, index=False)
-                                + f.html(), text[0] + "\n\n" + markdown_table(keep, index=False) + "\n\n" + f.markdown()))
+        sections.append(section("Judgement pending (conclusion)", text, [(keep, {"index": False})], [f]))
     return sections, figures
 
 
