@@ -164,16 +164,24 @@ class NnablaBackend(Backend):
         return yv.d.copy()
 
 
-class OpenCVBackend(Backend):
+class OnnxBackend(Backend):
+    """A backend running the ONNX export (``onnx_path``) of the model file the user gave (``model_path``)."""
+
+    chunk = 1
+
+    def __init__(self, onnx_path: PathLike, meta: dict, model_path: Optional[PathLike] = None):
+        super().__init__(model_path or onnx_path, meta)
+        self.onnx_path = Path(onnx_path)
+
+
+class OpenCVBackend(OnnxBackend):
     """The ONNX export run by OpenCV's DNN module (``cv2.dnn.readNetFromONNX``)."""
 
     name = "opencv"
-    chunk = 1
 
     def __init__(self, onnx_path: PathLike, meta: dict, threads: Optional[int] = None,
                  model_path: Optional[PathLike] = None):
-        super().__init__(model_path or onnx_path, meta)
-        self.onnx_path = Path(onnx_path)
+        super().__init__(onnx_path, meta, model_path)
         cv2.setNumThreads(threads or cpu_count())
         self.net = cv2.dnn.readNetFromONNX(str(onnx_path))
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -184,17 +192,15 @@ class OpenCVBackend(Backend):
         return np.array(self.net.forward(), dtype=np.float32, copy=True)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(OnnxBackend):
     """The ONNX export run by onnxruntime's CPU execution provider."""
 
     name = "onnxruntime"
-    chunk = 1
 
     def __init__(self, onnx_path: PathLike, meta: dict, threads: Optional[int] = None,
                  model_path: Optional[PathLike] = None):
         import onnxruntime as ort
-        super().__init__(model_path or onnx_path, meta)
-        self.onnx_path = Path(onnx_path)
+        super().__init__(onnx_path, meta, model_path)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or cpu_count()
         so.inter_op_num_threads = 1
