@@ -1,12 +1,20 @@
-"""Accuracy of the whole training recipe (not a test): from scratch, 64x64, 10 epochs, AdaBound.
+"""Accuracy of the training recipe through the user's path (not a test): from scratch, 64x64, 10 epochs.
 
-Seeded stratified 80/20 split of /work/shared/data/pbc6 (background kept), one
-training run per seed; reports 6- and 5-class validation accuracy of the final
-epoch and of the best-Validation-Error epoch (model.nnp), and wall time.
+Runs the README's commands, nothing private, one run per seed:
 
-    nice -n 5 .venv/bin/python benchmarks/accuracy_check.py --seed 0 --out /work/runs/accuracy_check_pbn/seed0
-    nice -n 5 .venv/bin/python benchmarks/accuracy_check.py --seed 0 --bn-recalibration 0 --out DIR  # NNC's BN
-    .venv/bin/python benchmarks/accuracy_check.py --summarize /work/runs/accuracy_check_pbn
+    wbc-nnabla build-dataset PBC6 OUT/dataset --background keep --total 2400 --size 64 --seed S
+    wbc-nnabla train OUT/dataset OUT/train --epochs 10 --batch-size 32 --size 64 --pretrained none \
+        --seed S --train-eval-limit 480 --no-progress [--bn-recalibration N] [extra train flags]
+    wbc-nnabla predict OUT/train/model.nnp OUT/dataset/valid.csv OUT/pred_best.csv --size 64
+    wbc-nnabla predict OUT/train/checkpoints/epoch0010/params.h5 OUT/dataset/valid.csv \
+        OUT/pred_final.csv --size 64
+
+and reports 6- and 5-class accuracy on the validation split that `build-dataset` made, for the
+final epoch (the last checkpoint) and for `model.nnp` (the best-Validation-Error epoch), read from
+the predictions CSVs. An interrupted run resumes (`train --resume`); finished stages are kept.
+
+    nice -n 5 .venv/bin/python benchmarks/accuracy_check.py --seed 0 --out /work/runs/acc_user/seed0
+    .venv/bin/python benchmarks/accuracy_check.py --summarize /work/runs/acc_user
 
 Reference (from the brief): PyTorch ResNet-18 + adabound, same augmentations,
 0.84 (6-class) / 0.95 (5-class) at this budget.
@@ -15,66 +23,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from wbc_nnabla import classes, io, models, training  # noqa: E402
+CLI = [sys.executable, "-c", "import sys; from wbc_nnabla.cli import main; sys.exit(main())"]
 
 
-def split(pbc6: Path, ds: Path, seed: int, valid_fraction: float = 0.2) -> None:
-    """Stratified seeded split of pbc6 into an NNC dataset folder (absolute image paths)."""
-    df = io.read_cells(pbc6)
-    rng = np.random.RandomState(seed)
-    tr, va = [], []
-    for lab, g in df.groupby("label"):
-        idx = rng.permutation(len(g))
-        k = int(round(len(g) * valid_fraction))
-        va += [g.iloc[i] for i in idx[:k]]
-        tr += [g.iloc[i] for i in idx[k:]]
-    for name, rows in (("train.csv", tr), ("valid.csv", va)):
-        rows = [rows[i] for i in rng.permutation(len(rows))]
-        io.write_nnc_csv(ds / name, [r.path for r in rows], [classes.index6(r.label) for r in rows])
+def wbc(*args) -> None:
+    """Run one `wbc-nnabla` command (the installed CLI's entry point) and stop on failure."""
+    cmd = CLI + [str(a) for a in args]
+    print("$ wbc-nnabla " + " ".join(str(a) for a in args), flush=True)
+    subprocess.run(cmd, check=True)
 
 
-def accuracies(params: dict, loader, batch_size: int, size: int) -> dict:
-    """6- and 5-class accuracy of parameters on a loader."""
-    models._drop_scope(training.SCOPE)
-    g = training.Graphs("resnet18", 6, batch_size, size, None)
-    training._load_into(training.parameters(), params, "accuracy_check")
-    _, mis, p = training.evaluate(g, loader, batch_size)
-    pred6 = p.argmax(1)
-    y = np.asarray(loader.labels)
-    five = np.array([classes.CLASSES5.index(classes.to_class5(c)) for c in classes.CLASSES6])
-    return dict(acc6=float((pred6 == y).mean()), acc5=float((five[pred6] == five[y]).mean()))
+def accuracies(pred_csv: Path) -> dict:
+    """6- and 5-class accuracy of a predictions CSV written by `wbc-nnabla predict` (columns label, pred6, pred5)."""
+    from wbc_nnabla import classes
+    df = pd.read_csv(pred_csv, keep_default_na=False)
+    five = df["label"].map(classes.to_class5)
+    return dict(acc6=float((df["pred6"] == df["label"]).mean()), acc5=float((df["pred5"] == five).mean()),
+                n=len(df))
 
 
 def run(seed: int, out: Path, pbc6: Path, epochs: int, size: int, batch: int, train_eval_limit: int,
-        bn_recalibration: int = training.BN_RECALIBRATION_IMAGES) -> dict:
-    ds = out / "dataset"
+        train_flags: list) -> dict:
+    ds, tr = out / "dataset", out / "train"
     if not (ds / "valid.csv").exists():
-        split(pbc6, ds, seed)
+        wbc("build-dataset", pbc6, ds, "--background", "keep", "--total", 2400, "--size", size,
+            "--seed", seed, "--no-progress")
     t0 = time.time()
-    resume = (out / "train" / "checkpoint.json").exists()
-    summary = training.train(ds, out / "train", epochs=epochs, batch_size=batch, size=size, seed=seed,
-                             pretrained="none", resume=resume, train_eval_limit=train_eval_limit,
-                             progress=False, bn_recalibration=bn_recalibration)
+    cfg = tr / "config.json"
+    finished = cfg.exists() and "best" in json.loads(cfg.read_text())
+    if not finished:
+        resume = ["--resume"] if (tr / "checkpoint.json").exists() else []
+        wbc("train", ds, tr, "--epochs", epochs, "--batch-size", batch, "--size", size, "--pretrained", "none",
+            "--seed", seed, "--train-eval-limit", train_eval_limit, "--no-progress", *resume, *train_flags)
     wall = time.time() - t0
-    paths, y = training.read_split(ds / "valid.csv")
-    loader = training.ImageLoader(paths, y, size)
-    ck_dir, _ = training.load_checkpoint(out / "train")
-    res = dict(seed=seed, epochs=epochs, size=size, batch_size=batch, wall_s_this_process=wall,
-               wall_s_total=sum(r["seconds"] for r in summary["history"]),
-               final=accuracies(models.load_parameters(ck_dir / "params.h5"), loader, batch, size),
-               best=dict(epoch=summary["best"]["epoch"],
-                         **accuracies(models.load_parameters(out / "train" / "model.h5"), loader, batch, size)),
+    summary = json.loads(cfg.read_text())
+    last = json.loads((tr / "checkpoint.json").read_text())["dir"]
+    for name, model in (("best", tr / "model.nnp"), ("final", tr / last / "params.h5")):
+        if not (out / f"pred_{name}.csv").exists():
+            wbc("predict", model, ds / "valid.csv", out / f"pred_{name}.csv", "--size", size, "--no-progress")
+    res = dict(seed=seed, epochs=epochs, size=size, batch_size=batch, train_flags=train_flags,
+               wall_s_this_process=wall, wall_s_total=sum(r["seconds"] for r in summary["history"]),
+               final=accuracies(out / "pred_final.csv"),
+               best=dict(epoch=summary["best"]["epoch"], **accuracies(out / "pred_best.csv")),
                history=summary["history"])
-    io.write_json(out / "result.json", res)
+    (out / "result.json").write_text(json.dumps(res, indent=1))
     return res
 
 
@@ -103,18 +104,13 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-eval-limit", type=int, default=480,
-                    help="Training Error on the first N training images only (saves time)")
-    ap.add_argument("--bn-recalibration", type=int, default=training.BN_RECALIBRATION_IMAGES,
-                    help="re-estimate BatchNorm statistics on N clean training images each epoch "
-                         "(default: the library's, %(default)s; 0: NNC's running statistics)")
+                    help="Training Error on a sample of N training images only (saves time; no effect on the model)")
     ap.add_argument("--summarize", type=Path, default=None, help="print mean/spread of seed*/result.json")
-    a = ap.parse_args()
+    a, train_flags = ap.parse_known_args()
     if a.summarize:
         return summarize(a.summarize)
-    import logging
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = a.out or Path("/work/runs/accuracy_check") / f"seed{a.seed}"
-    r = run(a.seed, out, a.pbc6, a.epochs, a.size, a.batch_size, a.train_eval_limit, a.bn_recalibration)
+    r = run(a.seed, out, a.pbc6, a.epochs, a.size, a.batch_size, a.train_eval_limit, train_flags)
     print(json.dumps({k: r[k] for k in ("seed", "final", "best", "wall_s_total")}, indent=1))
 
 

@@ -161,6 +161,23 @@ def test_same_inputs_give_byte_identical_outputs(tmp_path):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     c = datasets.build_dataset(src, tmp_path / "c", background="remove", total=30, seed=4, **SMALL)
     assert (c / "manifest.csv").read_bytes() != (a / "manifest.csv").read_bytes()
+    assert (c / "train.csv").read_bytes() != (a / "train.csv").read_bytes()
+
+
+def test_split_csvs_are_shuffled_not_grouped_by_class(tmp_path):
+    """train.csv/valid.csv rows come in a seeded random order: a reader taking "the first N" sees all classes."""
+    src = _demo_subset(tmp_path, per_class=5)
+    out = datasets.build_dataset(src, tmp_path / "ds", background="keep", total=120, seed=0, **SMALL)
+    for name in ("train.csv", "valid.csv"):
+        y = pd.read_csv(out / name)["y:label"].to_numpy()
+        runs = 1 + int((np.diff(y) != 0).sum())
+        assert len(set(y.tolist())) == 6 and runs > 3 * 6, (name, runs)
+    first = pd.read_csv(out / "train.csv")["y:label"].head(24)
+    assert first.nunique() == 6
+    # the manifest still lists every CSV row
+    m = _manifest(out)
+    assert sorted(m.loc[m["split"] == "train", "image"]) == \
+        sorted(p.replace("\\", "/") for p in pd.read_csv(out / "train.csv")["x:image"])
 
 
 def test_single_source_class_repeats_variants_and_reports_it(tmp_path):

@@ -281,7 +281,7 @@ def test_recalibrate_bn_sets_clean_batch_statistics(tiny):
             v.d = 5.0
     paths, labels = training.read_split(tiny / "train.csv")
     loader = training.ImageLoader(paths, labels, size)
-    n = training.recalibrate_bn(g, loader, bs, 8)
+    n = training.recalibrate_bn(g, loader, bs, np.arange(8))
     assert n == 2
     # independent expectation: conv1 over the same clean images, in fixed order
     with nn.parameter_scope(training.SCOPE):
@@ -317,3 +317,33 @@ def test_bn_recalibration_is_on_by_default_and_guarded_on_resume(tiny, tmp_path)
     (off / "config.json").write_text(json.dumps(cfg))
     s = training.train(tiny, off, epochs=2, resume=True, bn_recalibration=0, **FAST)
     assert len(s["history"]) == 2
+
+
+def test_bn_sample_is_stratified_and_mixes_every_batch():
+    """The precise-BN sample of a class-sorted split holds every class in proportion, mixed per batch.
+
+    Before the fix the sample was the first N rows: of a CSV sorted by class, only the first classes.
+    """
+    labels = np.repeat(np.arange(6), [40, 40, 40, 40, 40, 80])        # sorted by class, Segment twice as many
+    rows = training.sample_rows(labels, 140, 28, seed=5)
+    assert len(rows) == 140 and len(set(rows.tolist())) == 140
+    np.testing.assert_array_equal(np.bincount(labels[rows], minlength=6), [20, 20, 20, 20, 20, 40])
+    for b in range(5):                                                 # every batch of 28 sees >= 4 classes
+        assert len(set(labels[rows[b * 28:(b + 1) * 28]].tolist())) >= 4
+    np.testing.assert_array_equal(rows, training.sample_rows(labels, 140, 28, seed=5))   # seeded
+    assert not np.array_equal(rows, training.sample_rows(labels, 140, 28, seed=6))
+
+
+def test_training_on_class_sorted_csv_recalibrates_on_all_classes(tmp_path):
+    """train() on a train.csv grouped by class: the recorded BN sample covers all six classes in proportion."""
+    ds = _dataset(tmp_path / "ds", 4, 1)                                # 24 images, rows grouped by class
+    _, y = training.read_split(ds / "train.csv")
+    assert (np.diff(y) != 0).sum() == 5                                 # really sorted: 6 runs
+    s = training.train(ds, tmp_path / "run", epochs=1, bn_recalibration=12,
+                       **{**FAST, "train_eval_limit": 6})
+    bn = s["config"]["bn_sample"]
+    assert bn["n"] == 12 and set(bn["per_class"].values()) == {2}
+    np.testing.assert_array_equal(np.bincount(y[bn["rows"]], minlength=6), [2] * 6)
+    ev = s["config"]["train_eval_sample"]
+    np.testing.assert_array_equal(np.bincount(y[ev["rows"]], minlength=6), [1] * 6)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["bn_sample"] == bn

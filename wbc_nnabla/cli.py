@@ -73,7 +73,7 @@ def _image_inputs(items: List[str], recursive: bool = True) -> List[Path]:
 
 def _cmd_segment(args) -> int:
     import numpy as np
-    from . import cells, io
+    from . import cells, io, sampling
     paths = _image_inputs(args.inputs)
     out = Path(args.out)
     io.check_not_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in args.inputs])
@@ -82,18 +82,23 @@ def _cmd_segment(args) -> int:
         if p.stem in stems:
             raise CLIError(f"{p} and {stems[p.stem]} would both write {p.stem}.png; segment them separately")
         stems[p.stem] = p
-    tiles, empty = [], 0
-    for p in paths:
+    # the gallery shows a seeded sample stratified by sub-folder, not the first N files
+    # (a class-sorted folder would show one class only)
+    shown = set(sampling.shuffled_sample([p.parent.name for p in paths], args.gallery, 0).tolist()) \
+        if args.gallery > 0 else set()
+    tiles, empty = {}, 0
+    for i, p in enumerate(paths):
         rgb = io.read_rgb(p)
         mask, nucleus = cells.segment_wbc(rgb)
         empty += int(not mask.any())
         io.write_image(out / f"{p.stem}.png", mask.astype(np.uint8) * 255)
-        if len(tiles) < args.gallery:
-            tiles.append(cells.overlay(rgb, mask, nucleus, size=160))
+        if i in shown:
+            tiles[i] = cells.overlay(rgb, mask, nucleus, size=160)
+    msg = f"{len(paths)} masks (0 outside, 255 WBC) in {out}; {empty} without a nucleus (empty mask)"
     if tiles:
-        io.write_image(out / "gallery.png", cells.contact_sheet(tiles, 8))
-    print(f"{len(paths)} masks (0 outside, 255 WBC) in {out}; {empty} without a nucleus (empty mask); "
-          f"overlay of the first {len(tiles)} in {out / 'gallery.png'}")
+        io.write_image(out / "gallery.png", cells.contact_sheet([tiles[i] for i in sorted(tiles)], 8))
+        msg += f"; overlay of {len(tiles)} (a seeded sample) in {out / 'gallery.png'}"
+    print(msg)
     return 0
 
 
@@ -119,7 +124,7 @@ def _add_cells(sub) -> None:
                    help="single-cell crops, or folders searched recursively")
     p.add_argument("--out", required=True, help="output folder: one mask PNG per image (same stem)")
     p.add_argument("--gallery", type=int, default=48, metavar="N",
-                   help="overlay the first N cells in OUT/gallery.png (default 48, 0 = none)")
+                   help="overlay N cells, a seeded sample across sub-folders, in OUT/gallery.png (default 48, 0 = none)")
     p.set_defaults(func=_cmd_segment)
     p = sub.add_parser("locate", help="WBC centres in smear field images")
     p.add_argument("inputs", nargs="+", metavar="FIELDS_OR_FOLDERS",
@@ -246,7 +251,7 @@ def _add_training(sub) -> None:
     p.add_argument("--context", default="cpu", choices=["cpu", "cudnn"])
     p.add_argument("--resume", action="store_true", help="continue the last checkpoint in OUT")
     p.add_argument("--train-eval-limit", type=int, default=None,
-                   help="Training Error on the first N training images only (default all)")
+                   help="Training Error on a seeded class-stratified sample of N training images (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--bn-recalibration", type=int, default=BN_RECALIBRATION_IMAGES, metavar="N",
                    help="re-estimate BatchNorm statistics on N clean training images before each "
@@ -553,7 +558,7 @@ def _add_run_flags(p) -> None:
     g.add_argument("--epochs-b", type=int, help="epochs of Model B (paper: 300)")
     g.add_argument("--batch-size", type=int, help="images per iteration")
     g.add_argument("--train-eval-limit", type=int,
-                   help="Training Error over the first N training images only (default: all, as NNC)")
+                   help="Training Error over a seeded class-stratified sample of N training images (default: all, as NNC)")
     g.add_argument("--bn-recalibration", type=int, metavar="N",
                    help="re-estimate BatchNorm statistics on N clean training images (default 960; 0: as NNC)")
     g.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="network (paper: resnet18)")

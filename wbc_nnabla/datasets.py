@@ -423,7 +423,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = 750
                          skip_bad=bool(skip_bad), pad_mode=pad_mode, environment=io.environment())
     with io.atomic_dir(out, overwrite=overwrite) as tmp:
         manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
-        _write_tables(tmp, cdf, manifest, inference)
+        _write_tables(tmp, cdf, manifest, inference, seed)
         report.update(_summary(cdf, split, variants, manifest, inference, crop_px))
         io.write_json(tmp / "build_report.json", report)
         io.write_text(tmp / "build_report.md", _report_md(report, config))
@@ -483,7 +483,13 @@ def _write_images(tmp: Path, cdf: pd.DataFrame, split, variants, background, siz
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
-def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inference: bool) -> None:
+def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inference: bool, seed: int) -> None:
+    """``manifest.csv`` and the NNC CSVs; ``train.csv``/``valid.csv`` rows in a seeded random order.
+
+    The manifest keeps the build order (source cell, then variant); the NNC CSVs are
+    shuffled so that a tool reading them in file order (NNC with shuffling off, or
+    "the first N images") never sees one class at a time.
+    """
     def write_csv(path, df):
         with io.atomic_path(path) as t:
             df.to_csv(t, index=False, lineterminator="\n")
@@ -499,9 +505,10 @@ def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inferenc
         else:  # unlabeled (or Neutrophil-only) cells: an NNC CSV with the image column only
             write_csv(tmp / "test.csv", pd.DataFrame({io.NNC_HEADER[0]: used["image"]}))
         return
-    for s in SPLITS:
+    for i, s in enumerate(SPLITS):
         part = used[used["split"] == s]
         if len(part):
+            part = part.iloc[np.random.default_rng([int(seed), 7, i]).permutation(len(part))]
             io.write_nnc_csv(tmp / f"{s}.csv", [tmp / p for p in part["image"]], part["y"].astype(int))
 
 

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-import pandas as pd
 
-from . import classes, io
+from . import classes, io, sampling
 from .recipe import BN_RECALIBRATION_IMAGES
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class Config:
     epochs_a: int = 300
     epochs_b: int = 300
     batch_size: int = 16
-    train_eval_limit: Optional[int] = None  # Training Error over the first N training images (None: all, as NNC)
+    train_eval_limit: Optional[int] = None  # Training Error over a stratified sample of N training images (None: all)
     bn_recalibration: int = BN_RECALIBRATION_IMAGES  # precise BN before each evaluation (0: as NNC)
     arch: str = "resnet18"
     pretrained: str = "auto"         # "auto": ImageNet weights when the file is present, else scratch
@@ -98,20 +97,6 @@ def make_config(preset: str = "paper", config_file: Optional[str] = None, **over
 # ----------------------------------------------------------------------------- stage 0: split
 
 
-def _stratified_pick(labels: pd.Series, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``n`` cells drawn per class in proportion to the class sizes (largest remainders)."""
-    counts = labels.value_counts().sort_index()
-    share = counts / counts.sum() * n
-    take = np.floor(share).astype(int)
-    for cls in (share - take).sort_values(ascending=False).index[: n - take.sum()]:
-        take[cls] += 1
-    picked = []
-    for cls, k in take.items():
-        idx = np.flatnonzero(labels.to_numpy() == cls)
-        picked.extend(rng.choice(idx, size=min(k, len(idx)), replace=False))
-    return np.sort(np.array(picked, dtype=int))
-
-
 def split_source(source, out_dir, cfg: Config, inference=None) -> dict:
     """Stage 0: teacher cells and the labeled inference set, with smear ids.
 
@@ -137,7 +122,7 @@ def split_source(source, out_dir, cfg: Config, inference=None) -> dict:
         if not 0 < n < len(table):
             raise ValueError(f"cannot hold out {n} of {len(table)} cells for inference; adjust "
                              f"--inference-fraction or --pseudo-smears/--cells-per-smear")
-        pick = _stratified_pick(table["label"], n, rng)
+        pick = sampling.stratified_pick(table["label"], n, rng)
         held = table.iloc[pick].reset_index(drop=True)
         teacher = table.drop(index=table.index[pick]).reset_index(drop=True)
         note = f"{len(held)} cells held out of {source} (seed {cfg.seed}, stratified by class)"
@@ -293,10 +278,15 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
 
 
 def _gradcam_examples(model, result, folder: Path, cfg: Config) -> list:
-    """Grad-CAM overlays of up to ``cfg.gradcam_examples`` disagreeing cells of Model B (Fig. 10 + discussion)."""
+    """Grad-CAM overlays of up to ``cfg.gradcam_examples`` disagreeing cells of Model B (Fig. 10 + discussion).
+
+    The most confident disagreements are shown (highest ``top6`` first, then by path).
+    """
     from . import gradcam
     cells = result.cells
-    wrong = cells[(cells["true6"] != "") & (cells["true6"] != cells["pred6"])].head(cfg.gradcam_examples)
+    wrong = cells[(cells["true6"] != "") & (cells["true6"] != cells["pred6"])]
+    # the most confident disagreements first (then by path): independent of the CSV's row order
+    wrong = wrong.sort_values(["top6", "path"], ascending=[False, True], kind="stable").head(cfg.gradcam_examples)
     if wrong.empty:
         return []
     folder.mkdir(parents=True, exist_ok=True)

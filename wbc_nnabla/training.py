@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import classes, io, models
+from . import classes, io, models, sampling
 
 log = logging.getLogger(__name__)
 
@@ -202,16 +202,28 @@ def _derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] % (2 ** 31 - 1))
 
 
-def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, n_images: int) -> int:
+def sample_rows(labels: np.ndarray, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Rows of a split for BatchNorm re-estimation or a Training Error subset, whatever the CSV order.
+
+    A seeded sample stratified by class (:func:`wbc_nnabla.sampling.shuffled_sample`)
+    of ``n`` rows rounded down to whole batches (at least one batch), in random
+    order so every batch mixes the classes as training batches do.
+    """
+    n = max(batch_size, (min(int(n), len(labels)) // batch_size) * batch_size)
+    return sampling.shuffled_sample(labels, min(n, len(labels)), seed)
+
+
+def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, rows: Sequence[int]) -> int:
     """Re-estimate every BatchNorm's running mean/var on clean training images ("precise BN").
 
     The running statistics accumulated during training come from augmented
     batches and lag the weights; the validation graph and the exported model use
     them (benchmarks/bn_diagnosis.py: this costs about 0.06 of 6-class accuracy
-    at 64 px). Here the first ``n_images`` training images (fixed order, no
-    augmentation) go through the batch-statistics graph, and each layer's running
-    statistics are set to the mean of the per-batch statistics. Returns the
-    number of batches used.
+    at 64 px). Here the training images ``rows`` (:func:`sample_rows`: a seeded
+    class-stratified sample, never "the first N" of a CSV that may be sorted by
+    class) go through the batch-statistics graph without augmentation, and each
+    layer's running statistics are set to the mean of the per-batch statistics.
+    Returns the number of batches used.
     """
     stats = {k: v for k, v in parameters().items() if k.endswith("/mean") or k.endswith("/var")}
     # nnabla's BatchNormalization only exposes its statistics through the moving
@@ -219,8 +231,9 @@ def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, n_images: in
     # is recovered from two successive r, then averaged with equal weights.
     decay = 0.9
     sums = {k: np.zeros(v.shape, np.float64) for k, v in stats.items()}
-    n_batches = max(1, min(int(n_images), len(loader)) // batch_size)
-    for xb, _, _ in batches(loader, batch_size, n_batches, False, 0):
+    sub = _Subset(loader, rows)
+    n_batches = max(1, len(sub) // batch_size)
+    for xb, _, _ in batches(sub, batch_size, n_batches, False, 0):
         before = {k: v.d.copy() for k, v in stats.items()}
         g.rx.d = xb
         g.rlogits.forward(clear_buffer=True)
@@ -232,16 +245,16 @@ def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, n_images: in
     return n_batches
 
 
-def evaluate(g: Graphs, loader: ImageLoader, batch_size: int, limit: Optional[int] = None
+def evaluate(g: Graphs, loader: ImageLoader, batch_size: int, rows: Optional[Sequence[int]] = None
              ) -> Tuple[float, float, np.ndarray]:
     """(mean loss, misclassification rate, probabilities ``(n, C)``) of the test-mode network.
 
     This is NNC's "Error" of a dataset: the validation network's cost over it.
-    ``limit`` evaluates only the first ``limit`` images.
+    ``rows`` evaluates only those items (e.g. :func:`sample_rows`), in that order.
     """
     from scipy.special import softmax
-    n = len(loader) if limit is None else min(limit, len(loader))
-    sub = loader if n == len(loader) else _Subset(loader, n)
+    sub = loader if rows is None else _Subset(loader, rows)
+    n = len(sub)
     losses, probs = [], []
     for xb, yb, k in batches(sub, batch_size, -(-n // batch_size), shuffle=False, seed=0):
         g.vx.d, g.vt.d = xb, yb
@@ -249,21 +262,26 @@ def evaluate(g: Graphs, loader: ImageLoader, batch_size: int, limit: Optional[in
         losses.append(g.losses.d[:k, 0].copy())
         probs.append(softmax(g.logits.d[:k], axis=1))
     p = np.concatenate(probs)
-    y = np.asarray(sub.labels[:n])
+    y = np.asarray(sub.labels)
     return float(np.concatenate(losses).mean()), float((p.argmax(1) != y).mean()), p
 
 
 class _Subset:
-    """The first ``n`` items of an :class:`ImageLoader` (shares its cache)."""
+    """The items ``rows`` of an :class:`ImageLoader`, in that order (shares its cache)."""
 
-    def __init__(self, loader: ImageLoader, n: int):
-        self.loader, self.n, self.labels = loader, n, loader.labels[:n]
+    def __init__(self, loader: ImageLoader, rows: Sequence[int]):
+        self.loader, self.rows = loader, np.asarray(rows, dtype=int)
+        self.labels = np.asarray(loader.labels)[self.rows]
 
     def __len__(self):
-        return self.n
+        return len(self.rows)
 
     def __call__(self, i):
-        return self.loader(i)
+        return self.loader(int(self.rows[i]))
+
+    @property
+    def error(self):
+        return self.loader.error
 
 
 # ----------------------------------------------------------------------------- monitors and outputs
@@ -393,7 +411,8 @@ def load_checkpoint(out_dir: Path) -> Tuple[Path, dict]:
 
 
 #: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
-_RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration")
+_RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
+                "bn_sample")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0}
 
@@ -417,13 +436,16 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
         (fine-tuning: Model B from Model A); overrides ``pretrained``.
     solver / augmentation: :class:`AdaBoundConfig` / :class:`Augmentation` (defaults documented there).
     context: ``cpu`` or ``cudnn``. resume: continue the last checkpoint in ``out_dir``.
-    train_eval_limit: evaluate Training Error on only the first N training images (None: all, as NNC).
+    train_eval_limit: evaluate Training Error on a seeded class-stratified sample of N training
+        images (None: all, as NNC); the sample is recorded in ``config.json`` (``train_eval_sample``).
     export_size: input size of the exported ``model.nnp`` (default ``size``).
     tile_every: write a tile of the augmented batch every this many epochs (0: never).
     max_iterations: stop each epoch after this many iterations (for smoke tests/benchmarks).
     bn_recalibration: before each epoch's evaluation and export, re-estimate the BatchNorm
         running statistics on this many clean training images (:func:`recalibrate_bn`;
-        default 960); 0 keeps Neural Network Console's behaviour. See docs/training.md, "BatchNorm".
+        default 960), a seeded class-stratified sample whatever the order of ``train.csv``,
+        recorded in ``config.json`` (``bn_sample``); 0 keeps Neural Network Console's
+        behaviour. See docs/training.md, "BatchNorm".
 
     Returns the summary written to ``config.json`` (config, environment, best epoch, history).
     """
@@ -472,6 +494,12 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
                   n_train=len(train_paths), n_valid=len(valid_paths), max_iterations=max_iterations,
                   bn_recalibration=int(bn_recalibration))
 
+    bn_rows = sample_rows(train_y, bn_recalibration, batch_size, _derive_seed(seed, 0, 5)) \
+        if bn_recalibration else None
+    eval_rows = None if train_eval_limit is None or train_eval_limit >= len(train_y) else \
+        sampling.shuffled_sample(train_y, train_eval_limit, _derive_seed(seed, 0, 6))
+    config.update(bn_sample=_describe_rows(bn_rows, train_y), train_eval_sample=_describe_rows(eval_rows, train_y))
+
     if resume:
         ck_dir, state = load_checkpoint(out_dir)
         saved = json.loads((out_dir / "config.json").read_text())
@@ -479,7 +507,7 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
         diff = [k for k in _RESUME_KEYS if old[k] != config.get(k)]
         if diff:
             raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "
-                                f"(was {', '.join(repr(old[k]) for k in diff)})")
+                                f"(was {', '.join(repr(old[k])[:80] for k in diff)})")
     elif _checkpoint_pointer(out_dir).exists() or (out_dir / "model.nnp").exists():
         raise TrainingError(f"{out_dir}: already holds a training run; use --resume to continue it "
                             f"or choose another output folder")
@@ -553,9 +581,9 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
             bar.update(1)
         bar.close()
         train_time = time.perf_counter() - t0
-        if bn_recalibration:
-            recalibrate_bn(g, train_loader, batch_size, bn_recalibration)
-        tr_loss, tr_mis, _ = evaluate(g, train_loader, batch_size, train_eval_limit)
+        if bn_rows is not None:
+            recalibrate_bn(g, train_loader, batch_size, bn_rows)
+        tr_loss, tr_mis, _ = evaluate(g, train_loader, batch_size, eval_rows)
         va_loss, va_mis, _ = evaluate(g, valid_loader, batch_size)
         row = dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
                    training_misclassification=tr_mis, validation_misclassification=va_mis,
@@ -578,6 +606,15 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
     summary.update(best=best, history=history)
     io.write_json(out_dir / "config.json", summary)
     return summary
+
+
+def _describe_rows(rows: Optional[np.ndarray], labels: np.ndarray) -> Optional[dict]:
+    """``config.json`` record of a sample of ``train.csv``: its data rows (0-based) and images per class."""
+    if rows is None:
+        return None
+    counts = np.bincount(labels[rows], minlength=len(classes.CLASSES6))
+    return dict(n=len(rows), per_class={c: int(k) for c, k in zip(classes.CLASSES6, counts)},
+                rows=[int(r) for r in rows])
 
 
 def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "resnet18") -> str:
