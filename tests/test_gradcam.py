@@ -26,7 +26,7 @@ RADIUS = 10          # disc radius (pixels), the same at every canvas size
 CREAM = (235, 225, 200)
 VIOLET = (90, 40, 120)
 CLASS_NAMES = ("Basophil", "Lymph")   # 0: empty background, 1: disc
-SEED, STEPS, BN_PASSES = 0, 16, 8
+SEED, STEPS, BN_PASSES = 0, 32, 8
 
 
 def scene(size: int, centre=None) -> np.ndarray:
