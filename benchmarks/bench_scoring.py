@@ -5,11 +5,11 @@ Usage: python benchmarks/bench_scoring.py [--smears 57] [--cells 200] [--repeat 
 Builds a synthetic predictions CSV whose pooled confusion has the proportions
 of the constructed Table 1 B2 of tests/test_scoring.py, then times, each run in
 a fresh output folder: reading + scoring (``scoring.score`` with a pending
-threshold and a target accuracy) and writing (``scoring.write_score``: tables,
+threshold and a target accuracy) and writing (``report.write_score``: tables,
 JSON, six figures incl. the disagreement gallery, report.html, report.md).
 Image files do not exist, so the gallery draws placeholders (reading real
 thumbnails adds about 1 ms per image, 36 images at most). Also times
-``compare`` of two such files with its box plots.
+scoring and ``compare`` of two such files with its box plots.
 """
 import argparse
 import platform
@@ -23,7 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import scoring  # noqa: E402
+from tests.helpers import predictions_from_confusion  # noqa: E402
+from wbc_nnabla import report, scoring  # noqa: E402
 
 B2_SHARE = np.array([
     [60, 0, 0, 0, 0, 0], [0, 280, 0, 0, 0, 0], [1, 0, 2874, 22, 0, 3],
@@ -50,21 +51,21 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     n = a.smears * a.cells
     csv_b = work / "pred_B.csv"
-    scoring.predictions_from_confusion(counts_for(n, B2_SHARE), n_smears=a.smears, seed=0).to_csv(csv_b, index=False)
+    predictions_from_confusion(counts_for(n, B2_SHARE), n_smears=a.smears, seed=0).to_csv(csv_b, index=False)
     share_a = B2_SHARE.copy()  # the constructed A2 of tests/test_scoring.py (same row totals)
     share_a[2], share_a[3] = [1, 0, 2869, 27, 0, 3], [0, 0, 44, 513, 1, 4]
     share_a[4], share_a[5] = [0, 0, 1, 2, 573, 24], [0, 5, 4, 6, 1623, 3762]
     csv_a = work / "pred_A.csv"
-    scoring.predictions_from_confusion(counts_for(n, share_a), n_smears=a.smears, seed=0).to_csv(csv_a, index=False)
+    predictions_from_confusion(counts_for(n, share_a), n_smears=a.smears, seed=0).to_csv(csv_a, index=False)
     print(f"{n} cells in {a.smears} smears; {platform.machine()}, Python {platform.python_version()}")
     for k in range(a.repeat):
         t0 = time.perf_counter()
         r = scoring.score(csv_b, pending_threshold=0.6, pending_margin=0.1, target_accuracy=0.95)
         t1 = time.perf_counter()
-        scoring.write_score(r, work / f"score_{k}")
+        report.write_score(r, work / f"score_{k}")
         t2 = time.perf_counter()
-        c = scoring.compare(csv_a, csv_b)
-        scoring.write_compare(c, work / f"compare_{k}")
+        c = scoring.compare(scoring.score(csv_a), scoring.score(csv_b))
+        report.write_compare(c, work / f"compare_{k}")
         t3 = time.perf_counter()
         print(f"run {k + 1}: score {t1 - t0:.2f} s, write with figures+report {t2 - t1:.2f} s, "
               f"total score {t2 - t0:.2f} s; compare incl. report {t3 - t2:.2f} s")

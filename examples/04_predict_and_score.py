@@ -6,7 +6,7 @@ smear against the human differential (Table 1, mean ± SD over smears, judgement
 import argparse
 from pathlib import Path
 
-from wbc_nnabla import classes, inference, scoring
+from wbc_nnabla import classes, inference, predictions, report, scoring
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
@@ -19,9 +19,9 @@ for name in ("A", "B"):
     # Inference at the model's training size (see docs/method.md on the paper's 480/320).
     preds = inference.predict(work / f"model_{name}" / "model.nnp", work / "dataset_inference" / "cells.csv",
                               expected_classes=classes.CLASSES6)
-    inference.write_predictions(preds, work / f"predictions_{name}.csv")
+    predictions.write_predictions(preds, work / f"predictions_{name}.csv")
     result = scoring.score(preds, pending_threshold=args.pending_threshold, target_accuracy=0.99)
-    scoring.write_score(result, work / f"score_{name}", overwrite=True)
+    report.write_score(result, work / f"score_{name}", overwrite=True)
     s = result.summary
     print(f"Model {name}: 6 classes {s['accuracy6_mean']:.3f} ± {s['accuracy6_sd']:.3f}, "
           f"5 classes {s['accuracy5_mean']:.3f} ± {s['accuracy5_sd']:.3f} over {s['n_smears']} smears")

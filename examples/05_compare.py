@@ -6,15 +6,15 @@
 import argparse
 from pathlib import Path
 
-from wbc_nnabla import scoring
+from wbc_nnabla import report, scoring
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
 args = ap.parse_args()
 work = Path(args.work)
 
-result = scoring.compare(work / "predictions_A.csv", work / "predictions_B.csv")
-scoring.write_compare(result, work / "compare", overwrite=True)
+result = scoring.compare(scoring.score(work / "predictions_A.csv"), scoring.score(work / "predictions_B.csv"))
+report.write_compare(result, work / "compare", overwrite=True)
 s = result.summary
 print(f"rank-sum p: 5 classes {s['p_ranksum5']:.3g}, 6 classes {s['p_ranksum6']:.3g}")
 print(f"signed-rank p: 5 classes {s['p_signedrank5']:.3g}, 6 classes {s['p_signedrank6']:.3g}")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 MODULES = ["classes", "io", "cells", "datasets", "models", "recipe", "training", "inference", "export",
-           "scoring", "report", "gradcam", "pipeline", "cli"]
+           "predictions", "scoring", "report", "gradcam", "reproduce_report", "pipeline", "cli"]
 
 
 def first_paragraph(doc):

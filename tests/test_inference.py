@@ -11,7 +11,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import CLASSES6, cli, classes, io, models  # noqa: E402
+from wbc_nnabla import CLASSES6, cli, classes, io, models, predictions  # noqa: E402
 from wbc_nnabla import inference as inf  # noqa: E402
 from wbc_nnabla.export import ModelError, export_onnx  # noqa: E402
 
@@ -91,7 +91,7 @@ def test_preprocess_shape_range_and_interpolation():
 def test_predict_demo_columns_and_probabilities(tiny):
     cells = demo_subset(2)
     df = inf.predict(tiny, cells, batch_size=5, backend="opencv", progress=False)
-    assert list(df.columns) == list(inf.SIX_COLUMNS)
+    assert list(df.columns) == list(predictions.SIX_COLUMNS)
     assert len(df) == len(cells) and list(df["path"]) == list(cells["path"])
     np.testing.assert_allclose(df[PROBS].sum(axis=1), 1.0, atol=1e-5)
     assert (df["pred6"] == df[PROBS].idxmax(axis=1).str[len("prob_"):]).all()
@@ -207,10 +207,12 @@ def test_bad_models_and_args(tiny, tmp_path):
 
 def test_write_and_read_predictions(tiny, tmp_path):
     df = inf.predict(tiny, demo_subset(1), backend="onnxruntime", progress=False)
-    out = inf.write_predictions(df, tmp_path / "sub" / "pred.csv")
-    back = inf.read_predictions(out)
-    assert list(back.columns) == list(df.columns)
-    assert (back["smear"] == "").all() and (back["pred6"] == df["pred6"]).all()
+    out = predictions.write_predictions(df, tmp_path / "sub" / "pred.csv")
+    assert list(pd.read_csv(out, keep_default_na=False).columns) == list(df.columns)
+    back = predictions.read_predictions(out)
+    assert list(back["path"]) == list(df["path"]) and list(back["label"]) == list(df["label"])
+    assert (back["smear"] == predictions.ALL_SMEARS).all() and (back["pred6"] == df["pred6"]).all()
+    assert (back["pred5"] == df["pred5"]).all()
     np.testing.assert_allclose(back[PROBS].values, df[PROBS].values, rtol=1e-6, atol=1e-7)
     assert [p.name for p in out.parent.iterdir()] == ["pred.csv"]
 
@@ -228,7 +230,7 @@ def test_cli_predict_and_export(tiny, tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and "backend: " in text and out.is_file()
     df = pd.read_csv(out, keep_default_na=False)
-    assert list(df.columns) == list(inf.SIX_COLUMNS) and len(df) == 6
+    assert list(df.columns) == list(predictions.SIX_COLUMNS) and len(df) == 6
     run = json.loads(out.with_suffix(".json").read_text())
     assert run["backend"] in ("opencv", "onnxruntime") and run["size"] == 32
     onnx_out = tmp_path / "m.onnx"

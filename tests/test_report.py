@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import predictions_from_confusion
 from wbc_nnabla import report, scoring
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -28,7 +29,7 @@ def test_html_and_markdown_tables():
 
 
 def test_figure_to_base64_is_png():
-    r = scoring.score(scoring.predictions_from_confusion(small_counts(), n_smears=3))
+    r = scoring.score(predictions_from_confusion(small_counts(), n_smears=3))
     fig = report.confusion_heatmap(r.confusion6, "6 classes")
     data = base64.b64decode(report.figure_to_base64(fig))
     assert data.startswith(PNG)
@@ -38,7 +39,7 @@ def test_figure_to_base64_is_png():
 def test_gallery_with_real_and_missing_images(tmp_path, demo_dir):
     labels = pd.read_csv(demo_dir / "labels.csv")
     lymph = [str(demo_dir / p) for p in labels.loc[labels["label"] == "Lymph", "path"].head(2)]
-    df = scoring.predictions_from_confusion(np.diag([0, 0, 0, 0, 0, 0]) + np.array(
+    df = predictions_from_confusion(np.diag([0, 0, 0, 0, 0, 0]) + np.array(
         [[0] * 6, [0] * 6, [0, 0, 0, 3, 0, 0], [0] * 6, [0] * 6, [0] * 6]), n_smears=1)
     df["path"] = lymph + [str(tmp_path / "gone.png")]
     r = scoring.score(df)
@@ -48,15 +49,15 @@ def test_gallery_with_real_and_missing_images(tmp_path, demo_dir):
     assert fig is not None and report.figure_png(fig).startswith(PNG)
     assert len(notes) == 1 and "gone.png" in notes[0]
     none_fig, none_notes = report.disagreement_gallery(scoring.score(
-        scoring.predictions_from_confusion(np.eye(6, dtype=int))).cells)
+        predictions_from_confusion(np.eye(6, dtype=int))).cells)
     assert none_fig is None and "no disagreement" in none_notes[0]
 
 
 def test_score_report_files(tmp_path):
-    df = scoring.predictions_from_confusion(small_counts(), n_smears=4)
+    df = predictions_from_confusion(small_counts(), n_smears=4)
     csv = tmp_path / "pred.csv"
     df.to_csv(csv, index=False)  # relative image paths that do not exist: placeholders
-    out = scoring.write_score(scoring.score(csv, pending_threshold=0.6, target_accuracy=0.9), tmp_path / "out")
+    out = report.write_score(scoring.score(csv, pending_threshold=0.6, target_accuracy=0.9), tmp_path / "out")
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5
     assert not re.search(r'src="(?!data:)', html)  # self-contained
@@ -68,12 +69,12 @@ def test_score_report_files(tmp_path):
 
 
 def test_compare_report(tmp_path):
-    a = scoring.predictions_from_confusion(small_counts(), n_smears=4, seed=2)
+    a = predictions_from_confusion(small_counts(), n_smears=4, seed=2)
     b_counts = small_counts().copy()
     b_counts[5, 4], b_counts[5, 5] = 1, 33
-    b = scoring.predictions_from_confusion(b_counts, n_smears=4, seed=2)
-    res = scoring.compare(a, b, name_a="ResNet-18 A", name_b="ResNet-18 B")
-    out = scoring.write_compare(res, tmp_path / "cmp")
+    b = predictions_from_confusion(b_counts, n_smears=4, seed=2)
+    res = scoring.compare(scoring.score(a), scoring.score(b), name_a="ResNet-18 A", name_b="ResNet-18 B")
+    out = report.write_compare(res, tmp_path / "cmp")
     html = (out / "report.html").read_text()
     assert "ResNet-18 A" in html and (out / "figures" / "boxplots.png").is_file()
     assert (out / "A" / "confusion6.csv").is_file() and (out / "B" / "summary.json").is_file()

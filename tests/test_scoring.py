@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from wbc_nnabla import cli, scoring
+from helpers import predictions_from_confusion
+from wbc_nnabla import cli, predictions, scoring
 from wbc_nnabla.classes import CLASSES6
 
 # ----------------------------------------------------------------------------- Table 1 of the paper
@@ -64,14 +65,14 @@ def close3(value, published):
 @pytest.fixture
 def b_csv(tmp_path):
     p = tmp_path / "pred_B.csv"
-    scoring.predictions_from_confusion(B2, n_smears=57, seed=1).to_csv(p, index=False)
+    predictions_from_confusion(B2, n_smears=57, seed=1).to_csv(p, index=False)
     return p
 
 
 @pytest.fixture
 def a_csv(tmp_path):
     p = tmp_path / "pred_A.csv"
-    scoring.predictions_from_confusion(A2, n_smears=57, seed=1).to_csv(p, index=False)
+    predictions_from_confusion(A2, n_smears=57, seed=1).to_csv(p, index=False)
     return p
 
 
@@ -94,7 +95,7 @@ def test_table1_a2_a1_and_segment_change(a_csv, b_csv):
     ra = scoring.score(a_csv)
     assert close3(ra.summary["accuracy6_pooled"], 0.822)
     assert close3(ra.summary["accuracy5_pooled"], 0.990)
-    cmp = scoring.compare(a_csv, b_csv)
+    cmp = scoring.compare(ra, scoring.score(b_csv))
     ch = cmp.recall_change.set_index(["view", "class"])
     assert abs(ch.at[("6", "Segment"), "change"] - 0.11) < 0.0015  # the paper: Segment +0.11
     assert ch.at[("6", "Segment"), "recall_a"] == pytest.approx(3762 / 5400)
@@ -190,8 +191,8 @@ def test_pending_margin_band_segment_only_in_six_classes():
 
 
 def test_risk_coverage_monotone_and_target():
-    df = scoring.predictions_from_confusion(B2 // 10 + np.eye(6, dtype=int), n_smears=5, seed=3)
-    cells = scoring.read_predictions(df)
+    df = predictions_from_confusion(B2 // 10 + np.eye(6, dtype=int), n_smears=5, seed=3)
+    cells = predictions.read_predictions(df)
     rc = scoring.risk_coverage(cells, "6")
     assert rc["threshold"].is_monotonic_increasing and rc["threshold"].is_unique
     assert rc["coverage"].is_monotonic_decreasing and rc["coverage"].iat[0] == 1.0
@@ -218,9 +219,9 @@ def test_neutrophil_only_and_unlabeled():
 
 def test_smear_names_when_missing():
     rows = cell_rows("", [("Lymph", "Lymph")] * 2)
-    assert set(scoring.score(pd.DataFrame(rows)).per_smear["smear"]) == {scoring.ALL_SMEARS}
+    assert set(scoring.score(pd.DataFrame(rows)).per_smear["smear"]) == {predictions.ALL_SMEARS}
     rows += cell_rows("s9", [("Lymph", "Mono")])
-    assert set(scoring.score(pd.DataFrame(rows)).per_smear["smear"]) == {scoring.NO_SMEAR, "s9"}
+    assert set(scoring.score(pd.DataFrame(rows)).per_smear["smear"]) == {predictions.NO_SMEAR, "s9"}
 
 
 def test_single_cell_smear_and_no_label_smear():
@@ -259,7 +260,7 @@ def write(tmp_path, rows, name="p.csv"):
 def test_bad_input_clear_error(tmp_path, mutate, words):
     df = mutate(pd.DataFrame(cell_rows("s1", [("Lymph", "Lymph")] * 3)))
     p = write(tmp_path, df)
-    with pytest.raises(scoring.PredictionsError) as e:
+    with pytest.raises(predictions.PredictionsError) as e:
         scoring.score(p)
     for w in words:
         assert w in str(e.value), str(e.value)
@@ -267,12 +268,12 @@ def test_bad_input_clear_error(tmp_path, mutate, words):
 
 
 def test_unreadable_files(tmp_path):
-    with pytest.raises(scoring.PredictionsError, match="no such predictions file"):
-        scoring.read_predictions(tmp_path / "nope.csv")
+    with pytest.raises(predictions.PredictionsError, match="no such predictions file"):
+        predictions.read_predictions(tmp_path / "nope.csv")
     (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(scoring.PredictionsError, match="not a readable"):
-        scoring.read_predictions(tmp_path / "empty.csv")
-    with pytest.raises(scoring.PredictionsError, match="pending threshold"):
+    with pytest.raises(predictions.PredictionsError, match="not a readable"):
+        predictions.read_predictions(tmp_path / "empty.csv")
+    with pytest.raises(predictions.PredictionsError, match="pending threshold"):
         scoring.score(pd.DataFrame(cell_rows("s", [("Lymph", "Lymph")])), pending_threshold=1.5)
 
 
@@ -280,10 +281,16 @@ def test_compare_refuses_different_cells(tmp_path):
     a = write(tmp_path, cell_rows("s1", [("Lymph", "Lymph")] * 3), "a.csv")
     b = write(tmp_path, cell_rows("s1", [("Lymph", "Lymph")] * 4), "b.csv")
     with pytest.raises(scoring.ComparisonError, match="do not list the same cells"):
-        scoring.compare(a, b)
+        scoring.compare(scoring.score(a), scoring.score(b))
     c = write(tmp_path, cell_rows("s1", [("Lymph", "Lymph"), ("Mono", "Lymph"), ("Lymph", "Lymph")]), "c.csv")
     with pytest.raises(scoring.ComparisonError, match="human label differs"):
-        scoring.compare(a, c)
+        scoring.compare(scoring.score(a), scoring.score(c))
+    with pytest.raises(scoring.ComparisonError, match="different pending_threshold"):
+        scoring.compare(scoring.score(a, pending_threshold=0.5), scoring.score(a))
+    with pytest.raises(scoring.ComparisonError, match="different names"):
+        scoring.compare(scoring.score(a), scoring.score(a), name_a="X", name_b="X")
+    with pytest.raises(TypeError, match="ScoreResult"):
+        scoring.compare(a, scoring.score(a))
 
 
 # ----------------------------------------------------------------------------- CLI, files, no nnabla
@@ -323,7 +330,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_never_imports_nnabla(tmp_path, b_csv):
     code = ("import sys; from wbc_nnabla import scoring, report; "
-            f"r = scoring.score({str(b_csv)!r}); report.html_table(r.confusion6); "
+            f"r = scoring.score({str(b_csv)!r}); report.write_score(r, {str(tmp_path / 'out')!r}); "
             "print('nnabla' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -22,6 +22,9 @@ from typing import Dict, Optional, Sequence, Tuple
 CLASSES6: Tuple[str, ...] = ("Basophil", "Eosinophil", "Lymph", "Mono", "Band", "Segment")
 CLASSES5: Tuple[str, ...] = ("Basophil", "Eosinophil", "Lymph", "Mono", "Neutrophil")
 NEUTROPHIL = "Neutrophil"
+#: Classes of a WBC differential (per-smear percentages): the six of Table 1 and
+#: ``Neutrophil`` (= Band + Segment), the class of the five-class view they merge into.
+DIFF_CLASSES: Tuple[str, ...] = CLASSES6 + (NEUTROPHIL,)
 #: Six-class index of each class name (Table 1 order).
 INDEX6: Dict[str, int] = {c: i for i, c in enumerate(CLASSES6)}
 INDEX5: Dict[str, int] = {c: i for i, c in enumerate(CLASSES5)}

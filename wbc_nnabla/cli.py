@@ -289,7 +289,7 @@ def _expected_classes(spec: str):
 
 
 def _cmd_predict(args) -> int:
-    from . import inference, io
+    from . import inference, io, predictions
     from .export import ModelError
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
@@ -308,7 +308,7 @@ def _cmd_predict(args) -> int:
                                expected_classes=_expected_classes(args.classes), progress=not args.no_progress)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
-    inference.write_predictions(df, out)
+    predictions.write_predictions(df, out)
     io.write_json(out.with_suffix(".json"), inference.run_config(df, args.model, args.cells, args.batch_size))
     rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
     print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
@@ -366,13 +366,14 @@ def _fraction(text: str) -> float:
 
 
 def _cmd_score(args) -> int:
-    from . import scoring
+    from . import report, scoring
+    from .predictions import PredictionsError
     try:
         result = scoring.score(args.predictions, pending_threshold=args.pending_threshold,
                                pending_margin=args.pending_margin, target_accuracy=args.target_accuracy)
-        out = scoring.write_score(result, args.out_dir, figures=not args.no_figures,
-                                  gallery=not args.no_gallery, overwrite=args.overwrite)
-    except scoring.PredictionsError as e:
+        out = report.write_score(result, args.out_dir, figures=not args.no_figures,
+                                 gallery=not args.no_gallery, overwrite=args.overwrite)
+    except PredictionsError as e:
         raise CLIError(str(e)) from None
     s = result.summary
     print(f"{s['n_cells']} cells, {s['n_smears']} smears: accuracy 6 classes {s['accuracy6_mean']:.3f} "
@@ -388,12 +389,14 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from . import scoring
+    from . import report, scoring
+    from .predictions import PredictionsError
     try:
-        result = scoring.compare(args.pred_a, args.pred_b, name_a=args.name_a, name_b=args.name_b,
-                                 pending_threshold=args.pending_threshold, pending_margin=args.pending_margin)
-        out = scoring.write_compare(result, args.out_dir, figures=not args.no_figures, overwrite=args.overwrite)
-    except scoring.PredictionsError as e:
+        a, b = (scoring.score(p, pending_threshold=args.pending_threshold, pending_margin=args.pending_margin)
+                for p in (args.pred_a, args.pred_b))
+        result = scoring.compare(a, b, name_a=args.name_a, name_b=args.name_b)
+        out = report.write_compare(result, args.out_dir, figures=not args.no_figures, overwrite=args.overwrite)
+    except PredictionsError as e:
         raise CLIError(str(e)) from None
     s = result.summary
     for v in ("5", "6"):

@@ -7,7 +7,8 @@ returns a predictions table (one row per cell)::
     prob_Mono, prob_Band, prob_Segment
 
 (a model of another class set gives ``pred`` and ``prob_<name>`` columns; the
-scoring stage only accepts the six-class schema). See ``docs/inference.md``.
+scoring stage only accepts the six-class schema). The table's schema, writer
+and validated reader are :mod:`wbc_nnabla.predictions`. See ``docs/inference.md``.
 
 Every backend gets the same input from one function, :func:`preprocess`
 (resize to ``size`` x ``size``, RGB scaled to [0, 1], ``(3, S, S)``), so only
@@ -37,6 +38,7 @@ import pandas as pd
 
 from . import classes, io
 from .export import ModelError, cached_onnx, read_model, read_onnx_meta
+from .predictions import predictions_table
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -45,8 +47,6 @@ BACKENDS = ("auto", "nnabla", "opencv", "onnxruntime")
 #: CPU backends in the order ``auto`` tries them (fastest first, measured in
 #: docs/benchmarks.md on a 2-core AVX-512 machine).
 CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
-PROB_PREFIX = "prob_"
-SIX_COLUMNS = ("path", "smear", "label", "pred6", "pred5") + tuple(PROB_PREFIX + c for c in classes.CLASSES6)
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -358,36 +358,6 @@ def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]],
                          f"{', '.join(expected)}; predictions of one class set cannot fill another's schema")
 
 
-def is_six_class(class_names: Sequence[str]) -> bool:
-    """True when the model predicts exactly the paper's six classes (in any order)."""
-    return sorted(class_names) == sorted(classes.CLASSES6)
-
-
-def predictions_table(cells: pd.DataFrame, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    """The predictions table of ``cells`` given probabilities ``(N, C)`` over ``class_names``.
-
-    Six-class models: :data:`SIX_COLUMNS` (probabilities in Table 1 order,
-    ``pred5`` merges Band and Segment into Neutrophil). Other models:
-    ``path, smear, label, pred, prob_<name>...``.
-    """
-    names = list(class_names)
-    out = pd.DataFrame({"path": cells["path"].astype(str).values,
-                        "smear": cells["smear"].fillna("").astype(str).values,
-                        "label": cells["label"].fillna("").astype(str).values})
-    if is_six_class(names):
-        order = [names.index(c) for c in classes.CLASSES6]
-        p6 = probs[:, order]
-        out["pred6"] = [classes.CLASSES6[i] for i in p6.argmax(1)]
-        out["pred5"] = classes.merge_to_five(out["pred6"])
-        for j, c in enumerate(classes.CLASSES6):
-            out[PROB_PREFIX + c] = p6[:, j].astype(np.float64)
-    else:
-        out["pred"] = [names[i] for i in probs.argmax(1)]
-        for j, c in enumerate(names):
-            out[PROB_PREFIX + c] = probs[:, j].astype(np.float64)
-    return out
-
-
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
             progress: bool = True) -> pd.DataFrame:
@@ -402,7 +372,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     batch_size: images per batch; backend: see :func:`load_backend`.
     expected_classes: class names the caller expects (e.g. :data:`wbc_nnabla.classes.CLASSES6`);
         a model of another class set raises :class:`~wbc_nnabla.export.ModelError`.
-    Returns the predictions table (:func:`predictions_table`), with
+    Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size``, ``seconds``.
     """
     from tqdm.auto import tqdm
@@ -433,20 +403,6 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     return out
 
 
-def write_predictions(df: pd.DataFrame, path: PathLike) -> Path:
-    """Write a predictions table as CSV atomically (probabilities with 7 significant digits)."""
-    path = Path(path)
-    with io.atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.7g", lineterminator="\n")
-    return path
-
-
-def read_predictions(path: PathLike) -> pd.DataFrame:
-    """Read a predictions CSV back (``smear``/``label`` as strings, empty when unknown)."""
-    df = pd.read_csv(path, dtype={"path": str, "smear": str, "label": str}, keep_default_na=False)
-    return df
-
-
 def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dict:
     """The effective configuration of a predict run (saved beside the CSV by the CLI)."""
     return dict(stage="predict", model=str(model), cells=str(cells), batch_size=batch_size,
@@ -454,5 +410,4 @@ def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dic
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
-           "SIX_COLUMNS", "available_backends", "check_classes", "load_backend", "predict",
-           "predictions_table", "preprocess", "read_inputs", "read_predictions", "write_predictions"]
+           "available_backends", "check_classes", "load_backend", "predict", "preprocess", "read_inputs"]

@@ -203,7 +203,7 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
     preset / config_file / overrides: see :func:`make_config`.
     Returns the headline summary (also in ``OUT/summary.json``).
     """
-    from . import datasets, inference as infer, report, scoring
+    from . import datasets, inference as infer, predictions, report, reproduce_report, scoring
     out = Path(out)
     cfg = make_config(preset, config_file, **overrides)
     io.check_not_inside(out, [source] + ([inference] if inference else []))
@@ -252,7 +252,7 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
             df = timed(f"predict_{name}", infer.predict, model, out / "dataset_inference" / "cells.csv",
                        size=cfg.infer_size, batch_size=cfg.batch_size, backend=cfg.backend,
                        expected_classes=classes.CLASSES6, progress=progress)
-            infer.write_predictions(df, path)
+            predictions.write_predictions(df, path)
         preds[name] = path
 
     results = {}
@@ -260,21 +260,31 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
         results[name] = scoring.score(preds[name], pending_threshold=cfg.pending_threshold,
                                       target_accuracy=cfg.target_accuracy)
         if _stage(f"score {name}", (out / f"score_{name}" / "summary.json").is_file()):
-            scoring.write_score(results[name], out / f"score_{name}", overwrite=True)
-    # the cells already read and checked by score(), not the CSVs again
-    comparison = scoring.compare(results["A"].cells, results["B"].cells, pending_threshold=cfg.pending_threshold)
+            report.write_score(results[name], out / f"score_{name}", overwrite=True)
+    comparison = _compare(results, cfg)
     if _stage("compare", (out / "compare" / "comparison.json").is_file()):
-        scoring.write_compare(comparison, out / "compare", overwrite=True)
+        report.write_compare(comparison, out / "compare", overwrite=True)
 
     cams = timed("gradcam", _gradcam_examples, model_b, results["B"], out / "gradcam", cfg)
     summary = _summary(cfg, split, results, comparison, timings, time.perf_counter() - t0)
     io.write_json(out / "summary.json", summary)
-    report.write_reproduce_report(out, dataclasses.asdict(cfg), split, results["A"], results["B"], comparison,
-                                  cams, summary)
+    reproduce_report.write_reproduce_report(out, dataclasses.asdict(cfg), split, results["A"], results["B"],
+                                            comparison, cams, summary)
     state = _read_json(out / "config.json")
     state["finished"] = True
     io.write_json(out / "config.json", state)
     return summary
+
+
+def _compare(results: dict, cfg: Config):
+    """Model A vs Model B (Fig. 9) on the cells ``score()`` already read and checked (not the CSVs again).
+
+    Each model is scored again without the target accuracy, so ``compare/A`` and
+    ``compare/B`` hold the plain score tables.
+    """
+    from . import scoring
+    a, b = (scoring.score(results[k].cells, pending_threshold=cfg.pending_threshold) for k in ("A", "B"))
+    return scoring.compare(a, b)
 
 
 def _gradcam_examples(model, result, folder: Path, cfg: Config) -> list:

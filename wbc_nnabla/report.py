@@ -1,14 +1,20 @@
-"""Figures and reports of scoring runs (paper section III: Table 1, Figs. 9 and 10).
+"""Writing scoring results: tables, JSON, figures and reports (paper section III: Table 1, Figs. 9 and 10).
+
+:mod:`wbc_nnabla.scoring` computes, this module renders (as scikit-learn's
+``metrics`` and ``metrics/_plot``): :func:`write_score` and :func:`write_compare`
+write a score or compare folder. It imports scoring, never the other way, and
+never imports nnabla.
 
 Everything here draws on :class:`matplotlib.figure.Figure` objects created
 without pyplot, so importing this module never changes the matplotlib backend
-of a notebook and figures are rendered with the Agg canvas. Never imports nnabla.
+of a notebook and figures are rendered with the Agg canvas.
 
-Building blocks for larger reports (the end-to-end ``reproduce`` report reuses them):
+Building blocks for larger reports (:mod:`wbc_nnabla.reproduce_report` reuses them):
 
 * :func:`figure_png`, :func:`figure_to_base64`, :func:`html_img` — a figure as PNG bytes / base64 / ``<img>``;
-* :func:`html_table`, :func:`markdown_table` — a DataFrame as an HTML or Markdown table;
-* :class:`Section`, :func:`html_document`, :func:`markdown_document` — a report from sections;
+* :func:`html_table`, :func:`markdown_table`, :func:`html_paragraph`, :func:`format_value` — tables, text, values;
+* :class:`Section`, :func:`section`, :func:`html_document`, :func:`markdown_document`,
+  :func:`write_report` — a report from sections;
 * :func:`score_sections`, :func:`compare_sections` — the sections of a ``score`` / ``compare`` run.
 """
 from __future__ import annotations
@@ -28,7 +34,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import scoring
+from . import io, scoring
+from .classes import DIFF_CLASSES
+from .predictions import PredictionsError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,8 @@ def html_img(fig: Union[Figure, bytes], alt: str = "", width: Optional[int] = No
             f'src="data:image/png;base64,{figure_to_base64(fig)}"/>')
 
 
-def _fmt(v, digits: int = 3) -> str:
+def format_value(v, digits: int = 3) -> str:
+    """A table or text value as text: floats with ``digits`` decimals (NaN/inf blank), None blank."""
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, (int, np.integer)):
@@ -72,7 +81,7 @@ def html_table(df: pd.DataFrame, digits: int = 3, index: bool = True, max_rows: 
     """A DataFrame as an HTML table (values escaped; floats with ``digits`` decimals, NaN blank)."""
     shown = df if max_rows is None or len(df) <= max_rows else df.head(max_rows)
     body = shown.to_html(index=index, escape=True, na_rep="", classes="wbc", border=0,
-                         float_format=lambda v: _fmt(v, digits))
+                         float_format=lambda v: format_value(v, digits))
     if shown is not df:
         body += f"<p class='note'>first {max_rows} of {len(df)} rows shown (full table in the CSV)</p>"
     return body
@@ -88,7 +97,7 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = True, max_ro
     cols = ([str(shown.index.name or "")] if index else []) + [str(c) for c in shown.columns]
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |", "|" + "---|" * len(cols)]
     for tup in shown.itertuples(index=True, name=None):  # keeps each column's dtype (iterrows would not)
-        cells = ([_fmt(tup[0], digits)] if index else []) + [_fmt(v, digits) for v in tup[1:]]
+        cells = ([format_value(tup[0], digits)] if index else []) + [format_value(v, digits) for v in tup[1:]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if shown is not df:
         lines.append(f"\n(first {max_rows} of {len(df)} rows; full table in the CSV)")
@@ -152,7 +161,8 @@ def markdown_document(title: str, sections: Sequence[Section], intro: str = "") 
     return "\n".join(parts)
 
 
-def _p(text: str) -> str:
+def html_paragraph(text: str) -> str:
+    """``text`` escaped in a ``<p>`` element."""
     return f"<p>{html.escape(text)}</p>"
 
 
@@ -160,7 +170,7 @@ def section(title: str, texts: Sequence[str] = (), tables: Sequence[Tuple[pd.Dat
             figures: Sequence["ReportFigure"] = (), level: int = 2, prefix: str = "figures/") -> Section:
     """A section of paragraphs, then tables ``(DataFrame, html_table/markdown_table options)``,
     then figures, rendered alike in HTML and Markdown."""
-    h = "".join(_p(t) for t in texts) + "".join(html_table(d, **kw) for d, kw in tables)
+    h = "".join(html_paragraph(t) for t in texts) + "".join(html_table(d, **kw) for d, kw in tables)
     m = "\n\n".join(list(texts) + [markdown_table(d, **kw) for d, kw in tables])
     for f in figures:
         h += f.html()
@@ -247,7 +257,7 @@ def risk_coverage_figure(rc6: pd.DataFrame, rc5: pd.DataFrame, target: Optional[
 
 def differential_figure(diff: pd.DataFrame) -> Figure:
     """AI vs human differential (% per smear), one panel per class, with the identity line."""
-    names = list(scoring.DIFF_CLASSES)
+    names = list(DIFF_CLASSES)
     fig = Figure(figsize=(12, 3.4))
     for k, c in enumerate(names):
         ax = fig.add_subplot(1, len(names), k + 1)
@@ -322,7 +332,6 @@ def _resolve_image(path: str, base_dir: Optional[str]) -> Path:
 
 def _thumbnail(path: Path, size: int) -> Tuple[np.ndarray, Optional[str]]:
     """RGB uint8 ``(size, size, 3)`` thumbnail, or a grey placeholder and the reason it is one."""
-    from . import io
     try:
         rgb = io.read_rgb(path)
     except (io.ImageReadError, OSError) as e:
@@ -414,7 +423,7 @@ def _summary_frame(summary: dict) -> pd.DataFrame:
             "pending_threshold", "pending_margin", "n_pending", "coverage", "target_accuracy",
             "threshold_at_target6", "coverage_at_target6", "threshold_at_target5", "coverage_at_target5"]
     rows = [(k, summary[k]) for k in keys if k in summary]
-    return pd.DataFrame({"value": [_fmt(v) for _, v in rows]}, index=pd.Index([k for k, _ in rows], name="figure"))
+    return pd.DataFrame({"value": [format_value(v) for _, v in rows]}, index=pd.Index([k for k, _ in rows], name="figure"))
 
 
 def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure] = (),
@@ -429,9 +438,9 @@ def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure
 
     sd_note = f"Mean ± SD over smears (sample SD, ddof={s['sd_ddof']}); pooled = all scored cells together."
     text = [f"{s['n_cells']} cells in {s['n_smears']} smears from {result.source}.",
-            f"6 classes: mean {_fmt(s['accuracy6_mean'])} ± {_fmt(s['accuracy6_sd'])}, pooled "
-            f"{_fmt(s['accuracy6_pooled'])}; 5 classes: mean {_fmt(s['accuracy5_mean'])} ± "
-            f"{_fmt(s['accuracy5_sd'])}, pooled {_fmt(s['accuracy5_pooled'])}. {sd_note}"]
+            f"6 classes: mean {format_value(s['accuracy6_mean'])} ± {format_value(s['accuracy6_sd'])}, pooled "
+            f"{format_value(s['accuracy6_pooled'])}; 5 classes: mean {format_value(s['accuracy5_mean'])} ± "
+            f"{format_value(s['accuracy5_sd'])}, pooled {format_value(s['accuracy5_pooled'])}. {sd_note}"]
     if s["n_neutrophil_only"]:
         text.append(f"{s['n_neutrophil_only']} cells labeled only 'Neutrophil' by the human count in the "
                     f"5-class figures and are left out of the 6-class ones.")
@@ -458,7 +467,7 @@ def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure
         ptext.append("No judgement-pending cut-off was set: every cell is scored. The curve shows what a "
                      "top-probability cut-off would keep.")
     else:
-        ptext.append(f"{s['n_pending']} cells pending (coverage {_fmt(s['coverage'])}); listed in pending.csv, "
+        ptext.append(f"{s['n_pending']} cells pending (coverage {format_value(s['coverage'])}); listed in pending.csv, "
                      f"never counted as correct or wrong.")
     if s.get("target_accuracy") is not None:
         for v in ("6", "5"):
@@ -481,8 +490,8 @@ def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure
     return out
 
 
-def _write_report(folder: Path, title: str, figures: Sequence[ReportFigure], sections: Sequence[Section]) -> None:
-    from . import io
+def write_report(folder: Path, title: str, figures: Sequence[ReportFigure], sections: Sequence[Section]) -> None:
+    """Write ``figures/<name>.png``, ``report.html`` (self-contained) and ``report.md`` into ``folder``."""
     if figures:
         (folder / "figures").mkdir(exist_ok=True)
     for f in figures:
@@ -495,7 +504,7 @@ def write_score_report(result: "scoring.ScoreResult", folder: Union[str, os.Path
     """Write ``figures/*.png``, ``report.html`` (self-contained) and ``report.md`` of a score run into ``folder``."""
     folder = Path(folder)
     figures, notes = score_figures(result, gallery=gallery)
-    _write_report(folder, "WBC differential scoring (Sasaki et al. 2020, section III)", figures,
+    write_report(folder, "WBC differential scoring (Sasaki et al. 2020, section III)", figures,
                   score_sections(result, figures, notes))
 
 
@@ -538,102 +547,95 @@ def write_compare_report(result: "scoring.CompareResult", folder: Union[str, os.
         figures.append(f6)
         sections.append(section(f"{name}: Table 1 (6 and 5 classes)",
                                 tables=[(sc.confusion6, {}), (sc.confusion5, {})], figures=[f6]))
-    _write_report(folder, f"{result.name_a} vs {result.name_b} (Sasaki et al. 2020, Fig. 9)", figures, sections)
+    write_report(folder, f"{result.name_a} vs {result.name_b} (Sasaki et al. 2020, Fig. 9)", figures, sections)
 
 
-# ----------------------------------------------------------------------------- the reproduce report
+# ----------------------------------------------------------------------------- score / compare folders
 
 
-def _file_figures(figures: List[ReportFigure], items) -> Tuple[str, str]:
-    """Add a figure per existing PNG file ``(name, caption, path)``; returns their HTML and Markdown."""
-    h, m = "", ""
-    for name, caption, path in items:
-        if Path(path).is_file():
-            f = ReportFigure(name, caption, Path(path).read_bytes())
-            figures.append(f)
-            h, m = h + f.html(), m + "\n\n" + f.markdown()
-    return h, m
+def _json_safe(obj):
+    """Replace NaN/inf by None (JSON has no NaN) recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
 
 
-def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.ScoreResult",
-                       score_b: "scoring.ScoreResult", comparison: "scoring.CompareResult",
-                       gradcams: Sequence[dict], summary: dict) -> Tuple[List[Section], List[ReportFigure]]:
-    """Sections mirroring the paper's Results: curves (Figs 5/7), Table 1 A1/A2/B1/B2, Fig. 9, Fig. 10, pending.
+def _check_output(out_dir: Path, inputs: Sequence[Optional[str]]) -> None:
+    """Refuse an output folder holding one of the input files: the folder is replaced as a whole."""
+    out_r = out_dir.resolve()
+    for s in inputs:
+        if not s or not Path(s).exists():
+            continue
+        p = Path(s).resolve()
+        if p == out_r or out_r in p.parents:
+            raise PredictionsError(f"output folder {out_dir} holds the input {s}; choose another output "
+                                   f"(the output folder is replaced as a whole)")
 
-    Reads only files under ``out`` and results already computed (no nnabla).
+
+def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike], figures: bool = True,
+                gallery: bool = True, overwrite: bool = False) -> Path:
+    """Write a :class:`~wbc_nnabla.scoring.ScoreResult` into ``out_dir`` (created atomically: a temp folder renamed at the end).
+
+    Files: ``per_smear.csv``, ``confusion6.csv``, ``confusion5.csv``,
+    ``differential.csv``, ``pending.csv``, ``risk_coverage.csv``,
+    ``summary.json``, ``config.json`` and, with ``figures``, ``figures/*.png``,
+    ``report.html`` (self-contained) and ``report.md``. Raises
+    ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false.
     """
-    figures: List[ReportFigure] = []
-    sections: List[Section] = []
-    cfg_df = pd.DataFrame({"value": [_fmt(v) for v in config.values()]},
-                          index=pd.Index(list(config.keys()), name="setting"))
-    warn = []
-    if config.get("infer_size") != config.get("train_size"):
-        warn.append(f"Inference input {config['infer_size']} px vs training input {config['train_size']} px: both "
-                    f"come from the same crop, so at inference every cell looks "
-                    f"{config['infer_size'] / config['train_size']:.2f}x as large as in training (the paper's "
-                    f"480/320). Global average pooling accepts any size, but the features do not rescale; see "
-                    f"docs/method.md, '480/320', and the 'recommended' preset, which infers at the training scale.")
-    text = [f"Preset '{config.get('preset')}'. {split.get('note', '')}.",
-            f"Teacher cells: {split.get('n_teacher')}; inference cells: {split.get('n_inference')} in "
-            f"{split.get('n_smears')} smears. Whole run: {summary.get('seconds')} s."] + warn
-    sections.append(section("Run", text, [(cfg_df, {})]))
-    # Figs 5 and 7: learning curves written by the training stage.
-    h, m = _file_figures(figures, [(f"learning_curve_{tag}", f"WBC Model {tag}: Cost, Training Error and "
-                                    f"Validation Error per epoch (Fig. {n} style)",
-                                    out / f"model_{tag}" / "learning_curve.png") for tag, n in (("A", 5), ("B", 7))])
-    sections.append(Section("Learning curves (Figs 5 and 7)", h, m))
-    # Table 1: A1/B1 five classes, A2/B2 six classes.
-    h, m = "", ""
-    for tag, sc in (("A", score_a), ("B", score_b)):
-        s = sc.summary
-        line = (f"Model {tag}: 6 classes {_fmt(s['accuracy6_mean'])} ± {_fmt(s['accuracy6_sd'])}, 5 classes "
-                f"{_fmt(s['accuracy5_mean'])} ± {_fmt(s['accuracy5_sd'])} (mean ± SD over smears); best smear "
-                f"{s['best_smear']}, worst {s['worst_smear']}.")
-        h += _p(line) + f"<h3>Table 1 {tag}1 (5 classes)</h3>" + html_table(sc.confusion5)
-        h += f"<h3>Table 1 {tag}2 (6 classes)</h3>" + html_table(sc.confusion6)
-        m += f"\n\n{line}\n\n**Table 1 {tag}1 (5 classes)**\n\n{markdown_table(sc.confusion5)}"
-        m += f"\n\n**Table 1 {tag}2 (6 classes)**\n\n{markdown_table(sc.confusion6)}"
-    sections.append(Section("Table 1: confusion tables (human rows x AI columns)", h, m))
-    # Fig. 9: box plots and tests.
-    tests = {"5": comparison.summary["tests5"], "6": comparison.summary["tests6"]}
-    box = ReportFigure("boxplots", "Per-smear accuracy, Model A vs Model B (Fig. 9 style)",
-                       figure_png(box_plots(comparison.per_smear, comparison.name_a, comparison.name_b, tests)))
-    figures.append(box)
-    sections.extend(compare_sections(comparison, [box])[:2])
-    # Fig. 10: disagreements of Model B, with Grad-CAM.
-    fig, notes = disagreement_gallery(score_b.cells, score_b.base_dir)
-    h, m = "", ""
-    if fig is not None:
-        g = ReportFigure("disagreements_B", "Model B: cells where AI and human disagree (Fig. 10 style)",
-                         figure_png(fig))
-        figures.append(g)
-        h, m = g.html(), g.markdown()
-    pairs = disagreement_pairs(score_b.cells).head(10)
-    h += html_table(pairs, index=False)
-    m += "\n\n" + markdown_table(pairs, index=False)
-    hg, mg = _file_figures(figures, [(f"gradcam_{i}", f"Grad-CAM, Model B: human {c['human']}, AI {c['ai']} "
-                                      f"({Path(c['cell']).name})", Path(c["path"])) for i, c in enumerate(gradcams)])
-    h, m = h + hg, m + mg
-    sections.append(Section("Disagreements and Grad-CAM (Fig. 10; discussion)", h, m))
-    # Judgement pending: risk-coverage of Model B.
-    rc = score_b.risk_coverage6
-    if not rc.empty:
-        f = ReportFigure("risk_coverage_B", "Model B: coverage and accuracy of a judgement-pending cut-off",
-                         figure_png(risk_coverage_figure(score_b.risk_coverage6, score_b.risk_coverage5,
-                                                         score_b.summary.get("target_accuracy"),
-                                                         score_b.summary.get("pending_threshold"))))
-        figures.append(f)
-        keep = rc.iloc[np.unique(np.linspace(0, len(rc) - 1, min(len(rc), 12)).round().astype(int))]
-        text = ["Cells whose top probability is below a threshold are held for a human (the paper's "
-                "conclusion). Coverage = share of cells the AI decides; accuracy over those."]
-        sections.append(section("Judgement pending (conclusion)", text, [(keep, {"index": False})], [f]))
-    return sections, figures
+    out_dir = Path(out_dir)
+    _check_output(out_dir, [result.settings.get("predictions")])
+    with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        write_score_files(result, tmp)
+        if figures:
+            write_score_report(result, tmp, gallery=gallery)
+    return out_dir
 
 
-def write_reproduce_report(out: Union[str, os.PathLike], config: dict, split: dict, score_a, score_b, comparison,
-                           gradcams: Sequence[dict], summary: dict) -> Path:
-    """Write ``OUT/report.html`` (self-contained), ``OUT/report.md`` and ``OUT/figures/``; returns the HTML path."""
-    out = Path(out)
-    sections, figures = reproduce_sections(out, config, split, score_a, score_b, comparison, gradcams, summary)
-    _write_report(out, "WBC Model A and B: reproduction of Sasaki et al. (2020)", figures, sections)
-    return out / "report.html"
+def write_score_files(result: "scoring.ScoreResult", folder: Union[str, os.PathLike]) -> None:
+    """The tables and JSON of :func:`write_score`, into an existing ``folder`` (no figures)."""
+    folder = Path(folder)
+    result.per_smear.to_csv(folder / "per_smear.csv", index=False, float_format="%.6g")
+    result.confusion6.to_csv(folder / "confusion6.csv", float_format="%.6g")
+    result.confusion5.to_csv(folder / "confusion5.csv", float_format="%.6g")
+    result.differential.to_csv(folder / "differential.csv", index=False, float_format="%.6g")
+    result.pending.to_csv(folder / "pending.csv", index=False, float_format="%.6g")
+    rc = pd.concat([result.risk_coverage6.assign(view="6"), result.risk_coverage5.assign(view="5")])
+    rc[["view", "threshold", "n_kept", "coverage", "accuracy", "n_errors"]].to_csv(
+        folder / "risk_coverage.csv", index=False, float_format="%.6g")
+    io.write_json(folder / "summary.json", _json_safe(result.summary))
+    io.write_json(folder / "config.json", _json_safe({"command": "score", **result.settings,
+                                                      "environment": io.environment()}))
+
+
+def write_compare(result: "scoring.CompareResult", out_dir: Union[str, os.PathLike], figures: bool = True,
+                  overwrite: bool = False) -> Path:
+    """Write a :class:`~wbc_nnabla.scoring.CompareResult`: ``comparison.json``, ``per_smear_pairs.csv``,
+    ``recall_change.csv``, ``config.json``, each model's score in ``A/`` and ``B/``
+    folders (tables only) and, with ``figures``, box plots and ``report.html``/``report.md``."""
+    out_dir = Path(out_dir)
+    _check_output(out_dir, [result.summary.get("predictions_a"), result.summary.get("predictions_b")])
+    with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        result.per_smear.to_csv(tmp / "per_smear_pairs.csv", index=False, float_format="%.6g")
+        result.recall_change.to_csv(tmp / "recall_change.csv", index=False, float_format="%.6g")
+        io.write_json(tmp / "comparison.json", _json_safe(result.summary))
+        io.write_json(tmp / "config.json", _json_safe({"command": "compare", "model_a": result.name_a,
+                                                       "model_b": result.name_b,
+                                                       "predictions_a": result.summary["predictions_a"],
+                                                       "predictions_b": result.summary["predictions_b"],
+                                                       "pending_threshold": result.summary["pending_threshold"],
+                                                       "pending_margin": result.summary["pending_margin"],
+                                                       "environment": io.environment()}))
+        for sub, s in (("A", result.score_a), ("B", result.score_b)):
+            (tmp / sub).mkdir()
+            write_score_files(s, tmp / sub)
+        if figures:
+            write_compare_report(result, tmp)
+    return out_dir

@@ -8,9 +8,10 @@ a per-class "Accuracy" column) and Wilcoxon rank-sum tests of Model A vs
 Model B (Fig. 9). The conclusion asks for a "judgement pending" cut-off that
 leaves boundary cells to a human; :func:`score` implements it as an option.
 
-This module reads a predictions CSV (see ``docs/scoring.md``) and never imports
-nnabla, so it scores predictions of any model or tool. Figures and reports are
-drawn by :mod:`wbc_nnabla.report`.
+This module reads a predictions CSV with :func:`wbc_nnabla.predictions.read_predictions`
+(see ``docs/scoring.md``) and never imports nnabla, so it scores predictions of
+any model or tool. It computes and returns results only: writing them (tables,
+JSON, figures, reports) is :mod:`wbc_nnabla.report`'s job.
 
 Conventions: accuracies are fractions in [0, 1]; differentials are percents;
 SDs over smears use ``ddof=1`` (sample SD); pending cells are never counted as
@@ -20,199 +21,27 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import classes, io
-from .classes import CLASSES5, CLASSES6, NEUTROPHIL
+from . import classes
+from .classes import CLASSES5, CLASSES6, DIFF_CLASSES, NEUTROPHIL
+from .predictions import PROB_COLUMNS, PathOrFrame, PredictionsError, read_predictions
 
 log = logging.getLogger(__name__)
 
-#: Probability columns of a six-class predictions CSV, in Table 1 order.
-PROB_COLUMNS: Tuple[str, ...] = tuple("prob_" + c for c in CLASSES6)
-REQUIRED_COLUMNS: Tuple[str, ...] = ("path", "pred6") + PROB_COLUMNS
-OPTIONAL_COLUMNS: Tuple[str, ...] = ("smear", "label", "pred5")
-#: Smear name given to every cell when no cell of the file names a smear.
-ALL_SMEARS = "(all)"
-#: Smear name given to cells without smear when other cells have one.
-NO_SMEAR = "(no smear)"
 #: Pairs of classes whose probability margin can put a cell on hold (paper Fig. 10).
 CONFUSABLE_PAIRS: Tuple[Tuple[str, str], ...] = (("Band", "Segment"), ("Lymph", "Mono"))
 SD_DDOF = 1
-#: Tolerance on the sum of a row's probabilities (CSV rounding of float32 softmax).
-PROB_SUM_TOL = 0.01
-
-PathOrFrame = Union[str, os.PathLike, pd.DataFrame]
-
-
-class PredictionsError(ValueError):
-    """A predictions file (or option) that cannot be scored; the message names file, line and column."""
 
 
 class ComparisonError(PredictionsError):
-    """Two predictions files that do not cover the same cells, smears or human labels."""
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _line(i: int) -> int:
-    """1-based line number in the CSV of data row ``i`` (header on line 1)."""
-    return int(i) + 2
-
-
-def _load_frame(source: PathOrFrame, name: Optional[str]) -> Tuple[pd.DataFrame, str, Optional[Path]]:
-    if isinstance(source, pd.DataFrame):
-        return source.copy(), name or "<predictions DataFrame>", None
-    path = Path(source)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise PredictionsError(f"{path}: no such predictions file") from None
-    except IsADirectoryError:
-        raise PredictionsError(f"{path}: is a folder; expected a predictions CSV file") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise PredictionsError(f"{path}: not a readable predictions CSV ({e})") from None
-    return df, name or str(path), path.resolve().parent
-
-
-def _check_columns(df: pd.DataFrame, name: str) -> Dict[str, str]:
-    """Map canonical column names to the frame's (case-insensitive); refuse other class sets."""
-    by_lower = {str(c).strip().lower(): c for c in df.columns}
-    found_probs = [str(c).strip() for c in df.columns if str(c).strip().lower().startswith("prob_")]
-    expected = ", ".join(PROB_COLUMNS)
-    if not found_probs:
-        raise PredictionsError(
-            f"{name}: no probability columns; expected {expected} (found columns: "
-            f"{', '.join(map(str, df.columns)) or 'none'})")
-    if sorted(c.lower() for c in found_probs) != sorted(c.lower() for c in PROB_COLUMNS):
-        raise PredictionsError(
-            f"{name}: predictions of a model with another class set: expected probability columns "
-            f"{expected}; found {', '.join(found_probs)}")
-    missing = [c for c in REQUIRED_COLUMNS if c.lower() not in by_lower]
-    if missing:
-        raise PredictionsError(
-            f"{name}: missing column(s) {', '.join(missing)}; expected path, smear, label, pred6, pred5, "
-            f"{expected} (found {', '.join(map(str, df.columns))})")
-    return {c: by_lower[c.lower()] for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c.lower() in by_lower}
-
-
-def _parse_labels(values: pd.Series, name: str, column: str, convert, allow_empty: bool) -> List[str]:
-    """Convert each distinct spelling once (fast on 10^4 rows); errors name the first bad line."""
-    out = {}
-    for value in pd.unique(values):
-        text = str(value).strip()
-        if text == "":
-            if not allow_empty:
-                i = int(np.flatnonzero((values.astype(str).str.strip() == "").to_numpy())[0])
-                raise PredictionsError(f"{name} line {_line(i)}, column '{column}': empty; expected one of "
-                                       f"{', '.join(CLASSES6)}")
-            out[value] = ""
-            continue
-        i = int(np.flatnonzero((values == value).to_numpy())[0])
-        try:
-            out[value] = convert(text, f"{name} line {_line(i)}, column '{column}'") or ""
-        except classes.LabelError as e:
-            raise PredictionsError(str(e)) from None
-    return [out[v] for v in values]
-
-
-def read_predictions(source: PathOrFrame, name: Optional[str] = None) -> pd.DataFrame:
-    """Read and check a predictions CSV (or DataFrame) of the six-class model.
-
-    Columns (case-insensitive): ``path``, ``pred6`` and ``prob_<class>`` for
-    the six classes are required; ``smear``, ``label`` (human label: a six-class
-    name, ``Neutrophil`` when only the five-class label is known, or empty) and
-    ``pred5`` are optional. Any accepted synonym is read (see
-    :mod:`wbc_nnabla.classes`).
-
-    Returns one row per cell with columns ``path, smear, label, true6, true5,
-    pred6, pred5, prob_*`` (floats), ``top6``, ``top5`` (highest six- and
-    five-class probability) and ``line`` (line in the file). ``true6`` is empty
-    for unlabeled and ``Neutrophil``-only cells, ``true5`` for unlabeled cells.
-    Cells without smear go to smear ``(all)`` when no cell names one, else to
-    ``(no smear)``.
-
-    Raises :class:`PredictionsError` naming the file, line and column.
-    """
-    df, name, base_dir = _load_frame(source, name)
-    if len(df) == 0:
-        raise PredictionsError(f"{name}: no cells (the file has a header but no rows)")
-    cols = _check_columns(df, name)
-    df = df.reset_index(drop=True)
-    out = pd.DataFrame({"path": df[cols["path"]].astype(str).str.strip()})
-    empty = np.flatnonzero((out["path"] == "").to_numpy())
-    if len(empty):
-        raise PredictionsError(f"{name} line {_line(empty[0])}, column 'path': empty path")
-    dup = out["path"].duplicated(keep=False).to_numpy()
-    if dup.any():
-        rows = np.flatnonzero(dup)[:2]
-        raise PredictionsError(f"{name} lines {_line(rows[0])} and {_line(rows[1])}, column 'path': the same cell "
-                               f"{out['path'].iloc[rows[0]]!r} is listed twice")
-    smear = df[cols["smear"]].astype(str).str.strip() if "smear" in cols else pd.Series([""] * len(df))
-    if (smear == "").all():
-        smear = pd.Series([ALL_SMEARS] * len(df))
-    else:
-        smear = smear.where(smear != "", NO_SMEAR)
-    out["smear"] = smear.to_numpy()
-    label = df[cols["label"]].astype(str) if "label" in cols else pd.Series([""] * len(df))
-    out["label"] = label.str.strip().to_numpy()
-    out["true6"] = _parse_labels(label, name, "label",
-                                 lambda t, s: classes.to_class6(t, s, allow_neutrophil=True), True)
-    out["true5"] = _parse_labels(label, name, "label", classes.to_class5, True)
-    out["pred6"] = _parse_labels(df[cols["pred6"]], name, "pred6", classes.to_class6, False)
-    out["pred5"] = classes.merge_to_five(out["pred6"])
-    if "pred5" in cols:
-        given = _parse_labels(df[cols["pred5"]], name, "pred5", classes.to_class5, True)
-        bad = np.flatnonzero([g != "" and g != p for g, p in zip(given, out["pred5"])])
-        if len(bad):
-            i = bad[0]
-            raise PredictionsError(
-                f"{name} line {_line(i)}, column 'pred5': {given[i]!r} disagrees with pred6 "
-                f"{out['pred6'].iloc[i]!r} (expected {out['pred5'].iloc[i]!r})")
-    probs = _parse_probs(df, cols, name)
-    for j, c in enumerate(PROB_COLUMNS):
-        out[c] = probs[:, j]
-    out["top6"] = probs.max(axis=1)
-    out["top5"] = five_class_probs(probs).max(axis=1)
-    out["line"] = np.arange(len(df)) + 2
-    out.attrs["name"] = name
-    out.attrs["base_dir"] = str(base_dir) if base_dir else None
-    return out
-
-
-def _parse_probs(df: pd.DataFrame, cols: Dict[str, str], name: str) -> np.ndarray:
-    """The ``(N, 6)`` float64 probability matrix; every value finite in [0, 1], rows summing to 1."""
-    probs = np.empty((len(df), len(PROB_COLUMNS)), dtype=np.float64)
-    for j, c in enumerate(PROB_COLUMNS):
-        col = pd.to_numeric(df[cols[c]], errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(col) | (col < -1e-6) | (col > 1 + 1e-6))
-        if len(bad):
-            i = bad[0]
-            raise PredictionsError(f"{name} line {_line(i)}, column '{c}': {df[cols[c]].iloc[i]!r} is not a "
-                                   f"probability in [0, 1]")
-        probs[:, j] = np.clip(col, 0.0, 1.0)
-    sums = probs.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > PROB_SUM_TOL)
-    if len(bad):
-        i = bad[0]
-        raise PredictionsError(f"{name} line {_line(i)}: probabilities prob_* sum to {sums[i]:.4f}, "
-                               f"expected 1 (softmax output, tolerance {PROB_SUM_TOL})")
-    return probs
-
-
-def five_class_probs(probs6: np.ndarray) -> np.ndarray:
-    """Merge ``(N, 6)`` six-class probabilities to ``(N, 5)`` (Band + Segment = Neutrophil)."""
-    p = np.asarray(probs6, dtype=np.float64)
-    band, seg = classes.INDEX6["Band"], classes.INDEX6["Segment"]
-    keep = [classes.INDEX6[c] for c in CLASSES5[:-1]]
-    return np.concatenate([p[:, keep], (p[:, band] + p[:, seg])[:, None]], axis=1)
+    """Two predictions files that do not cover the same cells, smears or human labels, or were
+    scored with different judgement-pending settings."""
 
 
 # ----------------------------------------------------------------------------- judgement pending
@@ -372,9 +201,6 @@ def _pct(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, 100.0 * num / np.maximum(den, 1), np.nan)
 
 
-DIFF_CLASSES: Tuple[str, ...] = CLASSES6 + (NEUTROPHIL,)
-
-
 def _differential_counts(cells: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
     """Per-smear counts of each class (six classes + Neutrophil) by the AI and by the human."""
     smears = sorted(pd.unique(cells["smear"]))
@@ -458,7 +284,7 @@ def mean_sd(values: Sequence[float]) -> Tuple[float, float, int]:
 
 @dataclass
 class ScoreResult:
-    """Everything :func:`score` computes; write it with :func:`write_score`.
+    """Everything :func:`score` computes; write it with :func:`wbc_nnabla.report.write_score`.
 
     cells: the predictions (see :func:`read_predictions`) plus ``pending6``,
         ``pending5``, ``reason``, ``correct6``, ``correct5`` (bool; False when not scored).
@@ -518,14 +344,15 @@ def score(predictions: PathOrFrame, pending_threshold: Optional[float] = None,
     cells["correct6"] = (cells["true6"] != "") & ~cells["pending6"] & (cells["true6"] == cells["pred6"])
     cells["correct5"] = (cells["true5"] != "") & ~cells["pending5"] & (cells["true5"] == cells["pred5"])
     per = per_smear_table(cells)
-    conf6 = confusion_table(cells["true6"], cells["pred6"], CLASSES6, cells["pending6"] if _on(pending_threshold, pending_margin) else None)
-    conf5 = confusion_table(cells["true5"], cells["pred5"], CLASSES5, cells["pending5"] if _on(pending_threshold, pending_margin) else None)
+    held = _pending_cutoff_set(pending_threshold, pending_margin)
+    conf6 = confusion_table(cells["true6"], cells["pred6"], CLASSES6, cells["pending6"] if held else None)
+    conf5 = confusion_table(cells["true5"], cells["pred5"], CLASSES5, cells["pending5"] if held else None)
     rc6, rc5 = risk_coverage(cells, "6"), risk_coverage(cells, "5")
     pending = cells.loc[cells["pending6"], ["path", "smear", "label", "pred6", "pred5", "top6", "top5", "reason",
                                             "pending5"] + list(PROB_COLUMNS) + ["line"]].reset_index(drop=True)
     settings = {"predictions": cells.attrs.get("name"), "pending_threshold": pending_threshold,
                 "pending_margin": pending_margin, "target_accuracy": target_accuracy}
-    summary = _summary(cells, per, conf6, conf5, rc6, rc5, settings)
+    summary = _score_summary(cells, per, conf6, conf5, rc6, rc5, settings)
     return ScoreResult(cells=cells, per_smear=per, confusion6=conf6, confusion5=conf5,
                        differential=differential(cells), pending=pending, risk_coverage6=rc6,
                        risk_coverage5=rc5, summary=summary, settings=settings)
@@ -535,11 +362,13 @@ def _is_read(obj) -> bool:
     return isinstance(obj, pd.DataFrame) and {"true6", "true5", "top6", "top5"} <= set(obj.columns)
 
 
-def _on(threshold, margin) -> bool:
+def _pending_cutoff_set(threshold, margin) -> bool:
+    """True when a judgement-pending cut-off is set (the confusion tables then get a ``Pending`` column)."""
     return threshold is not None or margin is not None
 
 
-def _summary(cells, per, conf6, conf5, rc6, rc5, settings) -> dict:
+def _score_summary(cells, per, conf6, conf5, rc6, rc5, settings) -> dict:
+    """The ``summary.json`` dict of a score: counts, accuracies (mean, SD, pooled), best/worst smear, pending."""
     n = len(cells)
     m6, sd6, k6 = mean_sd(per["accuracy6"])
     m5, sd5, k5 = mean_sd(per["accuracy5"])
@@ -643,29 +472,17 @@ def _check_same_cells(a: pd.DataFrame, b: pd.DataFrame, na: str, nb: str) -> Non
                 f"both files must carry the same smears and human labels")
 
 
-def compare(pred_a: PathOrFrame, pred_b: PathOrFrame, name_a: str = "Model A", name_b: str = "Model B",
-            pending_threshold: Optional[float] = None, pending_margin: Optional[float] = None) -> CompareResult:
-    """Compare two models on the same smears (paper section III, Fig. 9).
+def _check_same_pending(sa: ScoreResult, sb: ScoreResult) -> None:
+    """Refuse two scores made with different judgement-pending cut-offs (their accuracies would not pair)."""
+    for key in ("pending_threshold", "pending_margin"):
+        va, vb = sa.settings.get(key), sb.settings.get(key)
+        if va != vb:
+            raise ComparisonError(f"{sa.source} and {sb.source} were scored with different {key} "
+                                  f"({va!r} and {vb!r}); score both with the same judgement-pending settings")
 
-    Cells are matched by ``path``; both files must list the same cells with the
-    same smear and human label (else :class:`ComparisonError`). Per-smear
-    accuracies are paired by smear and tested with :func:`paired_tests` in five
-    and six classes. ``recall_change`` gives each class's recall (Table 1
-    "Accuracy") for both models and the change (b - a).
-    """
-    if name_a == name_b:
-        raise ComparisonError(f"the two models need different names, got {name_a!r} twice")
-    a = read_predictions(pred_a) if not _is_read(pred_a) else pred_a
-    b = read_predictions(pred_b) if not _is_read(pred_b) else pred_b
-    _check_same_cells(a, b, a.attrs.get("name", name_a), b.attrs.get("name", name_b))
-    sa = score(a, pending_threshold, pending_margin)
-    sb = score(b, pending_threshold, pending_margin)
-    cols = ["smear", "n_cells", "accuracy6", "accuracy5", "n_pending"]
-    per = sa.per_smear[cols].merge(sb.per_smear[cols], on=["smear", "n_cells"], suffixes=("_a", "_b"))
-    per["diff6"] = per["accuracy6_b"] - per["accuracy6_a"]
-    per["diff5"] = per["accuracy5_b"] - per["accuracy5_a"]
-    t6 = paired_tests(per["accuracy6_a"], per["accuracy6_b"])
-    t5 = paired_tests(per["accuracy5_a"], per["accuracy5_b"])
+
+def _recall_change(sa: ScoreResult, sb: ScoreResult) -> pd.DataFrame:
+    """Per-class recall (Table 1 "Accuracy") of both models and its change b - a, six and five classes."""
     rows = []
     for view, ca, cb in (("6", sa.confusion6, sb.confusion6), ("5", sa.confusion5, sb.confusion5)):
         ra, rb = recalls(ca), recalls(cb)
@@ -675,10 +492,38 @@ def compare(pred_a: PathOrFrame, pred_b: PathOrFrame, name_a: str = "Model A", n
         rows.append({"view": view, "class": "Total", "n_cells": int(ca.at["Total", "Total"]),
                      "recall_a": float(ca.at["Total", "Accuracy"]), "recall_b": float(cb.at["Total", "Accuracy"]),
                      "change": float(cb.at["Total", "Accuracy"] - ca.at["Total", "Accuracy"])})
-    change = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def compare(score_a: ScoreResult, score_b: ScoreResult, name_a: str = "Model A",
+            name_b: str = "Model B") -> CompareResult:
+    """Compare two models scored on the same smears (paper section III, Fig. 9).
+
+    score_a, score_b: the :func:`score` results of the two models' predictions,
+    made with the same judgement-pending settings (else :class:`ComparisonError`).
+    Cells are matched by ``path``; both must list the same cells with the same
+    smear and human label (else :class:`ComparisonError`). Per-smear accuracies
+    are paired by smear and tested with :func:`paired_tests` in five and six
+    classes. ``recall_change`` gives each class's recall (Table 1 "Accuracy")
+    for both models and the change (b - a).
+    """
+    for r in (score_a, score_b):
+        if not isinstance(r, ScoreResult):
+            raise TypeError(f"compare takes the ScoreResult of scoring.score(predictions), got {type(r).__name__}")
+    if name_a == name_b:
+        raise ComparisonError(f"the two models need different names, got {name_a!r} twice")
+    sa, sb = score_a, score_b
+    _check_same_cells(sa.cells, sb.cells, sa.cells.attrs.get("name", name_a), sb.cells.attrs.get("name", name_b))
+    _check_same_pending(sa, sb)
+    cols = ["smear", "n_cells", "accuracy6", "accuracy5", "n_pending"]
+    per = sa.per_smear[cols].merge(sb.per_smear[cols], on=["smear", "n_cells"], suffixes=("_a", "_b"))
+    per["diff6"] = per["accuracy6_b"] - per["accuracy6_a"]
+    per["diff5"] = per["accuracy5_b"] - per["accuracy5_a"]
+    t6 = paired_tests(per["accuracy6_a"], per["accuracy6_b"])
+    t5 = paired_tests(per["accuracy5_a"], per["accuracy5_b"])
     summary = {
         "model_a": name_a, "model_b": name_b, "predictions_a": sa.settings["predictions"],
-        "predictions_b": sb.settings["predictions"], "n_cells": int(len(a)), "n_smears": int(len(per)),
+        "predictions_b": sb.settings["predictions"], "n_cells": int(len(sa.cells)), "n_smears": int(len(per)),
         "p_ranksum5": t5["p_ranksum"], "p_ranksum6": t6["p_ranksum"],
         "p_signedrank5": t5["p_signedrank"], "p_signedrank6": t6["p_signedrank"],
         "mean_diff5": t5["mean_diff"], "mean_diff6": t6["mean_diff"],
@@ -688,143 +533,6 @@ def compare(pred_a: PathOrFrame, pred_b: PathOrFrame, name_a: str = "Model A", n
         "accuracy6_sd_a": sa.summary["accuracy6_sd"], "accuracy6_sd_b": sb.summary["accuracy6_sd"],
         "tests5": t5, "tests6": t6, "sd_ddof": SD_DDOF,
         "mean_diff_is": f"mean over smears of ({name_b} - {name_a})",
-        "pending_threshold": pending_threshold, "pending_margin": pending_margin,
+        "pending_threshold": sa.settings.get("pending_threshold"), "pending_margin": sa.settings.get("pending_margin"),
     }
-    return CompareResult(name_a, name_b, sa, sb, per, change, summary)
-
-
-# ----------------------------------------------------------------------------- synthetic predictions
-
-
-def predictions_from_confusion(counts6, n_smears: int = 57, seed: int = 0,
-                               path_prefix: str = "cells/") -> pd.DataFrame:
-    """A predictions table whose pooled six-class confusion equals ``counts6`` (for tests and benchmarks).
-
-    counts6: ``(6, 6)`` integer counts, human rows x AI columns in Table 1 order.
-    Cells are shuffled (``seed``) and split into ``n_smears`` smears of nearly
-    equal size named ``S01``...; each gets a softmax-like probability row whose
-    top class is its AI class, drawn higher for correct calls (0.55-1.0) than
-    for wrong ones (0.4-0.9), so cut-offs behave as with a real model.
-    Columns are those of a predictions CSV (``path`` = ``<prefix>cell_<n>.png``).
-    """
-    counts6 = np.asarray(counts6, dtype=np.int64)
-    if counts6.shape != (6, 6) or (counts6 < 0).any():
-        raise ValueError(f"counts6 must be a (6, 6) array of non-negative counts, got shape {counts6.shape}")
-    rng = np.random.default_rng(seed)
-    ti, pi = np.nonzero(counts6)
-    true = np.repeat(ti, counts6[ti, pi])
-    pred = np.repeat(pi, counts6[ti, pi])
-    order = rng.permutation(len(true))
-    true, pred = true[order], pred[order]
-    n = len(true)
-    top = np.where(true == pred, rng.uniform(0.55, 1.0, n), rng.uniform(0.4, 0.9, n))
-    # each other class gets at most 0.6 * (1 - top) < top (as top > 0.375): the top class stays on top
-    rest = (0.5 * rng.dirichlet(np.ones(5), n) + 0.1) * (1.0 - top)[:, None]
-    probs = np.zeros((n, 6))
-    for i in range(6):
-        others = [j for j in range(6) if j != i]
-        m = pred == i
-        probs[np.ix_(m, others)] = rest[m]
-        probs[m, i] = top[m]
-    smear = np.empty(n, dtype=object)
-    for k, idx in enumerate(np.array_split(np.arange(n), max(1, int(n_smears)))):
-        smear[idx] = f"S{k + 1:02d}"
-    names = np.array(CLASSES6, dtype=object)
-    df = pd.DataFrame({"path": [f"{path_prefix}cell_{i:05d}.png" for i in range(n)], "smear": smear,
-                       "label": names[true], "pred6": names[pred],
-                       "pred5": classes.merge_to_five(names[pred])})
-    for j, c in enumerate(PROB_COLUMNS):
-        df[c] = probs[:, j]
-    return df
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def _json_safe(obj):
-    """Replace NaN/inf by None (JSON has no NaN) recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def _check_output(out_dir: Path, inputs: Sequence[Optional[str]]) -> None:
-    out_r = out_dir.resolve()
-    for s in inputs:
-        if not s or not Path(s).exists():
-            continue
-        p = Path(s).resolve()
-        if p == out_r or out_r in p.parents:
-            raise PredictionsError(f"output folder {out_dir} holds the input {s}; choose another output "
-                                   f"(the output folder is replaced as a whole)")
-
-
-def write_score(result: ScoreResult, out_dir: Union[str, os.PathLike], figures: bool = True,
-                gallery: bool = True, overwrite: bool = False) -> Path:
-    """Write a :class:`ScoreResult` into ``out_dir`` (created atomically: a temp folder renamed at the end).
-
-    Files: ``per_smear.csv``, ``confusion6.csv``, ``confusion5.csv``,
-    ``differential.csv``, ``pending.csv``, ``risk_coverage.csv``,
-    ``summary.json``, ``config.json`` and, with ``figures``, ``figures/*.png``,
-    ``report.html`` (self-contained) and ``report.md``. Raises
-    ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false.
-    """
-    out_dir = Path(out_dir)
-    _check_output(out_dir, [result.settings.get("predictions")])
-    with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        write_score_files(result, tmp)
-        if figures:
-            from . import report
-            report.write_score_report(result, tmp, gallery=gallery)
-    return out_dir
-
-
-def write_score_files(result: ScoreResult, folder: Union[str, os.PathLike]) -> None:
-    """The tables and JSON of :func:`write_score`, into an existing ``folder`` (no figures)."""
-    folder = Path(folder)
-    result.per_smear.to_csv(folder / "per_smear.csv", index=False, float_format="%.6g")
-    result.confusion6.to_csv(folder / "confusion6.csv", float_format="%.6g")
-    result.confusion5.to_csv(folder / "confusion5.csv", float_format="%.6g")
-    result.differential.to_csv(folder / "differential.csv", index=False, float_format="%.6g")
-    result.pending.to_csv(folder / "pending.csv", index=False, float_format="%.6g")
-    rc = pd.concat([result.risk_coverage6.assign(view="6"), result.risk_coverage5.assign(view="5")])
-    rc[["view", "threshold", "n_kept", "coverage", "accuracy", "n_errors"]].to_csv(
-        folder / "risk_coverage.csv", index=False, float_format="%.6g")
-    io.write_json(folder / "summary.json", _json_safe(result.summary))
-    io.write_json(folder / "config.json", _json_safe({"command": "score", **result.settings,
-                                                      "environment": io.environment()}))
-
-
-def write_compare(result: CompareResult, out_dir: Union[str, os.PathLike], figures: bool = True,
-                  overwrite: bool = False) -> Path:
-    """Write a :class:`CompareResult`: ``comparison.json``, ``per_smear_pairs.csv``,
-    ``recall_change.csv``, ``config.json``, each model's score in ``A/`` and ``B/``
-    folders (tables only) and, with ``figures``, box plots and ``report.html``/``report.md``."""
-    out_dir = Path(out_dir)
-    _check_output(out_dir, [result.summary.get("predictions_a"), result.summary.get("predictions_b")])
-    with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        result.per_smear.to_csv(tmp / "per_smear_pairs.csv", index=False, float_format="%.6g")
-        result.recall_change.to_csv(tmp / "recall_change.csv", index=False, float_format="%.6g")
-        io.write_json(tmp / "comparison.json", _json_safe(result.summary))
-        io.write_json(tmp / "config.json", _json_safe({"command": "compare", "model_a": result.name_a,
-                                                       "model_b": result.name_b,
-                                                       "predictions_a": result.summary["predictions_a"],
-                                                       "predictions_b": result.summary["predictions_b"],
-                                                       "pending_threshold": result.summary["pending_threshold"],
-                                                       "pending_margin": result.summary["pending_margin"],
-                                                       "environment": io.environment()}))
-        for sub, s in (("A", result.score_a), ("B", result.score_b)):
-            (tmp / sub).mkdir()
-            write_score_files(s, tmp / sub)
-        if figures:
-            from . import report
-            report.write_compare_report(result, tmp)
-    return out_dir
+    return CompareResult(name_a, name_b, sa, sb, per, _recall_change(sa, sb), summary)

@@ -1,0 +1,125 @@
+"""Module boundaries of the package, read from the source with ``ast`` (nothing is imported).
+
+Every import of a package module counts, function-local ones included: no
+import cycle; scoring, reporting, the predictions file and the classes never
+reach nnabla; the predictions CSV has one reader.
+"""
+import ast
+import graphlib
+from pathlib import Path
+from typing import Dict, Set
+
+PACKAGE = "wbc_nnabla"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+#: Modules that must work without nnabla: they read predictions of any model or tool.
+NNABLA_FREE = ("scoring", "report", "predictions", "classes")
+
+
+def _module_name(path: Path) -> str:
+    """``wbc_nnabla/io.py`` -> ``wbc_nnabla.io``; ``wbc_nnabla/x/__init__.py`` -> ``wbc_nnabla.x``."""
+    parts = (PACKAGE,) + path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _sources() -> Dict[str, ast.Module]:
+    return {_module_name(p): ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(ROOT.rglob("*.py"))}
+
+
+def _package_of(module: str, path_is_init: bool) -> str:
+    return module if path_is_init else module.rpartition(".")[0]
+
+
+def _targets(node: ast.AST, module: str, is_init: bool, known: Set[str]) -> Set[str]:
+    """Package modules an ``import`` / ``from ... import`` node loads (the longest known prefix of each name)."""
+    names = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = _package_of(module, is_init).split(".")
+            base = base[:len(base) - (node.level - 1)]
+            stem = ".".join(base + ([node.module] if node.module else []))
+        else:
+            stem = node.module or ""
+        # ``from pkg import name``: the submodule pkg.name when there is one, else an attribute of pkg
+        names = [f"{stem}.{a.name}" for a in node.names]
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):
+            if ".".join(parts[:k]) in known:
+                out.add(".".join(parts[:k]))
+                break
+    return out
+
+
+def _external(node: ast.AST) -> Set[str]:
+    """Top-level names of the third-party packages a node imports (``nnabla.functions`` -> ``nnabla``)."""
+    if isinstance(node, ast.Import):
+        return {a.name.split(".")[0] for a in node.names}
+    if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+        return {node.module.split(".")[0]}
+    return set()
+
+
+def _graph():
+    """``(edges, externals)``: package modules each module imports, and third-party top-level names."""
+    sources = _sources()
+    known = set(sources)
+    init = {_module_name(p) for p in ROOT.rglob("__init__.py")}
+    edges, externals = {}, {}
+    for module, tree in sources.items():
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        targets = set().union(*(_targets(n, module, module in init, known) for n in imports)) if imports else set()
+        edges[module] = targets - {module}
+        externals[module] = set().union(*(_external(n) for n in imports)) if imports else set()
+    return edges, externals
+
+
+def _reach(edges, start: str) -> Dict[str, str]:
+    """Modules reachable from ``start``, each with the chain of imports that reaches it."""
+    seen = {start: start}
+    todo = [start]
+    while todo:
+        m = todo.pop()
+        for t in sorted(edges.get(m, ())):
+            if t not in seen:
+                seen[t] = f"{seen[m]} -> {t}"
+                todo.append(t)
+    return seen
+
+
+def test_the_graph_sees_local_imports():
+    edges, externals = _graph()
+    assert f"{PACKAGE}.scoring" in edges[f"{PACKAGE}.report"]
+    assert f"{PACKAGE}.pipeline" in edges[f"{PACKAGE}.cli"]  # imported inside a function
+    assert "nnabla" in externals[f"{PACKAGE}.training"]
+
+
+def test_no_import_cycle():
+    edges, _ = _graph()
+    try:
+        tuple(graphlib.TopologicalSorter(edges).static_order())
+    except graphlib.CycleError as e:
+        raise AssertionError(f"import cycle: {' -> '.join(e.args[1])}") from None
+
+
+def test_scoring_never_imports_report():
+    edges, _ = _graph()
+    chains = _reach(edges, f"{PACKAGE}.scoring")
+    assert f"{PACKAGE}.report" not in chains, chains.get(f"{PACKAGE}.report")
+
+
+def test_scoring_report_predictions_classes_never_import_nnabla():
+    edges, externals = _graph()
+    for name in NNABLA_FREE:
+        assert f"{PACKAGE}.{name}" in edges, f"no module {PACKAGE}.{name}"
+        for module, chain in _reach(edges, f"{PACKAGE}.{name}").items():
+            bad = sorted(x for x in externals[module] if x.startswith("nnabla"))
+            assert not bad, f"{name} reaches {', '.join(bad)} through {chain}"
+
+
+def test_one_predictions_reader():
+    found = [module for module, tree in _sources().items() for node in ast.walk(tree)
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "read_predictions"]
+    assert found == [f"{PACKAGE}.predictions"], found

@@ -1,0 +1,260 @@
+"""The predictions CSV: the file joining inference and scoring (one owner for its schema).
+
+One row per cell, columns::
+
+    path, smear, label, pred6, pred5, prob_Basophil, prob_Eosinophil, prob_Lymph,
+    prob_Mono, prob_Band, prob_Segment
+
+(:data:`SIX_COLUMNS`; a model of another class set gives ``pred`` and
+``prob_<name>`` columns, which the scoring stage refuses). This module builds
+the table from a model's probabilities (:func:`predictions_table`), writes it
+(:func:`write_predictions`) and reads it back validated
+(:func:`read_predictions`), so :mod:`wbc_nnabla.inference` and
+:mod:`wbc_nnabla.scoring` share one definition. It never imports nnabla:
+predictions of any model or tool can be read. See ``docs/scoring.md``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from . import classes, io
+from .classes import CLASSES5, CLASSES6
+
+PathLike = Union[str, os.PathLike]
+PathOrFrame = Union[str, os.PathLike, pd.DataFrame]
+
+PROB_PREFIX = "prob_"
+#: Probability columns of a six-class predictions CSV, in Table 1 order.
+PROB_COLUMNS: Tuple[str, ...] = tuple(PROB_PREFIX + c for c in CLASSES6)
+#: Columns written for a six-class model, in file order.
+SIX_COLUMNS: Tuple[str, ...] = ("path", "smear", "label", "pred6", "pred5") + PROB_COLUMNS
+REQUIRED_COLUMNS: Tuple[str, ...] = ("path", "pred6") + PROB_COLUMNS
+OPTIONAL_COLUMNS: Tuple[str, ...] = ("smear", "label", "pred5")
+#: Smear name given to every cell when no cell of the file names a smear.
+ALL_SMEARS = "(all)"
+#: Smear name given to cells without smear when other cells have one.
+NO_SMEAR = "(no smear)"
+#: Tolerance on the sum of a row's probabilities (CSV rounding of float32 softmax).
+PROB_SUM_TOL = 0.01
+
+
+class PredictionsError(ValueError):
+    """A predictions file (or option) that cannot be scored; the message names file, line and column."""
+
+
+# ----------------------------------------------------------------------------- building and writing
+
+
+def is_six_class(class_names: Sequence[str]) -> bool:
+    """True when the model predicts exactly the paper's six classes (in any order)."""
+    return sorted(class_names) == sorted(CLASSES6)
+
+
+def predictions_table(cells: pd.DataFrame, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """The predictions table of ``cells`` given probabilities ``(N, C)`` over ``class_names``.
+
+    Six-class models: :data:`SIX_COLUMNS` (probabilities in Table 1 order,
+    ``pred5`` merges Band and Segment into Neutrophil). Other models:
+    ``path, smear, label, pred, prob_<name>...``.
+    """
+    names = list(class_names)
+    out = pd.DataFrame({"path": cells["path"].astype(str).values,
+                        "smear": cells["smear"].fillna("").astype(str).values,
+                        "label": cells["label"].fillna("").astype(str).values})
+    if is_six_class(names):
+        order = [names.index(c) for c in CLASSES6]
+        p6 = probs[:, order]
+        out["pred6"] = [CLASSES6[i] for i in p6.argmax(1)]
+        out["pred5"] = classes.merge_to_five(out["pred6"])
+        for j, c in enumerate(CLASSES6):
+            out[PROB_PREFIX + c] = p6[:, j].astype(np.float64)
+    else:
+        out["pred"] = [names[i] for i in probs.argmax(1)]
+        for j, c in enumerate(names):
+            out[PROB_PREFIX + c] = probs[:, j].astype(np.float64)
+    return out
+
+
+def write_predictions(df: pd.DataFrame, path: PathLike) -> Path:
+    """Write a predictions table as CSV atomically (probabilities with 7 significant digits)."""
+    path = Path(path)
+    with io.atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.7g", lineterminator="\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _line(i: int) -> int:
+    """1-based line number in the CSV of data row ``i`` (header on line 1)."""
+    return int(i) + 2
+
+
+def _load_frame(source: PathOrFrame, name: Optional[str]) -> Tuple[pd.DataFrame, str, Optional[Path]]:
+    """The raw table as strings, its name for messages and the folder relative image paths start from."""
+    if isinstance(source, pd.DataFrame):
+        return source.copy(), name or "<predictions DataFrame>", None
+    path = Path(source)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise PredictionsError(f"{path}: no such predictions file") from None
+    except IsADirectoryError:
+        raise PredictionsError(f"{path}: is a folder; expected a predictions CSV file") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise PredictionsError(f"{path}: not a readable predictions CSV ({e})") from None
+    return df, name or str(path), path.resolve().parent
+
+
+def _check_columns(df: pd.DataFrame, name: str) -> Dict[str, str]:
+    """Map canonical column names to the frame's (case-insensitive); refuse other class sets."""
+    by_lower = {str(c).strip().lower(): c for c in df.columns}
+    found_probs = [str(c).strip() for c in df.columns if str(c).strip().lower().startswith(PROB_PREFIX)]
+    expected = ", ".join(PROB_COLUMNS)
+    if not found_probs:
+        raise PredictionsError(
+            f"{name}: no probability columns; expected {expected} (found columns: "
+            f"{', '.join(map(str, df.columns)) or 'none'})")
+    if sorted(c.lower() for c in found_probs) != sorted(c.lower() for c in PROB_COLUMNS):
+        raise PredictionsError(
+            f"{name}: predictions of a model with another class set: expected probability columns "
+            f"{expected}; found {', '.join(found_probs)}")
+    missing = [c for c in REQUIRED_COLUMNS if c.lower() not in by_lower]
+    if missing:
+        raise PredictionsError(
+            f"{name}: missing column(s) {', '.join(missing)}; expected path, smear, label, pred6, pred5, "
+            f"{expected} (found {', '.join(map(str, df.columns))})")
+    return {c: by_lower[c.lower()] for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c.lower() in by_lower}
+
+
+def _parse_labels(values: pd.Series, name: str, column: str, convert, allow_empty: bool) -> List[str]:
+    """Convert each distinct spelling once (fast on 10^4 rows); errors name the first bad line."""
+    out = {}
+    for value in pd.unique(values):
+        text = str(value).strip()
+        if text == "":
+            if not allow_empty:
+                i = int(np.flatnonzero((values.astype(str).str.strip() == "").to_numpy())[0])
+                raise PredictionsError(f"{name} line {_line(i)}, column '{column}': empty; expected one of "
+                                       f"{', '.join(CLASSES6)}")
+            out[value] = ""
+            continue
+        i = int(np.flatnonzero((values == value).to_numpy())[0])
+        try:
+            out[value] = convert(text, f"{name} line {_line(i)}, column '{column}'") or ""
+        except classes.LabelError as e:
+            raise PredictionsError(str(e)) from None
+    return [out[v] for v in values]
+
+
+def _parse_paths(df: pd.DataFrame, cols: Dict[str, str], name: str) -> pd.Series:
+    """The stripped ``path`` column; refuses an empty path and a cell listed twice."""
+    paths = df[cols["path"]].astype(str).str.strip()
+    empty = np.flatnonzero((paths == "").to_numpy())
+    if len(empty):
+        raise PredictionsError(f"{name} line {_line(empty[0])}, column 'path': empty path")
+    dup = paths.duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(dup)[:2]
+        raise PredictionsError(f"{name} lines {_line(rows[0])} and {_line(rows[1])}, column 'path': the same cell "
+                               f"{paths.iloc[rows[0]]!r} is listed twice")
+    return paths
+
+
+def _parse_smears(df: pd.DataFrame, cols: Dict[str, str]) -> np.ndarray:
+    """Smear per cell: :data:`ALL_SMEARS` when no cell names one, else :data:`NO_SMEAR` for the cells without."""
+    smear = df[cols["smear"]].astype(str).str.strip() if "smear" in cols else pd.Series([""] * len(df))
+    if (smear == "").all():
+        return pd.Series([ALL_SMEARS] * len(df)).to_numpy()
+    return smear.where(smear != "", NO_SMEAR).to_numpy()
+
+
+def _parse_pred5(df: pd.DataFrame, cols: Dict[str, str], name: str, out: pd.DataFrame) -> None:
+    """Refuse a given ``pred5`` that is not the five-class view of ``pred6`` (empty values are allowed)."""
+    given = _parse_labels(df[cols["pred5"]], name, "pred5", classes.to_class5, True)
+    bad = np.flatnonzero([g != "" and g != p for g, p in zip(given, out["pred5"])])
+    if len(bad):
+        i = bad[0]
+        raise PredictionsError(
+            f"{name} line {_line(i)}, column 'pred5': {given[i]!r} disagrees with pred6 "
+            f"{out['pred6'].iloc[i]!r} (expected {out['pred5'].iloc[i]!r})")
+
+
+def _parse_probs(df: pd.DataFrame, cols: Dict[str, str], name: str) -> np.ndarray:
+    """The ``(N, 6)`` float64 probability matrix; every value finite in [0, 1], rows summing to 1."""
+    probs = np.empty((len(df), len(PROB_COLUMNS)), dtype=np.float64)
+    for j, c in enumerate(PROB_COLUMNS):
+        col = pd.to_numeric(df[cols[c]], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(col) | (col < -1e-6) | (col > 1 + 1e-6))
+        if len(bad):
+            i = bad[0]
+            raise PredictionsError(f"{name} line {_line(i)}, column '{c}': {df[cols[c]].iloc[i]!r} is not a "
+                                   f"probability in [0, 1]")
+        probs[:, j] = np.clip(col, 0.0, 1.0)
+    sums = probs.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > PROB_SUM_TOL)
+    if len(bad):
+        i = bad[0]
+        raise PredictionsError(f"{name} line {_line(i)}: probabilities prob_* sum to {sums[i]:.4f}, "
+                               f"expected 1 (softmax output, tolerance {PROB_SUM_TOL})")
+    return probs
+
+
+def five_class_probs(probs6: np.ndarray) -> np.ndarray:
+    """Merge ``(N, 6)`` six-class probabilities to ``(N, 5)`` (Band + Segment = Neutrophil)."""
+    p = np.asarray(probs6, dtype=np.float64)
+    band, seg = classes.INDEX6["Band"], classes.INDEX6["Segment"]
+    keep = [classes.INDEX6[c] for c in CLASSES5[:-1]]
+    return np.concatenate([p[:, keep], (p[:, band] + p[:, seg])[:, None]], axis=1)
+
+
+def read_predictions(source: PathOrFrame, name: Optional[str] = None) -> pd.DataFrame:
+    """Read and check a predictions CSV (or DataFrame) of the six-class model.
+
+    Columns (case-insensitive): ``path``, ``pred6`` and ``prob_<class>`` for
+    the six classes are required; ``smear``, ``label`` (human label: a six-class
+    name, ``Neutrophil`` when only the five-class label is known, or empty) and
+    ``pred5`` are optional. Any accepted synonym is read (see
+    :mod:`wbc_nnabla.classes`).
+
+    Returns one row per cell with columns ``path, smear, label, true6, true5,
+    pred6, pred5, prob_*`` (floats), ``top6``, ``top5`` (highest six- and
+    five-class probability) and ``line`` (line in the file). ``true6`` is empty
+    for unlabeled and ``Neutrophil``-only cells, ``true5`` for unlabeled cells.
+    Cells without smear go to smear ``(all)`` when no cell names one, else to
+    ``(no smear)``. ``attrs``: ``name`` (the file, for messages) and
+    ``base_dir`` (its folder, which relative image paths start from).
+
+    Raises :class:`PredictionsError` naming the file, line and column.
+    """
+    df, name, base_dir = _load_frame(source, name)
+    if len(df) == 0:
+        raise PredictionsError(f"{name}: no cells (the file has a header but no rows)")
+    cols = _check_columns(df, name)
+    df = df.reset_index(drop=True)
+    out = pd.DataFrame({"path": _parse_paths(df, cols, name)})
+    out["smear"] = _parse_smears(df, cols)
+    label = df[cols["label"]].astype(str) if "label" in cols else pd.Series([""] * len(df))
+    out["label"] = label.str.strip().to_numpy()
+    out["true6"] = _parse_labels(label, name, "label",
+                                 lambda t, s: classes.to_class6(t, s, allow_neutrophil=True), True)
+    out["true5"] = _parse_labels(label, name, "label", classes.to_class5, True)
+    out["pred6"] = _parse_labels(df[cols["pred6"]], name, "pred6", classes.to_class6, False)
+    out["pred5"] = classes.merge_to_five(out["pred6"])
+    if "pred5" in cols:
+        _parse_pred5(df, cols, name, out)
+    probs = _parse_probs(df, cols, name)
+    for j, c in enumerate(PROB_COLUMNS):
+        out[c] = probs[:, j]
+    out["top6"] = probs.max(axis=1)
+    out["top5"] = five_class_probs(probs).max(axis=1)
+    out["line"] = np.arange(len(df)) + 2
+    out.attrs["name"] = name
+    out.attrs["base_dir"] = str(base_dir) if base_dir else None
+    return out
