@@ -113,7 +113,7 @@ def bench_pbc6(root: Path, per_class: int, gallery: Path) -> None:
 def bench_bccd(root: Path, radius: float = 40.0) -> None:
     hits, inside, t_total = [], [], 0.0
     for xml in sorted((root / "Annotations").glob("*.xml")):
-        boxes = cells.read_voc(xml)
+        boxes = io.read_voc(xml)
         rgb = io.read_rgb(root / "JPEGImages" / (xml.stem + ".jpg"))
         t0 = time.perf_counter()
         c = cells.locate_wbcs(rgb)

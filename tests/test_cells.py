@@ -149,18 +149,18 @@ VOC = """<annotation><filename>f1.jpg</filename>
 def test_read_voc(tmp_path):
     p = tmp_path / "f1.xml"
     p.write_text(VOC)
-    df = cells.read_voc(p)
+    df = io.read_voc(p)
     assert list(df.columns) == ["image", "name", "xmin", "ymin", "xmax", "ymax", "x", "y"]
     assert len(df) == 1 and df.image[0] == "f1.jpg" and (df.x[0], df.y[0]) == (30.0, 40.0)
-    assert len(cells.read_voc(p, names=("WBC", "RBC"))) == 2
+    assert len(io.read_voc(p, names=("WBC", "RBC"))) == 2
     bad = tmp_path / "bad.xml"
     bad.write_text("<annotation><object><name>WBC</name>")
     with pytest.raises(ValueError, match="bad.xml"):
-        cells.read_voc(bad)
+        io.read_voc(bad)
     nobox = tmp_path / "nobox.xml"
     nobox.write_text("<annotation><object><name>WBC</name><bndbox><xmin>a</xmin></bndbox></object></annotation>")
     with pytest.raises(ValueError, match="nobox.xml.*bndbox"):
-        cells.read_voc(nobox)
+        io.read_voc(nobox)
 
 
 # ----------------------------------------------------------------------------- real data (skipped when absent)
@@ -179,7 +179,7 @@ def test_zheng_masks_iou(zheng):
 def test_bccd_locate(bccd):
     hits = []
     for name in ("BloodImage_00000", "BloodImage_00003", "BloodImage_00012", "BloodImage_00034"):
-        boxes = cells.read_voc(bccd / "Annotations" / f"{name}.xml")
+        boxes = io.read_voc(bccd / "Annotations" / f"{name}.xml")
         found = cells.locate_wbcs(io.read_rgb(bccd / "JPEGImages" / f"{name}.jpg"))
         for bx, by in zip(boxes.x, boxes.y):
             hits.append(len(found) > 0 and np.min(np.hypot(found[:, 0] - bx, found[:, 1] - by)) <= 40)

@@ -241,7 +241,7 @@ def test_refuses_bad_outputs_and_sources(tmp_path):
         datasets.build_dataset(src, tmp_path, background="keep", total=12, overwrite=True, **SMALL)
     assert src.is_file()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(io.SourceError, match="no class sub-folders"):
+    with pytest.raises(io.SourceError, match="no images"):
         datasets.build_dataset(tmp_path / "empty", tmp_path / "o2", background="keep", **SMALL)
     unl = tmp_path / "unl" / "unl.csv"
     unl.parent.mkdir()
@@ -321,7 +321,7 @@ def test_voc_folder_gives_unlabeled_cells_at_box_centres(tmp_path, bccd):
     for name in ("BloodImage_00000", "BloodImage_00001"):
         shutil.copy(bccd / "Annotations" / f"{name}.xml", voc / "Annotations")
         shutil.copy(bccd / "JPEGImages" / f"{name}.jpg", voc / "JPEGImages")
-    table = datasets.read_source(voc)
+    table = io.read_cells(voc)
     assert len(table) >= 2 and (table["label"] == "").all() and table["x"].notna().all()
     out = datasets.build_dataset(voc, tmp_path / "inf", inference=True, crop=200, size=32, progress=False)
     assert len(io.read_cells(out / "cells.csv")) == len(table)
@@ -374,7 +374,7 @@ def test_locate_wbcs_in_fields_without_centres(tmp_path, bccd):
                                  progress=False)
     m = _manifest(out)
     assert (m["kind"] == "located").all() and len(m) >= 1
-    box = datasets.read_source(bccd).iloc[0]  # the WBC box of BloodImage_00000 (VOC centre)
+    box = io.read_cells(bccd).iloc[0]  # the WBC box of BloodImage_00000 (VOC centre)
     xy = m[["cell_x", "cell_y"]].astype(float).to_numpy()
     assert (np.hypot(xy[:, 0] - box["x"], xy[:, 1] - box["y"]) < 60).any(), (xy, box)
     rep = json.loads((out / "build_report.json").read_text())

@@ -29,17 +29,17 @@ def test_read_rgb_formats_return_rgb_uint8(tmp_path, suffix):
 
 
 def test_read_rgb_grayscale_rgba_16bit(tmp_path):
-    gray = np.arange(200, dtype=np.uint8).reshape(10, 20)
+    gray = np.arange(320, dtype=np.uint8).reshape(16, 20)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
     g = io.read_rgb(tmp_path / "g.png")
-    assert g.shape == (10, 20, 3) and np.array_equal(g[:, :, 0], gray) and np.array_equal(g[:, :, 2], gray)
+    assert g.shape == (16, 20, 3) and np.array_equal(g[:, :, 0], gray) and np.array_equal(g[:, :, 2], gray)
 
     bgra = np.dstack([_bgr(), np.full((20, 30), 128, np.uint8)])
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
     a = io.read_rgb(tmp_path / "a.png")
     assert a.shape == (20, 30, 3) and np.array_equal(a, bgra[:, :, 2::-1])
 
-    b16 = (np.arange(600, dtype=np.uint16).reshape(10, 20, 3) * 100)
+    b16 = (np.arange(960, dtype=np.uint16).reshape(16, 20, 3) * 60)
     cv2.imwrite(str(tmp_path / "d.png"), b16)
     d = io.read_rgb(tmp_path / "d.png")
     assert d.dtype == np.uint8
@@ -169,7 +169,7 @@ def test_read_cells_dispatch(tmp_path, demo_dir):
     with pytest.raises(io.SourceError, match="no such file or folder"):
         io.read_cells(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(io.SourceError, match="no class sub-folders"):
+    with pytest.raises(io.SourceError, match="no images"):
         io.read_cells(tmp_path / "empty")
 
 
@@ -207,3 +207,138 @@ def test_check_not_inside(tmp_path):
 def test_demo_data_attribution_ships(demo_dir):
     assert (demo_dir / "ATTRIBUTION.md").read_text().count("Acevedo") >= 1
     assert (demo_dir / "LICENSE-CC-BY-4.0.md").exists()
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+def test_jpeg_cut_with_end_marker_put_back_is_corrupt(tmp_path, demo_dir):
+    """A JPEG cut to a third with FF D9 re-appended decodes two-thirds grey: refused, file named."""
+    data = next(demo_dir.rglob("*.jpg")).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3] + b"\xff\xd9")
+    with pytest.raises(io.ImageReadError, match=r"cut\.jpg: corrupt JPEG data .*premature end"):
+        io.read_rgb(tmp_path / "cut.jpg")
+    (tmp_path / "ok.jpg").write_bytes(data)
+    assert io.read_rgb(tmp_path / "ok.jpg").shape[2] == 3
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (15, 200), (200, 8)])
+def test_images_below_the_minimum_side_are_refused(tmp_path, shape):
+    p = tmp_path / "tiny.png"
+    cv2.imwrite(str(p), np.full(shape + (3,), 200, np.uint8))
+    with pytest.raises(io.ImageReadError, match=r"tiny\.png: image too small .*at least 16 px"):
+        io.read_rgb(p)
+    assert io.read_rgb(p, min_side=1).shape == shape + (3,)
+
+
+def _labels_csv(path, rows):
+    path.write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+    return path
+
+
+def test_duplicate_cells_are_an_error_naming_both_rows(tmp_path, demo_dir):
+    imgs = sorted(demo_dir.rglob("*.jpg"))[:3]
+    csv = _labels_csv(tmp_path / "dup.csv", [(imgs[0], "Band"), (imgs[1], "Lymph"), (imgs[0], "Band")])
+    with pytest.raises(io.SourceError, match=r"dup\.csv:2 and .*dup\.csv:4 list the same cell .* twice.*--dedupe"):
+        io.read_cells(csv)
+    t = io.read_cells(csv, dedupe=True)
+    assert len(t) == 2 and t.attrs["duplicates_dropped"] == 1
+    # the same image under another spelling of its path is the same cell
+    other = tmp_path / "sub"
+    other.mkdir()
+    rel = os.path.relpath(imgs[0], other)
+    csv2 = _labels_csv(other / "rel.csv", [(imgs[0], "Band"), (rel, "Band")])
+    with pytest.raises(io.SourceError, match="twice"):
+        io.read_cells(csv2)
+    conflict = _labels_csv(tmp_path / "two_labels.csv", [(imgs[0], "Band"), (imgs[0], "Segment")])
+    for dedupe in (False, True):
+        with pytest.raises(io.SourceError, match=r"different labels.*Band.*Segment"):
+            io.read_cells(conflict, dedupe=dedupe)
+
+
+def test_nnc_folder_with_a_cell_in_both_splits_is_refused(tmp_path, demo_dir):
+    imgs = sorted(demo_dir.rglob("*.jpg"))[:3]
+    io.write_nnc_csv(tmp_path / "train.csv", imgs[:2], [0, 1])
+    io.write_nnc_csv(tmp_path / "valid.csv", imgs[1:], [1, 2])
+    with pytest.raises(io.SourceError, match=r"train\.csv:3 and .*valid\.csv:2 list the same cell"):
+        io.read_cells(tmp_path)
+
+
+def test_source_kind_is_one_rule(tmp_path, demo_dir):
+    assert io.source_kind(demo_dir) == "labels-folder"
+    assert io.source_kind(demo_dir / "labels.csv") == "labels-csv"
+    _class_tree(tmp_path / "tree")
+    assert io.source_kind(tmp_path / "tree") == "class-folders"
+    smears = tmp_path / "smears"
+    for s in ("S01", "S02"):
+        (smears / s).mkdir(parents=True)
+        cv2.imwrite(str(smears / s / "a.png"), _bgr())
+    assert io.source_kind(smears) == "smear-folders"
+    t = io.read_cells(smears)
+    assert sorted(t["smear"]) == ["S01", "S02"] and (t["label"] == "").all()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "a.png"), _bgr())
+    assert io.source_kind(flat) == "image-folder"
+    (flat / "Band").mkdir()
+    cv2.imwrite(str(flat / "Band" / "b.png"), _bgr())
+    with pytest.raises(io.SourceError, match="holds images and also sub-folders"):
+        io.read_cells(flat)
+    (smears / "Band").mkdir()
+    cv2.imwrite(str(smears / "Band" / "b.png"), _bgr())
+    with pytest.raises(LabelError, match="'S01' is not a class name"):
+        io.read_cells(smears)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(io.SourceError, match="must be a .csv"):
+        io.read_cells(tmp_path / "notes.txt")
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """kill -9 during a write leaves .NAME.<pid>.XXXX.tmp; the next write of NAME removes it."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale_dir = tmp_path / f".out.{dead}.abc123.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "half.png").write_text("x")
+    stale_file = tmp_path / f".curve.csv.{dead}.xyz.tmp.csv"
+    stale_file.write_text("x")
+    live = tmp_path / f".out.{os.getpid()}.live.tmp"          # a running writer's: kept
+    live.mkdir()
+    other = tmp_path / ".unrelated.tmp"
+    other.write_text("x")
+    with io.atomic_dir(tmp_path / "out") as t:
+        (t / "a.txt").write_text("a")
+    io.write_text(tmp_path / "curve.csv", "x")
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert live.exists() and other.exists() and (tmp_path / "out" / "a.txt").exists()
+
+
+def test_check_output_replaces_only_its_own_folder_and_never_an_input(tmp_path):
+    out = tmp_path / "score"
+    io.check_output(out, "score", overwrite=False)                       # missing: fine
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists"):
+        io.check_output(out, "score", overwrite=False)
+    with pytest.raises(FileExistsError, match=r"not a `wbc-nnabla score` output .*no \.wbc_nnabla_output"):
+        io.check_output(out, "score", overwrite=True)
+    io.write_marker(out, "train")
+    with pytest.raises(FileExistsError, match="written by train"):
+        io.check_output(out, "score", overwrite=True)
+    io.write_marker(out, "score")
+    io.check_output(out, "score", overwrite=True)                        # its own: may be replaced
+    (out / "cells").mkdir()
+    with pytest.raises(io.SourceError, match="contains the input"):
+        io.check_output(out, "score", overwrite=True, inputs=[out / "cells" / "a.png"])
+    with pytest.raises(io.SourceError, match="is the input"):
+        io.check_output(out, "score", overwrite=True, inputs=[out])
+    with io.atomic_dir(tmp_path / "new", command="compare") as t:
+        (t / "x").write_text("x")
+    assert io.marker_command(tmp_path / "new") == "compare"
+    f = tmp_path / "pred.csv"
+    f.write_text("x")
+    with pytest.raises(FileExistsError):
+        io.check_output(f, "predict", overwrite=False)
+    io.check_output(f, "predict", overwrite=True)

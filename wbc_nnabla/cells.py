@@ -10,7 +10,6 @@ Images are RGB ``uint8`` arrays of shape ``(H, W, 3)``; masks are ``bool``
 """
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -484,40 +483,6 @@ def locate_wbcs(field_rgb: np.ndarray, min_share: float = 0.3) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- Pascal VOC boxes
-
-
-def read_voc(xml_path, names: Sequence[str] = ("WBC",)) -> pd.DataFrame:
-    """Boxes of a Pascal VOC annotation as a table.
-
-    Columns ``image`` (the ``filename`` element), ``name``, ``xmin``, ``ymin``,
-    ``xmax``, ``ymax`` (pixels) and ``x``, ``y`` (box centre). Only objects
-    whose name is in ``names`` are kept (all when ``names`` is None).
-    Raises ``ValueError`` naming the file when the XML is malformed.
-    """
-    p = Path(xml_path)
-    try:
-        root = ET.parse(str(p)).getroot()
-    except ET.ParseError as e:
-        raise ValueError(f"{p}: malformed Pascal VOC XML ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{p}: cannot read Pascal VOC XML ({e})") from None
-    if root.tag != "annotation":
-        raise ValueError(f"{p}: expected a Pascal VOC <annotation> root, got <{root.tag}>")
-    image = (root.findtext("filename") or "").strip()
-    rows = []
-    for i, obj in enumerate(root.iter("object")):
-        name = (obj.findtext("name") or "").strip()
-        if names is not None and name not in names:
-            continue
-        box = obj.find("bndbox")
-        try:
-            xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"{p}: object {i} ({name!r}) has no numeric bndbox "
-                             "xmin/ymin/xmax/ymax") from None
-        rows.append({"image": image, "name": name, "xmin": xmin, "ymin": ymin, "xmax": xmax,
-                     "ymax": ymax, "x": (xmin + xmax) / 2, "y": (ymin + ymax) / 2})
-    return pd.DataFrame(rows, columns=["image", "name", "xmin", "ymin", "xmax", "ymax", "x", "y"])
 
 
 # ----------------------------------------------------------------------------- overlays

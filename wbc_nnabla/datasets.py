@@ -169,54 +169,6 @@ def split_cells(table: pd.DataFrame, valid_fraction: float = 0.2, seed: int = 0)
 # ----------------------------------------------------------------------------- sources
 
 
-def _is_voc_folder(p: Path) -> bool:
-    return p.is_dir() and (p / "Annotations").is_dir() and (p / "JPEGImages").is_dir()
-
-
-def read_voc_folder(root, names: Sequence[str] = ("WBC",)) -> pd.DataFrame:
-    """Unlabeled cells at the centres of the WBC boxes of a Pascal VOC folder.
-
-    root holds ``Annotations/*.xml`` and ``JPEGImages/`` (e.g. BCCD). Returns a
-    cell table (``label`` and ``smear`` empty, ``x``, ``y`` = box centre,
-    ``source`` = ``<xml>:<box number>``). A malformed XML raises
-    :class:`~wbc_nnabla.io.SourceError` naming it.
-    """
-    root = Path(root)
-    rows = []
-    for xml in sorted((root / "Annotations").glob("*.xml")):
-        try:
-            boxes = cells.read_voc(xml, names=names)
-        except ValueError as e:
-            raise io.SourceError(str(e)) from None
-        for j, b in enumerate(boxes.to_dict("records")):
-            image = b["image"] or xml.stem + ".jpg"
-            rows.append(dict(path=str((root / "JPEGImages" / image).resolve()), label="", category="",
-                             smear="", x=b["x"], y=b["y"], source=f"{xml}:{j + 1}"))
-    if not rows:
-        raise io.SourceError(f"{root}: no {'/'.join(names)} boxes in Annotations/*.xml")
-    return io.cell_table(rows)
-
-
-def read_source(source) -> pd.DataFrame:
-    """Cell table of any supported source (see ``docs/datasets.md``).
-
-    * anything :func:`wbc_nnabla.io.read_cells` reads (class folders,
-      ``path,label[,smear][,x,y]`` CSV, NNC CSV or folder);
-    * a Pascal VOC folder (``Annotations/`` + ``JPEGImages/``): one unlabeled
-      cell per WBC box (:func:`read_voc_folder`);
-    * a folder holding images directly and no class sub-folders: unlabeled
-      images (single cells, or fields to use with ``locate=True``).
-    """
-    src = Path(source)
-    if _is_voc_folder(src):
-        return read_voc_folder(src)
-    if src.is_dir() and not (src / "labels.csv").is_file() and not (src / "train.csv").is_file() \
-            and not (src / "valid.csv").is_file() and io.list_images(src) \
-            and not any(d.is_dir() and io.list_images(d) for d in src.iterdir()):
-        return io.read_image_folder(src)
-    return io.read_cells(src)
-
-
 # ----------------------------------------------------------------------------- the build
 
 
@@ -350,7 +302,8 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = 750
                   crop_um: Optional[float] = None, pixel_um: Optional[float] = None,
                   size: Optional[int] = None, total: Optional[int] = None, valid_fraction: float = 0.2,
                   seed: int = 0, inference: bool = False, locate: bool = False, skip_bad: bool = False,
-                  overwrite: bool = False, pad_mode: str = "reflect", progress: bool = True) -> Path:
+                  overwrite: bool = False, pad_mode: str = "reflect", progress: bool = True,
+                  dedupe: bool = False) -> Path:
     """Build teacher dataset ① / ② or the inference set (section II.3) as an NNC dataset folder.
 
     source: any source :func:`read_source` reads. out: the dataset folder to
@@ -368,7 +321,10 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = 750
     inference: crop and resize only, no split or augmentation; writes
     ``cells.csv`` and ``test.csv``. locate: find WBCs in images that have
     no centre (:func:`wbc_nnabla.cells.locate_wbcs`). skip_bad: skip and
-    report unreadable images instead of stopping.
+    report unreadable (or too small, or corrupt) images instead of stopping.
+    dedupe: drop cells the source lists twice with the same label (counted in
+    the build report); without it a repeated cell is an error naming both rows,
+    since its copies could fall in both splits.
 
     The same inputs and arguments give byte-identical files. Returns ``out``.
     """
@@ -392,7 +348,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = 750
     if not 0.0 <= float(valid_fraction) < 1.0:
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
     source, out = Path(source), Path(out)
-    table = read_source(source)
+    table = io.read_cells(source, dedupe=dedupe)
     source_dirs = [source] + sorted({str(Path(p).parent) for p in table["path"]})
     io.check_not_inside(out, source_dirs)
     for d in source_dirs:  # --overwrite replaces OUT: it must not hold any source
@@ -404,7 +360,8 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = 750
     _check_out(out, overwrite)
     _check_labels(table, inference)
     report = {"mode": "inference" if inference else "teacher", "background": background,
-              "skipped": [], "no_wbc_located": [], "warnings": []}
+              "skipped": [], "no_wbc_located": [], "warnings": [],
+              "duplicates_dropped": table.attrs.get("duplicates_dropped", 0)}
     cdf = _expand_cells(table, crop_px, locate, skip_bad, progress, report)
     if len(cdf) == 0:
         raise io.SourceError(f"{source}: no usable cells (skipped {len(report['skipped'])} bad images, "
@@ -420,7 +377,8 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = 750
                          crop=crop, crop_um=crop_um, pixel_um=pixel_um, crop_px=crop_px, size=size,
                          total=None if inference else total, valid_fraction=float(valid_fraction),
                          seed=int(seed), inference=bool(inference), locate=bool(locate),
-                         skip_bad=bool(skip_bad), pad_mode=pad_mode, environment=io.environment())
+                         skip_bad=bool(skip_bad), dedupe=bool(dedupe), pad_mode=pad_mode,
+                         environment=io.environment())
     with io.atomic_dir(out, overwrite=overwrite) as tmp:
         manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
         _write_tables(tmp, cdf, manifest, inference, seed)

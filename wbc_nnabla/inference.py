@@ -280,15 +280,14 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
 # ----------------------------------------------------------------------------- cell inputs
 
 
-def read_inputs(source) -> pd.DataFrame:
+def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
     """The cells to predict: a cell table (see :mod:`wbc_nnabla.io`), labels optional.
 
-    source: a cell table DataFrame (needs ``path``), or anything
+    source: a cell table DataFrame (needs ``path``), or any cell source
     :func:`wbc_nnabla.io.read_cells` reads (class-folder tree, ``path,label[,smear]``
-    CSV, NNC dataset CSV or folder), an inference dataset folder (its ``cells.csv``:
-    path, label, smear), a folder of images (unlabeled), or a
-    folder of sub-folders that are not class names (each one a smear, unlabeled:
-    the paper's inference set is 57 smears).
+    CSV, NNC dataset CSV or folder, an inference dataset folder, a folder of
+    images, or a folder of smear sub-folders: the paper's inference set is 57
+    smears). A cell listed twice is an error (``dedupe`` drops exact repeats).
     """
     if isinstance(source, pd.DataFrame):
         if "path" not in source.columns:
@@ -297,28 +296,7 @@ def read_inputs(source) -> pd.DataFrame:
         for col in ("label", "smear"):
             df[col] = df[col].fillna("").astype(str) if col in df.columns else ""
         return df
-    src = Path(source)
-    if src.is_dir() and (src / "cells.csv").is_file() and not (src / "labels.csv").is_file():
-        return io.read_cells(src / "cells.csv")  # an inference dataset folder (build-dataset --inference)
-    if src.is_dir() and not any((src / n).is_file() for n in ("labels.csv", "train.csv", "valid.csv")):
-        images = io.read_image_folder(src)
-        if len(images):
-            return images
-        try:
-            return io.read_cells(src)
-        except classes.LabelError:
-            return _smear_folders(src)
-    return io.read_cells(src)
-
-
-def _smear_folders(root: Path) -> pd.DataFrame:
-    rows = [dict(path=str(p.resolve()), smear=sub.name, source=str(p))
-            for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-            for p in io.list_images(sub)]
-    if not rows:
-        raise io.SourceError(f"{root}: no images (expected image files, class or smear sub-folders, "
-                             f"or a labels.csv)")
-    return io.cell_table(rows)
+    return io.read_cells(source, dedupe=dedupe)
 
 
 def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int) -> Iterator[np.ndarray]:

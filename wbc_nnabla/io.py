@@ -19,11 +19,14 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
+import threading
+import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -88,12 +91,54 @@ def check_rgb(rgb, what: str = "") -> np.ndarray:
     return rgb
 
 
-def read_rgb(path: PathLike) -> np.ndarray:
+#: Smallest image side (pixels) accepted as a cell image: a 1x1 "cell" would become a
+#: one-pixel crop and still get a confident prediction. docs/formats.md, "Images".
+MIN_IMAGE_SIDE = 16
+
+# libjpeg reports damaged entropy-coded data (e.g. a cut file with its end marker
+# put back) only as a warning printed on the C stderr, then fills the rest grey;
+# OpenCV passes no flag back. The warning texts of libjpeg/libjpeg-turbo's jerror.h:
+_JPEG_CORRUPT_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG file", b"Invalid SOS parameters")
+_STDERR_LOCK = threading.Lock()
+
+
+def _decode_jpeg(data: np.ndarray, name: str) -> Optional[np.ndarray]:
+    """``cv2.imdecode`` of JPEG bytes with libjpeg's warnings caught from file descriptor 2.
+
+    No maintained Python API reports libjpeg's corrupt-data warnings, so stderr is
+    redirected to a temporary file around the decode (under a lock: the descriptor
+    is process-wide); anything else printed meanwhile is passed on to stderr.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        text = caught.read()
+    warning = next((w for w in _JPEG_CORRUPT_WARNINGS if w in text), None)
+    other = b"".join(line for line in text.splitlines(keepends=True)
+                     if not any(w in line for w in _JPEG_CORRUPT_WARNINGS))
+    if other:
+        os.write(2, other)
+    if warning is not None:
+        detail = next(line for line in text.splitlines() if warning in line).decode("utf-8", "replace").strip()
+        raise ImageReadError(f"{name}: corrupt JPEG data (libjpeg: {detail}); the decoded image "
+                             f"would be partly blank")
+    return image
+
+
+def read_rgb(path: PathLike, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
     """Read an image file as RGB uint8 ``(H, W, 3)``, whatever it holds.
 
     Accepts BMP, PNG, JPEG and TIFF; grayscale, RGBA and 16-bit images are
     converted. Raises :class:`ImageReadError` naming the file when it is
-    missing, empty, truncated or not an image: never returns None.
+    missing, empty, truncated, corrupt (libjpeg's corrupt-data warnings), not an
+    image, or smaller than ``min_side`` pixels on a side: never returns None.
     """
     p = Path(path)
     if not p.is_file():
@@ -101,11 +146,17 @@ def read_rgb(path: PathLike) -> np.ndarray:
     data = np.fromfile(str(p), dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(f"{p}: empty file, expected an image")
-    if data[:2].tobytes() == b"\xff\xd8" and not _jpeg_is_complete(data):
-        raise ImageReadError(f"{p}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if data[:2].tobytes() == b"\xff\xd8":
+        if not _jpeg_is_complete(data):
+            raise ImageReadError(f"{p}: truncated JPEG (no end-of-image marker)")
+        image = _decode_jpeg(data, str(p))
+    else:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise ImageReadError(f"{p}: not a readable image (expected BMP, PNG, JPEG or TIFF)")
+    if min(image.shape[:2]) < min_side:
+        raise ImageReadError(f"{p}: image too small ({image.shape[1]}x{image.shape[0]} px; a cell image "
+                             f"needs at least {min_side} px a side)")
     return to_rgb_uint8(image, str(p))
 
 
@@ -286,27 +337,202 @@ def is_nnc_csv(path: PathLike) -> bool:
     return any(h.strip().startswith("x:") for h in header.split(","))
 
 
-def read_cells(source: PathLike) -> pd.DataFrame:
-    """Read a labeled cell source of any supported kind.
+def read_voc(xml_path: PathLike, names: Optional[Sequence[str]] = ("WBC",)) -> pd.DataFrame:
+    """Boxes of a Pascal VOC annotation as a table.
 
-    * a CSV file: an NNC dataset CSV when its header has ``x:image``, else a
-      ``path,label[,smear][,x,y]`` CSV;
-    * a folder holding ``labels.csv``: that CSV;
-    * a folder holding ``valid.csv``/``train.csv`` only (an NNC dataset folder):
-      both, train first;
-    * any other folder: one sub-folder per class.
+    Columns ``image`` (the ``filename`` element), ``name``, ``xmin``, ``ymin``,
+    ``xmax``, ``ymax`` (pixels) and ``x``, ``y`` (box centre). Only objects
+    whose name is in ``names`` are kept (all when ``names`` is None).
+    Raises :class:`SourceError` naming the file when the XML is malformed.
+    """
+    p = Path(xml_path)
+    try:
+        root = ET.parse(str(p)).getroot()
+    except ET.ParseError as e:
+        raise SourceError(f"{p}: malformed Pascal VOC XML ({e})") from None
+    except OSError as e:
+        raise SourceError(f"{p}: cannot read Pascal VOC XML ({e})") from None
+    if root.tag != "annotation":
+        raise SourceError(f"{p}: expected a Pascal VOC <annotation> root, got <{root.tag}>")
+    image = (root.findtext("filename") or "").strip()
+    rows = []
+    for i, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        if names is not None and name not in names:
+            continue
+        box = obj.find("bndbox")
+        try:
+            xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise SourceError(f"{p}: object {i} ({name!r}) has no numeric bndbox "
+                              "xmin/ymin/xmax/ymax") from None
+        rows.append({"image": image, "name": name, "xmin": xmin, "ymin": ymin, "xmax": xmax,
+                     "ymax": ymax, "x": (xmin + xmax) / 2, "y": (ymin + ymax) / 2})
+    return pd.DataFrame(rows, columns=["image", "name", "xmin", "ymin", "xmax", "ymax", "x", "y"])
+
+
+def read_voc_folder(root: PathLike, names: Sequence[str] = ("WBC",)) -> pd.DataFrame:
+    """Unlabeled cells at the centres of the WBC boxes of a Pascal VOC folder.
+
+    root holds ``Annotations/*.xml`` and ``JPEGImages/`` (e.g. BCCD). Returns a
+    cell table (``label`` and ``smear`` empty, ``x``, ``y`` = box centre,
+    ``source`` = ``<xml>:<box number>``).
+    """
+    root = Path(root)
+    rows = []
+    for xml in sorted((root / "Annotations").glob("*.xml")):
+        for j, b in enumerate(read_voc(xml, names=names).to_dict("records")):
+            image = b["image"] or xml.stem + ".jpg"
+            rows.append(dict(path=str((root / "JPEGImages" / image).resolve()), label="", category="",
+                             smear="", x=b["x"], y=b["y"], source=f"{xml}:{j + 1}"))
+    if not rows:
+        raise SourceError(f"{root}: no {'/'.join(names)} boxes in Annotations/*.xml")
+    return cell_table(rows)
+
+
+def read_smear_folders(root: PathLike) -> pd.DataFrame:
+    """Unlabeled cells from a folder with one sub-folder per smear (sub-folder name = smear id)."""
+    root = Path(root)
+    rows = [dict(path=str(p.resolve()), smear=sub.name, source=str(p))
+            for sub in _image_subfolders(root) for p in list_images(sub)]
+    if not rows:
+        raise SourceError(f"{root}: no images in smear sub-folders")
+    return cell_table(rows)
+
+
+def _image_subfolders(root: Path) -> list:
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and list_images(d)]
+
+
+def _is_class_name(name: str) -> bool:
+    try:
+        classes.category(name)
+        return True
+    except classes.LabelError:
+        return False
+
+
+#: What :func:`source_kind` can answer, with the reader of each (docs/formats.md, "Cell sources").
+SOURCE_KINDS = {
+    "nnc-csv": "a Neural Network Console dataset CSV (header x:image[,y:label])",
+    "labels-csv": "a path,label[,smear][,x,y] CSV",
+    "labels-folder": "a folder holding labels.csv",
+    "inference-folder": "an inference dataset folder (build-dataset --inference: cells.csv)",
+    "nnc-folder": "an NNC dataset folder (train.csv and/or valid.csv, train first)",
+    "voc-folder": "a Pascal VOC folder (Annotations/*.xml + JPEGImages/): one unlabeled cell per WBC box",
+    "image-folder": "a folder of images (unlabeled single cells or fields)",
+    "class-folders": "a folder with one sub-folder per class",
+    "smear-folders": "a folder with one sub-folder per smear (unlabeled)",
+}
+
+
+def source_kind(source: PathLike) -> str:
+    """Which kind of cell source ``source`` is: a key of :data:`SOURCE_KINDS`.
+
+    The one rule every stage uses. Files: ``.csv`` only (NNC when the header has
+    ``x:``). Folders, first match wins: ``labels.csv``; ``cells.csv``;
+    ``train.csv``/``valid.csv``; ``Annotations/`` + ``JPEGImages/``; images
+    directly in it; sub-folders of images, all named as classes (class folders)
+    or none (smear folders). Raises :class:`SourceError` (or
+    :class:`~wbc_nnabla.classes.LabelError` for a mix of class and other
+    sub-folder names) saying what was expected.
     """
     src = Path(source)
     if src.is_file():
-        return read_nnc_csv(src) if is_nnc_csv(src) else read_labels_csv(src)
-    if not src.exists():
+        if src.suffix.lower() != ".csv":
+            raise SourceError(f"{src}: a cell source file must be a .csv (path,label CSV or NNC dataset CSV)")
+        return "nnc-csv" if is_nnc_csv(src) else "labels-csv"
+    if not src.is_dir():
         raise SourceError(f"{src}: no such file or folder")
-    if (src / "labels.csv").is_file():
+    for name, kind in (("labels.csv", "labels-folder"), ("cells.csv", "inference-folder")):
+        if (src / name).is_file():
+            return kind
+    if (src / "train.csv").is_file() or (src / "valid.csv").is_file():
+        return "nnc-folder"
+    if (src / "Annotations").is_dir() and (src / "JPEGImages").is_dir():
+        return "voc-folder"
+    subs = _image_subfolders(src)
+    if list_images(src):
+        if subs:
+            raise SourceError(f"{src}: holds images and also sub-folders of images ({subs[0].name}, ...); "
+                              f"give the folder of images or the folder of sub-folders, not both")
+        return "image-folder"
+    if not subs:
+        raise SourceError(f"{src}: no images (expected image files, class or smear sub-folders, a labels.csv "
+                          f"or an NNC dataset; formats: {', '.join(IMAGE_EXTENSIONS)})")
+    known = [_is_class_name(d.name) for d in subs]
+    if all(known):
+        return "class-folders"
+    if not any(known):
+        return "smear-folders"
+    bad = subs[known.index(False)]
+    raise classes.LabelError(f"class folder {bad}: {bad.name!r} is not a class name, while "
+                             f"{subs[known.index(True)].name!r} is (one sub-folder per class, or one per smear)")
+
+
+def _read_kind(src: Path, kind: str) -> pd.DataFrame:
+    if kind == "nnc-csv":
+        return read_nnc_csv(src)
+    if kind == "labels-csv":
+        return read_labels_csv(src)
+    if kind == "labels-folder":
         return read_labels_csv(src / "labels.csv")
-    nnc = [src / n for n in ("train.csv", "valid.csv") if (src / n).is_file()]
-    if nnc:
-        return pd.concat([read_nnc_csv(p) for p in nnc], ignore_index=True)
-    return read_class_folders(src)
+    if kind == "inference-folder":
+        return read_labels_csv(src / "cells.csv")
+    if kind == "nnc-folder":
+        parts = [src / n for n in ("train.csv", "valid.csv") if (src / n).is_file()]
+        return pd.concat([read_nnc_csv(p) for p in parts], ignore_index=True)
+    if kind == "voc-folder":
+        return read_voc_folder(src)
+    if kind == "image-folder":
+        return read_image_folder(src)
+    if kind == "class-folders":
+        return read_class_folders(src)
+    return read_smear_folders(src)
+
+
+def read_cells(source: PathLike, dedupe: bool = False) -> pd.DataFrame:
+    """Read a cell source of any supported kind (:func:`source_kind`) as a cell table.
+
+    Labels are optional here (a caller that needs them checks). A source that
+    lists one image (and centre) twice is an error naming both rows: the copies
+    could land in training and validation at once. With ``dedupe`` exact
+    repeats (same label and smear) are dropped instead and counted in
+    ``table.attrs["duplicates_dropped"]``; repeats that disagree stay an error.
+    """
+    src = Path(source)
+    table = _read_kind(src, source_kind(src))
+    return drop_duplicates(table, dedupe, f"{src}")
+
+
+def drop_duplicates(table: pd.DataFrame, dedupe: bool = False, what: str = "cell table") -> pd.DataFrame:
+    """``table`` without repeated cells (same resolved ``path`` and centre), or :class:`SourceError`.
+
+    Repeats with another label or smear are always an error naming both rows;
+    exact repeats are an error unless ``dedupe``, which keeps the first and
+    records the count dropped in ``attrs["duplicates_dropped"]``.
+    """
+    key = table["path"].astype(str) + "|" + table["x"].fillna(-1).astype(str) + "|" + table["y"].fillna(-1).astype(str)
+    dup = key.duplicated(keep=False)
+    out = table
+    if dup.any():
+        first = {}
+        for i in np.flatnonzero(dup.to_numpy()):
+            j = first.setdefault(key.iat[i], i)
+            if j == i:
+                continue
+            a, b = table.iloc[j], table.iloc[i]
+            if (a["label"], a["smear"]) != (b["label"], b["smear"]):
+                raise SourceError(f"{a['source']} and {b['source']} list the same cell {a['path']} with "
+                                  f"different labels/smears ({a['label'] or 'unlabeled'}/{a['smear'] or '-'} vs "
+                                  f"{b['label'] or 'unlabeled'}/{b['smear'] or '-'}); a cell has one label")
+            if not dedupe:
+                raise SourceError(f"{a['source']} and {b['source']} list the same cell {a['path']} twice: a "
+                                  f"repeated cell can fall in both training and validation; remove the repeat "
+                                  f"or pass --dedupe to drop exact repeats")
+        out = table[~key.duplicated(keep="first")].reset_index(drop=True)
+    out.attrs["duplicates_dropped"] = int(len(table) - len(out))
+    return out
 
 
 # ----------------------------------------------------------------------------- NNC writer
@@ -348,16 +574,56 @@ def _umask() -> int:
     return mask
 
 
+def _tmp_prefix(path: Path) -> str:
+    # the writer's pid in the name tells a stale temporary (its process is gone) from a live one
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> List[Path]:
+    """Remove temporaries of ``path`` (``.NAME.<pid>.XXXX.tmp*``) left by processes that are gone.
+
+    An interrupted write (kill -9, power loss) leaves its temporary sibling
+    behind; the next write of the same output removes it. A temporary of a
+    running process is kept. Returns the paths removed.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^/]*\.tmp")
+    for p in path.parent.iterdir():
+        m = pattern.match(p.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
 
     The parent folder is created; on an exception the temporary file is removed
-    and ``path`` is left as it was.
+    and ``path`` is left as it was. Stale temporaries of ``path`` are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=str(path.parent))
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp" + path.suffix, dir=str(path.parent))
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
@@ -369,26 +635,80 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: PathLike, overwrite: bool = False, command: Optional[str] = None) -> Iterator[Path]:
     """Yield a temporary sibling folder of ``path``; rename it to ``path`` on success.
 
-    An interrupted build leaves no half output under ``path``. When ``path``
-    exists it is replaced only if ``overwrite`` is true.
+    An interrupted build leaves no half output under ``path`` (and its
+    temporary is removed by the next run). When ``path`` exists it is replaced
+    only if ``overwrite`` is true; callers check first that it may be
+    (:func:`check_output`). With ``command`` the folder gets the marker
+    :data:`OUTPUT_MARKER` naming it, which later lets that command replace it.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (choose another output or allow overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent)))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=str(path.parent)))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        if command:
+            write_marker(tmp, command)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: File that marks a folder as written by a wbc-nnabla command: ``{"command": NAME}``.
+OUTPUT_MARKER = ".wbc_nnabla_output.json"
+
+
+def write_marker(folder: PathLike, command: str) -> None:
+    """Mark ``folder`` as the output of ``command`` (what :func:`check_output` accepts to replace)."""
+    write_text(Path(folder) / OUTPUT_MARKER, json.dumps({"command": command}) + "\n")
+
+
+def marker_command(folder: PathLike) -> Optional[str]:
+    """The command named by ``folder``'s marker, or None (no marker, or unreadable)."""
+    try:
+        return json.loads((Path(folder) / OUTPUT_MARKER).read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output(out: PathLike, command: str, overwrite: bool, inputs: Iterable[PathLike] = ()) -> None:
+    """Refuse an output that would lose a file this command did not write.
+
+    * ``out`` missing: fine. Existing and not ``overwrite``: FileExistsError.
+    * An existing file is replaced (with ``overwrite``) only when no input is it.
+    * An existing folder is replaced only when it is empty or carries the marker
+      of the same ``command`` (:data:`OUTPUT_MARKER`), and never when it is, or
+      contains, any of ``inputs`` (the files and folders the run reads: input
+      CSVs, models, every image a predictions CSV points to).
+    Raises FileExistsError (or :class:`SourceError` for an input inside) naming
+    the path and what to do.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out}: already exists (choose another output, or --overwrite to replace "
+                              f"an earlier {command} output)")
+    out_r = out.resolve()
+    for p in inputs:
+        p_r = Path(p).resolve()
+        if p_r == out_r or out_r in p_r.parents:
+            raise SourceError(f"{out}: not replaced: it {'is' if p_r == out_r else 'contains'} the input {p}; "
+                              f"choose another output (inputs are never deleted)")
+    if out.is_dir() and any(out.iterdir()) and marker_command(out) != command:
+        found = marker_command(out)
+        raise FileExistsError(f"{out}: not replaced: it is not a `wbc-nnabla {command}` output "
+                              f"({'it was written by ' + found if found else 'no ' + OUTPUT_MARKER + ' marker'}); "
+                              f"--overwrite replaces only those. Choose another output")
 
 
 def write_text(path: PathLike, text: str) -> Path:
