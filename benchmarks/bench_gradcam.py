@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_gradcam.py [--size 320] [--batch-size 8] [--images 16] [--repeat 2]
 
 Uses a randomly initialised ResNet-18 (6 classes; speed does not depend on the
-weights) saved with models.save_nnp, and the embedded demo cells.
+weights) saved with modelfile.save_nnp, and the embedded demo cells.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main() -> None:
 
     import nnabla as nn
 
-    from wbc_nnabla import classes, gradcam, io, models
+    from wbc_nnabla import classes, gradcam, io, modelfile, models
     from wbc_nnabla.inference import preprocess
 
     nn.seed(0)
@@ -38,7 +38,7 @@ def main() -> None:
     rgbs = [io.read_rgb(p) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "bench.nnp"
-        models.save_nnp(model, params, models.model_meta("resnet18", classes.CLASSES6, args.size))
+        modelfile.save_nnp(model, params, modelfile.model_meta("resnet18", classes.CLASSES6, args.size))
         g = gradcam.GradCAM(model, batch_size=args.batch_size)
         g.explain(rgbs[: args.batch_size])                       # build graphs, warm up
         t_cam = []

@@ -49,7 +49,7 @@ def bench(size: int, batch: int, iterations: int, tmp: Path) -> dict:
 
 def recalibration_rate(ds: Path, size: int, batch: int) -> float:
     """Images/s of :func:`training.recalibrate_bn` over the (cached) training images."""
-    models._drop_scope(training.SCOPE)
+    models.clear_scope(training.SCOPE)
     g = training.Graphs("resnet18", 6, batch, size, None)
     paths, y = training.read_split(ds / "train.csv")
     loader = training.ImageLoader(paths, y, size)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import nnabla as nn  # noqa: E402
 
-from wbc_nnabla import inference, models, training  # noqa: E402
+from wbc_nnabla import inference, modelfile, models, training  # noqa: E402
 
 B = 32
 
@@ -62,7 +62,7 @@ def main():
     ap.add_argument("--recal-images", type=int, default=960)
     a = ap.parse_args()
     ck = json.loads((a.run / "train" / "checkpoint.json").read_text())["dir"]
-    params = models.load_parameters(a.run / "train" / ck / "params.h5")
+    params = modelfile.load_parameters(a.run / "train" / ck / "params.h5")
     params = {k.split(training.SCOPE + "/", 1)[-1]: v for k, v in params.items()}
     vp, vy = training.read_split(a.run / "dataset" / "valid.csv")
     tp, _ = training.read_split(a.run / "dataset" / "train.csv")

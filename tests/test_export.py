@@ -11,9 +11,9 @@ ort = pytest.importorskip("onnxruntime")
 import cv2  # noqa: E402
 import nnabla.functions as F  # noqa: E402
 
-from wbc_nnabla import CLASSES6, models  # noqa: E402
-from wbc_nnabla.export import (ModelError, build_onnx, cached_onnx, export_onnx, read_model,  # noqa: E402
-                               read_onnx_meta)
+from wbc_nnabla import CLASSES6, modelfile, models  # noqa: E402
+from wbc_nnabla.export import build_onnx, cached_onnx, export_onnx, read_onnx_meta  # noqa: E402
+from wbc_nnabla.modelfile import ModelError, read_model  # noqa: E402
 
 
 def random_bn_params(arch="resnet18", num_classes=6, seed=0):
@@ -51,7 +51,7 @@ def nnabla_probs(params, arch, num_classes, x):
 def nnp18(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "m18.nnp"
     params = random_bn_params()
-    models.save_nnp(path, params, models.model_meta("resnet18", CLASSES6, 48))
+    modelfile.save_nnp(path, params, modelfile.model_meta("resnet18", CLASSES6, 48))
     return path, params
 
 
@@ -155,12 +155,12 @@ def test_bad_model_files(nnp18, tmp_path):
         read_model(b2)
     # an .nnp whose description disagrees with its parameters
     good, lying = tmp_path / "good.nnp", tmp_path / "lying.nnp"
-    models.save_nnp(good, params, models.model_meta("resnet18", CLASSES6, 32))
+    modelfile.save_nnp(good, params, modelfile.model_meta("resnet18", CLASSES6, 32))
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(lying, "w") as dst:
         for name in src.namelist():
             data = src.read(name)
-            if name == models.META_NAME:
-                data = json.dumps(models.model_meta("resnet18", ["a", "b"], 32)).encode()
+            if name == modelfile.META_NAME:
+                data = json.dumps(modelfile.model_meta("resnet18", ["a", "b"], 32)).encode()
             dst.writestr(name, data)
     with pytest.raises(ModelError, match="2 class names"):
         read_model(lying)
@@ -191,8 +191,8 @@ def test_cache_reuses_and_follows_content(nnp18, tmp_path):
     again = cached_onnx(local, folder=tmp_path / "cache")
     assert first == again and first.stat().st_mtime_ns == again.stat().st_mtime_ns
     changed = dict(params, **{"fc/affine/b": params["fc/affine/b"] + 1.0})
-    models.save_nnp(local, changed, models.model_meta("resnet18", CLASSES6, 48))
+    modelfile.save_nnp(local, changed, modelfile.model_meta("resnet18", CLASSES6, 48))
     third = cached_onnx(local, folder=tmp_path / "cache")
     assert third != first and third.is_file()
     with zipfile.ZipFile(local) as z:
-        assert models.META_NAME in z.namelist()
+        assert modelfile.META_NAME in z.namelist()

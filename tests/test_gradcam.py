@@ -18,7 +18,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import classes, gradcam, models  # noqa: E402
+from wbc_nnabla import classes, gradcam, modelfile, models  # noqa: E402
 from wbc_nnabla.cli import main  # noqa: E402
 
 SIZE = 64            # training / model input size (pixels)
@@ -79,7 +79,7 @@ def model_path(tmp_path_factory):
             loss.forward(clear_buffer=True)
         params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
     path = tmp_path_factory.mktemp("gradcam_model") / "disc.nnp"
-    models.save_nnp(path, params, models.model_meta("resnet18", CLASS_NAMES, SIZE))
+    modelfile.save_nnp(path, params, modelfile.model_meta("resnet18", CLASS_NAMES, SIZE))
     return path
 
 
@@ -112,12 +112,12 @@ def test_raw_map_is_relu_of_gradient_weighted_layer4(model_path):
     """
     img = scene(SIZE, (20, 44))
     (r,) = gradcam.GradCAM(model_path).explain([img], class_name="Lymph")
-    params = models.load_parameters(model_path)
+    params = modelfile.load_parameters(model_path)
     with nn.parameter_scope("", OrderedDict()):
         for k, v in params.items():
             nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
         x = nn.Variable((1, 3, SIZE, SIZE))
-        _, feats = models.resnet(x, "resnet18", 2, test=True, return_features=True)
+        _, feats = models.resnet_features(x, "resnet18", 2, test=True)
     x.d = img.transpose(2, 0, 1)[None] / 255.0
     feats.forward()
     a = feats.d[0]
@@ -163,7 +163,7 @@ def test_layer4_cell_centres():
     nn.seed(1)
     with nn.parameter_scope("", OrderedDict()):
         x = nn.Variable((1, 3, 352, 352), need_grad=True)   # 11 x 11 cells
-        _, feats = models.resnet(x, "resnet18", 2, test=True, return_features=True)
+        _, feats = models.resnet_features(x, "resnet18", 2, test=True)
     x.d = np.random.default_rng(0).random(x.shape)
     out = F.sum(feats[:, :, 5, 4])
     out.forward()
@@ -213,7 +213,7 @@ def test_global_parameters_untouched(model_path):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, cam):
-    from wbc_nnabla.export import ModelError
+    from wbc_nnabla.modelfile import ModelError
     with pytest.raises(ModelError, match="no such model file"):
         gradcam.GradCAM(tmp_path / "missing.nnp")
     with pytest.raises(ValueError, match=r"image 0: expected an RGB uint8"):

@@ -11,9 +11,10 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import CLASSES6, cli, classes, io, models, predictions  # noqa: E402
+from wbc_nnabla import CLASSES6, cli, classes, io, modelfile, models, predictions  # noqa: E402
 from wbc_nnabla import inference as inf  # noqa: E402
-from wbc_nnabla.export import ModelError, export_onnx  # noqa: E402
+from wbc_nnabla.export import export_onnx  # noqa: E402
+from wbc_nnabla.modelfile import ModelError  # noqa: E402
 
 PROBS = [f"prob_{c}" for c in CLASSES6]
 
@@ -56,7 +57,7 @@ def train_tiny(path, size=32, steps=5, class_names=CLASSES6, seed=0):
             solver.update()
         params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
     assert np.abs(params["layer2/0/bn1/bn/mean"]).max() > 1e-3, "BN statistics were not updated"
-    models.save_nnp(path, params, models.model_meta("resnet18", class_names, size))
+    modelfile.save_nnp(path, params, modelfile.model_meta("resnet18", class_names, size))
     return path, params
 
 
@@ -159,7 +160,7 @@ def test_parity_backends_on_trained_model(tiny):
 
 
 def test_h5_model_input(tiny, tmp_path):
-    params = models.load_parameters(tiny)
+    params = modelfile.load_parameters(tiny)
     h5 = tmp_path / "tiny.h5"
     nn.save_parameters(str(h5), {k: nn.Variable.from_numpy_array(v) for k, v in params.items()}, extension=".h5")
     cells = demo_subset(1)

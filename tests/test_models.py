@@ -1,4 +1,4 @@
-"""ResNet graphs (Fig. 4) and ImageNet weight mapping (transfer learning, section II.4).
+"""ResNet graphs (Fig. 4), their one topology, initialisation, and ImageNet weight mapping (section II.4).
 
 The 480x480 (training) and 320x320 (inference) shapes are exercised by
 benchmarks/bench_training.py; tests use 64 and 96 px to stay fast.
@@ -10,7 +10,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.parametric_functions as PF  # noqa: E402
 
-from wbc_nnabla import models  # noqa: E402
+from wbc_nnabla import models, pretrained  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -22,10 +22,10 @@ def clean_scope():
 
 def test_resnet18_parameter_count_and_shapes():
     x = nn.Variable((2, 3, 64, 64))
-    y, feat = models.resnet18(x, num_classes=6, return_features=True)
+    y, feat = models.resnet_features(x, "resnet18", num_classes=6)
     assert models.count_parameters() == 11_179_590      # trainable: conv W, BN beta/gamma, fc W/b
     assert y.shape == (2, 6) and feat.shape == (2, 512, 2, 2)
-    y96, feat96 = models.resnet18(nn.Variable((1, 3, 96, 96)), num_classes=6, return_features=True)
+    y96, feat96 = models.resnet_features(nn.Variable((1, 3, 96, 96)), "resnet18", num_classes=6)
     assert y96.shape == (1, 6) and feat96.shape == (1, 512, 3, 3)
     assert models.count_parameters() == 11_179_590      # same parameters at any input size
     assert models.arch_of(nn.get_parameters(grad_only=False)) == "resnet18"
@@ -37,10 +37,114 @@ def _conv_shapes(arch):
         return {k: v.shape for k, v in nn.get_parameters(grad_only=False).items()}
 
 
-def test_our_layers_cover_every_conv():
+def test_conv_layers_cover_every_conv():
     shapes = _conv_shapes("resnet18")
     convs = sorted(k[: -len("/conv/W")] for k in shapes if k.endswith("/conv/W") and not k.startswith("fc"))
-    assert sorted(c for c, _ in models.our_layers("resnet18")) == convs
+    assert sorted(c.conv for c in models.conv_layers("resnet18")) == convs
+
+
+# ----------------------------------------------------------------------------- one topology, every consumer
+
+
+def _graph_params(arch, num_classes=6, seed=None, weight_init="glorot"):
+    """{name: ndarray} of models.resnet built in a dict scope of its own (optionally seeded)."""
+    import nnabla.random
+    if seed is not None:
+        nnabla.random.set_parameter_seed(seed)
+    with nn.parameter_scope("", {}):
+        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=False, weight_init=weight_init)
+        return {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+
+
+def _shapes(params):
+    return {k: tuple(v.shape) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_topology_consumers_agree(arch):
+    """The nnabla graph, the ONNX graph and the nnabla-examples name map see the same layers."""
+    onnx = pytest.importorskip("onnx")
+    from wbc_nnabla import export
+    params = _graph_params(arch)
+    graph = _shapes(params)
+    layers = models.conv_layers(arch)
+    # nnabla graph: every conv/BN of the topology, in creation order, with its shape
+    convs_in_graph = [k[: -len("/conv/W")] for k in graph if k.endswith("/conv/W")]
+    assert convs_in_graph == [c.conv for c in layers]
+    assert all(graph[f"{c.conv}/conv/W"] == c.weight_shape for c in layers)
+    assert all(graph[f"{c.bn}/bn/{n}"] == (1, c.out_channels, 1, 1)
+               for c in layers for n in ("beta", "gamma", "mean", "var"))
+    blocks = models.stages(arch)
+    assert graph["fc/affine/W"] == (blocks[-1].out_channels, 6)
+    # ONNX: one folded Conv (W, b) per conv+BN, plus preprocess and fc
+    meta = dict(arch=arch, class_names=[f"c{i}" for i in range(6)], num_classes=6, input_size=32)
+    inits = {t.name: tuple(t.dims) for t in export.build_onnx(params, meta).graph.initializer}
+    want = {"preprocess/scale": graph["preprocess/scale"], "preprocess/bias": graph["preprocess/bias"],
+            "fc/W": graph["fc/affine/W"], "fc/b": graph["fc/affine/b"]}
+    for c in layers:
+        want.update({f"{c.conv}/W": graph[f"{c.conv}/conv/W"], f"{c.conv}/b": (c.out_channels,)})
+    assert inits == want
+    # nnabla-examples .h5 (NCHW as rn50-nchw.h5): every backbone parameter mapped, same shapes
+    src = {}
+    for theirs, ours in pretrained.examples_names(arch):
+        w = params[f"{ours.conv}/conv/W"]
+        src[f"{theirs}/conv/W"] = np.concatenate([w, w[:, :1]], axis=1) if theirs == "conv1" else w
+        for n in ("beta", "gamma", "mean", "var"):
+            src[f"{theirs}/bn/{n}"] = params[f"{ours.bn}/bn/{n}"]
+    mapped = pretrained.map_examples_h5(src, arch)
+    assert _shapes(mapped) == {k: v for k, v in graph.items() if not k.startswith(("fc/", "preprocess/"))}
+    # the wiring rule itself: stride 2 opens stages 2-4, projections where shapes change
+    assert [b.stride for b in blocks if b.index == 0] == [1, 2, 2, 2]
+    assert all(b.has_projection == (b.stride != 1 or b.in_channels != b.out_channels) for b in blocks)
+    assert models.arch_of(params) == arch
+
+
+def _pf_default_params(arch, seed):
+    """Parameters created by bare PF calls with nnabla's default initialisers, in the graph's order."""
+    import nnabla.random
+    nnabla.random.set_parameter_seed(seed)
+    with nn.parameter_scope("", {}):
+        models.normalize(nn.Variable((1, 3, 8, 8)))
+        for c in models.conv_layers(arch):
+            h = PF.convolution(nn.Variable((1, c.in_channels, 8, 8)), c.out_channels, (c.kernel, c.kernel),
+                               with_bias=False, name=c.conv)
+            PF.batch_normalization(h, name=c.bn)
+        PF.affine(nn.Variable((1, models.stages(arch)[-1].out_channels, 1, 1)), 6, name="fc")
+        return {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_glorot_init_is_bit_identical_to_pf_defaults(arch):
+    got, want = _graph_params(arch, seed=313), _pf_default_params(arch, seed=313)
+    assert list(got) == list(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+
+
+def test_he_init_is_kaiming_normal_fan_out():
+    glorot, he = _graph_params("resnet18", seed=5), _graph_params("resnet18", seed=5, weight_init="he")
+    assert list(glorot) == list(he)
+    w = he["layer4/1/conv2/conv/W"]                                   # 512 x 512 x 3 x 3
+    assert abs(w.std() / np.sqrt(2.0 / (9 * 512)) - 1) < 0.01 and abs(w.mean()) < 1e-3
+    assert abs(w).max() > np.sqrt(6.0 / (9 * 1024))                   # beyond the Glorot-uniform bound
+    assert not np.array_equal(glorot["conv1/conv/W"], he["conv1/conv/W"])
+    for k in he:                                                      # BN and preprocess: constants either way
+        if "/bn/" in k or k.startswith("preprocess/"):
+            assert np.array_equal(glorot[k], he[k]), k
+    bound = np.sqrt(6.0 / (512 + 6))                                   # fc stays Glorot uniform
+    assert abs(he["fc/affine/W"]).max() <= bound
+    with pytest.raises(ValueError, match="weight_init"):
+        models.resnet(nn.Variable((1, 3, 32, 32)), "resnet18", 6, weight_init="xavier")
+
+
+def test_clear_scope_removes_only_that_scope():
+    with nn.parameter_scope("keep"):
+        PF.affine(nn.Variable((1, 2)), 3)
+    with nn.parameter_scope("tmp"):
+        models.resnet18(nn.Variable((1, 3, 32, 32)))
+    models.clear_scope("tmp")
+    assert list(nn.get_parameters(grad_only=False)) == ["keep/affine/W", "keep/affine/b"]
+    models.clear_scope("never-created")
 
 
 # ----------------------------------------------------------------------------- nnabla-examples .h5
@@ -82,7 +186,7 @@ def test_examples_h5_maps_onto_our_names(tmp_path):
         for k, v in src.items():
             nn.parameter.get_parameter_or_create(k, v.shape).d = v
         nn.save_parameters(str(path))
-    out = models.load_imagenet(path, "resnet18")
+    out = pretrained.load_imagenet(path, "resnet18")
     shapes = _conv_shapes("resnet18")
     expected = {k for k in shapes if not k.startswith(("fc/", "preprocess/"))}
     assert set(out) == expected
@@ -150,10 +254,10 @@ def test_zoo_nnp_maps_by_graph_and_reproduces_features(tmp_path):
     pooled.forward()
     want = pooled.d.reshape(2, -1).copy()
 
-    mapped = models.load_imagenet(path, "resnet18")
+    mapped = pretrained.load_imagenet(path, "resnet18")
     x = nn.Variable((2, 3, 64, 64))
     with nn.parameter_scope("ours"):
-        _, feat = models.resnet(x, "resnet18", 6, test=True, return_features=True)
+        _, feat = models.resnet_features(x, "resnet18", 6, test=True)
         params = nn.get_parameters(grad_only=False)
         for k, v in mapped.items():
             params[k].d = v
@@ -165,13 +269,13 @@ def test_zoo_nnp_maps_by_graph_and_reproduces_features(tmp_path):
 
 def test_missing_imagenet_weights_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(models.PretrainedError) as e:
-        models.find_pretrained("imagenet", "resnet18")
+    with pytest.raises(pretrained.PretrainedError) as e:
+        pretrained.find_pretrained("imagenet", "resnet18")
     msg = str(e.value)
     assert "Resnet-18.nnp" in msg and str(tmp_path) in msg and "--pretrained none" in msg
-    assert models.find_pretrained("none") is None
-    with pytest.raises(models.PretrainedError, match="no such file"):
-        models.find_pretrained(str(tmp_path / "nope.h5"))
+    assert pretrained.find_pretrained("none") is None
+    with pytest.raises(pretrained.PretrainedError, match="no such file"):
+        pretrained.find_pretrained(str(tmp_path / "nope.h5"))
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
-    with pytest.raises(models.PretrainedError, match="junk.h5"):
-        models.load_imagenet(tmp_path / "junk.h5")
+    with pytest.raises(pretrained.PretrainedError, match="junk.h5"):
+        pretrained.load_imagenet(tmp_path / "junk.h5")

@@ -5,6 +5,7 @@ embedded demo cells.
 """
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import classes, io, models, training  # noqa: E402
+from wbc_nnabla import classes, io, modelfile, models, training  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +94,7 @@ def test_adabound_matches_official_reference(wd):
 
 def test_make_solver_uses_config():
     nn.clear_parameters()
-    training.models._drop_scope(training.SCOPE)
+    models.clear_scope(training.SCOPE)
     training.Graphs("resnet18", 6, 1, 32, None)
     solver = training.make_solver(training.AdaBoundConfig(alpha=0.002))
     assert solver.name == "AdaBound" and math.isclose(solver.learning_rate(), 0.002, rel_tol=1e-6)
@@ -110,7 +111,7 @@ def _function_names(v):
 
 
 def test_augmentation_in_training_graph_only(model_a):
-    training.models._drop_scope(training.SCOPE)
+    models.clear_scope(training.SCOPE)
     g = training.Graphs("resnet18", 6, 2, 32, training.Augmentation(), 0)
     assert "ImageAugmentation" in _function_names(g.loss)
     assert "ImageAugmentation" not in _function_names(g.losses)
@@ -154,10 +155,10 @@ def test_outputs_and_monitors(model_a):
     assert (model_a / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     cfg = json.loads((model_a / "config.json").read_text())
     assert cfg["config"]["solver"]["final_lr"] == 0.1 and "nnabla" in cfg["environment"]
-    meta = models.read_meta(model_a / "model.nnp")
+    meta = modelfile.read_meta(model_a / "model.nnp")
     assert meta["arch"] == "resnet18" and meta["class_names"] == list(classes.CLASSES6)
     assert meta["input_size"] == 32 and meta["training"]["epoch"] in (1, 2)
-    assert set(models.load_parameters(model_a / "model.h5")) == set(models.load_parameters(model_a / "model.nnp"))
+    assert set(modelfile.load_parameters(model_a / "model.h5")) == set(modelfile.load_parameters(model_a / "model.nnp"))
 
 
 def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
@@ -165,9 +166,9 @@ def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
     rng = np.random.RandomState(0)
     xin = rng.rand(2, 3, 32, 32).astype(np.float32)
     # training graph in test mode with the exported parameters
-    training.models._drop_scope(training.SCOPE)
+    models.clear_scope(training.SCOPE)
     g = training.Graphs("resnet18", 6, 2, 32, None)
-    training._load_into(training.parameters(), models.load_parameters(model_a / "model.h5"), "model.h5")
+    training._load_into(training.parameters(), modelfile.load_parameters(model_a / "model.h5"), "model.h5")
     g.vx.d = xin
     g.logits.forward()
     z = g.logits.d
@@ -203,8 +204,8 @@ def test_resume_reaches_same_parameters(tiny, tmp_path):
     with pytest.raises(training.TrainingError, match="--resume"):
         training.train(tiny, split, epochs=4, **one)
     training.train(tiny, split, epochs=4, resume=True, **one)
-    a = models.load_parameters(straight / "checkpoints" / "epoch0004" / "params.h5")
-    b = models.load_parameters(split / "checkpoints" / "epoch0004" / "params.h5")
+    a = modelfile.load_parameters(straight / "checkpoints" / "epoch0004" / "params.h5")
+    b = modelfile.load_parameters(split / "checkpoints" / "epoch0004" / "params.h5")
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -216,11 +217,11 @@ def test_resume_reaches_same_parameters(tiny, tmp_path):
 
 
 def test_finetune_starts_from_model_a_exactly(model_a, tiny, tmp_path):
-    training.models._drop_scope(training.SCOPE)
+    models.clear_scope(training.SCOPE)
     training.Graphs("resnet18", 6, 4, 32, training.Augmentation(), 0)
     params = training.parameters()
     info = training.initialise(params, pretrained="imagenet", init=model_a / "model.nnp")   # init wins
-    a = models.load_parameters(model_a / "model.nnp")
+    a = modelfile.load_parameters(model_a / "model.nnp")
     assert set(params) == set(a) and "fc/affine/W" in a
     for k in a:
         np.testing.assert_array_equal(params[k].d, a[k], err_msg=k)
@@ -256,6 +257,25 @@ def test_bad_inputs_fail_clearly(tiny, tmp_path):
         training.train(bad, tmp_path / "o2", epochs=1, **FAST)
 
 
+def test_weight_init_is_recorded_and_guarded_on_resume(model_a, tiny, tmp_path):
+    from wbc_nnabla import cli
+    assert json.loads((model_a / "config.json").read_text())["config"]["weight_init"] == "glorot"
+    with pytest.raises(training.TrainingError, match="weight_init 'xavier'"):
+        training.train(tiny, tmp_path / "x", epochs=1, weight_init="xavier", **FAST)
+    with pytest.raises(training.TrainingError, match="weight_init.*was 'glorot'"):
+        training.train(tiny, model_a, epochs=2, resume=True, weight_init="he", **FAST)
+    old = tmp_path / "old"                                         # a run written before the option
+    shutil.copytree(model_a, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["config"]["weight_init"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert len(training.train(tiny, old, epochs=2, resume=True, **FAST)["history"]) == 2
+    he = training.train(tiny, tmp_path / "he", epochs=1, weight_init="he", **dict(FAST, max_iterations=1))
+    assert he["config"]["weight_init"] == "he"
+    assert cli.build_parser().parse_args(["train", "d", "o"]).weight_init == "glorot"
+    assert cli.build_parser().parse_args(["train", "d", "o", "--weight-init", "he"]).weight_init == "he"
+
+
 def test_tiny_training_on_real_crops_drops_loss(tmp_path):
     ds = _dataset(tmp_path / "ds", 4, 1)                           # 24 train images, 64 px
     s = training.train(ds, tmp_path / "run", epochs=3, size=64, batch_size=6, pretrained="none",
@@ -269,7 +289,7 @@ def test_recalibrate_bn_sets_clean_batch_statistics(tiny):
     """Precise BN: bn1's running mean becomes the mean over clean batches of conv1's per-channel mean."""
     import nnabla.parametric_functions as PF
 
-    models._drop_scope(training.SCOPE)
+    models.clear_scope(training.SCOPE)
     size, bs = 32, 4
     g = training.Graphs("resnet18", 6, bs, size, training.Augmentation())
     params = training.parameters()
@@ -307,7 +327,7 @@ def test_bn_recalibration_is_on_by_default_and_guarded_on_resume(tiny, tmp_path)
     s = training.train(tiny, on, epochs=1, **FAST)
     assert s["config"]["bn_recalibration"] == training.BN_RECALIBRATION_IMAGES > 0
     training.train(tiny, off, epochs=1, bn_recalibration=0, **FAST)
-    a, b = models.load_parameters(on / "model.nnp"), models.load_parameters(off / "model.nnp")
+    a, b = modelfile.load_parameters(on / "model.nnp"), modelfile.load_parameters(off / "model.nnp")
     differ = {k for k in a if not np.array_equal(a[k], b[k])}
     assert differ and all(k.endswith("/mean") or k.endswith("/var") for k in differ)
     with pytest.raises(training.TrainingError, match="bn_recalibration.*was 0"):

@@ -207,7 +207,7 @@ def _add_datasets(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from . import models, training
+    from . import pretrained, training
     solver = training.AdaBoundConfig(alpha=args.alpha, final_lr=args.final_lr, gamma=args.gamma,
                                      beta1=args.beta1, beta2=args.beta2, eps=args.eps,
                                      weight_decay=args.weight_decay)
@@ -220,8 +220,9 @@ def _cmd_train(args) -> int:
                            seed=args.seed, pretrained=args.pretrained, init=args.init, arch=args.arch,
                            solver=solver, augmentation=aug, context=args.context, resume=args.resume,
                            train_eval_limit=args.train_eval_limit, export_size=args.export_size,
-                           progress=not args.no_progress, bn_recalibration=args.bn_recalibration)
-    except (training.TrainingError, models.PretrainedError) as e:
+                           progress=not args.no_progress, bn_recalibration=args.bn_recalibration,
+                           weight_init=args.weight_init)
+    except (training.TrainingError, pretrained.PretrainedError) as e:
         raise CLIError(str(e)) from None
     b = s["best"]
     print(f"best epoch {b['epoch']}: Validation Error {b['validation_error']:.4f}, "
@@ -248,6 +249,10 @@ def _add_training(sub) -> None:
     p.add_argument("--pretrained", default="imagenet",
                    help="imagenet (file cached in ~/nnabla_data/nnp_models/imagenet/), a .nnp/.h5 path, or none")
     p.add_argument("--init", default=None, help="start from every parameter of this model (Model B: Model A's .nnp)")
+    p.add_argument("--weight-init", default="glorot", choices=["glorot", "he"],
+                   help="initialiser of convolution weights not loaded from --pretrained/--init: glorot "
+                        "(nnabla's default, uniform) or he (Kaiming normal, fan_out, as torchvision) "
+                        "(default %(default)s)")
     p.add_argument("--context", default="cpu", choices=["cpu", "cudnn"])
     p.add_argument("--resume", action="store_true", help="continue the last checkpoint in OUT")
     p.add_argument("--train-eval-limit", type=int, default=None,
@@ -290,7 +295,7 @@ def _expected_classes(spec: str):
 
 def _cmd_predict(args) -> int:
     from . import inference, io, predictions
-    from .export import ModelError
+    from .modelfile import ModelError
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
         raise CLIError(f"{out}: the predictions file must end in .csv")
@@ -317,7 +322,8 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import ModelError, export_onnx, read_onnx_meta
+    from .export import export_onnx, read_onnx_meta
+    from .modelfile import ModelError
     try:
         path = export_onnx(args.model, args.onnx, opset=args.opset)
         meta = read_onnx_meta(path)
@@ -457,7 +463,7 @@ def _cmd_gradcam(args) -> int:
     from tqdm import tqdm
 
     from . import gradcam, io
-    from .export import ModelError
+    from .modelfile import ModelError
     paths = _image_inputs(args.images, recursive=False)
     out = Path(args.out)
     io.check_not_inside(out, [p.parent for p in paths])

@@ -1,17 +1,18 @@
-"""Model files in, ONNX out: the fast CPU scoring path of issue 6.
+"""Model files out as ONNX: the fast CPU scoring path of issue 6.
 
-:func:`read_model` opens any model file the library accepts and checks that its
-parameters form one of the ResNets of :mod:`wbc_nnabla.models` (the paper's
-Fig. 4, section II.4); :func:`export_onnx` writes the same network as an ONNX
-graph that OpenCV's ``cv2.dnn`` and onnxruntime run several times faster
-than nnabla's single-threaded CPU backend.
+:func:`export_onnx` reads a model file with :func:`wbc_nnabla.modelfile.read_model`
+(which checks that its parameters form one of the ResNets of
+:mod:`wbc_nnabla.models`, the paper's Fig. 4, section II.4) and writes the same
+network as an ONNX graph that OpenCV's ``cv2.dnn`` and onnxruntime run
+several times faster than nnabla's single-threaded CPU backend.
 
 Why a hand-written exporter: ``nnabla-converter`` pins TensorFlow and an old
 ``onnx``, which would break this environment (see ``docs/inference.md``). Our
 network family is small (convolution, test-mode BatchNorm, ReLU, max pool,
 residual add, global average pool, affine, softmax), so the graph is emitted
-here with ``onnx.helper`` from the parameters, with BatchNorm folded into the
-convolution weights (in float64, then cast to float32).
+here with ``onnx.helper`` from the parameters, walking
+:func:`wbc_nnabla.models.stages`, with BatchNorm folded into the convolution
+weights (in float64, then cast to float32).
 
 The ONNX model takes the same input as the ``.nnp``: ``x`` float32
 ``(N, 3, H, W)`` RGB in [0, 1] (N, H and W are dynamic; normalisation is in
@@ -21,140 +22,33 @@ JSON, ``input_size``, ``arch``...), read back by :func:`read_onnx_meta`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from . import classes
+from .modelfile import ModelError, file_sha256, read_model
 
 PathLike = Union[str, os.PathLike]
-#: Paper's training size (section II.3); used when a model file stores none.
-DEFAULT_INPUT_SIZE = 480
-#: nnabla ``PF.batch_normalization`` default epsilon (models.py uses the default).
-BN_EPS = 1e-5
 ONNX_META_KEY = "wbc_nnabla"
 MODEL_SUFFIXES = (".nnp", ".h5", ".onnx")
-
-
-class ModelError(ValueError):
-    """A model file that is missing, unreadable or not a supported network."""
-
-
-# ----------------------------------------------------------------------------- reading models
-
-
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (the ONNX cache key)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def expected_shapes(arch: str, num_classes: int) -> Dict[str, Tuple[int, ...]]:
-    """Parameter name -> shape of ``models.resnet(arch, num_classes)``.
-
-    Built by constructing the nnabla graph in a private parameter scope, so the
-    architecture is described once (in models.py), not copied here.
-    """
-    import nnabla as nn
-
-    from . import models
-    local: dict = {}
-    with nn.parameter_scope("net", scope=local):
-        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=True)
-        return {k: tuple(v.shape) for k, v in nn.get_parameters(grad_only=False).items()}
-
-
-def _default_class_names(num_classes: int) -> List[str]:
-    return list(classes.CLASSES6) if num_classes == len(classes.CLASSES6) else \
-        [f"class{i}" for i in range(num_classes)]
-
-
-def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
-    """Parameters and description of a ``.nnp`` or ``.h5`` model file.
-
-    Returns ``(params, meta)`` with ``meta`` holding at least ``arch``,
-    ``class_names``, ``num_classes`` and ``input_size`` (pixels). For a plain
-    nnabla ``.nnp`` or an ``.h5`` parameter file (no stored description) the
-    arch comes from the parameter names, the class count from ``fc``, the six
-    class names of Table 1 are assumed when there are six outputs (else
-    ``class0``...) and the input size is the paper's 480 (``meta['assumed']``
-    lists what was assumed).
-
-    Raises :class:`ModelError` naming the file and what was expected when it is
-    missing, not a model file, or its parameters do not form a supported ResNet.
-    """
-    from . import models
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"{p}: no such model file (expected a .nnp or .h5 written by wbc_nnabla/nnabla)")
-    if p.suffix.lower() not in (".nnp", ".h5"):
-        raise ModelError(f"{p}: unsupported model file type {p.suffix!r} (expected .nnp or .h5)")
-    meta: dict = {}
-    if p.suffix.lower() == ".nnp":
-        try:
-            meta = dict(models.read_meta(p))
-        except (ValueError, OSError) as e:
-            raise ModelError(str(e)) from None
-    try:
-        params = models.load_parameters(p)
-    except Exception as e:  # nnabla/h5py raise many types for a corrupt file
-        raise ModelError(f"{p}: cannot read parameters ({type(e).__name__}: {e}); "
-                         f"expected an nnabla .nnp or .h5 parameter file") from None
-    if not params:
-        raise ModelError(f"{p}: holds no parameters (expected the weights of a ResNet)")
-    try:
-        arch = models.arch_of(params)
-    except ValueError as e:
-        raise ModelError(f"{p}: {e}; expected resnet18/34/50 parameters named as in models.py "
-                         f"(conv1, bn1, layer1/0/..., fc)") from None
-    if "fc/affine/W" not in params:
-        raise ModelError(f"{p}: no classifier parameter fc/affine/W (expected a ResNet of models.py)")
-    num_classes = models.class_count_of(params)
-    assumed = []
-    if meta.get("arch") and meta["arch"] != arch:
-        raise ModelError(f"{p}: description says {meta['arch']} but the parameters form a {arch}")
-    if not meta.get("class_names"):
-        meta["class_names"] = _default_class_names(num_classes)
-        assumed.append("class_names")
-    if len(meta["class_names"]) != num_classes:
-        raise ModelError(f"{p}: description lists {len(meta['class_names'])} class names but the "
-                         f"classifier fc has {num_classes} outputs")
-    if not meta.get("input_size"):
-        meta["input_size"] = DEFAULT_INPUT_SIZE
-        assumed.append("input_size")
-    meta.update(arch=arch, num_classes=num_classes, class_names=list(meta["class_names"]),
-                input_size=int(meta["input_size"]))
-    if assumed:
-        meta["assumed"] = assumed
-    _check_shapes(p, params, expected_shapes(arch, num_classes))
-    return params, meta
-
-
-def _check_shapes(path: Path, params: dict, expected: dict) -> None:
-    missing = [k for k in expected if k not in params]
-    if missing:
-        raise ModelError(f"{path}: missing {len(missing)} parameter(s) of a ResNet, e.g. {missing[0]}")
-    for k, shape in expected.items():
-        if tuple(params[k].shape) != shape:
-            raise ModelError(f"{path}: parameter {k} has shape {tuple(params[k].shape)}, expected {shape}")
 
 
 # ----------------------------------------------------------------------------- the ONNX graph
 
 
 class _Graph:
-    """Accumulates ONNX nodes and initializers while walking the ResNet."""
+    """Accumulates ONNX nodes and initializers while walking the ResNet.
 
-    def __init__(self, params: dict):
+    params: ``{name: ndarray}`` of the network; bn_eps: the BatchNorm epsilon (``models.BN_EPS``).
+    """
+
+    def __init__(self, params: dict, bn_eps: float):
         self.params = params
+        self.bn_eps = bn_eps
         self.nodes: list = []
         self.inits: list = []
         self._n = 0
@@ -174,55 +68,47 @@ class _Graph:
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
         return out
 
-    def conv_bn(self, x: str, conv: str, bn: str, stride: int, relu: bool) -> str:
-        """Conv (no bias) + test-mode BN folded into one Conv with bias, then ReLU."""
+    def conv_bn(self, x: str, spec, relu: bool) -> str:
+        """Conv ``spec`` (a ``models.ConvBN``, no bias) + test-mode BN folded into one Conv with bias,
+        then ReLU."""
+        conv, bn, ks, stride = spec.conv, spec.bn, spec.kernel, spec.stride
         w = self.params[f"{conv}/conv/W"].astype(np.float64)
         gamma, beta, mean, var = (self.params[f"{bn}/bn/{n}"].astype(np.float64).reshape(-1)
                                   for n in ("gamma", "beta", "mean", "var"))
-        k = gamma / np.sqrt(var + BN_EPS)
+        k = gamma / np.sqrt(var + self.bn_eps)
         wf = w * k[:, None, None, None]
         bf = beta - mean * k
-        ks = w.shape[-1]
         h = self.node("Conv", [x, self.const(f"{conv}/W", wf), self.const(f"{conv}/b", bf)], conv.replace("/", "_"),
                       kernel_shape=[ks, ks], strides=[stride, stride], pads=[ks // 2] * 4)
         return self.node("Relu", [h], "relu") if relu else h
 
-    def block(self, x: str, name: str, kind: str, stride: int, project: bool) -> str:
-        if kind == "basic":
-            h = self.conv_bn(x, f"{name}/conv1", f"{name}/bn1", stride, True)
-            h = self.conv_bn(h, f"{name}/conv2", f"{name}/bn2", 1, False)
-        else:
-            h = self.conv_bn(x, f"{name}/conv1", f"{name}/bn1", 1, True)
-            h = self.conv_bn(h, f"{name}/conv2", f"{name}/bn2", stride, True)
-            h = self.conv_bn(h, f"{name}/conv3", f"{name}/bn3", 1, False)
-        short = self.conv_bn(x, f"{name}/downsample/0", f"{name}/downsample/1", stride, False) if project else x
+    def block(self, x: str, block) -> str:
+        """A residual block (``models.Block``): main branch, ReLU after each conv but the last,
+        plus the (projected) shortcut, then ReLU."""
+        h = x
+        for i, spec in enumerate(block.convs):
+            h = self.conv_bn(h, spec, relu=i < len(block.convs) - 1)
+        short = self.conv_bn(x, block.projection, False) if block.has_projection else x
         return self.node("Relu", [self.node("Add", [h, short], "add")], "relu")
 
 
 def build_onnx(params: dict, meta: dict, opset: int = 13):
     """The ``onnx.ModelProto`` of a ResNet of models.py (same graph as the ``.nnp``'s "inference").
 
-    params: ``{name: ndarray}`` as from :func:`read_model`; meta: its description.
+    params: ``{name: ndarray}`` as from :func:`wbc_nnabla.modelfile.read_model`; meta: its description.
     """
     from onnx import TensorProto, helper
 
     from . import models
     if opset < 13:
         raise ValueError(f"opset {opset}: at least 13 is needed (Softmax over one axis)")
-    kind, layers = models.ARCHS[meta["arch"]]
-    g = _Graph(params)
+    g = _Graph(params, models.BN_EPS)
     h = g.node("Mul", ["x", g.const("preprocess/scale", params["preprocess/scale"])], "scale")
     h = g.node("Add", [h, g.const("preprocess/bias", params["preprocess/bias"])], "bias")
-    h = g.conv_bn(h, "conv1", "bn1", 2, True)
+    h = g.conv_bn(h, models.STEM, True)
     h = g.node("MaxPool", [h], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    in_ch = 64
-    expansion = 4 if kind == "bottleneck" else 1
-    for stage, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-        for i in range(n_blocks):
-            stride = 2 if (i == 0 and stage > 1) else 1
-            project = stride != 1 or in_ch != planes * expansion
-            h = g.block(h, f"layer{stage}/{i}", kind, stride, project)
-            in_ch = planes * expansion
+    for block in models.stages(meta["arch"]):
+        h = g.block(h, block)
     h = g.node("GlobalAveragePool", [h], "gap")
     h = g.node("Flatten", [h], "flatten", axis=1)
     h = g.node("Gemm", [h, g.const("fc/W", params["fc/affine/W"]), g.const("fc/b", params["fc/affine/b"])], "fc")

@@ -13,7 +13,7 @@ For an image and a class ``c``::
 
 where ``score_c`` is the class logit (before the softmax: the exported
 ``.nnp`` outputs probabilities, so the graph is rebuilt from the parameters
-with :func:`wbc_nnabla.models.resnet`). The network runs in test mode
+with :func:`wbc_nnabla.models.resnet_features`). The network runs in test mode
 (BatchNorm running statistics), as at inference. The map is resampled to the
 input image's size (bilinear, each cell placed on the centre of its receptive
 field, see :func:`_upsample`) and divided by its maximum, so it lies in [0, 1].
@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 
 from . import classes, io, models
-from .export import read_model
 from .inference import preprocess
+from .modelfile import read_model
 
 ImageLike = Union[str, Path, np.ndarray]
 
@@ -71,11 +71,11 @@ def _as_rgb(image: ImageLike, i: int) -> np.ndarray:
 class GradCAM:
     """Grad-CAM for a wbc_nnabla ResNet model, loaded once and reused.
 
-    model: path of a ``.nnp`` written by :func:`wbc_nnabla.models.save_nnp`
+    model: path of a ``.nnp`` written by :func:`wbc_nnabla.modelfile.save_nnp`
         (architecture, class names and input size come from its metadata) or of
-        an ``.h5`` parameter file; read by :func:`wbc_nnabla.export.read_model`
+        an ``.h5`` parameter file; read by :func:`wbc_nnabla.modelfile.read_model`
         (which says what it assumes for files without a description and raises
-        :class:`~wbc_nnabla.export.ModelError` for a bad file).
+        :class:`~wbc_nnabla.modelfile.ModelError` for a bad file).
     size: network input size in pixels (images are resized to ``size x size``
         by :func:`wbc_nnabla.inference.preprocess`, as for predictions);
         default: the model's ``input_size``.
@@ -145,8 +145,7 @@ class GradCAM:
         if n not in self._graphs:
             with nn.parameter_scope("", self._scope), nn.no_grad():
                 x = nn.Variable(models.input_shape(n, self.size))
-                logits, feats = models.resnet(x, self.arch, self.num_classes, test=True,
-                                              return_features=True)
+                logits, feats = models.resnet_features(x, self.arch, self.num_classes, test=True)
             # Gradients are wanted at the layer4 output only: backward starts at
             # the logits and stops here (parameters and x do not need gradients).
             feats.need_grad = True

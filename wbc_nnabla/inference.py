@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from . import classes, io
-from .export import ModelError, cached_onnx, read_model, read_onnx_meta
+from .export import cached_onnx, read_onnx_meta
+from .modelfile import ModelError, read_model
 from .predictions import predictions_table
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         at 480 (pass ``size=320`` for that); a differing size is logged as a warning.
     batch_size: images per batch; backend: see :func:`load_backend`.
     expected_classes: class names the caller expects (e.g. :data:`wbc_nnabla.classes.CLASSES6`);
-        a model of another class set raises :class:`~wbc_nnabla.export.ModelError`.
+        a model of another class set raises :class:`~wbc_nnabla.modelfile.ModelError`.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size``, ``seconds``.
     """

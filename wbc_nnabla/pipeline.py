@@ -155,10 +155,10 @@ def split_source(source, out_dir, cfg: Config, inference=None) -> dict:
 def _pretrained(cfg: Config) -> str:
     if cfg.pretrained != "auto":
         return cfg.pretrained
-    from . import models
+    from . import pretrained
     try:
-        return str(models.find_pretrained("imagenet", cfg.arch))
-    except models.PretrainedError as e:  # no file: the paper's ImageNet start is not possible here
+        return str(pretrained.find_pretrained("imagenet", cfg.arch))
+    except pretrained.PretrainedError as e:  # no file: the paper's ImageNet start is not possible here
         log.warning("ImageNet weights not found, so Model A trains from scratch: %s", e)
         return "none"
 

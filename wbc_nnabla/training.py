@@ -11,7 +11,7 @@ graph only. Every epoch reports NNC's three curves:
 * **Validation Error**: loss of the validation network over the validation set;
 
 plus the misclassification rates of the last two. Outputs in ``out_dir``:
-``model.nnp`` (best Validation Error, :func:`wbc_nnabla.models.save_nnp`),
+``model.nnp`` (best Validation Error, :func:`wbc_nnabla.modelfile.save_nnp`),
 ``model.h5``, ``config.json``, ``learning_curve.csv``/``.png``,
 ``monitor/`` (nnabla ``MonitorSeries`` files and ``MonitorImageTile`` tiles of
 augmented batches) and ``checkpoints/`` (+ ``checkpoint.json``) for ``resume``.
@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import classes, io, models, sampling
+from . import classes, io, modelfile, models, sampling
+from .pretrained import find_pretrained, load_imagenet
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Graphs:
     """
 
     def __init__(self, arch: str, num_classes: int, batch_size: int, size: int,
-                 aug: Optional[Augmentation], aug_seed: int = -1):
+                 aug: Optional[Augmentation], aug_seed: int = -1, weight_init: str = "glorot"):
         import nnabla as nn
         import nnabla.functions as F
         with nn.parameter_scope(SCOPE):
@@ -86,16 +87,16 @@ class Graphs:
                 h = augment(h, aug, aug_seed)
             h.persistent = True             # kept for the augmentation monitor
             self.x_aug = h
-            logits = models.resnet(h, arch, num_classes, test=False)
+            logits = models.resnet(h, arch, num_classes, test=False, weight_init=weight_init)
             self.loss = F.mean(F.softmax_cross_entropy(logits, self.t))
             self.vx = nn.Variable(models.input_shape(batch_size, size))
             self.vt = nn.Variable((batch_size, 1))
-            self.logits = models.resnet(self.vx, arch, num_classes, test=True)
+            self.logits = models.resnet(self.vx, arch, num_classes, test=True, weight_init=weight_init)
             self.logits.persistent = True
             self.losses = F.softmax_cross_entropy(self.logits, self.vt)
             # clean (un-augmented) batch-statistics graph, for recalibrate_bn
             self.rx = nn.Variable(models.input_shape(batch_size, size))
-            self.rlogits = models.resnet(self.rx, arch, num_classes, test=False)
+            self.rlogits = models.resnet(self.rx, arch, num_classes, test=False, weight_init=weight_init)
 
 
 def parameters(grad_only: bool = False) -> Dict[str, "object"]:
@@ -227,9 +228,9 @@ def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, rows: Sequen
     """
     stats = {k: v for k, v in parameters().items() if k.endswith("/mean") or k.endswith("/var")}
     # nnabla's BatchNormalization only exposes its statistics through the moving
-    # average r_t = d r_{t-1} + (1 - d) b_t (d = 0.9, models.conv_bn); each batch's b_t
+    # average r_t = d r_{t-1} + (1 - d) b_t (d = models.BN_DECAY); each batch's b_t
     # is recovered from two successive r, then averaged with equal weights.
-    decay = 0.9
+    decay = models.BN_DECAY
     sums = {k: np.zeros(v.shape, np.float64) for k, v in stats.items()}
     sub = _Subset(loader, rows)
     n_batches = max(1, len(sub) // batch_size)
@@ -412,9 +413,9 @@ def load_checkpoint(out_dir: Path) -> Tuple[Path, dict]:
 
 #: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
 _RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
-                "bn_sample")
+                "bn_sample", "weight_init")
 # Keys added after runs were already written: a config without the key had this value.
-_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0}
+_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot"}
 
 
 def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: int = 480, seed: int = 0,
@@ -423,7 +424,7 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
           context: str = "cpu", resume: bool = False, train_eval_limit: Optional[int] = None,
           export_size: Optional[int] = None, cache_images: bool = True, tile_every: int = 1,
           progress: bool = True, max_iterations: Optional[int] = None,
-          bn_recalibration: int = BN_RECALIBRATION_IMAGES) -> dict:
+          bn_recalibration: int = BN_RECALIBRATION_IMAGES, weight_init: str = "glorot") -> dict:
     """Train WBC Model A (``pretrained``) or fine-tune Model B (``init=model_A.nnp``); section II.4.
 
     dataset_dir: NNC dataset folder with ``train.csv`` and ``valid.csv`` (``x:image,y:label``,
@@ -446,6 +447,9 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
         default 960), a seeded class-stratified sample whatever the order of ``train.csv``,
         recorded in ``config.json`` (``bn_sample``); 0 keeps Neural Network Console's
         behaviour. See docs/training.md, "BatchNorm".
+    weight_init: initialiser of the convolution weights a run does not load: ``glorot``
+        (nnabla's default) or ``he`` (Kaiming normal, fan_out, as torchvision);
+        :func:`wbc_nnabla.models.conv_initializer`. Recorded in ``config.json``.
 
     Returns the summary written to ``config.json`` (config, environment, best epoch, history).
     """
@@ -457,14 +461,14 @@ def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: i
     try:
         return _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, init, arch, solver,
                       augmentation, context, resume, train_eval_limit, export_size, cache_images, tile_every,
-                      progress, max_iterations, bn_recalibration)
+                      progress, max_iterations, bn_recalibration, weight_init)
     finally:
         nn_logger.setLevel(level)
 
 
 def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, init, arch, solver, augmentation,
            context, resume, train_eval_limit, export_size, cache_images, tile_every, progress, max_iterations,
-           bn_recalibration):
+           bn_recalibration, weight_init):
     import nnabla as nn
     from tqdm import tqdm
 
@@ -473,6 +477,8 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     if arch not in models.ARCHS:
         raise TrainingError(f"arch {arch!r}: choose one of {', '.join(models.ARCHS)}")
+    if weight_init not in models.WEIGHT_INITS:
+        raise TrainingError(f"weight_init {weight_init!r}: choose one of {', '.join(models.WEIGHT_INITS)}")
     if size < 32 or batch_size < 1 or epochs < 1:
         raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 (got {size}, {batch_size}, {epochs})")
     for n in ("train.csv", "valid.csv"):
@@ -492,7 +498,7 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
                   solver=dataclasses.asdict(solver_cfg), augmentation=dataclasses.asdict(aug), context=context,
                   train_eval_limit=train_eval_limit, export_size=export_size or size,
                   n_train=len(train_paths), n_valid=len(valid_paths), max_iterations=max_iterations,
-                  bn_recalibration=int(bn_recalibration))
+                  bn_recalibration=int(bn_recalibration), weight_init=weight_init)
 
     bn_rows = sample_rows(train_y, bn_recalibration, batch_size, _derive_seed(seed, 0, 5)) \
         if bn_recalibration else None
@@ -513,17 +519,18 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
                             f"or choose another output folder")
 
     nn.set_default_context(get_context(context))
-    models._drop_scope(SCOPE)
+    models.clear_scope(SCOPE)
     # nnabla's initialisers draw from nnabla.random.prng, not NumPy's global state.
     import nnabla.random
     nnabla.random.set_parameter_seed(_derive_seed(seed, 0, 0))
     nnabla.random.seed(_derive_seed(seed, 0, 3))
     np.random.seed(_derive_seed(seed, 0, 4))
-    g, g_epoch = Graphs(arch, len(classes.CLASSES6), batch_size, size, aug, _derive_seed(seed, 0, 1)), 0
+    g, g_epoch = Graphs(arch, len(classes.CLASSES6), batch_size, size, aug, _derive_seed(seed, 0, 1),
+                        weight_init), 0
     params = parameters()
     start_epoch, history, best = 0, [], {"epoch": None, "validation_error": float("inf")}
     if resume:
-        _load_into(params, models.load_parameters(ck_dir / "params.h5"), str(ck_dir / "params.h5"))
+        _load_into(params, modelfile.load_parameters(ck_dir / "params.h5"), str(ck_dir / "params.h5"))
         init_info = saved.get("initialisation", "")
     else:
         init_info = initialise(params, pretrained, init, arch)
@@ -552,7 +559,7 @@ def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, ini
             # cannot be saved: a new function seeded from (seed, epoch) per epoch
             # makes a resumed run draw exactly the same augmentations.
             g, g_epoch = Graphs(arch, len(classes.CLASSES6), batch_size, size, aug,
-                                _derive_seed(seed, epoch, 1)), epoch
+                                _derive_seed(seed, epoch, 1), weight_init), epoch
         t0 = time.perf_counter()
         compute, costs = 0.0, []
         bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
@@ -622,27 +629,27 @@ def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "r
 
     init: model ``.nnp``/``.h5``: every parameter (head, BN statistics and
         ``preprocess`` included) is copied exactly; names and shapes must match.
-    pretrained: ``none``, ``imagenet`` or a weight file (see :func:`wbc_nnabla.models.find_pretrained`):
+    pretrained: ``none``, ``imagenet`` or a weight file (see :func:`wbc_nnabla.pretrained.find_pretrained`):
         the backbone is copied, ``fc`` keeps its fresh initialisation.
     """
     if init:
         try:
-            values = models.load_parameters(init)
+            values = modelfile.load_parameters(init)
         except Exception as e:  # nnabla raises bare RuntimeErrors for unreadable files
             raise TrainingError(f"--init {init}: cannot read parameters ({type(e).__name__}: {e})") from None
         _load_into(params, values, f"--init {init}")
         return f"init {init}"
-    path = models.find_pretrained(pretrained, arch)
+    path = find_pretrained(pretrained, arch)
     if not path:
         return "scratch"
-    loaded = _load_into(params, models.load_imagenet(path, arch), f"--pretrained {path}", strict=False)
+    loaded = _load_into(params, load_imagenet(path, arch), f"--pretrained {path}", strict=False)
     return f"ImageNet {path} ({len(loaded)} tensors; new head fc)"
 
 
 def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict) -> None:
     """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch."""
     import nnabla as nn
-    meta = models.model_meta(arch, classes.CLASSES6, size, training=training)
-    models.save_nnp(out_dir / "model.nnp", params, meta)
+    meta = modelfile.model_meta(arch, classes.CLASSES6, size, training=training)
+    modelfile.save_nnp(out_dir / "model.nnp", params, meta)
     with io.atomic_path(out_dir / "model.h5") as tmp:
         nn.save_parameters(str(tmp), params, extension=".h5")

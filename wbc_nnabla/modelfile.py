@@ -1,0 +1,208 @@
+"""The model file: a wbc_nnabla ``.nnp`` (or an ``.h5`` of its parameters), written and read back here.
+
+A wbc_nnabla model file is a standard nnabla ``.nnp`` (loadable by
+``nnabla.utils.nnp_graph.NnpLoader`` and ``nnabla_cli infer``) with:
+
+* network "inference": input "x" ``(N, 3, S, S)`` float32 RGB in [0, 1],
+  output "y" ``(N, C)`` softmax probabilities (test-mode BatchNorm), the graph
+  of :func:`wbc_nnabla.models.inference_network`;
+* executor "inference" over it;
+* an extra zip member ``wbc_nnabla.json`` (:data:`META_NAME`) with the model
+  description of :func:`model_meta` (arch, class names, input size), which
+  nnabla's loaders ignore.
+
+:func:`save_nnp` writes it; :func:`read_model` is the one validated reader
+(also of plain nnabla ``.nnp`` and ``.h5`` parameter files), used by
+inference, Grad-CAM and the ONNX export.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import classes
+
+PathLike = Union[str, os.PathLike]
+#: Zip member of an ``.nnp`` holding the wbc_nnabla model description.
+META_NAME = "wbc_nnabla.json"
+#: Paper's training size (section II.3); used when a model file stores none.
+DEFAULT_INPUT_SIZE = 480
+
+
+class ModelError(ValueError):
+    """A model file that is missing, unreadable or not a supported network."""
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def model_meta(arch: str, class_names: Sequence[str], size: int, **extra) -> dict:
+    """The description stored with a model: ``arch``, ``class_names``, ``input_size`` (pixels)."""
+    from . import __version__
+    return dict(format="wbc_nnabla-model/1", arch=arch, class_names=list(class_names),
+                num_classes=len(class_names), input_size=int(size), wbc_nnabla=__version__, **extra)
+
+
+def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
+    """Save parameters ``{name: ndarray or nn.Variable}`` as a self-describing inference ``.nnp``.
+
+    The graph is rebuilt from ``meta['arch']``/``meta['num_classes']`` at
+    ``meta['input_size']`` in test mode, so the file holds only what inference needs.
+    Built in a parameter dict of its own (nnabla's global parameters are not
+    touched). Written atomically.
+    """
+    import nnabla as nn
+    import nnabla.utils.save as nn_save
+
+    from . import models
+    from .io import atomic_path
+    size = int(meta["input_size"])
+    with nn.parameter_scope("", {}):
+        for k, v in params.items():
+            arr = v.d if isinstance(v, nn.Variable) else np.asarray(v)
+            nn.parameter.get_parameter_or_create(k, arr.shape, need_grad="/mean" not in k and "/var" not in k)
+            nn.get_parameters(grad_only=False)[k].d = arr
+        x = nn.Variable(models.input_shape(batch_size, size))
+        y = models.inference_network(x, meta)
+        contents = {
+            "networks": [{"name": "inference", "batch_size": batch_size,
+                          "outputs": {"y": y}, "names": {"x": x}}],
+            "executors": [{"name": "inference", "network": "inference", "data": ["x"], "output": ["y"]}],
+        }
+        with atomic_path(path) as tmp:
+            nn_save.save(str(tmp), contents, variable_batch_size=True)
+            with zipfile.ZipFile(tmp, "a") as z:
+                z.writestr(META_NAME, json.dumps(meta, indent=2))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_meta(path) -> dict:
+    """The model description stored in a wbc_nnabla ``.nnp``; ``{}`` for a plain nnabla ``.nnp``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            if META_NAME in z.namelist():
+                return json.loads(z.read(META_NAME))
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not an .nnp file (expected a zip archive written by nnabla)") from None
+    return {}
+
+
+def load_parameters(path) -> dict:
+    """Parameters ``{name: ndarray}`` of a ``.nnp`` or ``.h5`` file, without touching the global scope."""
+    import nnabla as nn
+    with nn.parameter_scope("", {}):
+        nn.load_parameters(str(path))
+        return {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+
+
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (the ONNX cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expected_shapes(arch: str, num_classes: int) -> Dict[str, Tuple[int, ...]]:
+    """Parameter name -> shape of ``models.resnet(arch, num_classes)``.
+
+    Built by constructing the nnabla graph in a private parameter scope, so the
+    architecture is described once (in models.py), not copied here.
+    """
+    import nnabla as nn
+
+    from . import models
+    local: dict = {}
+    with nn.parameter_scope("net", scope=local):
+        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=True)
+        return {k: tuple(v.shape) for k, v in nn.get_parameters(grad_only=False).items()}
+
+
+def _default_class_names(num_classes: int) -> List[str]:
+    return list(classes.CLASSES6) if num_classes == len(classes.CLASSES6) else \
+        [f"class{i}" for i in range(num_classes)]
+
+
+def _read_file(p: Path) -> Tuple[Dict[str, np.ndarray], dict]:
+    """(parameters, stored description or ``{}``) of an existing ``.nnp``/``.h5``; ModelError if unreadable."""
+    meta: dict = {}
+    if p.suffix.lower() == ".nnp":
+        try:
+            meta = dict(read_meta(p))
+        except (ValueError, OSError) as e:
+            raise ModelError(str(e)) from None
+    try:
+        params = load_parameters(p)
+    except Exception as e:  # nnabla/h5py raise many types for a corrupt file
+        raise ModelError(f"{p}: cannot read parameters ({type(e).__name__}: {e}); "
+                         f"expected an nnabla .nnp or .h5 parameter file") from None
+    if not params:
+        raise ModelError(f"{p}: holds no parameters (expected the weights of a ResNet)")
+    return params, meta
+
+
+def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
+    """Parameters and description of a ``.nnp`` or ``.h5`` model file.
+
+    Returns ``(params, meta)`` with ``meta`` holding at least ``arch``,
+    ``class_names``, ``num_classes`` and ``input_size`` (pixels). For a plain
+    nnabla ``.nnp`` or an ``.h5`` parameter file (no stored description) the
+    arch comes from the parameter names, the class count from ``fc``, the six
+    class names of Table 1 are assumed when there are six outputs (else
+    ``class0``...) and the input size is the paper's 480 (``meta['assumed']``
+    lists what was assumed).
+
+    Raises :class:`ModelError` naming the file and what was expected when it is
+    missing, not a model file, or its parameters do not form a supported ResNet.
+    """
+    from . import models
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: no such model file (expected a .nnp or .h5 written by wbc_nnabla/nnabla)")
+    if p.suffix.lower() not in (".nnp", ".h5"):
+        raise ModelError(f"{p}: unsupported model file type {p.suffix!r} (expected .nnp or .h5)")
+    params, meta = _read_file(p)
+    try:
+        arch = models.arch_of(params)
+    except ValueError as e:
+        raise ModelError(f"{p}: {e}; expected resnet18/34/50 parameters named as in models.py "
+                         f"(conv1, bn1, layer1/0/..., fc)") from None
+    if "fc/affine/W" not in params:
+        raise ModelError(f"{p}: no classifier parameter fc/affine/W (expected a ResNet of models.py)")
+    num_classes = models.class_count_of(params)
+    assumed = []
+    if meta.get("arch") and meta["arch"] != arch:
+        raise ModelError(f"{p}: description says {meta['arch']} but the parameters form a {arch}")
+    if not meta.get("class_names"):
+        meta["class_names"] = _default_class_names(num_classes)
+        assumed.append("class_names")
+    if len(meta["class_names"]) != num_classes:
+        raise ModelError(f"{p}: description lists {len(meta['class_names'])} class names but the "
+                         f"classifier fc has {num_classes} outputs")
+    if not meta.get("input_size"):
+        meta["input_size"] = DEFAULT_INPUT_SIZE
+        assumed.append("input_size")
+    meta.update(arch=arch, num_classes=num_classes, class_names=list(meta["class_names"]),
+                input_size=int(meta["input_size"]))
+    if assumed:
+        meta["assumed"] = assumed
+    _check_shapes(p, params, expected_shapes(arch, num_classes))
+    return params, meta
+
+
+def _check_shapes(path: Path, params: dict, expected: dict) -> None:
+    missing = [k for k in expected if k not in params]
+    if missing:
+        raise ModelError(f"{path}: missing {len(missing)} parameter(s) of a ResNet, e.g. {missing[0]}")
+    for k, shape in expected.items():
+        if tuple(params[k].shape) != shape:
+            raise ModelError(f"{path}: parameter {k} has shape {tuple(params[k].shape)}, expected {shape}")
