@@ -8,7 +8,7 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["classes", "io", "cells", "datasets", "models", "recipe", "training", "inference", "export",
+MODULES = ["classes", "io", "cells", "datasets", "models", "recipe", "training", "checkpoint", "inference", "export",
            "scoring", "report", "gradcam", "pipeline", "cli"]
 
 

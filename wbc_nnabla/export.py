@@ -31,10 +31,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import classes
+from .recipe import PAPER
 
 PathLike = Union[str, os.PathLike]
 #: Paper's training size (section II.3); used when a model file stores none.
-DEFAULT_INPUT_SIZE = 480
+DEFAULT_INPUT_SIZE = PAPER.train_size
 #: nnabla ``PF.batch_normalization`` default epsilon (models.py uses the default).
 BN_EPS = 1e-5
 ONNX_META_KEY = "wbc_nnabla"
