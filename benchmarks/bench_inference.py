@@ -67,8 +67,9 @@ def trained_model(args) -> Path:
     for name, part in (("train.csv", train), ("valid.csv", valid)):
         io.write_nnc_csv(ds / name, part["path"], [classes.INDEX6[c] for c in part["label"]])
     t0 = time.perf_counter()
-    training.train(ds, out, epochs=1, batch_size=16, size=64, pretrained="none", max_iterations=args.train_iters,
-                   train_eval_limit=32, tile_every=0, progress=False)
+    training.train(ds, out, training.TrainConfig(epochs=1, batch_size=16, size=64, pretrained="none",
+                                                 max_iterations=args.train_iters, train_eval_limit=32,
+                                                 tile_every=0, progress=False))
     print(f"model: trained by wbc_nnabla.training.train, resnet18 from scratch, 64 px, {args.train_iters} "
           f"iterations of 16 pbc6 cells ({time.perf_counter() - t0:.0f} s) -> {out / 'model.nnp'}")
     return out / "model.nnp"

@@ -23,7 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from wbc_nnabla import classes, io, models, training  # noqa: E402
+from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
 
 def dataset(root: Path, per_class: int) -> Path:
@@ -37,8 +40,9 @@ def dataset(root: Path, per_class: int) -> Path:
 def bench(size: int, batch: int, iterations: int, tmp: Path) -> dict:
     ds = dataset(tmp / f"ds{size}", max(2, -(-batch * iterations // 6)))
     t0 = time.time()
-    s = training.train(ds, tmp / f"out{size}", epochs=2, batch_size=batch, size=size, pretrained="none",
-                       progress=False, max_iterations=iterations, train_eval_limit=4)
+    s = training.train(ds, tmp / f"out{size}", TrainConfig(epochs=2, batch_size=batch, size=size, pretrained="none",
+                                                         progress=False, max_iterations=iterations,
+                                                         train_eval_limit=4))
     h = s["history"]
     return dict(size=size, batch_size=batch, iterations_per_epoch=iterations,
                 cold_images_per_s=h[0]["images_per_s"], cold_outside_share=h[0]["outside_share"],
@@ -50,12 +54,12 @@ def bench(size: int, batch: int, iterations: int, tmp: Path) -> dict:
 def recalibration_rate(ds: Path, size: int, batch: int) -> float:
     """Images/s of :func:`training.recalibrate_bn` over the (cached) training images."""
     models.clear_scope(training.SCOPE)
-    g = training.Graphs("resnet18", 6, batch, size, None)
+    g = training.build_graph("resnet18", 6, batch, size)      # clean batch-statistics graph
     paths, y = training.read_split(ds / "train.csv")
     loader = training.ImageLoader(paths, y, size)
-    training.recalibrate_bn(g, loader, batch, batch)           # warm the image cache and the graph
+    training.recalibrate_bn(g, loader, batch, np.arange(batch))  # warm the image cache and the graph
     t = time.perf_counter()
-    n = training.recalibrate_bn(g, loader, batch, len(loader)) * batch
+    n = training.recalibrate_bn(g, loader, batch, np.arange(len(loader))) * batch
     return n / (time.perf_counter() - t)
 
 
@@ -65,7 +69,6 @@ def main():
     ap.add_argument("--iterations-64", type=int, default=6, help="iterations per epoch at 64 px")
     a = ap.parse_args()
     import nnabla as nn
-    import numpy as np
     x = nn.Variable((1, 3, 320, 320))
     y = models.resnet18(x, test=True)
     x.d = np.random.rand(*x.shape)

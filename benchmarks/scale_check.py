@@ -77,9 +77,10 @@ def main() -> None:
         done = (run / "config.json").is_file() and \
             len(json.loads((run / "config.json").read_text()).get("history", [])) >= args.epochs
         if not done:
-            training.train(ds, run, epochs=args.epochs, batch_size=args.batch_size, size=args.size,
-                           seed=args.seed, pretrained="none", augmentation=aug,
-                           resume=(run / "checkpoint.json").is_file(), progress=False)
+            training.train(ds, run, training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                                                         size=args.size, seed=args.seed, pretrained="none",
+                                                         augmentation=aug, progress=False),
+                           resume=(run / "checkpoint.json").is_file())
         for s in sizes:
             pred = inference.predict(run / "model.nnp", parts["test"], size=s, backend="nnabla", progress=False)
             six, five = accuracy(pred)

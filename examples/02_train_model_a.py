@@ -21,7 +21,8 @@ ap.add_argument("--max-iterations", type=int, default=None, help="cap iterations
 args = ap.parse_args()
 work = Path(args.work)
 
-summary = training.train(work / "dataset_A", work / "model_A", epochs=args.epochs, batch_size=args.batch_size,
-                         size=args.size, pretrained=args.pretrained, max_iterations=args.max_iterations)
+config = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, size=args.size,
+                              pretrained=args.pretrained, max_iterations=args.max_iterations)
+summary = training.train(work / "dataset_A", work / "model_A", config)
 print("Model A:", work / "model_A" / "model.nnp")
 print("learning curve (Cost, Training Error, Validation Error):", work / "model_A" / "learning_curve.png")

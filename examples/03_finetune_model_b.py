@@ -18,6 +18,7 @@ ap.add_argument("--max-iterations", type=int, default=None)
 args = ap.parse_args()
 work = Path(args.work)
 
-training.train(work / "dataset_B", work / "model_B", epochs=args.epochs, batch_size=args.batch_size,
-               size=args.size, init=work / "model_A" / "model.nnp", max_iterations=args.max_iterations)
+training.train(work / "dataset_B", work / "model_B",
+               training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, size=args.size,
+                                    init=work / "model_A" / "model.nnp", max_iterations=args.max_iterations))
 print("Model B:", work / "model_B" / "model.nnp")

@@ -8,8 +8,9 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["classes", "io", "cells", "datasets", "models", "pretrained", "modelfile", "recipe", "training",
-           "inference", "export", "predictions", "scoring", "report", "gradcam", "reproduce_report", "pipeline", "cli"]
+MODULES = ["classes", "recipe", "sampling", "io", "cells", "datasets", "models", "pretrained", "modelfile",
+           "training", "checkpoint", "inference", "export", "predictions", "scoring", "report", "gradcam",
+           "reproduce_report", "pipeline", "cli"]
 
 
 def first_paragraph(doc):

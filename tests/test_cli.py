@@ -38,3 +38,11 @@ def test_docs_cli_reference_matches_help():
     assert doc.read_text() == cli.help_markdown(), (
         "docs/cli.md is out of date: regenerate with "
         "python -c 'from wbc_nnabla import cli; print(cli.help_markdown(), end=\"\")' > docs/cli.md")
+
+
+def test_train_flags_build_the_settings():
+    """The AdaBound and ImageAugmentation flags are made from the settings' fields, defaults included."""
+    from wbc_nnabla.recipe import AdaBoundConfig, Augmentation
+    args = cli.build_parser().parse_args(["train", "DS", "OUT", "--alpha", "0.01", "--angle", "10"])
+    assert cli._settings(AdaBoundConfig, args) == AdaBoundConfig(alpha=0.01)
+    assert cli._settings(Augmentation, args, flip_lr=False) == Augmentation(angle=10.0, flip_lr=False)

@@ -81,14 +81,10 @@ def test_demo_end_to_end_and_resume(tiny_demo_run, caplog):
         pipeline.demo(out, progress=False, epochs_a=2)
 
 
-def test_every_setting_has_a_reproduce_flag():
-    """Each Config field (but the preset itself) can be set from the command line, and reaches the config."""
-    import dataclasses
-
+def test_reproduce_flags_reach_the_config():
+    """A reproduce flag (made from a Config field) overrides the preset."""
     from wbc_nnabla import cli
 
-    fields = {f.name for f in dataclasses.fields(pipeline.Config)} - {"preset"}
-    assert set(cli._OVERRIDES) == fields
     args = cli.build_parser().parse_args(["reproduce", "SRC", "OUT", "--bn-recalibration", "0", "--seed", "4"])
     cfg = pipeline.make_config("paper", **cli._overrides(args))
     assert (cfg.bn_recalibration, cfg.seed) == (0, 4)

@@ -16,7 +16,8 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import classes, io, modelfile, models, training  # noqa: E402
+from wbc_nnabla import checkpoint, classes, io, modelfile, models, training  # noqa: E402
+from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ FAST = dict(size=32, batch_size=4, pretrained="none", progress=False, max_iterat
 @pytest.fixture(scope="module")
 def model_a(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("A") / "A"
-    training.train(tiny, out, epochs=2, **FAST)
+    training.train(tiny, out, TrainConfig(epochs=2, **FAST))
     return out
 
 
@@ -95,7 +96,7 @@ def test_adabound_matches_official_reference(wd):
 def test_make_solver_uses_config():
     nn.clear_parameters()
     models.clear_scope(training.SCOPE)
-    training.Graphs("resnet18", 6, 1, 32, None)
+    training.build_graph("resnet18", 6, 1, 32)
     solver = training.make_solver(training.AdaBoundConfig(alpha=0.002))
     assert solver.name == "AdaBound" and math.isclose(solver.learning_rate(), 0.002, rel_tol=1e-6)
     assert len(solver.get_parameters()) == len(training.parameters(grad_only=True))
@@ -112,10 +113,11 @@ def _function_names(v):
 
 def test_augmentation_in_training_graph_only(model_a):
     models.clear_scope(training.SCOPE)
-    g = training.Graphs("resnet18", 6, 2, 32, training.Augmentation(), 0)
-    assert "ImageAugmentation" in _function_names(g.loss)
-    assert "ImageAugmentation" not in _function_names(g.losses)
-    assert "BatchNormalization" in _function_names(g.losses)
+    train = training.build_graph("resnet18", 6, 2, 32, aug=training.Augmentation(), aug_seed=0)
+    test = training.build_graph("resnet18", 6, 2, 32, test=True)
+    assert "ImageAugmentation" in _function_names(train.loss)
+    assert "ImageAugmentation" not in _function_names(test.losses)
+    assert "BatchNormalization" in _function_names(test.losses)
     import zipfile
     with zipfile.ZipFile(model_a / "model.nnp") as z:
         nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
@@ -167,9 +169,9 @@ def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
     xin = rng.rand(2, 3, 32, 32).astype(np.float32)
     # training graph in test mode with the exported parameters
     models.clear_scope(training.SCOPE)
-    g = training.Graphs("resnet18", 6, 2, 32, None)
+    g = training.build_graph("resnet18", 6, 2, 32, test=True)
     training._load_into(training.parameters(), modelfile.load_parameters(model_a / "model.h5"), "model.h5")
-    g.vx.d = xin
+    g.x.d = xin
     g.logits.forward()
     z = g.logits.d
     want = np.exp(z - z.max(1, keepdims=True))
@@ -199,11 +201,11 @@ def test_resume_reaches_same_parameters(tiny, tmp_path):
     """4 epochs straight == 2 epochs, stop, resume to 4 (augmentation on: per-epoch seeded)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     one = dict(FAST, max_iterations=1)
-    training.train(tiny, straight, epochs=4, **one)
-    training.train(tiny, split, epochs=2, **one)
+    training.train(tiny, straight, TrainConfig(epochs=4, **one))
+    training.train(tiny, split, TrainConfig(epochs=2, **one))
     with pytest.raises(training.TrainingError, match="--resume"):
-        training.train(tiny, split, epochs=4, **one)
-    training.train(tiny, split, epochs=4, resume=True, **one)
+        training.train(tiny, split, TrainConfig(epochs=4, **one))
+    training.train(tiny, split, TrainConfig(epochs=4, **one), resume=True)
     a = modelfile.load_parameters(straight / "checkpoints" / "epoch0004" / "params.h5")
     b = modelfile.load_parameters(split / "checkpoints" / "epoch0004" / "params.h5")
     assert set(a) == set(b)
@@ -218,7 +220,7 @@ def test_resume_reaches_same_parameters(tiny, tmp_path):
 
 def test_finetune_starts_from_model_a_exactly(model_a, tiny, tmp_path):
     models.clear_scope(training.SCOPE)
-    training.Graphs("resnet18", 6, 4, 32, training.Augmentation(), 0)
+    training.build_graph("resnet18", 6, 4, 32, aug=training.Augmentation(), aug_seed=0)
     params = training.parameters()
     info = training.initialise(params, pretrained="imagenet", init=model_a / "model.nnp")   # init wins
     a = modelfile.load_parameters(model_a / "model.nnp")
@@ -227,7 +229,7 @@ def test_finetune_starts_from_model_a_exactly(model_a, tiny, tmp_path):
         np.testing.assert_array_equal(params[k].d, a[k], err_msg=k)
     assert info.startswith("init")
     out = tmp_path / "B"
-    training.train(tiny, out, epochs=1, init=model_a / "model.nnp", **FAST)
+    training.train(tiny, out, TrainConfig(epochs=1, init=model_a / "model.nnp", **FAST))
     assert json.loads((out / "config.json").read_text())["initialisation"] == info
 
 
@@ -235,17 +237,17 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny, tmp_path):
     out = tmp_path / "nan"
     huge = training.AdaBoundConfig(alpha=1e38, final_lr=1e38)   # steps overflow float32
     with pytest.raises(training.TrainingError, match="non-finite Cost.*checkpoints/epoch0001"):
-        training.train(tiny, out, epochs=3, solver=huge, **dict(FAST, max_iterations=1))
+        training.train(tiny, out, TrainConfig(epochs=3, solver=huge, **dict(FAST, max_iterations=1)))
     assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 1
 
 
 def test_bad_inputs_fail_clearly(tiny, tmp_path):
     with pytest.raises(training.TrainingError, match="train.csv"):
-        training.train(tmp_path, tmp_path / "o", epochs=1, **FAST)
+        training.train(tmp_path, tmp_path / "o", TrainConfig(epochs=1, **FAST))
     with pytest.raises(training.TrainingError, match="cudnn.*pip install"):
         training.get_context("cudnn")
     with pytest.raises(training.TrainingError, match="nothing to resume"):
-        training.train(tiny, tmp_path / "fresh", epochs=1, resume=True, **FAST)
+        training.train(tiny, tmp_path / "fresh", TrainConfig(epochs=1, **FAST), resume=True)
     # an unreadable image fails with its name (the loader thread must not hang the run)
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -254,23 +256,23 @@ def test_bad_inputs_fail_clearly(tiny, tmp_path):
     io.write_nnc_csv(bad / "train.csv", [bad / "broken.jpg"] + good[:3], [0, 1, 2, 3])
     io.write_nnc_csv(bad / "valid.csv", good[:2], [0, 1])
     with pytest.raises(io.ImageReadError, match="broken.jpg"):
-        training.train(bad, tmp_path / "o2", epochs=1, **FAST)
+        training.train(bad, tmp_path / "o2", TrainConfig(epochs=1, **FAST))
 
 
 def test_weight_init_is_recorded_and_guarded_on_resume(model_a, tiny, tmp_path):
     from wbc_nnabla import cli
     assert json.loads((model_a / "config.json").read_text())["config"]["weight_init"] == "glorot"
     with pytest.raises(training.TrainingError, match="weight_init 'xavier'"):
-        training.train(tiny, tmp_path / "x", epochs=1, weight_init="xavier", **FAST)
+        training.train(tiny, tmp_path / "x", TrainConfig(epochs=1, weight_init="xavier", **FAST))
     with pytest.raises(training.TrainingError, match="weight_init.*was 'glorot'"):
-        training.train(tiny, model_a, epochs=2, resume=True, weight_init="he", **FAST)
+        training.train(tiny, model_a, TrainConfig(epochs=2, weight_init="he", **FAST), resume=True)
     old = tmp_path / "old"                                         # a run written before the option
     shutil.copytree(model_a, old)
     cfg = json.loads((old / "config.json").read_text())
     del cfg["config"]["weight_init"]
     (old / "config.json").write_text(json.dumps(cfg))
-    assert len(training.train(tiny, old, epochs=2, resume=True, **FAST)["history"]) == 2
-    he = training.train(tiny, tmp_path / "he", epochs=1, weight_init="he", **dict(FAST, max_iterations=1))
+    assert len(training.train(tiny, old, TrainConfig(epochs=2, **FAST), resume=True)["history"]) == 2
+    he = training.train(tiny, tmp_path / "he", TrainConfig(epochs=1, weight_init="he", **dict(FAST, max_iterations=1)))
     assert he["config"]["weight_init"] == "he"
     assert cli.build_parser().parse_args(["train", "d", "o"]).weight_init == "glorot"
     assert cli.build_parser().parse_args(["train", "d", "o", "--weight-init", "he"]).weight_init == "he"
@@ -278,8 +280,9 @@ def test_weight_init_is_recorded_and_guarded_on_resume(model_a, tiny, tmp_path):
 
 def test_tiny_training_on_real_crops_drops_loss(tmp_path):
     ds = _dataset(tmp_path / "ds", 4, 1)                           # 24 train images, 64 px
-    s = training.train(ds, tmp_path / "run", epochs=3, size=64, batch_size=6, pretrained="none",
-                       progress=False, augmentation=training.Augmentation(enabled=False), train_eval_limit=12)
+    s = training.train(ds, tmp_path / "run", TrainConfig(
+        epochs=3, size=64, batch_size=6, pretrained="none", progress=False,
+        augmentation=training.Augmentation(enabled=False), train_eval_limit=12))
     h = s["history"]
     assert h[-1]["training_error"] < h[0]["training_error"]
     assert h[-1]["cost"] < h[0]["cost"]
@@ -291,7 +294,7 @@ def test_recalibrate_bn_sets_clean_batch_statistics(tiny):
 
     models.clear_scope(training.SCOPE)
     size, bs = 32, 4
-    g = training.Graphs("resnet18", 6, bs, size, training.Augmentation())
+    g = training.build_graph("resnet18", 6, bs, size)      # clean batch-statistics graph
     params = training.parameters()
     rng = np.random.default_rng(0)
     for k, v in params.items():  # non-trivial weights and stale statistics
@@ -324,18 +327,18 @@ def test_bn_recalibration_is_on_by_default_and_guarded_on_resume(tiny, tmp_path)
     may not switch the setting (an old config without the key counts as 0).
     """
     on, off = tmp_path / "on", tmp_path / "off"
-    s = training.train(tiny, on, epochs=1, **FAST)
+    s = training.train(tiny, on, TrainConfig(epochs=1, **FAST))
     assert s["config"]["bn_recalibration"] == training.BN_RECALIBRATION_IMAGES > 0
-    training.train(tiny, off, epochs=1, bn_recalibration=0, **FAST)
+    training.train(tiny, off, TrainConfig(epochs=1, bn_recalibration=0, **FAST))
     a, b = modelfile.load_parameters(on / "model.nnp"), modelfile.load_parameters(off / "model.nnp")
     differ = {k for k in a if not np.array_equal(a[k], b[k])}
     assert differ and all(k.endswith("/mean") or k.endswith("/var") for k in differ)
     with pytest.raises(training.TrainingError, match="bn_recalibration.*was 0"):
-        training.train(tiny, off, epochs=2, resume=True, **FAST)
+        training.train(tiny, off, TrainConfig(epochs=2, **FAST), resume=True)
     cfg = json.loads((off / "config.json").read_text())
     del cfg["config"]["bn_recalibration"]                          # a run written before the option
     (off / "config.json").write_text(json.dumps(cfg))
-    s = training.train(tiny, off, epochs=2, resume=True, bn_recalibration=0, **FAST)
+    s = training.train(tiny, off, TrainConfig(epochs=2, bn_recalibration=0, **FAST), resume=True)
     assert len(s["history"]) == 2
 
 
@@ -359,11 +362,34 @@ def test_training_on_class_sorted_csv_recalibrates_on_all_classes(tmp_path):
     ds = _dataset(tmp_path / "ds", 4, 1)                                # 24 images, rows grouped by class
     _, y = training.read_split(ds / "train.csv")
     assert (np.diff(y) != 0).sum() == 5                                 # really sorted: 6 runs
-    s = training.train(ds, tmp_path / "run", epochs=1, bn_recalibration=12,
-                       **{**FAST, "train_eval_limit": 6})
+    s = training.train(ds, tmp_path / "run", TrainConfig(epochs=1, bn_recalibration=12,
+                                                         **{**FAST, "train_eval_limit": 6}))
     bn = s["config"]["bn_sample"]
     assert bn["n"] == 12 and set(bn["per_class"].values()) == {2}
     np.testing.assert_array_equal(np.bincount(y[bn["rows"]], minlength=6), [2] * 6)
     ev = s["config"]["train_eval_sample"]
     np.testing.assert_array_equal(np.bincount(y[ev["rows"]], minlength=6), [1] * 6)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["bn_sample"] == bn
+
+
+def test_train_leaves_process_state_alone(tiny, tmp_path):
+    """NumPy's global generator, nnabla's default context and matplotlib's backend are the caller's."""
+    import matplotlib
+
+    np.random.seed(123)
+    before = np.random.get_state()
+    ctx, backend = nn.get_current_context(), matplotlib.get_backend()
+    training.train(tiny, tmp_path / "run", TrainConfig(epochs=1, **dict(FAST, max_iterations=1)))
+    after = np.random.get_state()
+    assert after[0] == before[0] and np.array_equal(after[1], before[1]) and after[2:] == before[2:]
+    assert str(nn.get_current_context()) == str(ctx) and matplotlib.get_backend() == backend
+
+
+def test_checkpoint_rng_state_round_trips_through_json():
+    rng = np.random.RandomState(7)
+    rng.normal(size=3)                                   # leaves a cached Gaussian
+    saved = json.loads(json.dumps(checkpoint.rng_state(rng)))
+    want = rng.normal(size=5)
+    other = np.random.RandomState(0)
+    checkpoint.set_rng_state(other, saved)
+    np.testing.assert_array_equal(other.normal(size=5), want)

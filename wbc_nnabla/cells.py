@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from . import io
+from .recipe import PAPER
 
 PAD_MODES = {
     "reflect": cv2.BORDER_REFLECT_101,
@@ -29,7 +30,7 @@ PAD_MODES = {
 # ----------------------------------------------------------------------------- crops (section II.3)
 
 
-def crop_size_px(crop_px: int = 750, crop_um: Optional[float] = None,
+def crop_size_px(crop_px: int = PAPER.crop, crop_um: Optional[float] = None,
                  pixel_um: Optional[float] = None) -> int:
     """Side of the square crop in pixels.
 

@@ -1,17 +1,24 @@
 """``wbc-nnabla``: a thin command line over the Python API.
 
 Each sub-command is a few lines: parse flags, call the stage's API, print
-where the outputs are. Sections are grouped by pipeline stage.
+where the outputs are. Sections are grouped by pipeline stage. Stage modules
+are imported inside each command, so ``--help`` and the commands that need no
+network (classes, cells, score, compare, ...) never load nnabla.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+# nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
+from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, PAPER, AdaBoundConfig, Augmentation,
+                     TrainConfig, WEIGHT_INIT_NAMES)
 
 
 class CLIError(Exception):
@@ -182,13 +189,13 @@ def _add_datasets(sub) -> None:
     p.add_argument("--background", choices=("remove", "keep"), default=None,
                    help="remove: dataset ① (only the WBC kept); keep: dataset ② (required unless "
                         "--inference, where the default is keep)")
-    p.add_argument("--crop", type=int, default=750, help="crop side in pixels (default 750)")
+    p.add_argument("--crop", type=int, default=PAPER.crop, help=f"crop side in pixels (default {PAPER.crop})")
     p.add_argument("--crop-um", type=float, default=None, help="crop side in micrometres (with --pixel-um)")
     p.add_argument("--pixel-um", type=float, default=None, help="micrometres per pixel of the source images")
     p.add_argument("--size", type=int, default=None,
-                   help="output side in pixels (default 480, or 320 with --inference)")
+                   help=f"output side in pixels (default {PAPER.train_size}, or {PAPER.infer_size} with --inference)")
     p.add_argument("--total", type=int, default=None,
-                   help="images in train+valid (default 2385 for remove, 3284 for keep)")
+                   help=f"images in train+valid (default {PAPER.total_a} for remove, {PAPER.total_b} for keep)")
     p.add_argument("--valid-fraction", type=float, default=0.2, help="share of images in valid.csv (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and variant choice (default 0)")
     p.add_argument("--inference", action="store_true",
@@ -208,20 +215,16 @@ def _add_datasets(sub) -> None:
 
 def _cmd_train(args) -> int:
     from . import pretrained, training
-    solver = training.AdaBoundConfig(alpha=args.alpha, final_lr=args.final_lr, gamma=args.gamma,
-                                     beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-                                     weight_decay=args.weight_decay)
-    aug = training.Augmentation(contrast=args.contrast, contrast_center=args.contrast_center,
-                                brightness=args.brightness, min_scale=args.min_scale, max_scale=args.max_scale,
-                                angle=args.angle, flip_lr=not args.no_flip, flip_ud=not args.no_flip,
-                                enabled=not args.no_augmentation)
+    solver = _settings(AdaBoundConfig, args)
+    aug = _settings(Augmentation, args, flip_lr=not args.no_flip, flip_ud=not args.no_flip,
+                    enabled=not args.no_augmentation)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, size=args.size, seed=args.seed, pretrained=args.pretrained,
+        init=args.init, arch=args.arch, solver=solver, augmentation=aug, context=args.context,
+        train_eval_limit=args.train_eval_limit, export_size=args.export_size, progress=not args.no_progress,
+        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init)
     try:
-        s = training.train(args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, size=args.size,
-                           seed=args.seed, pretrained=args.pretrained, init=args.init, arch=args.arch,
-                           solver=solver, augmentation=aug, context=args.context, resume=args.resume,
-                           train_eval_limit=args.train_eval_limit, export_size=args.export_size,
-                           progress=not args.no_progress, bn_recalibration=args.bn_recalibration,
-                           weight_init=args.weight_init)
+        s = training.train(args.dataset, args.out, config, resume=args.resume)
     except (training.TrainingError, pretrained.PretrainedError) as e:
         raise CLIError(str(e)) from None
     b = s["best"]
@@ -232,50 +235,38 @@ def _cmd_train(args) -> int:
 
 
 def _add_training(sub) -> None:
-    from .recipe import BN_RECALIBRATION_IMAGES, AdaBoundConfig, Augmentation
-    s, a = AdaBoundConfig(), Augmentation()
+    t = TrainConfig()
     p = sub.add_parser("train", help="train WBC Model A (ImageNet start) or fine-tune Model B (--init A.nnp)",
                        description="ResNet + AdaBound + ImageAugmentation training (paper section II.4). "
                                    "Writes model.nnp, model.h5, config.json, learning_curve.csv/.png, monitor/, "
                                    "checkpoints/ into OUT.")
     p.add_argument("dataset", help="NNC dataset folder with train.csv and valid.csv (x:image,y:label)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--epochs", type=int, default=300, help="epochs (paper: 300)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--size", type=int, default=480, help="training input size in pixels (paper: 480)")
-    p.add_argument("--export-size", type=int, default=None, help="input size of model.nnp (default --size)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
-    p.add_argument("--pretrained", default="imagenet",
+    p.add_argument("--epochs", type=int, default=t.epochs, help=f"epochs (paper: {PAPER.epochs})")
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--size", type=int, default=t.size,
+                   help=f"training input size in pixels (paper: {PAPER.train_size})")
+    p.add_argument("--export-size", type=int, default=t.export_size, help="input size of model.nnp (default --size)")
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--arch", default=t.arch, choices=ARCH_NAMES)
+    p.add_argument("--pretrained", default=t.pretrained,
                    help="imagenet (file cached in ~/nnabla_data/nnp_models/imagenet/), a .nnp/.h5 path, or none")
-    p.add_argument("--init", default=None, help="start from every parameter of this model (Model B: Model A's .nnp)")
-    p.add_argument("--weight-init", default="glorot", choices=["glorot", "he"],
+    p.add_argument("--init", default=t.init, help="start from every parameter of this model (Model B: Model A's .nnp)")
+    p.add_argument("--weight-init", default=t.weight_init, choices=WEIGHT_INIT_NAMES,
                    help="initialiser of convolution weights not loaded from --pretrained/--init: glorot "
                         "(nnabla's default, uniform) or he (Kaiming normal, fan_out, as torchvision) "
                         "(default %(default)s)")
-    p.add_argument("--context", default="cpu", choices=["cpu", "cudnn"])
+    p.add_argument("--context", default=t.context, choices=CONTEXT_NAMES)
     p.add_argument("--resume", action="store_true", help="continue the last checkpoint in OUT")
-    p.add_argument("--train-eval-limit", type=int, default=None,
+    p.add_argument("--train-eval-limit", type=int, default=t.train_eval_limit,
                    help="Training Error on a seeded class-stratified sample of N training images (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--bn-recalibration", type=int, default=BN_RECALIBRATION_IMAGES, metavar="N",
+    p.add_argument("--bn-recalibration", type=int, default=t.bn_recalibration, metavar="N",
                    help="re-estimate BatchNorm statistics on N clean training images before each "
                         "evaluation and export (default %(default)s; 0: off, as NNC; see docs/training.md)")
-    g = p.add_argument_group("AdaBound")
-    g.add_argument("--alpha", type=float, default=s.alpha, help="step size (Adam learning rate)")
-    g.add_argument("--final-lr", type=float, default=s.final_lr, help="final (SGD) learning rate")
-    g.add_argument("--gamma", type=float, default=s.gamma, help="convergence speed of the bounds")
-    g.add_argument("--beta1", type=float, default=s.beta1)
-    g.add_argument("--beta2", type=float, default=s.beta2)
-    g.add_argument("--eps", type=float, default=s.eps)
-    g.add_argument("--weight-decay", type=float, default=s.weight_decay, help="L2 added to gradients")
+    _add_settings(p.add_argument_group("AdaBound"), AdaBoundConfig, defaults=True)
     g = p.add_argument_group("ImageAugmentation (training graph only)")
-    g.add_argument("--contrast", type=float, default=a.contrast, help="factor in [1/c, c]")
-    g.add_argument("--contrast-center", type=float, default=a.contrast_center)
-    g.add_argument("--brightness", type=float, default=a.brightness, help="additive, in [-b, b] on [0,1] pixels")
-    g.add_argument("--min-scale", type=float, default=a.min_scale, help="Magnification minimum")
-    g.add_argument("--max-scale", type=float, default=a.max_scale, help="Magnification maximum")
-    g.add_argument("--angle", type=float, default=a.angle, help="rotation in [-angle, angle] degrees")
+    _add_settings(g, Augmentation, defaults=True)
     g.add_argument("--no-flip", action="store_true", help="no random left-right/up-down mirror")
     g.add_argument("--no-augmentation", action="store_true", help="train without ImageAugmentation")
     p.set_defaults(func=_cmd_train)
@@ -341,9 +332,10 @@ def _add_inference(sub) -> None:
                                  "path,label[,smear] CSV or NNC dataset CSV")
     p.add_argument("out", help="predictions CSV to write (columns path, smear, label, pred6, pred5, prob_*)")
     p.add_argument("--size", type=int, default=None,
-                   help="input side in pixels (default: the model's training size; the paper infers at 320)")
+                   help=f"input side in pixels (default: the model's training size; the paper infers at "
+                        f"{PAPER.infer_size})")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
-    p.add_argument("--backend", choices=("auto", "nnabla", "opencv", "onnxruntime"), default="auto",
+    p.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
                    help="auto (default): nnabla on a GPU context, else the fastest CPU backend")
     p.add_argument("--classes", default="auto",
                    help="expected model classes: 'six' (the paper's), a comma list, or 'auto' (accept the "
@@ -528,13 +520,10 @@ def _print_headline(summary: dict, out) -> None:
           f"{summary['n_smears']} smears; {summary['seconds']:.0f} s")
 
 
-_OVERRIDES = ("crop", "train_size", "infer_size", "total_a", "total_b", "epochs_a", "epochs_b", "batch_size",
-              "train_eval_limit", "bn_recalibration", "arch", "pretrained", "valid_fraction", "inference_fraction", "pseudo_smears", "cells_per_smear",
-              "seed", "backend", "context", "pending_threshold", "target_accuracy", "gradcam_examples")
-
-
 def _overrides(args) -> dict:
-    return {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None}
+    """The ``reproduce``/``demo`` settings given on the command line (the preset supplies the rest)."""
+    from .pipeline import Config
+    return {f.name: getattr(args, f.name) for f in _setting_fields(Config) if getattr(args, f.name) is not None}
 
 
 def _cmd_reproduce(args) -> int:
@@ -556,40 +545,19 @@ def _cmd_demo(args) -> int:
 
 
 def _add_run_flags(p) -> None:
+    from .pipeline import Config
     g = p.add_argument_group("settings (override the preset; see docs/method.md)")
     g.add_argument("--config", help="JSON file of settings (applied after the preset, before these flags)")
-    g.add_argument("--crop", type=int, help="crop side in pixels around each cell (paper: 750)")
-    g.add_argument("--train-size", type=int, help="training input side in pixels (paper: 480)")
-    g.add_argument("--infer-size", type=int, help="inference input side in pixels (paper: 320)")
-    g.add_argument("--total-a", type=int, help="images in dataset ① after balancing (paper: 2385)")
-    g.add_argument("--total-b", type=int, help="images in dataset ② after balancing (paper: 3284)")
-    g.add_argument("--epochs-a", type=int, help="epochs of Model A (paper: 300)")
-    g.add_argument("--epochs-b", type=int, help="epochs of Model B (paper: 300)")
-    g.add_argument("--batch-size", type=int, help="images per iteration")
-    g.add_argument("--train-eval-limit", type=int,
-                   help="Training Error over a seeded class-stratified sample of N training images (default: all, as NNC)")
-    g.add_argument("--bn-recalibration", type=int, metavar="N",
-                   help="re-estimate BatchNorm statistics on N clean training images (default 960; 0: as NNC)")
-    g.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="network (paper: resnet18)")
-    g.add_argument("--pretrained", help="auto (ImageNet when the weights file is present), imagenet, none or a file")
-    g.add_argument("--valid-fraction", type=float, help="validation share of the teacher cells")
-    g.add_argument("--inference-fraction", type=float, help="share of SOURCE held out as the inference set")
-    g.add_argument("--pseudo-smears", type=int, help="group held-out cells without smear ids into N smears")
-    g.add_argument("--cells-per-smear", type=int, help="cells per pseudo-smear")
-    g.add_argument("--seed", type=int, help="seed of every random choice")
-    g.add_argument("--backend", choices=("auto", "nnabla", "opencv", "onnxruntime"), help="inference backend")
-    g.add_argument("--context", choices=("cpu", "cudnn"), help="nnabla context for training")
-    g.add_argument("--pending-threshold", type=float, help="judgement-pending cut-off on the top probability")
-    g.add_argument("--target-accuracy", type=float, help="accuracy the pending cut-off is calibrated to")
-    g.add_argument("--gradcam-examples", type=int, help="disagreeing cells shown with Grad-CAM")
+    _add_settings(g, Config, defaults=False)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_pipeline(sub) -> None:
+    from .pipeline import PRESETS
     p = sub.add_parser("reproduce", help="run the paper's whole study: datasets, Model A/B, scoring, report")
     p.add_argument("source", help="labeled teacher cells (class folders, path,label[,smear] CSV, NNC CSV)")
     p.add_argument("out", help="output folder (re-running skips complete stages)")
-    p.add_argument("--preset", choices=("paper", "recommended", "demo"), default="paper",
+    p.add_argument("--preset", choices=tuple(PRESETS), default="paper",
                    help="paper: the paper's settings; recommended: infer at the training scale; demo: minutes on a CPU")
     p.add_argument("--inference", help="labeled inference set; default: a held-out part of SOURCE")
     _add_run_flags(p)
@@ -598,6 +566,36 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     _add_run_flags(p)
     p.set_defaults(func=_cmd_demo)
+
+
+# ----------------------------------------------------------------------------- flags from dataclass fields
+
+
+def _setting_fields(cls) -> list:
+    """The fields of dataclass ``cls`` that are command-line flags (:func:`wbc_nnabla.recipe.setting`)."""
+    return [f for f in dataclasses.fields(cls) if FLAG in f.metadata]
+
+
+def _add_settings(group, cls, defaults: bool) -> None:
+    """Add a ``--field-name`` flag to ``group`` for each setting field of dataclass ``cls``.
+
+    The flag's type is the field's (``Optional[X]`` gives ``X``); its help and
+    other argparse keywords come from the field's metadata. With ``defaults``
+    the field's default is the flag's; without, the flag defaults to None
+    ("not given", e.g. so that a preset decides). Field types: int, float, str or an Optional of one.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in _setting_fields(cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) is typing.Union:            # Optional[X] -> X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default if defaults else None,
+                           **f.metadata[FLAG])
+
+
+def _settings(cls, args, **more):
+    """An instance of dataclass ``cls`` from the flags :func:`_add_settings` made (and ``more`` fields)."""
+    return cls(**{f.name: getattr(args, f.name) for f in _setting_fields(cls)}, **more)
 
 
 # ----------------------------------------------------------------------------- entry point

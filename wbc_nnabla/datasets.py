@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import cells, classes, io
+from .recipe import PAPER
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ log = logging.getLogger(__name__)
 DIHEDRAL_NAMES = ("rot0", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
 BACKGROUNDS = ("remove", "keep")
 #: Dataset sizes of the paper (section II.3): ① background removed, ② background kept.
-DEFAULT_TOTAL = {"remove": 2385, "keep": 3284}
-DEFAULT_SIZE = 480
-DEFAULT_INFERENCE_SIZE = 320
+DEFAULT_TOTAL = {"remove": PAPER.total_a, "keep": PAPER.total_b}
+DEFAULT_SIZE = PAPER.train_size
+DEFAULT_INFERENCE_SIZE = PAPER.infer_size
 SPLITS = ("train", "valid")
 MANIFEST_COLUMNS = (
     "image", "split", "label", "y", "cell_id", "source_path", "source_row", "smear", "kind",
@@ -298,7 +299,7 @@ def _manifest_row(row, info, image, split, k, repeat, background, size, pad_mode
                 wbc_fraction=info["wbc_fraction"] if info else "", size=size)
 
 
-def build_dataset(source, out, background: Optional[str] = None, crop: int = 750,
+def build_dataset(source, out, background: Optional[str] = None, crop: int = PAPER.crop,
                   crop_um: Optional[float] = None, pixel_um: Optional[float] = None,
                   size: Optional[int] = None, total: Optional[int] = None, valid_fraction: float = 0.2,
                   seed: int = 0, inference: bool = False, locate: bool = False, skip_bad: bool = False,

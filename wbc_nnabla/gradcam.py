@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
+import nnabla as nn
 import numpy as np
 
 from . import classes, io, models
@@ -140,8 +141,6 @@ class GradCAM:
 
     def _graph(self, n: int):
         """(x, logits, features) for a batch of ``n``; built once per batch size."""
-        import nnabla as nn
-
         if n not in self._graphs:
             with nn.parameter_scope("", self._scope), nn.no_grad():
                 x = nn.Variable(models.input_shape(n, self.size))

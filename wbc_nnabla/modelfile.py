@@ -27,12 +27,13 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from . import classes
+from .recipe import PAPER
 
 PathLike = Union[str, os.PathLike]
 #: Zip member of an ``.nnp`` holding the wbc_nnabla model description.
 META_NAME = "wbc_nnabla.json"
 #: Paper's training size (section II.3); used when a model file stores none.
-DEFAULT_INPUT_SIZE = 480
+DEFAULT_INPUT_SIZE = PAPER.train_size
 
 
 class ModelError(ValueError):

@@ -29,6 +29,8 @@ import nnabla.initializer as I
 import nnabla.parametric_functions as PF
 import numpy as np
 
+from .recipe import ARCH_NAMES, WEIGHT_INIT_NAMES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: BatchNorm running-statistics decay ``d`` in ``r_t = d r_{t-1} + (1 - d) b_t`` (nnabla's default).
@@ -37,7 +39,7 @@ BN_DECAY = 0.9
 BN_EPS = 1e-5
 #: Convolution weight initialisers: ``glorot`` (nnabla's default, uniform) or ``he``
 #: (Kaiming normal, fan_out, as torchvision's ResNet).
-WEIGHT_INITS = ("glorot", "he")
+WEIGHT_INITS = WEIGHT_INIT_NAMES
 #: Bottleneck width (``planes``) of the four residual stages.
 STAGE_PLANES = (64, 128, 256, 512)
 
@@ -223,6 +225,7 @@ ARCHS = {
     "resnet34": (basic_block, (3, 4, 6, 3)),
     "resnet50": (bottleneck, (3, 4, 6, 3)),
 }
+assert tuple(ARCHS) == ARCH_NAMES, "recipe.ARCH_NAMES (the nnabla-free registry) lists these depths"
 
 
 def _arch(arch: str):

@@ -31,44 +31,55 @@ from typing import Dict, Optional
 
 import numpy as np
 
+# Stages that import nnabla (models, training, inference, gradcam) are imported inside the
+# functions that run them: the CLI builds its reproduce flags from Config without loading nnabla.
 from . import classes, io, sampling
-from .recipe import BN_RECALIBRATION_IMAGES
+from .recipe import (ARCH_NAMES, BACKEND_NAMES, BATCH_SIZE, BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, PAPER,
+                     TrainConfig, setting)
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Config:
-    """Every setting of a reproduction run (units: pixels, epochs, images)."""
+    """Every setting of a reproduction run (units: pixels, epochs, images).
+
+    Each field but ``preset`` is also a ``reproduce``/``demo`` flag (:func:`wbc_nnabla.recipe.setting`:
+    its help text is the field's documentation).
+    """
 
     preset: str = "paper"
-    crop: int = 750                  # section II.3: 750x750 crop around the cell
-    train_size: int = 480            # training/validation input (section II.4)
-    infer_size: int = 320            # inference input (section II.3)
-    total_a: int = 2385              # dataset ① after balancing
-    total_b: int = 3284              # dataset ② after balancing
-    epochs_a: int = 300
-    epochs_b: int = 300
-    batch_size: int = 16
-    train_eval_limit: Optional[int] = None  # Training Error over a stratified sample of N training images (None: all)
-    bn_recalibration: int = BN_RECALIBRATION_IMAGES  # precise BN before each evaluation (0: as NNC)
-    arch: str = "resnet18"
-    pretrained: str = "auto"         # "auto": ImageNet weights when the file is present, else scratch
-    valid_fraction: float = 0.2
-    inference_fraction: float = 0.2  # held out of SOURCE when no --inference set is given
-    pseudo_smears: Optional[int] = None
-    cells_per_smear: Optional[int] = None
-    seed: int = 0
-    backend: str = "auto"
-    context: str = "cpu"
-    pending_threshold: Optional[float] = None
-    target_accuracy: float = 0.99
-    gradcam_examples: int = 8
+    crop: int = setting(PAPER.crop, f"crop side in pixels around each cell (paper: {PAPER.crop})")
+    train_size: int = setting(PAPER.train_size, f"training input side in pixels (paper: {PAPER.train_size})")
+    infer_size: int = setting(PAPER.infer_size, f"inference input side in pixels (paper: {PAPER.infer_size})")
+    total_a: int = setting(PAPER.total_a, f"images in dataset ① after balancing (paper: {PAPER.total_a})")
+    total_b: int = setting(PAPER.total_b, f"images in dataset ② after balancing (paper: {PAPER.total_b})")
+    epochs_a: int = setting(PAPER.epochs, f"epochs of Model A (paper: {PAPER.epochs})")
+    epochs_b: int = setting(PAPER.epochs, f"epochs of Model B (paper: {PAPER.epochs})")
+    batch_size: int = setting(BATCH_SIZE, "images per iteration")
+    train_eval_limit: Optional[int] = setting(
+        None, "Training Error over a seeded class-stratified sample of N training images (default: all, as NNC)")
+    bn_recalibration: int = setting(
+        BN_RECALIBRATION_IMAGES, metavar="N",
+        help=f"re-estimate BatchNorm statistics on N clean training images (default {BN_RECALIBRATION_IMAGES}; "
+             f"0: as NNC)")
+    arch: str = setting(PAPER.arch, f"network (paper: {PAPER.arch})", choices=ARCH_NAMES)
+    pretrained: str = setting("auto", "auto (ImageNet when the weights file is present), imagenet, none or a file")
+    valid_fraction: float = setting(0.2, "validation share of the teacher cells")
+    inference_fraction: float = setting(0.2, "share of SOURCE held out as the inference set")
+    pseudo_smears: Optional[int] = setting(None, "group held-out cells without smear ids into N smears")
+    cells_per_smear: Optional[int] = setting(None, "cells per pseudo-smear")
+    seed: int = setting(0, "seed of every random choice")
+    backend: str = setting("auto", "inference backend", choices=BACKEND_NAMES)
+    context: str = setting("cpu", "nnabla context for training", choices=CONTEXT_NAMES)
+    pending_threshold: Optional[float] = setting(None, "judgement-pending cut-off on the top probability")
+    target_accuracy: float = setting(0.99, "accuracy the pending cut-off is calibrated to")
+    gradcam_examples: int = setting(8, "disagreeing cells shown with Grad-CAM")
 
 
 PRESETS: Dict[str, dict] = {
     "paper": {},
-    "recommended": dict(infer_size=480),
+    "recommended": dict(infer_size=PAPER.train_size),
     "demo": dict(crop=360, train_size=48, infer_size=48, total_a=360, total_b=360, epochs_a=5, epochs_b=3,
                  batch_size=16, train_eval_limit=96, pretrained="none", inference_fraction=1 / 3,
                  pseudo_smears=4, cells_per_smear=10, gradcam_examples=6),
@@ -174,10 +185,10 @@ def _train(dataset, out, cfg: Config, epochs: int, pretrained: str = "none", ini
         log.info("skip: %s is complete", out)
         return model
     resume = (out / "checkpoint.json").is_file()
-    training.train(dataset, out, epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size,
-                   seed=cfg.seed, pretrained=pretrained, init=init, arch=cfg.arch, context=cfg.context,
-                   resume=resume, train_eval_limit=cfg.train_eval_limit, progress=progress,
-                   bn_recalibration=cfg.bn_recalibration)
+    training.train(dataset, out, TrainConfig(
+        epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size, seed=cfg.seed, pretrained=pretrained,
+        init=init, arch=cfg.arch, context=cfg.context, train_eval_limit=cfg.train_eval_limit, progress=progress,
+        bn_recalibration=cfg.bn_recalibration), resume=resume)
     return model
 
 

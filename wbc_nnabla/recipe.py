@@ -1,16 +1,71 @@
-"""Settings of the training recipe (paper section II.4): AdaBound and ImageAugmentation.
+"""The paper's recipe as data: its numbers, the name registries and the training settings.
 
-Kept free of nnabla so the command line can show these defaults without
-loading nnabla; :mod:`wbc_nnabla.training` uses and re-exports them.
+Sasaki et al. (2020) give the crop, the input sizes, the dataset totals and the
+epochs in sections II.3 and II.4; :data:`PAPER` holds them once and every
+default of the package (datasets, training, export, pipeline presets, CLI help)
+reads them from here. :class:`TrainConfig` (with :class:`AdaBoundConfig` and
+:class:`Augmentation`) is every setting of :func:`wbc_nnabla.training.train`.
+
+Kept free of nnabla (and of anything but the standard library) so the command
+line can show these defaults without loading nnabla; :mod:`wbc_nnabla.training`
+uses and re-exports the training settings.
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Optional, Union
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperRecipe:
+    """The numbers of Sasaki et al. (2020) this package follows (units: pixels, images, epochs)."""
+
+    crop: int = 750           # II.3: square crop around each WBC (100x oil, 2560x1920 photos)
+    train_size: int = 480     # II.3: crops resized to 480x480 for training and validation
+    infer_size: int = 320     # II.3: the inference set resized to 320x320
+    total_a: int = 2385       # II.3: dataset ① (background removed) after balancing
+    total_b: int = 3284       # II.3: dataset ② (background kept) after balancing
+    epochs: int = 300         # II.4: epochs of Model A and of Model B
+    arch: str = "resnet18"    # II.4, Fig. 4: ResNet-18 with a six-output classifier
+
+
+#: The paper's recipe; read it, never copy its numbers.
+PAPER = PaperRecipe()
+
+#: Images per iteration (not stated in the paper; NNC's usual 16 fits a 480 px ResNet-18 on a GPU).
+BATCH_SIZE = 16
+
+#: Network names (:mod:`wbc_nnabla.models` maps each to its blocks).
+ARCH_NAMES = ("resnet18", "resnet34", "resnet50")
+#: Initialisers of new convolution weights (:func:`wbc_nnabla.models.conv_initializer`).
+WEIGHT_INIT_NAMES = ("glorot", "he")
+#: Inference backends (:mod:`wbc_nnabla.inference`); ``auto`` picks one.
+BACKEND_NAMES = ("auto", "nnabla", "opencv", "onnxruntime")
+#: nnabla contexts the training accepts (``cudnn`` needs nnabla-ext-cuda).
+CONTEXT_NAMES = ("cpu", "cudnn")
 
 #: Clean training images on which BatchNorm's running statistics are re-estimated before
 #: every evaluation ("precise BN", :func:`wbc_nnabla.training.recalibrate_bn`); 0 keeps
 #: Neural Network Console's behaviour. A deviation from NNC: docs/training.md, "BatchNorm".
 BN_RECALIBRATION_IMAGES = 960
+
+#: Key of a dataclass field's metadata that makes the field a command-line flag (see :func:`setting`).
+FLAG = "flag"
+
+
+def setting(default, help: Optional[str] = None, **flag):
+    """A dataclass field that is also a command-line flag ``--field-name``.
+
+    The flag's type and default come from the field; ``help`` and any other
+    ``argparse`` keywords (``choices``, ``metavar``) are kept in the field's
+    metadata under :data:`FLAG`, where :mod:`wbc_nnabla.cli` reads them.
+    """
+    return dataclasses.field(default=default, metadata={FLAG: dict(help=help, **flag)})
+
+
+class TrainingError(ValueError):
+    """A training run that cannot start or continue (bad dataset, config, diverged loss)."""
 
 
 @dataclasses.dataclass
@@ -27,12 +82,12 @@ class Augmentation:
       radians; converted); pixels from outside the image repeat the border;
     * ``flip_lr``/``flip_ud``: random mirror (cells have no orientation; not in the paper).
     """
-    contrast: float = 1.2
-    contrast_center: float = 0.5
-    brightness: float = 0.1
-    min_scale: float = 0.9
-    max_scale: float = 1.1
-    angle: float = 45.0
+    contrast: float = setting(1.2, "factor in [1/c, c]")
+    contrast_center: float = setting(0.5)
+    brightness: float = setting(0.1, "additive, in [-b, b] on [0,1] pixels")
+    min_scale: float = setting(0.9, "Magnification minimum")
+    max_scale: float = setting(1.1, "Magnification maximum")
+    angle: float = setting(45.0, "rotation in [-angle, angle] degrees")
     flip_lr: bool = True
     flip_ud: bool = True
     enabled: bool = True
@@ -46,10 +101,69 @@ class AdaBoundConfig:
     ``weight_decay * w`` to every gradient before the update, as the official
     ``adabound.py`` does.
     """
-    alpha: float = 1e-3
-    final_lr: float = 0.1
-    gamma: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    alpha: float = setting(1e-3, "step size (Adam learning rate)")
+    final_lr: float = setting(0.1, "final (SGD) learning rate")
+    gamma: float = setting(1e-3, "convergence speed of the bounds")
+    beta1: float = setting(0.9)
+    beta2: float = setting(0.999)
+    eps: float = setting(1e-8)
+    weight_decay: float = setting(0.0, "L2 added to gradients")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of :func:`wbc_nnabla.training.train` (section II.4; units: epochs, images, pixels).
+
+    epochs: total epochs (the paper: 300). batch_size: images per iteration.
+    size: training input side; images are resized to ``size`` x ``size``.
+    seed: every random draw of the run (initialisation, shuffles, augmentation, samples) derives from it.
+    pretrained: ``"imagenet"`` (cached zoo/nnabla-examples file), a weight file path, or ``"none"``.
+    init: a model ``.nnp``/``.h5`` whose every parameter (head included) starts the run
+        (fine-tuning: Model B from Model A); overrides ``pretrained``.
+    arch: one of :data:`ARCH_NAMES`.
+    solver / augmentation: :class:`AdaBoundConfig` / :class:`Augmentation` (defaults documented there).
+    context: ``cpu`` or ``cudnn``.
+    train_eval_limit: evaluate Training Error on a seeded class-stratified sample of N training
+        images (None: all, as NNC); the sample is recorded in ``config.json`` (``train_eval_sample``).
+    export_size: input size of the exported ``model.nnp`` (default ``size``).
+    cache_images: keep the resized training/validation images in memory after the first read.
+    tile_every: write a tile of the augmented batch every this many epochs (0: never).
+    progress: show a progress bar (and silence nnabla's INFO log meanwhile).
+    max_iterations: stop each epoch after this many iterations (for smoke tests/benchmarks).
+    bn_recalibration: before each epoch's evaluation and export, re-estimate the BatchNorm
+        running statistics on this many clean training images
+        (:func:`wbc_nnabla.training.recalibrate_bn`; default 960), a seeded class-stratified
+        sample whatever the order of ``train.csv``, recorded in ``config.json``
+        (``bn_sample``); 0 keeps Neural Network Console's behaviour. See docs/training.md, "BatchNorm".
+    weight_init: initialiser of the convolution weights a run does not load (:data:`WEIGHT_INIT_NAMES`):
+        ``glorot`` (nnabla's default, uniform) or ``he`` (Kaiming normal, fan_out, as torchvision);
+        :func:`wbc_nnabla.models.conv_initializer`.
+    """
+    epochs: int = PAPER.epochs
+    batch_size: int = BATCH_SIZE
+    size: int = PAPER.train_size
+    seed: int = 0
+    pretrained: str = "imagenet"
+    init: Optional[Union[str, Path]] = None
+    arch: str = PAPER.arch
+    solver: AdaBoundConfig = dataclasses.field(default_factory=AdaBoundConfig)
+    augmentation: Augmentation = dataclasses.field(default_factory=Augmentation)
+    context: str = "cpu"
+    train_eval_limit: Optional[int] = None
+    export_size: Optional[int] = None
+    cache_images: bool = True
+    tile_every: int = 1
+    progress: bool = True
+    max_iterations: Optional[int] = None
+    bn_recalibration: int = BN_RECALIBRATION_IMAGES
+    weight_init: str = "glorot"
+
+    def validate(self) -> None:
+        """Raise :class:`TrainingError` for an unknown arch or a size, batch size or epoch count out of range."""
+        if self.arch not in ARCH_NAMES:
+            raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
+        if self.weight_init not in WEIGHT_INIT_NAMES:
+            raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
+        if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
+            raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
+                                f"(got {self.size}, {self.batch_size}, {self.epochs})")

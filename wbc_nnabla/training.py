@@ -14,40 +14,49 @@ plus the misclassification rates of the last two. Outputs in ``out_dir``:
 ``model.nnp`` (best Validation Error, :func:`wbc_nnabla.modelfile.save_nnp`),
 ``model.h5``, ``config.json``, ``learning_curve.csv``/``.png``,
 ``monitor/`` (nnabla ``MonitorSeries`` files and ``MonitorImageTile`` tiles of
-augmented batches) and ``checkpoints/`` (+ ``checkpoint.json``) for ``resume``.
+augmented batches) and ``checkpoints/`` (+ ``checkpoint.json``, see
+:mod:`wbc_nnabla.checkpoint`) for ``resume``.
+
+:func:`train` orchestrates, as nnabla-examples' ``image-classification/imagenet``
+does: :func:`load_data`, :func:`start_run`, then per epoch :func:`train_epoch`,
+:func:`recalibrate_bn`, :func:`evaluate` and a checkpoint. Every setting is a
+field of :class:`~wbc_nnabla.recipe.TrainConfig`.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import nnabla as nn
+import nnabla.functions as F
+import nnabla.random
+import nnabla.solvers as S
 import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from nnabla.ext_utils import get_extension_context
+from nnabla.logger import logger as nn_logger
+from nnabla.monitor import Monitor, MonitorImageTile, MonitorSeries
+from nnabla.utils.data_iterator import data_iterator_simple
+from scipy.special import softmax
+from tqdm import tqdm
 
-from . import classes, io, modelfile, models, sampling
+from . import checkpoint, classes, io, modelfile, models, sampling
 from .pretrained import find_pretrained, load_imagenet
+# The settings live in an nnabla-free module so the CLI can show their defaults
+# without importing nnabla; they are re-exported here as part of this stage's API.
+from .recipe import (BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, AdaBoundConfig, Augmentation,  # noqa: F401
+                     TrainConfig, TrainingError)
 
 log = logging.getLogger(__name__)
 
 #: Parameter scope of the training graphs (kept apart from a user's own parameters).
 SCOPE = "wbc_train"
-
-
-class TrainingError(ValueError):
-    """A training run that cannot start or continue (bad dataset, config, diverged loss)."""
-
-
-# ----------------------------------------------------------------------------- configuration
-
-
-# The settings live in an nnabla-free module so the CLI can show their defaults
-# without importing nnabla; they are re-exported here as part of this stage's API.
-from .recipe import BN_RECALIBRATION_IMAGES, AdaBoundConfig, Augmentation  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- graph pieces
@@ -59,7 +68,6 @@ def augment(x, aug: Augmentation, seed: int = -1):
     ``seed`` >= 0 gives the function its own Mersenne Twister seeded at graph
     construction (reproducible; :func:`train` builds a new one per epoch).
     """
-    import nnabla.functions as F
     return F.image_augmentation(
         x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
         angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,
@@ -68,47 +76,45 @@ def augment(x, aug: Augmentation, seed: int = -1):
         noise=0.0, seed=int(seed))
 
 
-class Graphs:
-    """Training and validation networks sharing the parameters of scope :data:`SCOPE`.
+Graph = collections.namedtuple("Graph", "x t x_aug logits losses loss")
+Graph.__doc__ = """One network on the parameters of scope :data:`SCOPE` (:func:`build_graph`).
 
-    train: x (B,3,S,S) [0,1] -> [augmentation] -> ResNet (batch-stat BN) -> mean softmax CE ``loss``.
-    test:  x (B,3,S,S) -> ResNet (running-stat BN) -> ``logits`` and per-sample ``losses`` (B,1).
+x: input ``(B, 3, S, S)`` RGB in [0, 1]; t: labels ``(B, 1)`` int; x_aug: the
+network's input after augmentation (``x`` without); logits ``(B, C)``;
+losses: per-sample softmax cross-entropy ``(B, 1)``; loss: their mean ``()``.
+"""
+
+
+def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: bool = False,
+                aug: Optional[Augmentation] = None, aug_seed: int = -1, weight_init: str = "glorot") -> Graph:
+    """A ResNet graph sharing the parameters of :data:`SCOPE`, built for one use.
+
+    * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``), batch-statistics BN;
+    * test (validation, Training Error): ``test=True``, running-statistics BN, no augmentation;
+    * clean batch statistics (precise BN, :func:`recalibrate_bn`): neither.
+
+    The first graph built after the scope is cleared creates the parameters, new
+    convolution weights drawn by ``weight_init`` (:func:`wbc_nnabla.models.conv_initializer`).
     """
-
-    def __init__(self, arch: str, num_classes: int, batch_size: int, size: int,
-                 aug: Optional[Augmentation], aug_seed: int = -1, weight_init: str = "glorot"):
-        import nnabla as nn
-        import nnabla.functions as F
-        with nn.parameter_scope(SCOPE):
-            self.x = nn.Variable(models.input_shape(batch_size, size))
-            self.t = nn.Variable((batch_size, 1))
-            h = self.x
-            if aug is not None and aug.enabled:
-                h = augment(h, aug, aug_seed)
-            h.persistent = True             # kept for the augmentation monitor
-            self.x_aug = h
-            logits = models.resnet(h, arch, num_classes, test=False, weight_init=weight_init)
-            self.loss = F.mean(F.softmax_cross_entropy(logits, self.t))
-            self.vx = nn.Variable(models.input_shape(batch_size, size))
-            self.vt = nn.Variable((batch_size, 1))
-            self.logits = models.resnet(self.vx, arch, num_classes, test=True, weight_init=weight_init)
-            self.logits.persistent = True
-            self.losses = F.softmax_cross_entropy(self.logits, self.vt)
-            # clean (un-augmented) batch-statistics graph, for recalibrate_bn
-            self.rx = nn.Variable(models.input_shape(batch_size, size))
-            self.rlogits = models.resnet(self.rx, arch, num_classes, test=False, weight_init=weight_init)
+    with nn.parameter_scope(SCOPE):
+        x = nn.Variable(models.input_shape(batch_size, size))
+        t = nn.Variable((batch_size, 1))
+        h = augment(x, aug, aug_seed) if aug is not None and aug.enabled else x
+        h.persistent = True             # kept for the augmentation monitor
+        logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init)
+        logits.persistent = True        # read after forward(clear_buffer=True) of the losses
+        losses = F.softmax_cross_entropy(logits, t)
+        return Graph(x, t, h, logits, losses, F.mean(losses))
 
 
-def parameters(grad_only: bool = False) -> Dict[str, "object"]:
+def parameters(grad_only: bool = False) -> Dict[str, nn.Variable]:
     """The training parameters ``{name: nn.Variable}`` (names as in :mod:`models`)."""
-    import nnabla as nn
     with nn.parameter_scope(SCOPE):
         return dict(nn.get_parameters(grad_only=grad_only))
 
 
 def make_solver(cfg: AdaBoundConfig):
     """``nnabla.solvers.AdaBound`` over the trainable parameters of :data:`SCOPE`."""
-    import nnabla.solvers as S
     solver = S.AdaBound(alpha=cfg.alpha, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
                         final_lr=cfg.final_lr, gamma=cfg.gamma)
     solver.set_parameters(parameters(grad_only=True))
@@ -117,12 +123,11 @@ def make_solver(cfg: AdaBoundConfig):
 
 def get_context(name: str = "cpu"):
     """nnabla extension context for ``cpu`` or ``cudnn``; a clear error when the CUDA extension is missing."""
-    from nnabla.ext_utils import get_extension_context
-    if name not in ("cpu", "cudnn", "cuda"):
+    if name not in CONTEXT_NAMES + ("cuda",):
         raise TrainingError(f"--context {name!r}: expected cpu or cudnn")
     if name != "cpu":
         try:
-            import nnabla_ext.cuda  # noqa: F401
+            import nnabla_ext.cuda  # noqa: F401  (optional package: probed, not required)
         except ImportError:
             raise TrainingError(f"--context {name} needs the nnabla CUDA extension (nnabla-ext-cuda), "
                                 f"which is not installed: pip install -e '.[cuda120]' (CUDA 12; "
@@ -176,6 +181,24 @@ class ImageLoader:
             return np.zeros((3, self.size, self.size), np.uint8), np.array([self.labels[i]], np.int32)
 
 
+class _Subset:
+    """The items ``rows`` of an :class:`ImageLoader`, in that order (shares its cache)."""
+
+    def __init__(self, loader: ImageLoader, rows: Sequence[int]):
+        self.loader, self.rows = loader, np.asarray(rows, dtype=int)
+        self.labels = np.asarray(loader.labels)[self.rows]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __call__(self, i):
+        return self.loader(int(self.rows[i]))
+
+    @property
+    def error(self):
+        return self.loader.error
+
+
 def batches(loader: ImageLoader, batch_size: int, n_batches: int, shuffle: bool, seed: int):
     """Yield ``n_batches`` (x float32 [0,1], y int32 (B,1), n_valid) from nnabla's ``data_iterator_simple``.
 
@@ -183,7 +206,6 @@ def batches(loader: ImageLoader, batch_size: int, n_batches: int, shuffle: bool,
     a function of ``seed`` only, so a resumed epoch sees the same order.
     Without shuffling the last batch wraps around; ``n_valid`` counts its new rows.
     """
-    from nnabla.utils.data_iterator import data_iterator_simple
     n = len(loader)
     it = data_iterator_simple(loader, n, batch_size, shuffle=shuffle, rng=np.random.RandomState(seed),
                               use_thread=True, with_memory_cache=False)
@@ -214,15 +236,78 @@ def sample_rows(labels: np.ndarray, n: int, batch_size: int, seed: int) -> np.nd
     return sampling.shuffled_sample(labels, min(n, len(labels)), seed)
 
 
-def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, rows: Sequence[int]) -> int:
+@dataclasses.dataclass
+class TrainData:
+    """A dataset folder opened for training: both splits and the seeded samples of ``train.csv``."""
+
+    train: ImageLoader
+    valid: ImageLoader
+    bn_rows: Optional[np.ndarray]    # precise-BN sample (:func:`sample_rows`); None: off
+    eval_rows: Optional[np.ndarray]  # Training Error sample; None: every training image
+    iters: int                       # iterations per epoch
+
+
+def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
+    """Check the settings and the dataset folder, read both splits and draw the seeded samples."""
+    cfg.validate()
+    for n in ("train.csv", "valid.csv"):
+        if not (dataset_dir / n).is_file():
+            raise TrainingError(f"{dataset_dir}: no {n} (expected an NNC dataset folder with train.csv "
+                                f"and valid.csv, e.g. from `wbc-nnabla build-dataset`)")
+    io.check_not_inside(out_dir, [dataset_dir])
+    train_paths, train_y = read_split(dataset_dir / "train.csv")
+    valid_paths, valid_y = read_split(dataset_dir / "valid.csv")
+    if len(train_paths) < cfg.batch_size:
+        raise TrainingError(f"{dataset_dir / 'train.csv'}: {len(train_paths)} images, fewer than "
+                            f"batch_size {cfg.batch_size}; lower --batch-size")
+    bn_rows = sample_rows(train_y, cfg.bn_recalibration, cfg.batch_size, _derive_seed(cfg.seed, 0, 5)) \
+        if cfg.bn_recalibration else None
+    limit = cfg.train_eval_limit
+    eval_rows = None if limit is None or limit >= len(train_y) else \
+        sampling.shuffled_sample(train_y, limit, _derive_seed(cfg.seed, 0, 6))
+    iters = len(train_paths) // cfg.batch_size
+    return TrainData(ImageLoader(train_paths, train_y, cfg.size, cfg.cache_images),
+                     ImageLoader(valid_paths, valid_y, cfg.size, cfg.cache_images), bn_rows, eval_rows,
+                     min(iters, cfg.max_iterations) if cfg.max_iterations else iters)
+
+
+def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainData) -> dict:
+    """The ``config`` record of ``config.json``: the settings, the dataset and its recorded samples."""
+    return dict(dataset_dir=str(dataset_dir.resolve()), out_dir=str(out_dir.resolve()), epochs=cfg.epochs,
+                batch_size=cfg.batch_size, size=cfg.size, seed=cfg.seed, arch=cfg.arch,
+                num_classes=len(classes.CLASSES6), class_names=list(classes.CLASSES6),
+                pretrained=str(cfg.pretrained), init=str(cfg.init) if cfg.init else None,
+                solver=dataclasses.asdict(cfg.solver), augmentation=dataclasses.asdict(cfg.augmentation),
+                context=cfg.context, train_eval_limit=cfg.train_eval_limit,
+                export_size=cfg.export_size or cfg.size, n_train=len(data.train), n_valid=len(data.valid),
+                max_iterations=cfg.max_iterations, bn_recalibration=int(cfg.bn_recalibration),
+                weight_init=cfg.weight_init,
+                bn_sample=_describe_rows(data.bn_rows, data.train.labels),
+                train_eval_sample=_describe_rows(data.eval_rows, data.train.labels))
+
+
+def _describe_rows(rows: Optional[np.ndarray], labels: np.ndarray) -> Optional[dict]:
+    """``config.json`` record of a sample of ``train.csv``: its data rows (0-based) and images per class."""
+    if rows is None:
+        return None
+    counts = np.bincount(labels[rows], minlength=len(classes.CLASSES6))
+    return dict(n=len(rows), per_class={c: int(k) for c, k in zip(classes.CLASSES6, counts)},
+                rows=[int(r) for r in rows])
+
+
+# ----------------------------------------------------------------------------- BatchNorm, evaluation
+
+
+def recalibrate_bn(graph: Graph, loader: ImageLoader, batch_size: int, rows: Sequence[int]) -> int:
     """Re-estimate every BatchNorm's running mean/var on clean training images ("precise BN").
 
-    The running statistics accumulated during training come from augmented
-    batches and lag the weights; the validation graph and the exported model use
-    them (benchmarks/bn_diagnosis.py: this costs about 0.06 of 6-class accuracy
-    at 64 px). Here the training images ``rows`` (:func:`sample_rows`: a seeded
-    class-stratified sample, never "the first N" of a CSV that may be sorted by
-    class) go through the batch-statistics graph without augmentation, and each
+    graph: a clean batch-statistics graph (:func:`build_graph` without ``test``
+    or ``aug``) of batch ``batch_size``. The running statistics accumulated
+    during training come from augmented batches and lag the weights; the
+    validation graph and the exported model use them (benchmarks/bn_diagnosis.py:
+    this costs about 0.06 of 6-class accuracy at 64 px). Here the training images
+    ``rows`` (:func:`sample_rows`: a seeded class-stratified sample, never "the
+    first N" of a CSV that may be sorted by class) go through the graph, and each
     layer's running statistics are set to the mean of the per-batch statistics.
     Returns the number of batches used.
     """
@@ -236,8 +321,8 @@ def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, rows: Sequen
     n_batches = max(1, len(sub) // batch_size)
     for xb, _, _ in batches(sub, batch_size, n_batches, False, 0):
         before = {k: v.d.copy() for k, v in stats.items()}
-        g.rx.d = xb
-        g.rlogits.forward(clear_buffer=True)
+        graph.x.d = xb
+        graph.logits.forward(clear_buffer=True)
         for k, v in stats.items():
             sums[k] += (v.d - decay * before[k]) / (1.0 - decay)
     for k, v in stats.items():
@@ -246,43 +331,25 @@ def recalibrate_bn(g: Graphs, loader: ImageLoader, batch_size: int, rows: Sequen
     return n_batches
 
 
-def evaluate(g: Graphs, loader: ImageLoader, batch_size: int, rows: Optional[Sequence[int]] = None
+def evaluate(graph: Graph, loader: ImageLoader, batch_size: int, rows: Optional[Sequence[int]] = None
              ) -> Tuple[float, float, np.ndarray]:
-    """(mean loss, misclassification rate, probabilities ``(n, C)``) of the test-mode network.
+    """(mean loss, misclassification rate, probabilities ``(n, C)``) of a test-mode graph.
 
     This is NNC's "Error" of a dataset: the validation network's cost over it.
+    graph: :func:`build_graph` with ``test=True`` and batch ``batch_size``.
     ``rows`` evaluates only those items (e.g. :func:`sample_rows`), in that order.
     """
-    from scipy.special import softmax
     sub = loader if rows is None else _Subset(loader, rows)
     n = len(sub)
     losses, probs = [], []
     for xb, yb, k in batches(sub, batch_size, -(-n // batch_size), shuffle=False, seed=0):
-        g.vx.d, g.vt.d = xb, yb
-        g.losses.forward(clear_buffer=True)
-        losses.append(g.losses.d[:k, 0].copy())
-        probs.append(softmax(g.logits.d[:k], axis=1))
+        graph.x.d, graph.t.d = xb, yb
+        graph.losses.forward(clear_buffer=True)
+        losses.append(graph.losses.d[:k, 0].copy())
+        probs.append(softmax(graph.logits.d[:k], axis=1))
     p = np.concatenate(probs)
     y = np.asarray(sub.labels)
     return float(np.concatenate(losses).mean()), float((p.argmax(1) != y).mean()), p
-
-
-class _Subset:
-    """The items ``rows`` of an :class:`ImageLoader`, in that order (shares its cache)."""
-
-    def __init__(self, loader: ImageLoader, rows: Sequence[int]):
-        self.loader, self.rows = loader, np.asarray(rows, dtype=int)
-        self.labels = np.asarray(loader.labels)[self.rows]
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __call__(self, i):
-        return self.loader(int(self.rows[i]))
-
-    @property
-    def error(self):
-        return self.loader.error
 
 
 # ----------------------------------------------------------------------------- monitors and outputs
@@ -298,7 +365,6 @@ class Monitors:
     """nnabla ``MonitorSeries`` per curve, ``MonitorImageTile`` of augmented batches, CSV and PNG."""
 
     def __init__(self, out_dir: Path, history: List[dict]):
-        from nnabla.monitor import Monitor, MonitorImageTile, MonitorSeries
         self.out = Path(out_dir)
         self.monitor = Monitor(str(self.out / "monitor"))
         # MonitorSeries truncates its file when created: replaying the history
@@ -325,14 +391,11 @@ class Monitors:
 
 def write_curve(out_dir: Path, history: List[dict]) -> None:
     """``learning_curve.csv`` and ``learning_curve.png`` (Cost, Training Error, Validation Error; Figs 5/7)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
     df = pd.DataFrame(history, columns=list(CURVE_COLUMNS))
     with io.atomic_path(Path(out_dir) / "learning_curve.csv") as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)   # no pyplot: the caller's matplotlib backend is untouched
+    ax = fig.subplots()
     for col, name, style in (("cost", "Cost", "-"), ("training_error", "Training Error", "-"),
                              ("validation_error", "Validation Error", "-")):
         d = df[["epoch", col]].dropna()
@@ -346,282 +409,9 @@ def write_curve(out_dir: Path, history: List[dict]) -> None:
     fig.tight_layout()
     with io.atomic_path(Path(out_dir) / "learning_curve.png") as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
-def _load_into(params: dict, values: Dict[str, np.ndarray], what: str, strict: bool = True) -> List[str]:
-    """Copy arrays into parameters; shape-checked. Returns the names loaded."""
-    missing = [k for k in params if k not in values]
-    if strict and missing:
-        raise TrainingError(f"{what}: parameters missing: {', '.join(missing[:5])}"
-                            f"{' ...' if len(missing) > 5 else ''}")
-    done = []
-    for k, v in values.items():
-        if k not in params:
-            if strict:
-                raise TrainingError(f"{what}: unexpected parameter {k} (different architecture?)")
-            continue
-        if tuple(params[k].shape) != tuple(np.shape(v)):
-            raise TrainingError(f"{what}: {k} has shape {tuple(np.shape(v))}, this network needs "
-                                f"{tuple(params[k].shape)} (different architecture or class count?)")
-        params[k].d = np.asarray(v, np.float32)
-        done.append(k)
-    return done
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_pointer(out_dir: Path) -> Path:
-    return Path(out_dir) / "checkpoint.json"
-
-
-def save_checkpoint(out_dir: Path, epoch: int, solver, state: dict) -> Path:
-    """Write ``checkpoints/epochNNNN/`` (params.h5, solver.h5, state.json) then point ``checkpoint.json`` at it.
-
-    The pointer is replaced atomically after the folder is complete, and older
-    folders are removed only afterwards, so a crash at any moment leaves the
-    last good checkpoint usable.
-    """
-    import nnabla as nn
-    out_dir = Path(out_dir)
-    name = f"epoch{epoch:04d}"
-    final = out_dir / "checkpoints" / name
-    with io.atomic_dir(final, overwrite=True) as tmp:
-        nn.save_parameters(str(tmp / "params.h5"), parameters(), extension=".h5")
-        solver.save_states(str(tmp / "solver.h5"))
-        io.write_json(tmp / "state.json", state)
-    io.write_json(_checkpoint_pointer(out_dir), {"epoch": epoch, "dir": f"checkpoints/{name}"})
-    for old in (out_dir / "checkpoints").iterdir():
-        if old.name != name and old.name.startswith("epoch"):
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(out_dir: Path) -> Tuple[Path, dict]:
-    """(checkpoint folder, state) of the last complete checkpoint in ``out_dir``."""
-    ptr = _checkpoint_pointer(out_dir)
-    if not ptr.is_file():
-        raise TrainingError(f"{out_dir}: nothing to resume (no checkpoint.json); start without --resume")
-    d = Path(out_dir) / json.loads(ptr.read_text())["dir"]
-    state = json.loads((d / "state.json").read_text())
-    return d, state
-
-
-# ----------------------------------------------------------------------------- training
-
-
-#: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
-_RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
-                "bn_sample", "weight_init")
-# Keys added after runs were already written: a config without the key had this value.
-_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot"}
-
-
-def train(dataset_dir, out_dir, epochs: int = 300, batch_size: int = 16, size: int = 480, seed: int = 0,
-          pretrained: str = "imagenet", init=None, arch: str = "resnet18",
-          solver: Optional[AdaBoundConfig] = None, augmentation: Optional[Augmentation] = None,
-          context: str = "cpu", resume: bool = False, train_eval_limit: Optional[int] = None,
-          export_size: Optional[int] = None, cache_images: bool = True, tile_every: int = 1,
-          progress: bool = True, max_iterations: Optional[int] = None,
-          bn_recalibration: int = BN_RECALIBRATION_IMAGES, weight_init: str = "glorot") -> dict:
-    """Train WBC Model A (``pretrained``) or fine-tune Model B (``init=model_A.nnp``); section II.4.
-
-    dataset_dir: NNC dataset folder with ``train.csv`` and ``valid.csv`` (``x:image,y:label``,
-        y = six-class index in :data:`wbc_nnabla.classes.CLASSES6` order); images of any size,
-        resized to ``size`` x ``size`` pixels.
-    out_dir: output folder (see module docstring); must not hold a run unless ``resume``.
-    epochs: total epochs (the paper: 300). batch_size: images per iteration.
-    pretrained: ``"imagenet"`` (cached zoo/nnabla-examples file), a weight file path, or ``"none"``.
-    init: a model ``.nnp``/``.h5`` whose every parameter (head included) starts the run
-        (fine-tuning: Model B from Model A); overrides ``pretrained``.
-    solver / augmentation: :class:`AdaBoundConfig` / :class:`Augmentation` (defaults documented there).
-    context: ``cpu`` or ``cudnn``. resume: continue the last checkpoint in ``out_dir``.
-    train_eval_limit: evaluate Training Error on a seeded class-stratified sample of N training
-        images (None: all, as NNC); the sample is recorded in ``config.json`` (``train_eval_sample``).
-    export_size: input size of the exported ``model.nnp`` (default ``size``).
-    tile_every: write a tile of the augmented batch every this many epochs (0: never).
-    max_iterations: stop each epoch after this many iterations (for smoke tests/benchmarks).
-    bn_recalibration: before each epoch's evaluation and export, re-estimate the BatchNorm
-        running statistics on this many clean training images (:func:`recalibrate_bn`;
-        default 960), a seeded class-stratified sample whatever the order of ``train.csv``,
-        recorded in ``config.json`` (``bn_sample``); 0 keeps Neural Network Console's
-        behaviour. See docs/training.md, "BatchNorm".
-    weight_init: initialiser of the convolution weights a run does not load: ``glorot``
-        (nnabla's default) or ``he`` (Kaiming normal, fan_out, as torchvision);
-        :func:`wbc_nnabla.models.conv_initializer`. Recorded in ``config.json``.
-
-    Returns the summary written to ``config.json`` (config, environment, best epoch, history).
-    """
-    from nnabla.logger import logger as nn_logger
-    level = nn_logger.level
-    if progress:
-        # nnabla logs every data iterator and file save at INFO, which breaks the progress bar.
-        nn_logger.setLevel(logging.WARNING)
-    try:
-        return _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, init, arch, solver,
-                      augmentation, context, resume, train_eval_limit, export_size, cache_images, tile_every,
-                      progress, max_iterations, bn_recalibration, weight_init)
-    finally:
-        nn_logger.setLevel(level)
-
-
-def _train(dataset_dir, out_dir, epochs, batch_size, size, seed, pretrained, init, arch, solver, augmentation,
-           context, resume, train_eval_limit, export_size, cache_images, tile_every, progress, max_iterations,
-           bn_recalibration, weight_init):
-    import nnabla as nn
-    from tqdm import tqdm
-
-    solver_cfg = solver or AdaBoundConfig()
-    aug = augmentation or Augmentation()
-    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
-    if arch not in models.ARCHS:
-        raise TrainingError(f"arch {arch!r}: choose one of {', '.join(models.ARCHS)}")
-    if weight_init not in models.WEIGHT_INITS:
-        raise TrainingError(f"weight_init {weight_init!r}: choose one of {', '.join(models.WEIGHT_INITS)}")
-    if size < 32 or batch_size < 1 or epochs < 1:
-        raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 (got {size}, {batch_size}, {epochs})")
-    for n in ("train.csv", "valid.csv"):
-        if not (dataset_dir / n).is_file():
-            raise TrainingError(f"{dataset_dir}: no {n} (expected an NNC dataset folder with train.csv "
-                                f"and valid.csv, e.g. from `wbc-nnabla build-dataset`)")
-    io.check_not_inside(out_dir, [dataset_dir])
-    train_paths, train_y = read_split(dataset_dir / "train.csv")
-    valid_paths, valid_y = read_split(dataset_dir / "valid.csv")
-    if len(train_paths) < batch_size:
-        raise TrainingError(f"{dataset_dir / 'train.csv'}: {len(train_paths)} images, fewer than "
-                            f"batch_size {batch_size}; lower --batch-size")
-
-    config = dict(dataset_dir=str(dataset_dir.resolve()), out_dir=str(out_dir.resolve()), epochs=epochs,
-                  batch_size=batch_size, size=size, seed=seed, arch=arch, num_classes=len(classes.CLASSES6),
-                  class_names=list(classes.CLASSES6), pretrained=str(pretrained), init=str(init) if init else None,
-                  solver=dataclasses.asdict(solver_cfg), augmentation=dataclasses.asdict(aug), context=context,
-                  train_eval_limit=train_eval_limit, export_size=export_size or size,
-                  n_train=len(train_paths), n_valid=len(valid_paths), max_iterations=max_iterations,
-                  bn_recalibration=int(bn_recalibration), weight_init=weight_init)
-
-    bn_rows = sample_rows(train_y, bn_recalibration, batch_size, _derive_seed(seed, 0, 5)) \
-        if bn_recalibration else None
-    eval_rows = None if train_eval_limit is None or train_eval_limit >= len(train_y) else \
-        sampling.shuffled_sample(train_y, train_eval_limit, _derive_seed(seed, 0, 6))
-    config.update(bn_sample=_describe_rows(bn_rows, train_y), train_eval_sample=_describe_rows(eval_rows, train_y))
-
-    if resume:
-        ck_dir, state = load_checkpoint(out_dir)
-        saved = json.loads((out_dir / "config.json").read_text())
-        old = {k: saved["config"].get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in _RESUME_KEYS}
-        diff = [k for k in _RESUME_KEYS if old[k] != config.get(k)]
-        if diff:
-            raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "
-                                f"(was {', '.join(repr(old[k])[:80] for k in diff)})")
-    elif _checkpoint_pointer(out_dir).exists() or (out_dir / "model.nnp").exists():
-        raise TrainingError(f"{out_dir}: already holds a training run; use --resume to continue it "
-                            f"or choose another output folder")
-
-    nn.set_default_context(get_context(context))
-    models.clear_scope(SCOPE)
-    # nnabla's initialisers draw from nnabla.random.prng, not NumPy's global state.
-    import nnabla.random
-    nnabla.random.set_parameter_seed(_derive_seed(seed, 0, 0))
-    nnabla.random.seed(_derive_seed(seed, 0, 3))
-    np.random.seed(_derive_seed(seed, 0, 4))
-    g, g_epoch = Graphs(arch, len(classes.CLASSES6), batch_size, size, aug, _derive_seed(seed, 0, 1),
-                        weight_init), 0
-    params = parameters()
-    start_epoch, history, best = 0, [], {"epoch": None, "validation_error": float("inf")}
-    if resume:
-        _load_into(params, modelfile.load_parameters(ck_dir / "params.h5"), str(ck_dir / "params.h5"))
-        init_info = saved.get("initialisation", "")
-    else:
-        init_info = initialise(params, pretrained, init, arch)
-    opt = make_solver(solver_cfg)
-    if resume:
-        opt.load_states(str(ck_dir / "solver.h5"))
-        start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        np.random.set_state(tuple(state["numpy_rng"][:1]) + (np.array(state["numpy_rng"][1], np.uint32),)
-                            + tuple(state["numpy_rng"][2:]))
-        log.info("resuming %s after epoch %d", out_dir, start_epoch)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = dict(config=config, environment=io.environment(), initialisation=init_info)
-    io.write_json(out_dir / "config.json", summary)
-    mon = Monitors(out_dir, history)
-    train_loader = ImageLoader(train_paths, train_y, size, cache_images)
-    valid_loader = ImageLoader(valid_paths, valid_y, size, cache_images)
-    iters = len(train_paths) // batch_size
-    if max_iterations:
-        iters = min(iters, max_iterations)
-    meta_size = export_size or size
-
-    for epoch in range(start_epoch, epochs):
-        if epoch != g_epoch:
-            # F.image_augmentation's generator lives inside the C++ function and
-            # cannot be saved: a new function seeded from (seed, epoch) per epoch
-            # makes a resumed run draw exactly the same augmentations.
-            g, g_epoch = Graphs(arch, len(classes.CLASSES6), batch_size, size, aug,
-                                _derive_seed(seed, epoch, 1), weight_init), epoch
-        t0 = time.perf_counter()
-        compute, costs = 0.0, []
-        bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for i, (xb, yb, _) in enumerate(batches(train_loader, batch_size, iters, True, _derive_seed(seed, epoch, 2))):
-            g.x.d, g.t.d = xb, yb
-            c0 = time.perf_counter()
-            g.loss.forward(clear_no_need_grad=True)
-            cost = float(g.loss.d)
-            if not np.isfinite(cost):
-                bar.close()
-                last = json.loads(_checkpoint_pointer(out_dir).read_text())["dir"] \
-                    if _checkpoint_pointer(out_dir).exists() else "none"
-                raise TrainingError(f"non-finite Cost ({cost}) at epoch {epoch + 1}, iteration {i + 1}: "
-                                    f"training stopped; last good checkpoint kept: {last} "
-                                    f"(lower --alpha/--final-lr or check the images)")
-            opt.zero_grad()
-            g.loss.backward(clear_buffer=True)
-            if solver_cfg.weight_decay:
-                opt.weight_decay(solver_cfg.weight_decay)
-            opt.update()
-            compute += time.perf_counter() - c0
-            costs.append(cost)
-            if i == 0 and tile_every and epoch % tile_every == 0:
-                mon.add_tile(epoch * iters, g.x_aug.d)
-            bar.set_postfix(cost=f"{cost:.4f}")
-            bar.update(1)
-        bar.close()
-        train_time = time.perf_counter() - t0
-        if bn_rows is not None:
-            recalibrate_bn(g, train_loader, batch_size, bn_rows)
-        tr_loss, tr_mis, _ = evaluate(g, train_loader, batch_size, eval_rows)
-        va_loss, va_mis, _ = evaluate(g, valid_loader, batch_size)
-        row = dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
-                   training_misclassification=tr_mis, validation_misclassification=va_mis,
-                   seconds=time.perf_counter() - t0, images_per_s=iters * batch_size / train_time,
-                   outside_share=1.0 - compute / train_time)
-        history.append(row)
-        log.info("epoch %d/%d  Cost %.4f  Training Error %.4f  Validation Error %.4f  "
-                 "validation misclassification %.3f  (%.0f s)", epoch + 1, epochs, row["cost"], tr_loss,
-                 va_loss, va_mis, row["seconds"])
-        if va_loss < best["validation_error"]:
-            best = {"epoch": epoch + 1, "validation_error": va_loss, "validation_misclassification": va_mis}
-            _export(out_dir, params, arch, meta_size, dict(best, trained_size=size, epochs=epochs,
-                                                            initialisation=init_info, seed=seed))
-        mon.add_epoch(row, history)
-        rng = np.random.get_state()
-        save_checkpoint(out_dir, epoch + 1, opt, dict(
-            epoch=epoch + 1, history=history, best=best,
-            numpy_rng=[rng[0], rng[1].tolist(), int(rng[2]), int(rng[3]), float(rng[4])]))
-
-    summary.update(best=best, history=history)
-    io.write_json(out_dir / "config.json", summary)
-    return summary
-
-
-def _describe_rows(rows: Optional[np.ndarray], labels: np.ndarray) -> Optional[dict]:
-    """``config.json`` record of a sample of ``train.csv``: its data rows (0-based) and images per class."""
-    if rows is None:
-        return None
-    counts = np.bincount(labels[rows], minlength=len(classes.CLASSES6))
-    return dict(n=len(rows), per_class={c: int(k) for c, k in zip(classes.CLASSES6, counts)},
-                rows=[int(r) for r in rows])
+# ----------------------------------------------------------------------------- initialisation, export
 
 
 def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "resnet18") -> str:
@@ -646,10 +436,203 @@ def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "r
     return f"ImageNet {path} ({len(loaded)} tensors; new head fc)"
 
 
+def _load_into(params: dict, values: Dict[str, np.ndarray], what: str, strict: bool = True) -> List[str]:
+    """Copy arrays into parameters; shape-checked. Returns the names loaded."""
+    missing = [k for k in params if k not in values]
+    if strict and missing:
+        raise TrainingError(f"{what}: parameters missing: {', '.join(missing[:5])}"
+                            f"{' ...' if len(missing) > 5 else ''}")
+    done = []
+    for k, v in values.items():
+        if k not in params:
+            if strict:
+                raise TrainingError(f"{what}: unexpected parameter {k} (different architecture?)")
+            continue
+        if tuple(params[k].shape) != tuple(np.shape(v)):
+            raise TrainingError(f"{what}: {k} has shape {tuple(np.shape(v))}, this network needs "
+                                f"{tuple(params[k].shape)} (different architecture or class count?)")
+        params[k].d = np.asarray(v, np.float32)
+        done.append(k)
+    return done
+
+
 def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict) -> None:
     """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch."""
-    import nnabla as nn
     meta = modelfile.model_meta(arch, classes.CLASSES6, size, training=training)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
     with io.atomic_path(out_dir / "model.h5") as tmp:
         nn.save_parameters(str(tmp), params, extension=".h5")
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a run carries from epoch to epoch, and what a checkpoint restores."""
+
+    params: Dict[str, nn.Variable]
+    solver: object                   # nnabla.solvers.AdaBound
+    rng: np.random.RandomState       # the run's NumPy generator, saved in every checkpoint
+    init_info: str                   # how the parameters started (config.json "initialisation")
+    epoch: int = 0                   # epochs done
+    history: List[dict] = dataclasses.field(default_factory=list)
+    best: dict = dataclasses.field(default_factory=lambda: {"epoch": None, "validation_error": float("inf")})
+
+
+def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
+    """Fresh seeded parameters (initialised per ``cfg``) and solver, or those of ``previous``.
+
+    previous: ``(checkpoint folder, state, saved config.json)`` from
+    :func:`wbc_nnabla.checkpoint.check_resume`, or None for a new run.
+    """
+    models.clear_scope(SCOPE)
+    # Parameter initialisers draw from nnabla's process-wide generator (nnabla.random.prng):
+    # nnabla offers no local generator for them, so it is seeded here, once per run.
+    nnabla.random.set_parameter_seed(_derive_seed(cfg.seed, 0, 0))
+    nnabla.random.seed(_derive_seed(cfg.seed, 0, 3))
+    # The run's own NumPy stream (never NumPy's global state). No step draws from it today:
+    # each draws from its own (seed, epoch, stream) seed, see _derive_seed.
+    rng = np.random.RandomState(_derive_seed(cfg.seed, 0, 4))
+    build_graph(cfg.arch, len(classes.CLASSES6), cfg.batch_size, cfg.size,   # creates the parameters
+                weight_init=cfg.weight_init)
+    params = parameters()
+    if previous is None:
+        init_info = initialise(params, cfg.pretrained, cfg.init, cfg.arch)
+        return RunState(params, make_solver(cfg.solver), rng, init_info)
+    ck_dir, state, saved = previous
+    _load_into(params, modelfile.load_parameters(ck_dir / "params.h5"), str(ck_dir / "params.h5"))
+    solver = make_solver(cfg.solver)
+    solver.load_states(str(ck_dir / "solver.h5"))
+    checkpoint.set_rng_state(rng, state["numpy_rng"])
+    return RunState(params, solver, rng, saved.get("initialisation", ""), state["epoch"], state["history"],
+                    state["best"])
+
+
+def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, epoch: int, mon: Monitors,
+                out_dir: Path) -> Tuple[List[float], float]:
+    """AdaBound updates over one seeded shuffle of ``train.csv``: (Cost per iteration, seconds inside nnabla).
+
+    The first augmented batch goes to the image-tile monitor every ``tile_every`` epochs.
+    A non-finite Cost stops the run before the update (the last checkpoint stays good).
+    """
+    compute, costs = 0.0, []
+    stream = batches(data.train, cfg.batch_size, data.iters, True, _derive_seed(cfg.seed, epoch, 2))
+    with tqdm(total=data.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+              leave=False) as bar:
+        for i, (xb, yb, _) in enumerate(stream):
+            graph.x.d, graph.t.d = xb, yb
+            c0 = time.perf_counter()
+            graph.loss.forward(clear_no_need_grad=True)
+            cost = float(graph.loss.d)
+            if not np.isfinite(cost):
+                raise TrainingError(f"non-finite Cost ({cost}) at epoch {epoch + 1}, iteration {i + 1}: "
+                                    f"training stopped; last good checkpoint kept: "
+                                    f"{checkpoint.last_checkpoint(out_dir)} "
+                                    f"(lower --alpha/--final-lr or check the images)")
+            run.solver.zero_grad()
+            graph.loss.backward(clear_buffer=True)
+            if cfg.solver.weight_decay:
+                run.solver.weight_decay(cfg.solver.weight_decay)
+            run.solver.update()
+            compute += time.perf_counter() - c0
+            costs.append(cost)
+            if i == 0 and cfg.tile_every and epoch % cfg.tile_every == 0:
+                mon.add_tile(epoch * data.iters, graph.x_aug.d)
+            bar.set_postfix(cost=f"{cost:.4f}")
+            bar.update(1)
+    return costs, compute
+
+
+def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon: Monitors, out_dir: Path) -> dict:
+    """One epoch: :func:`train_epoch`, precise BN, then NNC's errors; returns its learning-curve row."""
+    n_classes = len(classes.CLASSES6)
+    # F.image_augmentation's generator lives inside the C++ function and cannot be
+    # saved: a new function seeded from (seed, epoch) per epoch makes a resumed run
+    # draw exactly the same augmentations.
+    graph = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, aug=cfg.augmentation,
+                        aug_seed=_derive_seed(cfg.seed, epoch, 1))
+    t0 = time.perf_counter()
+    costs, compute = train_epoch(graph, run, data, cfg, epoch, mon, out_dir)
+    train_time = time.perf_counter() - t0
+    if data.bn_rows is not None:
+        recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size), data.train, cfg.batch_size,
+                       data.bn_rows)
+    test = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True)
+    tr_loss, tr_mis, _ = evaluate(test, data.train, cfg.batch_size, data.eval_rows)
+    va_loss, va_mis, _ = evaluate(test, data.valid, cfg.batch_size)
+    return dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
+                training_misclassification=tr_mis, validation_misclassification=va_mis,
+                seconds=time.perf_counter() - t0, images_per_s=data.iters * cfg.batch_size / train_time,
+                outside_share=1.0 - compute / train_time)
+
+
+def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Monitors) -> None:
+    """Record an epoch's row: log, export the model when Validation Error improved, curves, checkpoint."""
+    run.history.append(row)
+    run.epoch = row["epoch"]
+    log.info("epoch %d/%d  Cost %.4f  Training Error %.4f  Validation Error %.4f  "
+             "validation misclassification %.3f  (%.0f s)", row["epoch"], cfg.epochs, row["cost"],
+             row["training_error"], row["validation_error"], row["validation_misclassification"], row["seconds"])
+    if row["validation_error"] < run.best["validation_error"]:
+        run.best = {"epoch": row["epoch"], "validation_error": row["validation_error"],
+                    "validation_misclassification": row["validation_misclassification"]}
+        _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
+                dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info,
+                     seed=cfg.seed))
+    mon.add_epoch(row, run.history)
+    checkpoint.save_checkpoint(out_dir, run.epoch, run.params, run.solver, dict(
+        epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng)))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(dataset_dir, out_dir, config: Optional[TrainConfig] = None, resume: bool = False) -> dict:
+    """Train WBC Model A (``pretrained``) or fine-tune Model B (``init=model_A.nnp``); section II.4.
+
+    dataset_dir: NNC dataset folder with ``train.csv`` and ``valid.csv`` (``x:image,y:label``,
+        y = six-class index in :data:`wbc_nnabla.classes.CLASSES6` order); images of any size,
+        resized to ``config.size`` x ``config.size`` pixels.
+    out_dir: output folder (see module docstring); must not hold a run unless ``resume``.
+    config: every setting (:class:`~wbc_nnabla.recipe.TrainConfig`; default: the paper's recipe),
+        e.g. ``train(ds, out, TrainConfig(epochs=3, init="model_A.nnp"))``.
+    resume: continue the last checkpoint in ``out_dir``; the settings that shape the
+        result (:data:`wbc_nnabla.checkpoint.RESUME_KEYS`) must match the saved run's,
+        and the resumed run equals an uninterrupted one.
+
+    nnabla's context applies inside this call only (``nn.context_scope``).
+    Returns the summary written to ``config.json`` (config, environment, best epoch, history).
+    """
+    cfg = config or TrainConfig()
+    level = nn_logger.level
+    if cfg.progress:
+        # nnabla logs every data iterator and file save at INFO, which breaks the progress bar.
+        nn_logger.setLevel(logging.WARNING)
+    try:
+        return _train(Path(dataset_dir), Path(out_dir), cfg, resume)
+    finally:
+        nn_logger.setLevel(level)
+
+
+def _train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool) -> dict:
+    data = load_data(dataset_dir, out_dir, cfg)
+    config = run_config(dataset_dir, out_dir, cfg, data)
+    if resume:
+        previous = checkpoint.check_resume(out_dir, config)
+    else:
+        checkpoint.check_fresh(out_dir)
+        previous = None
+    with nn.context_scope(get_context(cfg.context)):
+        run = start_run(cfg, previous)
+        if previous:
+            log.info("resuming %s after epoch %d", out_dir, run.epoch)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        summary = dict(config=config, environment=io.environment(), initialisation=run.init_info)
+        io.write_json(out_dir / "config.json", summary)
+        mon = Monitors(out_dir, run.history)
+        for epoch in range(run.epoch, cfg.epochs):
+            end_epoch(out_dir, cfg, run, run_epoch(epoch, cfg, data, run, mon, out_dir), mon)
+    summary.update(best=run.best, history=run.history)
+    io.write_json(out_dir / "config.json", summary)
+    return summary

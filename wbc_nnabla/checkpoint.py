@@ -1,0 +1,109 @@
+"""Epoch checkpoints of a training run, and the checks that make ``resume`` exact.
+
+Layout in the run's output folder::
+
+    checkpoints/epochNNNN/params.h5    every parameter (nnabla ``save_parameters``)
+    checkpoints/epochNNNN/solver.h5    the solver's state (``Solver.save_states``)
+    checkpoints/epochNNNN/state.json   epoch, curve history, best epoch, NumPy generator state
+    checkpoint.json                    {"epoch": N, "dir": "checkpoints/epochNNNN"}: the last complete one
+
+The role of nnabla-examples' ``_checkpoint_nnp_util.py``, per epoch instead of per
+iteration. Used by :mod:`wbc_nnabla.training`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, Tuple
+
+import nnabla as nn
+import numpy as np
+
+from . import io
+from .recipe import TrainingError
+
+#: The pointer file naming the last complete checkpoint.
+POINTER = "checkpoint.json"
+
+#: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
+RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
+               "bn_sample", "weight_init")
+# Keys added after runs were already written: a config without the key had this value.
+_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot"}
+
+
+def pointer(out_dir: Path) -> Path:
+    """The ``checkpoint.json`` of a run folder."""
+    return Path(out_dir) / POINTER
+
+
+def save_checkpoint(out_dir: Path, epoch: int, params: Dict[str, nn.Variable], solver, state: dict) -> Path:
+    """Write ``checkpoints/epochNNNN/`` (params.h5, solver.h5, state.json) then point ``checkpoint.json`` at it.
+
+    The pointer is replaced atomically after the folder is complete, and older
+    folders are removed only afterwards, so a crash at any moment leaves the
+    last good checkpoint usable. Returns the new folder.
+    """
+    out_dir = Path(out_dir)
+    name = f"epoch{epoch:04d}"
+    final = out_dir / "checkpoints" / name
+    with io.atomic_dir(final, overwrite=True) as tmp:
+        nn.save_parameters(str(tmp / "params.h5"), params, extension=".h5")
+        solver.save_states(str(tmp / "solver.h5"))
+        io.write_json(tmp / "state.json", state)
+    io.write_json(pointer(out_dir), {"epoch": epoch, "dir": f"checkpoints/{name}"})
+    for old in (out_dir / "checkpoints").iterdir():
+        if old.name != name and old.name.startswith("epoch"):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(out_dir: Path) -> Tuple[Path, dict]:
+    """(checkpoint folder, state) of the last complete checkpoint in ``out_dir``."""
+    ptr = pointer(out_dir)
+    if not ptr.is_file():
+        raise TrainingError(f"{out_dir}: nothing to resume (no checkpoint.json); start without --resume")
+    d = Path(out_dir) / json.loads(ptr.read_text())["dir"]
+    state = json.loads((d / "state.json").read_text())
+    return d, state
+
+
+def last_checkpoint(out_dir: Path) -> str:
+    """The folder ``checkpoint.json`` points at (relative to ``out_dir``), or ``"none"``."""
+    ptr = pointer(out_dir)
+    return json.loads(ptr.read_text())["dir"] if ptr.exists() else "none"
+
+
+def check_fresh(out_dir: Path) -> None:
+    """Refuse to start a new run in a folder that already holds one."""
+    if pointer(out_dir).exists() or (Path(out_dir) / "model.nnp").exists():
+        raise TrainingError(f"{out_dir}: already holds a training run; use --resume to continue it "
+                            f"or choose another output folder")
+
+
+def check_resume(out_dir: Path, config: dict) -> Tuple[Path, dict, dict]:
+    """(checkpoint folder, its state, the saved ``config.json``) of a run that ``config`` may continue.
+
+    Raises :class:`TrainingError` when there is no checkpoint or when a key of
+    :data:`RESUME_KEYS` differs from the saved run's.
+    """
+    ck_dir, state = load_checkpoint(out_dir)
+    saved = json.loads((Path(out_dir) / "config.json").read_text())
+    old = {k: saved["config"].get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in RESUME_KEYS}
+    diff = [k for k in RESUME_KEYS if old[k] != config.get(k)]
+    if diff:
+        raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "
+                            f"(was {', '.join(repr(old[k])[:80] for k in diff)})")
+    return ck_dir, state, saved
+
+
+def rng_state(rng: np.random.RandomState) -> list:
+    """A ``RandomState``'s state as JSON values (for ``state.json``)."""
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def set_rng_state(rng: np.random.RandomState, saved: list) -> None:
+    """Restore a state written by :func:`rng_state`."""
+    rng.set_state((saved[0], np.array(saved[1], np.uint32), *saved[2:]))
