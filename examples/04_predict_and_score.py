@@ -19,7 +19,7 @@ for name in ("A", "B"):
     # Inference at the model's training size (see docs/method.md on the paper's 480/320).
     preds = inference.predict(work / f"model_{name}" / "model.nnp", work / "dataset_inference" / "cells.csv",
                               expected_classes=classes.CLASSES6)
-    predictions.write_predictions(preds, work / f"predictions_{name}.csv")
+    predictions.write_predictions(preds, work / f"predictions_{name}.csv", overwrite=True)
     result = scoring.score(preds, pending_threshold=args.pending_threshold, target_accuracy=0.99)
     report.write_score(result, work / f"score_{name}", overwrite=True)
     s = result.summary

@@ -196,3 +196,19 @@ def test_cache_reuses_and_follows_content(nnp18, tmp_path):
     assert third != first and third.is_file()
     with zipfile.ZipFile(local) as z:
         assert modelfile.META_NAME in z.namelist()
+
+
+def test_export_refuses_an_existing_file_and_never_replaces_the_model(nnp18, tmp_path, capsys):
+    from wbc_nnabla import cli
+    path, _ = nnp18
+    model = tmp_path / "m.nnp"
+    model.write_bytes(path.read_bytes())
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"my earlier export")
+    assert cli.main(["export", str(model), "--onnx", str(onnx_path)]) == 2
+    assert "already exists" in capsys.readouterr().err and onnx_path.read_bytes() == b"my earlier export"
+    assert cli.main(["export", str(model), "--onnx", str(onnx_path), "--overwrite"]) == 0
+    assert read_onnx_meta(onnx_path)["arch"] == "resnet18"
+    before = model.read_bytes()
+    assert cli.main(["export", str(model), "--onnx", str(model), "--overwrite"]) == 2
+    assert "is the input" in capsys.readouterr().err and model.read_bytes() == before

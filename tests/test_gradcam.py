@@ -269,3 +269,23 @@ def test_cli(tmp_path, model_path, capsys):
     assert "no such image file or folder" in capsys.readouterr().err
     assert main(["gradcam", str(model_path), str(folder), "--out", str(folder / "o")]) == 2
     assert "inside the source folder" in capsys.readouterr().err
+
+
+def test_cli_overwrite_replaces_only_an_earlier_gradcam_output(tmp_path, model_path, capsys):
+    """A second run into OUT needs --overwrite; a folder gradcam did not write is never replaced."""
+    img = tmp_path / "cells" / "a.png"
+    img.parent.mkdir()
+    cv2.imwrite(str(img), scene(64)[:, :, ::-1])
+    out = tmp_path / "out"
+    assert main(["gradcam", str(model_path), str(img), "--out", str(out), "-q"]) == 0
+    assert main(["gradcam", str(model_path), str(img), "--out", str(out), "-q"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    (out / "stale_gradcam.png").write_bytes(b"from an earlier run")
+    assert main(["gradcam", str(model_path), str(img), "--out", str(out), "-q", "--overwrite"]) == 0
+    assert not (out / "stale_gradcam.png").exists() and (out / "a_gradcam.png").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a_gradcam.png").write_bytes(b"my own figure")
+    assert main(["gradcam", str(model_path), str(img), "--out", str(mine), "-q", "--overwrite"]) == 2
+    assert "not a `wbc-nnabla gradcam` output" in capsys.readouterr().err
+    assert (mine / "a_gradcam.png").read_bytes() == b"my own figure"

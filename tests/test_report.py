@@ -80,3 +80,17 @@ def test_compare_report(tmp_path):
     assert (out / "A" / "confusion6.csv").is_file() and (out / "B" / "summary.json").is_file()
     seg = res.recall_change.set_index(["view", "class"]).at[("6", "Segment"), "change"]
     assert seg == pytest.approx(33 / 34 - 30 / 34)
+
+
+def test_formats_doc_names_exactly_the_files_score_and_compare_write(tmp_path):
+    """docs/formats.md's score/compare section lists each table and JSON written, and no other."""
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    part = doc.split("## Score and comparison folders")[1].split("\n## ")[0]
+    named = set(re.findall(r"`([\w./]+\.(?:csv|json))`", part))
+    a = predictions_from_confusion(small_counts(), n_smears=4, seed=2)
+    written = set()
+    for out in (report.write_score(scoring.score(a), tmp_path / "s"),
+                report.write_compare(scoring.compare(scoring.score(a), scoring.score(a), name_b="B"), tmp_path / "c")):
+        written |= {p.name for p in out.iterdir() if p.suffix in (".csv", ".json") and not p.name.startswith(".")}
+    assert named == written, (sorted(named - written), sorted(written - named))

@@ -153,10 +153,15 @@ def test_paired_tests_match_scipy():
 
 
 def test_paired_tests_all_zero_differences():
-    t = scoring.paired_tests([0.9, 0.8, 0.95], [0.9, 0.8, 0.95])
+    # six smears: the smallest the signed-rank test can reach (p = 0.031) is below 0.05, so p is reported
+    same = [0.9, 0.8, 0.95, 0.85, 0.7, 0.75]
+    t = scoring.paired_tests(same, same)
     assert t["p_signedrank"] == 1.0 and t["signedrank_statistic"] == 0.0
     assert "zero" in t["note"]
     assert scoring.paired_tests([], [])["note"]
+    # three smears: the signed-rank test can never reach p < 0.05 (smallest p 0.25): no p, a reason instead
+    t3 = scoring.paired_tests(same[:3], same[:3])
+    assert np.isnan(t3["p_signedrank"]) and "smallest possible p 0.25" in t3["p_signedrank_note"]
 
 
 def test_pending_never_counts():
@@ -334,3 +339,72 @@ def test_never_imports_nnabla(tmp_path, b_csv):
             "print('nnabla' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- pred6 must agree with prob_*
+
+
+def test_score_refuses_pred6_that_contradicts_the_probabilities(tmp_path):
+    """24 of 30 rows name a pred6 that is not their highest probability: refused, file, line and values named."""
+    rows = cell_rows("s1", [("Lymph", "Lymph")] * 30)
+    for r in rows[6:]:
+        r.update(pred6="Mono", pred5="Mono")                       # prob_Lymph 0.9 stays the highest
+    p = write(tmp_path, rows)
+    with pytest.raises(predictions.PredictionsError) as e:
+        scoring.score(p)
+    msg = str(e.value)
+    for w in (str(p), "line 8", "pred6 'Mono'", "prob_Mono 0.02", "prob_Lymph 0.9", "24 of 30 rows"):
+        assert w in msg, msg
+
+
+def test_pred6_may_be_any_class_tied_for_the_highest_probability():
+    rows = cell_rows("s1", [("Band", "Band"), ("Segment", "Segment")])
+    for r in rows:
+        r.update(prob_Band=0.45, prob_Segment=0.45, prob_Lymph=0.05, prob_Mono=0.03, prob_Basophil=0.01,
+                 prob_Eosinophil=0.01)
+    assert scoring.score(pd.DataFrame(rows)).summary["accuracy6_pooled"] == 1.0
+
+
+# ----------------------------------------------------------------------------- p-values a test cannot make small
+
+
+def test_smallest_p_values_come_from_the_tests_themselves():
+    expected = {1: (0.3173, 1.0), 2: (0.1213, 0.5), 3: (0.04953, 0.25), 5: (0.009023, 0.0625), 6: (0.003948, 0.03125)}
+    for n, (ranksum, signedrank) in expected.items():
+        got = scoring.smallest_p_values(n)
+        assert got["ranksum"] == pytest.approx(ranksum, rel=1e-3) and got["signedrank"] == pytest.approx(signedrank)
+    a, b = [0.80, 0.85, 0.78, 0.90, 0.83], [0.86, 0.84, 0.85, 0.93, 0.90]
+    t = scoring.paired_tests(a, b)                                  # 5 smears: rank-sum yes, signed-rank no
+    assert t["p_ranksum"] == pytest.approx(stats.ranksums(a, b).pvalue) and "p_ranksum_note" not in t
+    assert np.isnan(t["p_signedrank"]) and "smallest possible p 0.0625" in t["p_signedrank_note"]
+    assert not np.isnan(scoring.paired_tests(a + [0.7], b + [0.75])["p_signedrank"])
+
+
+def test_compare_one_smear_reports_no_p_value_with_the_reason(tmp_path, capsys):
+    a = write(tmp_path, cell_rows("s1", [("Lymph", "Mono")]), "a.csv")
+    b = write(tmp_path, cell_rows("s1", [("Lymph", "Lymph")]), "b.csv")
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", str(a), str(b), str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Model A 0.000, Model B 1.000" in text and "0.317" in text
+    assert "rank-sum p n/a, signed-rank p n/a" in text and "cannot reach p < 0.05" in text
+    c = json.loads((out / "comparison.json").read_text())
+    for key in ("p_ranksum5", "p_ranksum6", "p_signedrank5", "p_signedrank6"):
+        assert c[key] is None and "cannot reach p < 0.05" in c[key + "_note"], key
+    assert c["tests6"]["p_ranksum"] is None and "smallest possible p 0.317" in c["tests6"]["p_ranksum_note"]
+    reason = "1 smear per model: the rank-sum test cannot reach p < 0.05 (smallest possible p 0.317)"
+    assert reason in (out / "report.md").read_text()
+    assert reason.replace("<", "&lt;") in (out / "report.html").read_text()
+
+
+# ----------------------------------------------------------------------------- what the console says was written
+
+
+@pytest.mark.parametrize("command", ["score", "compare"])
+def test_no_figures_message_names_only_what_was_written(command, tmp_path, a_csv, b_csv, capsys):
+    inputs = [str(b_csv)] if command == "score" else [str(a_csv), str(b_csv)]
+    for flags, out in (([], tmp_path / "with"), (["--no-figures"], tmp_path / "without")):
+        assert cli.main([command] + inputs + [str(out)] + flags) == 0
+        wrote = capsys.readouterr().out.strip().splitlines()[-1]
+        assert wrote.startswith(f"wrote {out}/")
+        assert ("report.html" in wrote) == (out / "report.html").is_file() == (not flags), wrote

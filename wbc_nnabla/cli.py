@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -78,6 +79,18 @@ def _image_inputs(items: List[str], recursive: bool = True) -> List[Path]:
     return out
 
 
+def _check_folder_output(out: Path, command: str, overwrite: bool, inputs) -> bool:
+    """Check an output folder (:func:`wbc_nnabla.io.check_output`); True when an existing one is replaced.
+
+    An existing empty folder needs no ``--overwrite``: nothing in it can be lost
+    (``segment`` and ``gradcam`` have always accepted a folder made beforehand).
+    """
+    from . import io
+    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+    io.check_output(out, command, overwrite or empty, inputs, folder=True)
+    return out.exists() or out.is_symlink()
+
+
 def _cmd_segment(args) -> int:
     import numpy as np
     from . import cells, io, sampling
@@ -89,21 +102,24 @@ def _cmd_segment(args) -> int:
         if p.stem in stems:
             raise CLIError(f"{p} and {stems[p.stem]} would both write {p.stem}.png; segment them separately")
         stems[p.stem] = p
+    replace = _check_folder_output(out, "segment", args.overwrite, paths)
     # the gallery shows a seeded sample stratified by sub-folder, not the first N files
     # (a class-sorted folder would show one class only)
     shown = set(sampling.shuffled_sample([p.parent.name for p in paths], args.gallery, 0).tolist()) \
         if args.gallery > 0 else set()
     tiles, empty = {}, 0
-    for i, p in enumerate(paths):
-        rgb = io.read_rgb(p)
-        mask, nucleus = cells.segment_wbc(rgb)
-        empty += int(not mask.any())
-        io.write_image(out / f"{p.stem}.png", mask.astype(np.uint8) * 255)
-        if i in shown:
-            tiles[i] = cells.overlay(rgb, mask, nucleus, size=160)
+    with io.atomic_dir(out, overwrite=replace, command="segment") as tmp:
+        for i, p in enumerate(paths):
+            rgb = io.read_rgb(p)
+            mask, nucleus = cells.segment_wbc(rgb)
+            empty += int(not mask.any())
+            io.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
+            if i in shown:
+                tiles[i] = cells.overlay(rgb, mask, nucleus, size=160)
+        if tiles:
+            io.write_image(tmp / "gallery.png", cells.contact_sheet([tiles[i] for i in sorted(tiles)], 8))
     msg = f"{len(paths)} masks (0 outside, 255 WBC) in {out}; {empty} without a nucleus (empty mask)"
     if tiles:
-        io.write_image(out / "gallery.png", cells.contact_sheet([tiles[i] for i in sorted(tiles)], 8))
         msg += f"; overlay of {len(tiles)} (a seeded sample) in {out / 'gallery.png'}"
     print(msg)
     return 0
@@ -115,11 +131,12 @@ def _cmd_locate(args) -> int:
     paths = _image_inputs(args.inputs)
     out = Path(args.out)
     io.check_not_inside(out.parent, [p if Path(p).is_dir() else Path(p).parent for p in args.inputs])
+    io.check_output(out, "locate", args.overwrite, paths, folder=False)
     rows = []
     for p in paths:
         for x, y in cells.locate_wbcs(io.read_rgb(p)):
             rows.append({"image": str(p), "x": round(float(x), 1), "y": round(float(y), 1)})
-    with io.atomic_path(out) as tmp:
+    with io.atomic_files([out], overwrite=args.overwrite) as (tmp,):
         pd.DataFrame(rows, columns=["image", "x", "y"]).to_csv(tmp, index=False, lineterminator="\n")
     print(f"{len(rows)} WBC centres in {len(paths)} fields -> {out}")
     return 0
@@ -132,11 +149,14 @@ def _add_cells(sub) -> None:
     p.add_argument("--out", required=True, help="output folder: one mask PNG per image (same stem)")
     p.add_argument("--gallery", type=int, default=48, metavar="N",
                    help="overlay N cells, a seeded sample across sub-folders, in OUT/gallery.png (default 48, 0 = none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is an earlier segment output (never another folder)")
     p.set_defaults(func=_cmd_segment)
     p = sub.add_parser("locate", help="WBC centres in smear field images")
     p.add_argument("inputs", nargs="+", metavar="FIELDS_OR_FOLDERS",
                    help="field images, or folders searched recursively")
     p.add_argument("--out", required=True, help="CSV with one image,x,y row per located WBC (pixels)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_locate)
 
 
@@ -295,6 +315,9 @@ def _cmd_predict(args) -> int:
         io.check_not_inside(out, [cells])          # never write into a source folder
     elif out.resolve() == cells.resolve():
         raise CLIError(f"{out}: is the cell list itself; choose another output")
+    inputs = [Path(args.model), cells]
+    for target in (out, predictions.run_config_path(out)):    # before the run, not after it
+        io.check_output(target, "predict", args.overwrite, inputs, folder=False)
     try:
         engine = inference.load_backend(args.model, args.backend, args.threads)
         how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
@@ -304,8 +327,8 @@ def _cmd_predict(args) -> int:
                                expected_classes=_expected_classes(args.classes), progress=not args.no_progress)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
-    predictions.write_predictions(df, out)
-    io.write_json(out.with_suffix(".json"), inference.run_config(df, args.model, args.cells, args.batch_size))
+    predictions.write_predictions(df, out, config=inference.run_config(df, args.model, args.cells, args.batch_size),
+                                  overwrite=args.overwrite, inputs=inputs)
     rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
     print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
           f"-> {out} (+ {out.with_suffix('.json').name})")
@@ -316,7 +339,7 @@ def _cmd_export(args) -> int:
     from .export import export_onnx, read_onnx_meta
     from .modelfile import ModelError
     try:
-        path = export_onnx(args.model, args.onnx, opset=args.opset)
+        path = export_onnx(args.model, args.onnx, opset=args.opset, overwrite=args.overwrite)
         meta = read_onnx_meta(path)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
@@ -341,12 +364,14 @@ def _add_inference(sub) -> None:
                    help="expected model classes: 'six' (the paper's), a comma list, or 'auto' (accept the "
                         "model's; default)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for opencv/onnxruntime (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (and the .json beside it) if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("export", help="export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")
     p.add_argument("model", help="model .nnp or .h5")
     p.add_argument("--onnx", required=True, help="ONNX file to write")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (>= 13; default 13)")
+    p.add_argument("--overwrite", action="store_true", help="replace the ONNX file if it exists (never the model)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -382,8 +407,14 @@ def _cmd_score(args) -> int:
         th = s.get("threshold_at_target6")
         print(f"target accuracy {args.target_accuracy:g} (6 classes): "
               + (f"threshold {th:.4f}, coverage {s['coverage_at_target6']:.3f}" if th is not None else "not reached"))
-    print(f"wrote {out}/ (report.html, summary.json, per_smear.csv, confusion6.csv, confusion5.csv, ...)")
+    shown = "report.html, " if not args.no_figures else ""
+    print(f"wrote {out}/ ({shown}summary.json, per_smear.csv, confusion6.csv, confusion5.csv, ...)")
     return 0
+
+
+def _p_text(p) -> str:
+    """A p-value for the console: 3 significant digits, ``n/a`` when the test reports none (NaN)."""
+    return "n/a" if p is None or p != p else f"{p:.3g}"
 
 
 def _cmd_compare(args) -> int:
@@ -398,10 +429,13 @@ def _cmd_compare(args) -> int:
         raise CLIError(str(e)) from None
     s = result.summary
     for v in ("5", "6"):
+        notes = [s[f"p_{k}{v}_note"] for k in scoring.TESTS if f"p_{k}{v}_note" in s]
         print(f"{v} classes: {args.name_a} {s['accuracy' + v + '_mean_a']:.3f}, {args.name_b} "
               f"{s['accuracy' + v + '_mean_b']:.3f}, mean diff {s['mean_diff' + v]:+.3f}, rank-sum p "
-              f"{s['p_ranksum' + v]:.3g}, signed-rank p {s['p_signedrank' + v]:.3g}")
-    print(f"wrote {out}/ (report.html, comparison.json, per_smear_pairs.csv, recall_change.csv)")
+              f"{_p_text(s['p_ranksum' + v])}, signed-rank p {_p_text(s['p_signedrank' + v])}"
+              + (f" ({'; '.join(notes)})" if notes else ""))
+    shown = "report.html, " if not args.no_figures else ""
+    print(f"wrote {out}/ ({shown}comparison.json, per_smear_pairs.csv, recall_change.csv)")
     return 0
 
 
@@ -466,25 +500,27 @@ def _cmd_gradcam(args) -> int:
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
     target = None if args.class_name is None else g.class_index(args.class_name)
+    replace = _check_folder_output(out, "gradcam", args.overwrite, [Path(args.model)] + paths)
     stems = _gradcam_stems(paths)
     rows = []
-    for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch", disable=args.quiet):
-        chunk = paths[s:s + g.batch_size]
-        rgbs = [io.read_rgb(p) for p in chunk]
-        for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, target)):
-            io.write_image(out / f"{stem}_gradcam.png", gradcam.overlay(rgb, r.cam, args.alpha))
-            with io.atomic_path(out / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, r.cam)
-            rows.append(dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png", cam=f"{stem}_cam.npy",
-                             predicted=r.predicted_name, probability=round(r.probability, 6),
-                             **{"class": r.class_name}, class_probability=round(r.class_probability, 6)))
-    with io.atomic_path(out / "gradcam.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-    io.write_json(out / "gradcam.json", dict(
-        command="gradcam", model=str(Path(args.model).resolve()), arch=g.arch, class_names=list(g.class_names),
-        size=g.size, layer="layer4 output (last convolutional stage)", batchnorm="test mode (running statistics)",
-        **{"class": args.class_name}, alpha=args.alpha, batch_size=g.batch_size, images=len(paths),
-        environment=io.environment()))
+    with io.atomic_dir(out, overwrite=replace, command="gradcam") as folder:
+        for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch", disable=args.quiet):
+            chunk = paths[s:s + g.batch_size]
+            rgbs = [io.read_rgb(p) for p in chunk]
+            for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, target)):
+                io.write_image(folder / f"{stem}_gradcam.png", gradcam.overlay(rgb, r.cam, args.alpha))
+                with io.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
+                    np.save(f, r.cam)
+                rows.append(dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png", cam=f"{stem}_cam.npy",
+                                 predicted=r.predicted_name, probability=round(r.probability, 6),
+                                 **{"class": r.class_name}, class_probability=round(r.class_probability, 6)))
+        with io.atomic_path(folder / "gradcam.csv") as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+        io.write_json(folder / "gradcam.json", dict(
+            command="gradcam", model=str(Path(args.model).resolve()), arch=g.arch, class_names=list(g.class_names),
+            size=g.size, layer="layer4 output (last convolutional stage)", batchnorm="test mode (running statistics)",
+            **{"class": args.class_name}, alpha=args.alpha, batch_size=g.batch_size, images=len(paths),
+            environment=io.environment()))
     print(f"Grad-CAM of {len(paths)} image(s) at {g.size}x{g.size} -> {out} (gradcam.csv, *_gradcam.png, *_cam.npy)")
     return 0
 
@@ -500,6 +536,8 @@ def _add_gradcam(sub) -> None:
     p.add_argument("--size", type=int, default=None, metavar="S", help="network input size in pixels (default: the model's)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per pass (default 8)")
     p.add_argument("--alpha", type=float, default=0.4, help="heat-map weight in the overlay, 0-1 (default 0.4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is an earlier gradcam output (never another folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_gradcam)
 
@@ -515,8 +553,8 @@ def _print_headline(summary: dict, out) -> None:
               f"± {summary[f'accuracy6_sd_{tag}']:.3f}, 5 classes {summary[f'accuracy5_mean_{tag}']:.3f} "
               f"± {summary[f'accuracy5_sd_{tag}']:.3f} (pooled {summary[f'accuracy6_pooled_{tag}']:.3f} / "
               f"{summary[f'accuracy5_pooled_{tag}']:.3f})")
-    print(f"Wilcoxon rank-sum A vs B: p = {summary['p_ranksum5']:.3g} (5 classes), "
-          f"{summary['p_ranksum6']:.3g} (6 classes); {summary['n_inference_cells']} cells in "
+    print(f"Wilcoxon rank-sum A vs B: p = {_p_text(summary['p_ranksum5'])} (5 classes), "
+          f"{_p_text(summary['p_ranksum6'])} (6 classes); {summary['n_inference_cells']} cells in "
           f"{summary['n_smears']} smears; {summary['seconds']:.0f} s")
 
 
@@ -617,7 +655,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def help_markdown(width: int = 100) -> str:
     """The CLI reference (``docs/cli.md``): every sub-command's ``--help``, at a fixed width."""
-    import os
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(width)  # argparse wraps help to the terminal width
     try:
@@ -652,6 +689,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CLIError, LabelError, SourceError, ImageReadError, FileExistsError, FileNotFoundError) as e:
         print(f"wbc-nnabla {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output that cannot be written: permissions, read-only or full file system
+        print(f"wbc-nnabla {args.command}: error: {_os_error_text(e, args)}", file=sys.stderr)
+        return 1
+
+
+def _os_error_text(e: OSError, args) -> str:
+    """``PATH: cause`` of an OSError, naming the output rather than its temporary (one line)."""
+    from . import io
+    names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
+    names = [os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n) for n in names]
+    outputs = [io.output_of_temporary(n) for n in names]
+    # os.replace(temporary, output) names both: the output is the one to report
+    path = next((o for n, o in zip(names, outputs) if str(o) != n), outputs[-1] if outputs else None)
+    if path is None:
+        path = next((getattr(args, k) for k in ("out", "out_dir", "onnx") if getattr(args, k, None)), "output")
+    cause = e.strerror or str(e) or type(e).__name__
+    return f"{path}: {cause}"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -133,16 +134,19 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
     return model
 
 
-def export_onnx(model_path: PathLike, onnx_path: PathLike, opset: int = 13) -> Path:
+def export_onnx(model_path: PathLike, onnx_path: PathLike, opset: int = 13, overwrite: bool = False) -> Path:
     """Export a ``.nnp``/``.h5`` model to ONNX (issue 6); checked with ``onnx.checker``; written atomically.
 
     The batch dimension (and H, W) are dynamic. Class names and input size are
     stored in the ONNX ``metadata_props`` (see :func:`read_onnx_meta`).
-    Raises :class:`ModelError` for a file that is not a supported network.
+    Raises :class:`ModelError` for a file that is not a supported network,
+    FileExistsError when ``onnx_path`` exists and ``overwrite`` is false, and
+    :class:`wbc_nnabla.io.SourceError` when ``onnx_path`` is the model itself.
     """
     import onnx
 
-    from .io import atomic_path
+    from .io import atomic_path, check_output
+    check_output(onnx_path, "export", overwrite, [model_path], folder=False)
     params, meta = read_model(model_path)
     meta = dict(meta, source_sha256=file_sha256(model_path), source=Path(model_path).name)
     model = build_onnx(params, meta, opset)
@@ -194,8 +198,13 @@ def cache_dir() -> Path:
 CACHE_KEEP = 16
 
 
+#: Names :func:`cached_onnx` gives its files (``<stem>-<20 hex>-op<N>.onnx``); only these are pruned.
+_CACHE_NAME = re.compile(r".+-[0-9a-f]{20}-op\d+\.onnx")
+
+
 def _prune(folder: Path, keep: int, protect: Path) -> None:
-    files = sorted(folder.glob("*-op*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    files = sorted((p for p in folder.glob("*-op*.onnx") if _CACHE_NAME.fullmatch(p.name)),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[keep:]:
         if old != protect:
             old.unlink(missing_ok=True)
@@ -218,7 +227,7 @@ def cached_onnx(model_path: PathLike, opset: int = 13, folder: Optional[PathLike
             return target
         try:
             base.mkdir(parents=True, exist_ok=True)
-            out = export_onnx(model_path, target, opset)
+            out = export_onnx(model_path, target, opset, overwrite=True)  # a concurrent conversion may land first
         except PermissionError:
             continue
         _prune(base, keep=CACHE_KEEP, protect=out)

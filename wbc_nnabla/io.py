@@ -16,6 +16,8 @@ Conventions (see ``docs/formats.md``):
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -613,6 +615,18 @@ def remove_stale_temporaries(path: PathLike) -> List[Path]:
     return removed
 
 
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder (and its parents); a file in the way is ``NotADirectoryError`` naming it.
+
+    (``Path.mkdir`` reports a file in the way as "File exists", which reads as
+    if the output itself existed.)
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), e.filename) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
@@ -621,7 +635,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     and ``path`` is left as it was. Stale temporaries of ``path`` are removed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp" + path.suffix, dir=str(path.parent))
     os.close(fd)
@@ -647,7 +661,7 @@ def atomic_dir(path: PathLike, overwrite: bool = False, command: Optional[str] =
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (choose another output or allow overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=str(path.parent)))
     os.chmod(tmp, 0o777 & ~_umask())
@@ -661,6 +675,75 @@ def atomic_dir(path: PathLike, overwrite: bool = False, command: Optional[str] =
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, shared: bool = False) -> Iterator[None]:
+    """Hold an ``fcntl.flock`` on ``folder`` (exclusive, or ``shared`` for readers) while inside.
+
+    Writers of files that belong together (:func:`atomic_files`) take it
+    exclusively around their renames; a reader that takes it shared sees
+    either the old or the new set, never a mix. Advisory: only cooperating
+    processes wait for it.
+    """
+    fd = os.open(str(folder), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def atomic_files(paths: Sequence[PathLike], overwrite: bool = False) -> Iterator[List[Path]]:
+    """Yield a temporary sibling for each of ``paths`` (same folder); rename them all together on success.
+
+    The renames happen while holding :func:`folder_lock` on the folder, so two
+    runs writing the same set of files leave one run's complete set, never a
+    mix. Without ``overwrite`` an output that exists at rename time (another
+    run got there first) raises FileExistsError naming it and nothing is
+    renamed. On an exception every temporary is removed and the outputs are
+    left as they were.
+    """
+    paths = [Path(p) for p in paths]
+    parent = paths[0].parent
+    if any(p.parent != parent for p in paths):
+        raise ValueError(f"atomic_files: {', '.join(map(str, paths))} are not in one folder")
+    _make_parent(paths[0])
+    tmps: List[Path] = []
+    try:
+        for p in paths:
+            remove_stale_temporaries(p)
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(p), suffix=".tmp" + p.suffix, dir=str(parent))
+            os.close(fd)
+            os.chmod(tmp, 0o666 & ~_umask())
+            tmps.append(Path(tmp))
+        yield list(tmps)
+        with folder_lock(parent):
+            taken = [p for p in paths if p.exists() or p.is_symlink()] if not overwrite else []
+            if taken:
+                raise FileExistsError(f"{taken[0]}: already exists (written meanwhile by another run?); "
+                                      f"choose another output, or --overwrite")
+            for tmp, p in zip(tmps, paths):
+                os.replace(tmp, p)
+    finally:
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def output_of_temporary(path: PathLike) -> Path:
+    """The output a temporary of :func:`atomic_path` / :func:`atomic_dir` stands for (``path`` itself otherwise).
+
+    ``DIR/.NAME.<pid>.XXXX.tmp[.suffix]`` -> ``DIR/NAME``, in any part of the path
+    (a file inside a temporary folder too): error messages name the file the
+    user asked for, not its temporary.
+    """
+    parts = []
+    for part in Path(path).parts:
+        m = re.match(r"^\.(.+)\.\d+\.[^.]+\.tmp(\.[^.]*)?$", part)
+        parts.append(m.group(1) if m else part)
+    return Path(*parts)
 
 
 #: File that marks a folder as written by a wbc-nnabla command: ``{"command": NAME}``.
@@ -680,7 +763,8 @@ def marker_command(folder: PathLike) -> Optional[str]:
         return None
 
 
-def check_output(out: PathLike, command: str, overwrite: bool, inputs: Iterable[PathLike] = ()) -> None:
+def check_output(out: PathLike, command: str, overwrite: bool, inputs: Iterable[PathLike] = (),
+                 folder: Optional[bool] = None) -> None:
     """Refuse an output that would lose a file this command did not write.
 
     * ``out`` missing: fine. Existing and not ``overwrite``: FileExistsError.
@@ -689,6 +773,8 @@ def check_output(out: PathLike, command: str, overwrite: bool, inputs: Iterable[
       of the same ``command`` (:data:`OUTPUT_MARKER`), and never when it is, or
       contains, any of ``inputs`` (the files and folders the run reads: input
       CSVs, models, every image a predictions CSV points to).
+    * ``folder``: True when the output is a folder (an existing file there is
+      refused), False when it is a file (an existing folder is refused), None: either.
     Raises FileExistsError (or :class:`SourceError` for an input inside) naming
     the path and what to do.
     """
@@ -698,6 +784,10 @@ def check_output(out: PathLike, command: str, overwrite: bool, inputs: Iterable[
     if not overwrite:
         raise FileExistsError(f"{out}: already exists (choose another output, or --overwrite to replace "
                               f"an earlier {command} output)")
+    if folder is not None and out.is_dir() != folder:
+        raise FileExistsError(f"{out}: not replaced: it is {'not ' if folder else ''}a folder, and "
+                              f"`wbc-nnabla {command}` writes a {'folder' if folder else 'file'} there. "
+                              f"Choose another output")
     out_r = out.resolve()
     for p in inputs:
         p_r = Path(p).resolve()
@@ -718,8 +808,8 @@ def write_text(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json(path: PathLike, obj) -> Path:
-    """Write JSON atomically, indented, with NumPy scalars converted."""
+def json_text(obj) -> str:
+    """``obj`` as the indented JSON text :func:`write_json` writes (NumPy scalars and arrays, Paths converted)."""
     def default(o):
         if isinstance(o, np.generic):
             return o.item()
@@ -728,7 +818,12 @@ def write_json(path: PathLike, obj) -> Path:
         if isinstance(o, Path):
             return str(o)
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-    return write_text(path, json.dumps(obj, indent=2, default=default, sort_keys=False) + "\n")
+    return json.dumps(obj, indent=2, default=default, sort_keys=False) + "\n"
+
+
+def write_json(path: PathLike, obj) -> Path:
+    """Write JSON atomically, indented, with NumPy scalars converted."""
+    return write_text(path, json_text(obj))
 
 
 def environment() -> dict:

@@ -15,6 +15,8 @@ predictions of any model or tool can be read. See ``docs/scoring.md``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -41,6 +43,9 @@ ALL_SMEARS = "(all)"
 NO_SMEAR = "(no smear)"
 #: Tolerance on the sum of a row's probabilities (CSV rounding of float32 softmax).
 PROB_SUM_TOL = 0.01
+#: ``pred6`` may be a class whose probability is this much below the highest (near ties written
+#: by another tool); a larger gap is a contradiction (:func:`read_predictions` refuses it).
+PRED_TIE_TOL = 1e-6
 
 
 class PredictionsError(ValueError):
@@ -80,12 +85,64 @@ def predictions_table(cells: pd.DataFrame, probs: np.ndarray, class_names: Seque
     return out
 
 
-def write_predictions(df: pd.DataFrame, path: PathLike) -> Path:
-    """Write a predictions table as CSV atomically (probabilities with 7 significant digits)."""
+def run_config_path(path: PathLike) -> Path:
+    """The run description written beside a predictions CSV: ``pred.csv`` -> ``pred.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def write_predictions(df: pd.DataFrame, path: PathLike, config: Optional[dict] = None, overwrite: bool = False,
+                      inputs: Sequence[PathLike] = ()) -> Path:
+    """Write a predictions table as CSV atomically (probabilities with 7 significant digits).
+
+    config: the run description (e.g. :func:`wbc_nnabla.inference.run_config`),
+        written as :func:`run_config_path` beside the CSV with the CSV's
+        ``predictions_sha256`` added. The two files are renamed into place
+        together under a lock on their folder (:func:`wbc_nnabla.io.atomic_files`),
+        so two runs writing the same CSV leave a CSV and a JSON of the same run;
+        :func:`read_run_config` checks it.
+    overwrite: replace an existing CSV (and JSON); without it FileExistsError names the file.
+    inputs: files the run read (model, cell list): never replaced, even with ``overwrite``.
+    """
     path = Path(path)
-    with io.atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.7g", lineterminator="\n")
+    targets = [path] + ([run_config_path(path)] if config is not None else [])
+    for t in targets:
+        io.check_output(t, "predict", overwrite, inputs, folder=False)
+    with io.atomic_files(targets, overwrite=overwrite) as tmps:
+        df.to_csv(tmps[0], index=False, float_format="%.7g", lineterminator="\n")
+        if config is not None:
+            digest = hashlib.sha256(tmps[0].read_bytes()).hexdigest()
+            tmps[1].write_text(io.json_text(dict(config, predictions=path.name, predictions_sha256=digest)),
+                               encoding="utf-8")
     return path
+
+
+def read_run_config(path: PathLike) -> dict:
+    """The run description beside the predictions CSV ``path``, checked to describe that CSV.
+
+    Read under a shared lock on the folder (writers rename the pair under an
+    exclusive one). Raises :class:`PredictionsError` when the JSON is missing,
+    has no ``predictions_sha256``, or records another CSV than the one there.
+    """
+    path = Path(path)
+    cfg_path = run_config_path(path)
+    try:
+        with io.folder_lock(path.parent, shared=True):
+            text = cfg_path.read_text(encoding="utf-8")
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError as e:
+        raise PredictionsError(f"{e.filename}: no such file (a predict run writes {path.name} and "
+                               f"{cfg_path.name} together)") from None
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        raise PredictionsError(f"{cfg_path}: not readable JSON ({e})") from None
+    recorded = cfg.get("predictions_sha256") if isinstance(cfg, dict) else None
+    if recorded is None:
+        raise PredictionsError(f"{cfg_path}: records no predictions_sha256; it cannot be matched to {path.name}")
+    if recorded != digest:
+        raise PredictionsError(f"{cfg_path} describes another {path.name} (sha256 {recorded[:12]}..., the file "
+                               f"there has {digest[:12]}...); the two files are from different runs")
+    return cfg
 
 
 # ----------------------------------------------------------------------------- reading
@@ -206,6 +263,25 @@ def _parse_probs(df: pd.DataFrame, cols: Dict[str, str], name: str) -> np.ndarra
     return probs
 
 
+def _check_pred6_is_argmax(out: pd.DataFrame, probs: np.ndarray, name: str) -> None:
+    """Refuse a row whose ``pred6`` is not among its highest probabilities (ties within :data:`PRED_TIE_TOL`).
+
+    A ``pred6`` that contradicts the ``prob_*`` columns leaves no way to know
+    which one the model said: scoring one of them silently would be a guess.
+    """
+    idx = np.array([classes.INDEX6[c] for c in out["pred6"]], dtype=np.int64)
+    given = probs[np.arange(len(probs)), idx]
+    top = probs.max(axis=1)
+    bad = np.flatnonzero(given < top - PRED_TIE_TOL)
+    if len(bad):
+        i = int(bad[0])
+        best = CLASSES6[int(probs[i].argmax())]
+        raise PredictionsError(
+            f"{name} line {_line(i)}: pred6 {out['pred6'].iat[i]!r} (prob_{out['pred6'].iat[i]} {given[i]:.6g}) "
+            f"is not the class of highest probability (prob_{best} {top[i]:.6g}); pred6 must be the argmax of "
+            f"the prob_* columns ({len(bad)} of {len(probs)} rows disagree)")
+
+
 def five_class_probs(probs6: np.ndarray) -> np.ndarray:
     """Merge ``(N, 6)`` six-class probabilities to ``(N, 5)`` (Band + Segment = Neutrophil)."""
     p = np.asarray(probs6, dtype=np.float64)
@@ -221,7 +297,8 @@ def read_predictions(source: PathOrFrame, name: Optional[str] = None) -> pd.Data
     the six classes are required; ``smear``, ``label`` (human label: a six-class
     name, ``Neutrophil`` when only the five-class label is known, or empty) and
     ``pred5`` are optional. Any accepted synonym is read (see
-    :mod:`wbc_nnabla.classes`).
+    :mod:`wbc_nnabla.classes`). ``pred6`` must be a class of highest
+    probability in its row (ties within :data:`PRED_TIE_TOL` allowed).
 
     Returns one row per cell with columns ``path, smear, label, true6, true5,
     pred6, pred5, prob_*`` (floats), ``top6``, ``top5`` (highest six- and
@@ -250,6 +327,7 @@ def read_predictions(source: PathOrFrame, name: Optional[str] = None) -> pd.Data
     if "pred5" in cols:
         _parse_pred5(df, cols, name, out)
     probs = _parse_probs(df, cols, name)
+    _check_pred6_is_argmax(out, probs, name)
     for j, c in enumerate(PROB_COLUMNS):
         out[c] = probs[:, j]
     out["top6"] = probs.max(axis=1)

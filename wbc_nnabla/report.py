@@ -36,7 +36,6 @@ from matplotlib.figure import Figure
 
 from . import io, scoring
 from .classes import DIFF_CLASSES
-from .predictions import PredictionsError
 
 log = logging.getLogger(__name__)
 
@@ -521,6 +520,8 @@ def compare_sections(result: "scoring.CompareResult", figures: Sequence[ReportFi
                      "rank-sum p": t["p_ranksum"], "signed-rank p": t["p_signedrank"], "smears": t["n_pairs"]})
     tests = pd.DataFrame(rows).set_index("classes")
     notes = [t["note"] for t in (s["tests5"], s["tests6"]) if t["note"]]
+    notes += [f"{v} classes: {t[f'p_{k}_note']}." for v, t in (("5", s["tests5"]), ("6", s["tests6"]))
+              for k in scoring.TESTS if f"p_{k}_note" in t]
     text = [f"{s['n_cells']} cells in {s['n_smears']} smears, matched by path. Wilcoxon rank-sum "
             f"(scipy.stats.ranksums, as in the paper) and, since smears are paired, signed-rank "
             f"(scipy.stats.wilcoxon). SD: sample SD (ddof={s['sd_ddof']})."] + notes
@@ -568,16 +569,32 @@ def _json_safe(obj):
     return obj
 
 
-def _check_output(out_dir: Path, inputs: Sequence[Optional[str]]) -> None:
-    """Refuse an output folder holding one of the input files: the folder is replaced as a whole."""
-    out_r = out_dir.resolve()
-    for s in inputs:
-        if not s or not Path(s).exists():
-            continue
-        p = Path(s).resolve()
-        if p == out_r or out_r in p.parents:
-            raise PredictionsError(f"output folder {out_dir} holds the input {s}; choose another output "
-                                   f"(the output folder is replaced as a whole)")
+def _score_inputs(result: "scoring.ScoreResult") -> List[str]:
+    """What a score run read: its predictions CSV and the folder of every image its ``path`` column names.
+
+    Image paths are resolved as the gallery reads them (relative ones from the
+    CSV's folder). Their folders, not the images, are listed: an output folder
+    holding an image entry (a symbolic link too) is refused.
+    """
+    source = result.settings.get("predictions")
+    files = [source] if source and Path(source).exists() else []
+    folders = {str(_resolve_image(str(p), result.base_dir).absolute().parent) for p in pd.unique(result.cells["path"])}
+    return files + sorted(folders)
+
+
+def _check_output(out_dir: Path, command: str, overwrite: bool,
+                  results: Sequence["scoring.ScoreResult"]) -> None:
+    """Refuse an output folder that is not an earlier ``command`` output, or that is or holds an input.
+
+    :func:`wbc_nnabla.io.check_output` with the files and image folders of
+    :func:`_score_inputs` of ``results``: ``overwrite`` replaces only a folder
+    that is empty or carries the marker of the same command, and never one the
+    predictions point into.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return      # nothing to lose: skip listing the image folders
+    inputs = sorted(set().union(*(_score_inputs(r) for r in results)))
+    io.check_output(out_dir, command, overwrite, inputs, folder=True)
 
 
 def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike], figures: bool = True,
@@ -587,12 +604,15 @@ def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike],
     Files: ``per_smear.csv``, ``confusion6.csv``, ``confusion5.csv``,
     ``differential.csv``, ``pending.csv``, ``risk_coverage.csv``,
     ``summary.json``, ``config.json`` and, with ``figures``, ``figures/*.png``,
-    ``report.html`` (self-contained) and ``report.md``. Raises
-    ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false.
+    ``report.html`` (self-contained) and ``report.md``; the folder is marked as a
+    ``score`` output (:data:`wbc_nnabla.io.OUTPUT_MARKER`). Raises
+    ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false, or
+    when it is not an earlier score output (nor empty); :class:`wbc_nnabla.io.SourceError`
+    when it is, or holds, the predictions CSV or an image it points to.
     """
     out_dir = Path(out_dir)
-    _check_output(out_dir, [result.settings.get("predictions")])
-    with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    _check_output(out_dir, "score", overwrite, [result])
+    with io.atomic_dir(out_dir, overwrite=overwrite, command="score") as tmp:
         write_score_files(result, tmp)
         if figures:
             write_score_report(result, tmp, gallery=gallery)
@@ -619,10 +639,14 @@ def write_compare(result: "scoring.CompareResult", out_dir: Union[str, os.PathLi
                   overwrite: bool = False) -> Path:
     """Write a :class:`~wbc_nnabla.scoring.CompareResult`: ``comparison.json``, ``per_smear_pairs.csv``,
     ``recall_change.csv``, ``config.json``, each model's score in ``A/`` and ``B/``
-    folders (tables only) and, with ``figures``, box plots and ``report.html``/``report.md``."""
+    folders (tables only) and, with ``figures``, box plots and ``report.html``/``report.md``.
+
+    The folder is marked as a ``compare`` output; ``overwrite`` replaces only an
+    earlier compare output (or an empty folder), never one holding either
+    predictions CSV or an image they point to (as :func:`write_score`)."""
     out_dir = Path(out_dir)
-    _check_output(out_dir, [result.summary.get("predictions_a"), result.summary.get("predictions_b")])
-    with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    _check_output(out_dir, "compare", overwrite, [result.score_a, result.score_b])
+    with io.atomic_dir(out_dir, overwrite=overwrite, command="compare") as tmp:
         result.per_smear.to_csv(tmp / "per_smear_pairs.csv", index=False, float_format="%.6g")
         result.recall_change.to_csv(tmp / "recall_change.csv", index=False, float_format="%.6g")
         io.write_json(tmp / "comparison.json", _json_safe(result.summary))

@@ -405,6 +405,36 @@ def _score_summary(cells, per, conf6, conf5, rc6, rc5, settings) -> dict:
 # ----------------------------------------------------------------------------- compare (Fig. 9)
 
 
+#: Significance level of the paper's tests (Fig. 9); a test that cannot reach it reports no p-value.
+ALPHA = 0.05
+#: The tests of :func:`paired_tests`: key in its result -> name in messages.
+TESTS = {"ranksum": "rank-sum", "signedrank": "signed-rank"}
+
+
+def smallest_p_values(n: int) -> Dict[str, float]:
+    """Smallest p-value each test of :func:`paired_tests` can give with ``n`` smears per model.
+
+    Computed by the tests themselves on the most extreme arrangement: for the
+    rank-sum test every accuracy of one model below every accuracy of the
+    other, for the signed-rank test ``n`` differences of one sign and distinct
+    sizes. E.g. one smear: rank-sum 0.317, signed-rank 1.0; the rank-sum test
+    can reach p < 0.05 from 3 smears, the signed-rank test from 6. NaN for ``n = 0``.
+    """
+    if n < 1:
+        return {k: math.nan for k in TESTS}
+    low = np.arange(n, dtype=np.float64)
+    return {"ranksum": float(stats.ranksums(low, low + n).pvalue),
+            "signedrank": float(stats.wilcoxon(low + 1.0).pvalue)}
+
+
+def _unavailable(test: str, n: int, smallest: float) -> str:
+    """Why a test's p-value is not reported (the ``p_<test>_note`` of :func:`paired_tests`)."""
+    if n < 1:
+        return "no smear scored by both models"
+    return (f"{n} smear{'s' if n != 1 else ''} per model: the {TESTS[test]} test cannot reach p < {ALPHA:g} "
+            f"(smallest possible p {smallest:.3g}); no p-value reported")
+
+
 def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict:
     """Wilcoxon tests of per-smear accuracies of two models on the same smears (paper Fig. 9).
 
@@ -415,27 +445,39 @@ def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict:
     differences dropped (``zero_method='wilcox'``); when every difference is
     zero the result is statistic 0, p = 1.0 and a note (scipy's own result is
     then undefined). ``mean_diff``: mean of b - a over the pairs.
+
+    A test that cannot reach p < :data:`ALPHA` with this many smears, whatever
+    the accuracies (:func:`smallest_p_values`), reports p = NaN (``null`` in
+    JSON) and says why in ``p_ranksum_note`` / ``p_signedrank_note`` (keys
+    present only then): a p-value it could never make small is not evidence.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
-    out = {"n_pairs": int(len(a)), "mean_a": float(a.mean()) if len(a) else math.nan,
-           "mean_b": float(b.mean()) if len(b) else math.nan,
-           "mean_diff": float((b - a).mean()) if len(a) else math.nan,
+    n = int(len(a))
+    out = {"n_pairs": n, "mean_a": float(a.mean()) if n else math.nan,
+           "mean_b": float(b.mean()) if n else math.nan,
+           "mean_diff": float((b - a).mean()) if n else math.nan,
            "ranksum_statistic": math.nan, "p_ranksum": math.nan,
            "signedrank_statistic": math.nan, "p_signedrank": math.nan, "note": ""}
-    if len(a) == 0:
+    smallest = smallest_p_values(n)
+    if n == 0:
         out["note"] = "no smear scored by both models"
-        return out
-    r = stats.ranksums(a, b)
-    out["ranksum_statistic"], out["p_ranksum"] = float(r.statistic), float(r.pvalue)
-    if np.all(a == b):
-        out["signedrank_statistic"], out["p_signedrank"] = 0.0, 1.0
-        out["note"] = "all paired differences are zero: signed-rank p set to 1.0"
     else:
-        w = stats.wilcoxon(b, a, zero_method="wilcox")
-        out["signedrank_statistic"], out["p_signedrank"] = float(w.statistic), float(w.pvalue)
+        r = stats.ranksums(a, b)
+        out["ranksum_statistic"], out["p_ranksum"] = float(r.statistic), float(r.pvalue)
+        if np.all(a == b):
+            out["signedrank_statistic"], out["p_signedrank"] = 0.0, 1.0
+            if smallest["signedrank"] < ALPHA:
+                out["note"] = "all paired differences are zero: signed-rank p set to 1.0"
+        else:
+            w = stats.wilcoxon(b, a, zero_method="wilcox")
+            out["signedrank_statistic"], out["p_signedrank"] = float(w.statistic), float(w.pvalue)
+    for test in TESTS:
+        if not smallest[test] < ALPHA:   # NaN (no pairs) included
+            out["p_" + test] = math.nan
+            out[f"p_{test}_note"] = _unavailable(test, n, smallest[test])
     return out
 
 
@@ -531,6 +573,8 @@ def compare(score_a: ScoreResult, score_b: ScoreResult, name_a: str = "Model A",
         "accuracy6_mean_a": t6["mean_a"], "accuracy6_mean_b": t6["mean_b"],
         "accuracy5_sd_a": sa.summary["accuracy5_sd"], "accuracy5_sd_b": sb.summary["accuracy5_sd"],
         "accuracy6_sd_a": sa.summary["accuracy6_sd"], "accuracy6_sd_b": sb.summary["accuracy6_sd"],
+        **{f"p_{test}{v}_note": t[f"p_{test}_note"] for v, t in (("5", t5), ("6", t6)) for test in TESTS
+           if f"p_{test}_note" in t},
         "tests5": t5, "tests6": t6, "sd_ddof": SD_DDOF,
         "mean_diff_is": f"mean over smears of ({name_b} - {name_a})",
         "pending_threshold": sa.settings.get("pending_threshold"), "pending_margin": sa.settings.get("pending_margin"),
