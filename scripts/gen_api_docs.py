@@ -8,7 +8,7 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["classes", "recipe", "sampling", "io", "cells", "datasets", "models", "pretrained", "modelfile",
+MODULES = ["errors", "classes", "recipe", "sampling", "io", "cells", "datasets", "models", "pretrained", "modelfile",
            "training", "checkpoint", "inference", "export", "predictions", "scoring", "report", "gradcam",
            "reproduce_report", "pipeline", "cli"]
 

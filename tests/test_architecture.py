@@ -123,3 +123,27 @@ def test_one_predictions_reader():
     found = [module for module, tree in _sources().items() for node in ast.walk(tree)
              if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "read_predictions"]
     assert found == [f"{PACKAGE}.predictions"], found
+
+
+def test_every_error_class_of_the_package_is_a_wbc_error():
+    """cli.main catches one type: every exception class the package defines derives from WBCError."""
+    import importlib
+    import inspect
+
+    from wbc_nnabla.errors import WBCError
+    found = []
+    for module in _sources():
+        mod = importlib.import_module(module)
+        for name, obj in vars(mod).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module:
+                found.append(obj)
+                assert issubclass(obj, WBCError), f"{module}.{name} is not a WBCError"
+    assert len(found) >= 9
+
+
+def test_no_function_over_80_lines():
+    too_long = [f"{module}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                for module, tree in _sources().items() for node in ast.walk(tree)
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno + 1 > 80]
+    assert not too_long, too_long

@@ -155,6 +155,7 @@ def test_same_inputs_give_byte_identical_outputs(tmp_path):
     src = _demo_subset(tmp_path, per_class=2)
     a = datasets.build_dataset(src, tmp_path / "a", background="remove", total=30, seed=3, **SMALL)
     b = datasets.build_dataset(src, tmp_path / "b", background="remove", total=30, seed=3, **SMALL)
+    a, b = a.path, b.path
     fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert fa == fb and len(fa) > 10

@@ -1,4 +1,4 @@
-"""ONNX export (issue 6): checker, dynamic batch, metadata, parity with nnabla, bad model files."""
+"""ONNX export: checker, dynamic batch, metadata, parity with nnabla, bad model files."""
 import json
 import zipfile
 

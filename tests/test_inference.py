@@ -1,4 +1,4 @@
-"""Predictions (issue 5 item 1) and the fast CPU backends (issue 6), on the demo cells at 32-64 px."""
+"""Predictions and the fast CPU backends, on the demo cells at 32-64 px."""
 import json
 import logging
 import shutil

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from . import io
+from .errors import InputError
 from .recipe import PAPER
 
 PAD_MODES = {
@@ -40,16 +41,16 @@ def crop_size_px(crop_px: int = PAPER.crop, crop_um: Optional[float] = None,
     rounded to the nearest pixel. Both or neither of the two must be given.
     """
     if (crop_um is None) != (pixel_um is None):
-        raise ValueError("crop size in micrometres needs both crop_um (µm) and pixel_um (µm/px); "
+        raise InputError("crop size in micrometres needs both crop_um (µm) and pixel_um (µm/px); "
                          f"got crop_um={crop_um!r}, pixel_um={pixel_um!r}")
     if crop_um is not None:
         if not (float(crop_um) > 0 and float(pixel_um) > 0):
-            raise ValueError(f"crop_um and pixel_um must be positive, got {crop_um!r} and {pixel_um!r}")
+            raise InputError(f"crop_um and pixel_um must be positive, got {crop_um!r} and {pixel_um!r}")
         size = int(round(float(crop_um) / float(pixel_um)))
     else:
         size = int(crop_px)
     if size < 1:
-        raise ValueError(f"crop size must be at least 1 pixel, got {size}")
+        raise InputError(f"crop size must be at least 1 pixel, got {size}")
     return size
 
 
@@ -68,14 +69,14 @@ def crop_square(rgb: np.ndarray, cx: float, cy: float, size: int,
     ``pad_mode`` and ``center`` = ``(cx, cy)`` rounded to pixels.
     """
     if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
+        raise InputError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
     if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {rgb.shape}")
+        raise InputError(f"expected an RGB image of shape (H, W, 3), got {rgb.shape}")
     size = int(size)
     if size < 1:
-        raise ValueError(f"crop size must be at least 1 pixel, got {size}")
+        raise InputError(f"crop size must be at least 1 pixel, got {size}")
     if not (np.isfinite(cx) and np.isfinite(cy)):
-        raise ValueError(f"crop centre must be finite, got ({cx}, {cy})")
+        raise InputError(f"crop centre must be finite, got ({cx}, {cy})")
     h, w = rgb.shape[:2]
     icx, icy = int(round(float(cx))), int(round(float(cy)))
     x0, y0 = icx - size // 2, icy - size // 2
@@ -84,7 +85,7 @@ def crop_square(rgb: np.ndarray, cx: float, cy: float, size: int,
     left, right = max(0, -x0), max(0, x1 - w)
     sub = rgb[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
     if sub.size == 0:
-        raise ValueError(f"crop centre ({cx}, {cy}) with size {size} lies entirely outside the "
+        raise InputError(f"crop centre ({cx}, {cy}) with size {size} lies entirely outside the "
                          f"{w}x{h} image")
     if top or bottom or left or right:
         # reflect needs the source to be larger than the pad; fall back to replicate otherwise
@@ -410,7 +411,7 @@ def remove_background(rgb: np.ndarray, mask: Optional[np.ndarray] = None,
         mask = wbc_mask(rgb)
     mask = np.asarray(mask).astype(bool)
     if mask.shape != rgb.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} does not match image shape {rgb.shape[:2]}")
+        raise InputError(f"mask shape {mask.shape} does not match image shape {rgb.shape[:2]}")
     out = rgb.copy()
     out[~mask] = np.asarray(fill, dtype=np.uint8)
     return out
@@ -513,7 +514,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, nucleus: Optional[np.ndarray] = N
 def contact_sheet(tiles: Sequence[np.ndarray], columns: int = 8) -> np.ndarray:
     """Tiles of equal shape (RGB uint8) laid out in rows of ``columns``; blank (white) padding."""
     if not tiles:
-        raise ValueError("contact_sheet needs at least one tile")
+        raise InputError("contact_sheet needs at least one tile")
     tiles = list(tiles)
     blank = np.full_like(tiles[0], 255)
     while len(tiles) % columns:

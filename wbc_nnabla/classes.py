@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
+from .errors import WBCError
+
 CLASSES6: Tuple[str, ...] = ("Basophil", "Eosinophil", "Lymph", "Mono", "Band", "Segment")
 CLASSES5: Tuple[str, ...] = ("Basophil", "Eosinophil", "Lymph", "Mono", "Neutrophil")
 NEUTROPHIL = "Neutrophil"
@@ -76,7 +78,7 @@ for _cat in TAXONOMY:
         _BY_KEY[_key(_s)] = _cat
 
 
-class LabelError(ValueError):
+class LabelError(WBCError, ValueError):
     """An unknown or, in the six-class view, under-specified label."""
 
 

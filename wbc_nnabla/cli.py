@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, PAPER, AdaBoundConfig, Augmentation,
                      TrainConfig, WEIGHT_INIT_NAMES)
 
 
-class CLIError(Exception):
+class CLIError(WBCError):
     """An error the CLI reports as one line (no traceback), exit code 2."""
 
 
-# ----------------------------------------------------------------------------- classes / io (issue 2)
+# ----------------------------------------------------------------------------- classes / io
 
 
 def _cmd_classes(args) -> int:
@@ -54,7 +55,7 @@ def _add_io(sub) -> None:
     p.set_defaults(func=_cmd_cells)
 
 
-# ----------------------------------------------------------------------------- cells: segment, locate (issue 3)
+# ----------------------------------------------------------------------------- cells: segment, locate
 
 
 def _image_inputs(items: List[str], recursive: bool = True) -> List[Path]:
@@ -160,26 +161,22 @@ def _add_cells(sub) -> None:
     p.set_defaults(func=_cmd_locate)
 
 
-# ----------------------------------------------------------------------------- datasets: build-dataset (issue 3)
+# ----------------------------------------------------------------------------- datasets: build-dataset
 
 
 def _cmd_build_dataset(args) -> int:
-    import json
     import time
 
     from . import datasets
     if args.background is None and not args.inference:
         raise CLIError("--background is required: remove (dataset ①, only the WBC kept) or keep (dataset ②)")
     t0 = time.time()
-    try:
-        out = datasets.build_dataset(
-            args.source, args.out, background=args.background, crop=args.crop, crop_um=args.crop_um,
-            pixel_um=args.pixel_um, size=args.size, total=args.total, valid_fraction=args.valid_fraction,
-            seed=args.seed, inference=args.inference, locate=args.locate, skip_bad=args.skip_bad,
-            overwrite=args.overwrite, pad_mode=args.pad_mode, progress=not args.no_progress)
-    except ValueError as e:  # LabelError and SourceError are ValueErrors too: one line, no traceback
-        raise CLIError(str(e)) from None
-    report = json.loads((out / "build_report.json").read_text(encoding="utf-8"))
+    out = datasets.build_dataset(
+        args.source, args.out, background=args.background, crop=args.crop, crop_um=args.crop_um,
+        pixel_um=args.pixel_um, size=args.size, total=args.total, valid_fraction=args.valid_fraction,
+        seed=args.seed, inference=args.inference, locate=args.locate, skip_bad=args.skip_bad,
+        overwrite=args.overwrite, pad_mode=args.pad_mode, progress=not args.no_progress)
+    report = out.report
     print(f"{report['cells']} source cells -> {report['images']} images ({report['mode']}, background "
           f"{report['background']}) in {time.time() - t0:.1f} s")
     for c, d in report["classes"].items():
@@ -230,11 +227,11 @@ def _add_datasets(sub) -> None:
     p.set_defaults(func=_cmd_build_dataset)
 
 
-# ----------------------------------------------------------------------------- training (issue 4)
+# ----------------------------------------------------------------------------- training
 
 
 def _cmd_train(args) -> int:
-    from . import pretrained, training
+    from . import training
     solver = _settings(AdaBoundConfig, args)
     aug = _settings(Augmentation, args, flip_lr=not args.no_flip, flip_ud=not args.no_flip,
                     enabled=not args.no_augmentation)
@@ -243,10 +240,7 @@ def _cmd_train(args) -> int:
         init=args.init, arch=args.arch, solver=solver, augmentation=aug, context=args.context,
         train_eval_limit=args.train_eval_limit, export_size=args.export_size, progress=not args.no_progress,
         bn_recalibration=args.bn_recalibration, weight_init=args.weight_init)
-    try:
-        s = training.train(args.dataset, args.out, config, resume=args.resume)
-    except (training.TrainingError, pretrained.PretrainedError) as e:
-        raise CLIError(str(e)) from None
+    s = training.train(args.dataset, args.out, config, resume=args.resume)
     b = s["best"]
     print(f"best epoch {b['epoch']}: Validation Error {b['validation_error']:.4f}, "
           f"misclassification {b.get('validation_misclassification', float('nan')):.3f}")
@@ -375,7 +369,7 @@ def _add_inference(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-# ----------------------------------------------------------------------------- scoring, report (issue 5)
+# ----------------------------------------------------------------------------- scoring, report
 
 
 def _fraction(text: str) -> float:
@@ -467,7 +461,7 @@ def _add_scoring(sub) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
-# ----------------------------------------------------------------------------- Grad-CAM (issue 7)
+# ----------------------------------------------------------------------------- Grad-CAM
 
 
 def _gradcam_stems(paths: List[Path]) -> List[str]:
@@ -542,7 +536,7 @@ def _add_gradcam(sub) -> None:
     p.set_defaults(func=_cmd_gradcam)
 
 
-# ----------------------------------------------------------------------------- pipeline: reproduce, demo (issue 7)
+# ----------------------------------------------------------------------------- pipeline: reproduce, demo
 
 
 def _print_headline(summary: dict, out) -> None:
@@ -682,11 +676,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .classes import LabelError
-    from .io import ImageReadError, SourceError
     try:
         return int(args.func(args) or 0)
-    except (CLIError, LabelError, SourceError, ImageReadError, FileExistsError, FileNotFoundError) as e:
+    except (WBCError, FileExistsError, FileNotFoundError) as e:
         print(f"wbc-nnabla {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output that cannot be written: permissions, read-only or full file system

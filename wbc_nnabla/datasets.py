@@ -20,18 +20,20 @@ the source image.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from . import cells, classes, io
+from .errors import InputError
 from .recipe import PAPER
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def dihedral(rgb: np.ndarray, k: int) -> np.ndarray:
     returns a new contiguous array (lossless: pixels are only permuted).
     """
     if not (isinstance(k, (int, np.integer)) and 0 <= int(k) < 8):
-        raise ValueError(f"dihedral variant k must be an integer 0-7, got {k!r}")
+        raise InputError(f"dihedral variant k must be an integer 0-7, got {k!r}")
     a = rgb[:, ::-1] if k >= 4 else rgb
     return np.ascontiguousarray(np.rot90(a, int(k) % 4))
 
@@ -85,7 +87,7 @@ def class_targets(total: int, names: Sequence[str] = classes.CLASSES6) -> Dict[s
     """
     order = _class_order(names)
     if total < 0:
-        raise ValueError(f"total must be >= 0, got {total}")
+        raise InputError(f"total must be >= 0, got {total}")
     if not order:
         return {}
     base, rem = divmod(int(total), len(order))
@@ -102,10 +104,10 @@ def source_variants(n_sources: int, target: int) -> List[List[int]]:
     list of k per source.
     """
     if n_sources < 0 or target < 0:
-        raise ValueError(f"n_sources and target must be >= 0, got {n_sources}, {target}")
+        raise InputError(f"n_sources and target must be >= 0, got {n_sources}, {target}")
     if n_sources == 0:
         if target:
-            raise ValueError(f"cannot make {target} images from 0 source cells")
+            raise InputError(f"cannot make {target} images from 0 source cells")
         return []
     base, extra = divmod(int(target), int(n_sources))
     return [[j % 8 for j in range(base + (1 if i < extra else 0))] for i in range(n_sources)]
@@ -142,7 +144,7 @@ def split_cells(table: pd.DataFrame, valid_fraction: float = 0.2, seed: int = 0)
     """
     vf = float(valid_fraction)
     if not 0.0 <= vf < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+        raise InputError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
     n = len(table)
     out = np.array(["train"] * n, dtype=object)
     if n == 0 or vf == 0.0:
@@ -304,10 +306,10 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
                   size: Optional[int] = None, total: Optional[int] = None, valid_fraction: float = 0.2,
                   seed: int = 0, inference: bool = False, locate: bool = False, skip_bad: bool = False,
                   overwrite: bool = False, pad_mode: str = "reflect", progress: bool = True,
-                  dedupe: bool = False) -> Path:
+                  dedupe: bool = False) -> "BuiltDataset":
     """Build teacher dataset ① / ② or the inference set (section II.3) as an NNC dataset folder.
 
-    source: any source :func:`read_source` reads. out: the dataset folder to
+    source: any cell source :func:`wbc_nnabla.io.read_cells` reads. out: the dataset folder to
     create (must not exist unless ``overwrite``; never inside a source folder).
     background: ``"remove"`` (dataset ①, :func:`wbc_nnabla.cells.remove_background`
     on each crop) or ``"keep"`` (dataset ②); None means remove for a teacher
@@ -327,38 +329,17 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     the build report); without it a repeated cell is an error naming both rows,
     since its copies could fall in both splits.
 
-    The same inputs and arguments give byte-identical files. Returns ``out``.
+    The same inputs and arguments give byte-identical files. Returns a
+    :class:`BuiltDataset`: the folder (path-like) and its build report (the
+    contents of ``build_report.json``).
     """
     t0 = time.time()
-    if background is None:
-        background = "keep" if inference else "remove"
-    if background not in BACKGROUNDS:
-        raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)} (remove = dataset ①, "
-                         f"keep = dataset ②), got {background!r}")
-    if pad_mode not in cells.PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {', '.join(sorted(cells.PAD_MODES))}, got {pad_mode!r}")
+    background = background or ("keep" if inference else "remove")
+    size, total = _check_settings(background, pad_mode, size, total, valid_fraction, inference)
     crop_px = cells.crop_size_px(crop, crop_um, pixel_um)
-    size = int(size) if size is not None else (DEFAULT_INFERENCE_SIZE if inference else DEFAULT_SIZE)
-    if size < 1:
-        raise ValueError(f"size must be at least 1 pixel, got {size}")
-    if inference and total is not None:
-        raise ValueError("total (--total) has no meaning for an inference set (no augmentation)")
-    total = int(total) if total is not None else DEFAULT_TOTAL[background]
-    if not inference and total < 1:
-        raise ValueError(f"total must be at least 1 image, got {total}")
-    if not 0.0 <= float(valid_fraction) < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
     source, out = Path(source), Path(out)
     table = io.read_cells(source, dedupe=dedupe)
-    source_dirs = [source] + sorted({str(Path(p).parent) for p in table["path"]})
-    io.check_not_inside(out, source_dirs)
-    for d in source_dirs:  # --overwrite replaces OUT: it must not hold any source
-        d = Path(d).resolve()
-        d = d if d.is_dir() else d.parent
-        if out.resolve() == d or out.resolve() in d.parents:
-            raise io.SourceError(f"output {out} contains the source folder {d}; choose another output "
-                                 f"(sources are never written)")
-    _check_out(out, overwrite)
+    _check_output_folder(out, source, table, overwrite)
     _check_labels(table, inference)
     report = {"mode": "inference" if inference else "teacher", "background": background,
               "skipped": [], "no_wbc_located": [], "warnings": [],
@@ -373,7 +354,6 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     else:
         split = split_cells(cdf, valid_fraction, seed)
         variants = _assign(cdf, split, total, float(valid_fraction), seed, report)
-
     config = OrderedDict(command="build-dataset", source=str(source.resolve()), background=background,
                          crop=crop, crop_um=crop_um, pixel_um=pixel_um, crop_px=crop_px, size=size,
                          total=None if inference else total, valid_fraction=float(valid_fraction),
@@ -388,7 +368,58 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
         io.write_text(tmp / "build_report.md", _report_md(report, config))
         io.write_json(tmp / "config.json", config)
     log.info("built %s in %.1f s", out, time.time() - t0)
-    return out
+    return BuiltDataset(out, report)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltDataset:
+    """What :func:`build_dataset` made: the dataset folder and its build report.
+
+    Path-like (``os.fspath(built)``, ``built / "train.csv"``), so it can be passed
+    wherever the folder is expected; ``report`` is what ``build_report.json`` holds.
+    """
+    path: Path
+    report: dict
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other) -> Path:
+        return self.path / other
+
+
+def _check_settings(background: str, pad_mode: str, size: Optional[int], total: Optional[int],
+                    valid_fraction: float, inference: bool) -> Tuple[int, int]:
+    """(size, total) after defaults; :class:`~wbc_nnabla.errors.InputError` naming a setting out of range."""
+    if background not in BACKGROUNDS:
+        raise InputError(f"background must be one of {', '.join(BACKGROUNDS)} (remove = dataset ①, "
+                         f"keep = dataset ②), got {background!r}")
+    if pad_mode not in cells.PAD_MODES:
+        raise InputError(f"pad_mode must be one of {', '.join(sorted(cells.PAD_MODES))}, got {pad_mode!r}")
+    size = int(size) if size is not None else (DEFAULT_INFERENCE_SIZE if inference else DEFAULT_SIZE)
+    if size < 1:
+        raise InputError(f"size must be at least 1 pixel, got {size}")
+    if inference and total is not None:
+        raise InputError("total (--total) has no meaning for an inference set (no augmentation)")
+    total = int(total) if total is not None else DEFAULT_TOTAL[background]
+    if not inference and total < 1:
+        raise InputError(f"total must be at least 1 image, got {total}")
+    if not 0.0 <= float(valid_fraction) < 1.0:
+        raise InputError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    return size, total
+
+
+def _check_output_folder(out: Path, source: Path, table: pd.DataFrame, overwrite: bool) -> None:
+    """OUT is not inside a source folder, does not hold one (``--overwrite`` replaces OUT), and may be replaced."""
+    source_dirs = [source] + sorted({str(Path(p).parent) for p in table["path"]})
+    io.check_not_inside(out, source_dirs)
+    for d in source_dirs:
+        d = Path(d).resolve()
+        d = d if d.is_dir() else d.parent
+        if out.resolve() == d or out.resolve() in d.parents:
+            raise io.SourceError(f"output {out} contains the source folder {d}; choose another output "
+                                 f"(sources are never written)")
+    _check_out(out, overwrite)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -1,4 +1,4 @@
-"""Model files out as ONNX: the fast CPU scoring path of issue 6.
+"""Model files out as ONNX: the fast CPU scoring path.
 
 :func:`export_onnx` reads a model file with :func:`wbc_nnabla.modelfile.read_model`
 (which checks that its parameters form one of the ResNets of
@@ -31,6 +31,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .errors import InputError
 from .modelfile import ModelError, file_sha256, read_model
 
 PathLike = Union[str, os.PathLike]
@@ -102,7 +103,7 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
 
     from . import models
     if opset < 13:
-        raise ValueError(f"opset {opset}: at least 13 is needed (Softmax over one axis)")
+        raise InputError(f"opset {opset}: at least 13 is needed (Softmax over one axis)")
     g = _Graph(params, models.BN_EPS)
     h = g.node("Mul", ["x", g.const("preprocess/scale", params["preprocess/scale"])], "scale")
     h = g.node("Add", [h, g.const("preprocess/bias", params["preprocess/bias"])], "bias")
@@ -135,7 +136,7 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
 
 
 def export_onnx(model_path: PathLike, onnx_path: PathLike, opset: int = 13, overwrite: bool = False) -> Path:
-    """Export a ``.nnp``/``.h5`` model to ONNX (issue 6); checked with ``onnx.checker``; written atomically.
+    """Export a ``.nnp``/``.h5`` model to ONNX; checked with ``onnx.checker``; written atomically.
 
     The batch dimension (and H, W) are dynamic. Class names and input size are
     stored in the ONNX ``metadata_props`` (see :func:`read_onnx_meta`).

@@ -34,6 +34,7 @@ import nnabla as nn
 import numpy as np
 
 from . import classes, io, models
+from .errors import InputError
 from .inference import preprocess
 from .modelfile import read_model
 
@@ -92,9 +93,9 @@ class GradCAM:
         self.class_names: Tuple[str, ...] = tuple(meta["class_names"])
         self.size = int(size or meta["input_size"])
         if self.size < 32:
-            raise ValueError(f"size {self.size}: the ResNet needs at least 32x32 pixels")
+            raise InputError(f"size {self.size}: the ResNet needs at least 32x32 pixels")
         if batch_size < 1:
-            raise ValueError(f"batch_size {batch_size}: expected >= 1")
+            raise InputError(f"batch_size {batch_size}: expected >= 1")
         self.batch_size = int(batch_size)
         # Fixed parameters in a private dict; _graph's no_grad makes the parametric
         # functions return need_grad=False views, so backward stops at the features
@@ -250,7 +251,7 @@ def peak(cam: np.ndarray, level: float = 0.9) -> Tuple[float, float]:
     """
     top = float(cam.max())
     if top <= 0:
-        raise ValueError("the map is all zeros: no region supports the class")
+        raise InputError("the map is all zeros: no region supports the class")
     ys, xs = np.nonzero(cam >= level * top)
     return float(ys.mean()), float(xs.mean())
 
@@ -268,9 +269,9 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
     """
     io.check_rgb(rgb, "overlay")
     if cam.shape != rgb.shape[:2]:
-        raise ValueError(f"overlay: map shape {cam.shape} differs from the image's {rgb.shape[:2]}")
+        raise InputError(f"overlay: map shape {cam.shape} differs from the image's {rgb.shape[:2]}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay: alpha {alpha} outside [0, 1]")
+        raise InputError(f"overlay: alpha {alpha} outside [0, 1]")
     heat = cv2.applyColorMap(np.clip(np.round(cam * 255.0), 0, 255).astype(np.uint8), colormap)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(rgb, 1.0 - alpha, heat, alpha, 0.0)
@@ -286,9 +287,9 @@ def figure(rgbs: Sequence[np.ndarray], cams: Sequence[np.ndarray], titles: Optio
     from matplotlib.figure import Figure
 
     if len(rgbs) != len(cams) or (titles is not None and len(titles) != len(rgbs)):
-        raise ValueError("figure: rgbs, cams and titles must have the same length")
+        raise InputError("figure: rgbs, cams and titles must have the same length")
     if not rgbs:
-        raise ValueError("figure: no images")
+        raise InputError("figure: no images")
     ncols = max(1, min(ncols, len(rgbs)))
     nrows = -(-len(rgbs) // ncols)
     fig = Figure(figsize=(tile_inches * ncols, tile_inches * nrows + 0.3 * nrows))

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from . import classes, io
+from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, read_model
 from .predictions import predictions_table
@@ -119,7 +120,7 @@ class Backend:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a float32 batch (N, 3, S, S), got shape {x.shape}")
+            raise InputError(f"expected a float32 batch (N, 3, S, S), got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         step = self.chunk or len(x)
         return np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
@@ -248,7 +249,7 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
     threads: CPU threads for opencv/onnxruntime (default: all cores of this process).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(model)
     kind = _model_kind(path)
     if backend == "auto":
@@ -356,14 +357,14 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     """
     from tqdm.auto import tqdm
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
     train_size = int(engine.meta["input_size"])
     size = int(size or train_size)
     if size < 32:
-        raise ValueError(f"size {size}: the ResNet needs at least 32x32 pixels")
+        raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
     if size != train_size:
         log.warning("inferring at %d px with a model trained at %d px: cells look %.2fx their training "
                     "size (the paper does 480 -> 320 this way)", size, train_size, size / train_size)

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import classes
+from .errors import InputError, WBCError
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -43,11 +44,11 @@ CELL_COLUMNS = ("path", "label", "category", "smear", "x", "y", "source")
 NNC_HEADER = ("x:image", "y:label")
 
 
-class ImageReadError(OSError):
+class ImageReadError(WBCError, OSError):
     """An image file that is missing, empty, truncated or not an image."""
 
 
-class SourceError(ValueError):
+class SourceError(WBCError, ValueError):
     """A cell source (folder or CSV) that does not have the expected shape."""
 
 
@@ -88,7 +89,7 @@ def to_rgb_uint8(image: np.ndarray, name: str = "<array>") -> np.ndarray:
 def check_rgb(rgb, what: str = "") -> np.ndarray:
     """``rgb`` itself if it is an RGB uint8 array ``(H, W, 3)``, else ValueError (prefixed ``what: ``)."""
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"{what + ': ' if what else ''}expected an RGB uint8 image (H, W, 3), got "
+        raise InputError(f"{what + ': ' if what else ''}expected an RGB uint8 image (H, W, 3), got "
                          f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
     return rgb
 
@@ -708,7 +709,7 @@ def atomic_files(paths: Sequence[PathLike], overwrite: bool = False) -> Iterator
     paths = [Path(p) for p in paths]
     parent = paths[0].parent
     if any(p.parent != parent for p in paths):
-        raise ValueError(f"atomic_files: {', '.join(map(str, paths))} are not in one folder")
+        raise InputError(f"atomic_files: {', '.join(map(str, paths))} are not in one folder")
     _make_parent(paths[0])
     tmps: List[Path] = []
     try:

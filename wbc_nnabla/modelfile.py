@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from . import classes
+from .errors import InputError, WBCError
 from .recipe import PAPER
 
 PathLike = Union[str, os.PathLike]
@@ -36,7 +37,7 @@ META_NAME = "wbc_nnabla.json"
 DEFAULT_INPUT_SIZE = PAPER.train_size
 
 
-class ModelError(ValueError):
+class ModelError(WBCError, ValueError):
     """A model file that is missing, unreadable or not a supported network."""
 
 
@@ -92,7 +93,7 @@ def read_meta(path) -> dict:
             if META_NAME in z.namelist():
                 return json.loads(z.read(META_NAME))
     except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not an .nnp file (expected a zip archive written by nnabla)") from None
+        raise InputError(f"{path}: not an .nnp file (expected a zip archive written by nnabla)") from None
     return {}
 
 

@@ -29,6 +29,7 @@ import nnabla.initializer as I
 import nnabla.parametric_functions as PF
 import numpy as np
 
+from .errors import InputError
 from .recipe import ARCH_NAMES, WEIGHT_INIT_NAMES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -176,7 +177,7 @@ def conv_initializer(spec: ConvBN, weight_init: str = "glorot") -> I.BaseInitial
         return I.UniformInitializer(I.calc_uniform_lim_glorot(spec.in_channels, spec.out_channels, kernel))
     if weight_init == "he":
         return I.NormalInitializer(I.calc_normal_std_he_backward(spec.in_channels, spec.out_channels, kernel))
-    raise ValueError(f"weight_init {weight_init!r}: choose one of {', '.join(WEIGHT_INITS)}")
+    raise InputError(f"weight_init {weight_init!r}: choose one of {', '.join(WEIGHT_INITS)}")
 
 
 def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot") -> nn.Variable:
@@ -186,7 +187,7 @@ def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot
     test: BatchNorm uses its running statistics (else batch statistics, updating them).
     """
     if x.shape[1] != spec.in_channels:
-        raise ValueError(f"{spec.conv}: input has {x.shape[1]} channels, the topology says {spec.in_channels}")
+        raise InputError(f"{spec.conv}: input has {x.shape[1]} channels, the topology says {spec.in_channels}")
     k, s = spec.kernel, spec.stride
     h = PF.convolution(x, spec.out_channels, (k, k), pad=(k // 2, k // 2), stride=(s, s), with_bias=False,
                        w_init=conv_initializer(spec, weight_init), name=spec.conv)
@@ -230,7 +231,7 @@ assert tuple(ARCHS) == ARCH_NAMES, "recipe.ARCH_NAMES (the nnabla-free registry)
 
 def _arch(arch: str):
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise InputError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[arch]
 
 
@@ -247,7 +248,7 @@ def backbone(x: nn.Variable, arch: str = "resnet18", test: bool = False,
     """
     block_fn, _ = _arch(arch)
     if weight_init not in WEIGHT_INITS:
-        raise ValueError(f"weight_init {weight_init!r}: choose one of {', '.join(WEIGHT_INITS)}")
+        raise InputError(f"weight_init {weight_init!r}: choose one of {', '.join(WEIGHT_INITS)}")
     h = normalize(x)
     h = F.relu(conv_bn(h, STEM, test, weight_init))                     # 7x7/2, 64
     h = F.max_pooling(h, (3, 3), (2, 2), pad=(1, 1))                    # 3x3/2 max pool
@@ -346,4 +347,4 @@ def arch_of(params: Sequence[str]) -> str:
     for arch, (block_fn, layers) in ARCHS.items():
         if tuple(layers) == blocks and (block_fn.kind == "bottleneck") == bottle:
             return arch
-    raise ValueError(f"parameters do not form a supported ResNet (blocks per stage {blocks})")
+    raise InputError(f"parameters do not form a supported ResNet (blocks per stage {blocks})")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import classes, io
+from .errors import WBCError
 from .classes import CLASSES5, CLASSES6
 
 PathLike = Union[str, os.PathLike]
@@ -48,7 +49,7 @@ PROB_SUM_TOL = 0.01
 PRED_TIE_TOL = 1e-6
 
 
-class PredictionsError(ValueError):
+class PredictionsError(WBCError, ValueError):
     """A predictions file (or option) that cannot be scored; the message names file, line and column."""
 
 

@@ -26,6 +26,7 @@ import zipfile
 import numpy as np
 
 from . import models
+from .errors import WBCError
 from .modelfile import load_parameters
 
 ZOO_NAMES = {"resnet18": "Resnet-18.nnp", "resnet34": "Resnet-34.nnp", "resnet50": "Resnet-50.nnp"}
@@ -34,7 +35,7 @@ _ZOO_URL = "https://nnabla.org/pretrained-models/nnp_models/imagenet/Resnet-{n}/
 _EXAMPLES_URL = "https://nnabla.org/pretrained-models/nnabla-examples/ilsvrc2012/{name}"
 
 
-class PretrainedError(ValueError):
+class PretrainedError(WBCError, ValueError):
     """A missing or unusable ImageNet weight file (the message says how to get one)."""
 
 

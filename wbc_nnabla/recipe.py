@@ -16,6 +16,8 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Union
 
+from .errors import WBCError
+
 
 @dataclasses.dataclass(frozen=True)
 class PaperRecipe:
@@ -64,7 +66,7 @@ def setting(default, help: Optional[str] = None, **flag):
     return dataclasses.field(default=default, metadata={FLAG: dict(help=help, **flag)})
 
 
-class TrainingError(ValueError):
+class TrainingError(WBCError, ValueError):
     """A training run that cannot start or continue (bad dataset, config, diverged loss)."""
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from . import classes
+from .errors import InputError
 from .classes import CLASSES5, CLASSES6, DIFF_CLASSES, NEUTROPHIL
 from .predictions import PROB_COLUMNS, PathOrFrame, PredictionsError, read_predictions
 
@@ -145,7 +146,7 @@ def threshold_for_accuracy(table: pd.DataFrame, target: float) -> Optional[dict]
 
 def _view_columns(cells: pd.DataFrame, view: str):
     if str(view) not in ("5", "6"):
-        raise ValueError(f"view must be '5' or '6', got {view!r}")
+        raise InputError(f"view must be '5' or '6', got {view!r}")
     v = str(view)
     return (cells["true" + v].to_numpy(dtype=object), cells["pred" + v].to_numpy(dtype=object),
             cells["top" + v].to_numpy(dtype=np.float64))

@@ -1,0 +1,17 @@
+"""The one base class of the errors wbc_nnabla raises for bad input (nnabla-free, imports nothing).
+
+Every error the library raises on purpose (an unreadable image, a bad cell
+source, an unknown label, a model file of another kind, a training setting
+out of range, a malformed predictions CSV) is a :class:`WBCError`, and keeps
+its standard base too (``ValueError`` or ``OSError``), so ``except WBCError``
+catches them all and older ``except ValueError`` code still works. The
+command line turns each into one line naming the file, row or flag.
+"""
+
+
+class WBCError(Exception):
+    """Base of every wbc_nnabla input error; its message names what was wrong and where."""
+
+
+class InputError(WBCError, ValueError):
+    """An argument or setting out of its documented range (a size, a fraction, a choice)."""
