@@ -112,10 +112,11 @@ def test_h5_parameters_read_with_assumptions(nnp18, tmp_path):
     nn.save_parameters(str(h5), {k: nn.Variable.from_numpy_array(v) for k, v in params.items()}, extension=".h5")
     got, meta = read_model(h5)
     assert meta["arch"] == "resnet18" and meta["class_names"] == list(CLASSES6)
-    assert meta["input_size"] == 480 and set(meta["assumed"]) == {"class_names", "input_size"}
+    # no stored size: unknown (None), never guessed
+    assert meta["input_size"] is None and set(meta["assumed"]) == {"class_names", "input_size"}
     assert np.array_equal(got["fc/affine/W"], params["fc/affine/W"])
     out = export_onnx(h5, tmp_path / "h5.onnx")
-    assert read_onnx_meta(out)["input_size"] == 480
+    assert read_onnx_meta(out).get("input_size") is None
 
 
 def test_bad_model_files(nnp18, tmp_path):

@@ -2,6 +2,7 @@
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -166,8 +167,51 @@ def test_h5_model_input(tiny, tmp_path):
     cells = demo_subset(1)
     a = inf.predict(h5, cells, size=32, backend="nnabla", progress=False)
     b = inf.predict(tiny, cells, backend="nnabla", progress=False)
-    assert a.attrs["train_size"] == 480           # an .h5 stores no size: the paper's 480 is assumed
+    assert a.attrs["train_size"] is None          # an .h5 stores no size: none is assumed
     np.testing.assert_allclose(a[PROBS].values, b[PROBS].values, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["nnabla", "opencv"])
+def test_bare_h5_without_size_is_refused_not_guessed(tiny, tmp_path, backend, capsys):
+    """A bare model.h5 has no metadata: predict used to assume 480 px (all cells Mono for a 32-px model)."""
+    params = modelfile.load_parameters(tiny)
+    h5 = tmp_path / "model.h5"
+    nn.save_parameters(str(h5), {k: nn.Variable.from_numpy_array(v) for k, v in params.items()}, extension=".h5")
+    with pytest.raises(modelfile.ModelError, match=r"model\.h5: the model stores no training input size.*--size"):
+        inf.predict(h5, demo_subset(1), backend=backend, progress=False)
+    cells_csv = tmp_path / "cells.csv"
+    demo_subset(1).to_csv(cells_csv, index=False)
+    assert cli.main(["predict", str(h5), str(cells_csv), str(tmp_path / "p.csv"), "--backend", backend,
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "stores no training input size" in err and "Traceback" not in err and not (tmp_path / "p.csv").exists()
+    assert cli.main(["predict", str(h5), str(cells_csv), str(tmp_path / "p.csv"), "--backend", backend,
+                     "--size", "32", "--no-progress"]) == 0
+
+
+def test_predict_refuses_tiny_and_corrupt_images_or_skips_them(tiny, tmp_path, capsys):
+    """A 1x1 image got a confident prediction; a cut JPEG decoded two-thirds grey. Refused, or skipped and listed."""
+    import cv2
+    cells = demo_subset(1)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cv2.imwrite(str(bad / "one_pixel.png"), np.full((1, 1, 3), 128, np.uint8))
+    data = Path(cells["path"].iloc[0]).read_bytes()
+    (bad / "cut.jpg").write_bytes(data[: len(data) // 3] + b"\xff\xd9")
+    rows = list(cells["path"]) + [str(bad / "one_pixel.png"), str(bad / "cut.jpg")]
+    listing = tmp_path / "cells.csv"
+    listing.write_text("path,label\n" + "".join(f"{p},\n" for p in rows))
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(tiny), str(listing), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert ("one_pixel.png: image too small" in err or "cut.jpg: corrupt JPEG" in err) and not out.exists()
+    assert cli.main(["predict", str(tiny), str(listing), str(out), "--no-progress", "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "one_pixel.png: image too small" in printed and "cut.jpg: corrupt JPEG data" in printed
+    df = pd.read_csv(out)
+    assert len(df) == len(cells) and not df["path"].str.contains("one_pixel|cut").any()
+    run = json.loads(out.with_suffix(".json").read_text())
+    assert len(run["skipped"]) == 2
 
 
 def test_other_class_set_and_expected_classes(tmp_path):

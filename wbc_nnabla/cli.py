@@ -316,9 +316,11 @@ def _cmd_predict(args) -> int:
         engine = inference.load_backend(args.model, args.backend, args.threads)
         how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
         print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}, "
-              f"classes {', '.join(engine.class_names)}, trained at {engine.meta['input_size']} px)")
+              f"classes {', '.join(engine.class_names)}, trained at "
+              f"{str(engine.meta['input_size']) + ' px' if engine.meta.get('input_size') else 'an unstored size'})")
         df = inference.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
-                               expected_classes=_expected_classes(args.classes), progress=not args.no_progress)
+                               expected_classes=_expected_classes(args.classes), progress=not args.no_progress,
+                               skip_bad=args.skip_bad)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
     predictions.write_predictions(df, out, config=inference.run_config(df, args.model, args.cells, args.batch_size),
@@ -326,6 +328,8 @@ def _cmd_predict(args) -> int:
     rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
     print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
           f"-> {out} (+ {out.with_suffix('.json').name})")
+    for why in df.attrs["skipped"]:
+        print(f"skipped: {why}")
     return 0
 
 
@@ -338,7 +342,8 @@ def _cmd_export(args) -> int:
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
     print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta['arch']}, input x (N,3,H,W) RGB [0,1], "
-          f"output y softmax over {', '.join(meta['class_names'])}; trained at {meta['input_size']} px)")
+          f"output y softmax over {', '.join(meta['class_names'])}; trained at "
+          f"{str(meta['input_size']) + ' px' if meta.get('input_size') else 'an unstored size'})")
     return 0
 
 
@@ -359,6 +364,8 @@ def _add_inference(sub) -> None:
                         "model's; default)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for opencv/onnxruntime (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the .json beside it) if it exists")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("export", help="export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")

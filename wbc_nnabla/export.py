@@ -129,7 +129,7 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
     helper.set_model_props(model, {
         ONNX_META_KEY: json.dumps(onnx_meta),
         "class_names": json.dumps(list(meta["class_names"])),
-        "input_size": str(int(meta["input_size"])),
+        "input_size": str(int(meta["input_size"])) if meta.get("input_size") else "",   # "": not stored
         "arch": meta["arch"],
     })
     return model

@@ -36,7 +36,7 @@ import numpy as np
 from . import classes, io, models
 from .errors import InputError
 from .inference import preprocess
-from .modelfile import read_model
+from .modelfile import ModelError, read_model
 
 ImageLike = Union[str, Path, np.ndarray]
 
@@ -80,7 +80,7 @@ class GradCAM:
         :class:`~wbc_nnabla.modelfile.ModelError` for a bad file).
     size: network input size in pixels (images are resized to ``size x size``
         by :func:`wbc_nnabla.inference.preprocess`, as for predictions);
-        default: the model's ``input_size``.
+        default: the model's ``input_size`` (required for a model that stores none).
     batch_size: images per forward/backward pass.
     """
 
@@ -91,6 +91,9 @@ class GradCAM:
         self.arch = meta["arch"]
         self.num_classes = int(meta["num_classes"])
         self.class_names: Tuple[str, ...] = tuple(meta["class_names"])
+        if not (size or meta["input_size"]):
+            raise ModelError(f"{self.path}: the model stores no training input size (a bare .h5 "
+                             f"parameter file); pass --size / size=N, the side it was trained at")
         self.size = int(size or meta["input_size"])
         if self.size < 32:
             raise InputError(f"size {self.size}: the ResNet needs at least 32x32 pixels")

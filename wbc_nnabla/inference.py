@@ -30,7 +30,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -301,8 +301,19 @@ def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
     return io.read_cells(source, dedupe=dedupe)
 
 
-def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int) -> Iterator[np.ndarray]:
-    """Batches ``(n, 3, size, size)`` decoded by a thread pool, up to two batches ahead.
+def _load_or_skip(path: str, size: int, skip_bad: bool) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """(network input, None), or with ``skip_bad`` (None, reason) for an unreadable image."""
+    try:
+        return load_input(path, size), None
+    except io.ImageReadError as e:
+        if not skip_bad:
+            raise
+        return None, str(e)
+
+
+def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int,
+              skip_bad: bool = False) -> Iterator[List[Tuple[Optional[np.ndarray], Optional[str]]]]:
+    """Batches of ``(input (3, size, size) or None, reason or None)`` decoded by a thread pool, two batches ahead.
 
     cv2 decoding/resizing releases the GIL, so this overlaps with inference;
     the bounded look-ahead keeps memory at a few batches whatever the cell count.
@@ -316,14 +327,31 @@ def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int) ->
                 p = next(it, None)
                 if p is None:
                     return
-                pending.append(pool.submit(load_input, p, size))
+                pending.append(pool.submit(_load_or_skip, p, size, skip_bad))
 
         fill()
         while pending:
             n = min(batch_size, len(pending))
-            batch = np.stack([pending.popleft().result() for _ in range(n)])
+            batch = [pending.popleft().result() for _ in range(n)]
             fill()
             yield batch
+
+
+def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, skip_bad: bool,
+             progress: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones)."""
+    from tqdm.auto import tqdm
+    chunks, keep, skipped = [], [], []
+    with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]", disable=not progress) as bar:
+        for batch in _prefetch(list(paths), size, batch_size, min(4, cpu_count() + 1), skip_bad):
+            good = [x for x, why in batch if why is None]
+            keep.extend(why is None for _, why in batch)
+            skipped.extend(why for _, why in batch if why is not None)
+            if good:
+                chunks.append(engine.run(np.stack(good)))
+            bar.update(len(batch))
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(engine.class_names)), np.float32)
+    return probs, np.array(keep, dtype=bool), skipped
 
 
 # ----------------------------------------------------------------------------- predict
@@ -340,7 +368,7 @@ def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]],
 
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-            progress: bool = True) -> pd.DataFrame:
+            progress: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """Predict every cell (section III's inference, 150-200 cells per smear).
 
     model: a model file (``.nnp``, ``.h5`` or exported ``.onnx``) or a loaded
@@ -349,38 +377,48 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     size: input side in pixels; default the model's training size
         (``meta['input_size']``). The paper infers at 320 with a model trained
         at 480 (pass ``size=320`` for that); a differing size is logged as a warning.
+        Required for a model file that stores no size (a bare ``.h5``).
     batch_size: images per batch; backend: see :func:`load_backend`.
     expected_classes: class names the caller expects (e.g. :data:`wbc_nnabla.classes.CLASSES6`);
         a model of another class set raises :class:`~wbc_nnabla.modelfile.ModelError`.
+    skip_bad: leave out images that cannot be read (missing, corrupt, smaller than
+        :data:`wbc_nnabla.io.MIN_IMAGE_SIDE`) instead of stopping; they are listed in
+        ``df.attrs["skipped"]``.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
-    ``df.attrs`` holding ``backend``, ``size``, ``train_size``, ``seconds``.
+    ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
+    none), ``seconds`` and ``skipped``.
     """
-    from tqdm.auto import tqdm
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
-    train_size = int(engine.meta["input_size"])
-    size = int(size or train_size)
-    if size < 32:
-        raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
-    if size != train_size:
-        log.warning("inferring at %d px with a model trained at %d px: cells look %.2fx their training "
-                    "size (the paper does 480 -> 320 this way)", size, train_size, size / train_size)
+    size, train_size = _input_size(engine, size)
     log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
              engine.meta.get("arch"))
     t0 = time.perf_counter()
-    chunks = []
-    with tqdm(total=len(table), unit="cell", desc=f"predict [{engine.name}]", disable=not progress) as bar:
-        for x in _prefetch(list(table["path"]), size, batch_size, workers=min(4, cpu_count() + 1)):
-            chunks.append(engine.run(x))
-            bar.update(len(x))
-    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(engine.class_names)), np.float32)
-    out = predictions_table(table, probs, engine.class_names)
+    probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress)
+    out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
-                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"))
+                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"), skipped=skipped)
     return out
+
+
+def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int]]:
+    """(inference size, training size or None): a model that stores no size needs ``size``."""
+    train_size = engine.meta.get("input_size")
+    train_size = int(train_size) if train_size else None
+    if size is None and train_size is None:
+        raise ModelError(f"{engine.model_path}: the model stores no training input size (a bare .h5 "
+                         f"parameter file); pass --size / size=N, the side it was trained at: a wrong "
+                         f"size gives confident wrong predictions")
+    size = int(size or train_size)
+    if size < 32:
+        raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
+    if train_size and size != train_size:
+        log.warning("inferring at %d px with a model trained at %d px: cells look %.2fx their training "
+                    "size (the paper does 480 -> 320 this way)", size, train_size, size / train_size)
+    return size, train_size
 
 
 def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dict:

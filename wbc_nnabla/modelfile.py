@@ -28,13 +28,10 @@ import numpy as np
 
 from . import classes
 from .errors import InputError, WBCError
-from .recipe import PAPER
 
 PathLike = Union[str, os.PathLike]
 #: Zip member of an ``.nnp`` holding the wbc_nnabla model description.
 META_NAME = "wbc_nnabla.json"
-#: Paper's training size (section II.3); used when a model file stores none.
-DEFAULT_INPUT_SIZE = PAPER.train_size
 
 
 class ModelError(WBCError, ValueError):
@@ -160,8 +157,8 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
     nnabla ``.nnp`` or an ``.h5`` parameter file (no stored description) the
     arch comes from the parameter names, the class count from ``fc``, the six
     class names of Table 1 are assumed when there are six outputs (else
-    ``class0``...) and the input size is the paper's 480 (``meta['assumed']``
-    lists what was assumed).
+    ``class0``...) and ``input_size`` is None: the training size is not
+    guessed, callers ask for it (``meta['assumed']`` lists what was assumed or unknown).
 
     Raises :class:`ModelError` naming the file and what was expected when it is
     missing, not a model file, or its parameters do not form a supported ResNet.
@@ -191,10 +188,9 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
         raise ModelError(f"{p}: description lists {len(meta['class_names'])} class names but the "
                          f"classifier fc has {num_classes} outputs")
     if not meta.get("input_size"):
-        meta["input_size"] = DEFAULT_INPUT_SIZE
-        assumed.append("input_size")
+        assumed.append("input_size")     # unknown: no guess (a wrong size gives confident wrong calls)
     meta.update(arch=arch, num_classes=num_classes, class_names=list(meta["class_names"]),
-                input_size=int(meta["input_size"]))
+                input_size=int(meta["input_size"]) if meta.get("input_size") else None)
     if assumed:
         meta["assumed"] = assumed
     _check_shapes(p, params, expected_shapes(arch, num_classes))
