@@ -1,0 +1,178 @@
+"""Every sub-command on hostile but realistic input: a clear one-line error, no traceback, inputs untouched.
+
+The cases of the hostile-input run (missing, empty, fake, truncated, corrupt,
+1x1 images; bad, duplicate and mis-encoded CSVs; bad models; outputs inside
+sources or where no folder can be made). For each: exit status != 0, one
+line on stderr that names the file, row or flag, no traceback, every file
+of the inputs folder byte-identical afterwards (sha256), and nothing left in
+the outputs folder.
+"""
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+nn = pytest.importorskip("nnabla")
+
+from wbc_nnabla import classes, cli, io, modelfile, models  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+
+
+def _tiny_model(path: Path) -> Path:
+    """An untrained ResNet-18 saved as a wbc_nnabla .nnp at 32 px (the errors, not the accuracy, are tested)."""
+    scope = OrderedDict()
+    nn.seed(0)
+    with nn.parameter_scope("", scope):
+        models.resnet(nn.Variable((1, 3, SIZE, SIZE)), "resnet18", 6, test=True)
+        params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+    modelfile.save_nnp(path, params, modelfile.model_meta("resnet18", classes.CLASSES6, SIZE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """inputs/ (good cells, bad images, CSVs, models, predictions) and an empty outputs/ folder."""
+    root = tmp_path_factory.mktemp("hostile")
+    inp, out = root / "inputs", root / "outputs"
+    good = inp / "good"
+    demo = io.read_cells(io.demo_data())
+    rows = []
+    for c in classes.CLASSES6:
+        for p in demo.loc[demo["label"] == c, "path"].head(2):
+            dst = good / c / Path(p).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(Path(p).read_bytes())
+            rows.append((dst, c))
+    bad = inp / "bad"
+    bad.mkdir()
+    jpeg = rows[0][0].read_bytes()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "fake.jpg").write_text("not an image\n")
+    (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (bad / "corrupt.jpg").write_bytes(jpeg[: len(jpeg) // 3] + b"\xff\xd9")
+    cv2.imwrite(str(bad / "one_pixel.png"), np.full((1, 1, 3), 200, np.uint8))
+    ok = "".join(f"{p},{c}\n" for p, c in rows)
+    csvs = inp / "csv"
+    csvs.mkdir()
+    for name in ("empty", "fake", "truncated", "corrupt"):
+        (csvs / f"with_{name}.csv").write_text(f"path,label\n{ok}{bad / (name + '.jpg')},Band\n")
+    (csvs / "with_one_pixel.csv").write_text(f"path,label\n{ok}{bad / 'one_pixel.png'},Band\n")
+    (csvs / "duplicate.csv").write_text(f"path,label\n{ok}{rows[3][0]},{rows[3][1]}\n")
+    (csvs / "two_labels.csv").write_text(f"path,label\n{ok}{rows[0][0]},Segment\n")
+    (csvs / "no_path_column.csv").write_text("image,label\na.jpg,Band\n")
+    (csvs / "bad_label.csv").write_text(f"path,label\n{ok}{rows[0][0]},Platelet\n")
+    (csvs / "latin1.csv").write_bytes(b"path,label\n\xe9\xe8\xff.jpg,Band\n")
+    (csvs / "good.csv").write_text(f"path,label\n{ok}")
+    mdl = inp / "models"
+    mdl.mkdir()
+    model = _tiny_model(mdl / "model.nnp")
+    (mdl / "fake.nnp").write_text("not a model\n")
+    (mdl / "truncated.nnp").write_bytes(model.read_bytes()[:500])
+    preds = inp / "preds"
+    preds.mkdir()
+    assert cli.main(["predict", str(model), str(csvs / "good.csv"), str(preds / "p.csv"), "--no-progress",
+                     "--backend", "nnabla"]) == 0
+    p = pd.read_csv(preds / "p.csv", keep_default_na=False)
+    p.drop(columns=["pred6"]).to_csv(preds / "no_pred6.csv", index=False)
+    flipped = p.copy()
+    flipped["pred6"] = [classes.CLASSES6[(classes.CLASSES6.index(v) + 1) % 6] for v in p["pred6"]]
+    flipped.to_csv(preds / "contradicting.csv", index=False)
+    p.iloc[:4].to_csv(preds / "fewer_cells.csv", index=False)
+    ds = inp / "dataset_no_valid"
+    ds.mkdir()
+    io.write_nnc_csv(ds / "train.csv", [r[0] for r in rows], [classes.index6(r[1]) for r in rows])
+    (inp / "a_file").write_text("a regular file where a folder is expected\n")
+    out.mkdir()
+    return inp, out
+
+
+def _hashes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+#: (case id, argv with {I} = inputs and {O} = outputs, text the one-line message must contain)
+CASES = [
+    ("cells-missing", ["cells", "{I}/nowhere"], "nowhere: no such file or folder"),
+    ("cells-bad-label", ["cells", "{I}/csv/bad_label.csv"], "bad_label.csv:14"),
+    ("cells-no-path-column", ["cells", "{I}/csv/no_path_column.csv"], "missing column 'path'"),
+    ("cells-latin1", ["cells", "{I}/csv/latin1.csv"], "latin1.csv"),
+    ("build-missing-source", ["build-dataset", "{I}/nowhere", "{O}/ds", "--background", "keep"], "nowhere: no such file or folder"),
+    ("build-empty-image", ["build-dataset", "{I}/csv/with_empty.csv", "{O}/ds", "--size", "32", "--background", "keep"], "empty.jpg"),
+    ("build-fake-image", ["build-dataset", "{I}/csv/with_fake.csv", "{O}/ds", "--size", "32", "--background", "keep"], "fake.jpg"),
+    ("build-truncated-jpeg", ["build-dataset", "{I}/csv/with_truncated.csv", "{O}/ds", "--size", "32", "--background", "keep"],
+     "truncated.jpg: truncated JPEG"),
+    ("build-corrupt-jpeg", ["build-dataset", "{I}/csv/with_corrupt.csv", "{O}/ds", "--size", "32", "--background", "keep"],
+     "corrupt.jpg: corrupt JPEG data"),
+    ("build-one-pixel", ["build-dataset", "{I}/csv/with_one_pixel.csv", "{O}/ds", "--size", "32", "--background", "keep"],
+     "one_pixel.png: image too small"),
+    ("build-duplicate-rows", ["build-dataset", "{I}/csv/duplicate.csv", "{O}/ds", "--size", "32", "--background", "keep"],
+     "duplicate.csv:14 list the same cell"),
+    ("build-two-labels", ["build-dataset", "{I}/csv/two_labels.csv", "{O}/ds", "--size", "32", "--background", "keep"],
+     "different labels"),
+    ("build-out-inside-source", ["build-dataset", "{I}/good", "{I}/good/ds", "--size", "32", "--background", "keep"], "inside the source"),
+    ("build-out-under-a-file", ["build-dataset", "{I}/csv/good.csv", "{I}/a_file/ds", "--size", "32", "--background", "keep"], "a_file"),
+    ("segment-fake", ["segment", "{I}/bad/fake.jpg", "--out", "{O}/seg"], "fake.jpg"),
+    ("segment-one-pixel", ["segment", "{I}/bad/one_pixel.png", "--out", "{O}/seg"], "one_pixel.png"),
+    ("segment-out-under-a-file", ["segment", "{I}/good/Band", "--out", "{I}/a_file/seg"], "a_file"),
+    ("locate-empty", ["locate", "{I}/bad/empty.jpg", "--out", "{O}/c.csv"], "empty.jpg"),
+    ("locate-out-under-a-file", ["locate", "{I}/good/Band", "--out", "{I}/a_file/c.csv"], "a_file"),
+    ("train-no-valid", ["train", "{I}/dataset_no_valid", "{O}/m", "--size", "32", "--pretrained", "none"],
+     "no valid.csv"),
+    ("train-size-too-small", ["train", "{I}/dataset_no_valid", "{O}/m", "--size", "8"], "size"),
+    ("predict-fake-model", ["predict", "{I}/models/fake.nnp", "{I}/csv/good.csv", "{O}/p.csv"], "fake.nnp"),
+    ("predict-truncated-model", ["predict", "{I}/models/truncated.nnp", "{I}/csv/good.csv", "{O}/p.csv"],
+     "truncated.nnp"),
+    ("predict-corrupt-image", ["predict", "{I}/models/model.nnp", "{I}/csv/with_corrupt.csv", "{O}/p.csv",
+                               "--no-progress"], "corrupt.jpg: corrupt JPEG data"),
+    ("predict-one-pixel", ["predict", "{I}/models/model.nnp", "{I}/csv/with_one_pixel.csv", "{O}/p.csv",
+                           "--no-progress"], "one_pixel.png: image too small"),
+    ("predict-duplicate-rows", ["predict", "{I}/models/model.nnp", "{I}/csv/duplicate.csv", "{O}/p.csv",
+                                "--no-progress"], "list the same cell"),
+    ("predict-over-an-input", ["predict", "{I}/models/model.nnp", "{I}/csv/good.csv", "{I}/csv/good.csv",
+                               "--no-progress", "--overwrite"], "good.csv"),
+    ("predict-existing-output", ["predict", "{I}/models/model.nnp", "{I}/csv/good.csv", "{I}/preds/p.csv",
+                                 "--no-progress"], "p.csv"),
+    ("export-fake-model", ["export", "{I}/models/fake.nnp", "--onnx", "{O}/m.onnx"], "fake.nnp"),
+    ("score-missing-column", ["score", "{I}/preds/no_pred6.csv", "{O}/score"], "no_pred6.csv"),
+    ("score-pred6-contradicts-probabilities", ["score", "{I}/preds/contradicting.csv", "{O}/score"],
+     "contradicting.csv"),
+    ("score-over-the-cells", ["score", "{I}/preds/p.csv", "{I}/good", "--overwrite"], "good"),
+    ("score-over-a-foreign-folder", ["score", "{I}/preds/p.csv", "{I}/models", "--overwrite"], "models"),
+    ("compare-other-cells", ["compare", "{I}/preds/p.csv", "{I}/preds/fewer_cells.csv", "{O}/cmp"],
+     "fewer_cells.csv"),
+    ("compare-over-the-cells", ["compare", "{I}/preds/p.csv", "{I}/preds/p.csv", "{I}/good", "--overwrite",
+                                ], "good"),
+    ("gradcam-one-pixel", ["gradcam", "{I}/models/model.nnp", "{I}/bad/one_pixel.png", "--out", "{O}/cam"],
+     "one_pixel.png"),
+    ("gradcam-fake-model", ["gradcam", "{I}/models/fake.nnp", "{I}/good/Band", "--out", "{O}/cam"], "fake.nnp"),
+    ("reproduce-duplicate-rows", ["reproduce", "{I}/csv/duplicate.csv", "{O}/rep", "--preset", "demo"],
+     "list the same cell"),
+    ("reproduce-missing", ["reproduce", "{I}/nowhere", "{O}/rep", "--preset", "demo"], "nowhere"),
+]
+
+
+@pytest.mark.parametrize("case,argv,expected", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_one_line_error_and_inputs_untouched(world, capsys, case, argv, expected):
+    inp, out = world
+    before = _hashes(inp)
+    args = [a.replace("{I}", str(inp)).replace("{O}", str(out)) for a in argv]
+    try:
+        rc = cli.main(args)
+    except SystemExit as e:          # argparse rejects a bad flag value itself (exit 2, one usage line)
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc not in (0, None), f"{case}: exit status 0 for bad input"
+    assert "Traceback" not in err
+    last = err.splitlines()[-1] if err else ""
+    assert expected in last, f"{case}: {last!r} does not name {expected!r}"
+    assert last.startswith("wbc-nnabla") or last.startswith("usage") or "error:" in last, last
+    assert _hashes(inp) == before, f"{case}: an input file changed or disappeared"
+    assert not list(out.iterdir()), f"{case}: a failed run left output behind: {list(out.iterdir())}"
