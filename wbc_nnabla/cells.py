@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from . import io
+from . import io, sampling
 from .errors import InputError
 from .recipe import PAPER
 
@@ -520,3 +520,97 @@ def contact_sheet(tiles: Sequence[np.ndarray], columns: int = 8) -> np.ndarray:
     while len(tiles) % columns:
         tiles.append(blank)
     return np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
+
+
+# ----------------------------------------------------------------------------- many images: segment, locate
+
+#: Side in pixels of a tile of the ``segment`` gallery, and tiles per row.
+GALLERY_TILE, GALLERY_COLUMNS = 160, 8
+
+
+def _unique_stems(paths: Sequence[Path]) -> None:
+    """Refuse two images that would write the same ``<stem>.png`` mask."""
+    stems: dict = {}
+    for p in paths:
+        if p.stem in stems:
+            raise InputError(f"{p} and {stems[p.stem]} would both write {p.stem}.png; segment them separately")
+        stems[p.stem] = p
+
+
+def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = False) -> dict:
+    """WBC masks of many single-cell crops, written into the folder ``out`` (``wbc-nnabla segment``).
+
+    inputs: image files and/or folders (searched recursively, :func:`wbc_nnabla.io.image_files`).
+    out: output folder, never inside an input folder; written whole in one rename
+        (:func:`wbc_nnabla.io.atomic_dir`, with the ``segment`` marker). An existing
+        folder is replaced only with ``overwrite`` and when it is empty or an
+        earlier ``segment`` output (:func:`wbc_nnabla.io.check_output_folder`).
+    gallery: overlay (:func:`overlay`, :data:`GALLERY_TILE` px tiles) of a seeded
+        sample of ``gallery`` cells stratified by sub-folder, in ``out/gallery.png``
+        (0: none).
+
+    Writes one mask per image, ``out/<stem>.png`` (uint8: 0 outside, 255 WBC;
+    :func:`segment_wbc`); two inputs with the same stem are refused. Returns
+    ``dict(out, images, empty, gallery, gallery_images)``: the folder, the
+    number of masks, how many are empty (no nucleus found), the gallery path
+    (None without one) and the number of cells it shows.
+    """
+    out = Path(out)
+    paths = io.image_files(inputs)
+    io.check_not_inside(out, io.image_folders(inputs))
+    _unique_stems(paths)
+    replace = io.check_output_folder(out, "segment", overwrite, paths)
+    # the gallery shows a seeded sample stratified by sub-folder, not the first N files
+    # (a class-sorted folder would show one class only)
+    shown = set(sampling.shuffled_sample([p.parent.name for p in paths], gallery, 0).tolist()) \
+        if gallery > 0 else set()
+    tiles, empty = {}, 0
+    with io.atomic_dir(out, overwrite=replace, command="segment") as tmp:
+        for i, p in enumerate(paths):
+            rgb = io.read_rgb(p)
+            mask, nucleus = segment_wbc(rgb)
+            empty += int(not mask.any())
+            io.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
+            if i in shown:
+                tiles[i] = overlay(rgb, mask, nucleus, size=GALLERY_TILE)
+        if tiles:
+            io.write_image(tmp / "gallery.png", contact_sheet([tiles[i] for i in sorted(tiles)], GALLERY_COLUMNS))
+    return dict(out=out, images=len(paths), empty=empty, gallery=out / "gallery.png" if tiles else None,
+                gallery_images=len(tiles))
+
+
+#: Columns of the ``locate`` table: image path, WBC centre in pixels.
+LOCATE_COLUMNS = ("image", "x", "y")
+
+
+def locate_table(paths: Sequence) -> pd.DataFrame:
+    """WBC centres (:func:`locate_wbcs`) of field images: one ``image, x, y`` row per WBC.
+
+    paths: image files, read in order. ``image`` is the path as given; ``x``,
+    ``y`` are pixels rounded to 0.1. A field without a WBC gives no row.
+    """
+    rows = []
+    for p in paths:
+        for x, y in locate_wbcs(io.read_rgb(p)):
+            rows.append({"image": str(p), "x": round(float(x), 1), "y": round(float(y), 1)})
+    return pd.DataFrame(rows, columns=list(LOCATE_COLUMNS))
+
+
+def locate_images(inputs: Sequence, out, overwrite: bool = False) -> pd.DataFrame:
+    """WBC centres in smear fields, written as the CSV ``out`` (``wbc-nnabla locate``).
+
+    inputs: field images and/or folders (searched recursively, :func:`wbc_nnabla.io.image_files`).
+    out: CSV (:data:`LOCATE_COLUMNS`, :func:`locate_table`), never in an input
+        folder; an existing file is replaced only with ``overwrite`` (and never
+        when it is an input, :func:`wbc_nnabla.io.check_output`), atomically.
+    Returns the table; ``attrs["images"]`` is the number of field images read.
+    """
+    out = Path(out)
+    paths = io.image_files(inputs)
+    io.check_not_inside(out.parent, io.image_folders(inputs))
+    io.check_output(out, "locate", overwrite, paths, folder=False)
+    table = locate_table(paths)
+    with io.atomic_files([out], overwrite=overwrite) as (tmp,):
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    table.attrs["images"] = len(paths)
+    return table
