@@ -115,7 +115,7 @@ CELL_REACH = 1.6      # the WBC ends within CELL_REACH * r_n of the nucleus' con
 WORK_RADIUS = 24.0    # GrabCut runs at a scale where r_n is at most this many pixels
 MAX_SIDE = 512        # images larger than this (px) are first reduced (speed only)
 GRABCUT_ITERS = 4
-# Retry for pale cytoplasm (see _cytoplasm_ring): a mask of at most NUCLEUS_ONLY x the
+# Retry for pale cytoplasm (see has_cytoplasm_ring): a mask of at most NUCLEUS_ONLY x the
 # nucleus hull area is retried when the ring RING_INNER..RING_OUTER r_n around the hull
 # is stained; the retry takes stained pixels within RING_SEED r_n as sure WBC.
 NUCLEUS_ONLY = 1.1
@@ -181,7 +181,8 @@ def otsu3(values: np.ndarray, bins: int = 128) -> Tuple[float, float]:
     return float(e[a + 1]), float(e[b + 1])
 
 
-def _hull(mask: np.ndarray) -> np.ndarray:
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """Filled convex hull of a bool ``(H, W)`` mask, bool ``(H, W)`` (all False for an empty mask)."""
     pts = cv2.findNonZero(mask.astype(np.uint8))
     out = np.zeros(mask.shape, np.uint8)
     if pts is not None:
@@ -189,7 +190,8 @@ def _hull(mask: np.ndarray) -> np.ndarray:
     return out > 0
 
 
-def _radius(mask: np.ndarray) -> float:
+def equivalent_radius(mask: np.ndarray) -> float:
+    """Radius in pixels of the disc with the mask's area (at least 1 pixel of area is assumed)."""
     return float(np.sqrt(max(mask.sum(), 1) / np.pi))
 
 
@@ -210,7 +212,7 @@ def _joins(group: np.ndarray, comp: np.ndarray, gap: np.ndarray,
     them; and the union stays compact (elongation <= MAX_ELONGATION; two
     neighbouring cells side by side are ~2).
     """
-    r = _radius(_hull(group))
+    r = equivalent_radius(convex_hull(group))
     g = gap.copy()
     g[~comp] = np.inf
     dmin = float(g.min())
@@ -264,7 +266,7 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
     if nuc is None:
         return np.zeros((h, w), bool), np.zeros((h, w), bool)
     nuc = ndi.binary_fill_holes(nuc)
-    rn = _radius(_hull(nuc))
+    rn = equivalent_radius(convex_hull(nuc))
     f = min(1.0, WORK_RADIUS / rn)
     if f < 1.0:  # GrabCut is O(pixels): work where the nucleus is WORK_RADIUS px
         size = (max(8, int(round(w * f))), max(8, int(round(h * f))))
@@ -275,12 +277,12 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
             nuc_w = cv2.resize(nuc.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
     else:
         img, s_w, nuc_w = rgb, s, nuc
-    hull_w = _hull(nuc_w)
-    rw = _radius(hull_w)
+    hull_w = convex_hull(nuc_w)
+    rw = equivalent_radius(hull_w)
     d = ndi.distance_transform_edt(~hull_w)
     gc = _seeds(s_w, t_low, nuc_w, hull_w, d, rw)
     m = _grabcut(img, gc, nuc_w, hull_w, rw)
-    if m.sum() <= NUCLEUS_ONLY * hull_w.sum() and _cytoplasm_ring(s_w > t_low, hull_w, d, rw):
+    if m.sum() <= NUCLEUS_ONLY * hull_w.sum() and has_cytoplasm_ring(s_w > t_low, hull_w, d, rw):
         # Pale cytoplasm (MGG neutrophils) has the colour of the red cells around it, so
         # GrabCut's colour models can hand it to the background and keep only the
         # nucleus. A stained ring all around the nucleus says a cytoplasm is there:
@@ -336,9 +338,12 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, nuc_w: np.ndarray, hull_w: np.ndar
     return ndi.binary_fill_holes(m | hull_w)
 
 
-def _cytoplasm_ring(stained: np.ndarray, hull_w: np.ndarray, d: np.ndarray, rw: float) -> bool:
+def has_cytoplasm_ring(stained: np.ndarray, hull_w: np.ndarray, d: np.ndarray, rw: float) -> bool:
     """Whether a stained ring surrounds the nucleus hull (a wide cytoplasm is there).
 
+    stained: bool ``(H, W)``, stained pixels (``> t_low``); hull_w: bool ``(H, W)``,
+    the nucleus hull (:func:`convex_hull`); d: float ``(H, W)``, distance in pixels
+    to the hull; rw: the hull's :func:`equivalent_radius` ``r_n`` in pixels.
     Looks at the ring ``RING_INNER * r_n < d <= RING_OUTER * r_n`` (``d``: distance
     to the hull, px) in 8 angular sectors: stained (``> t_low``) share >= RING_MEAN
     overall and >= RING_MIN in every sector. On pbc6, neutrophils whose mask lost the
@@ -479,7 +484,7 @@ def locate_wbcs(field_rgb: np.ndarray, min_share: float = 0.3) -> np.ndarray:
     out = []
     for g, a in zip(groups, areas):
         if a >= min_share * areas.max():
-            cy, cx = ndi.center_of_mass(_hull(g))
+            cy, cx = ndi.center_of_mass(convex_hull(g))
             out.append(((cx + 0.5) / f - 0.5, (cy + 0.5) / f - 0.5))
     return np.array(out, float).reshape(-1, 2)
 

@@ -16,7 +16,7 @@ where ``score_c`` is the class logit (before the softmax: the exported
 with :func:`wbc_nnabla.models.resnet_features`). The network runs in test mode
 (BatchNorm running statistics), as at inference. The map is resampled to the
 input image's size (bilinear, each cell placed on the centre of its receptive
-field, see :func:`_upsample`) and divided by its maximum, so it lies in [0, 1].
+field, see :func:`upsample_map`) and divided by its maximum, so it lies in [0, 1].
 See ``docs/gradcam.md`` for how to read it and its limits.
 
 The model's parameters live in a private parameter dictionary: building a
@@ -175,7 +175,7 @@ class GradCAM:
         out = []
         for i, rgb in enumerate(rgbs):
             out.append(CamResult(
-                cam=_upsample(raw[i], rgb.shape[:2], self.size), raw=raw[i],
+                cam=upsample_map(raw[i], rgb.shape[:2], self.size), raw=raw[i],
                 class_index=int(used[i]), class_name=self.class_names[used[i]],
                 predicted_index=int(pred[i]), predicted_name=self.class_names[pred[i]],
                 probability=float(probs[i, pred[i]]), class_probability=float(probs[i, used[i]])))
@@ -209,7 +209,7 @@ class GradCAM:
 STRIDE = 32
 
 
-def _upsample(raw: np.ndarray, shape: Tuple[int, int], size: int) -> np.ndarray:
+def upsample_map(raw: np.ndarray, shape: Tuple[int, int], size: int) -> np.ndarray:
     """An ``(h, w)`` layer4 map resampled onto an image of ``shape`` = (H, W), divided by its maximum.
 
     ``size``: the network input size the image was resized to. Layer4 cell
