@@ -54,7 +54,7 @@ def tiny_demo_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """NNC dataset folder of demo cells, 2 train / 1 valid image per class (12 / 6): :func:`helpers.demo_nnc_dataset`."""
+    """NNC dataset of demo cells, 2 train / 1 valid image per class (12 / 6): :func:`helpers.demo_nnc_dataset`."""
     from helpers import demo_nnc_dataset
     return demo_nnc_dataset(tmp_path_factory.mktemp("tiny"), 2, 1)
 
