@@ -59,8 +59,8 @@ def failure_flags(mask: np.ndarray, nucleus: np.ndarray, label: str) -> dict:
     """Automatic failure measures of one mask (definitions in docs/cells.md)."""
     if not mask.any() or not nucleus.any():
         return {"nucleus_only": True, "red_cell": False, "area_ratio": 0.0, "solidity": 0.0}
-    ratio = mask.sum() / max(1, cells._hull(nucleus).sum())
-    solidity = mask.sum() / max(1, cells._hull(mask).sum())
+    ratio = mask.sum() / max(1, cells.convex_hull(nucleus).sum())
+    solidity = mask.sum() / max(1, cells.convex_hull(mask).sum())
     nucleus_only = bool(ratio < 1.1) if label in WIDE_CYTOPLASM else np.nan
     return {"nucleus_only": nucleus_only, "red_cell": bool(solidity < 0.9),
             "area_ratio": float(ratio), "solidity": float(solidity)}

@@ -1,4 +1,5 @@
-"""Shared fixtures: the read-only ../shared/data folder (skipped when absent) and the demo data."""
+"""Shared fixtures: the read-only ../shared/data folder (skipped when absent), the demo data,
+the tiny NNC dataset and trained model (built once per session, see helpers.py), the tiny demo run."""
 import os
 from pathlib import Path
 
@@ -49,3 +50,22 @@ def tiny_demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     summary = pipeline.demo(out, progress=False, **TINY_DEMO)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """NNC dataset of demo cells, 2 train / 1 valid image per class (12 / 6): :func:`helpers.demo_nnc_dataset`."""
+    from helpers import demo_nnc_dataset
+    return demo_nnc_dataset(tmp_path_factory.mktemp("tiny"), 2, 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset, tmp_path_factory) -> Path:
+    """Training folder of "some trained model": 2 tiny epochs on ``tiny_dataset`` (:func:`helpers.tiny_model`).
+
+    ``model.nnp`` (ResNet-18, six classes, 32 px), ``model.h5``, ``config.json``,
+    ``monitor/``, ... Shared by every test module: read it, never write into it.
+    """
+    pytest.importorskip("nnabla")
+    from helpers import tiny_model
+    return tiny_model(tiny_dataset, tmp_path_factory.mktemp("tiny_model") / "A")

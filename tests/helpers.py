@@ -1,16 +1,96 @@
-"""Synthetic predictions for tests and benchmarks (not part of the library).
+"""Test data built once, here: demo-cell subsets, the tiny NNC dataset and model, synthetic predictions.
 
-Benchmarks import it with the repository root on ``sys.path``::
+Not part of the library. Test modules import it by name (``from helpers import
+...``; pytest puts ``tests/`` on ``sys.path``); the session-scoped fixtures of
+``conftest.py`` (``tiny_dataset``, ``tiny_model``) are built with it. Benchmarks
+import it with the repository root on ``sys.path``::
 
     sys.path.insert(0, str(ROOT))
     from tests.helpers import predictions_from_confusion
+
+Nothing here imports nnabla at import time (scoring tests stay nnabla-free).
 """
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from wbc_nnabla import classes
+from wbc_nnabla import classes, io
 from wbc_nnabla.classes import CLASSES6
 from wbc_nnabla.predictions import PROB_COLUMNS
+
+# ----------------------------------------------------------------------------- demo cells
+
+
+def demo_cells(per_class: int = 2) -> pd.DataFrame:
+    """The first ``per_class`` embedded demo cells of each class (a cell table, in the demo's order)."""
+    df = io.read_cells(io.demo_data())
+    return df.groupby("label", sort=False).head(per_class).reset_index(drop=True)
+
+
+def demo_labels_csv(folder: Path, per_class: int = 3, smears: bool = False, drop=()) -> Path:
+    """``folder/src/labels.csv`` listing ``per_class`` demo cells of each class (absolute paths).
+
+    Rows in Table 1 class order; with ``smears`` the cells of a class go to
+    smears ``S0``, ``S1``, ``S2`` in turn; classes in ``drop`` are left out.
+    """
+    df = demo_cells(per_class)
+    rows = []
+    for c in CLASSES6:
+        if c in drop:
+            continue
+        for j, p in enumerate(df.loc[df["label"] == c, "path"]):
+            rows.append({"path": p, "label": c, "smear": f"S{j % 3}" if smears else ""})
+    out = Path(folder) / "src" / "labels.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out, index=False)
+    return out
+
+
+def demo_nnc_dataset(root: Path, n_train: int, n_valid: int) -> Path:
+    """NNC dataset folder of demo cells: ``n_train`` / ``n_valid`` images per class.
+
+    ``train.csv`` and ``valid.csv`` (``x:image,y:label``, absolute image paths),
+    rows grouped by class (classes in name order); no image is in both.
+    """
+    root = Path(root)
+    df = io.read_cells(io.demo_data())
+    tr, va = [], []
+    for _, g in df.groupby("label"):
+        tr += list(g.index[:n_train])
+        va += list(g.index[n_train:n_train + n_valid])
+    for name, rows in (("train.csv", tr), ("valid.csv", va)):
+        io.write_nnc_csv(root / name, df.path[rows], [classes.index6(v) for v in df.label[rows]])
+    return root
+
+
+# ----------------------------------------------------------------------------- the tiny trained model
+
+#: Training settings of the tiny model (with ``epochs``): 32 px, 2 iterations of 4 images an epoch.
+TINY_TRAIN = dict(size=32, batch_size=4, pretrained="none", progress=False, max_iterations=2, train_eval_limit=4)
+
+
+def tiny_model(dataset: Path, out: Path, epochs: int = 2) -> Path:
+    """``training.train`` of a ResNet-18 from scratch on ``dataset`` with :data:`TINY_TRAIN`; returns ``out``.
+
+    ``out`` holds what training writes (``model.nnp`` at 32 px, ``model.h5``,
+    ``config.json``, ``monitor/``, ``checkpoints/``...). Seconds on a CPU.
+    """
+    from wbc_nnabla import training
+    from wbc_nnabla.recipe import TrainConfig
+    training.train(dataset, out, TrainConfig(epochs=epochs, **TINY_TRAIN))
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------- synthetic predictions
+
+
+def small_counts() -> np.ndarray:
+    """A small six-class confusion ``(6, 6)`` (human rows x AI columns, 76 cells) with Lymph/Mono and
+    Band/Segment mix-ups."""
+    c = np.diag([3, 4, 20, 5, 4, 30])
+    c[2, 3], c[3, 2], c[4, 5], c[5, 4] = 2, 1, 3, 4
+    return c
 
 
 def predictions_from_confusion(counts6, n_smears: int = 57, seed: int = 0,

@@ -218,6 +218,38 @@ def test_cli_locate(tmp_path):
     assert cli.main(["locate", str(src), "--out", str(src / "c.csv")]) == 2
 
 
+def test_segment_images_and_locate_images_api(tmp_path):
+    """What the segment and locate commands do, from Python: the summary, the files, the table."""
+    src = tmp_path / "in"
+    img, cell, _ = synthetic_cell()
+    io.write_image(src / "Lymph" / "a.png", img)
+    io.write_image(src / "Mono" / "b.jpg", np.full((40, 40, 3), CREAM, np.uint8))
+    s = cells.segment_images([src], tmp_path / "masks", gallery=1)
+    assert s == dict(out=tmp_path / "masks", images=2, empty=1, gallery=tmp_path / "masks" / "gallery.png",
+                     gallery_images=1)
+    assert cv2.imread(str(s["gallery"])).shape == (cells.GALLERY_TILE, cells.GALLERY_TILE * cells.GALLERY_COLUMNS, 3)
+    assert sorted(p.name for p in s["out"].iterdir()) == [io.OUTPUT_MARKER, "a.png", "b.png", "gallery.png"]
+    assert cells.segment_images([src / "Lymph" / "a.png"], tmp_path / "one", gallery=0)["gallery"] is None
+    io.write_image(tmp_path / "other" / "a.jpg", img)
+    with pytest.raises(ValueError, match="would both write a.png"):
+        cells.segment_images([src, tmp_path / "other"], tmp_path / "two")
+    assert not (tmp_path / "two").exists()
+
+    field, truth = synthetic_field()
+    io.write_image(tmp_path / "fields" / "f.png", field)
+    io.write_image(tmp_path / "fields" / "blank.png", np.full((60, 60, 3), CREAM, np.uint8))
+    paths = io.image_files([tmp_path / "fields"])
+    table = cells.locate_table(paths)
+    assert list(table.columns) == list(cells.LOCATE_COLUMNS) and set(table["image"]) == {str(paths[1])}
+    found = table[["x", "y"]].to_numpy()
+    assert all(np.min(np.hypot(*(found - c).T)) < 3 for c in truth)
+    written = cells.locate_images([tmp_path / "fields"], tmp_path / "centres.csv")
+    assert written.attrs["images"] == 2 and written.equals(table)
+    assert pd.read_csv(tmp_path / "centres.csv").equals(table)
+    with pytest.raises(FileExistsError, match="already exists"):
+        cells.locate_images([tmp_path / "fields"], tmp_path / "centres.csv")
+
+
 # ----------------------------------------------------------------------------- pale cytoplasm retry
 
 
@@ -225,12 +257,12 @@ def test_cytoplasm_ring_needs_stain_all_around():
     shape = (80, 80)
     hull = disc(shape, 40, 40, 12)
     d = ndi.distance_transform_edt(~hull)
-    rw = cells._radius(hull)
+    rw = cells.equivalent_radius(hull)
     around = disc(shape, 40, 40, 20)                     # a cytoplasm all around the nucleus
-    assert cells._cytoplasm_ring(around, hull, d, rw)
+    assert cells.has_cytoplasm_ring(around, hull, d, rw)
     one_side = around & (np.mgrid[:80, :80][1] > 40)    # e.g. a red cell touching on one side
-    assert not cells._cytoplasm_ring(one_side | hull, hull, d, rw)
-    assert not cells._cytoplasm_ring(hull, hull, d, rw)  # nucleus only, no cytoplasm
+    assert not cells.has_cytoplasm_ring(one_side | hull, hull, d, rw)
+    assert not cells.has_cytoplasm_ring(hull, hull, d, rw)  # nucleus only, no cytoplasm
 
 
 def test_pbc6_pale_neutrophils_keep_cytoplasm(pbc6):
@@ -239,7 +271,7 @@ def test_pbc6_pale_neutrophils_keep_cytoplasm(pbc6):
     for name in ("SNE_699042", "SNE_633335", "SNE_23265", "SNE_668137"):
         rgb = io.read_rgb(pbc6 / "Segment" / f"{name}.jpg")
         m, nuc = cells.segment_wbc(rgb)
-        ratio = m.sum() / cells._hull(nuc).sum()
+        ratio = m.sum() / cells.convex_hull(nuc).sum()
         assert ratio >= 1.4, (name, ratio)
-        assert m.sum() / cells._hull(m).sum() >= 0.9, name    # convex: no red cell swallowed
+        assert m.sum() / cells.convex_hull(m).sum() >= 0.9, name    # convex: no red cell swallowed
         np.testing.assert_array_equal(cells.segment_wbc(rgb)[0], m)  # deterministic

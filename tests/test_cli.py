@@ -40,9 +40,21 @@ def test_docs_cli_reference_matches_help():
         "python -c 'from wbc_nnabla import cli; print(cli.help_markdown(), end=\"\")' > docs/cli.md")
 
 
-def test_train_flags_build_the_settings():
+def test_train_flags_build_the_settings(monkeypatch, capsys):
     """The AdaBound and ImageAugmentation flags are made from the settings' fields, defaults included."""
+    from wbc_nnabla import training
     from wbc_nnabla.recipe import AdaBoundConfig, Augmentation
-    args = cli.build_parser().parse_args(["train", "DS", "OUT", "--alpha", "0.01", "--angle", "10"])
-    assert cli._settings(AdaBoundConfig, args) == AdaBoundConfig(alpha=0.01)
-    assert cli._settings(Augmentation, args, flip_lr=False) == Augmentation(angle=10.0, flip_lr=False)
+    given = []
+
+    def train(dataset, out, config, resume=False):
+        given.append(config)
+        return {"best": {"epoch": 1, "validation_error": 0.5}}
+
+    monkeypatch.setattr(training, "train", train)
+    assert cli.main(["train", "DS", "OUT", "--alpha", "0.01", "--angle", "10"]) == 0
+    assert cli.main(["train", "DS", "OUT", "--angle", "10", "--no-flip"]) == 0
+    assert given[0].solver == AdaBoundConfig(alpha=0.01)
+    assert given[0].augmentation == Augmentation(angle=10.0)
+    assert given[1].solver == AdaBoundConfig()
+    assert given[1].augmentation == Augmentation(angle=10.0, flip_lr=False, flip_ud=False)
+    assert "best epoch 1" in capsys.readouterr().out

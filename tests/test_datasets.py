@@ -7,25 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import demo_labels_csv
 from wbc_nnabla import classes, datasets, io
 from wbc_nnabla.cli import main
 
 SMALL = dict(size=32, progress=False)
-
-
-def _demo_subset(tmp_path: Path, per_class: int = 3, smears: bool = False, drop=()) -> Path:
-    """A labels.csv in tmp_path listing `per_class` demo cells of each class (absolute paths)."""
-    df = io.read_cells(io.demo_data())
-    rows = []
-    for c in classes.CLASSES6:
-        if c in drop:
-            continue
-        for j, p in enumerate(df.loc[df["label"] == c, "path"].head(per_class)):
-            rows.append({"path": p, "label": c, "smear": f"S{j % 3}" if smears else ""})
-    out = tmp_path / "src" / "labels.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out, index=False)
-    return out
 
 
 def _manifest(out: Path) -> pd.DataFrame:
@@ -98,7 +84,7 @@ def test_split_cells_stratified_seeded_and_smear_grouped():
 
 
 def test_build_balanced_no_leakage_and_loadable(tmp_path):
-    src = _demo_subset(tmp_path, per_class=5)
+    src = demo_labels_csv(tmp_path, per_class=5)
     out = datasets.build_dataset(src, tmp_path / "ds", background="remove", total=62, **SMALL)
     m = _manifest(out)
     used = m[m["image"] != ""]
@@ -131,7 +117,7 @@ def test_build_balanced_no_leakage_and_loadable(tmp_path):
 
 
 def test_smear_level_no_leakage(tmp_path):
-    src = _demo_subset(tmp_path, per_class=6, smears=True)
+    src = demo_labels_csv(tmp_path, per_class=6, smears=True)
     out = datasets.build_dataset(src, tmp_path / "ds", background="keep", total=48, valid_fraction=0.34,
                                  **SMALL)
     m = _manifest(out)
@@ -142,7 +128,7 @@ def test_smear_level_no_leakage(tmp_path):
 
 def test_remove_and_keep_builds_share_the_split(tmp_path):
     """Model B fine-tunes Model A: dataset ②'s valid cells must not be in dataset ①'s train."""
-    src = _demo_subset(tmp_path, per_class=5)
+    src = demo_labels_csv(tmp_path, per_class=5)
     a = _manifest(datasets.build_dataset(src, tmp_path / "a", background="remove", total=60, **SMALL))
     b = _manifest(datasets.build_dataset(src, tmp_path / "b", background="keep", total=90, **SMALL))
     split_a = a.drop_duplicates("cell_id").set_index("cell_id")["split"]
@@ -152,7 +138,7 @@ def test_remove_and_keep_builds_share_the_split(tmp_path):
 
 
 def test_same_inputs_give_byte_identical_outputs(tmp_path):
-    src = _demo_subset(tmp_path, per_class=2)
+    src = demo_labels_csv(tmp_path, per_class=2)
     a = datasets.build_dataset(src, tmp_path / "a", background="remove", total=30, seed=3, **SMALL)
     b = datasets.build_dataset(src, tmp_path / "b", background="remove", total=30, seed=3, **SMALL)
     a, b = a.path, b.path
@@ -168,7 +154,7 @@ def test_same_inputs_give_byte_identical_outputs(tmp_path):
 
 def test_split_csvs_are_shuffled_not_grouped_by_class(tmp_path):
     """train.csv/valid.csv rows come in a seeded random order: a reader taking "the first N" sees all classes."""
-    src = _demo_subset(tmp_path, per_class=5)
+    src = demo_labels_csv(tmp_path, per_class=5)
     out = datasets.build_dataset(src, tmp_path / "ds", background="keep", total=120, seed=0, **SMALL)
     for name in ("train.csv", "valid.csv"):
         y = pd.read_csv(out / name)["y:label"].to_numpy()
@@ -183,7 +169,7 @@ def test_split_csvs_are_shuffled_not_grouped_by_class(tmp_path):
 
 
 def test_single_source_class_repeats_variants_and_reports_it(tmp_path):
-    src = _demo_subset(tmp_path, per_class=4)
+    src = demo_labels_csv(tmp_path, per_class=4)
     df = pd.read_csv(src)
     df = pd.concat([df[df["label"] != "Basophil"], df[df["label"] == "Basophil"].head(1)])
     df.to_csv(src, index=False)
@@ -201,7 +187,7 @@ def test_single_source_class_repeats_variants_and_reports_it(tmp_path):
 
 
 def test_missing_and_corrupt_images_stop_or_are_skipped(tmp_path):
-    src = _demo_subset(tmp_path, per_class=2)
+    src = demo_labels_csv(tmp_path, per_class=2)
     df = pd.read_csv(src)
     bad = tmp_path / "src" / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -223,7 +209,7 @@ def test_missing_and_corrupt_images_stop_or_are_skipped(tmp_path):
 
 
 def test_refuses_bad_outputs_and_sources(tmp_path):
-    src = _demo_subset(tmp_path, per_class=1)
+    src = demo_labels_csv(tmp_path, per_class=1)
     image_dir = Path(pd.read_csv(src)["path"][0]).parent  # the folders of the listed images are sources too
     with pytest.raises(io.SourceError, match="inside the source folder"):
         datasets.build_dataset(src, image_dir / "out", background="keep", **SMALL)
@@ -254,7 +240,7 @@ def test_refuses_bad_outputs_and_sources(tmp_path):
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
-    src = _demo_subset(tmp_path, per_class=2)
+    src = demo_labels_csv(tmp_path, per_class=2)
     calls = {"n": 0}
     real = io.write_image
 
@@ -298,7 +284,7 @@ def test_field_crops_at_centres_record_padding(tmp_path):
 
 
 def test_inference_set_keeps_smear_and_loads(tmp_path):
-    src = _demo_subset(tmp_path, per_class=1, smears=True)
+    src = demo_labels_csv(tmp_path, per_class=1, smears=True)
     out = datasets.build_dataset(src, tmp_path / "inf", inference=True, size=24, progress=False)
     assert not (out / "train.csv").exists()
     cells = io.read_cells(out / "cells.csv")
@@ -331,7 +317,7 @@ def test_voc_folder_gives_unlabeled_cells_at_box_centres(tmp_path, bccd):
 
 
 def test_single_cell_crop_is_centred_square_of_shorter_side(tmp_path):
-    src = _demo_subset(tmp_path, per_class=1)
+    src = demo_labels_csv(tmp_path, per_class=1)
     out = datasets.build_dataset(src, tmp_path / "a", inference=True, crop=750, size=32, progress=False)
     m = _manifest(out)
     h, w = io.read_rgb(m["source_path"][0]).shape[:2]
@@ -347,7 +333,7 @@ def test_single_cell_crop_is_centred_square_of_shorter_side(tmp_path):
 
 
 def test_cli_build_dataset(tmp_path, capsys):
-    src = _demo_subset(tmp_path, per_class=4)
+    src = demo_labels_csv(tmp_path, per_class=4)
     out = tmp_path / "ds"
     rc = main(["build-dataset", str(src), str(out), "--background", "keep", "--size", "32", "--total", "30",
                "--valid-fraction", "0.25", "--seed", "1", "--no-progress"])

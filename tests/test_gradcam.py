@@ -18,7 +18,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import classes, gradcam, modelfile, models  # noqa: E402
+from wbc_nnabla import classes, gradcam, io, modelfile, models  # noqa: E402
 from wbc_nnabla.cli import main  # noqa: E402
 
 SIZE = 64            # training / model input size (pixels)
@@ -178,9 +178,9 @@ def test_layer4_cell_centres():
 def test_upsampled_cell_lands_on_its_receptive_field_centre():
     raw = np.zeros((4, 4), np.float32)
     raw[2, 1] = 1.0
-    cam = gradcam._upsample(raw, (128, 128), 128)            # image already at network size
+    cam = gradcam.upsample_map(raw, (128, 128), 128)            # image already at network size
     assert np.unravel_index(cam.argmax(), cam.shape) == (64, 32)
-    cam = gradcam._upsample(raw, (256, 512), 128)            # image 2x taller, 4x wider than the input
+    cam = gradcam.upsample_map(raw, (256, 512), 128)            # image 2x taller, 4x wider than the input
     assert gradcam.peak(cam, 0.99) == pytest.approx((128.5, 129.5), abs=0.5)  # (64.5*2 - 0.5, 32.5*4 - 0.5)
     assert cam.shape == (256, 512) and cam.max() == pytest.approx(1.0) and cam.min() >= 0
 
@@ -235,6 +235,38 @@ def test_overlay_and_figure(tmp_path):
     fig = gradcam.figure([img, img], [m, m], titles=["Lymph 0.99", "Lymph 0.98"], ncols=2)
     path = gradcam.save_figure(fig, tmp_path / "grid.png")
     assert cv2.imread(str(path)) is not None
+
+
+def test_output_stems_keep_colliding_names_apart():
+    assert gradcam.output_stems(["a/x.png", "b/x.jpg", "c/y.png"]) == ["a_x", "b_x", "y"]
+    assert gradcam.output_stems(["a/x.png", "a/x.jpg", "a_x.png"]) == ["a_x", "a_x_2", "a_x_3"]
+
+
+def test_write_overlays_plain_and_side_by_side(tmp_path, cam):
+    """One writer for the command (overlay + map) and the reproduce report (image | overlay, enlarged)."""
+    small = tmp_path / "in" / "small.png"                       # 40 px: enlarged to min_side
+    big = tmp_path / "in" / "big.png"
+    io.write_image(small, scene(40, (20, 20)))
+    io.write_image(big, scene(200, (60, 90)))
+    recs = gradcam.write_overlays(cam, [small, big], tmp_path / "plain", alpha=0.5)
+    assert [r["overlay"] for r in recs] == ["small_gradcam.png", "big_gradcam.png"]
+    assert list(recs[0]) == ["path", "overlay", "cam", "predicted", "probability", "class", "class_probability"]
+    (r,) = cam.explain([small])
+    np.testing.assert_array_equal(np.load(tmp_path / "plain" / "small_cam.npy"), r.cam)
+    got = cv2.imread(str(tmp_path / "plain" / "small_gradcam.png"))[:, :, ::-1]
+    np.testing.assert_array_equal(got, gradcam.overlay(scene(40, (20, 20)), r.cam, 0.5))
+    assert recs[0]["path"] == str(small.resolve()) and recs[0]["predicted"] == r.predicted_name
+
+    recs = gradcam.write_overlays(cam, [small, big], tmp_path / "pair", stems=["s", "b"], side_by_side=True,
+                                  min_side=192, cams=False)
+    assert sorted(p.name for p in (tmp_path / "pair").iterdir()) == ["b_gradcam.png", "s_gradcam.png"]
+    assert "cam" not in recs[0] and recs[1]["class"] == recs[1]["predicted"]
+    pair = cv2.imread(str(tmp_path / "pair" / "s_gradcam.png"))[:, :, ::-1]
+    assert pair.shape == (192, 384, 3)
+    np.testing.assert_array_equal(pair[:, :192], io.resize_square(scene(40, (20, 20)), 192))
+    assert cv2.imread(str(tmp_path / "pair" / "b_gradcam.png")).shape == (200, 400, 3)   # not enlarged
+    with pytest.raises(ValueError, match="1 stems for 2 images"):
+        gradcam.write_overlays(cam, [small, big], tmp_path / "x", stems=["s"])
 
 
 def test_cli(tmp_path, model_path, capsys):

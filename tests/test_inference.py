@@ -12,6 +12,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
+from helpers import demo_cells  # noqa: E402
 from wbc_nnabla import CLASSES6, cli, classes, io, modelfile, models, predictions  # noqa: E402
 from wbc_nnabla import inference as inf  # noqa: E402
 from wbc_nnabla.export import export_onnx  # noqa: E402
@@ -29,18 +30,14 @@ def onnx_cache(tmp_path_factory):
     mp.undo()
 
 
-def demo_subset(n_per_class=2):
-    df = io.read_cells(io.demo_data())
-    return df.groupby("label", sort=False).head(n_per_class).reset_index(drop=True)
-
-
-def train_tiny(path, size=32, steps=5, class_names=CLASSES6, seed=0):
-    """A ResNet-18 after a few Adam steps on demo cells, saved as a model .nnp.
+def train_tiny(path, class_names, size=32, steps=1, seed=0):
+    """A ResNet-18 with other classes than the six (``training.train`` makes six-class models only):
+    ``steps`` Adam steps on 12 demo cells, saved as a model .nnp.
 
     Training updates the BatchNorm running statistics (momentum 0.9), so the
     test-mode network differs from a freshly initialised one.
     """
-    cells = demo_subset(2)
+    cells = demo_cells(2)
     x_np = np.stack([inf.load_input(p, size) for p in cells["path"]])
     y_np = np.array([classes.INDEX6[c] % len(class_names) for c in cells["label"]], np.int32)[:, None]
     np.random.seed(seed)
@@ -63,8 +60,11 @@ def train_tiny(path, size=32, steps=5, class_names=CLASSES6, seed=0):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path, _ = train_tiny(tmp_path_factory.mktemp("tiny") / "tiny.nnp")
+def tiny(tiny_model):
+    """The session's tiny trained model (conftest), 32 px; trained, so its BatchNorm statistics are not the
+    fresh ones and the test-mode network differs from a freshly initialised one."""
+    path = tiny_model / "model.nnp"
+    assert np.abs(modelfile.load_parameters(path)["layer2/0/bn1/bn/mean"]).max() > 1e-3
     return path
 
 
@@ -91,7 +91,7 @@ def test_preprocess_shape_range_and_interpolation():
 
 
 def test_predict_demo_columns_and_probabilities(tiny):
-    cells = demo_subset(2)
+    cells = demo_cells(2)
     df = inf.predict(tiny, cells, batch_size=5, backend="opencv", progress=False)
     assert list(df.columns) == list(predictions.SIX_COLUMNS)
     assert len(df) == len(cells) and list(df["path"]) == list(cells["path"])
@@ -103,7 +103,7 @@ def test_predict_demo_columns_and_probabilities(tiny):
 
 
 def test_size_override_warns(tiny, caplog):
-    cells = demo_subset(1)
+    cells = demo_cells(1)
     with caplog.at_level(logging.WARNING, logger="wbc_nnabla.inference"):
         df = inf.predict(tiny, cells, size=48, backend="onnxruntime", progress=False)
     assert df.attrs["size"] == 48
@@ -111,7 +111,7 @@ def test_size_override_warns(tiny, caplog):
 
 
 def test_inputs_csv_folder_and_inference_dataset(tiny, tmp_path):
-    cells = demo_subset(1)
+    cells = demo_cells(1)
     engine = inf.load_backend(tiny, "onnxruntime")
     # path,label,smear CSV (relative paths, a Neutrophil-only and an unlabeled cell)
     flat = tmp_path / "flat"
@@ -150,7 +150,7 @@ def test_inputs_csv_folder_and_inference_dataset(tiny, tmp_path):
 
 def test_parity_backends_on_trained_model(tiny):
     """nnabla vs opencv vs onnxruntime: same class, probabilities within 1e-4, 8 cells at 64 px."""
-    cells = demo_subset(2).head(8)
+    cells = demo_cells(2).head(8)
     out = {b: inf.predict(tiny, cells, size=64, batch_size=3, backend=b, progress=False)
            for b in ("nnabla", "opencv", "onnxruntime")}
     ref = out["nnabla"]
@@ -164,7 +164,7 @@ def test_h5_model_input(tiny, tmp_path):
     params = modelfile.load_parameters(tiny)
     h5 = tmp_path / "tiny.h5"
     nn.save_parameters(str(h5), {k: nn.Variable.from_numpy_array(v) for k, v in params.items()}, extension=".h5")
-    cells = demo_subset(1)
+    cells = demo_cells(1)
     a = inf.predict(h5, cells, size=32, backend="nnabla", progress=False)
     b = inf.predict(tiny, cells, backend="nnabla", progress=False)
     assert a.attrs["train_size"] is None          # an .h5 stores no size: none is assumed
@@ -215,8 +215,8 @@ def test_predict_refuses_tiny_and_corrupt_images_or_skips_them(tiny, tmp_path, c
 
 
 def test_other_class_set_and_expected_classes(tmp_path):
-    path, _ = train_tiny(tmp_path / "three.nnp", steps=1, class_names=("Lymph", "Mono", "Other"))
-    cells = demo_subset(1)
+    path, _ = train_tiny(tmp_path / "three.nnp", ("Lymph", "Mono", "Other"))
+    cells = demo_cells(1)
     df = inf.predict(path, cells, backend="onnxruntime", progress=False)
     assert list(df.columns) == ["path", "smear", "label", "pred", "prob_Lymph", "prob_Mono", "prob_Other"]
     with pytest.raises(ModelError, match="differ from the expected"):
@@ -242,7 +242,7 @@ def test_bad_models_and_args(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown backend"):
         inf.load_backend(tiny, "tensorflow")
     with pytest.raises(ValueError, match="at least 32"):
-        inf.predict(tiny, demo_subset(1), size=16, backend="onnxruntime", progress=False)
+        inf.predict(tiny, demo_cells(1), size=16, backend="onnxruntime", progress=False)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
     pd.DataFrame({"path": [str(bad)], "label": [""]}).to_csv(tmp_path / "bad.csv", index=False)
@@ -251,7 +251,7 @@ def test_bad_models_and_args(tiny, tmp_path):
 
 
 def test_write_and_read_predictions(tiny, tmp_path):
-    df = inf.predict(tiny, demo_subset(1), backend="onnxruntime", progress=False)
+    df = inf.predict(tiny, demo_cells(1), backend="onnxruntime", progress=False)
     out = predictions.write_predictions(df, tmp_path / "sub" / "pred.csv")
     assert list(pd.read_csv(out, keep_default_na=False).columns) == list(df.columns)
     back = predictions.read_predictions(out)
@@ -267,7 +267,7 @@ def test_write_and_read_predictions(tiny, tmp_path):
 
 def test_cli_predict_and_export(tiny, tmp_path, capsys):
     src = tmp_path / "cells.csv"
-    cells = demo_subset(1)
+    cells = demo_cells(1)
     cells[["path", "label"]].to_csv(src, index=False)
     out = tmp_path / "out" / "pred.csv"
     rc = cli.main(["predict", str(tiny), str(src), str(out), "--batch-size", "4", "--no-progress",
@@ -292,7 +292,7 @@ def test_cli_errors(tiny, tmp_path, capsys):
     junk = tmp_path / "junk.nnp"
     junk.write_bytes(b"random bytes")
     src = tmp_path / "cells.csv"
-    demo_subset(1)[["path", "label"]].to_csv(src, index=False)
+    demo_cells(1)[["path", "label"]].to_csv(src, index=False)
     assert cli.main(["predict", str(junk), str(src), str(tmp_path / "p.csv")]) == 2
     assert "junk.nnp" in capsys.readouterr().err
     assert cli.main(["predict", str(tiny), str(src), str(tmp_path / "p.csv"), "--classes", "Band,Segment"]) == 2

@@ -342,3 +342,36 @@ def test_check_output_replaces_only_its_own_folder_and_never_an_input(tmp_path):
     with pytest.raises(FileExistsError):
         io.check_output(f, "predict", overwrite=False)
     io.check_output(f, "predict", overwrite=True)
+
+
+def test_image_files_expands_folders_and_names_what_is_missing(tmp_path):
+    io.write_image(tmp_path / "a" / "x.png", np.full((40, 40, 3), 200, np.uint8))
+    io.write_image(tmp_path / "a" / "sub" / "y.jpg", np.full((40, 40, 3), 200, np.uint8))
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    single = tmp_path / "z.png"
+    io.write_image(single, np.full((40, 40, 3), 200, np.uint8))
+    assert io.image_files([tmp_path / "a", single]) == [tmp_path / "a" / "sub" / "y.jpg", tmp_path / "a" / "x.png",
+                                                        single]
+    assert io.image_files([str(tmp_path / "a")], recursive=False) == [tmp_path / "a" / "x.png"]
+    assert io.image_folders([tmp_path / "a", single]) == [tmp_path / "a", tmp_path]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(io.SourceError, match="empty: folder holds no images"):
+        io.image_files([tmp_path / "empty"])
+    io.write_image(tmp_path / "b" / "sub" / "y.png", np.full((40, 40, 3), 200, np.uint8))
+    with pytest.raises(io.SourceError, match="b: folder holds no images"):
+        io.image_files([tmp_path / "b"], recursive=False)                 # its images are in a sub-folder
+    with pytest.raises(io.SourceError, match="no such image file or folder"):
+        io.image_files([tmp_path / "missing.png"])
+
+
+def test_check_output_folder_takes_a_new_or_empty_folder_without_overwrite(tmp_path):
+    assert io.check_output_folder(tmp_path / "new", "segment", False) is False
+    (tmp_path / "empty").mkdir()
+    assert io.check_output_folder(tmp_path / "empty", "segment", False) is True      # replaced, nothing lost
+    with io.atomic_dir(tmp_path / "mine", command="segment") as tmp:
+        (tmp / "a.png").write_bytes(b"mask")
+    with pytest.raises(FileExistsError, match="already exists"):
+        io.check_output_folder(tmp_path / "mine", "segment", False)
+    assert io.check_output_folder(tmp_path / "mine", "segment", True) is True
+    with pytest.raises(FileExistsError, match="not a `wbc-nnabla gradcam` output"):
+        io.check_output_folder(tmp_path / "mine", "gradcam", True)

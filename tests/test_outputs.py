@@ -12,15 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import predictions_from_confusion
+from helpers import predictions_from_confusion, small_counts
 from wbc_nnabla import cli, inference, io, predictions, report, scoring
 from wbc_nnabla.classes import CLASSES6
-
-
-def small_counts():
-    c = np.diag([3, 4, 20, 5, 4, 30])
-    c[2, 3], c[3, 2], c[4, 5], c[5, 4] = 2, 1, 3, 4
-    return c
 
 
 def cells_and_predictions(tmp_path, name="pred.csv", seed=0):
@@ -169,7 +163,7 @@ def test_cache_prune_removes_only_its_own_conversions(tmp_path):
     for k, p in enumerate([theirs] + mine):                             # the user's file is the oldest
         p.write_bytes(b"x")
         os.utime(p, (k, k))
-    export._prune(tmp_path, keep=1, protect=mine[-1])
+    export.prune_cache(tmp_path, keep=1, protect=mine[-1])
     assert theirs.exists() and mine[-1].exists() and not mine[0].exists() and not mine[1].exists()
 
 

@@ -6,16 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import predictions_from_confusion
+from helpers import predictions_from_confusion, small_counts
 from wbc_nnabla import report, scoring
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def small_counts():
-    c = np.diag([3, 4, 20, 5, 4, 30])
-    c[2, 3], c[3, 2], c[4, 5], c[5, 4] = 2, 1, 3, 4
-    return c
 
 
 def test_html_and_markdown_tables():

@@ -16,37 +16,21 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
+from helpers import TINY_TRAIN as FAST, demo_nnc_dataset  # noqa: E402
 from wbc_nnabla import checkpoint, classes, io, modelfile, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def _dataset(root: Path, n_train: int, n_valid: int) -> Path:
-    """NNC dataset folder of demo cells: n_train / n_valid images per class."""
-    df = io.read_cells(io.demo_data())
-    tr, va = [], []
-    for _, g in df.groupby("label"):
-        tr += list(g.index[:n_train])
-        va += list(g.index[n_train:n_train + n_valid])
-    for name, rows in (("train.csv", tr), ("valid.csv", va)):
-        io.write_nnc_csv(root / name, df.path[rows], [classes.index6(v) for v in df.label[rows]])
-    return root
+@pytest.fixture
+def tiny(tiny_dataset):
+    return tiny_dataset                                         # 12 train, 6 valid (conftest)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return _dataset(tmp_path_factory.mktemp("tiny"), 2, 1)      # 12 train, 6 valid
-
-
-FAST = dict(size=32, batch_size=4, pretrained="none", progress=False, max_iterations=2, train_eval_limit=4)
-
-
-@pytest.fixture(scope="module")
-def model_a(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("A") / "A"
-    training.train(tiny, out, TrainConfig(epochs=2, **FAST))
-    return out
+@pytest.fixture
+def model_a(tiny_model):
+    return tiny_model                                           # 2 epochs of FAST on tiny (conftest)
 
 
 # ----------------------------------------------------------------------------- AdaBound
@@ -170,7 +154,7 @@ def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
     # training graph in test mode with the exported parameters
     models.clear_scope(training.SCOPE)
     g = training.build_graph("resnet18", 6, 2, 32, test=True)
-    training._load_into(training.parameters(), modelfile.load_parameters(model_a / "model.h5"), "model.h5")
+    training.initialise(training.parameters(), init=model_a / "model.h5")       # every parameter, strictly
     g.x.d = xin
     g.logits.forward()
     z = g.logits.d
@@ -279,7 +263,7 @@ def test_weight_init_is_recorded_and_guarded_on_resume(model_a, tiny, tmp_path):
 
 
 def test_tiny_training_on_real_crops_drops_loss(tmp_path):
-    ds = _dataset(tmp_path / "ds", 4, 1)                           # 24 train images, 64 px
+    ds = demo_nnc_dataset(tmp_path / "ds", 4, 1)                           # 24 train images, 64 px
     s = training.train(ds, tmp_path / "run", TrainConfig(
         epochs=3, size=64, batch_size=6, pretrained="none", progress=False,
         augmentation=training.Augmentation(enabled=False), train_eval_limit=12))
@@ -359,7 +343,7 @@ def test_bn_sample_is_stratified_and_mixes_every_batch():
 
 def test_training_on_class_sorted_csv_recalibrates_on_all_classes(tmp_path):
     """train() on a train.csv grouped by class: the recorded BN sample covers all six classes in proportion."""
-    ds = _dataset(tmp_path / "ds", 4, 1)                                # 24 images, rows grouped by class
+    ds = demo_nnc_dataset(tmp_path / "ds", 4, 1)                                # 24 images, rows grouped by class
     _, y = training.read_split(ds / "train.csv")
     assert (np.diff(y) != 0).sum() == 5                                 # really sorted: 6 runs
     s = training.train(ds, tmp_path / "run", TrainConfig(epochs=1, bn_recalibration=12,

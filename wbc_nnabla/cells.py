@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from . import io
+from . import io, sampling
 from .errors import InputError
 from .recipe import PAPER
 
@@ -115,7 +115,7 @@ CELL_REACH = 1.6      # the WBC ends within CELL_REACH * r_n of the nucleus' con
 WORK_RADIUS = 24.0    # GrabCut runs at a scale where r_n is at most this many pixels
 MAX_SIDE = 512        # images larger than this (px) are first reduced (speed only)
 GRABCUT_ITERS = 4
-# Retry for pale cytoplasm (see _cytoplasm_ring): a mask of at most NUCLEUS_ONLY x the
+# Retry for pale cytoplasm (see has_cytoplasm_ring): a mask of at most NUCLEUS_ONLY x the
 # nucleus hull area is retried when the ring RING_INNER..RING_OUTER r_n around the hull
 # is stained; the retry takes stained pixels within RING_SEED r_n as sure WBC.
 NUCLEUS_ONLY = 1.1
@@ -181,7 +181,8 @@ def otsu3(values: np.ndarray, bins: int = 128) -> Tuple[float, float]:
     return float(e[a + 1]), float(e[b + 1])
 
 
-def _hull(mask: np.ndarray) -> np.ndarray:
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """Filled convex hull of a bool ``(H, W)`` mask, bool ``(H, W)`` (all False for an empty mask)."""
     pts = cv2.findNonZero(mask.astype(np.uint8))
     out = np.zeros(mask.shape, np.uint8)
     if pts is not None:
@@ -189,7 +190,8 @@ def _hull(mask: np.ndarray) -> np.ndarray:
     return out > 0
 
 
-def _radius(mask: np.ndarray) -> float:
+def equivalent_radius(mask: np.ndarray) -> float:
+    """Radius in pixels of the disc with the mask's area (at least 1 pixel of area is assumed)."""
     return float(np.sqrt(max(mask.sum(), 1) / np.pi))
 
 
@@ -210,7 +212,7 @@ def _joins(group: np.ndarray, comp: np.ndarray, gap: np.ndarray,
     them; and the union stays compact (elongation <= MAX_ELONGATION; two
     neighbouring cells side by side are ~2).
     """
-    r = _radius(_hull(group))
+    r = equivalent_radius(convex_hull(group))
     g = gap.copy()
     g[~comp] = np.inf
     dmin = float(g.min())
@@ -264,7 +266,7 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
     if nuc is None:
         return np.zeros((h, w), bool), np.zeros((h, w), bool)
     nuc = ndi.binary_fill_holes(nuc)
-    rn = _radius(_hull(nuc))
+    rn = equivalent_radius(convex_hull(nuc))
     f = min(1.0, WORK_RADIUS / rn)
     if f < 1.0:  # GrabCut is O(pixels): work where the nucleus is WORK_RADIUS px
         size = (max(8, int(round(w * f))), max(8, int(round(h * f))))
@@ -275,12 +277,12 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
             nuc_w = cv2.resize(nuc.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
     else:
         img, s_w, nuc_w = rgb, s, nuc
-    hull_w = _hull(nuc_w)
-    rw = _radius(hull_w)
+    hull_w = convex_hull(nuc_w)
+    rw = equivalent_radius(hull_w)
     d = ndi.distance_transform_edt(~hull_w)
     gc = _seeds(s_w, t_low, nuc_w, hull_w, d, rw)
     m = _grabcut(img, gc, nuc_w, hull_w, rw)
-    if m.sum() <= NUCLEUS_ONLY * hull_w.sum() and _cytoplasm_ring(s_w > t_low, hull_w, d, rw):
+    if m.sum() <= NUCLEUS_ONLY * hull_w.sum() and has_cytoplasm_ring(s_w > t_low, hull_w, d, rw):
         # Pale cytoplasm (MGG neutrophils) has the colour of the red cells around it, so
         # GrabCut's colour models can hand it to the background and keep only the
         # nucleus. A stained ring all around the nucleus says a cytoplasm is there:
@@ -336,9 +338,12 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, nuc_w: np.ndarray, hull_w: np.ndar
     return ndi.binary_fill_holes(m | hull_w)
 
 
-def _cytoplasm_ring(stained: np.ndarray, hull_w: np.ndarray, d: np.ndarray, rw: float) -> bool:
+def has_cytoplasm_ring(stained: np.ndarray, hull_w: np.ndarray, d: np.ndarray, rw: float) -> bool:
     """Whether a stained ring surrounds the nucleus hull (a wide cytoplasm is there).
 
+    stained: bool ``(H, W)``, stained pixels (``> t_low``); hull_w: bool ``(H, W)``,
+    the nucleus hull (:func:`convex_hull`); d: float ``(H, W)``, distance in pixels
+    to the hull; rw: the hull's :func:`equivalent_radius` ``r_n`` in pixels.
     Looks at the ring ``RING_INNER * r_n < d <= RING_OUTER * r_n`` (``d``: distance
     to the hull, px) in 8 angular sectors: stained (``> t_low``) share >= RING_MEAN
     overall and >= RING_MIN in every sector. On pbc6, neutrophils whose mask lost the
@@ -479,7 +484,7 @@ def locate_wbcs(field_rgb: np.ndarray, min_share: float = 0.3) -> np.ndarray:
     out = []
     for g, a in zip(groups, areas):
         if a >= min_share * areas.max():
-            cy, cx = ndi.center_of_mass(_hull(g))
+            cy, cx = ndi.center_of_mass(convex_hull(g))
             out.append(((cx + 0.5) / f - 0.5, (cy + 0.5) / f - 0.5))
     return np.array(out, float).reshape(-1, 2)
 
@@ -520,3 +525,97 @@ def contact_sheet(tiles: Sequence[np.ndarray], columns: int = 8) -> np.ndarray:
     while len(tiles) % columns:
         tiles.append(blank)
     return np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
+
+
+# ----------------------------------------------------------------------------- many images: segment, locate
+
+#: Side in pixels of a tile of the ``segment`` gallery, and tiles per row.
+GALLERY_TILE, GALLERY_COLUMNS = 160, 8
+
+
+def _unique_stems(paths: Sequence[Path]) -> None:
+    """Refuse two images that would write the same ``<stem>.png`` mask."""
+    stems: dict = {}
+    for p in paths:
+        if p.stem in stems:
+            raise InputError(f"{p} and {stems[p.stem]} would both write {p.stem}.png; segment them separately")
+        stems[p.stem] = p
+
+
+def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = False) -> dict:
+    """WBC masks of many single-cell crops, written into the folder ``out`` (``wbc-nnabla segment``).
+
+    inputs: image files and/or folders (searched recursively, :func:`wbc_nnabla.io.image_files`).
+    out: output folder, never inside an input folder; written whole in one rename
+        (:func:`wbc_nnabla.io.atomic_dir`, with the ``segment`` marker). An existing
+        folder is replaced only with ``overwrite`` and when it is empty or an
+        earlier ``segment`` output (:func:`wbc_nnabla.io.check_output_folder`).
+    gallery: overlay (:func:`overlay`, :data:`GALLERY_TILE` px tiles) of a seeded
+        sample of ``gallery`` cells stratified by sub-folder, in ``out/gallery.png``
+        (0: none).
+
+    Writes one mask per image, ``out/<stem>.png`` (uint8: 0 outside, 255 WBC;
+    :func:`segment_wbc`); two inputs with the same stem are refused. Returns
+    ``dict(out, images, empty, gallery, gallery_images)``: the folder, the
+    number of masks, how many are empty (no nucleus found), the gallery path
+    (None without one) and the number of cells it shows.
+    """
+    out = Path(out)
+    paths = io.image_files(inputs)
+    io.check_not_inside(out, io.image_folders(inputs))
+    _unique_stems(paths)
+    replace = io.check_output_folder(out, "segment", overwrite, paths)
+    # the gallery shows a seeded sample stratified by sub-folder, not the first N files
+    # (a class-sorted folder would show one class only)
+    shown = set(sampling.shuffled_sample([p.parent.name for p in paths], gallery, 0).tolist()) \
+        if gallery > 0 else set()
+    tiles, empty = {}, 0
+    with io.atomic_dir(out, overwrite=replace, command="segment") as tmp:
+        for i, p in enumerate(paths):
+            rgb = io.read_rgb(p)
+            mask, nucleus = segment_wbc(rgb)
+            empty += int(not mask.any())
+            io.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
+            if i in shown:
+                tiles[i] = overlay(rgb, mask, nucleus, size=GALLERY_TILE)
+        if tiles:
+            io.write_image(tmp / "gallery.png", contact_sheet([tiles[i] for i in sorted(tiles)], GALLERY_COLUMNS))
+    return dict(out=out, images=len(paths), empty=empty, gallery=out / "gallery.png" if tiles else None,
+                gallery_images=len(tiles))
+
+
+#: Columns of the ``locate`` table: image path, WBC centre in pixels.
+LOCATE_COLUMNS = ("image", "x", "y")
+
+
+def locate_table(paths: Sequence) -> pd.DataFrame:
+    """WBC centres (:func:`locate_wbcs`) of field images: one ``image, x, y`` row per WBC.
+
+    paths: image files, read in order. ``image`` is the path as given; ``x``,
+    ``y`` are pixels rounded to 0.1. A field without a WBC gives no row.
+    """
+    rows = []
+    for p in paths:
+        for x, y in locate_wbcs(io.read_rgb(p)):
+            rows.append({"image": str(p), "x": round(float(x), 1), "y": round(float(y), 1)})
+    return pd.DataFrame(rows, columns=list(LOCATE_COLUMNS))
+
+
+def locate_images(inputs: Sequence, out, overwrite: bool = False) -> pd.DataFrame:
+    """WBC centres in smear fields, written as the CSV ``out`` (``wbc-nnabla locate``).
+
+    inputs: field images and/or folders (searched recursively, :func:`wbc_nnabla.io.image_files`).
+    out: CSV (:data:`LOCATE_COLUMNS`, :func:`locate_table`), never in an input
+        folder; an existing file is replaced only with ``overwrite`` (and never
+        when it is an input, :func:`wbc_nnabla.io.check_output`), atomically.
+    Returns the table; ``attrs["images"]`` is the number of field images read.
+    """
+    out = Path(out)
+    paths = io.image_files(inputs)
+    io.check_not_inside(out.parent, io.image_folders(inputs))
+    io.check_output(out, "locate", overwrite, paths, folder=False)
+    table = locate_table(paths)
+    with io.atomic_files([out], overwrite=overwrite) as (tmp,):
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    table.attrs["images"] = len(paths)
+    return table

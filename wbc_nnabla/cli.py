@@ -58,88 +58,20 @@ def _add_io(sub) -> None:
 # ----------------------------------------------------------------------------- cells: segment, locate
 
 
-def _image_inputs(items: List[str], recursive: bool = True) -> List[Path]:
-    """Image files named on the command line: files as given; folders searched (recursively by default).
-
-    A missing path, or a folder holding no images, is an error naming it.
-    """
-    from . import io
-    out: List[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = (sorted(q for q in p.rglob("*") if q.is_file() and io.is_image_file(q)) if recursive
-                     else io.list_images(p))
-            if not found:
-                raise CLIError(f"{p}: folder holds no images ({', '.join(io.IMAGE_EXTENSIONS)})")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise CLIError(f"{p}: no such image file or folder")
-    return out
-
-
-def _check_folder_output(out: Path, command: str, overwrite: bool, inputs) -> bool:
-    """Check an output folder (:func:`wbc_nnabla.io.check_output`); True when an existing one is replaced.
-
-    An existing empty folder needs no ``--overwrite``: nothing in it can be lost
-    (``segment`` and ``gradcam`` have always accepted a folder made beforehand).
-    """
-    from . import io
-    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
-    io.check_output(out, command, overwrite or empty, inputs, folder=True)
-    return out.exists() or out.is_symlink()
-
-
 def _cmd_segment(args) -> int:
-    import numpy as np
-    from . import cells, io, sampling
-    paths = _image_inputs(args.inputs)
-    out = Path(args.out)
-    io.check_not_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in args.inputs])
-    stems = {}
-    for p in paths:
-        if p.stem in stems:
-            raise CLIError(f"{p} and {stems[p.stem]} would both write {p.stem}.png; segment them separately")
-        stems[p.stem] = p
-    replace = _check_folder_output(out, "segment", args.overwrite, paths)
-    # the gallery shows a seeded sample stratified by sub-folder, not the first N files
-    # (a class-sorted folder would show one class only)
-    shown = set(sampling.shuffled_sample([p.parent.name for p in paths], args.gallery, 0).tolist()) \
-        if args.gallery > 0 else set()
-    tiles, empty = {}, 0
-    with io.atomic_dir(out, overwrite=replace, command="segment") as tmp:
-        for i, p in enumerate(paths):
-            rgb = io.read_rgb(p)
-            mask, nucleus = cells.segment_wbc(rgb)
-            empty += int(not mask.any())
-            io.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
-            if i in shown:
-                tiles[i] = cells.overlay(rgb, mask, nucleus, size=160)
-        if tiles:
-            io.write_image(tmp / "gallery.png", cells.contact_sheet([tiles[i] for i in sorted(tiles)], 8))
-    msg = f"{len(paths)} masks (0 outside, 255 WBC) in {out}; {empty} without a nucleus (empty mask)"
-    if tiles:
-        msg += f"; overlay of {len(tiles)} (a seeded sample) in {out / 'gallery.png'}"
+    from . import cells
+    s = cells.segment_images(args.inputs, args.out, gallery=args.gallery, overwrite=args.overwrite)
+    msg = f"{s['images']} masks (0 outside, 255 WBC) in {s['out']}; {s['empty']} without a nucleus (empty mask)"
+    if s["gallery"] is not None:
+        msg += f"; overlay of {s['gallery_images']} (a seeded sample) in {s['gallery']}"
     print(msg)
     return 0
 
 
 def _cmd_locate(args) -> int:
-    import pandas as pd
-    from . import cells, io
-    paths = _image_inputs(args.inputs)
-    out = Path(args.out)
-    io.check_not_inside(out.parent, [p if Path(p).is_dir() else Path(p).parent for p in args.inputs])
-    io.check_output(out, "locate", args.overwrite, paths, folder=False)
-    rows = []
-    for p in paths:
-        for x, y in cells.locate_wbcs(io.read_rgb(p)):
-            rows.append({"image": str(p), "x": round(float(x), 1), "y": round(float(y), 1)})
-    with io.atomic_files([out], overwrite=args.overwrite) as (tmp,):
-        pd.DataFrame(rows, columns=["image", "x", "y"]).to_csv(tmp, index=False, lineterminator="\n")
-    print(f"{len(rows)} WBC centres in {len(paths)} fields -> {out}")
+    from . import cells
+    table = cells.locate_images(args.inputs, args.out, overwrite=args.overwrite)
+    print(f"{len(table)} WBC centres in {table.attrs['images']} fields -> {Path(args.out)}")
     return 0
 
 
@@ -471,58 +403,17 @@ def _add_scoring(sub) -> None:
 # ----------------------------------------------------------------------------- Grad-CAM
 
 
-def _gradcam_stems(paths: List[Path]) -> List[str]:
-    """Output name stems: the file stem, prefixed by its folder (then numbered) when stems collide."""
-    from collections import Counter
-    counts = Counter(p.stem for p in paths)
-    stems = [p.stem if counts[p.stem] == 1 else f"{p.parent.name}_{p.stem}" for p in paths]
-    seen: dict = {}
-    unique = []
-    for s in stems:
-        seen[s] = seen.get(s, 0) + 1
-        unique.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
-    return unique
-
-
 def _cmd_gradcam(args) -> int:
-    import numpy as np
-    import pandas as pd
-    from tqdm import tqdm
-
-    from . import gradcam, io
-    from .modelfile import ModelError
-    paths = _image_inputs(args.images, recursive=False)
-    out = Path(args.out)
-    io.check_not_inside(out, [p.parent for p in paths])
-    if not 0.0 <= args.alpha <= 1.0:
-        raise CLIError(f"--alpha {args.alpha}: expected a weight between 0 and 1")
+    from . import gradcam
     try:
-        g = gradcam.GradCAM(args.model, size=args.size, batch_size=args.batch_size)
-    except (ModelError, ValueError) as e:
+        table = gradcam.write_gradcam(args.model, args.images, args.out, class_name=args.class_name,
+                                      size=args.size, batch_size=args.batch_size, alpha=args.alpha,
+                                      overwrite=args.overwrite, progress=not args.quiet)
+    except ValueError as e:  # a bad model file or setting (ModelError), or nnabla's own ValueError
         raise CLIError(str(e)) from None
-    target = None if args.class_name is None else g.class_index(args.class_name)
-    replace = _check_folder_output(out, "gradcam", args.overwrite, [Path(args.model)] + paths)
-    stems = _gradcam_stems(paths)
-    rows = []
-    with io.atomic_dir(out, overwrite=replace, command="gradcam") as folder:
-        for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch", disable=args.quiet):
-            chunk = paths[s:s + g.batch_size]
-            rgbs = [io.read_rgb(p) for p in chunk]
-            for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, target)):
-                io.write_image(folder / f"{stem}_gradcam.png", gradcam.overlay(rgb, r.cam, args.alpha))
-                with io.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
-                    np.save(f, r.cam)
-                rows.append(dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png", cam=f"{stem}_cam.npy",
-                                 predicted=r.predicted_name, probability=round(r.probability, 6),
-                                 **{"class": r.class_name}, class_probability=round(r.class_probability, 6)))
-        with io.atomic_path(folder / "gradcam.csv") as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
-        io.write_json(folder / "gradcam.json", dict(
-            command="gradcam", model=str(Path(args.model).resolve()), arch=g.arch, class_names=list(g.class_names),
-            size=g.size, layer="layer4 output (last convolutional stage)", batchnorm="test mode (running statistics)",
-            **{"class": args.class_name}, alpha=args.alpha, batch_size=g.batch_size, images=len(paths),
-            environment=io.environment()))
-    print(f"Grad-CAM of {len(paths)} image(s) at {g.size}x{g.size} -> {out} (gradcam.csv, *_gradcam.png, *_cam.npy)")
+    size = table.attrs["size"]
+    print(f"Grad-CAM of {len(table)} image(s) at {size}x{size} -> {Path(args.out)} "
+          f"(gradcam.csv, *_gradcam.png, *_cam.npy)")
     return 0
 
 

@@ -203,7 +203,13 @@ CACHE_KEEP = 16
 _CACHE_NAME = re.compile(r".+-[0-9a-f]{20}-op\d+\.onnx")
 
 
-def _prune(folder: Path, keep: int, protect: Path) -> None:
+def prune_cache(folder: Path, keep: int = CACHE_KEEP, protect: Optional[Path] = None) -> None:
+    """Remove all but the ``keep`` newest (by modification time) conversions in the cache ``folder``.
+
+    Only files named as :func:`cached_onnx` names them are counted and removed
+    (an ONNX file of the user's in the same folder is never touched); ``protect``
+    (the conversion just made) is never removed.
+    """
     files = sorted((p for p in folder.glob("*-op*.onnx") if _CACHE_NAME.fullmatch(p.name)),
                    key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[keep:]:
@@ -231,6 +237,6 @@ def cached_onnx(model_path: PathLike, opset: int = 13, folder: Optional[PathLike
             out = export_onnx(model_path, target, opset, overwrite=True)  # a concurrent conversion may land first
         except PermissionError:
             continue
-        _prune(base, keep=CACHE_KEEP, protect=out)
+        prune_cache(base, keep=CACHE_KEEP, protect=out)
         return out
     raise ModelError("no writable folder for the ONNX cache (set WBC_NNABLA_CACHE)")

@@ -16,7 +16,7 @@ where ``score_c`` is the class logit (before the softmax: the exported
 with :func:`wbc_nnabla.models.resnet_features`). The network runs in test mode
 (BatchNorm running statistics), as at inference. The map is resampled to the
 input image's size (bilinear, each cell placed on the centre of its receptive
-field, see :func:`_upsample`) and divided by its maximum, so it lies in [0, 1].
+field, see :func:`upsample_map`) and divided by its maximum, so it lies in [0, 1].
 See ``docs/gradcam.md`` for how to read it and its limits.
 
 The model's parameters live in a private parameter dictionary: building a
@@ -178,7 +178,7 @@ class GradCAM:
         out = []
         for i, rgb in enumerate(rgbs):
             out.append(CamResult(
-                cam=_upsample(raw[i], rgb.shape[:2], self.size), raw=raw[i],
+                cam=upsample_map(raw[i], rgb.shape[:2], self.size), raw=raw[i],
                 class_index=int(used[i]), class_name=self.class_names[used[i]],
                 predicted_index=int(pred[i]), predicted_name=self.class_names[pred[i]],
                 probability=float(probs[i, pred[i]]), class_probability=float(probs[i, used[i]])))
@@ -212,7 +212,7 @@ class GradCAM:
 STRIDE = 32
 
 
-def _upsample(raw: np.ndarray, shape: Tuple[int, int], size: int) -> np.ndarray:
+def upsample_map(raw: np.ndarray, shape: Tuple[int, int], size: int) -> np.ndarray:
     """An ``(h, w)`` layer4 map resampled onto an image of ``shape`` = (H, W), divided by its maximum.
 
     ``size``: the network input size the image was resized to. Layer4 cell
@@ -312,3 +312,119 @@ def save_figure(fig, path: Union[str, Path], dpi: int = 100) -> Path:
     with io.atomic_path(path) as tmp:
         fig.savefig(str(tmp), dpi=dpi, format=path.suffix.lstrip(".") or "png")
     return path
+
+
+# ----------------------------------------------------------------------------- writing overlays
+
+
+def output_stems(paths: Sequence[Union[str, Path]]) -> List[str]:
+    """Output name stems of images: the file stem; prefixed by its folder (then numbered) when stems collide.
+
+    ``a/x.png, b/x.png, c/y.png`` -> ``a_x, b_x, y``; a stem still taken gets ``_2``, ``_3``...
+    """
+    from collections import Counter
+    paths = [Path(p) for p in paths]
+    counts = Counter(p.stem for p in paths)
+    stems = [p.stem if counts[p.stem] == 1 else f"{p.parent.name}_{p.stem}" for p in paths]
+    seen: dict = {}
+    unique = []
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+        unique.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
+    return unique
+
+
+def _picture(rgb: np.ndarray, cam: np.ndarray, alpha: float, side_by_side: bool, min_side: int) -> np.ndarray:
+    """The overlay written for one image (see :func:`write_overlays`)."""
+    if rgb.shape[0] < min_side:  # small crops (e.g. the demo's 48 px) are enlarged for viewing
+        rgb, cam = io.resize_square(rgb, min_side), io.resize_square(cam, min_side)
+    picture = overlay(rgb, cam, alpha)
+    return np.hstack([rgb, picture]) if side_by_side else picture
+
+
+def write_overlays(explainer: Union["GradCAM", str, Path], images: Sequence[Union[str, Path]], folder,
+                   class_name: Union[str, int, None] = None, alpha: float = 0.4,
+                   stems: Optional[Sequence[str]] = None, side_by_side: bool = False, min_side: int = 0,
+                   cams: bool = True, progress: bool = False) -> List[dict]:
+    """Grad-CAM of image files written into ``folder``, one file per image (each written atomically).
+
+    explainer: a :class:`GradCAM`, or a model path to build one (its input size and batch size).
+    images: image files; read and explained ``explainer.batch_size`` at a time.
+    class_name: the class explained (any spelling :meth:`GradCAM.class_index` takes);
+        default: each image's predicted class.
+    stems: output name stems, one per image; default :func:`output_stems`.
+    Writes ``<stem>_gradcam.png``: the heat map over the image (:func:`overlay`,
+    weight ``alpha``) at the image's size, or, with ``side_by_side``, the image
+    and its overlay side by side (``(H, 2W, 3)``); an image less than
+    ``min_side`` pixels high is first resized to ``min_side`` x ``min_side``
+    (:func:`wbc_nnabla.io.resize_square`, map too). With ``cams``, also
+    ``<stem>_cam.npy``: the map, float32 ``(H, W)`` in [0, 1] at the image's size.
+    Returns one record per image, in order: ``path`` (the image, absolute),
+    ``overlay`` and (with ``cams``) ``cam`` (file names in ``folder``),
+    ``predicted``, ``probability`` (top class and its softmax probability,
+    6 decimals), ``class`` and ``class_probability`` (the class explained).
+    """
+    from tqdm import tqdm
+
+    g = explainer if isinstance(explainer, GradCAM) else GradCAM(explainer)
+    paths = [Path(p) for p in images]
+    stems = output_stems(paths) if stems is None else list(stems)
+    if len(stems) != len(paths):
+        raise InputError(f"write_overlays: {len(stems)} stems for {len(paths)} images")
+    folder = Path(folder)
+    records = []
+    for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch", disable=not progress):
+        chunk = paths[s:s + g.batch_size]
+        rgbs = [io.read_rgb(p) for p in chunk]
+        for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, class_name)):
+            io.write_image(folder / f"{stem}_gradcam.png", _picture(rgb, r.cam, alpha, side_by_side, min_side))
+            record = dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png")
+            if cams:
+                with io.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
+                    np.save(f, r.cam)
+                record["cam"] = f"{stem}_cam.npy"
+            records.append(dict(record, predicted=r.predicted_name, probability=round(r.probability, 6),
+                                **{"class": r.class_name}, class_probability=round(r.class_probability, 6)))
+    return records
+
+
+def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], out,
+                  class_name: Optional[str] = None, size: Optional[int] = None, batch_size: int = 8,
+                  alpha: float = 0.4, overwrite: bool = False, progress: bool = False):
+    """Grad-CAM of image files into the folder ``out`` (``wbc-nnabla gradcam``).
+
+    model: model file (:class:`GradCAM`, with ``size`` and ``batch_size``).
+    images: image files and/or folders (their images directly inside,
+        :func:`wbc_nnabla.io.image_files` with ``recursive=False``).
+    out: output folder, never inside an image's folder; written whole in one
+        rename (:func:`wbc_nnabla.io.atomic_dir`, with the ``gradcam`` marker). An
+        existing folder is replaced only with ``overwrite`` and when it is empty
+        or an earlier ``gradcam`` output (:func:`wbc_nnabla.io.check_output_folder`).
+    class_name, alpha: see :func:`write_overlays`.
+
+    Writes :func:`write_overlays`' files (overlay at the image's size and the
+    map ``.npy``; stems from :func:`output_stems`), ``gradcam.csv`` (its
+    records) and ``gradcam.json`` (the settings and the environment). Returns
+    the ``gradcam.csv`` table; ``attrs["size"]`` is the network input size used.
+    """
+    import pandas as pd
+
+    out = Path(out)
+    paths = io.image_files(images, recursive=False)
+    io.check_not_inside(out, [p.parent for p in paths])
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"--alpha {alpha}: expected a weight between 0 and 1")
+    g = GradCAM(model, size=size, batch_size=batch_size)
+    target = None if class_name is None else g.class_index(class_name)
+    replace = io.check_output_folder(out, "gradcam", overwrite, [Path(model)] + paths)
+    with io.atomic_dir(out, overwrite=replace, command="gradcam") as folder:
+        table = pd.DataFrame(write_overlays(g, paths, folder, target, alpha, progress=progress))
+        with io.atomic_path(folder / "gradcam.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        io.write_json(folder / "gradcam.json", dict(
+            command="gradcam", model=str(Path(model).resolve()), arch=g.arch, class_names=list(g.class_names),
+            size=g.size, layer="layer4 output (last convolutional stage)", batchnorm="test mode (running statistics)",
+            **{"class": class_name}, alpha=alpha, batch_size=g.batch_size, images=len(paths),
+            environment=io.environment()))
+    table.attrs["size"] = g.size
+    return table

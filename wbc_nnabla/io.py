@@ -199,6 +199,38 @@ def list_images(folder: PathLike) -> list:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
 
 
+def image_files(items: Iterable[PathLike], recursive: bool = True) -> List[Path]:
+    """Image files named by ``items``: a file as given; a folder's images (searched recursively by default).
+
+    What ``segment``, ``locate`` and ``gradcam`` read. Folders give their image
+    files (:func:`is_image_file`) sorted by path; with ``recursive=False`` only
+    those directly inside (:func:`list_images`). A missing path, or a folder
+    holding no images, raises :class:`SourceError` naming it.
+    """
+    out: List[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = (sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)) if recursive
+                     else list_images(p))
+            if not found:
+                raise SourceError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SourceError(f"{p}: no such image file or folder")
+    return out
+
+
+def image_folders(items: Iterable[PathLike]) -> List[Path]:
+    """The folders ``items`` (image files and/or folders) read from: a folder itself, a file's parent.
+
+    What an output must not lie inside (:func:`check_not_inside`).
+    """
+    return [Path(p) if Path(p).is_dir() else Path(p).parent for p in items]
+
+
 def read_image_folder(folder: PathLike, smear: str = "") -> pd.DataFrame:
     """Unlabeled cell table of the images directly in ``folder`` (empty when it holds none)."""
     return cell_table([dict(path=str(p.resolve()), smear=smear, source=str(p)) for p in list_images(folder)])
@@ -800,6 +832,19 @@ def check_output(out: PathLike, command: str, overwrite: bool, inputs: Iterable[
         raise FileExistsError(f"{out}: not replaced: it is not a `wbc-nnabla {command}` output "
                               f"({'it was written by ' + found if found else 'no ' + OUTPUT_MARKER + ' marker'}); "
                               f"--overwrite replaces only those. Choose another output")
+
+
+def check_output_folder(out: PathLike, command: str, overwrite: bool, inputs: Iterable[PathLike] = ()) -> bool:
+    """Check an output folder with :func:`check_output`; True when an existing one is to be replaced.
+
+    An existing empty folder needs no ``overwrite``: nothing in it can be lost
+    (``segment`` and ``gradcam`` have always accepted a folder made beforehand).
+    Pass the result as ``overwrite`` of :func:`atomic_dir`.
+    """
+    out = Path(out)
+    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+    check_output(out, command, overwrite or empty, inputs, folder=True)
+    return out.exists() or out.is_symlink()
 
 
 def write_text(path: PathLike, text: str) -> Path:
