@@ -178,9 +178,9 @@ def test_bare_h5_without_size_is_refused_not_guessed(tiny, tmp_path, backend, ca
     h5 = tmp_path / "model.h5"
     nn.save_parameters(str(h5), {k: nn.Variable.from_numpy_array(v) for k, v in params.items()}, extension=".h5")
     with pytest.raises(modelfile.ModelError, match=r"model\.h5: the model stores no training input size.*--size"):
-        inf.predict(h5, demo_subset(1), backend=backend, progress=False)
+        inf.predict(h5, demo_cells(1), backend=backend, progress=False)
     cells_csv = tmp_path / "cells.csv"
-    demo_subset(1).to_csv(cells_csv, index=False)
+    demo_cells(1).to_csv(cells_csv, index=False)
     assert cli.main(["predict", str(h5), str(cells_csv), str(tmp_path / "p.csv"), "--backend", backend,
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -192,7 +192,7 @@ def test_bare_h5_without_size_is_refused_not_guessed(tiny, tmp_path, backend, ca
 def test_predict_refuses_tiny_and_corrupt_images_or_skips_them(tiny, tmp_path, capsys):
     """A 1x1 image got a confident prediction; a cut JPEG decoded two-thirds grey. Refused, or skipped and listed."""
     import cv2
-    cells = demo_subset(1)
+    cells = demo_cells(1)
     bad = tmp_path / "bad"
     bad.mkdir()
     cv2.imwrite(str(bad / "one_pixel.png"), np.full((1, 1, 3), 128, np.uint8))
