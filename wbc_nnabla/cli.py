@@ -156,7 +156,7 @@ def _cmd_build_dataset(args) -> int:
             args.source, args.out, background=args.background, crop=args.crop, crop_um=args.crop_um,
             pixel_um=args.pixel_um, size=args.size, total=args.total, valid_fraction=args.valid_fraction,
             seed=args.seed, inference=args.inference, locate=args.locate, skip_bad=args.skip_bad,
-            overwrite=args.overwrite, pad_mode=args.pad_mode, progress=not args.no_progress)
+            overwrite=args.overwrite, pad_mode=args.pad_mode, progress=not args.no_progress, dedupe=args.dedupe)
     except ValueError as e:  # LabelError and SourceError are ValueErrors too: one line, no traceback
         raise CLIError(str(e)) from None
     report = json.loads((out / "build_report.json").read_text(encoding="utf-8"))
@@ -169,6 +169,8 @@ def _cmd_build_dataset(args) -> int:
             print(f"  {c:10s} {d['sources']:6d} sources -> train {d['train_images']:6d}  valid {d['valid_images']:6d}")
     for w in report["warnings"]:
         print(f"warning: {w}")
+    if report.get("duplicates_dropped"):
+        print(f"dropped {report['duplicates_dropped']} repeated cell(s) of the source (--dedupe)")
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} bad image(s), listed in {out / 'build_report.md'}")
     print(f"dataset: {out}")
@@ -205,6 +207,9 @@ def _add_datasets(sub) -> None:
     p.add_argument("--pad-mode", choices=("reflect", "constant", "replicate"), default="reflect",
                    help="padding where a crop leaves the image (default reflect)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in the report")
+    p.add_argument("--dedupe", action="store_true",
+                   help="drop cells the source lists twice with the same label and smear, and report how many "
+                        "(default: a repeated cell is an error naming both rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_build_dataset)
@@ -539,7 +544,10 @@ def _cmd_reproduce(args) -> int:
 
 def _cmd_demo(args) -> int:
     from . import pipeline
-    summary = pipeline.demo(args.out, progress=not args.quiet, **_overrides(args))
+    try:
+        summary = pipeline.demo(args.out, progress=not args.quiet, **_overrides(args))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     _print_headline(summary, args.out)
     return 0
 
@@ -556,7 +564,8 @@ def _add_pipeline(sub) -> None:
     from .pipeline import PRESETS
     p = sub.add_parser("reproduce", help="run the paper's whole study: datasets, Model A/B, scoring, report")
     p.add_argument("source", help="labeled teacher cells (class folders, path,label[,smear] CSV, NNC CSV)")
-    p.add_argument("out", help="output folder (re-running skips complete stages)")
+    p.add_argument("out", help="output folder: new, empty or an earlier reproduce output (re-running skips "
+                               "complete stages and runs again those whose inputs changed)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="paper",
                    help="paper: the paper's settings; recommended: infer at the training scale; demo: minutes on a CPU")
     p.add_argument("--inference", help="labeled inference set; default: a held-out part of SOURCE")
@@ -582,13 +591,18 @@ def _add_settings(group, cls, defaults: bool) -> None:
     The flag's type is the field's (``Optional[X]`` gives ``X``); its help and
     other argparse keywords come from the field's metadata. With ``defaults``
     the field's default is the flag's; without, the flag defaults to None
-    ("not given", e.g. so that a preset decides). Field types: int, float, str or an Optional of one.
+    ("not given", e.g. so that a preset decides). Field types: int, float, str or an Optional of one,
+    or bool (a switch: given means True).
     """
     hints = typing.get_type_hints(cls)
     for f in _setting_fields(cls):
         kind = hints[f.name]
         if typing.get_origin(kind) is typing.Union:            # Optional[X] -> X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
+            group.add_argument("--" + f.name.replace("_", "-"), action="store_true",
+                               default=f.default if defaults else None, **f.metadata[FLAG])
+            continue
         group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default if defaults else None,
                            **f.metadata[FLAG])
 
