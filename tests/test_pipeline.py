@@ -281,3 +281,32 @@ def test_item15_bad_image_error_names_the_users_row_and_skip_bad_skips_it(tmp_pa
         cli.main(argv + ["--skip-bad"])
     report = json.loads((tmp_path / "run" / "dataset_A" / "build_report.json").read_text())
     assert [s["source"] for s in report["skipped"]] == [f"{tmp_path / 'teacher.csv'}:7"]
+
+
+def test_split_keeps_cell_centres_and_the_users_rows(tmp_path, demo_dir):
+    cells = io.read_cells(demo_dir)
+    fields = cells[["path", "label"]].assign(x=30.0, y=40.0)
+    fields.to_csv(tmp_path / "fields.csv", index=False)
+    pipeline.split_source(tmp_path / "fields.csv", tmp_path / "split", pipeline.make_config("demo"))
+    teacher = io.read_cells(tmp_path / "split" / "teacher.csv")
+    assert (teacher["x"] == 30.0).all() and (teacher["y"] == 40.0).all()
+    assert teacher["source"].str.startswith(f"{tmp_path / 'fields.csv'}:").all()
+
+
+@pytest.mark.slow
+def test_item10_interrupted_training_resumes_only_from_the_same_inputs(tiny_demo_run, tmp_path, monkeypatch, caplog):
+    from wbc_nnabla import training
+    out, summary = tiny_demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    records = json.loads((copy / "stages.json").read_text())
+    records["train_B"]["done"] = False                       # as if killed after its last checkpoint
+    (copy / "stages.json").write_text(json.dumps(records))
+    calls = []
+    monkeypatch.setattr(training, "train", lambda dataset, o, config=None, resume=False: calls.append(resume))
+    caplog.set_level("INFO")
+    again = pipeline.demo(copy, progress=False, **TINY_DEMO)
+    assert calls == [True] and "skip (complete): train A" in caplog.text
+    assert "skip (complete): predict B" in caplog.text       # the same model.nnp: nothing after it runs again
+    assert again["accuracy6_mean_B"] == summary["accuracy6_mean_B"]
+    assert json.loads((copy / "stages.json").read_text())["train_B"]["done"]
