@@ -416,6 +416,7 @@ class _Run:
         return out
 
     def made_from(self, stage: Stage, inputs: dict) -> dict:
+        """:meth:`StageRecords.made_from` with this run's settings."""
         return self.records.made_from(stage, self.cfg, inputs)
 
     def is_complete(self, stage: Stage, made_from: dict) -> bool:
@@ -464,7 +465,7 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
     preds = {"A": _predict_stage(run, "A", model_a), "B": _predict_stage(run, "B", model_b)}
     results, comparison = _score_stages(run, preds)
     cams = _gradcam_stage(run, model_b, preds["B"], results["B"])
-    return _report_stage(run, source, inference, split, results, comparison, cams)
+    return _report_stage(run, split, results, comparison, cams)
 
 
 def _open_run(out: Path, cfg: Config, source, inference, progress: bool) -> _Run:
@@ -526,6 +527,7 @@ def _dataset_stage(run: _Run, name: str, cells: Path, **build) -> None:
 
 
 def _pretrained(cfg: Config) -> str:
+    """Model A's start: ``cfg.pretrained``, with ``auto`` resolved to the ImageNet weights file or ``none``."""
     if cfg.pretrained != "auto":
         return cfg.pretrained
     from . import pretrained
@@ -609,7 +611,7 @@ def _gradcam_stage(run: _Run, model: Path, preds: Path, result) -> list:
         return _gradcam_examples(model, result, run.out / stage.outputs[0], run.cfg)
 
 
-def _report_stage(run: _Run, source, inference, split: dict, results: dict, comparison, cams: list) -> dict:
+def _report_stage(run: _Run, split: dict, results: dict, comparison, cams: list) -> dict:
     """``summary.json``, ``report.html``/``.md`` and ``figures/`` on every run; marks ``config.json`` finished."""
     from . import reproduce_report
     summary = _summary(run.cfg, split, results, comparison, dict(run.timings), time.perf_counter() - run.t0)
@@ -626,6 +628,7 @@ def _report_stage(run: _Run, source, inference, split: dict, results: dict, comp
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``, or ``{}`` when it is missing or unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
