@@ -1,5 +1,7 @@
 """The end-to-end pipeline: split, presets and configuration, stage skipping, the report."""
 import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -41,8 +43,10 @@ def test_split_holds_out_stratified_pseudo_smears(tmp_path, demo_dir):
 def test_split_with_explicit_inference_set(tmp_path, demo_dir):
     cells = io.read_cells(demo_dir)
     cells.iloc[:12][["path", "label"]].assign(smear="S1").to_csv(tmp_path / "inf.csv", index=False)
-    info = pipeline.split_source(demo_dir, tmp_path / "split", pipeline.make_config("demo"), tmp_path / "inf.csv")
-    assert info["n_inference"] == 12 and info["n_teacher"] == 120 and info["n_smears"] == 1
+    cells.iloc[12:][["path", "label"]].to_csv(tmp_path / "teacher.csv", index=False)
+    info = pipeline.split_source(tmp_path / "teacher.csv", tmp_path / "split", pipeline.make_config("demo"),
+                                 tmp_path / "inf.csv")
+    assert info["n_inference"] == 12 and info["n_teacher"] == 108 and info["n_smears"] == 1
 
 
 def test_split_errors(tmp_path, demo_dir):
@@ -86,6 +90,223 @@ def test_reproduce_flags_reach_the_config():
     from wbc_nnabla import cli
 
     args = cli.build_parser().parse_args(["reproduce", "SRC", "OUT", "--bn-recalibration", "0", "--seed", "4"])
-    cfg = pipeline.make_config("paper", **cli._overrides(args))
+    cfg = pipeline.make_config("paper", **cli.config_overrides(args))
     assert (cfg.bn_recalibration, cfg.seed) == (0, 4)
     assert pipeline.make_config("paper").bn_recalibration == pipeline.BN_RECALIBRATION_IMAGES > 0
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+class _TrainingStarted(Exception):
+    """Raised instead of training: the stages before training ran for real."""
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Stop ``reproduce`` where it would train; returns the model folders it tried to train."""
+    from wbc_nnabla import training
+    calls = []
+
+    def stop(dataset, out, config=None, resume=False):
+        calls.append(Path(out).name)
+        raise _TrainingStarted(out)
+
+    monkeypatch.setattr(training, "train", stop)
+    return calls
+
+
+def _cells_csv(path, cells: pd.DataFrame, smear: str = "") -> Path:
+    """A path,label[,smear] CSV of ``cells`` (absolute paths)."""
+    df = cells[["path", "label"]].copy()
+    if smear:
+        df["smear"] = smear
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_item4_split_dedupe_drops_repeats_and_no_held_out_cell_trains(tmp_path, demo_dir):
+    cells = io.read_cells(demo_dir)
+    doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:30]], ignore_index=True))
+    with pytest.raises(io.SourceError, match=r"doubled\.csv:2 and .*doubled\.csv:122 list the same cell"):
+        pipeline.split_source(doubled, tmp_path / "split", pipeline.make_config("demo"))
+    cfg = pipeline.make_config("demo", dedupe=True)
+    info = pipeline.split_source(doubled, tmp_path / "split", cfg)
+    assert info["duplicates_dropped"] == 30 and "30 repeated cell(s) dropped" in info["note"]
+    teacher = pd.read_csv(tmp_path / "split" / "teacher.csv")
+    held = pd.read_csv(tmp_path / "split" / "inference.csv")
+    assert len(teacher) + len(held) == 120 and not set(teacher["path"]) & set(held["path"])
+
+
+def test_item4_cell_in_both_source_and_inference_set_is_an_error_naming_both_rows(tmp_path, demo_dir, no_training):
+    cells = io.read_cells(demo_dir)
+    source = _cells_csv(tmp_path / "teacher.csv", cells.iloc[10:])
+    held = _cells_csv(tmp_path / "held.csv", cells.iloc[:12], smear="S1")   # rows 11-12 are teacher cells too
+    with pytest.raises(io.SourceError, match=r"teacher\.csv:2 and .*held\.csv:12 list the same cell .*\(2 such"):
+        pipeline.reproduce(source, tmp_path / "out", preset="demo", inference=held, progress=False)
+    assert not (tmp_path / "out" / "split").exists()
+
+
+def test_item4_reproduce_and_build_dataset_report_repeats_in_one_line_and_dedupe(tmp_path, demo_dir, capsys,
+                                                                               no_training):
+    from wbc_nnabla import cli
+    cells = io.read_cells(demo_dir)
+    doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:3]], ignore_index=True))
+    for argv in (["reproduce", str(doubled), str(tmp_path / "run"), "--preset", "demo", "--quiet"],
+                 ["build-dataset", str(doubled), str(tmp_path / "ds"), "--background", "keep", "--total", "12",
+                  "--size", "32", "--crop", "200", "--no-progress"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "doubled.csv:2 and" in err[0] and "doubled.csv:122" in err[0], err
+    assert cli.main(["build-dataset", str(doubled), str(tmp_path / "ds"), "--background", "keep", "--total", "12",
+                     "--size", "32", "--crop", "200", "--no-progress", "--dedupe"]) == 0
+    assert "dropped 3 repeated cell(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ds" / "build_report.json").read_text())["duplicates_dropped"] == 3
+    assert "3 repeated cell(s) of the source dropped" in (tmp_path / "ds" / "build_report.md").read_text()
+    with pytest.raises(_TrainingStarted):  # the same folder takes the corrected run (item 14)
+        cli.main(["reproduce", str(doubled), str(tmp_path / "run"), "--preset", "demo", "--quiet", "--dedupe",
+                  "--train-size", "32", "--infer-size", "32", "--total-a", "60", "--total-b", "60"])
+    assert json.loads((tmp_path / "run" / "split" / "split.json").read_text())["duplicates_dropped"] == 3
+    args = cli.build_parser().parse_args(["reproduce", "SRC", "OUT", "--dedupe", "--skip-bad"])
+    cfg = pipeline.make_config("paper", **cli.config_overrides(args))
+    assert cfg.dedupe and cfg.skip_bad
+    assert not pipeline.make_config("paper", **cli.config_overrides(cli.build_parser().parse_args(
+        ["reproduce", "SRC", "OUT"]))).dedupe
+
+
+def test_item10_stage_records_say_when_a_stage_is_complete(tmp_path):
+    out = tmp_path / "run"
+    (out / "split").mkdir(parents=True)
+    records = pipeline.StageRecords(out)
+    stage = pipeline.STAGES["split"]
+    made = records.made_from(stage, pipeline.make_config("demo"), {"source cells": "abc"})
+    with pytest.raises(FileExistsError, match="no record of the split stage"):
+        records.is_complete(stage, made)           # a folder no record accounts for is not ours
+    (out / "split").rmdir()
+    records.start(stage, made)
+    (out / "split").mkdir()
+    (out / "split" / "teacher.csv").write_text("path,label\n")
+    (out / "split" / "inference.csv").write_text("path,label\n")
+    assert not records.is_complete(stage, made) and records.started_from(stage, made)
+    records.finish(stage)
+    again = pipeline.StageRecords(out)             # read back from stages.json
+    assert again.is_complete(stage, made)
+    assert not again.is_complete(stage, dict(made, inputs={"source cells": "another source"}))
+    (out / "split" / "teacher.csv").write_text("path,label\nx.png,Band\n")
+    with pytest.raises(FileExistsError, match="teacher.csv: changed or removed since the split stage wrote it"):
+        again.is_complete(stage, made)
+    timings = {}
+    with pipeline.timer("split", timings):
+        pass
+    assert timings == {"split": 0.0}
+
+
+@pytest.mark.slow
+def test_item10_copied_run_with_another_source_runs_every_stage_again(tiny_demo_run, tmp_path, demo_dir, caplog,
+                                                                      no_training):
+    out, _ = tiny_demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    cells = io.read_cells(demo_dir)
+    other = _cells_csv(tmp_path / "other.csv", cells.drop(index=[0, 20, 40, 60, 80, 100]))
+    caplog.set_level("INFO")
+    with pytest.raises(_TrainingStarted):
+        pipeline.reproduce(other, copy, preset="demo", progress=False, **TINY_DEMO)
+    assert no_training == ["model_A"]
+    assert "run: split" in caplog.text and "run: dataset ①" in caplog.text and "skip (complete)" not in caplog.text
+    split = json.loads((copy / "split" / "split.json").read_text())
+    assert split["source"] == str(other) and split["n_teacher"] + split["n_inference"] == 114
+
+
+@pytest.mark.slow
+def test_item10_changed_predictions_are_refused_not_scored(tiny_demo_run, tmp_path):
+    out, _ = tiny_demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    preds = pd.read_csv(copy / "predictions_A.csv")
+    preds["pred6"], preds["pred5"] = "Band", "Neutrophil"   # as if another run had left its predictions here
+    preds.to_csv(copy / "predictions_A.csv", index=False)
+    score_before = (copy / "score_A" / "summary.json").read_bytes()
+    with pytest.raises(FileExistsError, match="predictions_A.csv: changed or removed since the predict A stage"):
+        pipeline.demo(copy, progress=False, **TINY_DEMO)
+    assert (copy / "score_A" / "summary.json").read_bytes() == score_before
+
+
+def test_out_holding_a_users_files_is_refused_and_left_untouched(tmp_path, demo_dir):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "predictions_A.csv").write_text("path,label\n")   # e.g. predictions of another tool
+    with pytest.raises(FileExistsError, match="not empty and not a reproduce output"):
+        pipeline.reproduce(demo_dir, out, preset="demo", progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "predictions_A.csv"]
+    assert (out / "notes.txt").read_text() == "my notes"
+    (tmp_path / "empty").mkdir()
+    cells = _cells_csv(tmp_path / "empty" / "cells.csv", io.read_cells(demo_dir))
+    with pytest.raises(io.SourceError, match="inside the output folder"):
+        pipeline.reproduce(cells, tmp_path / "empty", preset="demo", progress=False)
+
+
+def test_item14_failed_run_folder_takes_a_corrected_run(tmp_path, demo_dir, no_training):
+    cells = io.read_cells(demo_dir)
+    doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:1]], ignore_index=True))
+    fixed = _cells_csv(tmp_path / "fixed.csv", cells)
+    small = dict(train_size=32, infer_size=32, total_a=60, total_b=60)
+    with pytest.raises(io.SourceError, match="twice"):
+        pipeline.reproduce(doubled, tmp_path / "run", preset="demo", progress=False, **small)
+    with pytest.raises(_TrainingStarted):   # another crop: no stage had completed, so the folder is free
+        pipeline.reproduce(fixed, tmp_path / "run", preset="demo", progress=False, crop=300, **small)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["crop"] == 300
+
+
+def test_item15_bad_image_error_names_the_users_row_and_skip_bad_skips_it(tmp_path, demo_dir, capsys, no_training):
+    from wbc_nnabla import cli
+    cells = io.read_cells(demo_dir)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"")
+    teacher = cells.iloc[12:][["path", "label"]]
+    teacher = pd.concat([teacher.iloc[:5], pd.DataFrame({"path": [str(tmp_path / "images" / "broken.jpg")],
+                                                         "label": ["Band"]}),
+                         teacher.iloc[5:]], ignore_index=True)
+    teacher.to_csv(tmp_path / "teacher.csv", index=False)     # broken.jpg on line 7
+    held = _cells_csv(tmp_path / "held.csv", cells.iloc[:12], smear="S1")
+    argv = ["reproduce", str(tmp_path / "teacher.csv"), str(tmp_path / "run"), "--preset", "demo", "--quiet",
+            "--inference", str(held), "--train-size", "32", "--infer-size", "32", "--total-a", "60",
+            "--total-b", "60"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"listed at {tmp_path / 'teacher.csv'}:7" in err and "--skip-bad" in err
+    assert "split/teacher.csv" not in err and "Traceback" not in err
+    with pytest.raises(_TrainingStarted):
+        cli.main(argv + ["--skip-bad"])
+    report = json.loads((tmp_path / "run" / "dataset_A" / "build_report.json").read_text())
+    assert [s["source"] for s in report["skipped"]] == [f"{tmp_path / 'teacher.csv'}:7"]
+
+
+def test_split_keeps_cell_centres_and_the_users_rows(tmp_path, demo_dir):
+    cells = io.read_cells(demo_dir)
+    fields = cells[["path", "label"]].assign(x=30.0, y=40.0)
+    fields.to_csv(tmp_path / "fields.csv", index=False)
+    pipeline.split_source(tmp_path / "fields.csv", tmp_path / "split", pipeline.make_config("demo"))
+    teacher = io.read_cells(tmp_path / "split" / "teacher.csv")
+    assert (teacher["x"] == 30.0).all() and (teacher["y"] == 40.0).all()
+    assert teacher["source"].str.startswith(f"{tmp_path / 'fields.csv'}:").all()
+
+
+@pytest.mark.slow
+def test_item10_interrupted_training_resumes_only_from_the_same_inputs(tiny_demo_run, tmp_path, monkeypatch, caplog):
+    from wbc_nnabla import training
+    out, summary = tiny_demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    records = json.loads((copy / "stages.json").read_text())
+    records["train_B"]["done"] = False                       # as if killed after its last checkpoint
+    (copy / "stages.json").write_text(json.dumps(records))
+    calls = []
+    monkeypatch.setattr(training, "train", lambda dataset, o, config=None, resume=False: calls.append(resume))
+    caplog.set_level("INFO")
+    again = pipeline.demo(copy, progress=False, **TINY_DEMO)
+    assert calls == [True] and "skip (complete): train A" in caplog.text
+    assert "skip (complete): predict B" in caplog.text       # the same model.nnp: nothing after it runs again
+    assert again["accuracy6_mean_B"] == summary["accuracy6_mean_B"]
+    assert json.loads((copy / "stages.json").read_text())["train_B"]["done"]

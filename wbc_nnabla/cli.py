@@ -107,7 +107,7 @@ def _cmd_build_dataset(args) -> int:
         args.source, args.out, background=args.background, crop=args.crop, crop_um=args.crop_um,
         pixel_um=args.pixel_um, size=args.size, total=args.total, valid_fraction=args.valid_fraction,
         seed=args.seed, inference=args.inference, locate=args.locate, skip_bad=args.skip_bad,
-        overwrite=args.overwrite, pad_mode=args.pad_mode, progress=not args.no_progress)
+        overwrite=args.overwrite, pad_mode=args.pad_mode, progress=not args.no_progress, dedupe=args.dedupe)
     report = out.report
     print(f"{report['cells']} source cells -> {report['images']} images ({report['mode']}, background "
           f"{report['background']}) in {time.time() - t0:.1f} s")
@@ -118,6 +118,8 @@ def _cmd_build_dataset(args) -> int:
             print(f"  {c:10s} {d['sources']:6d} sources -> train {d['train_images']:6d}  valid {d['valid_images']:6d}")
     for w in report["warnings"]:
         print(f"warning: {w}")
+    if report.get("duplicates_dropped"):
+        print(f"dropped {report['duplicates_dropped']} repeated cell(s) of the source (--dedupe)")
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} bad image(s), listed in {out / 'build_report.md'}")
     print(f"dataset: {out}")
@@ -154,6 +156,9 @@ def _add_datasets(sub) -> None:
     p.add_argument("--pad-mode", choices=("reflect", "constant", "replicate"), default="reflect",
                    help="padding where a crop leaves the image (default reflect)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in the report")
+    p.add_argument("--dedupe", action="store_true",
+                   help="drop cells the source lists twice with the same label and smear, and report how many "
+                        "(default: a repeated cell is an error naming both rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_build_dataset)
@@ -450,7 +455,7 @@ def _print_headline(summary: dict, out) -> None:
           f"{summary['n_smears']} smears; {summary['seconds']:.0f} s")
 
 
-def _overrides(args) -> dict:
+def config_overrides(args) -> dict:
     """The ``reproduce``/``demo`` settings given on the command line (the preset supplies the rest)."""
     from .pipeline import Config
     return {f.name: getattr(args, f.name) for f in _setting_fields(Config) if getattr(args, f.name) is not None}
@@ -460,7 +465,7 @@ def _cmd_reproduce(args) -> int:
     from . import pipeline
     try:
         summary = pipeline.reproduce(args.source, args.out, preset=args.preset, inference=args.inference,
-                                     config_file=args.config, progress=not args.quiet, **_overrides(args))
+                                     config_file=args.config, progress=not args.quiet, **config_overrides(args))
     except ValueError as e:
         raise CLIError(str(e)) from None
     _print_headline(summary, args.out)
@@ -469,7 +474,10 @@ def _cmd_reproduce(args) -> int:
 
 def _cmd_demo(args) -> int:
     from . import pipeline
-    summary = pipeline.demo(args.out, progress=not args.quiet, **_overrides(args))
+    try:
+        summary = pipeline.demo(args.out, progress=not args.quiet, **config_overrides(args))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     _print_headline(summary, args.out)
     return 0
 
@@ -486,7 +494,8 @@ def _add_pipeline(sub) -> None:
     from .pipeline import PRESETS
     p = sub.add_parser("reproduce", help="run the paper's whole study: datasets, Model A/B, scoring, report")
     p.add_argument("source", help="labeled teacher cells (class folders, path,label[,smear] CSV, NNC CSV)")
-    p.add_argument("out", help="output folder (re-running skips complete stages)")
+    p.add_argument("out", help="output folder: new, empty or an earlier reproduce output (re-running skips "
+                               "complete stages and runs again those whose inputs changed)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="paper",
                    help="paper: the paper's settings; recommended: infer at the training scale; demo: minutes on a CPU")
     p.add_argument("--inference", help="labeled inference set; default: a held-out part of SOURCE")
@@ -512,13 +521,18 @@ def _add_settings(group, cls, defaults: bool) -> None:
     The flag's type is the field's (``Optional[X]`` gives ``X``); its help and
     other argparse keywords come from the field's metadata. With ``defaults``
     the field's default is the flag's; without, the flag defaults to None
-    ("not given", e.g. so that a preset decides). Field types: int, float, str or an Optional of one.
+    ("not given", e.g. so that a preset decides). Field types: int, float, str or an Optional of one,
+    or bool (a switch: given means True).
     """
     hints = typing.get_type_hints(cls)
     for f in _setting_fields(cls):
         kind = hints[f.name]
         if typing.get_origin(kind) is typing.Union:            # Optional[X] -> X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
+            group.add_argument("--" + f.name.replace("_", "-"), action="store_true",
+                               default=f.default if defaults else None, **f.metadata[FLAG])
+            continue
         group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default if defaults else None,
                            **f.metadata[FLAG])
 

@@ -546,6 +546,8 @@ def _report_md(report: dict, config: dict) -> str:
              ("" if report["mode"] == "inference" else
               f", total {config['total']}, valid fraction {config['valid_fraction']}"), "",
              f"{report['cells']} source cells -> {report['images']} images", ""]
+    if report.get("duplicates_dropped"):
+        lines += [f"{report['duplicates_dropped']} repeated cell(s) of the source dropped (--dedupe)", ""]
     if report["mode"] == "inference":
         lines += ["| class | cells | images |", "| --- | ---: | ---: |"]
         lines += [f"| {c} | {d['sources']} | {d['images']} |" for c, d in report["classes"].items()]

@@ -300,7 +300,9 @@ def read_labels_csv(path: PathLike) -> pd.DataFrame:
 
     ``label`` may be empty (unlabeled cells, e.g. for prediction). Column
     names are case-insensitive. Errors name the file, the row (1-based line
-    number in the file) and what was expected.
+    number in the file) and what was expected. An optional ``source_row``
+    column names where a row was first listed (``file:row``, as a
+    ``reproduce`` split writes it): errors and manifests then name that row.
     """
     path = Path(path)
     df = _read_csv(path)
@@ -312,7 +314,7 @@ def read_labels_csv(path: PathLike) -> pd.DataFrame:
         raise SourceError(f"{path}: columns x and y go together (cell centre in pixels)")
     rows = []
     for i, rec in enumerate(df.to_dict("records")):
-        where = f"{path}:{i + 2}"
+        where = rec.get("source_row") or f"{path}:{i + 2}"
         if not rec["path"]:
             raise SourceError(f"{where}: empty path")
         label, cat = _label_fields(rec.get("label", ""), where)
