@@ -265,7 +265,7 @@ def _cmd_predict(args) -> int:
     rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
     print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
           f"-> {out} (+ {out.with_suffix('.json').name})")
-    for why in df.attrs["skipped"]:
+    for why in df.attrs.get("skipped", ()):
         print(f"skipped: {why}")
     return 0
 

@@ -452,8 +452,9 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
     Returns the headline summary (also in ``OUT/summary.json``).
     """
     cfg = make_config(preset, config_file, **overrides)
+    tables = read_sources(source, inference, cfg.dedupe)   # bad sources fail before OUT is made
     run = _open_run(Path(out), cfg, source, inference, progress)
-    split = _split_stage(run, source, inference)
+    split = _split_stage(run, tables, source, inference)
     teacher, held = run.out / "split" / "teacher.csv", run.out / "split" / "inference.csv"
     _dataset_stage(run, "dataset_A", teacher, background="remove", size=cfg.train_size, total=cfg.total_a,
                    valid_fraction=cfg.valid_fraction)
@@ -498,10 +499,13 @@ def _open_run(out: Path, cfg: Config, source, inference, progress: bool) -> _Run
     return _Run(out, cfg, records, progress)
 
 
-def _split_stage(run: _Run, source, inference) -> dict:
-    """Stage 0 (:func:`split_source`) unless its record says it split these very cells; returns ``split.json``."""
+def _split_stage(run: _Run, tables: tuple, source, inference) -> dict:
+    """Stage 0 (:func:`split_source`) unless its record says it split these very cells; returns ``split.json``.
+
+    tables: ``(teacher table, inference table or None)`` of :func:`read_sources`.
+    """
     stage = STAGES["split"]
-    table, held = read_sources(source, inference, run.cfg.dedupe)
+    table, held = tables
     made_from = run.made_from(stage, {"source cells": _table_digest(table),
                                       "inference cells": None if held is None else _table_digest(held)})
     if not run.is_complete(stage, made_from):
