@@ -1,4 +1,4 @@
-"""Benchmark of wbc_nnabla.cells: WBC masks, failure shares, localization, throughput.
+"""Benchmark of wbc_nnabla.segmentation: WBC masks, failure shares, localization, throughput.
 
 Run from the repository root:
 
@@ -26,7 +26,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from wbc_nnabla import cells, io  # noqa: E402
+from wbc_nnabla import segmentation, fileio  # noqa: E402
 
 CLASSES = ("Band", "Segment", "Eosinophil", "Basophil", "Mono", "Lymph")
 ZHENG_NAMES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
@@ -36,9 +36,9 @@ def bench_zheng(root: Path) -> None:
     labels = pd.read_csv(root / "labels.csv")
     rows = []
     for image_id, label in zip(labels.iloc[:, 0], labels.iloc[:, 1]):
-        rgb = io.read_rgb(root / f"{int(image_id):03d}.bmp")
-        truth = io.read_rgb(root / f"{int(image_id):03d}.png")[..., 0] > 0
-        m = cells.wbc_mask(rgb)
+        rgb = fileio.read_rgb(root / f"{int(image_id):03d}.bmp")
+        truth = fileio.read_rgb(root / f"{int(image_id):03d}.png")[..., 0] > 0
+        m = segmentation.wbc_mask(rgb)
         rows.append({"id": int(image_id), "class": ZHENG_NAMES.get(int(label), str(label)),
                      "iou": (m & truth).sum() / max(1, (m | truth).sum())})
     df = pd.DataFrame(rows)
@@ -59,8 +59,8 @@ def failure_flags(mask: np.ndarray, nucleus: np.ndarray, label: str) -> dict:
     """Automatic failure measures of one mask (definitions in docs/cells.md)."""
     if not mask.any() or not nucleus.any():
         return {"nucleus_only": True, "red_cell": False, "area_ratio": 0.0, "solidity": 0.0}
-    ratio = mask.sum() / max(1, cells.convex_hull(nucleus).sum())
-    solidity = mask.sum() / max(1, cells.convex_hull(mask).sum())
+    ratio = mask.sum() / max(1, segmentation.convex_hull(nucleus).sum())
+    solidity = mask.sum() / max(1, segmentation.convex_hull(mask).sum())
     nucleus_only = bool(ratio < 1.1) if label in WIDE_CYTOPLASM else np.nan
     return {"nucleus_only": nucleus_only, "red_cell": bool(solidity < 0.9),
             "area_ratio": float(ratio), "solidity": float(solidity)}
@@ -80,14 +80,14 @@ def tile(rgb, mask, nucleus, flags, size=140):
 
 
 def bench_pbc6(root: Path, per_class: int, gallery: Path) -> None:
-    df = io.read_labels_csv(root / "labels.csv")
+    df = fileio.read_labels_csv(root / "labels.csv")
     rows, tiles, seconds, n_timed = [], {c: [] for c in CLASSES}, 0.0, 0
     for c in CLASSES:
         for p in df[df.label == c].path.values[:per_class]:
-            rgb = io.read_rgb(p)
+            rgb = fileio.read_rgb(p)
             t0 = time.perf_counter()
-            mask, nucleus = cells.segment_wbc(rgb)
-            cells.remove_background(rgb, mask)
+            mask, nucleus = segmentation.segment_wbc(rgb)
+            segmentation.remove_background(rgb, mask)
             seconds += time.perf_counter() - t0
             n_timed += 1
             fl = failure_flags(mask, nucleus, c)
@@ -105,7 +105,7 @@ def bench_pbc6(root: Path, per_class: int, gallery: Path) -> None:
     print(f"throughput: segment_wbc + remove_background on pbc6 ~360 px crops: "
           f"{n_timed / seconds:.1f} crops/s ({1000 * seconds / n_timed:.1f} ms/crop, one process)")
     sheet = np.vstack([np.hstack(tiles[c]) for c in CLASSES])
-    io.write_image(gallery, sheet)
+    fileio.write_image(gallery, sheet)
     print(f"gallery: {gallery} ({gallery.stat().st_size / 1e6:.2f} MB; rows {', '.join(CLASSES)}; "
           "green WBC mask, blue nucleus, N = nucleus only, R = red cell included)")
 
@@ -113,10 +113,10 @@ def bench_pbc6(root: Path, per_class: int, gallery: Path) -> None:
 def bench_bccd(root: Path, radius: float = 40.0) -> None:
     hits, inside, t_total = [], [], 0.0
     for xml in sorted((root / "Annotations").glob("*.xml")):
-        boxes = io.read_voc(xml)
-        rgb = io.read_rgb(root / "JPEGImages" / (xml.stem + ".jpg"))
+        boxes = fileio.read_voc(xml)
+        rgb = fileio.read_rgb(root / "JPEGImages" / (xml.stem + ".jpg"))
         t0 = time.perf_counter()
-        c = cells.locate_wbcs(rgb)
+        c = segmentation.locate_wbcs(rgb)
         t_total += time.perf_counter() - t0
         for bx, by in zip(boxes.x, boxes.y):
             hits.append(bool(len(c)) and float(np.min(np.hypot(c[:, 0] - bx, c[:, 1] - by))) <= radius)
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per-class", type=int, default=100, help="pbc6 cells per class (400 = all)")
     ap.add_argument("--gallery", type=Path, default=ROOT / "docs" / "gallery" / "pbc6_masks.png")
     args = ap.parse_args(argv)
-    print("environment:", io.environment())
+    print("environment:", fileio.environment())
     bench_zheng(args.data / "zheng2018-d1")
     bench_pbc6(args.data / "pbc6", args.per_class, args.gallery)
     bench_bccd(args.data / "bccd-fields")

@@ -27,15 +27,15 @@ def main() -> None:
 
     import nnabla as nn
 
-    from wbc_nnabla import classes, gradcam, io, modelfile, models
-    from wbc_nnabla.inference import preprocess
+    from wbc_nnabla import classes, fileio, gradcam, modelfile, models
+    from wbc_nnabla.predictor import preprocess
 
     nn.seed(0)
     with nn.parameter_scope("", OrderedDict()):
         models.resnet(nn.Variable((1, 3, 32, 32)), "resnet18", 6, test=True)
         params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
-    paths = sorted(io.read_cells(io.demo_data())["path"])[: args.images]
-    rgbs = [io.read_rgb(p) for p in paths]
+    paths = sorted(fileio.read_cells(fileio.demo_data())["path"])[: args.images]
+    rgbs = [fileio.read_rgb(p) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "bench.nnp"
         modelfile.save_nnp(model, params, modelfile.model_meta("resnet18", classes.CLASSES6, args.size))

@@ -36,7 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, inference, io  # noqa: E402
+from wbc_nnabla import classes, predictor, fileio  # noqa: E402
 
 PROBS = [f"prob_{c}" for c in classes.CLASSES6]
 
@@ -47,7 +47,7 @@ def load() -> str:
 
 def sample_cells(data: Path, n: int, seed: int) -> pd.DataFrame:
     """``n`` pbc6 cells, stratified by class, in a fixed random order."""
-    df = io.read_cells(data)
+    df = fileio.read_cells(data)
     per = int(np.ceil(n / df["label"].nunique()))
     pick = df.groupby("label", group_keys=False).apply(lambda g: g.sample(min(per, len(g)), random_state=seed))
     return pick.sample(frac=1.0, random_state=seed).head(n).reset_index(drop=True)
@@ -65,7 +65,7 @@ def trained_model(args) -> Path:
     valid = cells.groupby("label", group_keys=False).head(4)
     train = cells.drop(valid.index)
     for name, part in (("train.csv", train), ("valid.csv", valid)):
-        io.write_nnc_csv(ds / name, part["path"], [classes.INDEX6[c] for c in part["label"]])
+        fileio.write_nnc_csv(ds / name, part["path"], [classes.INDEX6[c] for c in part["label"]])
     t0 = time.perf_counter()
     training.train(ds, out, training.TrainConfig(epochs=1, batch_size=16, size=64, pretrained="none",
                                                  max_iterations=args.train_iters, train_eval_limit=32,
@@ -113,7 +113,7 @@ def parity(engines, cells, size, batch_size) -> dict:
     print(f"\n[3] parity on {len(cells)} pbc6 cells at {size} px (nnabla reference; slow on CPU)", flush=True)
     out = {}
     for name in ("nnabla", "opencv", "onnxruntime"):
-        out[name] = inference.predict(engines[name], cells, size=size, batch_size=batch_size, progress=False)
+        out[name] = predictor.predict(engines[name], cells, size=size, batch_size=batch_size, progress=False)
         print(f"  {name:12s}: {out[name].attrs['seconds']:.0f} s ({load()})", flush=True)
     ref = out["nnabla"]
     par = {}
@@ -149,19 +149,19 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WBC_NNABLA_CACHE", str(args.workdir / "onnx-cache"))
-    results = dict(environment=io.environment(), cpu_count=inference.cpu_count(), args=vars(args).copy())
+    results = dict(environment=fileio.environment(), cpu_count=predictor.cpu_count(), args=vars(args).copy())
     results["args"] = {k: str(v) for k, v in results["args"].items()}
-    print(f"wbc_nnabla inference benchmark, {inference.cpu_count()} cores, {load()}")
+    print(f"wbc_nnabla inference benchmark, {predictor.cpu_count()} cores, {load()}")
 
     model = args.model or trained_model(args)
     results["model"] = str(model)
-    engines = {b: inference.load_backend(model, b) for b in ("nnabla", "opencv", "onnxruntime")}
-    auto = inference.load_backend(model, "auto").name
+    engines = {b: predictor.load_backend(model, b) for b in ("nnabla", "opencv", "onnxruntime")}
+    auto = predictor.load_backend(model, "auto").name
     print(f"backend auto -> {auto}")
 
     if "speed" not in args.skip:
         cells = sample_cells(args.data, args.batch_size, seed=2)
-        x = np.stack([inference.load_input(p, args.size) for p in cells["path"]])
+        x = np.stack([predictor.load_input(p, args.size) for p in cells["path"]])
         print(f"\n[1] engine.run on {x.shape} float32 ({len(x)} real cells at {args.size}x{args.size})")
         rows = engine_speed(engines, x, args.repeats, args.chunks)
         ref = next(r["median"] for r in rows if r["backend"] == "nnabla")
@@ -179,21 +179,21 @@ def main(argv=None) -> int:
             link = folder / Path(p).name
             if not link.exists():
                 link.symlink_to(p)
-        paths = [str(p) for p in io.list_images(folder)]
+        paths = [str(p) for p in fileio.list_images(folder)]
         print(f"\n[2] whole predict on a folder of {len(paths)} JPEGs ({args.size} px, batch {args.batch_size})")
         t0 = time.perf_counter()
         for p in paths:
-            inference.load_input(p, args.size)
+            predictor.load_input(p, args.size)
         serial = len(paths) / (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for _ in inference._prefetch(paths, args.size, args.batch_size, workers=min(4, inference.cpu_count() + 1)):
+        for _ in predictor._prefetch(paths, args.size, args.batch_size, workers=min(4, predictor.cpu_count() + 1)):
             pass
         pooled = len(paths) / (time.perf_counter() - t0)
         print(f"  decode+resize only: {serial:.0f} img/s on one thread, {pooled:.0f} img/s with the prefetch pool "
               f"({load()})")
         pred = dict(decode_serial=serial, decode_pool=pooled)
         for name in ("opencv", "onnxruntime"):
-            df = inference.predict(engines[name], folder, size=args.size, batch_size=args.batch_size, progress=False)
+            df = predictor.predict(engines[name], folder, size=args.size, batch_size=args.batch_size, progress=False)
             pred[name] = len(df) / df.attrs["seconds"]
             print(f"  predict() {name:12s}: {pred[name]:6.2f} img/s ({load()})", flush=True)
         out = args.workdir / "pred_cli.csv"

@@ -25,15 +25,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from wbc_nnabla import classes, io, models, training  # noqa: E402
+from wbc_nnabla import classes, fileio, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
 
 def dataset(root: Path, per_class: int) -> Path:
-    df = io.read_cells(io.demo_data())
+    df = fileio.read_cells(fileio.demo_data())
     rows = [i for _, g in df.groupby("label") for i in g.index[:per_class]]
-    io.write_nnc_csv(root / "train.csv", df.path[rows], [classes.index6(v) for v in df.label[rows]])
-    io.write_nnc_csv(root / "valid.csv", df.path[rows[:4]], [classes.index6(v) for v in df.label[rows[:4]]])
+    fileio.write_nnc_csv(root / "train.csv", df.path[rows], [classes.index6(v) for v in df.label[rows]])
+    fileio.write_nnc_csv(root / "valid.csv", df.path[rows[:4]], [classes.index6(v) for v in df.label[rows[:4]]])
     return root
 
 

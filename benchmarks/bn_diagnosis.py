@@ -19,13 +19,13 @@ sys.path.insert(0, str(ROOT))
 
 import nnabla as nn  # noqa: E402
 
-from wbc_nnabla import inference, modelfile, models, training  # noqa: E402
+from wbc_nnabla import predictor, modelfile, models, training  # noqa: E402
 
 B = 32
 
 
 def images(paths, size):
-    return np.stack([inference.load_input(p, size) for p in paths])
+    return np.stack([predictor.load_input(p, size) for p in paths])
 
 
 def accuracy(params, x_valid, y_valid, x_recal, size, test, recalibrate=False):

@@ -23,12 +23,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, inference, io, training  # noqa: E402
+from wbc_nnabla import classes, predictor, fileio, training  # noqa: E402
 
 
 def subset(pbc6: Path, per_train: int, per_valid: int, per_test: int, seed: int):
     """Disjoint stratified train / valid / test cell tables."""
-    df = io.read_cells(pbc6)
+    df = fileio.read_cells(pbc6)
     rng = np.random.default_rng(seed)
     parts = {"train": [], "valid": [], "test": []}
     for _, g in df.groupby("label"):
@@ -66,7 +66,7 @@ def main() -> None:
     ds = args.out / "dataset"
     for name in ("train", "valid"):
         t = parts[name]
-        io.write_nnc_csv(ds / f"{name}.csv", list(t["path"]), [classes.index6(v) for v in t["label"]])
+        fileio.write_nnc_csv(ds / f"{name}.csv", list(t["path"]), [classes.index6(v) for v in t["label"]])
     sizes = sorted({max(32, int(round(args.size * float(f)))) for f in args.scales.split(",")})
     runs = {"magnification 0.9-1.1 (default)": training.Augmentation(),
             "magnification 0.6-1.1 (reaches 2/3)": training.Augmentation(min_scale=0.6)}
@@ -82,14 +82,14 @@ def main() -> None:
                                                          augmentation=aug, progress=False),
                            resume=(run / "checkpoint.json").is_file())
         for s in sizes:
-            pred = inference.predict(run / "model.nnp", parts["test"], size=s, backend="nnabla", progress=False)
+            pred = predictor.predict(run / "model.nnp", parts["test"], size=s, backend="nnabla", progress=False)
             six, five = accuracy(pred)
             rows.append(dict(augmentation=name, train_size=args.size, infer_size=s, accuracy6=round(six, 3),
                              accuracy5=round(five, 3), n_test=len(pred)))
             print(rows[-1], flush=True)
         rows[-1]["train_seconds"] = round(time.perf_counter() - t0, 1)
-    io.write_json(args.out / "scale_check.json", dict(args={k: str(v) for k, v in vars(args).items()},
-                                                      rows=rows, environment=io.environment()))
+    fileio.write_json(args.out / "scale_check.json", dict(args={k: str(v) for k, v in vars(args).items()},
+                                                      rows=rows, environment=fileio.environment()))
     print("\n| augmentation | infer at | 6-class | 5-class |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['augmentation']} | {r['infer_size']} px (train {r['train_size']}) | "

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from wbc_nnabla import datasets, io
+from wbc_nnabla import datasets, fileio
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("source", nargs="?", default=str(io.demo_data()))
+ap.add_argument("source", nargs="?", default=str(fileio.demo_data()))
 ap.add_argument("--work", default="work", help="folder for every step's outputs")
 ap.add_argument("--crop", type=int, default=360, help="crop side in pixels (paper: 750 on 2560x1920 photos)")
 ap.add_argument("--size", type=int, default=64, help="training input side (paper: 480)")
@@ -28,7 +28,7 @@ work = Path(args.work)
 work.mkdir(parents=True, exist_ok=True)
 
 # Hold out a third of the cells (stratified, seeded) as the inference set: they never enter training.
-cells = io.read_cells(args.source)
+cells = fileio.read_cells(args.source)
 held = cells.groupby("label", group_keys=False).sample(frac=1 / 3, random_state=args.seed)
 teacher = cells.drop(index=held.index)
 held = held.assign(smear=[f"S{i % 4 + 1}" for i in range(len(held))])  # four stand-in smears

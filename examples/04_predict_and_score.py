@@ -6,7 +6,7 @@ smear against the human differential (Table 1, mean ± SD over smears, judgement
 import argparse
 from pathlib import Path
 
-from wbc_nnabla import classes, inference, predictions, report, scoring
+from wbc_nnabla import classes, predictions, predictor, report, scoring
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
@@ -17,7 +17,7 @@ work = Path(args.work)
 
 for name in ("A", "B"):
     # Inference at the model's training size (see docs/method.md on the paper's 480/320).
-    preds = inference.predict(work / f"model_{name}" / "model.nnp", work / "dataset_inference" / "cells.csv",
+    preds = predictor.predict(work / f"model_{name}" / "model.nnp", work / "dataset_inference" / "cells.csv",
                               expected_classes=classes.CLASSES6)
     predictions.write_predictions(preds, work / f"predictions_{name}.csv", overwrite=True)
     result = scoring.score(preds, pending_threshold=args.pending_threshold, target_accuracy=0.99)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wbc_nnabla import gradcam, io
+from wbc_nnabla import fileio, gradcam
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
@@ -19,9 +19,9 @@ work = Path(args.work)
 preds = pd.read_csv(work / "predictions_B.csv", keep_default_na=False)
 wrong = preds[(preds["label"] != "") & (preds["label"] != preds["pred6"])]
 cells = (wrong if len(wrong) else preds).head(args.n)
-images = [io.read_rgb(p) for p in cells["path"]]
+images = [fileio.read_rgb(p) for p in cells["path"]]
 explainer = gradcam.GradCAM(work / "model_B" / "model.nnp")
 for (_, row), img, res in zip(cells.iterrows(), images, explainer.explain(images)):
     out = work / "gradcam" / f"{Path(row['path']).stem}.png"
-    io.write_image(out, np.hstack([img, gradcam.overlay(img, res.cam)]))
+    fileio.write_image(out, np.hstack([img, gradcam.overlay(img, res.cam)]))
     print(f"{out}: human {row['label'] or '?'}, AI {row['pred6']}")

@@ -8,8 +8,8 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["errors", "classes", "recipe", "sampling", "io", "cells", "datasets", "models", "pretrained", "modelfile",
-           "training", "checkpoint", "inference", "export", "predictions", "scoring", "report", "gradcam",
+MODULES = ["errors", "classes", "recipe", "sampling", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
+           "training", "checkpoint", "predictor", "export", "predictions", "scoring", "report", "gradcam",
            "reproduce_report", "pipeline", "cli"]
 
 

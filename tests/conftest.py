@@ -34,8 +34,8 @@ def bccd() -> Path:
 
 @pytest.fixture
 def demo_dir() -> Path:
-    from wbc_nnabla import io
-    return io.demo_data()
+    from wbc_nnabla import fileio
+    return fileio.demo_data()
 
 
 #: The tiny demo settings shared by the pipeline tests and the notebook (examples/demo.ipynb

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wbc_nnabla import classes, io
+from wbc_nnabla import classes, fileio
 from wbc_nnabla.classes import CLASSES6
 from wbc_nnabla.predictions import PROB_COLUMNS
 
@@ -24,7 +24,7 @@ from wbc_nnabla.predictions import PROB_COLUMNS
 
 def demo_cells(per_class: int = 2) -> pd.DataFrame:
     """The first ``per_class`` embedded demo cells of each class (a cell table, in the demo's order)."""
-    df = io.read_cells(io.demo_data())
+    df = fileio.read_cells(fileio.demo_data())
     return df.groupby("label", sort=False).head(per_class).reset_index(drop=True)
 
 
@@ -54,13 +54,13 @@ def demo_nnc_dataset(root: Path, n_train: int, n_valid: int) -> Path:
     rows grouped by class (classes in name order); no image is in both.
     """
     root = Path(root)
-    df = io.read_cells(io.demo_data())
+    df = fileio.read_cells(fileio.demo_data())
     tr, va = [], []
     for _, g in df.groupby("label"):
         tr += list(g.index[:n_train])
         va += list(g.index[n_train:n_train + n_valid])
     for name, rows in (("train.csv", tr), ("valid.csv", va)):
-        io.write_nnc_csv(root / name, df.path[rows], [classes.index6(v) for v in df.label[rows]])
+        fileio.write_nnc_csv(root / name, df.path[rows], [classes.index6(v) for v in df.label[rows]])
     return root
 
 

@@ -17,7 +17,7 @@ NNABLA_FREE = ("scoring", "report", "predictions", "classes")
 
 
 def _module_name(path: Path) -> str:
-    """``wbc_nnabla/io.py`` -> ``wbc_nnabla.io``; ``wbc_nnabla/x/__init__.py`` -> ``wbc_nnabla.x``."""
+    """``wbc_nnabla/fileio.py`` -> ``wbc_nnabla.fileio``; ``wbc_nnabla/x/__init__.py`` -> ``wbc_nnabla.x``."""
     parts = (PACKAGE,) + path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -205,9 +205,9 @@ def _private_uses(tree: ast.Module, modules: Set[str]) -> list:
 
 def test_private_name_check_sees_every_form():
     modules = set(_sources())
-    code = ("import wbc_nnabla.io\nfrom wbc_nnabla import cells, gradcam as g, __version__\n"
-            "from wbc_nnabla.io import _umask, read_rgb\n"
-            "cells._hull(m); g.upsample_map(r); wbc_nnabla.io._umask(); read_rgb._x; cells.GALLERY_TILE\n"
+    code = ("import wbc_nnabla.fileio\nfrom wbc_nnabla import cells, gradcam as g, __version__\n"
+            "from wbc_nnabla.fileio import _umask, read_rgb\n"
+            "cells._hull(m); g.upsample_map(r); wbc_nnabla.fileio._umask(); read_rgb._x; cells.GALLERY_TILE\n"
             "getattr(cells, '_radius'); monkeypatch.setattr('wbc_nnabla.export._prune', f)\n")
     found = {f.split(": ", 1)[1] for f in _private_uses(ast.parse(code), modules)}
     # (PACKAGE + "..." rather than one string: this file is checked too)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from helpers import demo_labels_csv
-from wbc_nnabla import classes, datasets, io
+from wbc_nnabla import classes, datasets, fileio
 from wbc_nnabla.cli import main
 
 SMALL = dict(size=32, progress=False)
@@ -194,11 +194,11 @@ def test_missing_and_corrupt_images_stop_or_are_skipped(tmp_path):
     df.loc[len(df)] = [str(tmp_path / "src" / "missing.png"), "Lymph", ""]
     df.loc[len(df)] = [str(bad), "Mono", ""]
     df.to_csv(src, index=False)
-    with pytest.raises(io.ImageReadError, match="missing.png"):
+    with pytest.raises(fileio.ImageReadError, match="missing.png"):
         datasets.build_dataset(src, tmp_path / "ds", background="keep", total=24, **SMALL)
     assert not (tmp_path / "ds").exists()
     df.drop(index=len(df) - 2).to_csv(src, index=False)
-    with pytest.raises(io.ImageReadError, match="corrupt.jpg"):
+    with pytest.raises(fileio.ImageReadError, match="corrupt.jpg"):
         datasets.build_dataset(src, tmp_path / "ds", background="keep", total=24, **SMALL)
     df.to_csv(src, index=False)
     out = datasets.build_dataset(src, tmp_path / "ds", background="keep", total=24, skip_bad=True, **SMALL)
@@ -211,7 +211,7 @@ def test_missing_and_corrupt_images_stop_or_are_skipped(tmp_path):
 def test_refuses_bad_outputs_and_sources(tmp_path):
     src = demo_labels_csv(tmp_path, per_class=1)
     image_dir = Path(pd.read_csv(src)["path"][0]).parent  # the folders of the listed images are sources too
-    with pytest.raises(io.SourceError, match="inside the source folder"):
+    with pytest.raises(fileio.SourceError, match="inside the source folder"):
         datasets.build_dataset(src, image_dir / "out", background="keep", **SMALL)
     assert not (image_dir / "out").exists()
     (tmp_path / "exists").mkdir()
@@ -224,16 +224,16 @@ def test_refuses_bad_outputs_and_sources(tmp_path):
     with pytest.raises(FileExistsError, match="not a build-dataset output"):
         datasets.build_dataset(src, tmp_path / "other", background="keep", total=12, overwrite=True, **SMALL)
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
-    with pytest.raises(io.SourceError, match="contains the source"):
+    with pytest.raises(fileio.SourceError, match="contains the source"):
         datasets.build_dataset(src, tmp_path, background="keep", total=12, overwrite=True, **SMALL)
     assert src.is_file()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(io.SourceError, match="no images"):
+    with pytest.raises(fileio.SourceError, match="no images"):
         datasets.build_dataset(tmp_path / "empty", tmp_path / "o2", background="keep", **SMALL)
     unl = tmp_path / "unl" / "unl.csv"
     unl.parent.mkdir()
     pd.DataFrame({"path": [pd.read_csv(src)["path"][0]], "label": [""]}).to_csv(unl, index=False)
-    with pytest.raises(io.SourceError, match="six-class label"):
+    with pytest.raises(fileio.SourceError, match="six-class label"):
         datasets.build_dataset(unl, tmp_path / "o3", background="keep", **SMALL)
     with pytest.raises(ValueError, match="background"):
         datasets.build_dataset(src, tmp_path / "o4", background="none", **SMALL)
@@ -242,7 +242,7 @@ def test_refuses_bad_outputs_and_sources(tmp_path):
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     src = demo_labels_csv(tmp_path, per_class=2)
     calls = {"n": 0}
-    real = io.write_image
+    real = fileio.write_image
 
     def failing(path, rgb, *a, **k):
         calls["n"] += 1
@@ -261,7 +261,7 @@ def test_field_crops_at_centres_record_padding(tmp_path):
     rgb[40:60, 50:70] = (90, 40, 140)
     field = tmp_path / "src" / "field.png"
     field.parent.mkdir()
-    io.write_image(field, rgb)
+    fileio.write_image(field, rgb)
     pd.DataFrame({"path": ["field.png"] * 2, "label": ["", ""], "smear": ["S1", "S1"],
                   "x": [60, 5], "y": [50, 95]}).to_csv(tmp_path / "src" / "cells.csv", index=False)
     out = datasets.build_dataset(tmp_path / "src" / "cells.csv", tmp_path / "inf", inference=True, crop=40,
@@ -272,13 +272,13 @@ def test_field_crops_at_centres_record_padding(tmp_path):
     assert int(m.loc[0, "pad_top"]) + int(m.loc[0, "pad_left"]) == 0
     assert int(m.loc[1, "pad_left"]) == 15 and int(m.loc[1, "pad_bottom"]) == 15
     assert (m["background"] == "keep").all()
-    cells = io.read_cells(out / "cells.csv")
+    cells = fileio.read_cells(out / "cells.csv")
     assert list(cells["smear"]) == ["S1", "S1"] and list(cells["label"]) == ["", ""]
-    assert io.read_rgb(cells["path"][0]).shape == (20, 20, 3)
+    assert fileio.read_rgb(cells["path"][0]).shape == (20, 20, 3)
     assert list(pd.read_csv(out / "test.csv").columns) == ["x:image"]
     pd.DataFrame({"path": ["field.png"], "label": [""], "x": [500], "y": [5]}).to_csv(
         tmp_path / "src" / "far.csv", index=False)
-    with pytest.raises(io.SourceError, match=r"far.csv:2: cell centre \(500, 5\) lies outside"):
+    with pytest.raises(fileio.SourceError, match=r"far.csv:2: cell centre \(500, 5\) lies outside"):
         datasets.build_dataset(tmp_path / "src" / "far.csv", tmp_path / "inf2", inference=True, crop=40,
                                size=20, progress=False)
 
@@ -287,7 +287,7 @@ def test_inference_set_keeps_smear_and_loads(tmp_path):
     src = demo_labels_csv(tmp_path, per_class=1, smears=True)
     out = datasets.build_dataset(src, tmp_path / "inf", inference=True, size=24, progress=False)
     assert not (out / "train.csv").exists()
-    cells = io.read_cells(out / "cells.csv")
+    cells = fileio.read_cells(out / "cells.csv")
     assert len(cells) == 6 and set(cells["smear"]) == {"S0"}
     assert list(cells["label"]) == list(pd.read_csv(src)["label"])
     from nnabla.utils.data_iterator import data_iterator_csv_dataset
@@ -308,11 +308,11 @@ def test_voc_folder_gives_unlabeled_cells_at_box_centres(tmp_path, bccd):
     for name in ("BloodImage_00000", "BloodImage_00001"):
         shutil.copy(bccd / "Annotations" / f"{name}.xml", voc / "Annotations")
         shutil.copy(bccd / "JPEGImages" / f"{name}.jpg", voc / "JPEGImages")
-    table = io.read_cells(voc)
+    table = fileio.read_cells(voc)
     assert len(table) >= 2 and (table["label"] == "").all() and table["x"].notna().all()
     out = datasets.build_dataset(voc, tmp_path / "inf", inference=True, crop=200, size=32, progress=False)
-    assert len(io.read_cells(out / "cells.csv")) == len(table)
-    with pytest.raises(io.SourceError, match="--inference"):
+    assert len(fileio.read_cells(out / "cells.csv")) == len(table)
+    with pytest.raises(fileio.SourceError, match="--inference"):
         datasets.build_dataset(voc, tmp_path / "teach", background="keep", crop=200, **SMALL)
 
 
@@ -320,7 +320,7 @@ def test_single_cell_crop_is_centred_square_of_shorter_side(tmp_path):
     src = demo_labels_csv(tmp_path, per_class=1)
     out = datasets.build_dataset(src, tmp_path / "a", inference=True, crop=750, size=32, progress=False)
     m = _manifest(out)
-    h, w = io.read_rgb(m["source_path"][0]).shape[:2]
+    h, w = fileio.read_rgb(m["source_path"][0]).shape[:2]
     s = min(h, w)
     assert int(m["crop_px"][0]) == s
     assert [int(m[c][0]) for c in ("box_x0", "box_y0")] == [(w - s) // 2, (h - s) // 2]
@@ -356,12 +356,12 @@ def test_locate_wbcs_in_fields_without_centres(tmp_path, bccd):
     fields = tmp_path / "fields"
     fields.mkdir()
     shutil.copy(bccd / "JPEGImages" / "BloodImage_00000.jpg", fields)
-    io.write_image(fields / "blank.png", np.full((120, 160, 3), 235, np.uint8))
+    fileio.write_image(fields / "blank.png", np.full((120, 160, 3), 235, np.uint8))
     out = datasets.build_dataset(fields, tmp_path / "loc", inference=True, locate=True, crop=200, size=32,
                                  progress=False)
     m = _manifest(out)
     assert (m["kind"] == "located").all() and len(m) >= 1
-    box = io.read_cells(bccd).iloc[0]  # the WBC box of BloodImage_00000 (VOC centre)
+    box = fileio.read_cells(bccd).iloc[0]  # the WBC box of BloodImage_00000 (VOC centre)
     xy = m[["cell_x", "cell_y"]].astype(float).to_numpy()
     assert (np.hypot(xy[:, 0] - box["x"], xy[:, 1] - box["y"]) < 60).any(), (xy, box)
     rep = json.loads((out / "build_report.json").read_text())

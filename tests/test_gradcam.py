@@ -18,7 +18,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import classes, gradcam, io, modelfile, models  # noqa: E402
+from wbc_nnabla import classes, gradcam, fileio, modelfile, models  # noqa: E402
 from wbc_nnabla.cli import main  # noqa: E402
 
 SIZE = 64            # training / model input size (pixels)
@@ -246,8 +246,8 @@ def test_write_overlays_plain_and_side_by_side(tmp_path, cam):
     """One writer for the command (overlay + map) and the reproduce report (image | overlay, enlarged)."""
     small = tmp_path / "in" / "small.png"                       # 40 px: enlarged to min_side
     big = tmp_path / "in" / "big.png"
-    io.write_image(small, scene(40, (20, 20)))
-    io.write_image(big, scene(200, (60, 90)))
+    fileio.write_image(small, scene(40, (20, 20)))
+    fileio.write_image(big, scene(200, (60, 90)))
     recs = gradcam.write_overlays(cam, [small, big], tmp_path / "plain", alpha=0.5)
     assert [r["overlay"] for r in recs] == ["small_gradcam.png", "big_gradcam.png"]
     assert list(recs[0]) == ["path", "overlay", "cam", "predicted", "probability", "class", "class_probability"]
@@ -263,7 +263,7 @@ def test_write_overlays_plain_and_side_by_side(tmp_path, cam):
     assert "cam" not in recs[0] and recs[1]["class"] == recs[1]["predicted"]
     pair = cv2.imread(str(tmp_path / "pair" / "s_gradcam.png"))[:, :, ::-1]
     assert pair.shape == (192, 384, 3)
-    np.testing.assert_array_equal(pair[:, :192], io.resize_square(scene(40, (20, 20)), 192))
+    np.testing.assert_array_equal(pair[:, :192], fileio.resize_square(scene(40, (20, 20)), 192))
     assert cv2.imread(str(tmp_path / "pair" / "b_gradcam.png")).shape == (200, 400, 3)   # not enlarged
     with pytest.raises(ValueError, match="1 stems for 2 images"):
         gradcam.write_overlays(cam, [small, big], tmp_path / "x", stems=["s"])

@@ -18,7 +18,7 @@ import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from wbc_nnabla import classes, cli, io, modelfile, models  # noqa: E402
+from wbc_nnabla import classes, cli, fileio, modelfile, models  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     inp, out = root / "inputs", root / "outputs"
     good = inp / "good"
-    demo = io.read_cells(io.demo_data())
+    demo = fileio.read_cells(fileio.demo_data())
     rows = []
     for c in classes.CLASSES6:
         for p in demo.loc[demo["label"] == c, "path"].head(2):
@@ -87,7 +87,7 @@ def world(tmp_path_factory):
     p.iloc[:4].to_csv(preds / "fewer_cells.csv", index=False)
     ds = inp / "dataset_no_valid"
     ds.mkdir()
-    io.write_nnc_csv(ds / "train.csv", [r[0] for r in rows], [classes.index6(r[1]) for r in rows])
+    fileio.write_nnc_csv(ds / "train.csv", [r[0] for r in rows], [classes.index6(r[1]) for r in rows])
     (inp / "a_file").write_text("a regular file where a folder is expected\n")
     out.mkdir()
     return inp, out

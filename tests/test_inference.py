@@ -13,8 +13,8 @@ import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
 from helpers import demo_cells  # noqa: E402
-from wbc_nnabla import CLASSES6, cli, classes, io, modelfile, models, predictions  # noqa: E402
-from wbc_nnabla import inference as inf  # noqa: E402
+from wbc_nnabla import CLASSES6, cli, classes, fileio, modelfile, models, predictions  # noqa: E402
+from wbc_nnabla import predictor as inf  # noqa: E402
 from wbc_nnabla.export import export_onnx  # noqa: E402
 from wbc_nnabla.modelfile import ModelError  # noqa: E402
 
@@ -104,7 +104,7 @@ def test_predict_demo_columns_and_probabilities(tiny):
 
 def test_size_override_warns(tiny, caplog):
     cells = demo_cells(1)
-    with caplog.at_level(logging.WARNING, logger="wbc_nnabla.inference"):
+    with caplog.at_level(logging.WARNING, logger="wbc_nnabla.predictor"):
         df = inf.predict(tiny, cells, size=48, backend="onnxruntime", progress=False)
     assert df.attrs["size"] == 48
     assert any("trained at 32 px" in r.getMessage() for r in caplog.records)
@@ -144,7 +144,7 @@ def test_inputs_csv_folder_and_inference_dataset(tiny, tmp_path):
     df4 = inf.predict(engine, tmp_path / "smears", progress=False)
     assert sorted(set(df4["smear"])) == ["smear01", "smear02"] and (df4["label"] == "").all()
     # a class-folder tree (the demo data)
-    df5 = inf.predict(engine, io.demo_data(), batch_size=64, progress=False)
+    df5 = inf.predict(engine, fileio.demo_data(), batch_size=64, progress=False)
     assert len(df5) == 120 and set(df5["label"]) == set(CLASSES6)
 
 
@@ -246,7 +246,7 @@ def test_bad_models_and_args(tiny, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
     pd.DataFrame({"path": [str(bad)], "label": [""]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(io.ImageReadError, match="bad.jpg"):
+    with pytest.raises(fileio.ImageReadError, match="bad.jpg"):
         inf.predict(tiny, tmp_path / "bad.csv", backend="onnxruntime", progress=False)
 
 
@@ -300,6 +300,6 @@ def test_cli_errors(tiny, tmp_path, capsys):
     assert cli.main(["export", str(junk), "--onnx", str(tmp_path / "j.onnx")]) == 2
     assert "junk.nnp" in capsys.readouterr().err
     # outputs never go inside the cells' source folder
-    assert cli.main(["predict", str(tiny), str(io.demo_data()), str(io.demo_data() / "p.csv")]) == 2
+    assert cli.main(["predict", str(tiny), str(fileio.demo_data()), str(fileio.demo_data() / "p.csv")]) == 2
     assert "inside the source folder" in capsys.readouterr().err
-    assert not (io.demo_data() / "p.csv").exists()
+    assert not (fileio.demo_data() / "p.csv").exists()

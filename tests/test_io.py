@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wbc_nnabla import io
+from wbc_nnabla import fileio
 from wbc_nnabla.classes import CLASSES6, LabelError
 
 
@@ -22,7 +22,7 @@ def test_read_rgb_formats_return_rgb_uint8(tmp_path, suffix):
     bgr = _bgr()
     p = tmp_path / f"a{suffix}"
     cv2.imwrite(str(p), bgr)
-    rgb = io.read_rgb(p)
+    rgb = fileio.read_rgb(p)
     assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3)
     if suffix != ".jpg":  # lossless: exact channel swap
         assert np.array_equal(rgb, bgr[:, :, ::-1])
@@ -31,24 +31,24 @@ def test_read_rgb_formats_return_rgb_uint8(tmp_path, suffix):
 def test_read_rgb_grayscale_rgba_16bit(tmp_path):
     gray = np.arange(320, dtype=np.uint8).reshape(16, 20)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
-    g = io.read_rgb(tmp_path / "g.png")
+    g = fileio.read_rgb(tmp_path / "g.png")
     assert g.shape == (16, 20, 3) and np.array_equal(g[:, :, 0], gray) and np.array_equal(g[:, :, 2], gray)
 
     bgra = np.dstack([_bgr(), np.full((20, 30), 128, np.uint8)])
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
-    a = io.read_rgb(tmp_path / "a.png")
+    a = fileio.read_rgb(tmp_path / "a.png")
     assert a.shape == (20, 30, 3) and np.array_equal(a, bgra[:, :, 2::-1])
 
     b16 = (np.arange(960, dtype=np.uint16).reshape(16, 20, 3) * 60)
     cv2.imwrite(str(tmp_path / "d.png"), b16)
-    d = io.read_rgb(tmp_path / "d.png")
+    d = fileio.read_rgb(tmp_path / "d.png")
     assert d.dtype == np.uint8
     assert np.array_equal(d, np.round(b16[:, :, ::-1] / 257.0).astype(np.uint8))
 
 
 def test_read_rgb_missing_file_names_it(tmp_path):
-    with pytest.raises(io.ImageReadError, match="nope.jpg"):
-        io.read_rgb(tmp_path / "nope.jpg")
+    with pytest.raises(fileio.ImageReadError, match="nope.jpg"):
+        fileio.read_rgb(tmp_path / "nope.jpg")
 
 
 @pytest.mark.parametrize("name, message", [("t.jpg", "truncated"), ("t.png", "t.png")])
@@ -57,23 +57,23 @@ def test_read_rgb_truncated_file(tmp_path, name, message):
     cv2.imwrite(str(p), _bgr(64, 64))
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(io.ImageReadError, match=message):
-        io.read_rgb(p)
+    with pytest.raises(fileio.ImageReadError, match=message):
+        fileio.read_rgb(p)
 
 
 def test_read_rgb_not_an_image_and_empty(tmp_path):
     (tmp_path / "x.jpg").write_text("hello, not a JPEG")
-    with pytest.raises(io.ImageReadError, match="not a readable image"):
-        io.read_rgb(tmp_path / "x.jpg")
+    with pytest.raises(fileio.ImageReadError, match="not a readable image"):
+        fileio.read_rgb(tmp_path / "x.jpg")
     (tmp_path / "e.png").write_bytes(b"")
-    with pytest.raises(io.ImageReadError, match="empty"):
-        io.read_rgb(tmp_path / "e.png")
+    with pytest.raises(fileio.ImageReadError, match="empty"):
+        fileio.read_rgb(tmp_path / "e.png")
 
 
 def test_write_image_roundtrip(tmp_path):
     rgb = _bgr()
-    io.write_image(tmp_path / "sub" / "o.png", rgb)
-    assert np.array_equal(io.read_rgb(tmp_path / "sub" / "o.png"), rgb)
+    fileio.write_image(tmp_path / "sub" / "o.png", rgb)
+    assert np.array_equal(fileio.read_rgb(tmp_path / "sub" / "o.png"), rgb)
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name.startswith(".")]
 
 
@@ -89,8 +89,8 @@ def _class_tree(root: Path, names=("BNE", "lymphocyte", "Mono")):
 
 
 def test_read_class_folders(tmp_path):
-    df = io.read_class_folders(_class_tree(tmp_path / "src"))
-    assert list(df.columns) == list(io.CELL_COLUMNS)
+    df = fileio.read_class_folders(_class_tree(tmp_path / "src"))
+    assert list(df.columns) == list(fileio.CELL_COLUMNS)
     assert sorted(df["label"].unique()) == ["Band", "Lymph", "Mono"]
     assert len(df) == 6 and all(Path(p).is_absolute() for p in df["path"])
 
@@ -98,14 +98,14 @@ def test_read_class_folders(tmp_path):
 def test_read_class_folders_unknown_folder_is_named(tmp_path):
     _class_tree(tmp_path / "src", names=("Band", "Blasts"))
     with pytest.raises(LabelError, match="Blasts"):
-        io.read_class_folders(tmp_path / "src")
+        fileio.read_class_folders(tmp_path / "src")
 
 
 def test_read_labels_csv_relative_paths_smear_xy(tmp_path):
     _class_tree(tmp_path / "src")
     (tmp_path / "src" / "cells.csv").write_text(
         "path,label,smear,x,y\nBNE/0.png,band neutrophil,S1,10,12\nMono/1.png,MO,S2,,\n")
-    df = io.read_labels_csv(tmp_path / "src" / "cells.csv")
+    df = fileio.read_labels_csv(tmp_path / "src" / "cells.csv")
     assert list(df["label"]) == ["Band", "Mono"]
     assert list(df["smear"]) == ["S1", "S2"]
     assert df["x"].iloc[0] == 10 and np.isnan(df["x"].iloc[1])
@@ -116,13 +116,13 @@ def test_read_labels_csv_errors_name_file_and_row(tmp_path):
     p = tmp_path / "c.csv"
     p.write_text("path,label\na.png,Band\nb.png,Myelocyte\n")
     with pytest.raises(LabelError, match=r"c\.csv:3"):
-        io.read_labels_csv(p)
+        fileio.read_labels_csv(p)
     p.write_text("file,label\na.png,Band\n")
-    with pytest.raises(io.SourceError, match="missing column 'path'"):
-        io.read_labels_csv(p)
+    with pytest.raises(fileio.SourceError, match="missing column 'path'"):
+        fileio.read_labels_csv(p)
     p.write_text("path,label,x,y\na.png,Band,ten,3\n")
-    with pytest.raises(io.SourceError, match=r"c\.csv:2.*column x"):
-        io.read_labels_csv(p)
+    with pytest.raises(fileio.SourceError, match=r"c\.csv:2.*column x"):
+        fileio.read_labels_csv(p)
 
 
 def test_nnc_csv_round_trip_and_nnabla_iterator(tmp_path):
@@ -131,16 +131,16 @@ def test_nnc_csv_round_trip_and_nnabla_iterator(tmp_path):
     imgs, labels = [], []
     for i in range(6):
         p = tmp_path / "images" / f"{i}.png"
-        io.write_image(p, np.full((8, 8, 3), i * 40, np.uint8))
+        fileio.write_image(p, np.full((8, 8, 3), i * 40, np.uint8))
         imgs.append(p)
         labels.append(i)
-    csv = io.write_nnc_csv(tmp_path / "train.csv", imgs, labels)
+    csv = fileio.write_nnc_csv(tmp_path / "train.csv", imgs, labels)
     assert csv.read_text().splitlines()[0] == "x:image,y:label"
     assert csv.read_text().splitlines()[1] == "images/0.png,0"
 
-    df = io.read_nnc_csv(csv)
+    df = fileio.read_nnc_csv(csv)
     assert list(df["label"]) == list(CLASSES6)
-    assert io.read_cells(csv)["label"].tolist() == list(CLASSES6)
+    assert fileio.read_cells(csv)["label"].tolist() == list(CLASSES6)
 
     it = data_iterator_csv_dataset(str(csv), batch_size=6, shuffle=False, normalize=False)
     try:
@@ -155,26 +155,26 @@ def test_nnc_csv_round_trip_and_nnabla_iterator(tmp_path):
 def test_read_nnc_csv_bad_index(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("x:image,y:label\na.png,9\n")
-    with pytest.raises(io.SourceError, match=r"t\.csv:2.*class index 0-5"):
-        io.read_nnc_csv(p)
+    with pytest.raises(fileio.SourceError, match=r"t\.csv:2.*class index 0-5"):
+        fileio.read_nnc_csv(p)
 
 
 def test_read_cells_dispatch(tmp_path, demo_dir):
     _class_tree(tmp_path / "tree")
-    assert len(io.read_cells(tmp_path / "tree")) == 6
-    demo = io.read_cells(demo_dir)  # folder holding labels.csv
+    assert len(fileio.read_cells(tmp_path / "tree")) == 6
+    demo = fileio.read_cells(demo_dir)  # folder holding labels.csv
     assert len(demo) == 120
     assert demo["label"].value_counts().to_dict() == {c: 20 for c in CLASSES6}
     assert all(os.path.isfile(p) for p in demo["path"])
-    with pytest.raises(io.SourceError, match="no such file or folder"):
-        io.read_cells(tmp_path / "missing")
+    with pytest.raises(fileio.SourceError, match="no such file or folder"):
+        fileio.read_cells(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(io.SourceError, match="no images"):
-        io.read_cells(tmp_path / "empty")
+    with pytest.raises(fileio.SourceError, match="no images"):
+        fileio.read_cells(tmp_path / "empty")
 
 
 def test_shared_pbc6_reads(pbc6):
-    df = io.read_cells(pbc6)
+    df = fileio.read_cells(pbc6)
     assert len(df) == 2400
     assert df["label"].value_counts().to_dict() == {c: 400 for c in CLASSES6}
 
@@ -185,23 +185,23 @@ def test_shared_pbc6_reads(pbc6):
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
-        with io.atomic_dir(out) as tmp:
+        with fileio.atomic_dir(out) as tmp:
             (tmp / "half.txt").write_text("x")
             raise RuntimeError("interrupted")
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    with io.atomic_dir(out) as tmp:
+    with fileio.atomic_dir(out) as tmp:
         (tmp / "done.txt").write_text("x")
     assert (out / "done.txt").exists()
     with pytest.raises(FileExistsError):
-        with io.atomic_dir(out):
+        with fileio.atomic_dir(out):
             pass
 
 
 def test_check_not_inside(tmp_path):
     (tmp_path / "src").mkdir()
-    with pytest.raises(io.SourceError, match="inside the source"):
-        io.check_not_inside(tmp_path / "src" / "out", [tmp_path / "src"])
-    io.check_not_inside(tmp_path / "out", [tmp_path / "src"])
+    with pytest.raises(fileio.SourceError, match="inside the source"):
+        fileio.check_not_inside(tmp_path / "src" / "out", [tmp_path / "src"])
+    fileio.check_not_inside(tmp_path / "out", [tmp_path / "src"])
 
 
 def test_demo_data_attribution_ships(demo_dir):
@@ -216,19 +216,19 @@ def test_jpeg_cut_with_end_marker_put_back_is_corrupt(tmp_path, demo_dir):
     """A JPEG cut to a third with FF D9 re-appended decodes two-thirds grey: refused, file named."""
     data = next(demo_dir.rglob("*.jpg")).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3] + b"\xff\xd9")
-    with pytest.raises(io.ImageReadError, match=r"cut\.jpg: corrupt JPEG data .*premature end"):
-        io.read_rgb(tmp_path / "cut.jpg")
+    with pytest.raises(fileio.ImageReadError, match=r"cut\.jpg: corrupt JPEG data .*premature end"):
+        fileio.read_rgb(tmp_path / "cut.jpg")
     (tmp_path / "ok.jpg").write_bytes(data)
-    assert io.read_rgb(tmp_path / "ok.jpg").shape[2] == 3
+    assert fileio.read_rgb(tmp_path / "ok.jpg").shape[2] == 3
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (15, 200), (200, 8)])
 def test_images_below_the_minimum_side_are_refused(tmp_path, shape):
     p = tmp_path / "tiny.png"
     cv2.imwrite(str(p), np.full(shape + (3,), 200, np.uint8))
-    with pytest.raises(io.ImageReadError, match=r"tiny\.png: image too small .*at least 16 px"):
-        io.read_rgb(p)
-    assert io.read_rgb(p, min_side=1).shape == shape + (3,)
+    with pytest.raises(fileio.ImageReadError, match=r"tiny\.png: image too small .*at least 16 px"):
+        fileio.read_rgb(p)
+    assert fileio.read_rgb(p, min_side=1).shape == shape + (3,)
 
 
 def _labels_csv(path, rows):
@@ -239,58 +239,58 @@ def _labels_csv(path, rows):
 def test_duplicate_cells_are_an_error_naming_both_rows(tmp_path, demo_dir):
     imgs = sorted(demo_dir.rglob("*.jpg"))[:3]
     csv = _labels_csv(tmp_path / "dup.csv", [(imgs[0], "Band"), (imgs[1], "Lymph"), (imgs[0], "Band")])
-    with pytest.raises(io.SourceError, match=r"dup\.csv:2 and .*dup\.csv:4 list the same cell .* twice.*--dedupe"):
-        io.read_cells(csv)
-    t = io.read_cells(csv, dedupe=True)
+    with pytest.raises(fileio.SourceError, match=r"dup\.csv:2 and .*dup\.csv:4 list the same cell .* twice.*--dedupe"):
+        fileio.read_cells(csv)
+    t = fileio.read_cells(csv, dedupe=True)
     assert len(t) == 2 and t.attrs["duplicates_dropped"] == 1
     # the same image under another spelling of its path is the same cell
     other = tmp_path / "sub"
     other.mkdir()
     rel = os.path.relpath(imgs[0], other)
     csv2 = _labels_csv(other / "rel.csv", [(imgs[0], "Band"), (rel, "Band")])
-    with pytest.raises(io.SourceError, match="twice"):
-        io.read_cells(csv2)
+    with pytest.raises(fileio.SourceError, match="twice"):
+        fileio.read_cells(csv2)
     conflict = _labels_csv(tmp_path / "two_labels.csv", [(imgs[0], "Band"), (imgs[0], "Segment")])
     for dedupe in (False, True):
-        with pytest.raises(io.SourceError, match=r"different labels.*Band.*Segment"):
-            io.read_cells(conflict, dedupe=dedupe)
+        with pytest.raises(fileio.SourceError, match=r"different labels.*Band.*Segment"):
+            fileio.read_cells(conflict, dedupe=dedupe)
 
 
 def test_nnc_folder_with_a_cell_in_both_splits_is_refused(tmp_path, demo_dir):
     imgs = sorted(demo_dir.rglob("*.jpg"))[:3]
-    io.write_nnc_csv(tmp_path / "train.csv", imgs[:2], [0, 1])
-    io.write_nnc_csv(tmp_path / "valid.csv", imgs[1:], [1, 2])
-    with pytest.raises(io.SourceError, match=r"train\.csv:3 and .*valid\.csv:2 list the same cell"):
-        io.read_cells(tmp_path)
+    fileio.write_nnc_csv(tmp_path / "train.csv", imgs[:2], [0, 1])
+    fileio.write_nnc_csv(tmp_path / "valid.csv", imgs[1:], [1, 2])
+    with pytest.raises(fileio.SourceError, match=r"train\.csv:3 and .*valid\.csv:2 list the same cell"):
+        fileio.read_cells(tmp_path)
 
 
 def test_source_kind_is_one_rule(tmp_path, demo_dir):
-    assert io.source_kind(demo_dir) == "labels-folder"
-    assert io.source_kind(demo_dir / "labels.csv") == "labels-csv"
+    assert fileio.source_kind(demo_dir) == "labels-folder"
+    assert fileio.source_kind(demo_dir / "labels.csv") == "labels-csv"
     _class_tree(tmp_path / "tree")
-    assert io.source_kind(tmp_path / "tree") == "class-folders"
+    assert fileio.source_kind(tmp_path / "tree") == "class-folders"
     smears = tmp_path / "smears"
     for s in ("S01", "S02"):
         (smears / s).mkdir(parents=True)
         cv2.imwrite(str(smears / s / "a.png"), _bgr())
-    assert io.source_kind(smears) == "smear-folders"
-    t = io.read_cells(smears)
+    assert fileio.source_kind(smears) == "smear-folders"
+    t = fileio.read_cells(smears)
     assert sorted(t["smear"]) == ["S01", "S02"] and (t["label"] == "").all()
     flat = tmp_path / "flat"
     flat.mkdir()
     cv2.imwrite(str(flat / "a.png"), _bgr())
-    assert io.source_kind(flat) == "image-folder"
+    assert fileio.source_kind(flat) == "image-folder"
     (flat / "Band").mkdir()
     cv2.imwrite(str(flat / "Band" / "b.png"), _bgr())
-    with pytest.raises(io.SourceError, match="holds images and also sub-folders"):
-        io.read_cells(flat)
+    with pytest.raises(fileio.SourceError, match="holds images and also sub-folders"):
+        fileio.read_cells(flat)
     (smears / "Band").mkdir()
     cv2.imwrite(str(smears / "Band" / "b.png"), _bgr())
     with pytest.raises(LabelError, match="'S01' is not a class name"):
-        io.read_cells(smears)
+        fileio.read_cells(smears)
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(io.SourceError, match="must be a .csv"):
-        io.read_cells(tmp_path / "notes.txt")
+    with pytest.raises(fileio.SourceError, match="must be a .csv"):
+        fileio.read_cells(tmp_path / "notes.txt")
 
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
@@ -308,70 +308,70 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     live.mkdir()
     other = tmp_path / ".unrelated.tmp"
     other.write_text("x")
-    with io.atomic_dir(tmp_path / "out") as t:
+    with fileio.atomic_dir(tmp_path / "out") as t:
         (t / "a.txt").write_text("a")
-    io.write_text(tmp_path / "curve.csv", "x")
+    fileio.write_text(tmp_path / "curve.csv", "x")
     assert not stale_dir.exists() and not stale_file.exists()
     assert live.exists() and other.exists() and (tmp_path / "out" / "a.txt").exists()
 
 
 def test_check_output_replaces_only_its_own_folder_and_never_an_input(tmp_path):
     out = tmp_path / "score"
-    io.check_output(out, "score", overwrite=False)                       # missing: fine
+    fileio.check_output(out, "score", overwrite=False)                       # missing: fine
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="already exists"):
-        io.check_output(out, "score", overwrite=False)
+        fileio.check_output(out, "score", overwrite=False)
     with pytest.raises(FileExistsError, match=r"not a `wbc-nnabla score` output .*no \.wbc_nnabla_output"):
-        io.check_output(out, "score", overwrite=True)
-    io.write_marker(out, "train")
+        fileio.check_output(out, "score", overwrite=True)
+    fileio.write_marker(out, "train")
     with pytest.raises(FileExistsError, match="written by train"):
-        io.check_output(out, "score", overwrite=True)
-    io.write_marker(out, "score")
-    io.check_output(out, "score", overwrite=True)                        # its own: may be replaced
+        fileio.check_output(out, "score", overwrite=True)
+    fileio.write_marker(out, "score")
+    fileio.check_output(out, "score", overwrite=True)                        # its own: may be replaced
     (out / "cells").mkdir()
-    with pytest.raises(io.SourceError, match="contains the input"):
-        io.check_output(out, "score", overwrite=True, inputs=[out / "cells" / "a.png"])
-    with pytest.raises(io.SourceError, match="is the input"):
-        io.check_output(out, "score", overwrite=True, inputs=[out])
-    with io.atomic_dir(tmp_path / "new", command="compare") as t:
+    with pytest.raises(fileio.SourceError, match="contains the input"):
+        fileio.check_output(out, "score", overwrite=True, inputs=[out / "cells" / "a.png"])
+    with pytest.raises(fileio.SourceError, match="is the input"):
+        fileio.check_output(out, "score", overwrite=True, inputs=[out])
+    with fileio.atomic_dir(tmp_path / "new", command="compare") as t:
         (t / "x").write_text("x")
-    assert io.marker_command(tmp_path / "new") == "compare"
+    assert fileio.marker_command(tmp_path / "new") == "compare"
     f = tmp_path / "pred.csv"
     f.write_text("x")
     with pytest.raises(FileExistsError):
-        io.check_output(f, "predict", overwrite=False)
-    io.check_output(f, "predict", overwrite=True)
+        fileio.check_output(f, "predict", overwrite=False)
+    fileio.check_output(f, "predict", overwrite=True)
 
 
 def test_image_files_expands_folders_and_names_what_is_missing(tmp_path):
-    io.write_image(tmp_path / "a" / "x.png", np.full((40, 40, 3), 200, np.uint8))
-    io.write_image(tmp_path / "a" / "sub" / "y.jpg", np.full((40, 40, 3), 200, np.uint8))
+    fileio.write_image(tmp_path / "a" / "x.png", np.full((40, 40, 3), 200, np.uint8))
+    fileio.write_image(tmp_path / "a" / "sub" / "y.jpg", np.full((40, 40, 3), 200, np.uint8))
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     single = tmp_path / "z.png"
-    io.write_image(single, np.full((40, 40, 3), 200, np.uint8))
-    assert io.image_files([tmp_path / "a", single]) == [tmp_path / "a" / "sub" / "y.jpg", tmp_path / "a" / "x.png",
+    fileio.write_image(single, np.full((40, 40, 3), 200, np.uint8))
+    assert fileio.image_files([tmp_path / "a", single]) == [tmp_path / "a" / "sub" / "y.jpg", tmp_path / "a" / "x.png",
                                                         single]
-    assert io.image_files([str(tmp_path / "a")], recursive=False) == [tmp_path / "a" / "x.png"]
-    assert io.image_folders([tmp_path / "a", single]) == [tmp_path / "a", tmp_path]
+    assert fileio.image_files([str(tmp_path / "a")], recursive=False) == [tmp_path / "a" / "x.png"]
+    assert fileio.image_folders([tmp_path / "a", single]) == [tmp_path / "a", tmp_path]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(io.SourceError, match="empty: folder holds no images"):
-        io.image_files([tmp_path / "empty"])
-    io.write_image(tmp_path / "b" / "sub" / "y.png", np.full((40, 40, 3), 200, np.uint8))
-    with pytest.raises(io.SourceError, match="b: folder holds no images"):
-        io.image_files([tmp_path / "b"], recursive=False)                 # its images are in a sub-folder
-    with pytest.raises(io.SourceError, match="no such image file or folder"):
-        io.image_files([tmp_path / "missing.png"])
+    with pytest.raises(fileio.SourceError, match="empty: folder holds no images"):
+        fileio.image_files([tmp_path / "empty"])
+    fileio.write_image(tmp_path / "b" / "sub" / "y.png", np.full((40, 40, 3), 200, np.uint8))
+    with pytest.raises(fileio.SourceError, match="b: folder holds no images"):
+        fileio.image_files([tmp_path / "b"], recursive=False)                 # its images are in a sub-folder
+    with pytest.raises(fileio.SourceError, match="no such image file or folder"):
+        fileio.image_files([tmp_path / "missing.png"])
 
 
 def test_check_output_folder_takes_a_new_or_empty_folder_without_overwrite(tmp_path):
-    assert io.check_output_folder(tmp_path / "new", "segment", False) is False
+    assert fileio.check_output_folder(tmp_path / "new", "segment", False) is False
     (tmp_path / "empty").mkdir()
-    assert io.check_output_folder(tmp_path / "empty", "segment", False) is True      # replaced, nothing lost
-    with io.atomic_dir(tmp_path / "mine", command="segment") as tmp:
+    assert fileio.check_output_folder(tmp_path / "empty", "segment", False) is True      # replaced, nothing lost
+    with fileio.atomic_dir(tmp_path / "mine", command="segment") as tmp:
         (tmp / "a.png").write_bytes(b"mask")
     with pytest.raises(FileExistsError, match="already exists"):
-        io.check_output_folder(tmp_path / "mine", "segment", False)
-    assert io.check_output_folder(tmp_path / "mine", "segment", True) is True
+        fileio.check_output_folder(tmp_path / "mine", "segment", False)
+    assert fileio.check_output_folder(tmp_path / "mine", "segment", True) is True
     with pytest.raises(FileExistsError, match="not a `wbc-nnabla gradcam` output"):
-        io.check_output_folder(tmp_path / "mine", "gradcam", True)
+        fileio.check_output_folder(tmp_path / "mine", "gradcam", True)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from helpers import predictions_from_confusion, small_counts
-from wbc_nnabla import cli, inference, io, predictions, report, scoring
+from wbc_nnabla import cli, fileio, predictions, predictor, report, scoring
 from wbc_nnabla.classes import CLASSES6
 
 
@@ -24,7 +24,7 @@ def cells_and_predictions(tmp_path, name="pred.csv", seed=0):
     cells.mkdir(exist_ok=True)
     for p in df["path"]:
         if not (tmp_path / p).exists():
-            io.write_image(tmp_path / p, np.full((20, 20, 3), 200, np.uint8))
+            fileio.write_image(tmp_path / p, np.full((20, 20, 3), 200, np.uint8))
     csv = tmp_path / name
     df.to_csv(csv, index=False)
     return cells, csv
@@ -51,7 +51,7 @@ def test_score_overwrite_never_deletes_the_cells_its_predictions_point_to(tmp_pa
     err = one_line_error(capsys)
     assert "is the input" in err and str(cells) in err
     assert snapshot(cells) == before
-    with pytest.raises(io.SourceError, match="is the input"):
+    with pytest.raises(fileio.SourceError, match="is the input"):
         report.write_score(scoring.score(csv), cells, overwrite=True)
     assert snapshot(cells) == before
 
@@ -61,7 +61,7 @@ def test_score_overwrite_never_deletes_cells_inside_an_earlier_score_output(tmp_
     out = tmp_path / "out"
     _, first = cells_and_predictions(tmp_path)
     assert cli.main(["score", str(first), str(out), "--no-figures"]) == 0
-    assert io.marker_command(out) == "score"
+    assert fileio.marker_command(out) == "score"
     _, csv = cells_and_predictions(out, name="pred_in_out.csv")    # cells and CSV now inside OUT
     before = snapshot(out)
     assert cli.main(["score", str(csv), str(out), "--overwrite", "--no-figures"]) == 2
@@ -77,7 +77,7 @@ def test_compare_overwrite_never_deletes_the_cells_its_predictions_point_to(tmp_
     assert "is the input" in one_line_error(capsys)
     assert snapshot(cells) == before
     res = scoring.compare(scoring.score(a), scoring.score(b))
-    with pytest.raises(io.SourceError, match="is the input"):
+    with pytest.raises(fileio.SourceError, match="is the input"):
         report.write_compare(res, cells, overwrite=True)
     assert snapshot(cells) == before
 
@@ -107,7 +107,7 @@ def test_score_overwrite_replaces_only_an_earlier_score_output(tmp_path, capsys)
     (out / "old.txt").write_text("from the earlier run")
     assert cli.main(["score", str(csv), str(out), "--overwrite"]) == 0            # its own: replaced
     assert not (out / "old.txt").exists() and (out / "report.html").is_file()
-    assert io.marker_command(out) == "score"
+    assert fileio.marker_command(out) == "score"
     cmp = tmp_path / "cmp"
     assert cli.main(["compare", str(csv), str(csv), str(cmp), "--no-figures", "--name-b", "B"]) == 0
     assert cli.main(["score", str(csv), str(cmp), "--overwrite", "--no-figures"]) == 2  # compare's, not score's
@@ -132,13 +132,13 @@ def test_compare_overwrite_replaces_only_an_earlier_compare_output(tmp_path, cap
     assert (notes / "notes.txt").read_text() == "my notes"
     out = tmp_path / "cmp"
     assert cli.main(args[:3] + [str(out)] + args[3:]) == 0
-    assert io.marker_command(out) == "compare"
+    assert fileio.marker_command(out) == "compare"
     assert cli.main(args[:3] + [str(out), "--overwrite"] + args[3:]) == 0
 
 
 def test_segment_replaces_only_an_earlier_segment_output(tmp_path, capsys):
     src = tmp_path / "in"
-    io.write_image(src / "a.png", np.full((40, 40, 3), 200, np.uint8))
+    fileio.write_image(src / "a.png", np.full((40, 40, 3), 200, np.uint8))
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "a.png").write_bytes(b"my own a.png")
@@ -149,7 +149,7 @@ def test_segment_replaces_only_an_earlier_segment_output(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cli.main(["segment", str(src), "--out", str(empty)]) == 0             # an empty folder is fine
-    assert io.marker_command(empty) == "segment" and (empty / "a.png").is_file()
+    assert fileio.marker_command(empty) == "segment" and (empty / "a.png").is_file()
     assert cli.main(["segment", str(src), "--out", str(empty)]) == 2             # its own, but no --overwrite
     assert "already exists" in one_line_error(capsys)
     assert cli.main(["segment", str(src), "--out", str(empty), "--overwrite"]) == 0
@@ -178,7 +178,7 @@ def stub_predict(monkeypatch):
                                meta={"arch": "resnet18", "input_size": 32})
 
     def predict(engine, cells, size=None, batch_size=16, expected_classes=None, progress=True, **kw):
-        table = inference.read_inputs(cells)
+        table = predictor.read_inputs(cells)
         probs = np.full((len(table), 6), 0.02)
         probs[:, CLASSES6.index(engine.model_path.stem)] = 0.9
         df = predictions.predictions_table(table, probs, CLASSES6)
@@ -191,7 +191,7 @@ def stub_predict(monkeypatch):
 
 @pytest.fixture
 def cell_list(tmp_path, demo_dir):
-    cells = io.read_cells(demo_dir).groupby("label").head(1)
+    cells = fileio.read_cells(demo_dir).groupby("label").head(1)
     path = tmp_path / "cells.csv"
     cells[["path", "label"]].to_csv(path, index=False)
     return path
@@ -240,7 +240,7 @@ def test_locate_refuses_an_existing_csv_without_overwrite(tmp_path, capsys):
     from test_cells import synthetic_field
     src = tmp_path / "fields"
     img, _ = synthetic_field()
-    io.write_image(src / "f.png", img)
+    fileio.write_image(src / "f.png", img)
     out = tmp_path / "centres.csv"
     out.write_text("my centres")
     assert cli.main(["locate", str(src), "--out", str(out)]) == 2
@@ -297,7 +297,7 @@ def test_read_run_config_refuses_a_json_of_another_csv(tmp_path):
 def _command(name, tmp_path, out, cell_list):
     _, csv = cells_and_predictions(tmp_path)
     src = tmp_path / "imgs"
-    io.write_image(src / "a.png", np.full((40, 40, 3), 200, np.uint8))
+    fileio.write_image(src / "a.png", np.full((40, 40, 3), 200, np.uint8))
     return {
         "score": ["score", str(csv), str(out)],
         "compare": ["compare", str(csv), str(csv), str(out), "--name-b", "B"],
@@ -344,23 +344,23 @@ def test_disk_full_while_writing_names_the_output_and_leaves_nothing(name, tmp_p
 
 
 def test_output_of_temporary_names_the_output(tmp_path):
-    assert io.output_of_temporary(tmp_path / ".pred.csv.123.ab_c9.tmp.csv") == tmp_path / "pred.csv"
-    assert io.output_of_temporary(tmp_path / ".score.77.x1y2.tmp" / "summary.json") == tmp_path / "score" / "summary.json"
-    assert io.output_of_temporary(tmp_path / "pred.csv") == tmp_path / "pred.csv"
+    assert fileio.output_of_temporary(tmp_path / ".pred.csv.123.ab_c9.tmp.csv") == tmp_path / "pred.csv"
+    assert fileio.output_of_temporary(tmp_path / ".score.77.x1y2.tmp" / "summary.json") == tmp_path / "score" / "summary.json"
+    assert fileio.output_of_temporary(tmp_path / "pred.csv") == tmp_path / "pred.csv"
 
 
 def test_atomic_files_renames_together_and_refuses_a_file_written_meanwhile(tmp_path):
     a, b = tmp_path / "x.csv", tmp_path / "x.json"
-    with io.atomic_files([a, b]) as (ta, tb):
+    with fileio.atomic_files([a, b]) as (ta, tb):
         ta.write_text("1")
         tb.write_text("2")
         assert not a.exists() and not b.exists()
     assert (a.read_text(), b.read_text()) == ("1", "2")
     with pytest.raises(FileExistsError, match="x.csv"):
-        with io.atomic_files([a, b]) as (ta, tb):
+        with fileio.atomic_files([a, b]) as (ta, tb):
             ta.write_text("3")
     assert (a.read_text(), b.read_text()) == ("1", "2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv", "x.json"]
     with pytest.raises(ValueError, match="not in one folder"):
-        with io.atomic_files([a, tmp_path / "sub" / "y.json"]):
+        with fileio.atomic_files([a, tmp_path / "sub" / "y.json"]):
             pass

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_DEMO
-from wbc_nnabla import classes, io, pipeline
+from wbc_nnabla import classes, fileio, pipeline
 
 
 def test_presets_and_overrides(tmp_path):
@@ -41,7 +41,7 @@ def test_split_holds_out_stratified_pseudo_smears(tmp_path, demo_dir):
 
 
 def test_split_with_explicit_inference_set(tmp_path, demo_dir):
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     cells.iloc[:12][["path", "label"]].assign(smear="S1").to_csv(tmp_path / "inf.csv", index=False)
     cells.iloc[12:][["path", "label"]].to_csv(tmp_path / "teacher.csv", index=False)
     info = pipeline.split_source(tmp_path / "teacher.csv", tmp_path / "split", pipeline.make_config("demo"),
@@ -126,9 +126,9 @@ def _cells_csv(path, cells: pd.DataFrame, smear: str = "") -> Path:
 
 
 def test_item4_split_dedupe_drops_repeats_and_no_held_out_cell_trains(tmp_path, demo_dir):
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:30]], ignore_index=True))
-    with pytest.raises(io.SourceError, match=r"doubled\.csv:2 and .*doubled\.csv:122 list the same cell"):
+    with pytest.raises(fileio.SourceError, match=r"doubled\.csv:2 and .*doubled\.csv:122 list the same cell"):
         pipeline.split_source(doubled, tmp_path / "split", pipeline.make_config("demo"))
     cfg = pipeline.make_config("demo", dedupe=True)
     info = pipeline.split_source(doubled, tmp_path / "split", cfg)
@@ -139,10 +139,10 @@ def test_item4_split_dedupe_drops_repeats_and_no_held_out_cell_trains(tmp_path, 
 
 
 def test_item4_cell_in_both_source_and_inference_set_is_an_error_naming_both_rows(tmp_path, demo_dir, no_training):
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     source = _cells_csv(tmp_path / "teacher.csv", cells.iloc[10:])
     held = _cells_csv(tmp_path / "held.csv", cells.iloc[:12], smear="S1")   # rows 11-12 are teacher cells too
-    with pytest.raises(io.SourceError, match=r"teacher\.csv:2 and .*held\.csv:12 list the same cell .*\(2 such"):
+    with pytest.raises(fileio.SourceError, match=r"teacher\.csv:2 and .*held\.csv:12 list the same cell .*\(2 such"):
         pipeline.reproduce(source, tmp_path / "out", preset="demo", inference=held, progress=False)
     assert not (tmp_path / "out" / "split").exists()
 
@@ -150,7 +150,7 @@ def test_item4_cell_in_both_source_and_inference_set_is_an_error_naming_both_row
 def test_item4_reproduce_and_build_dataset_report_repeats_in_one_line_and_dedupe(tmp_path, demo_dir, capsys,
                                                                                no_training):
     from wbc_nnabla import cli
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:3]], ignore_index=True))
     for argv in (["reproduce", str(doubled), str(tmp_path / "run"), "--preset", "demo", "--quiet"],
                  ["build-dataset", str(doubled), str(tmp_path / "ds"), "--background", "keep", "--total", "12",
@@ -207,7 +207,7 @@ def test_item10_copied_run_with_another_source_runs_every_stage_again(tiny_demo_
     out, _ = tiny_demo_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     other = _cells_csv(tmp_path / "other.csv", cells.drop(index=[0, 20, 40, 60, 80, 100]))
     caplog.set_level("INFO")
     with pytest.raises(_TrainingStarted):
@@ -242,17 +242,17 @@ def test_out_holding_a_users_files_is_refused_and_left_untouched(tmp_path, demo_
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "predictions_A.csv"]
     assert (out / "notes.txt").read_text() == "my notes"
     (tmp_path / "empty").mkdir()
-    cells = _cells_csv(tmp_path / "empty" / "cells.csv", io.read_cells(demo_dir))
-    with pytest.raises(io.SourceError, match="inside the output folder"):
+    cells = _cells_csv(tmp_path / "empty" / "cells.csv", fileio.read_cells(demo_dir))
+    with pytest.raises(fileio.SourceError, match="inside the output folder"):
         pipeline.reproduce(cells, tmp_path / "empty", preset="demo", progress=False)
 
 
 def test_item14_failed_run_folder_takes_a_corrected_run(tmp_path, demo_dir, no_training):
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:1]], ignore_index=True))
     fixed = _cells_csv(tmp_path / "fixed.csv", cells)
     small = dict(train_size=32, infer_size=32, total_a=60, total_b=60)
-    with pytest.raises(io.SourceError, match="twice"):
+    with pytest.raises(fileio.SourceError, match="twice"):
         pipeline.reproduce(doubled, tmp_path / "run", preset="demo", progress=False, **small)
     with pytest.raises(_TrainingStarted):   # another crop: no stage had completed, so the folder is free
         pipeline.reproduce(fixed, tmp_path / "run", preset="demo", progress=False, crop=300, **small)
@@ -261,7 +261,7 @@ def test_item14_failed_run_folder_takes_a_corrected_run(tmp_path, demo_dir, no_t
 
 def test_item15_bad_image_error_names_the_users_row_and_skip_bad_skips_it(tmp_path, demo_dir, capsys, no_training):
     from wbc_nnabla import cli
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "broken.jpg").write_bytes(b"")
     teacher = cells.iloc[12:][["path", "label"]]
@@ -284,11 +284,11 @@ def test_item15_bad_image_error_names_the_users_row_and_skip_bad_skips_it(tmp_pa
 
 
 def test_split_keeps_cell_centres_and_the_users_rows(tmp_path, demo_dir):
-    cells = io.read_cells(demo_dir)
+    cells = fileio.read_cells(demo_dir)
     fields = cells[["path", "label"]].assign(x=30.0, y=40.0)
     fields.to_csv(tmp_path / "fields.csv", index=False)
     pipeline.split_source(tmp_path / "fields.csv", tmp_path / "split", pipeline.make_config("demo"))
-    teacher = io.read_cells(tmp_path / "split" / "teacher.csv")
+    teacher = fileio.read_cells(tmp_path / "split" / "teacher.csv")
     assert (teacher["x"] == 30.0).all() and (teacher["y"] == 40.0).all()
     assert teacher["source"].str.startswith(f"{tmp_path / 'fields.csv'}:").all()
 

@@ -17,7 +17,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
 from helpers import TINY_TRAIN as FAST, demo_nnc_dataset  # noqa: E402
-from wbc_nnabla import checkpoint, classes, io, modelfile, models, training  # noqa: E402
+from wbc_nnabla import checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -235,11 +235,11 @@ def test_bad_inputs_fail_clearly(tiny, tmp_path):
     # an unreadable image fails with its name (the loader thread must not hang the run)
     bad = tmp_path / "bad"
     bad.mkdir()
-    good = io.read_cells(tiny / "train.csv").path.tolist()
+    good = fileio.read_cells(tiny / "train.csv").path.tolist()
     (bad / "broken.jpg").write_bytes(Path(good[0]).read_bytes()[:300])
-    io.write_nnc_csv(bad / "train.csv", [bad / "broken.jpg"] + good[:3], [0, 1, 2, 3])
-    io.write_nnc_csv(bad / "valid.csv", good[:2], [0, 1])
-    with pytest.raises(io.ImageReadError, match="broken.jpg"):
+    fileio.write_nnc_csv(bad / "train.csv", [bad / "broken.jpg"] + good[:3], [0, 1, 2, 3])
+    fileio.write_nnc_csv(bad / "valid.csv", good[:2], [0, 1])
+    with pytest.raises(fileio.ImageReadError, match="broken.jpg"):
         training.train(bad, tmp_path / "o2", TrainConfig(epochs=1, **FAST))
 
 

@@ -7,10 +7,14 @@ University, 2020). The study is a pipeline of stages joined by files::
 
     cell images -> NNC dataset CSVs -> model .nnp -> predictions CSV -> score tables, report
 
-Stage modules: :mod:`~wbc_nnabla.classes`, :mod:`~wbc_nnabla.io`,
-:mod:`~wbc_nnabla.cells`, :mod:`~wbc_nnabla.datasets`, :mod:`~wbc_nnabla.models`,
-:mod:`~wbc_nnabla.training`, :mod:`~wbc_nnabla.inference`,
-:mod:`~wbc_nnabla.scoring`, :mod:`~wbc_nnabla.report`, :mod:`~wbc_nnabla.pipeline`.
+Stage modules: :mod:`~wbc_nnabla.fileio` (cell sources, images, NNC CSVs, safe
+outputs), :mod:`~wbc_nnabla.segmentation`, :mod:`~wbc_nnabla.datasets`,
+:mod:`~wbc_nnabla.models` / :mod:`~wbc_nnabla.training` (model file:
+:mod:`~wbc_nnabla.modelfile`), :mod:`~wbc_nnabla.predictor` (predictions file:
+:mod:`~wbc_nnabla.predictions`), :mod:`~wbc_nnabla.scoring`, :mod:`~wbc_nnabla.report`,
+:mod:`~wbc_nnabla.gradcam`, :mod:`~wbc_nnabla.pipeline`; the settings in
+:mod:`~wbc_nnabla.recipe`, the classes in :mod:`~wbc_nnabla.classes`, errors in
+:mod:`~wbc_nnabla.errors`. See docs/architecture.md.
 """
 __version__ = "0.1.0"
 

@@ -40,8 +40,8 @@ def _cmd_classes(args) -> int:
 
 
 def _cmd_cells(args) -> int:
-    from . import io
-    df = io.read_cells(args.source)
+    from . import fileio
+    df = fileio.read_cells(args.source)
     print(f"{len(df)} cells from {args.source}")
     print(df["label"].replace("", "(unlabeled)").value_counts().sort_index().to_string())
     return 0
@@ -59,8 +59,8 @@ def _add_io(sub) -> None:
 
 
 def _cmd_segment(args) -> int:
-    from . import cells
-    s = cells.segment_images(args.inputs, args.out, gallery=args.gallery, overwrite=args.overwrite)
+    from . import segmentation
+    s = segmentation.segment_images(args.inputs, args.out, gallery=args.gallery, overwrite=args.overwrite)
     msg = f"{s['images']} masks (0 outside, 255 WBC) in {s['out']}; {s['empty']} without a nucleus (empty mask)"
     if s["gallery"] is not None:
         msg += f"; overlay of {s['gallery_images']} (a seeded sample) in {s['gallery']}"
@@ -69,8 +69,8 @@ def _cmd_segment(args) -> int:
 
 
 def _cmd_locate(args) -> int:
-    from . import cells
-    table = cells.locate_images(args.inputs, args.out, overwrite=args.overwrite)
+    from . import segmentation
+    table = segmentation.locate_images(args.inputs, args.out, overwrite=args.overwrite)
     print(f"{len(table)} WBC centres in {table.attrs['images']} fields -> {Path(args.out)}")
     return 0
 
@@ -236,31 +236,31 @@ def _expected_classes(spec: str):
 
 
 def _cmd_predict(args) -> int:
-    from . import inference, io, predictions
+    from . import fileio, predictions, predictor
     from .modelfile import ModelError
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
         raise CLIError(f"{out}: the predictions file must end in .csv")
     cells = Path(args.cells)
     if cells.is_dir():
-        io.check_not_inside(out, [cells])          # never write into a source folder
+        fileio.check_not_inside(out, [cells])          # never write into a source folder
     elif out.resolve() == cells.resolve():
         raise CLIError(f"{out}: is the cell list itself; choose another output")
     inputs = [Path(args.model), cells]
     for target in (out, predictions.run_config_path(out)):    # before the run, not after it
-        io.check_output(target, "predict", args.overwrite, inputs, folder=False)
+        fileio.check_output(target, "predict", args.overwrite, inputs, folder=False)
     try:
-        engine = inference.load_backend(args.model, args.backend, args.threads)
+        engine = predictor.load_backend(args.model, args.backend, args.threads)
         how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
         print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}, "
               f"classes {', '.join(engine.class_names)}, trained at "
               f"{str(engine.meta['input_size']) + ' px' if engine.meta.get('input_size') else 'an unstored size'})")
-        df = inference.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
+        df = predictor.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
                                expected_classes=_expected_classes(args.classes), progress=not args.no_progress,
                                skip_bad=args.skip_bad)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
-    predictions.write_predictions(df, out, config=inference.run_config(df, args.model, args.cells, args.batch_size),
+    predictions.write_predictions(df, out, config=predictor.run_config(df, args.model, args.cells, args.batch_size),
                                   overwrite=args.overwrite, inputs=inputs)
     rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
     print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
@@ -600,10 +600,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _os_error_text(e: OSError, args) -> str:
     """``PATH: cause`` of an OSError, naming the output rather than its temporary (one line)."""
-    from . import io
+    from . import fileio
     names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
     names = [os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n) for n in names]
-    outputs = [io.output_of_temporary(n) for n in names]
+    outputs = [fileio.output_of_temporary(n) for n in names]
     # os.replace(temporary, output) names both: the output is the one to report
     path = next((o for n, o in zip(names, outputs) if str(o) != n), outputs[-1] if outputs else None)
     if path is None:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import cells, classes, io
+from . import classes, fileio, segmentation
 from .errors import InputError
 from .recipe import PAPER
 
@@ -185,7 +185,7 @@ def _check_labels(table: pd.DataFrame, inference: bool) -> None:
     bad = table[~table["label"].isin(classes.CLASSES6)]
     if len(bad):
         rows = "; ".join(f"{r.source} ({r.label or 'unlabeled'})" for r in bad.head(5).itertuples())
-        raise io.SourceError(
+        raise fileio.SourceError(
             f"{len(bad)} cell(s) have no six-class label ({', '.join(classes.CLASSES6)}), which a teacher "
             f"dataset needs: {rows}{' ...' if len(bad) > 5 else ''}. Label them, or build an "
             f"inference set (--inference)")
@@ -197,20 +197,21 @@ def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: boo
 
     Bad images raise (naming the file and the source row) or, with
     ``skip_bad``, are listed in ``report["skipped"]``. Fields without centres
-    are searched with :func:`wbc_nnabla.cells.locate_wbcs` when ``locate``.
+    are searched with :func:`wbc_nnabla.segmentation.locate_wbcs` when ``locate``.
     """
     out = []
     shapes: Dict[str, Optional[tuple]] = {}
     located: Dict[str, np.ndarray] = {}
-    for rec in tqdm(table.to_dict("records"), desc="checking sources", unit="cell", disable=not progress):
+    for rec in tqdm(table.to_dict("records"), desc="checking sources", unit="cell",
+                    disable=fileio.bar_disabled(progress)):
         p = rec["path"]
         rgb = None
         if p not in shapes:
             try:
-                rgb = io.read_rgb(p)
-            except io.ImageReadError as e:
+                rgb = fileio.read_rgb(p)
+            except fileio.ImageReadError as e:
                 if not skip_bad:
-                    raise io.ImageReadError(f"{e} (listed at {rec['source']}); "
+                    raise fileio.ImageReadError(f"{e} (listed at {rec['source']}); "
                                             f"fix or remove it, or skip bad images (--skip-bad)") from None
                 report["skipped"].append({"path": p, "source": rec["source"], "error": str(e)})
                 shapes[p] = None
@@ -220,12 +221,12 @@ def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: boo
             report["skipped"].append({"path": p, "source": rec["source"], "error": "same bad image as above"})
             continue
         if locate and np.isnan(rec["x"]) and p not in located:
-            located[p] = cells.locate_wbcs(rgb if rgb is not None else io.read_rgb(p))
+            located[p] = segmentation.locate_wbcs(rgb if rgb is not None else fileio.read_rgb(p))
         h, w = shapes[p]
         base = dict(rec, img_w=w, img_h=h)
         if not np.isnan(rec["x"]):
             if not (0 <= rec["x"] < w and 0 <= rec["y"] < h):
-                raise io.SourceError(f"{rec['source']}: cell centre ({rec['x']:g}, {rec['y']:g}) lies outside "
+                raise fileio.SourceError(f"{rec['source']}: cell centre ({rec['x']:g}, {rec['y']:g}) lies outside "
                                      f"the {w}x{h} image {p}")
             out.append(dict(base, kind="field", cx=rec["x"], cy=rec["y"], crop_px=crop_px))
         elif locate:
@@ -239,7 +240,7 @@ def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: boo
             # a single-cell crop: a centred square of min(crop, shorter side), never padded
             s = min(crop_px, w, h)
             out.append(dict(base, kind="single", cx=(w - s) // 2 + s // 2, cy=(h - s) // 2 + s // 2, crop_px=s))
-    df = pd.DataFrame(out, columns=list(io.CELL_COLUMNS) + ["img_w", "img_h", "kind", "cx", "cy", "crop_px"])
+    df = pd.DataFrame(out, columns=list(fileio.CELL_COLUMNS) + ["img_w", "img_h", "kind", "cx", "cy", "crop_px"])
     df["cell_id"] = [f"c{i:05d}_{_stem(p)}" for i, p in enumerate(df["path"])]
     return df
 
@@ -279,13 +280,13 @@ def _assign(cells_df: pd.DataFrame, split: np.ndarray, total: int, valid_fractio
 
 
 def _process(rgb: np.ndarray, row, background: str, size: int, pad_mode: str):
-    crop, info = cells.crop_square(rgb, row.cx, row.cy, int(row.crop_px), pad_mode=pad_mode)
+    crop, info = segmentation.crop_square(rgb, row.cx, row.cy, int(row.crop_px), pad_mode=pad_mode)
     info["wbc_fraction"] = ""
     if background == "remove":
-        mask = cells.wbc_mask(crop)  # computed on the crop (section II.3, dataset ①)
+        mask = segmentation.wbc_mask(crop)  # computed on the crop (section II.3, dataset ①)
         info["wbc_fraction"] = round(float(mask.mean()), 4)
-        crop = cells.remove_background(crop, mask)
-    return io.resize_square(crop, size), info
+        crop = segmentation.remove_background(crop, mask)
+    return fileio.resize_square(crop, size), info
 
 
 def _manifest_row(row, info, image, split, k, repeat, background, size, pad_mode) -> dict:
@@ -309,12 +310,12 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
                   dedupe: bool = False) -> "BuiltDataset":
     """Build teacher dataset ① / ② or the inference set (section II.3) as an NNC dataset folder.
 
-    source: any cell source :func:`wbc_nnabla.io.read_cells` reads. out: the dataset folder to
+    source: any cell source :func:`wbc_nnabla.fileio.read_cells` reads. out: the dataset folder to
     create (must not exist unless ``overwrite``; never inside a source folder).
-    background: ``"remove"`` (dataset ①, :func:`wbc_nnabla.cells.remove_background`
+    background: ``"remove"`` (dataset ①, :func:`wbc_nnabla.segmentation.remove_background`
     on each crop) or ``"keep"`` (dataset ②); None means remove for a teacher
     set and keep for an inference set (the paper's inference images are plain crops). crop: crop side in pixels, or
-    ``crop_um`` µm at ``pixel_um`` µm/pixel (:func:`wbc_nnabla.cells.crop_size_px`);
+    ``crop_um`` µm at ``pixel_um`` µm/pixel (:func:`wbc_nnabla.segmentation.crop_size_px`);
     single-cell images without a centre get a centred square of
     min(crop, shorter side). size: output side in pixels (default 480, or
     320 with ``inference``). total: images in train + valid (default 2,385
@@ -323,7 +324,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     per source cell before augmentation (:func:`split_cells`), seeded.
     inference: crop and resize only, no split or augmentation; writes
     ``cells.csv`` and ``test.csv``. locate: find WBCs in images that have
-    no centre (:func:`wbc_nnabla.cells.locate_wbcs`). skip_bad: skip and
+    no centre (:func:`wbc_nnabla.segmentation.locate_wbcs`). skip_bad: skip and
     report unreadable (or too small, or corrupt) images instead of stopping.
     dedupe: drop cells the source lists twice with the same label (counted in
     the build report); without it a repeated cell is an error naming both rows,
@@ -336,9 +337,9 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     t0 = time.time()
     background = background or ("keep" if inference else "remove")
     size, total = _check_settings(background, pad_mode, size, total, valid_fraction, inference)
-    crop_px = cells.crop_size_px(crop, crop_um, pixel_um)
+    crop_px = segmentation.crop_size_px(crop, crop_um, pixel_um)
     source, out = Path(source), Path(out)
-    table = io.read_cells(source, dedupe=dedupe)
+    table = fileio.read_cells(source, dedupe=dedupe)
     _check_output_folder(out, source, table, overwrite)
     _check_labels(table, inference)
     report = {"mode": "inference" if inference else "teacher", "background": background,
@@ -346,7 +347,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
               "duplicates_dropped": table.attrs.get("duplicates_dropped", 0)}
     cdf = _expand_cells(table, crop_px, locate, skip_bad, progress, report)
     if len(cdf) == 0:
-        raise io.SourceError(f"{source}: no usable cells (skipped {len(report['skipped'])} bad images, "
+        raise fileio.SourceError(f"{source}: no usable cells (skipped {len(report['skipped'])} bad images, "
                              f"{len(report['no_wbc_located'])} fields without a located WBC)")
     if inference:
         split = np.array(["test"] * len(cdf), dtype=object)
@@ -359,14 +360,14 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
                          total=None if inference else total, valid_fraction=float(valid_fraction),
                          seed=int(seed), inference=bool(inference), locate=bool(locate),
                          skip_bad=bool(skip_bad), dedupe=bool(dedupe), pad_mode=pad_mode,
-                         environment=io.environment())
-    with io.atomic_dir(out, overwrite=overwrite) as tmp:
+                         environment=fileio.environment())
+    with fileio.atomic_dir(out, overwrite=overwrite) as tmp:
         manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
         _write_tables(tmp, cdf, manifest, inference, seed)
-        report.update(_summary(cdf, split, variants, manifest, inference, crop_px))
-        io.write_json(tmp / "build_report.json", report)
-        io.write_text(tmp / "build_report.md", _report_md(report, config))
-        io.write_json(tmp / "config.json", config)
+        report.update(_build_counts(cdf, split, variants, manifest, inference, crop_px))
+        fileio.write_json(tmp / "build_report.json", report)
+        fileio.write_text(tmp / "build_report.md", _report_md(report, config))
+        fileio.write_json(tmp / "config.json", config)
     log.info("built %s in %.1f s", out, time.time() - t0)
     return BuiltDataset(out, report)
 
@@ -394,8 +395,8 @@ def _check_settings(background: str, pad_mode: str, size: Optional[int], total: 
     if background not in BACKGROUNDS:
         raise InputError(f"background must be one of {', '.join(BACKGROUNDS)} (remove = dataset ①, "
                          f"keep = dataset ②), got {background!r}")
-    if pad_mode not in cells.PAD_MODES:
-        raise InputError(f"pad_mode must be one of {', '.join(sorted(cells.PAD_MODES))}, got {pad_mode!r}")
+    if pad_mode not in segmentation.PAD_MODES:
+        raise InputError(f"pad_mode must be one of {', '.join(sorted(segmentation.PAD_MODES))}, got {pad_mode!r}")
     size = int(size) if size is not None else (DEFAULT_INFERENCE_SIZE if inference else DEFAULT_SIZE)
     if size < 1:
         raise InputError(f"size must be at least 1 pixel, got {size}")
@@ -412,12 +413,12 @@ def _check_settings(background: str, pad_mode: str, size: Optional[int], total: 
 def _check_output_folder(out: Path, source: Path, table: pd.DataFrame, overwrite: bool) -> None:
     """OUT is not inside a source folder, does not hold one (``--overwrite`` replaces OUT), and may be replaced."""
     source_dirs = [source] + sorted({str(Path(p).parent) for p in table["path"]})
-    io.check_not_inside(out, source_dirs)
+    fileio.check_not_inside(out, source_dirs)
     for d in source_dirs:
         d = Path(d).resolve()
         d = d if d.is_dir() else d.parent
         if out.resolve() == d or out.resolve() in d.parents:
-            raise io.SourceError(f"output {out} contains the source folder {d}; choose another output "
+            raise fileio.SourceError(f"output {out} contains the source folder {d}; choose another output "
                                  f"(sources are never written)")
     _check_out(out, overwrite)
 
@@ -453,13 +454,13 @@ def _write_images(tmp: Path, cdf: pd.DataFrame, split, variants, background, siz
     rows = []
     cache_path, cache_rgb = None, None
     for i, row in enumerate(tqdm(list(cdf.itertuples()), desc="writing images", unit="cell",
-                                 disable=not progress)):
+                                 disable=fileio.bar_disabled(progress))):
         ks = variants[i]
         if not ks:
             rows.append(_manifest_row(row, None, "", split[i], None, "", background, size, pad_mode))
             continue
         if row.path != cache_path:  # field images hold several cells: read each once in a row
-            cache_path, cache_rgb = row.path, io.read_rgb(row.path)
+            cache_path, cache_rgb = row.path, fileio.read_rgb(row.path)
         base, info = _process(cache_rgb, row, background, size, pad_mode)
         folder = row.label or "unlabeled"
         seen: Dict[int, int] = {}
@@ -467,7 +468,7 @@ def _write_images(tmp: Path, cdf: pd.DataFrame, split, variants, background, siz
             rel = f"images/{folder}/{row.cell_id}.png" if inference else \
                 f"images/{folder}/{row.cell_id}_{DIHEDRAL_NAMES[k]}.png"
             if k not in seen:  # an identical repeat reuses the file: listed twice, stored once
-                io.write_image(tmp / rel, dihedral(base, k))
+                fileio.write_image(tmp / rel, dihedral(base, k))
             seen[k] = seen.get(k, -1) + 1
             rows.append(_manifest_row(row, info, rel, split[i], k, seen[k], background, size, pad_mode))
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
@@ -481,7 +482,7 @@ def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inferenc
     "the first N images") never sees one class at a time.
     """
     def write_csv(path, df):
-        with io.atomic_path(path) as t:
+        with fileio.atomic_path(path) as t:
             df.to_csv(t, index=False, lineterminator="\n")
 
     write_csv(tmp / "manifest.csv", manifest)
@@ -490,19 +491,19 @@ def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inferenc
         write_csv(tmp / "cells.csv", pd.DataFrame({"path": used["image"], "label": used["label"],
                                                    "smear": used["smear"]}))
         if used["label"].isin(classes.CLASSES6).all():
-            io.write_nnc_csv(tmp / "test.csv", [tmp / p for p in used["image"]],
+            fileio.write_nnc_csv(tmp / "test.csv", [tmp / p for p in used["image"]],
                              [classes.INDEX6[c] for c in used["label"]])
         else:  # unlabeled (or Neutrophil-only) cells: an NNC CSV with the image column only
-            write_csv(tmp / "test.csv", pd.DataFrame({io.NNC_HEADER[0]: used["image"]}))
+            write_csv(tmp / "test.csv", pd.DataFrame({fileio.NNC_HEADER[0]: used["image"]}))
         return
     for i, s in enumerate(SPLITS):
         part = used[used["split"] == s]
         if len(part):
             part = part.iloc[np.random.default_rng([int(seed), 7, i]).permutation(len(part))]
-            io.write_nnc_csv(tmp / f"{s}.csv", [tmp / p for p in part["image"]], part["y"].astype(int))
+            fileio.write_nnc_csv(tmp / f"{s}.csv", [tmp / p for p in part["image"]], part["y"].astype(int))
 
 
-def _summary(cdf, split, variants, manifest, inference, crop_px) -> dict:
+def _build_counts(cdf, split, variants, manifest, inference, crop_px) -> dict:
     used = manifest[manifest["image"] != ""]
     labels = cdf["label"].replace("", "unlabeled").to_numpy()
     per_class = OrderedDict()

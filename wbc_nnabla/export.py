@@ -142,11 +142,11 @@ def export_onnx(model_path: PathLike, onnx_path: PathLike, opset: int = 13, over
     stored in the ONNX ``metadata_props`` (see :func:`read_onnx_meta`).
     Raises :class:`ModelError` for a file that is not a supported network,
     FileExistsError when ``onnx_path`` exists and ``overwrite`` is false, and
-    :class:`wbc_nnabla.io.SourceError` when ``onnx_path`` is the model itself.
+    :class:`wbc_nnabla.fileio.SourceError` when ``onnx_path`` is the model itself.
     """
     import onnx
 
-    from .io import atomic_path, check_output
+    from .fileio import atomic_path, check_output
     check_output(onnx_path, "export", overwrite, [model_path], folder=False)
     params, meta = read_model(model_path)
     meta = dict(meta, source_sha256=file_sha256(model_path), source=Path(model_path).name)

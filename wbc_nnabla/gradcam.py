@@ -33,9 +33,9 @@ import cv2
 import nnabla as nn
 import numpy as np
 
-from . import classes, io, models
+from . import classes, fileio, models
 from .errors import InputError
-from .inference import preprocess
+from .predictor import preprocess
 from .modelfile import ModelError, read_model
 
 ImageLike = Union[str, Path, np.ndarray]
@@ -66,8 +66,8 @@ class CamResult:
 
 def _as_rgb(image: ImageLike, i: int) -> np.ndarray:
     if isinstance(image, np.ndarray):
-        return io.check_rgb(image, f"image {i}")
-    return io.read_rgb(image)
+        return fileio.check_rgb(image, f"image {i}")
+    return fileio.read_rgb(image)
 
 
 class GradCAM:
@@ -79,7 +79,7 @@ class GradCAM:
         (which says what it assumes for files without a description and raises
         :class:`~wbc_nnabla.modelfile.ModelError` for a bad file).
     size: network input size in pixels (images are resized to ``size x size``
-        by :func:`wbc_nnabla.inference.preprocess`, as for predictions);
+        by :func:`wbc_nnabla.predictor.preprocess`, as for predictions);
         default: the model's ``input_size`` (required for a model that stores none).
     batch_size: images per forward/backward pass.
     """
@@ -270,7 +270,7 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
     alpha: weight of the heat map (0 = image only, 1 = heat map only);
     colormap: an OpenCV colormap (JET: blue = 0, red = 1).
     """
-    io.check_rgb(rgb, "overlay")
+    fileio.check_rgb(rgb, "overlay")
     if cam.shape != rgb.shape[:2]:
         raise InputError(f"overlay: map shape {cam.shape} differs from the image's {rgb.shape[:2]}")
     if not 0.0 <= alpha <= 1.0:
@@ -309,7 +309,7 @@ def figure(rgbs: Sequence[np.ndarray], cams: Sequence[np.ndarray], titles: Optio
 def save_figure(fig, path: Union[str, Path], dpi: int = 100) -> Path:
     """Save a matplotlib figure atomically (format from the suffix, e.g. ``.png``)."""
     path = Path(path)
-    with io.atomic_path(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
         fig.savefig(str(tmp), dpi=dpi, format=path.suffix.lstrip(".") or "png")
     return path
 
@@ -337,7 +337,7 @@ def output_stems(paths: Sequence[Union[str, Path]]) -> List[str]:
 def _picture(rgb: np.ndarray, cam: np.ndarray, alpha: float, side_by_side: bool, min_side: int) -> np.ndarray:
     """The overlay written for one image (see :func:`write_overlays`)."""
     if rgb.shape[0] < min_side:  # small crops (e.g. the demo's 48 px) are enlarged for viewing
-        rgb, cam = io.resize_square(rgb, min_side), io.resize_square(cam, min_side)
+        rgb, cam = fileio.resize_square(rgb, min_side), fileio.resize_square(cam, min_side)
     picture = overlay(rgb, cam, alpha)
     return np.hstack([rgb, picture]) if side_by_side else picture
 
@@ -357,7 +357,7 @@ def write_overlays(explainer: Union["GradCAM", str, Path], images: Sequence[Unio
     weight ``alpha``) at the image's size, or, with ``side_by_side``, the image
     and its overlay side by side (``(H, 2W, 3)``); an image less than
     ``min_side`` pixels high is first resized to ``min_side`` x ``min_side``
-    (:func:`wbc_nnabla.io.resize_square`, map too). With ``cams``, also
+    (:func:`wbc_nnabla.fileio.resize_square`, map too). With ``cams``, also
     ``<stem>_cam.npy``: the map, float32 ``(H, W)`` in [0, 1] at the image's size.
     Returns one record per image, in order: ``path`` (the image, absolute),
     ``overlay`` and (with ``cams``) ``cam`` (file names in ``folder``),
@@ -373,14 +373,15 @@ def write_overlays(explainer: Union["GradCAM", str, Path], images: Sequence[Unio
         raise InputError(f"write_overlays: {len(stems)} stems for {len(paths)} images")
     folder = Path(folder)
     records = []
-    for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch", disable=not progress):
+    for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch",
+                  disable=fileio.bar_disabled(progress)):
         chunk = paths[s:s + g.batch_size]
-        rgbs = [io.read_rgb(p) for p in chunk]
+        rgbs = [fileio.read_rgb(p) for p in chunk]
         for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, class_name)):
-            io.write_image(folder / f"{stem}_gradcam.png", _picture(rgb, r.cam, alpha, side_by_side, min_side))
+            fileio.write_image(folder / f"{stem}_gradcam.png", _picture(rgb, r.cam, alpha, side_by_side, min_side))
             record = dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png")
             if cams:
-                with io.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
+                with fileio.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
                     np.save(f, r.cam)
                 record["cam"] = f"{stem}_cam.npy"
             records.append(dict(record, predicted=r.predicted_name, probability=round(r.probability, 6),
@@ -395,11 +396,11 @@ def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], o
 
     model: model file (:class:`GradCAM`, with ``size`` and ``batch_size``).
     images: image files and/or folders (their images directly inside,
-        :func:`wbc_nnabla.io.image_files` with ``recursive=False``).
+        :func:`wbc_nnabla.fileio.image_files` with ``recursive=False``).
     out: output folder, never inside an image's folder; written whole in one
-        rename (:func:`wbc_nnabla.io.atomic_dir`, with the ``gradcam`` marker). An
+        rename (:func:`wbc_nnabla.fileio.atomic_dir`, with the ``gradcam`` marker). An
         existing folder is replaced only with ``overwrite`` and when it is empty
-        or an earlier ``gradcam`` output (:func:`wbc_nnabla.io.check_output_folder`).
+        or an earlier ``gradcam`` output (:func:`wbc_nnabla.fileio.check_output_folder`).
     class_name, alpha: see :func:`write_overlays`.
 
     Writes :func:`write_overlays`' files (overlay at the image's size and the
@@ -410,21 +411,21 @@ def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], o
     import pandas as pd
 
     out = Path(out)
-    paths = io.image_files(images, recursive=False)
-    io.check_not_inside(out, [p.parent for p in paths])
+    paths = fileio.image_files(images, recursive=False)
+    fileio.check_not_inside(out, [p.parent for p in paths])
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"--alpha {alpha}: expected a weight between 0 and 1")
     g = GradCAM(model, size=size, batch_size=batch_size)
     target = None if class_name is None else g.class_index(class_name)
-    replace = io.check_output_folder(out, "gradcam", overwrite, [Path(model)] + paths)
-    with io.atomic_dir(out, overwrite=replace, command="gradcam") as folder:
+    replace = fileio.check_output_folder(out, "gradcam", overwrite, [Path(model)] + paths)
+    with fileio.atomic_dir(out, overwrite=replace, command="gradcam") as folder:
         table = pd.DataFrame(write_overlays(g, paths, folder, target, alpha, progress=progress))
-        with io.atomic_path(folder / "gradcam.csv") as tmp:
+        with fileio.atomic_path(folder / "gradcam.csv") as tmp:
             table.to_csv(tmp, index=False)
-        io.write_json(folder / "gradcam.json", dict(
+        fileio.write_json(folder / "gradcam.json", dict(
             command="gradcam", model=str(Path(model).resolve()), arch=g.arch, class_names=list(g.class_names),
             size=g.size, layer="layer4 output (last convolutional stage)", batchnorm="test mode (running statistics)",
             **{"class": class_name}, alpha=alpha, batch_size=g.batch_size, images=len(paths),
-            environment=io.environment()))
+            environment=fileio.environment()))
     table.attrs["size"] = g.size
     return table

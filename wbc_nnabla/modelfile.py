@@ -60,7 +60,7 @@ def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
     import nnabla.utils.save as nn_save
 
     from . import models
-    from .io import atomic_path
+    from .fileio import atomic_path
     size = int(meta["input_size"])
     with nn.parameter_scope("", {}):
         for k, v in params.items():

@@ -8,7 +8,7 @@ Stages (:data:`STAGES`; each writes its own output under ``OUT``)::
     dataset_inference/  the inference set (crop, resize, no augmentation)
     model_A/            WBC Model A (training.train, pretrained or scratch)
     model_B/            WBC Model B (fine-tuned from Model A)
-    predictions_A.csv, predictions_B.csv                         (inference.predict)
+    predictions_A.csv, predictions_B.csv                         (predictor.predict)
     score_A/, score_B/, compare/                                 (scoring.score / compare)
     gradcam/            Grad-CAM of the disagreement examples    (gradcam.GradCAM)
     report.html, report.md, figures/, summary.json, config.json
@@ -20,7 +20,7 @@ labels, smears, centres), the settings it depends on and the SHA-256 of the
 files it reads. A re-run skips complete stages (an interrupted run resumes,
 training from its last checkpoint) and runs again every stage whose inputs
 changed, and so every stage after it. ``OUT`` must be new, empty or an
-earlier ``reproduce`` output (its :data:`wbc_nnabla.io.OUTPUT_MARKER`);
+earlier ``reproduce`` output (its :data:`wbc_nnabla.fileio.OUTPUT_MARKER`);
 inside it a stage replaces only what its own record says it wrote.
 
 Presets (:data:`PRESETS`): ``paper`` is the paper's recipe (section II:
@@ -46,7 +46,7 @@ import pandas as pd
 
 # Stages that import nnabla (models, training, inference, gradcam) are imported inside the
 # functions that run them: the CLI builds its reproduce flags from Config without loading nnabla.
-from . import classes, io, sampling
+from . import classes, fileio, sampling
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, BATCH_SIZE, BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, PAPER,
                      TrainConfig, setting)
 
@@ -128,24 +128,24 @@ def make_config(preset: str = "paper", config_file: Optional[str] = None, **over
 def read_sources(source, inference=None, dedupe: bool = False) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     """The teacher cells of ``source`` and the labeled inference set (None when not given), as cell tables.
 
-    Both are read by :func:`wbc_nnabla.io.read_cells`: a cell listed twice is
+    Both are read by :func:`wbc_nnabla.fileio.read_cells`: a cell listed twice is
     an error naming both rows, unless ``dedupe`` drops exact repeats (counted
     in ``attrs["duplicates_dropped"]``). Every teacher cell needs a label; a
     cell (same resolved path) in both ``source`` and ``inference`` is an error
     naming both rows, since Model A and B would be scored on cells they trained on.
     """
-    table = io.read_cells(source, dedupe=dedupe)
+    table = fileio.read_cells(source, dedupe=dedupe)
     if (table["label"] == "").any():
         bad = table.loc[table["label"] == "", "source"].iloc[0]
         raise ValueError(f"{bad}: teacher cells need a label")
     if inference is None:
         return table, None
-    held = io.read_cells(inference, dedupe=dedupe)
+    held = fileio.read_cells(inference, dedupe=dedupe)
     shared = held[held["path"].isin(set(table["path"]))]
     if len(shared):
         cell = shared.iloc[0]
         teacher_row = table.loc[table["path"] == cell["path"], "source"].iloc[0]
-        raise io.SourceError(f"{teacher_row} and {cell['source']} list the same cell {cell['path']} as a teacher "
+        raise fileio.SourceError(f"{teacher_row} and {cell['source']} list the same cell {cell['path']} as a teacher "
                              f"cell and as an inference cell ({len(shared)} such cell(s)): the models would be "
                              f"scored on cells they trained on; remove them from SOURCE or from the inference set")
     return table, held
@@ -209,7 +209,7 @@ def _write_split(table: pd.DataFrame, held: Optional[pd.DataFrame], out_dir: Pat
         log.warning("split: %d repeated cell(s) of the sources dropped (--dedupe)", dropped)
     centres = ["x", "y"] if pd.concat([teacher[["x", "y"]], held[["x", "y"]]]).notna().any().any() else []
     columns = ["path", "label", "smear"] + centres + ["source_row"]
-    with io.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with fileio.atomic_dir(out_dir, overwrite=overwrite) as tmp:
         teacher.rename(columns={"source": "source_row"})[columns].to_csv(tmp / "teacher.csv", index=False)
         held.rename(columns={"source": "source_row"})[columns].to_csv(tmp / "inference.csv", index=False)
         info = dict(source=str(source), inference=str(inference) if inference else None,
@@ -218,13 +218,13 @@ def _write_split(table: pd.DataFrame, held: Optional[pd.DataFrame], out_dir: Pat
                     teacher_counts=teacher["label"].value_counts().sort_index().to_dict(),
                     inference_counts=held["label"].value_counts().sort_index().to_dict(),
                     duplicates_dropped=dropped)
-        io.write_json(tmp / "split.json", info)
+        fileio.write_json(tmp / "split.json", info)
     return info
 
 
 # ----------------------------------------------------------------------------- stage records
 
-#: The command named by the marker of a reproduce output folder (:func:`wbc_nnabla.io.write_marker`).
+#: The command named by the marker of a reproduce output folder (:func:`wbc_nnabla.fileio.write_marker`).
 COMMAND = "reproduce"
 #: The stage records inside OUT (:class:`StageRecords`).
 RECORDS_FILE = "stages.json"
@@ -360,13 +360,13 @@ class StageRecords:
         """Record that ``stage`` starts from ``made_from`` (after checking it may replace its outputs)."""
         self.check_owned(stage)
         self.records[stage.name] = {"made_from": made_from, "done": False}
-        io.write_json(self.path, self.records)
+        fileio.write_json(self.path, self.records)
 
     def finish(self, stage: Stage) -> None:
         """Record that ``stage`` finished, with the digests of its result files."""
         rec = self.records[stage.name]
         rec.update(done=True, results={rel: self.digest(rel) for rel in stage.results})
-        io.write_json(self.path, self.records)
+        fileio.write_json(self.path, self.records)
 
     def check_settings(self, cfg: Config) -> None:
         """Refuse (ValueError) a ``cfg`` that changes a setting of a completed stage (its output would be lost)."""
@@ -443,7 +443,7 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
               progress: bool = True, **overrides) -> dict:
     """Run the paper's study end to end (sections II-III) and write ``OUT/report.html``.
 
-    source: labeled teacher cells (anything :func:`wbc_nnabla.io.read_cells` reads).
+    source: labeled teacher cells (anything :func:`wbc_nnabla.fileio.read_cells` reads).
     out: a new or empty folder, or an earlier ``reproduce`` output: its complete
         stages are skipped, those whose inputs changed run again (see the module doc).
     inference: a labeled inference set; when None, a seeded stratified part of
@@ -477,25 +477,25 @@ def _open_run(out: Path, cfg: Config, source, inference, progress: bool) -> _Run
     with the same settings (:meth:`StageRecords.check_settings`).
     """
     sources = [source] + ([inference] if inference else [])
-    io.check_not_inside(out, sources)
+    fileio.check_not_inside(out, sources)
     for s in sources:
         if out.resolve() in Path(s).resolve().parents:
-            raise io.SourceError(f"source {s} is inside the output folder {out}; choose another output "
+            raise fileio.SourceError(f"source {s} is inside the output folder {out}; choose another output "
                                  f"(reproduce replaces folders inside OUT, sources are never written)")
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise FileExistsError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and io.marker_command(out) != COMMAND:
-            raise FileExistsError(f"{out}: not empty and not a reproduce output (no {io.OUTPUT_MARKER} naming "
+        if any(out.iterdir()) and fileio.marker_command(out) != COMMAND:
+            raise FileExistsError(f"{out}: not empty and not a reproduce output (no {fileio.OUTPUT_MARKER} naming "
                                   f"reproduce); nothing was written: use a new or empty output folder")
     records = StageRecords(out)
     records.check_settings(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    if io.marker_command(out) != COMMAND:
-        io.write_marker(out, COMMAND)
-    io.write_json(out / "config.json", dict(config=dataclasses.asdict(cfg), source=str(source),
+    if fileio.marker_command(out) != COMMAND:
+        fileio.write_marker(out, COMMAND)
+    fileio.write_json(out / "config.json", dict(config=dataclasses.asdict(cfg), source=str(source),
                                             inference=str(inference) if inference else None,
-                                            environment=io.environment()))
+                                            environment=fileio.environment()))
     return _Run(out, cfg, records, progress)
 
 
@@ -570,8 +570,8 @@ def _train_stage(run: _Run, name: str, dataset: Path, epochs: int, pretrained: s
 
 
 def _predict_stage(run: _Run, tag: str, model: Path) -> Path:
-    """Model ``tag``'s predictions on the inference set (:func:`wbc_nnabla.inference.predict`) unless complete."""
-    from . import inference as infer, predictions
+    """Model ``tag``'s predictions on the inference set (:func:`wbc_nnabla.predictor.predict`) unless complete."""
+    from . import predictor as infer, predictions
     stage = STAGES[f"predict_{tag}"]
     path = run.out / stage.outputs[0]
     cells = run.out / "dataset_inference" / "cells.csv"
@@ -618,16 +618,16 @@ def _gradcam_stage(run: _Run, model: Path, preds: Path, result) -> list:
 def _report_stage(run: _Run, split: dict, results: dict, comparison, cams: list) -> dict:
     """``summary.json``, ``report.html``/``.md`` and ``figures/`` on every run; marks ``config.json`` finished."""
     from . import reproduce_report
-    summary = _summary(run.cfg, split, results, comparison, dict(run.timings), time.perf_counter() - run.t0)
+    summary = _headline(run.cfg, split, results, comparison, dict(run.timings), time.perf_counter() - run.t0)
     stage = STAGES["report"]
     with run.recording(stage, run.made_from(stage, {})):
         shutil.rmtree(run.out / "figures", ignore_errors=True)  # an earlier report's figures (record checked)
-        io.write_json(run.out / "summary.json", summary)
+        fileio.write_json(run.out / "summary.json", summary)
         reproduce_report.write_reproduce_report(run.out, dataclasses.asdict(run.cfg), split, results["A"],
                                                 results["B"], comparison, cams, summary)
     state = _read_json(run.out / "config.json")
     state["finished"] = True
-    io.write_json(run.out / "config.json", state)
+    fileio.write_json(run.out / "config.json", state)
     return summary
 
 
@@ -666,7 +666,7 @@ def _gradcam_examples(model, result, folder: Path, cfg: Config) -> list:
         return []
     explainer = gradcam.GradCAM(model, size=cfg.infer_size)
     paths = list(wrong["path"])
-    with io.atomic_dir(folder, overwrite=True) as tmp:
+    with fileio.atomic_dir(folder, overwrite=True) as tmp:
         # small inference crops (e.g. the demo's 48 px) are enlarged to 192 px for viewing
         written = gradcam.write_overlays(explainer, paths, tmp, stems=[Path(p).stem for p in paths],
                                          side_by_side=True, min_side=192, cams=False)
@@ -674,7 +674,7 @@ def _gradcam_examples(model, result, folder: Path, cfg: Config) -> list:
             for w, p, h, a in zip(written, paths, wrong["true6"], wrong["pred6"])]
 
 
-def _summary(cfg, split, results, comparison, timings, seconds) -> dict:
+def _headline(cfg, split, results, comparison, timings, seconds) -> dict:
     s = {"preset": cfg.preset, "seconds": round(seconds, 1), "timings": timings,
          "n_inference_cells": split.get("n_inference"), "n_smears": split.get("n_smears")}
     for name, r in results.items():
@@ -688,4 +688,4 @@ def _summary(cfg, split, results, comparison, timings, seconds) -> dict:
 
 def demo(out="out/demo", progress: bool = True, **overrides) -> dict:
     """``reproduce`` on the embedded demo cells with the ``demo`` preset (what ``make demo`` runs)."""
-    return reproduce(io.demo_data(), out, preset="demo", progress=progress, **overrides)
+    return reproduce(fileio.demo_data(), out, preset="demo", progress=progress, **overrides)

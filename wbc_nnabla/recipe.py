@@ -42,7 +42,7 @@ BATCH_SIZE = 16
 ARCH_NAMES = ("resnet18", "resnet34", "resnet50")
 #: Initialisers of new convolution weights (:func:`wbc_nnabla.models.conv_initializer`).
 WEIGHT_INIT_NAMES = ("glorot", "he")
-#: Inference backends (:mod:`wbc_nnabla.inference`); ``auto`` picks one.
+#: Inference backends (:mod:`wbc_nnabla.predictor`); ``auto`` picks one.
 BACKEND_NAMES = ("auto", "nnabla", "opencv", "onnxruntime")
 #: nnabla contexts the training accepts (``cudnn`` needs nnabla-ext-cuda).
 CONTEXT_NAMES = ("cpu", "cudnn")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
-import io as _bytes_io
+import io
 import logging
 import math
 import os
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import io, scoring
+from . import fileio, scoring
 from .classes import DIFF_CLASSES
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ DPI = 100
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     """Render a figure to PNG bytes with the Agg canvas."""
-    buf = _bytes_io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
@@ -332,8 +332,8 @@ def _resolve_image(path: str, base_dir: Optional[str]) -> Path:
 def _thumbnail(path: Path, size: int) -> Tuple[np.ndarray, Optional[str]]:
     """RGB uint8 ``(size, size, 3)`` thumbnail, or a grey placeholder and the reason it is one."""
     try:
-        rgb = io.read_rgb(path)
-    except (io.ImageReadError, OSError) as e:
+        rgb = fileio.read_rgb(path)
+    except (fileio.ImageReadError, OSError) as e:
         return np.full((size, size, 3), 200, np.uint8), str(e)
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA), None
 
@@ -344,7 +344,7 @@ def disagreement_gallery(cells: pd.DataFrame, base_dir: Optional[str] = None, vi
 
     One row per (human, AI) pair, most frequent pairs first (at most
     ``max_pairs``), up to ``per_pair`` cells each, the most confident AI calls
-    first (``top6``). Images are read with :func:`wbc_nnabla.io.read_rgb`
+    first (``top6``). Images are read with :func:`wbc_nnabla.fileio.read_rgb`
     (relative paths from ``base_dir``) and shown as ``thumb`` px squares; a
     missing or unreadable image is a grey tile marked "missing" and listed in
     the returned notes. Returns ``(figure or None when no disagreement, notes)``.
@@ -495,8 +495,8 @@ def write_report(folder: Path, title: str, figures: Sequence[ReportFigure], sect
         (folder / "figures").mkdir(exist_ok=True)
     for f in figures:
         (folder / "figures" / f"{f.name}.png").write_bytes(f.png)
-    io.write_text(folder / "report.html", html_document(title, sections))
-    io.write_text(folder / "report.md", markdown_document(title, sections))
+    fileio.write_text(folder / "report.html", html_document(title, sections))
+    fileio.write_text(folder / "report.md", markdown_document(title, sections))
 
 
 def write_score_report(result: "scoring.ScoreResult", folder: Union[str, os.PathLike], gallery: bool = True) -> None:
@@ -586,7 +586,7 @@ def _check_output(out_dir: Path, command: str, overwrite: bool,
                   results: Sequence["scoring.ScoreResult"]) -> None:
     """Refuse an output folder that is not an earlier ``command`` output, or that is or holds an input.
 
-    :func:`wbc_nnabla.io.check_output` with the files and image folders of
+    :func:`wbc_nnabla.fileio.check_output` with the files and image folders of
     :func:`_score_inputs` of ``results``: ``overwrite`` replaces only a folder
     that is empty or carries the marker of the same command, and never one the
     predictions point into.
@@ -594,7 +594,7 @@ def _check_output(out_dir: Path, command: str, overwrite: bool,
     if not out_dir.exists() and not out_dir.is_symlink():
         return      # nothing to lose: skip listing the image folders
     inputs = sorted(set().union(*(_score_inputs(r) for r in results)))
-    io.check_output(out_dir, command, overwrite, inputs, folder=True)
+    fileio.check_output(out_dir, command, overwrite, inputs, folder=True)
 
 
 def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike], figures: bool = True,
@@ -605,14 +605,14 @@ def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike],
     ``differential.csv``, ``pending.csv``, ``risk_coverage.csv``,
     ``summary.json``, ``config.json`` and, with ``figures``, ``figures/*.png``,
     ``report.html`` (self-contained) and ``report.md``; the folder is marked as a
-    ``score`` output (:data:`wbc_nnabla.io.OUTPUT_MARKER`). Raises
+    ``score`` output (:data:`wbc_nnabla.fileio.OUTPUT_MARKER`). Raises
     ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false, or
-    when it is not an earlier score output (nor empty); :class:`wbc_nnabla.io.SourceError`
+    when it is not an earlier score output (nor empty); :class:`wbc_nnabla.fileio.SourceError`
     when it is, or holds, the predictions CSV or an image it points to.
     """
     out_dir = Path(out_dir)
     _check_output(out_dir, "score", overwrite, [result])
-    with io.atomic_dir(out_dir, overwrite=overwrite, command="score") as tmp:
+    with fileio.atomic_dir(out_dir, overwrite=overwrite, command="score") as tmp:
         write_score_files(result, tmp)
         if figures:
             write_score_report(result, tmp, gallery=gallery)
@@ -630,9 +630,9 @@ def write_score_files(result: "scoring.ScoreResult", folder: Union[str, os.PathL
     rc = pd.concat([result.risk_coverage6.assign(view="6"), result.risk_coverage5.assign(view="5")])
     rc[["view", "threshold", "n_kept", "coverage", "accuracy", "n_errors"]].to_csv(
         folder / "risk_coverage.csv", index=False, float_format="%.6g")
-    io.write_json(folder / "summary.json", _json_safe(result.summary))
-    io.write_json(folder / "config.json", _json_safe({"command": "score", **result.settings,
-                                                      "environment": io.environment()}))
+    fileio.write_json(folder / "summary.json", _json_safe(result.summary))
+    fileio.write_json(folder / "config.json", _json_safe({"command": "score", **result.settings,
+                                                      "environment": fileio.environment()}))
 
 
 def write_compare(result: "scoring.CompareResult", out_dir: Union[str, os.PathLike], figures: bool = True,
@@ -646,17 +646,17 @@ def write_compare(result: "scoring.CompareResult", out_dir: Union[str, os.PathLi
     predictions CSV or an image they point to (as :func:`write_score`)."""
     out_dir = Path(out_dir)
     _check_output(out_dir, "compare", overwrite, [result.score_a, result.score_b])
-    with io.atomic_dir(out_dir, overwrite=overwrite, command="compare") as tmp:
+    with fileio.atomic_dir(out_dir, overwrite=overwrite, command="compare") as tmp:
         result.per_smear.to_csv(tmp / "per_smear_pairs.csv", index=False, float_format="%.6g")
         result.recall_change.to_csv(tmp / "recall_change.csv", index=False, float_format="%.6g")
-        io.write_json(tmp / "comparison.json", _json_safe(result.summary))
-        io.write_json(tmp / "config.json", _json_safe({"command": "compare", "model_a": result.name_a,
+        fileio.write_json(tmp / "comparison.json", _json_safe(result.summary))
+        fileio.write_json(tmp / "config.json", _json_safe({"command": "compare", "model_a": result.name_a,
                                                        "model_b": result.name_b,
                                                        "predictions_a": result.summary["predictions_a"],
                                                        "predictions_b": result.summary["predictions_b"],
                                                        "pending_threshold": result.summary["pending_threshold"],
                                                        "pending_margin": result.summary["pending_margin"],
-                                                       "environment": io.environment()}))
+                                                       "environment": fileio.environment()}))
         for sub, s in (("A", result.score_a), ("B", result.score_b)):
             (tmp / sub).mkdir()
             write_score_files(s, tmp / sub)

@@ -46,7 +46,7 @@ from nnabla.utils.data_iterator import data_iterator_simple
 from scipy.special import softmax
 from tqdm import tqdm
 
-from . import checkpoint, classes, io, modelfile, models, sampling
+from . import checkpoint, classes, fileio, modelfile, models, sampling
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
 # without importing nnabla; they are re-exported here as part of this stage's API.
@@ -140,7 +140,7 @@ def get_context(name: str = "cpu"):
 
 def read_split(csv_path) -> Tuple[List[str], np.ndarray]:
     """(image paths, six-class indices) of an NNC dataset CSV (``x:image,y:label``)."""
-    df = io.read_nnc_csv(csv_path)
+    df = fileio.read_nnc_csv(csv_path)
     if (df["label"] == "").any():
         row = df.index[df["label"] == ""][0]
         raise TrainingError(f"{df['source'][row]}: no y:label (every training/validation image needs one)")
@@ -165,7 +165,7 @@ class ImageLoader:
     def image(self, i: int) -> np.ndarray:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        rgb = io.resize_square(io.read_rgb(self.paths[i]), self.size)
+        rgb = fileio.resize_square(fileio.read_rgb(self.paths[i]), self.size)
         chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
         if self.cache is not None:
             self.cache[i] = chw
@@ -254,7 +254,7 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
         if not (dataset_dir / n).is_file():
             raise TrainingError(f"{dataset_dir}: no {n} (expected an NNC dataset folder with train.csv "
                                 f"and valid.csv, e.g. from `wbc-nnabla build-dataset`)")
-    io.check_not_inside(out_dir, [dataset_dir])
+    fileio.check_not_inside(out_dir, [dataset_dir])
     train_paths, train_y = read_split(dataset_dir / "train.csv")
     valid_paths, valid_y = read_split(dataset_dir / "valid.csv")
     if len(train_paths) < cfg.batch_size:
@@ -392,7 +392,7 @@ class Monitors:
 def write_curve(out_dir: Path, history: List[dict]) -> None:
     """``learning_curve.csv`` and ``learning_curve.png`` (Cost, Training Error, Validation Error; Figs 5/7)."""
     df = pd.DataFrame(history, columns=list(CURVE_COLUMNS))
-    with io.atomic_path(Path(out_dir) / "learning_curve.csv") as tmp:
+    with fileio.atomic_path(Path(out_dir) / "learning_curve.csv") as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
     fig = Figure(figsize=(6.4, 4.0), dpi=100)   # no pyplot: the caller's matplotlib backend is untouched
     ax = fig.subplots()
@@ -407,7 +407,7 @@ def write_curve(out_dir: Path, history: List[dict]) -> None:
     ax.legend()
     ax.set_title("Learning curve")
     fig.tight_layout()
-    with io.atomic_path(Path(out_dir) / "learning_curve.png") as tmp:
+    with fileio.atomic_path(Path(out_dir) / "learning_curve.png") as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -460,7 +460,7 @@ def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict) -
     """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch."""
     meta = modelfile.model_meta(arch, classes.CLASSES6, size, training=training)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
-    with io.atomic_path(out_dir / "model.h5") as tmp:
+    with fileio.atomic_path(out_dir / "model.h5") as tmp:
         nn.save_parameters(str(tmp), params, extension=".h5")
 
 
@@ -518,7 +518,7 @@ def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, 
     """
     compute, costs = 0.0, []
     stream = batches(data.train, cfg.batch_size, data.iters, True, _derive_seed(cfg.seed, epoch, 2))
-    with tqdm(total=data.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+    with tqdm(total=data.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fileio.bar_disabled(cfg.progress),
               leave=False) as bar:
         for i, (xb, yb, _) in enumerate(stream):
             graph.x.d, graph.t.d = xb, yb
@@ -610,12 +610,13 @@ def train(dataset_dir, out_dir, config: Optional[TrainConfig] = None, resume: bo
         # nnabla logs every data iterator and file save at INFO, which breaks the progress bar.
         nn_logger.setLevel(logging.WARNING)
     try:
-        return _train(Path(dataset_dir), Path(out_dir), cfg, resume)
+        return _run_epochs(Path(dataset_dir), Path(out_dir), cfg, resume)
     finally:
         nn_logger.setLevel(level)
 
 
-def _train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool) -> dict:
+def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool) -> dict:
+    """The run behind :func:`train`: data, config, checkpoint or fresh start, then every epoch."""
     data = load_data(dataset_dir, out_dir, cfg)
     config = run_config(dataset_dir, out_dir, cfg, data)
     if resume:
@@ -628,11 +629,11 @@ def _train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool) -> 
         if previous:
             log.info("resuming %s after epoch %d", out_dir, run.epoch)
         out_dir.mkdir(parents=True, exist_ok=True)
-        summary = dict(config=config, environment=io.environment(), initialisation=run.init_info)
-        io.write_json(out_dir / "config.json", summary)
+        summary = dict(config=config, environment=fileio.environment(), initialisation=run.init_info)
+        fileio.write_json(out_dir / "config.json", summary)
         mon = Monitors(out_dir, run.history)
         for epoch in range(run.epoch, cfg.epochs):
             end_epoch(out_dir, cfg, run, run_epoch(epoch, cfg, data, run, mon, out_dir), mon)
     summary.update(best=run.best, history=run.history)
-    io.write_json(out_dir / "config.json", summary)
+    fileio.write_json(out_dir / "config.json", summary)
     return summary

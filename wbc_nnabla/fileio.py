@@ -602,6 +602,13 @@ def write_nnc_csv(path: PathLike, images: Iterable[PathLike], labels: Iterable[i
     return path
 
 
+def bar_disabled(progress: bool) -> Optional[bool]:
+    """tqdm's ``disable`` for a progress setting: off when asked, else None, which tqdm reads as
+    "off without a terminal" (a log file or CI gets the stage's one-line messages, not a stream of
+    carriage returns)."""
+    return None if progress else True
+
+
 # ----------------------------------------------------------------------------- safe outputs
 
 

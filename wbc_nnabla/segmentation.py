@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from . import io, sampling
+from . import fileio, sampling
 from .errors import InputError
 from .recipe import PAPER
 
@@ -380,7 +380,7 @@ def segment_wbc(rgb: np.ndarray, centre: Optional[Tuple[float, float]] = None
     background; an opening of ``0.15 r_n`` cuts bridges; holes are filled.
     An empty mask means no nucleus was found.
     """
-    io.check_rgb(rgb)
+    fileio.check_rgb(rgb)
     h, w = rgb.shape[:2]
     if centre is None:
         centre = (w / 2.0, h / 2.0)
@@ -411,7 +411,7 @@ def remove_background(rgb: np.ndarray, mask: Optional[np.ndarray] = None,
     :func:`wbc_mask` when None); fill: RGB colour of the removed background.
     Returns a new RGB uint8 array.
     """
-    io.check_rgb(rgb)
+    fileio.check_rgb(rgb)
     if mask is None:
         mask = wbc_mask(rgb)
     mask = np.asarray(mask).astype(bool)
@@ -469,7 +469,7 @@ def locate_wbcs(field_rgb: np.ndarray, min_share: float = 0.3) -> np.ndarray:
     with no stained nucleus gives ``(0, 2)``; a field whose largest dark
     object is not a WBC (no WBC at all) is not recognised as such.
     """
-    io.check_rgb(field_rgb)
+    fileio.check_rgb(field_rgb)
     h, w = field_rgb.shape[:2]
     f = min(1.0, MAX_SIDE / max(h, w))
     img = field_rgb if f >= 1.0 else cv2.resize(
@@ -502,7 +502,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, nucleus: Optional[np.ndarray] = N
     size: when given, the overlay is resized to ``size`` x ``size`` pixels
     (a gallery tile).
     """
-    io.check_rgb(rgb)
+    fileio.check_rgb(rgb)
     o = rgb.copy()
     th = max(1, max(rgb.shape[:2]) // 150)
     for m, col in ((mask, (0, 160, 0)), (nucleus, (0, 0, 255))):
@@ -545,11 +545,11 @@ def _unique_stems(paths: Sequence[Path]) -> None:
 def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = False) -> dict:
     """WBC masks of many single-cell crops, written into the folder ``out`` (``wbc-nnabla segment``).
 
-    inputs: image files and/or folders (searched recursively, :func:`wbc_nnabla.io.image_files`).
+    inputs: image files and/or folders (searched recursively, :func:`wbc_nnabla.fileio.image_files`).
     out: output folder, never inside an input folder; written whole in one rename
-        (:func:`wbc_nnabla.io.atomic_dir`, with the ``segment`` marker). An existing
+        (:func:`wbc_nnabla.fileio.atomic_dir`, with the ``segment`` marker). An existing
         folder is replaced only with ``overwrite`` and when it is empty or an
-        earlier ``segment`` output (:func:`wbc_nnabla.io.check_output_folder`).
+        earlier ``segment`` output (:func:`wbc_nnabla.fileio.check_output_folder`).
     gallery: overlay (:func:`overlay`, :data:`GALLERY_TILE` px tiles) of a seeded
         sample of ``gallery`` cells stratified by sub-folder, in ``out/gallery.png``
         (0: none).
@@ -561,25 +561,25 @@ def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = F
     (None without one) and the number of cells it shows.
     """
     out = Path(out)
-    paths = io.image_files(inputs)
-    io.check_not_inside(out, io.image_folders(inputs))
+    paths = fileio.image_files(inputs)
+    fileio.check_not_inside(out, fileio.image_folders(inputs))
     _unique_stems(paths)
-    replace = io.check_output_folder(out, "segment", overwrite, paths)
+    replace = fileio.check_output_folder(out, "segment", overwrite, paths)
     # the gallery shows a seeded sample stratified by sub-folder, not the first N files
     # (a class-sorted folder would show one class only)
     shown = set(sampling.shuffled_sample([p.parent.name for p in paths], gallery, 0).tolist()) \
         if gallery > 0 else set()
     tiles, empty = {}, 0
-    with io.atomic_dir(out, overwrite=replace, command="segment") as tmp:
+    with fileio.atomic_dir(out, overwrite=replace, command="segment") as tmp:
         for i, p in enumerate(paths):
-            rgb = io.read_rgb(p)
+            rgb = fileio.read_rgb(p)
             mask, nucleus = segment_wbc(rgb)
             empty += int(not mask.any())
-            io.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
+            fileio.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
             if i in shown:
                 tiles[i] = overlay(rgb, mask, nucleus, size=GALLERY_TILE)
         if tiles:
-            io.write_image(tmp / "gallery.png", contact_sheet([tiles[i] for i in sorted(tiles)], GALLERY_COLUMNS))
+            fileio.write_image(tmp / "gallery.png", contact_sheet([tiles[i] for i in sorted(tiles)], GALLERY_COLUMNS))
     return dict(out=out, images=len(paths), empty=empty, gallery=out / "gallery.png" if tiles else None,
                 gallery_images=len(tiles))
 
@@ -596,7 +596,7 @@ def locate_table(paths: Sequence) -> pd.DataFrame:
     """
     rows = []
     for p in paths:
-        for x, y in locate_wbcs(io.read_rgb(p)):
+        for x, y in locate_wbcs(fileio.read_rgb(p)):
             rows.append({"image": str(p), "x": round(float(x), 1), "y": round(float(y), 1)})
     return pd.DataFrame(rows, columns=list(LOCATE_COLUMNS))
 
@@ -604,18 +604,18 @@ def locate_table(paths: Sequence) -> pd.DataFrame:
 def locate_images(inputs: Sequence, out, overwrite: bool = False) -> pd.DataFrame:
     """WBC centres in smear fields, written as the CSV ``out`` (``wbc-nnabla locate``).
 
-    inputs: field images and/or folders (searched recursively, :func:`wbc_nnabla.io.image_files`).
+    inputs: field images and/or folders (searched recursively, :func:`wbc_nnabla.fileio.image_files`).
     out: CSV (:data:`LOCATE_COLUMNS`, :func:`locate_table`), never in an input
         folder; an existing file is replaced only with ``overwrite`` (and never
-        when it is an input, :func:`wbc_nnabla.io.check_output`), atomically.
+        when it is an input, :func:`wbc_nnabla.fileio.check_output`), atomically.
     Returns the table; ``attrs["images"]`` is the number of field images read.
     """
     out = Path(out)
-    paths = io.image_files(inputs)
-    io.check_not_inside(out.parent, io.image_folders(inputs))
-    io.check_output(out, "locate", overwrite, paths, folder=False)
+    paths = fileio.image_files(inputs)
+    fileio.check_not_inside(out.parent, fileio.image_folders(inputs))
+    fileio.check_output(out, "locate", overwrite, paths, folder=False)
     table = locate_table(paths)
-    with io.atomic_files([out], overwrite=overwrite) as (tmp,):
+    with fileio.atomic_files([out], overwrite=overwrite) as (tmp,):
         table.to_csv(tmp, index=False, lineterminator="\n")
     table.attrs["images"] = len(paths)
     return table

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import classes, io
+from . import classes, fileio
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, read_model
@@ -57,7 +57,7 @@ CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
 def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
     """Network input of one cell image: float32 ``(3, size, size)`` RGB in [0, 1].
 
-    rgb: uint8 ``(H, W, 3)`` RGB (as :func:`wbc_nnabla.io.read_rgb` returns).
+    rgb: uint8 ``(H, W, 3)`` RGB (as :func:`wbc_nnabla.fileio.read_rgb` returns).
     The image is resized to ``size`` x ``size`` (the paper resizes its 750x750
     crops to 480 for training and 320 for inference, section II.3) with
     ``cv2.INTER_AREA`` when shrinking (both sides larger than ``size``; no
@@ -65,13 +65,13 @@ def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
     ``data_iterator_csv_dataset(normalize=True)``. ImageNet normalisation is
     inside the network. Every backend uses this function.
     """
-    rgb = io.resize_square(io.check_rgb(rgb), size)  # the same rule as training's loader
+    rgb = fileio.resize_square(fileio.check_rgb(rgb), size)  # the same rule as training's loader
     return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
 def load_input(path: PathLike, size: int) -> np.ndarray:
     """:func:`preprocess` of the image file ``path`` (raises ``ImageReadError`` naming it)."""
-    return preprocess(io.read_rgb(path), size)
+    return preprocess(fileio.read_rgb(path), size)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -283,29 +283,29 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
 
 
 def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
-    """The cells to predict: a cell table (see :mod:`wbc_nnabla.io`), labels optional.
+    """The cells to predict: a cell table (see :mod:`wbc_nnabla.fileio`), labels optional.
 
     source: a cell table DataFrame (needs ``path``), or any cell source
-    :func:`wbc_nnabla.io.read_cells` reads (class-folder tree, ``path,label[,smear]``
+    :func:`wbc_nnabla.fileio.read_cells` reads (class-folder tree, ``path,label[,smear]``
     CSV, NNC dataset CSV or folder, an inference dataset folder, a folder of
     images, or a folder of smear sub-folders: the paper's inference set is 57
     smears). A cell listed twice is an error (``dedupe`` drops exact repeats).
     """
     if isinstance(source, pd.DataFrame):
         if "path" not in source.columns:
-            raise io.SourceError("cell table has no 'path' column")
+            raise fileio.SourceError("cell table has no 'path' column")
         df = source.copy()
         for col in ("label", "smear"):
             df[col] = df[col].fillna("").astype(str) if col in df.columns else ""
         return df
-    return io.read_cells(source, dedupe=dedupe)
+    return fileio.read_cells(source, dedupe=dedupe)
 
 
 def _load_or_skip(path: str, size: int, skip_bad: bool) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """(network input, None), or with ``skip_bad`` (None, reason) for an unreadable image."""
     try:
         return load_input(path, size), None
-    except io.ImageReadError as e:
+    except fileio.ImageReadError as e:
         if not skip_bad:
             raise
         return None, str(e)
@@ -342,7 +342,8 @@ def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, 
     """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones)."""
     from tqdm.auto import tqdm
     chunks, keep, skipped = [], [], []
-    with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]", disable=not progress) as bar:
+    with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]",
+              disable=fileio.bar_disabled(progress)) as bar:
         for batch in _prefetch(list(paths), size, batch_size, min(4, cpu_count() + 1), skip_bad):
             good = [x for x, why in batch if why is None]
             keep.extend(why is None for _, why in batch)
@@ -382,7 +383,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     expected_classes: class names the caller expects (e.g. :data:`wbc_nnabla.classes.CLASSES6`);
         a model of another class set raises :class:`~wbc_nnabla.modelfile.ModelError`.
     skip_bad: leave out images that cannot be read (missing, corrupt, smaller than
-        :data:`wbc_nnabla.io.MIN_IMAGE_SIDE`) instead of stopping; they are listed in
+        :data:`wbc_nnabla.fileio.MIN_IMAGE_SIDE`) instead of stopping; they are listed in
         ``df.attrs["skipped"]``.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
@@ -424,7 +425,7 @@ def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int
 def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dict:
     """The effective configuration of a predict run (saved beside the CSV by the CLI)."""
     return dict(stage="predict", model=str(model), cells=str(cells), batch_size=batch_size,
-                n_cells=len(df), environment=io.environment(), **df.attrs)
+                n_cells=len(df), environment=fileio.environment(), **df.attrs)
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
