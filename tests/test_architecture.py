@@ -205,14 +205,16 @@ def _private_uses(tree: ast.Module, modules: Set[str]) -> list:
 
 def test_private_name_check_sees_every_form():
     modules = set(_sources())
-    code = ("import wbc_nnabla.fileio\nfrom wbc_nnabla import cells, gradcam as g, __version__\n"
+    code = ("import wbc_nnabla.fileio\nfrom wbc_nnabla import segmentation, gradcam as g, __version__\n"
             "from wbc_nnabla.fileio import _umask, read_rgb\n"
-            "cells._hull(m); g.upsample_map(r); wbc_nnabla.fileio._umask(); read_rgb._x; cells.GALLERY_TILE\n"
-            "getattr(cells, '_radius'); monkeypatch.setattr('wbc_nnabla.export._prune', f)\n")
+            "segmentation._hull(m); g.upsample_map(r); wbc_nnabla.fileio._umask(); read_rgb._x; "
+            "segmentation.GALLERY_TILE\n"
+            "getattr(segmentation, '_radius'); monkeypatch.setattr('wbc_nnabla.export._prune', f)\n")
     found = {f.split(": ", 1)[1] for f in _private_uses(ast.parse(code), modules)}
     # (PACKAGE + "..." rather than one string: this file is checked too)
-    assert found == {"from " + PACKAGE + ".io import _umask", "cells._hull", PACKAGE + ".io._umask",
-                     "getattr(cells, '_radius')", "'" + PACKAGE + ".export._prune'"}, found
+    assert found == {"from " + PACKAGE + ".fileio import _umask", "segmentation._hull",
+                     PACKAGE + ".fileio._umask", "getattr(segmentation, '_radius')",
+                     "'" + PACKAGE + ".export._prune'"}, found
 
 
 def test_tests_use_no_private_name_of_the_package():

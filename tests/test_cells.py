@@ -227,7 +227,7 @@ def test_segment_images_and_locate_images_api(tmp_path):
     s = segmentation.segment_images([src], tmp_path / "masks", gallery=1)
     assert s == dict(out=tmp_path / "masks", images=2, empty=1, gallery=tmp_path / "masks" / "gallery.png",
                      gallery_images=1)
-    assert cv2.imread(str(s["gallery"])).shape == (cells.GALLERY_TILE, cells.GALLERY_TILE * cells.GALLERY_COLUMNS, 3)
+    assert cv2.imread(str(s["gallery"])).shape == (segmentation.GALLERY_TILE, segmentation.GALLERY_TILE * segmentation.GALLERY_COLUMNS, 3)
     assert sorted(p.name for p in s["out"].iterdir()) == [fileio.OUTPUT_MARKER, "a.png", "b.png", "gallery.png"]
     assert segmentation.segment_images([src / "Lymph" / "a.png"], tmp_path / "one", gallery=0)["gallery"] is None
     fileio.write_image(tmp_path / "other" / "a.jpg", img)

@@ -250,7 +250,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(path, rgb, *a, **k)
 
-    monkeypatch.setattr(io, "write_image", failing)
+    monkeypatch.setattr(fileio, "write_image", failing)
     with pytest.raises(KeyboardInterrupt):
         datasets.build_dataset(src, tmp_path / "ds", background="keep", total=24, **SMALL)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

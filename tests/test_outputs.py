@@ -185,8 +185,8 @@ def stub_predict(monkeypatch):
         df.attrs.update(backend="stub", size=32, train_size=32, seconds=0.01, arch="resnet18")
         return df
 
-    monkeypatch.setattr(inference, "load_backend", load_backend)
-    monkeypatch.setattr(inference, "predict", predict)
+    monkeypatch.setattr(predictor, "load_backend", load_backend)
+    monkeypatch.setattr(predictor, "predict", predict)
 
 
 @pytest.fixture
