@@ -275,3 +275,15 @@ def test_pbc6_pale_neutrophils_keep_cytoplasm(pbc6):
         assert ratio >= 1.4, (name, ratio)
         assert m.sum() / segmentation.convex_hull(m).sum() >= 0.9, name    # convex: no red cell swallowed
         np.testing.assert_array_equal(segmentation.segment_wbc(rgb)[0], m)  # deterministic
+
+
+def test_cli_segment_gallery_0_names_no_gallery(tmp_path, capsys):
+    """`segment --gallery 0` writes no gallery.png and its message names none."""
+    src = tmp_path / "in"
+    src.mkdir()
+    img, _, _ = synthetic_cell()
+    fileio.write_image(src / "a.png", img)
+    out = tmp_path / "masks"
+    assert cli.main(["segment", str(src), "--out", str(out), "--gallery", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert not (out / "gallery.png").exists() and "gallery.png" not in printed and (out / "a.png").exists()
