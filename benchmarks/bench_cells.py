@@ -26,7 +26,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from wbc_nnabla import segmentation, fileio  # noqa: E402
+from wbc_nnabla import fileio, segmentation  # noqa: E402
 
 CLASSES = ("Band", "Segment", "Eosinophil", "Basophil", "Mono", "Lymph")
 ZHENG_NAMES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}

@@ -36,7 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, predictor, fileio  # noqa: E402
+from wbc_nnabla import classes, fileio, predictor  # noqa: E402
 
 PROBS = [f"prob_{c}" for c in classes.CLASSES6]
 

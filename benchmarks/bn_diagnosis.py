@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import nnabla as nn  # noqa: E402
 
-from wbc_nnabla import predictor, modelfile, models, training  # noqa: E402
+from wbc_nnabla import modelfile, models, predictor, training  # noqa: E402
 
 B = 32
 

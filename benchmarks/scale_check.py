@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, predictor, fileio, training  # noqa: E402
+from wbc_nnabla import classes, fileio, predictor, training  # noqa: E402
 
 
 def subset(pbc6: Path, per_train: int, per_valid: int, per_test: int, seed: int):

@@ -18,7 +18,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.functions as F  # noqa: E402
 import nnabla.solvers as S  # noqa: E402
 
-from wbc_nnabla import classes, gradcam, fileio, modelfile, models  # noqa: E402
+from wbc_nnabla import classes, fileio, gradcam, modelfile, models  # noqa: E402
 from wbc_nnabla.cli import main  # noqa: E402
 
 SIZE = 64            # training / model input size (pixels)

@@ -571,7 +571,7 @@ def _train_stage(run: _Run, name: str, dataset: Path, epochs: int, pretrained: s
 
 def _predict_stage(run: _Run, tag: str, model: Path) -> Path:
     """Model ``tag``'s predictions on the inference set (:func:`wbc_nnabla.predictor.predict`) unless complete."""
-    from . import predictor as infer, predictions
+    from . import predictions, predictor as infer
     stage = STAGES[f"predict_{tag}"]
     path = run.out / stage.outputs[0]
     cells = run.out / "dataset_inference" / "cells.csv"
