@@ -14,6 +14,9 @@ A wbc_nnabla model file is a standard nnabla ``.nnp`` (loadable by
 :func:`save_nnp` writes it; :func:`read_model` is the one validated reader
 (also of plain nnabla ``.nnp`` and ``.h5`` parameter files), used by
 inference, Grad-CAM and the ONNX export.
+
+nnabla is imported inside the functions that need it: the ONNX backends read a
+model's description through this module and must run where nnabla is not loaded.
 """
 from __future__ import annotations
 

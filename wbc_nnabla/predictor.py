@@ -41,11 +41,12 @@ from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, read_model
 from .predictions import predictions_table
+from .recipe import BACKEND_NAMES
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
-BACKENDS = ("auto", "nnabla", "opencv", "onnxruntime")
+BACKENDS = BACKEND_NAMES
 #: CPU backends in the order ``auto`` tries them (fastest first, measured in
 #: docs/benchmarks.md on a 2-core AVX-512 machine).
 CPU_ORDER = ("opencv", "onnxruntime", "nnabla")

@@ -24,6 +24,8 @@ import os
 import zipfile
 
 import numpy as np
+from google.protobuf import text_format
+from nnabla.utils import nnabla_pb2
 
 from . import models
 from .errors import WBCError
@@ -126,8 +128,6 @@ def map_examples_h5(src: dict, arch: str) -> dict:
 
 def _zoo_network(path):
     """(functions, parameter dict) of the largest network in an NNC/zoo ``.nnp``."""
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
     proto = nnabla_pb2.NNablaProtoBuf()
     with zipfile.ZipFile(path) as z:
         for name in z.namelist():
