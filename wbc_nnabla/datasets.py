@@ -310,25 +310,26 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
                   dedupe: bool = False) -> "BuiltDataset":
     """Build teacher dataset ① / ② or the inference set (section II.3) as an NNC dataset folder.
 
-    source: any cell source :func:`wbc_nnabla.fileio.read_cells` reads. out: the dataset folder to
-    create (must not exist unless ``overwrite``; never inside a source folder).
+    source: any cell source :func:`wbc_nnabla.fileio.read_cells` reads.
+    out: the dataset folder to create (must not exist unless ``overwrite``; never inside a source folder).
     background: ``"remove"`` (dataset ①, :func:`wbc_nnabla.segmentation.remove_background`
-    on each crop) or ``"keep"`` (dataset ②); None means remove for a teacher
-    set and keep for an inference set (the paper's inference images are plain crops). crop: crop side in pixels, or
-    ``crop_um`` µm at ``pixel_um`` µm/pixel (:func:`wbc_nnabla.segmentation.crop_size_px`);
-    single-cell images without a centre get a centred square of
-    min(crop, shorter side). size: output side in pixels (default 480, or
-    320 with ``inference``). total: images in train + valid (default 2,385
-    for remove, 3,284 for keep), balanced per class within each split.
+        on each crop) or ``"keep"`` (dataset ②); None means remove for a teacher
+        set and keep for an inference set (the paper's inference images are plain crops).
+    crop: crop side in pixels, or ``crop_um`` µm at ``pixel_um`` µm/pixel
+        (:func:`wbc_nnabla.segmentation.crop_size_px`); single-cell images without a centre
+        get a centred square of min(crop, shorter side).
+    size: output side in pixels (default 480, or 320 with ``inference``).
+    total: images in train + valid (default 2,385 for remove, 3,284 for keep), balanced per
+        class within each split.
     valid_fraction: share of the images in ``valid.csv``; the split is made
-    per source cell before augmentation (:func:`split_cells`), seeded.
+        per source cell before augmentation (:func:`split_cells`), seeded.
     inference: crop and resize only, no split or augmentation; writes
-    ``cells.csv`` and ``test.csv``. locate: find WBCs in images that have
-    no centre (:func:`wbc_nnabla.segmentation.locate_wbcs`). skip_bad: skip and
-    report unreadable (or too small, or corrupt) images instead of stopping.
+        ``cells.csv`` and ``test.csv``.
+    locate: find WBCs in images that have no centre (:func:`wbc_nnabla.segmentation.locate_wbcs`).
+    skip_bad: skip and report unreadable (or too small, or corrupt) images instead of stopping.
     dedupe: drop cells the source lists twice with the same label (counted in
-    the build report); without it a repeated cell is an error naming both rows,
-    since its copies could fall in both splits.
+        the build report); without it a repeated cell is an error naming both rows,
+        since its copies could fall in both splits.
 
     The same inputs and arguments give byte-identical files. Returns a
     :class:`BuiltDataset`: the folder (path-like) and its build report (the

@@ -45,7 +45,8 @@ MODEL_SUFFIXES = (".nnp", ".h5", ".onnx")
 class _Graph:
     """Accumulates ONNX nodes and initializers while walking the ResNet.
 
-    params: ``{name: ndarray}`` of the network; bn_eps: the BatchNorm epsilon (``models.BN_EPS``).
+    params: ``{name: ndarray}`` of the network.
+    bn_eps: the BatchNorm epsilon (``models.BN_EPS``).
     """
 
     def __init__(self, params: dict, bn_eps: float):
@@ -97,7 +98,8 @@ class _Graph:
 def build_onnx(params: dict, meta: dict, opset: int = 13):
     """The ``onnx.ModelProto`` of a ResNet of models.py (same graph as the ``.nnp``'s "inference").
 
-    params: ``{name: ndarray}`` as from :func:`wbc_nnabla.modelfile.read_model`; meta: its description.
+    params: ``{name: ndarray}`` as from :func:`wbc_nnabla.modelfile.read_model`.
+    meta: its description.
     """
     from onnx import TensorProto, helper
 

@@ -48,9 +48,11 @@ class CamResult:
     cam: float32 ``(H, W)`` in [0, 1], the map at the input image's size.
     raw: float32 ``(h, w)``, the un-normalised map at the ``layer4`` resolution
         (``ReLU(sum_k alpha_k A^k)``; all zeros when nothing supports the class).
-    class_index, class_name: the class the map explains.
-    predicted_index, predicted_name, probability: the model's top class and its
-        softmax probability.
+    class_index: index of the class the map explains.
+    class_name: name of the class the map explains.
+    predicted_index: index of the model's top class.
+    predicted_name: name of the model's top class.
+    probability: softmax probability of the model's top class.
     class_probability: softmax probability of the explained class.
     """
 
@@ -266,8 +268,9 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
             colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """The map as a heat map over the image: RGB uint8 ``(H, W, 3)``.
 
-    rgb: RGB uint8 ``(H, W, 3)``; cam: ``(H, W)`` in [0, 1] (e.g. ``CamResult.cam``);
-    alpha: weight of the heat map (0 = image only, 1 = heat map only);
+    rgb: RGB uint8 ``(H, W, 3)``.
+    cam: ``(H, W)`` in [0, 1] (e.g. ``CamResult.cam``).
+    alpha: weight of the heat map (0 = image only, 1 = heat map only).
     colormap: an OpenCV colormap (JET: blue = 0, red = 1).
     """
     fileio.check_rgb(rgb, "overlay")
@@ -284,8 +287,11 @@ def figure(rgbs: Sequence[np.ndarray], cams: Sequence[np.ndarray], titles: Optio
            ncols: int = 4, alpha: float = 0.4, tile_inches: float = 2.5):
     """A grid of overlays as a matplotlib :class:`~matplotlib.figure.Figure` (no pyplot state).
 
-    rgbs, cams: images and their maps (same lengths); titles: one per image
-    (e.g. ``"Band 0.93"``). Save with :func:`save_figure` or embed in a report.
+    rgbs: images (as many as ``cams``).
+    cams: their maps (as many as ``rgbs``).
+    titles: one per image (e.g. ``"Band 0.93"``).
+
+    Save with :func:`save_figure` or embed in a report.
     """
     from matplotlib.figure import Figure
 
@@ -401,7 +407,8 @@ def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], o
         rename (:func:`wbc_nnabla.fileio.atomic_dir`, with the ``gradcam`` marker). An
         existing folder is replaced only with ``overwrite`` and when it is empty
         or an earlier ``gradcam`` output (:func:`wbc_nnabla.fileio.check_output_folder`).
-    class_name, alpha: see :func:`write_overlays`.
+    class_name: see :func:`write_overlays`.
+    alpha: see :func:`write_overlays`.
 
     Writes :func:`write_overlays`' files (overlay at the image's size and the
     map ``.npy``; stems from :func:`output_stems`), ``gradcam.csv`` (its

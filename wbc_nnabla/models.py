@@ -52,8 +52,12 @@ STAGE_PLANES = (64, 128, 256, 512)
 class ConvBN:
     """One convolution (no bias, ``same``-style padding) followed by BatchNorm.
 
-    conv, bn: parameter scopes (weights ``<conv>/conv/W``, ``<bn>/bn/{beta,gamma,mean,var}``).
-    kernel: square kernel side; stride: both directions; channels in and out.
+    conv: parameter scope of the convolution (weights ``<conv>/conv/W``).
+    bn: parameter scope of the BatchNorm (weights ``<bn>/bn/{beta,gamma,mean,var}``).
+    kernel: square kernel side.
+    in_channels: channels in.
+    out_channels: channels out.
+    stride: stride in both directions.
     """
 
     conv: str
@@ -77,9 +81,11 @@ STEM = ConvBN("conv1", "bn1", 7, 3, 64, 2)
 class Block:
     """One residual block of :func:`stages`: where it sits and how it is wired.
 
-    stage: 1-4 (``layerK``); index: position in the stage (0-based).
+    stage: 1-4 (``layerK``).
+    index: position in the stage (0-based).
     kind: ``basic`` (two 3x3) or ``bottleneck`` (1x1, 3x3, 1x1 x4).
-    planes: width of the block's 3x3 convolution; out_channels: ``planes * expansion``.
+    planes: width of the block's 3x3 convolution.
+    out_channels: ``planes * expansion``.
     stride: 2 for the first block of stages 2-4 (on the 3x3 convolution), else 1.
     has_projection: the shortcut is a 1x1 convolution + BN (``downsample``) because
         the stride or the channel count changes; else it is the identity.
@@ -183,8 +189,10 @@ def conv_initializer(spec: ConvBN, weight_init: str = "glorot") -> I.BaseInitial
 def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot") -> nn.Variable:
     """Convolution ``spec`` (no bias, padding ``kernel // 2``) then batch normalisation.
 
-    x: ``(N, spec.in_channels, H, W)``; returns ``(N, spec.out_channels, H / stride, W / stride)``.
+    x: ``(N, spec.in_channels, H, W)``.
     test: BatchNorm uses its running statistics (else batch statistics, updating them).
+
+    Returns ``(N, spec.out_channels, H / stride, W / stride)``.
     """
     if x.shape[1] != spec.in_channels:
         raise InputError(f"{spec.conv}: input has {x.shape[1]} channels, the topology says {spec.in_channels}")
@@ -242,9 +250,11 @@ def backbone(x: nn.Variable, arch: str = "resnet18", test: bool = False,
              weight_init: str = "glorot") -> nn.Variable:
     """Fig. 4 up to the last convolutional stage: ``(N, C, ceil(H/32), ceil(W/32))`` features.
 
-    x: [0, 1] RGB ``(N, 3, H, W)``; C is the last block's ``out_channels`` (512 for ResNet-18).
+    x: [0, 1] RGB ``(N, 3, H, W)``.
     test: use BatchNorm running statistics (validation/inference graphs).
     weight_init: initialiser of new convolution weights (:data:`WEIGHT_INITS`).
+
+    C is the last block's ``out_channels`` (512 for ResNet-18).
     """
     block_fn, _ = _arch(arch)
     if weight_init not in WEIGHT_INITS:

@@ -234,12 +234,12 @@ RECORDS_FILE = "stages.json"
 class Stage:
     """One stage of :func:`reproduce`.
 
-    name: its record in ``stages.json`` and its key in ``summary.json`` ``timings``;
-    label: its name in the log; outputs: the files and folders under OUT it
-    writes (replaced only when its record is there); settings: the
-    :class:`Config` fields its output depends on; results: the files under OUT
-    whose SHA-256 its record keeps (what later stages read); always: runs on
-    every call (cheap stages that read the whole run's results).
+    name: its record in ``stages.json`` and its key in ``summary.json`` ``timings``.
+    label: its name in the log.
+    outputs: the files and folders under OUT it writes (replaced only when its record is there).
+    settings: the :class:`Config` fields its output depends on.
+    results: the files under OUT whose SHA-256 its record keeps (what later stages read).
+    always: runs on every call (cheap stages that read the whole run's results).
     """
 
     name: str

@@ -380,7 +380,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         (``meta['input_size']``). The paper infers at 320 with a model trained
         at 480 (pass ``size=320`` for that); a differing size is logged as a warning.
         Required for a model file that stores no size (a bare ``.h5``).
-    batch_size: images per batch; backend: see :func:`load_backend`.
+    batch_size: images per batch.
+    backend: see :func:`load_backend`.
     expected_classes: class names the caller expects (e.g. :data:`wbc_nnabla.classes.CLASSES6`);
         a model of another class set raises :class:`~wbc_nnabla.modelfile.ModelError`.
     skip_bad: leave out images that cannot be read (missing, corrupt, smaller than

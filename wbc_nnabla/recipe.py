@@ -116,14 +116,16 @@ class AdaBoundConfig:
 class TrainConfig:
     """Every setting of :func:`wbc_nnabla.training.train` (section II.4; units: epochs, images, pixels).
 
-    epochs: total epochs (the paper: 300). batch_size: images per iteration.
+    epochs: total epochs (the paper: 300).
+    batch_size: images per iteration.
     size: training input side; images are resized to ``size`` x ``size``.
     seed: every random draw of the run (initialisation, shuffles, augmentation, samples) derives from it.
     pretrained: ``"imagenet"`` (cached zoo/nnabla-examples file), a weight file path, or ``"none"``.
     init: a model ``.nnp``/``.h5`` whose every parameter (head included) starts the run
         (fine-tuning: Model B from Model A); overrides ``pretrained``.
     arch: one of :data:`ARCH_NAMES`.
-    solver / augmentation: :class:`AdaBoundConfig` / :class:`Augmentation` (defaults documented there).
+    solver: :class:`AdaBoundConfig` (defaults documented there).
+    augmentation: :class:`Augmentation` (defaults documented there).
     context: ``cpu`` or ``cudnn``.
     train_eval_limit: evaluate Training Error on a seeded class-stratified sample of N training
         images (None: all, as NNC); the sample is recorded in ``config.json`` (``train_eval_sample``).

@@ -278,8 +278,8 @@ def box_plots(per_smear_pairs: pd.DataFrame, name_a: str = "Model A", name_b: st
               tests: Optional[Dict[str, dict]] = None) -> Figure:
     """Fig. 9-style box plots of per-smear accuracy of two models, five and six classes.
 
-    per_smear_pairs: :attr:`scoring.CompareResult.per_smear`; tests: ``{"5": ..., "6": ...}``
-    from :func:`scoring.paired_tests` for the p-values in the titles.
+    per_smear_pairs: :attr:`scoring.CompareResult.per_smear`.
+    tests: ``{"5": ..., "6": ...}`` from :func:`scoring.paired_tests` for the p-values in the titles.
     """
     fig = Figure(figsize=(8, 3.8))
     rng = np.random.default_rng(0)  # jitter only

@@ -102,11 +102,16 @@ def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.S
                        gradcams: Sequence[dict], summary: dict) -> Tuple[List[Section], List[ReportFigure]]:
     """Sections mirroring the paper's Results: curves (Figs 5/7), Table 1 A1/A2/B1/B2, Fig. 9, Fig. 10, pending.
 
-    out: the run folder (learning curves are read from ``out/model_A`` and
-    ``out/model_B``); config: the run's settings; split: ``split/split.json``;
-    score_a, score_b, comparison: the results of both models; gradcams: dicts
-    ``path`` (overlay PNG), ``cell``, ``human``, ``ai``; summary: the headline
-    summary (``seconds``). Returns the sections and the figures they show.
+    out: the run folder (learning curves are read from ``out/model_A`` and ``out/model_B``).
+    config: the run's settings.
+    split: ``split/split.json``.
+    score_a: the result of Model A.
+    score_b: the result of Model B.
+    comparison: the comparison of both models.
+    gradcams: dicts ``path`` (overlay PNG), ``cell``, ``human``, ``ai``.
+    summary: the headline summary (``seconds``).
+
+    Returns the sections and the figures they show.
     """
     figures: List[ReportFigure] = []
     sections: List[Section] = [_run_section(config, split, summary)]

@@ -159,11 +159,13 @@ def confusion_table(true: Sequence[str], pred: Sequence[str], class_names: Seque
                     pending: Optional[Sequence[bool]] = None) -> pd.DataFrame:
     """Table 1's layout: human rows x AI columns, ``Total`` and per-class ``Accuracy``.
 
-    true, pred: class names per cell (cells with an empty ``true`` are left out).
+    true: human class names per cell (cells with an empty ``true`` are left out).
+    pred: AI class names per cell.
     pending: optional bool per cell; when given, a ``Pending`` column counts the
-    held cells of each human class, which count in ``Total`` but not in
-    ``Accuracy`` (= diagonal / (Total - Pending), the recall of the human
-    class). The ``Total`` row holds column sums and the pooled accuracy.
+        held cells of each human class, which count in ``Total`` but not in
+        ``Accuracy`` (= diagonal / (Total - Pending), the recall of the human class).
+
+    The ``Total`` row holds column sums and the pooled accuracy.
     """
     true = np.asarray(true, dtype=object)
     pred = np.asarray(pred, dtype=object)
@@ -289,9 +291,15 @@ class ScoreResult:
 
     cells: the predictions (see :func:`read_predictions`) plus ``pending6``,
         ``pending5``, ``reason``, ``correct6``, ``correct5`` (bool; False when not scored).
-    per_smear, differential, pending (the held cells), risk_coverage6/5: tables.
-    confusion6, confusion5: Table 1 layout (see :func:`confusion_table`).
-    summary: the ``summary.json`` dict; settings: the options used.
+    per_smear: a table.
+    differential: a table.
+    pending: a table of the held cells.
+    risk_coverage6: a table.
+    risk_coverage5: a table.
+    confusion6: Table 1 layout (see :func:`confusion_table`).
+    confusion5: Table 1 layout (see :func:`confusion_table`).
+    summary: the ``summary.json`` dict.
+    settings: the options used.
     """
 
     cells: pd.DataFrame
@@ -439,7 +447,9 @@ def _unavailable(test: str, n: int, smallest: float) -> str:
 def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict:
     """Wilcoxon tests of per-smear accuracies of two models on the same smears (paper Fig. 9).
 
-    a, b: accuracies per smear, aligned (pairs with a NaN are dropped).
+    a: accuracies per smear of the first model.
+    b: accuracies per smear of the second model, aligned with ``a`` (pairs with a NaN are dropped).
+
     ``p_ranksum``: :func:`scipy.stats.ranksums` (the paper's rank-sum test, which
     treats the samples as independent). ``p_signedrank``:
     :func:`scipy.stats.wilcoxon` on the pairs (smears are paired), zero
@@ -542,8 +552,10 @@ def compare(score_a: ScoreResult, score_b: ScoreResult, name_a: str = "Model A",
             name_b: str = "Model B") -> CompareResult:
     """Compare two models scored on the same smears (paper section III, Fig. 9).
 
-    score_a, score_b: the :func:`score` results of the two models' predictions,
-    made with the same judgement-pending settings (else :class:`ComparisonError`).
+    score_a: the :func:`score` result of the first model's predictions.
+    score_b: the :func:`score` result of the second model's predictions, made with the same
+        judgement-pending settings as ``score_a`` (else :class:`ComparisonError`).
+
     Cells are matched by ``path``; both must list the same cells with the same
     smear and human label (else :class:`ComparisonError`). Per-smear accuracies
     are paired by smear and tested with :func:`paired_tests` in five and six

@@ -341,9 +341,11 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, nuc_w: np.ndarray, hull_w: np.ndar
 def has_cytoplasm_ring(stained: np.ndarray, hull_w: np.ndarray, d: np.ndarray, rw: float) -> bool:
     """Whether a stained ring surrounds the nucleus hull (a wide cytoplasm is there).
 
-    stained: bool ``(H, W)``, stained pixels (``> t_low``); hull_w: bool ``(H, W)``,
-    the nucleus hull (:func:`convex_hull`); d: float ``(H, W)``, distance in pixels
-    to the hull; rw: the hull's :func:`equivalent_radius` ``r_n`` in pixels.
+    stained: bool ``(H, W)``, stained pixels (``> t_low``).
+    hull_w: bool ``(H, W)``, the nucleus hull (:func:`convex_hull`).
+    d: float ``(H, W)``, distance in pixels to the hull.
+    rw: the hull's :func:`equivalent_radius` ``r_n`` in pixels.
+
     Looks at the ring ``RING_INNER * r_n < d <= RING_OUTER * r_n`` (``d``: distance
     to the hull, px) in 8 angular sectors: stained (``> t_low``) share >= RING_MEAN
     overall and >= RING_MIN in every sector. On pbc6, neutrophils whose mask lost the
@@ -407,8 +409,10 @@ def remove_background(rgb: np.ndarray, mask: Optional[np.ndarray] = None,
                       fill: Sequence[int] = (255, 255, 255)) -> np.ndarray:
     """Dataset ① image (section II.3): everything outside the WBC mask set to ``fill``.
 
-    rgb: RGB uint8 ``(H, W, 3)``; mask: bool ``(H, W)`` (computed with
-    :func:`wbc_mask` when None); fill: RGB colour of the removed background.
+    rgb: RGB uint8 ``(H, W, 3)``.
+    mask: bool ``(H, W)`` (computed with :func:`wbc_mask` when None).
+    fill: RGB colour of the removed background.
+
     Returns a new RGB uint8 array.
     """
     fileio.check_rgb(rgb)

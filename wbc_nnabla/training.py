@@ -79,9 +79,12 @@ def augment(x, aug: Augmentation, seed: int = -1):
 Graph = collections.namedtuple("Graph", "x t x_aug logits losses loss")
 Graph.__doc__ = """One network on the parameters of scope :data:`SCOPE` (:func:`build_graph`).
 
-x: input ``(B, 3, S, S)`` RGB in [0, 1]; t: labels ``(B, 1)`` int; x_aug: the
-network's input after augmentation (``x`` without); logits ``(B, C)``;
-losses: per-sample softmax cross-entropy ``(B, 1)``; loss: their mean ``()``.
+x: input ``(B, 3, S, S)`` RGB in [0, 1].
+t: labels ``(B, 1)`` int.
+x_aug: the network's input after augmentation (``x`` without).
+logits: ``(B, C)``.
+losses: per-sample softmax cross-entropy ``(B, 1)``.
+loss: their mean ``()``.
 """
 
 
