@@ -117,7 +117,9 @@ def plan_variants(counts: Mapping[str, int], total: int) -> Dict[str, List[List[
     """Dihedral variants per class and source so that the classes present are equal and sum to ``total``.
 
     counts: ``{class: number of source cells}``; classes with 0 cells are left
-    out of the balance (and get ``[]``). Returns ``{class: [[k, ...] per
+        out of the balance (and get ``[]``).
+
+    Returns ``{class: [[k, ...] per
     source]}`` (see :func:`source_variants`); the per-class targets are those
     of :func:`class_targets` over the present classes.
     """
@@ -133,8 +135,9 @@ def split_cells(table: pd.DataFrame, valid_fraction: float = 0.2, seed: int = 0)
     """Train/valid split of source cells, stratified by class and grouped by smear.
 
     table: a cell table (columns ``label`` and ``smear``), one row per source
-    cell *before* augmentation, so no variant of a validation cell can be in
-    training. Cells with the same non-empty ``smear`` form one group (a smear
+        cell *before* augmentation, so no variant of a validation cell can be in training.
+
+    Cells with the same non-empty ``smear`` form one group (a smear
     is wholly in one split); a cell without a smear is its own group.
     Groups are visited in a seeded random order and each goes to ``valid``
     when that brings the per-class valid counts closer to ``valid_fraction``
@@ -315,9 +318,10 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     background: ``"remove"`` (dataset ①, :func:`wbc_nnabla.segmentation.remove_background`
         on each crop) or ``"keep"`` (dataset ②); None means remove for a teacher
         set and keep for an inference set (the paper's inference images are plain crops).
-    crop: crop side in pixels, or ``crop_um`` µm at ``pixel_um`` µm/pixel
-        (:func:`wbc_nnabla.segmentation.crop_size_px`); single-cell images without a centre
-        get a centred square of min(crop, shorter side).
+    crop: crop side in pixels (:func:`wbc_nnabla.segmentation.crop_size_px`); single-cell
+        images without a centre get a centred square of min(crop, shorter side).
+    crop_um: crop side in µm instead of ``crop``, at ``pixel_um``.
+    pixel_um: µm per pixel, for ``crop_um``.
     size: output side in pixels (default 480, or 320 with ``inference``).
     total: images in train + valid (default 2,385 for remove, 3,284 for keep), balanced per
         class within each split.

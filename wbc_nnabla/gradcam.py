@@ -193,6 +193,7 @@ class GradCAM:
         """Grad-CAM of each image, for ``class_name`` or (default) the predicted class.
 
         images: RGB uint8 ``(H, W, 3)`` arrays and/or image paths, any sizes.
+
         Returns one :class:`CamResult` per image, in order; each ``cam`` has the
         image's ``(H, W)``.
         """
@@ -356,15 +357,19 @@ def write_overlays(explainer: Union["GradCAM", str, Path], images: Sequence[Unio
 
     explainer: a :class:`GradCAM`, or a model path to build one (its input size and batch size).
     images: image files; read and explained ``explainer.batch_size`` at a time.
+    folder: the output folder.
     class_name: the class explained (any spelling :meth:`GradCAM.class_index` takes);
         default: each image's predicted class.
+    alpha: weight of the heat map (:func:`overlay`).
     stems: output name stems, one per image; default :func:`output_stems`.
-    Writes ``<stem>_gradcam.png``: the heat map over the image (:func:`overlay`,
-    weight ``alpha``) at the image's size, or, with ``side_by_side``, the image
-    and its overlay side by side (``(H, 2W, 3)``); an image less than
-    ``min_side`` pixels high is first resized to ``min_side`` x ``min_side``
-    (:func:`wbc_nnabla.fileio.resize_square`, map too). With ``cams``, also
-    ``<stem>_cam.npy``: the map, float32 ``(H, W)`` in [0, 1] at the image's size.
+    side_by_side: write the image and its overlay side by side (``(H, 2W, 3)``)
+        instead of the overlay alone.
+    min_side: an image less than ``min_side`` pixels high is first resized to
+        ``min_side`` x ``min_side`` (:func:`wbc_nnabla.fileio.resize_square`, map too).
+    cams: also write ``<stem>_cam.npy``: the map, float32 ``(H, W)`` in [0, 1] at the image's size.
+
+    Writes ``<stem>_gradcam.png``: the heat map over the image (:func:`overlay`) at the
+    image's size, or (``side_by_side``) the image and its overlay side by side.
     Returns one record per image, in order: ``path`` (the image, absolute),
     ``overlay`` and (with ``cams``) ``cam`` (file names in ``folder``),
     ``predicted``, ``probability`` (top class and its softmax probability,
@@ -400,7 +405,7 @@ def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], o
                   alpha: float = 0.4, overwrite: bool = False, progress: bool = False):
     """Grad-CAM of image files into the folder ``out`` (``wbc-nnabla gradcam``).
 
-    model: model file (:class:`GradCAM`, with ``size`` and ``batch_size``).
+    model: model file (read by :class:`GradCAM`).
     images: image files and/or folders (their images directly inside,
         :func:`wbc_nnabla.fileio.image_files` with ``recursive=False``).
     out: output folder, never inside an image's folder; written whole in one
@@ -408,6 +413,8 @@ def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], o
         existing folder is replaced only with ``overwrite`` and when it is empty
         or an earlier ``gradcam`` output (:func:`wbc_nnabla.fileio.check_output_folder`).
     class_name: see :func:`write_overlays`.
+    size: see :class:`GradCAM`.
+    batch_size: see :class:`GradCAM`.
     alpha: see :func:`write_overlays`.
 
     Writes :func:`write_overlays`' files (overlay at the image's size and the

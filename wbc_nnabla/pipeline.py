@@ -448,7 +448,10 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
         stages are skipped, those whose inputs changed run again (see the module doc).
     inference: a labeled inference set; when None, a seeded stratified part of
         ``source`` is held out (see :func:`split_source`).
-    preset / config_file / overrides: see :func:`make_config`.
+    preset: see :func:`make_config`.
+    config_file: see :func:`make_config`.
+    overrides: see :func:`make_config`.
+
     Returns the headline summary (also in ``OUT/summary.json``).
     """
     cfg = make_config(preset, config_file, **overrides)

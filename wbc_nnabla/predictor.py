@@ -59,6 +59,7 @@ def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
     """Network input of one cell image: float32 ``(3, size, size)`` RGB in [0, 1].
 
     rgb: uint8 ``(H, W, 3)`` RGB (as :func:`wbc_nnabla.fileio.read_rgb` returns).
+
     The image is resized to ``size`` x ``size`` (the paper resizes its 750x750
     crops to 480 for training and 320 for inference, section II.3) with
     ``cv2.INTER_AREA`` when shrinking (both sides larger than ``size``; no
@@ -287,10 +288,11 @@ def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
     """The cells to predict: a cell table (see :mod:`wbc_nnabla.fileio`), labels optional.
 
     source: a cell table DataFrame (needs ``path``), or any cell source
-    :func:`wbc_nnabla.fileio.read_cells` reads (class-folder tree, ``path,label[,smear]``
-    CSV, NNC dataset CSV or folder, an inference dataset folder, a folder of
-    images, or a folder of smear sub-folders: the paper's inference set is 57
-    smears). A cell listed twice is an error (``dedupe`` drops exact repeats).
+        :func:`wbc_nnabla.fileio.read_cells` reads (class-folder tree, ``path,label[,smear]``
+        CSV, NNC dataset CSV or folder, an inference dataset folder, a folder of
+        images, or a folder of smear sub-folders: the paper's inference set is 57
+        smears).
+    dedupe: drop exact repeats; without it a cell listed twice is an error.
     """
     if isinstance(source, pd.DataFrame):
         if "path" not in source.columns:

@@ -342,12 +342,14 @@ def disagreement_gallery(cells: pd.DataFrame, base_dir: Optional[str] = None, vi
                          max_pairs: int = 6, per_pair: int = 6, thumb: int = 96) -> Tuple[Optional[Figure], List[str]]:
     """Fig. 10-style grid of cells where the AI and the human disagree.
 
-    One row per (human, AI) pair, most frequent pairs first (at most
-    ``max_pairs``), up to ``per_pair`` cells each, the most confident AI calls
-    first (``top6``). Images are read with :func:`wbc_nnabla.fileio.read_rgb`
-    (relative paths from ``base_dir``) and shown as ``thumb`` px squares; a
-    missing or unreadable image is a grey tile marked "missing" and listed in
-    the returned notes. Returns ``(figure or None when no disagreement, notes)``.
+    base_dir: the folder relative image paths are taken from (images are read with
+        :func:`wbc_nnabla.fileio.read_rgb`).
+    max_pairs: at most this many (human, AI) pairs, most frequent pairs first.
+    per_pair: up to this many cells per pair, the most confident AI calls first (``top6``).
+    thumb: side of the shown squares in px.
+
+    One row per (human, AI) pair. A missing or unreadable image is a grey tile
+    marked "missing" and listed in the returned notes. Returns ``(figure or None when no disagreement, notes)``.
     """
     pairs = disagreement_pairs(cells, view).head(max_pairs)
     notes: List[str] = []

@@ -16,8 +16,9 @@ import pandas as pd
 def class_quota(labels: Sequence, n: int) -> Dict[object, int]:
     """Items per class for a sample of ``n``: in proportion to the class sizes (largest remainders).
 
-    labels: one label per row (any hashable values). Returns ``{label: count}``
-    in sorted label order; the counts add up to ``min(n, len(labels))``.
+    labels: one label per row (any hashable values).
+
+    Returns ``{label: count}`` in sorted label order; the counts add up to ``min(n, len(labels))``.
     """
     counts = pd.Series(list(labels)).value_counts().sort_index()
     n = min(int(n), int(counts.sum()))
@@ -31,8 +32,9 @@ def class_quota(labels: Sequence, n: int) -> Dict[object, int]:
 def stratified_pick(labels: Sequence, n: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted row indices of ``n`` items drawn per class in proportion to the class sizes.
 
-    rng: a NumPy ``Generator`` (the caller seeds it). The result depends on the
-    rows' labels and ``rng`` only through which rows hold which class, so
+    rng: a NumPy ``Generator`` (the caller seeds it).
+
+    The result depends on the rows' labels and ``rng`` only through which rows hold which class, so
     reordering the rows permutes the picked set the same way.
     """
     lab = np.asarray(list(labels), dtype=object)

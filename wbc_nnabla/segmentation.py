@@ -58,10 +58,10 @@ def crop_square(rgb: np.ndarray, cx: float, cy: float, size: int,
                 pad_mode: str = "reflect") -> Tuple[np.ndarray, dict]:
     """Square ``size`` x ``size`` crop centred on pixel ``(cx, cy)`` (section II.3).
 
-    rgb: RGB uint8 ``(H, W, 3)``. Where the square leaves the image it is
-    padded with :func:`cv2.copyMakeBorder`: ``"reflect"`` (mirror without
-    repeating the edge pixel), ``"constant"`` (white, like a slide background)
-    or ``"replicate"``.
+    rgb: RGB uint8 ``(H, W, 3)``.
+    pad_mode: how the square is padded where it leaves the image (:func:`cv2.copyMakeBorder`):
+        ``"reflect"`` (mirror without repeating the edge pixel), ``"constant"`` (white,
+        like a slide background) or ``"replicate"``.
 
     Returns ``(crop, info)``: crop ``(size, size, 3)`` uint8 and ``info`` with
     ``box`` = ``(x0, y0, x1, y1)`` in source pixels (x1, y1 exclusive, may lie

@@ -305,13 +305,15 @@ def recalibrate_bn(graph: Graph, loader: ImageLoader, batch_size: int, rows: Seq
     """Re-estimate every BatchNorm's running mean/var on clean training images ("precise BN").
 
     graph: a clean batch-statistics graph (:func:`build_graph` without ``test``
-    or ``aug``) of batch ``batch_size``. The running statistics accumulated
-    during training come from augmented batches and lag the weights; the
-    validation graph and the exported model use them (benchmarks/bn_diagnosis.py:
-    this costs about 0.06 of 6-class accuracy at 64 px). Here the training images
-    ``rows`` (:func:`sample_rows`: a seeded class-stratified sample, never "the
-    first N" of a CSV that may be sorted by class) go through the graph, and each
-    layer's running statistics are set to the mean of the per-batch statistics.
+        or ``aug``) of batch ``batch_size``.
+    rows: the training images used (:func:`sample_rows`: a seeded class-stratified sample,
+        never "the first N" of a CSV that may be sorted by class).
+
+    The running statistics accumulated during training come from augmented batches
+    and lag the weights; the validation graph and the exported model use them
+    (benchmarks/bn_diagnosis.py: this costs about 0.06 of 6-class accuracy at 64 px).
+    Here the training images ``rows`` go through the graph, and each layer's running
+    statistics are set to the mean of the per-batch statistics.
     Returns the number of batches used.
     """
     stats = {k: v for k, v in parameters().items() if k.endswith("/mean") or k.endswith("/var")}
@@ -338,9 +340,10 @@ def evaluate(graph: Graph, loader: ImageLoader, batch_size: int, rows: Optional[
              ) -> Tuple[float, float, np.ndarray]:
     """(mean loss, misclassification rate, probabilities ``(n, C)``) of a test-mode graph.
 
-    This is NNC's "Error" of a dataset: the validation network's cost over it.
     graph: :func:`build_graph` with ``test=True`` and batch ``batch_size``.
-    ``rows`` evaluates only those items (e.g. :func:`sample_rows`), in that order.
+    rows: evaluate only those items (e.g. :func:`sample_rows`), in that order.
+
+    This is NNC's "Error" of a dataset: the validation network's cost over it.
     """
     sub = loader if rows is None else _Subset(loader, rows)
     n = len(sub)
