@@ -140,6 +140,16 @@ def test_refuses_a_model_without_batchnorm(site, model, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_model_without_stored_size_needs_size(site, tiny_model, tmp_path):
+    _, cells, _ = site
+    h5 = tiny_model / "model.h5"                            # parameters only: no input size stored
+    with pytest.raises(adaptation.AdaptationError, match="model.h5: the model stores no training input size"):
+        adaptation.adapt_batchnorm(h5, cells, tmp_path / "a.nnp")
+    assert not list(tmp_path.iterdir())
+    r = adaptation.adapt_batchnorm(h5, cells, tmp_path / "a.nnp", size=32)
+    assert r["size"] == modelfile.read_meta(tmp_path / "a.nnp")["input_size"] == 32
+
+
 @pytest.fixture(scope="module")
 def hostile(site, model):
     """A folder of 20 cells (fewer than the minimum), an empty folder, a folder with one corrupt cell."""
