@@ -19,8 +19,8 @@ from typing import List, Optional
 from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
-from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, PAPER, AdaBoundConfig, Augmentation,
-                     TrainConfig, WEIGHT_INIT_NAMES)
+from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PAPER,
+                     AdaBoundConfig, Augmentation, TrainConfig, WEIGHT_INIT_NAMES)
 
 
 class CLIError(WBCError):
@@ -313,6 +313,42 @@ def _add_inference(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+# ----------------------------------------------------------------------------- site adaptation
+
+
+def _cmd_adapt(args) -> int:
+    from .adaptation import adapt_batchnorm
+    r = adapt_batchnorm(args.model, args.site_cells, args.out, size=args.size, batch_size=args.batch_size,
+                        max_images=args.max_images, seed=args.seed, overwrite=args.overwrite, skip_bad=args.skip_bad)
+    for why in r["skipped"]:
+        print(f"skipped: {why}")
+    print(f"AdaBN: {r['layers']} BatchNorm layers of {args.model} re-estimated on {r['n_cells']} of "
+          f"{r['n_listed']} cells of {args.site_cells} at {r['size']} px (seed {r['seed']}) -> {r['out']}")
+    return 0
+
+
+def _add_adaptation(sub) -> None:
+    p = sub.add_parser("adapt", help="adapt a model to another lab's unlabelled cells (AdaBN: BatchNorm statistics)",
+                       description="Re-estimate every BatchNorm layer's running mean/var on a new site's cells "
+                                   "(AdaBN, Li et al. 2016); labels are not needed, every other parameter is "
+                                   "copied unchanged. See docs/inference.md.")
+    p.add_argument("model", help="model .nnp / .h5 to adapt (never changed)")
+    p.add_argument("site_cells", help="the new site's cells: any cell source (folder, CSV, NNC dataset); "
+                                      "labels ignored")
+    p.add_argument("out", help="adapted model .nnp to write (records the adaptation in wbc_nnabla.json)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side in pixels (default: the model's training size; required if it stores none)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch statistic (default 16)")
+    p.add_argument("--max-images", type=int, default=MAX_ADAPT_IMAGES,
+                   help=f"site cells drawn, a seeded sample (default %(default)s; at least {MIN_ADAPT_IMAGES} "
+                        f"readable cells are required)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cell sample (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
+    p.set_defaults(func=_cmd_adapt)
+
+
 # ----------------------------------------------------------------------------- scoring, report
 
 
@@ -553,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbc-nnabla {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_scoring,
+    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_scoring,
                 _add_gradcam, _add_pipeline):
         add(sub)
     return parser

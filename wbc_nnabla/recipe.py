@@ -52,6 +52,14 @@ CONTEXT_NAMES = ("cpu", "cudnn")
 #: Neural Network Console's behaviour. A deviation from NNC: docs/training.md, "BatchNorm".
 BN_RECALIBRATION_IMAGES = 960
 
+#: Fewest readable site cells unlabelled site adaptation (AdaBN, :mod:`wbc_nnabla.adaptation`)
+#: accepts: two batches of 16. The new statistics are the mean of per-batch statistics; with a
+#: handful of cells they reflect which cells happened to be drawn (noise), yet would replace
+#: the training site's estimates made from hundreds of images.
+MIN_ADAPT_IMAGES = 32
+#: Site cells AdaBN draws by default (60 batches of 16, as many as precise BN uses in training).
+MAX_ADAPT_IMAGES = BN_RECALIBRATION_IMAGES
+
 #: Key of a dataclass field's metadata that makes the field a command-line flag (see :func:`setting`).
 FLAG = "flag"
 

@@ -1,0 +1,210 @@
+"""Unlabelled site adaptation (AdaBN): only BatchNorm statistics change, re-estimated on the site's cells.
+
+Tiny and fast: the session's tiny model (32 px) and 40 demo cells copied into a
+site folder (32 used, two batches of 16); refusals write nothing and leave the
+model and the cells byte-identical.
+"""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nn = pytest.importorskip("nnabla")
+
+from wbc_nnabla import adaptation, cli, fileio, modelfile, models  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+N_SITE = 40
+
+
+def _hashes(*folders_or_files) -> dict:
+    files = []
+    for f in map(Path, folders_or_files):
+        files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """``(model, cells, recoloured, root)``: the tiny model copied, 40 unlabelled demo cells, and a
+    stained-differently copy of the same cells (red and blue swapped, darkened)."""
+    root = tmp_path_factory.mktemp("site")
+    cells, recoloured = root / "cells", root / "recoloured"
+    cells.mkdir()
+    recoloured.mkdir()
+    demo = fileio.read_cells(fileio.demo_data())
+    for i, p in enumerate(demo["path"].iloc[:N_SITE]):
+        name = f"cell_{i:03d}{Path(p).suffix}"
+        (cells / name).write_bytes(Path(p).read_bytes())
+        rgb = fileio.read_rgb(p)
+        fileio.write_image(recoloured / f"cell_{i:03d}.png", (rgb[:, :, ::-1] * 0.7).astype(np.uint8))
+    return root, cells, recoloured
+
+
+@pytest.fixture(scope="module")
+def model(site, tiny_model):
+    root = site[0]
+    m = root / "model.nnp"
+    m.write_bytes((tiny_model / "model.nnp").read_bytes())
+    return m
+
+
+@pytest.fixture(scope="module")
+def adapted(site, model):
+    root, cells, _ = site
+    out = root / "out" / "adapted.nnp"
+    before = _hashes(model, cells)
+    r = adaptation.adapt_batchnorm(model, cells, out, max_images=32, batch_size=16, seed=3)
+    assert _hashes(model, cells) == before          # sources only read
+    return out, r
+
+
+def test_only_batchnorm_statistics_change(model, adapted):
+    out, r = adapted
+    a, b = modelfile.load_parameters(model), modelfile.load_parameters(out)
+    assert set(a) == set(b)
+    stats = set(adaptation.bn_statistics(a))
+    assert stats and all(k.endswith("/bn/mean") or k.endswith("/bn/var") for k in stats)
+    for k in a:
+        if k in stats:
+            assert not np.array_equal(a[k], b[k]), f"{k} not re-estimated"
+            assert b[k].dtype == np.float32
+        else:
+            assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), f"{k} changed"
+    assert r["layers"] == len(stats) // 2 == 20          # ResNet-18: bn1, 16 block BNs, 3 projections
+
+
+def test_statistics_equal_an_independent_computation(model, adapted):
+    """bn1's new mean/var = the mean over the two batches of conv1's per-channel batch mean/unbiased variance."""
+    import nnabla.parametric_functions as PF
+
+    out, r = adapted
+    assert r["n_cells"] == len(r["paths"]) == 32
+    params = modelfile.load_parameters(model)
+    bs, size = 16, 32
+    with nn.parameter_scope("", {}):
+        x = nn.Variable((bs, 3, size, size))
+        h = PF.convolution(models.normalize(x), 64, (7, 7), pad=(3, 3), stride=(2, 2), with_bias=False,
+                           name="conv1")
+        for k, v in nn.get_parameters(grad_only=False).items():
+            v.d = params[k]
+        means, vars_ = [], []
+        for i in range(0, 32, bs):
+            imgs = [fileio.resize_square(fileio.read_rgb(p), size).transpose(2, 0, 1) for p in r["paths"][i:i + bs]]
+            x.d = np.stack(imgs).astype(np.float32) / 255
+            h.forward()
+            means.append(h.d.mean(axis=(0, 2, 3)))
+            vars_.append(h.d.var(axis=(0, 2, 3), ddof=1))
+    new = modelfile.load_parameters(out)
+    np.testing.assert_allclose(new["bn1/bn/mean"].reshape(-1), np.mean(means, axis=0), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(new["bn1/bn/var"].reshape(-1), np.mean(vars_, axis=0), rtol=1e-3, atol=1e-4)
+
+
+def test_metadata_records_the_adaptation(site, model, adapted):
+    _, cells, _ = site
+    out, r = adapted
+    meta_in, meta = modelfile.read_meta(model), modelfile.read_meta(out)
+    for k in ("format", "arch", "class_names", "num_classes", "input_size", "training"):
+        assert meta[k] == meta_in[k], k
+    a = meta["adaptation"]
+    assert a["method"] == "AdaBN" and a["source"] == str(cells.resolve())
+    assert a["n_cells"] == 32 and a["n_listed"] == N_SITE and a["seed"] == 3 and a["batch_size"] == 16
+    assert a["size"] == 32 and a["date"] and a["model_sha256"] == modelfile.file_sha256(model)
+    assert a["cells_sha256"] == hashlib.sha256("\n".join(sorted(r["paths"])).encode()).hexdigest()
+    assert set(r["paths"]) <= {str(p) for p in cells.iterdir()}
+    _, m = modelfile.read_model(out)                      # a valid, self-describing model file
+    assert m["input_size"] == 32 and "assumed" not in m
+
+
+def test_same_seed_same_model_other_stain_other_statistics(site, model, adapted, tmp_path):
+    _, cells, recoloured = site
+    out, _ = adapted
+    again = adaptation.adapt_batchnorm(model, cells, tmp_path / "again.nnp", max_images=32, seed=3)
+    recol = adaptation.adapt_batchnorm(model, recoloured, tmp_path / "recol.nnp", max_images=32, seed=3)
+    a, b = modelfile.load_parameters(out), modelfile.load_parameters(tmp_path / "again.nnp")
+    c = modelfile.load_parameters(tmp_path / "recol.nnp")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.allclose(a["bn1/bn/mean"], c["bn1/bn/mean"], rtol=1e-2)
+    assert recol["cells_sha256"] != again["cells_sha256"]
+
+
+def test_refuses_a_model_without_batchnorm(site, model, tmp_path, monkeypatch):
+    _, cells, _ = site
+    params, meta = modelfile.read_model(model)
+    no_bn = {k: v for k, v in params.items() if k not in adaptation.bn_statistics(params)}
+    monkeypatch.setattr(modelfile, "read_model", lambda path: (no_bn, meta))
+    with pytest.raises(adaptation.AdaptationError, match="no BatchNorm layers"):
+        adaptation.adapt_batchnorm(model, cells, tmp_path / "a.nnp")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_without_stored_size_needs_size(site, tiny_model, tmp_path):
+    _, cells, _ = site
+    h5 = tiny_model / "model.h5"                            # parameters only: no input size stored
+    with pytest.raises(adaptation.AdaptationError, match="model.h5: the model stores no training input size"):
+        adaptation.adapt_batchnorm(h5, cells, tmp_path / "a.nnp")
+    assert not list(tmp_path.iterdir())
+    r = adaptation.adapt_batchnorm(h5, cells, tmp_path / "a.nnp", size=32)
+    assert r["size"] == modelfile.read_meta(tmp_path / "a.nnp")["input_size"] == 32
+
+
+@pytest.fixture(scope="module")
+def hostile(site, model):
+    """A folder of 20 cells (fewer than the minimum), an empty folder, a folder with one corrupt cell."""
+    root, cells, _ = site
+    few, empty, bad = root / "few", root / "empty", root / "bad"
+    for d in (few, empty, bad):
+        d.mkdir()
+    for p in sorted(cells.iterdir())[:20]:
+        (few / p.name).write_bytes(p.read_bytes())
+    for p in sorted(cells.iterdir()):
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "zz_corrupt.jpg").write_text("not an image\n")
+    (root / "existing.nnp").write_bytes(b"an earlier file\n")
+    return dict(few=few, empty=empty, bad=bad, existing=root / "existing.nnp")
+
+
+def _run_cli(capsys, argv):
+    rc = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return rc, err
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("few", "few: 20 readable cells"),
+    ("empty", "empty: no images"),
+    ("existing", "existing.nnp: already exists"),
+    ("model", "is the model being adapted"),
+    ("bad", "zz_corrupt.jpg"),
+])
+def test_cli_refusals_one_line_nothing_written(site, model, hostile, capsys, tmp_path, case, expected):
+    _, cells, _ = site
+    src = hostile.get(case, cells) if case in ("few", "empty", "bad") else cells
+    out = {"existing": hostile["existing"], "model": model}.get(case, tmp_path / "out" / "a.nnp")
+    before = _hashes(site[0])
+    argv = ["adapt", model, src, out] + (["--overwrite"] if case == "model" else [])
+    rc, err = _run_cli(capsys, argv)
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("wbc-nnabla adapt: error:") and expected in err, err
+    if case == "few":
+        assert f"at least {adaptation.MIN_ADAPT_IMAGES}" in err
+    assert _hashes(site[0]) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_adapts_and_skips_bad_cells(site, model, hostile, capsys, tmp_path):
+    out = tmp_path / "adapted.nnp"
+    global_before = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+    rc = cli.main(["adapt", str(model), str(hostile["bad"]), str(out), "--skip-bad", "--max-images", "48",
+                   "--seed", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and out.is_file()
+    assert lines[0].startswith("skipped:") and "zz_corrupt.jpg" in lines[0]
+    assert lines[-1].startswith("AdaBN: 20 BatchNorm layers") and str(out) in lines[-1]
+    a = modelfile.read_meta(out)["adaptation"]
+    assert a["n_cells"] == 32 and a["n_skipped"] == 1 and a["n_listed"] == N_SITE + 1
+    after = nn.get_parameters(grad_only=False)           # nnabla's global parameters untouched
+    assert set(after) == set(global_before) and all(np.array_equal(after[k].d, global_before[k]) for k in after)

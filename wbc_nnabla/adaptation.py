@@ -1,0 +1,172 @@
+"""Unlabelled site adaptation: AdaBN (Li et al. 2016) of a trained model to another lab's cells.
+
+A model trained on one lab's smears meets another lab's stain and camera as a
+shift of its internal feature statistics. AdaBN re-estimates every
+BatchNorm layer's running mean and variance on the new site's cells (labels
+are neither needed nor read) and changes nothing else: convolution and
+classifier weights, BatchNorm scale/shift and the ``preprocess`` constants are
+copied byte for byte. The estimate is :func:`wbc_nnabla.training.recalibrate_bn`
+(the "precise BN" step of training) run on the site's cells instead of the
+training images.
+
+:func:`adapt_batchnorm` reads a model file (:func:`wbc_nnabla.modelfile.read_model`)
+and a cell source of any kind (:func:`wbc_nnabla.fileio.read_cells`) and writes
+a new self-describing ``.nnp`` whose ``wbc_nnabla.json`` records what the
+adaptation used (``adaptation``). CLI: ``wbc-nnabla adapt``.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import nnabla as nn
+import numpy as np
+
+from . import fileio, modelfile, sampling, training
+from .errors import InputError, WBCError
+# nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
+from .recipe import MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+
+class AdaptationError(WBCError, ValueError):
+    """Adaptation refused: too few cells, nothing to adapt, or an output that would lose a file."""
+
+
+def bn_statistics(params: Dict[str, np.ndarray]) -> List[str]:
+    """Names of the BatchNorm running statistics (``.../bn/mean``, ``.../bn/var``) in a parameter dict."""
+    return sorted(k for k in params if k.endswith("/mean") or k.endswith("/var"))
+
+
+def _check_paths(model: Path, cells: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an output that is the model, lies inside the cells folder, is no ``.nnp`` or exists."""
+    if out.suffix.lower() != ".nnp":
+        raise AdaptationError(f"{out}: the adapted model must be written as a .nnp")
+    if out.resolve() == model.resolve():
+        raise AdaptationError(f"{out}: is the model being adapted; write the adapted model to another file "
+                              f"(the input model is never replaced)")
+    if cells.is_dir():
+        fileio.check_not_inside(out, [cells])
+    try:
+        fileio.check_output(out, "adapt", overwrite, [model, cells], folder=False)
+    except FileExistsError as e:
+        raise AdaptationError(str(e)) from None
+
+
+def _input_size(model: Path, meta: dict, size: Optional[int]) -> int:
+    """The side the cells are resized to: ``size``, else the model's stored training size."""
+    if size is None and not meta.get("input_size"):
+        raise AdaptationError(f"{model}: the model stores no training input size (a bare .h5 or plain .nnp); "
+                              f"pass --size / size=N, the side it was trained at")
+    size = int(size or meta["input_size"])
+    if size < 32:
+        raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
+    return size
+
+
+def _draw(loader: training.ImageLoader, n_max: int, seed: int, skip_bad: bool) -> Tuple[np.ndarray, List[str]]:
+    """(rows of readable cells in a seeded random order, reasons of skipped cells).
+
+    Cells are read (and cached by ``loader``) in the seeded order until ``n_max``
+    are readable; an unreadable one stops with its name unless ``skip_bad``.
+    """
+    order = sampling.shuffled_sample([""] * len(loader), len(loader), seed)   # labels ignored: one stratum
+    rows, skipped = [], []
+    for i in order:
+        if len(rows) >= n_max:
+            break
+        try:
+            loader.image(int(i))
+        except fileio.ImageReadError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        rows.append(int(i))
+    return np.array(rows, dtype=int), skipped
+
+
+def _paths_sha256(paths) -> str:
+    """SHA-256 of the sorted paths, one per line (identifies the cell set, whatever its order)."""
+    return hashlib.sha256("\n".join(sorted(str(p) for p in paths)).encode("utf-8")).hexdigest()
+
+
+def _estimate(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, rows: np.ndarray,
+              batch_size: int, size: int) -> Dict[str, np.ndarray]:
+    """New running statistics ``{name: float32 array}`` of every BatchNorm over ``loader``'s ``rows``.
+
+    The batch-statistics graph is built in a parameter dict of its own (nnabla's
+    global parameters are not touched), loaded with ``params``, and re-estimated
+    by :func:`wbc_nnabla.training.recalibrate_bn`.
+    """
+    with nn.parameter_scope("", {}):
+        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), batch_size, size)
+        variables = training.parameters()
+        for k, v in variables.items():
+            v.d = params[k]
+        training.recalibrate_bn(graph, loader, batch_size, rows)
+        return {k: variables[k].d.copy() for k in bn_statistics(params)}
+
+
+def _adapted_meta(meta: dict, size: int, record: dict) -> dict:
+    """The output's description: the input's, with ``input_size`` = the adaptation size and ``adaptation``."""
+    base = ("format", "arch", "class_names", "num_classes", "input_size", "wbc_nnabla", "assumed", "adaptation")
+    extra = {k: v for k, v in meta.items() if k not in base}
+    if meta.get("adaptation"):
+        record = dict(record, previous=meta["adaptation"])      # a model adapted twice keeps its history
+    return modelfile.model_meta(meta["arch"], meta["class_names"], size, **extra, adaptation=record)
+
+
+def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = 16,
+                    max_images: int = MAX_ADAPT_IMAGES, seed: int = 0, min_images: int = MIN_ADAPT_IMAGES,
+                    overwrite: bool = False, skip_bad: bool = False) -> dict:
+    """Write ``out``: ``model`` with every BatchNorm's running mean/var re-estimated on ``cells`` (AdaBN).
+
+    model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`).
+    cells: the new site's cells, any source :func:`wbc_nnabla.fileio.read_cells` reads;
+        labels are ignored. A seeded random sample (``seed``) of at most ``max_images``
+        readable cells, rounded down to whole batches of ``batch_size``, is used.
+    out: the adapted ``.nnp`` to write (not the model, not inside the cells folder;
+        an existing file only with ``overwrite``).
+    size: side in pixels the cells are resized to; default the model's training size
+        (required for a model that stores none). Stored as the output's ``input_size``.
+    min_images: fewest readable cells accepted (default :data:`MIN_ADAPT_IMAGES`).
+    skip_bad: leave out unreadable cells (listed) instead of stopping at the first.
+
+    Every other parameter is copied unchanged. Raises :class:`AdaptationError` (or
+    another :class:`~wbc_nnabla.errors.WBCError` naming the file) before writing anything.
+    Returns the ``adaptation`` record stored in the output's metadata, plus ``out``,
+    ``paths`` (the cells used, in batch order) and ``skipped`` (reasons).
+    """
+    model, cells, out = Path(model), Path(cells), Path(out)
+    if batch_size < 1 or max_images < 1:
+        raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
+    _check_paths(model, cells, out, overwrite)
+    params, meta = modelfile.read_model(model)
+    if not bn_statistics(params):
+        raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
+    size = _input_size(model, meta, size)
+    table = fileio.read_cells(cells)
+    loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
+    readable, skipped = _draw(loader, max_images, seed, skip_bad)
+    rows = readable[:len(readable) // batch_size * batch_size]          # whole batches only
+    need = max(int(min_images), batch_size)
+    if len(rows) < need:
+        raise AdaptationError(f"{cells}: {len(readable)} readable cells ({len(table)} listed, {len(skipped)} "
+                              f"unreadable) give {len(rows)} in whole batches of {batch_size}; AdaBN needs at "
+                              f"least {need}: batch statistics of a handful of cells are noise")
+    stats = _estimate(params, meta, loader, rows, batch_size, size)
+    paths = [loader.paths[i] for i in rows]
+    record = dict(method="AdaBN", model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
+                  source=str(cells.resolve()), n_cells=len(rows), n_listed=len(table), n_skipped=len(skipped),
+                  cells_sha256=_paths_sha256(paths), seed=int(seed), batch_size=int(batch_size), size=size,
+                  max_images=int(max_images), layers=len(stats) // 2,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    modelfile.save_nnp(out, {**params, **stats}, _adapted_meta(meta, size, record))
+    log.info("adapted %d BatchNorm layers of %s on %d cells of %s -> %s", len(stats) // 2, model, len(rows),
+             cells, out)
+    return dict(record, out=str(out), paths=paths, skipped=skipped)
