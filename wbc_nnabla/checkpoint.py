@@ -31,6 +31,8 @@ RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "
                "bn_sample", "weight_init")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot"}
+# Augmentation fields added later (colour terms): an older config had them off.
+_AUGMENTATION_DEFAULTS = {"od_scale": 0.0, "od_shift": 0.0, "saturation": 0.0, "log_gamma": 0.0}
 
 
 def pointer(out_dir: Path) -> Path:
@@ -91,6 +93,8 @@ def check_resume(out_dir: Path, config: dict) -> Tuple[Path, dict, dict]:
     ck_dir, state = load_checkpoint(out_dir)
     saved = json.loads((Path(out_dir) / "config.json").read_text())
     old = {k: saved["config"].get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in RESUME_KEYS}
+    if isinstance(old["augmentation"], dict):
+        old["augmentation"] = {**_AUGMENTATION_DEFAULTS, **old["augmentation"]}
     diff = [k for k in RESUME_KEYS if old[k] != config.get(k)]
     if diff:
         raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "

@@ -91,6 +91,21 @@ class Augmentation:
     * ``angle``: rotation uniform in ``[-angle, angle]`` **degrees** here (nnabla takes
       radians; converted); pixels from outside the image repeat the border;
     * ``flip_lr``/``flip_ud``: random mirror (cells have no orientation; not in the paper).
+
+    Colour (stain/camera) terms, not in NNC nor the paper, all 0.0 = off (the default:
+    then the graph is exactly NNC's). When any is non-zero they run before
+    ImageAugmentation, in this order, each draw per image and iteration, each step
+    clipped to [0, 1]:
+
+    * ``od_scale``: optical density ``OD = -log(x + 1e-3)`` per channel (unitless,
+      transmitted light / white) scaled by ``s_c`` uniform in ``[1-od_scale, 1+od_scale]``
+      per image and channel; ``x' = exp(-OD') - 1e-3``;
+    * ``od_shift``: ``b_c`` uniform in ``[-od_shift, od_shift]`` OD units added per image
+      and channel: ``OD' = OD * s_c + b_c``;
+    * ``saturation``: ``x' = g + (x - g) * f``, ``g`` the per-pixel grey (mean of R, G, B),
+      ``f`` uniform in ``[1-saturation, 1+saturation]`` per image (0 = greyscale);
+    * ``log_gamma``: ``x' = x ** gamma`` (as ``(x + 1e-3) ** gamma - 1e-3 ** gamma``, so 0 stays 0)
+      with ``log(gamma)`` uniform in ``[-log_gamma, log_gamma]`` per image (natural log).
     """
     contrast: float = setting(1.2, "factor in [1/c, c]")
     contrast_center: float = setting(0.5)
@@ -101,6 +116,15 @@ class Augmentation:
     flip_lr: bool = True
     flip_ud: bool = True
     enabled: bool = True
+    od_scale: float = setting(0.0, "colour: optical density x s_c, s_c in [1-s, 1+s] per channel (0: off)")
+    od_shift: float = setting(0.0, "colour: optical density + b_c, b_c in [-b, b] per channel (0: off)")
+    saturation: float = setting(0.0, "colour: grey + (x - grey) x f, f in [1-s, 1+s] (0: off)")
+    log_gamma: float = setting(0.0, "colour: x ** gamma, ln(gamma) in [-g, g] (0: off)")
+
+    @property
+    def color(self) -> bool:
+        """Whether any colour term is on (the colour step is in the training graph)."""
+        return any((self.od_scale, self.od_shift, self.saturation, self.log_gamma))
 
 
 @dataclasses.dataclass

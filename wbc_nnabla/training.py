@@ -62,12 +62,52 @@ SCOPE = "wbc_train"
 # ----------------------------------------------------------------------------- graph pieces
 
 
-def augment(x, aug: Augmentation, seed: int = -1):
-    """The training graph's ImageAugmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
+#: Added to pixel values before the logarithm of the colour step (optical density of black: -log(1e-3) = 6.9).
+OD_EPS = 1e-3
 
-    ``seed`` >= 0 gives the function its own Mersenne Twister seeded at graph
+
+def _uniform(half_width: float, shape: Tuple[int, ...], seed: int, center: float = 0.0):
+    """``F.rand`` uniform in ``[center - half_width, center + half_width]``, one draw per forward."""
+    return F.rand(center - half_width, center + half_width, shape, seed=seed)
+
+
+def color_augment(x, aug: Augmentation, seed: int = -1):
+    """The colour (stain/camera) step of :class:`Augmentation` on a [0, 1] batch ``(N, 3, H, W)``.
+
+    Optical density scale and shift per channel, saturation, gamma (formulas in
+    :class:`Augmentation`); only the terms that are non-zero are built. Every draw
+    is per image (``(N, 1, 1, 1)``) or per image and channel (``(N, 3, 1, 1)``) and
+    renewed at each forward. ``seed`` >= 0 seeds each ``F.rand`` with its own value
+    derived from it (reproducible, like :func:`augment`); -1 uses nnabla's global seed.
+    """
+    n = x.shape[0]
+    seeds = [-1] * 4 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 4)]
+    if aug.od_scale or aug.od_shift:
+        od = -F.log(x + OD_EPS)
+        if aug.od_scale:
+            od = od * _uniform(aug.od_scale, (n, 3, 1, 1), seeds[0], center=1.0)
+        if aug.od_shift:
+            od = od + _uniform(aug.od_shift, (n, 3, 1, 1), seeds[1])
+        x = F.clip_by_value(F.exp(-od) - OD_EPS, 0.0, 1.0)
+    if aug.saturation:
+        grey = F.mean(x, axis=1, keepdims=True)
+        x = F.clip_by_value(grey + (x - grey) * _uniform(aug.saturation, (n, 1, 1, 1), seeds[2], center=1.0),
+                            0.0, 1.0)
+    if aug.log_gamma:
+        gamma = F.exp(_uniform(aug.log_gamma, (n, 1, 1, 1), seeds[3]))
+        x = F.clip_by_value(F.exp(F.log(x + OD_EPS) * gamma) - OD_EPS ** gamma, 0.0, 1.0)
+    return x
+
+
+def augment(x, aug: Augmentation, seed: int = -1):
+    """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
+
+    :func:`color_augment` when :attr:`Augmentation.color`, then NNC's ImageAugmentation.
+    ``seed`` >= 0 gives each random function its own Mersenne Twister seeded at graph
     construction (reproducible; :func:`train` builds a new one per epoch).
     """
+    if aug.color:
+        x = color_augment(x, aug, seed)
     return F.image_augmentation(
         x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
         angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,

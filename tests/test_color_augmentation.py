@@ -1,0 +1,129 @@
+"""Colour (stain/camera) augmentation of the training graph: ``training.color_augment`` (docs/training.md).
+
+Each term alone on a constant-colour batch follows its documented range; all
+terms off leave the training graph and the trained parameters as NNC's.
+"""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+nn = pytest.importorskip("nnabla")
+
+from helpers import TINY_TRAIN as FAST  # noqa: E402
+from wbc_nnabla import models, training  # noqa: E402
+from wbc_nnabla.recipe import Augmentation, TrainConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+N = 64
+RGB = np.array([0.6, 0.35, 0.8], np.float32)
+COLOR_FUNCTIONS = {"Rand", "Log", "Exp"}        # what the colour step adds; ResNet and ImageAugmentation have none
+
+
+def _function_names(v):
+    names = []
+    v.visit(lambda f: names.append(f.info.type_name))
+    return names
+
+
+def _constant_batch():
+    return nn.Variable.from_numpy_array(np.broadcast_to(RGB[None, :, None, None], (N, 3, 4, 4)).copy())
+
+
+def _colour(seed=5, **terms):
+    x = _constant_batch()
+    y = training.color_augment(x, Augmentation(**terms), seed=seed)
+    y.forward()
+    out = y.d
+    assert out.shape == x.shape and np.all((out >= 0) & (out <= 1))
+    assert np.allclose(out, out[:, :, :1, :1])                          # one colour per image
+    return out[:, :, 0, 0]                                              # (N, 3)
+
+
+def _od(v):
+    return -np.log(v + training.OD_EPS)
+
+
+def test_od_scale_per_image_and_channel():
+    out = _colour(od_scale=0.3)
+    s = _od(out) / _od(RGB)
+    assert np.all((s >= 0.7 - 1e-4) & (s <= 1.3 + 1e-4))
+    assert s[:, 0].std() > 0.05 and not np.allclose(s[:, 0], s[:, 1])   # differs across images and channels
+
+
+def test_od_shift_per_image_and_channel():
+    b = _od(_colour(od_shift=0.2)) - _od(RGB)
+    assert np.all(np.abs(b) <= 0.2 + 1e-4)
+    assert b[:, 0].std() > 0.03 and not np.allclose(b[:, 0], b[:, 2])
+
+
+def test_saturation_factor_around_grey():
+    out = _colour(saturation=0.5)
+    grey = RGB.mean()
+    f = (out - grey) / (RGB - grey)
+    assert np.allclose(f, f[:, :1], atol=1e-4)                          # one factor per image
+    np.testing.assert_allclose(out.mean(axis=1), grey, atol=1e-5)       # grey kept (no clipping here)
+    assert np.all((f[:, 0] >= 0.5 - 1e-4) & (f[:, 0] <= 1.5 + 1e-4)) and f[:, 0].std() > 0.1
+
+
+def test_gamma_per_image():
+    out = _colour(log_gamma=0.4)
+    gamma = np.ones_like(out)
+    for _ in range(30):                                 # solve out = (x + eps) ** g - eps ** g for g
+        gamma = np.log(out + training.OD_EPS ** gamma) / np.log(RGB + training.OD_EPS)
+    assert np.allclose(gamma, gamma[:, :1], rtol=1e-3)                  # one gamma per image
+    lg = np.log(gamma[:, 0])
+    assert np.all(np.abs(lg) <= 0.4 + 1e-2) and lg.std() > 0.05
+
+
+def test_clipped_to_unit_range_and_reproducible():
+    x = nn.Variable.from_numpy_array(np.random.RandomState(0).rand(8, 3, 8, 8).astype(np.float32))
+    aug = Augmentation(od_scale=0.5, od_shift=0.5, saturation=1.0, log_gamma=0.7)
+    a, b = (training.color_augment(x, aug, seed=3) for _ in range(2))
+    a.forward(), b.forward()
+    assert np.all((a.d >= 0) & (a.d <= 1)) and np.array_equal(a.d, b.d)
+    first = a.d.copy()
+    a.forward()
+    assert not np.array_equal(a.d, first)                               # new draws every iteration
+
+
+def test_colour_step_only_when_on_and_only_in_training_graph(tiny_model):
+    models.clear_scope(training.SCOPE)
+    off = training.build_graph("resnet18", 6, 2, 32, aug=Augmentation(), aug_seed=0)
+    on = training.build_graph("resnet18", 6, 2, 32, aug=Augmentation(od_scale=0.1, od_shift=0.1, saturation=0.2,
+                                                                      log_gamma=0.1), aug_seed=0)
+    test = training.build_graph("resnet18", 6, 2, 32, test=True)
+    assert not COLOR_FUNCTIONS & set(_function_names(off.loss))
+    assert COLOR_FUNCTIONS <= set(_function_names(on.loss)) and "ImageAugmentation" in _function_names(on.loss)
+    assert not COLOR_FUNCTIONS & set(_function_names(test.losses))
+
+
+def test_colour_training_exports_plain_model_and_off_is_bit_identical(tiny_dataset, tiny_model, tmp_path):
+    """Default (off) training equals the session model exactly; a colour run's model.nnp has no colour step."""
+    training.train(tiny_dataset, tmp_path / "off", TrainConfig(epochs=2, **FAST))
+    off = {k: v.d.copy() for k, v in training.parameters().items()}
+    assert (tmp_path / "off" / "model.h5").read_bytes() == (tiny_model / "model.h5").read_bytes()
+    aug = Augmentation(od_scale=0.2, od_shift=0.1, saturation=0.3, log_gamma=0.2)
+    training.train(tiny_dataset, tmp_path / "on", TrainConfig(epochs=1, augmentation=aug, **FAST))
+    on = {k: v.d for k, v in training.parameters().items()}
+    assert not all(np.array_equal(off[k], on[k]) for k in off)
+    with zipfile.ZipFile(tmp_path / "on" / "model.nnp") as z:
+        nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in COLOR_FUNCTIONS | {"ImageAugmentation"})
+    saved = json.loads((tmp_path / "on" / "config.json").read_text())["config"]["augmentation"]
+    assert saved["od_scale"] == 0.2 and saved["log_gamma"] == 0.2
+
+
+def test_resume_of_a_run_saved_before_the_colour_terms(tiny_dataset, tiny_model, tmp_path):
+    """A config.json without the colour fields had them off: such a run resumes with the defaults."""
+    import shutil
+    out = tmp_path / "old"
+    shutil.copytree(tiny_model, out)
+    cfg = json.loads((out / "config.json").read_text())
+    for k in ("od_scale", "od_shift", "saturation", "log_gamma"):
+        del cfg["config"]["augmentation"][k]
+    (out / "config.json").write_text(json.dumps(cfg))
+    s = training.train(tiny_dataset, out, TrainConfig(epochs=3, **dict(FAST, max_iterations=1)), resume=True)
+    assert len(s["history"]) == 3
