@@ -219,7 +219,7 @@ def _add_training(sub) -> None:
     g = p.add_argument_group("ImageAugmentation (training graph only)")
     _add_settings(g, Augmentation, defaults=True)
     g.add_argument("--no-flip", action="store_true", help="no random left-right/up-down mirror")
-    g.add_argument("--no-augmentation", action="store_true", help="train without ImageAugmentation")
+    g.add_argument("--no-augmentation", action="store_true", help="train without any augmentation (ImageAugmentation and the colour terms)")
     p.set_defaults(func=_cmd_train)
 
 
