@@ -58,14 +58,11 @@ def _check_paths(model: Path, cells: Path, out: Path, overwrite: bool) -> None:
 
 
 def _input_size(model: Path, meta: dict, size: Optional[int]) -> int:
-    """The side the cells are resized to: ``size``, else the model's stored training size."""
-    if size is None and not meta.get("input_size"):
-        raise AdaptationError(f"{model}: the model stores no training input size (a bare .h5 or plain .nnp); "
-                              f"pass --size / size=N, the side it was trained at")
-    size = int(size or meta["input_size"])
-    if size < 32:
-        raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
-    return size
+    """The side the cells are resized to (:func:`wbc_nnabla.modelfile.network_size`), as an adaptation error."""
+    try:
+        return modelfile.network_size(meta, size, model)
+    except modelfile.ModelError as e:
+        raise AdaptationError(str(e)) from None
 
 
 def _draw(loader: training.ImageLoader, n_max: int, seed: int, skip_bad: bool) -> Tuple[np.ndarray, List[str]]:

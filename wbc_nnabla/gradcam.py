@@ -36,7 +36,7 @@ import numpy as np
 from . import classes, fileio, models
 from .errors import InputError
 from .predictor import preprocess
-from .modelfile import ModelError, read_model
+from .modelfile import network_size, read_model
 
 ImageLike = Union[str, Path, np.ndarray]
 
@@ -93,12 +93,7 @@ class GradCAM:
         self.arch = meta["arch"]
         self.num_classes = int(meta["num_classes"])
         self.class_names: Tuple[str, ...] = tuple(meta["class_names"])
-        if not (size or meta["input_size"]):
-            raise ModelError(f"{self.path}: the model stores no training input size (a bare .h5 "
-                             f"parameter file); pass --size / size=N, the side it was trained at")
-        self.size = int(size or meta["input_size"])
-        if self.size < 32:
-            raise InputError(f"size {self.size}: the ResNet needs at least 32x32 pixels")
+        self.size = network_size(meta, size, self.path)
         if batch_size < 1:
             raise InputError(f"batch_size {batch_size}: expected >= 1")
         self.batch_size = int(batch_size)

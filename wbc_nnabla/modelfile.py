@@ -25,7 +25,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -198,6 +198,25 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
         meta["assumed"] = assumed
     _check_shapes(p, params, expected_shapes(arch, num_classes))
     return params, meta
+
+
+def network_size(meta: dict, size: Optional[int], path: PathLike) -> int:
+    """The side (pixels) cells are resized to for the model ``meta`` describes: ``size``, else its stored size.
+
+    meta: a description from :func:`read_model` (``input_size`` None when the file stores none).
+    size: the caller's size, or None for the model's training size.
+    path: the model file, named in the errors.
+    Raises :class:`ModelError` when neither is known (a bare ``.h5``: no size is
+    guessed) and :class:`~wbc_nnabla.errors.InputError` below 32 px.
+    """
+    if size is None and not meta.get("input_size"):
+        raise ModelError(f"{path}: the model stores no training input size (a bare .h5 parameter file); "
+                         f"pass --size / size=N, the side it was trained at: a wrong size gives "
+                         f"confident wrong predictions")
+    size = int(size or meta["input_size"])
+    if size < 32:
+        raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
+    return size
 
 
 def _check_shapes(path: Path, params: dict, expected: dict) -> None:

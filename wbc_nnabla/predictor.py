@@ -36,10 +36,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import classes, fileio
+from . import fileio
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
-from .modelfile import ModelError, read_model
+from .modelfile import ModelError, network_size, read_model
 from .predictions import predictions_table
 from .recipe import BACKEND_NAMES
 
@@ -411,15 +411,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
 
 def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int]]:
     """(inference size, training size or None): a model that stores no size needs ``size``."""
-    train_size = engine.meta.get("input_size")
-    train_size = int(train_size) if train_size else None
-    if size is None and train_size is None:
-        raise ModelError(f"{engine.model_path}: the model stores no training input size (a bare .h5 "
-                         f"parameter file); pass --size / size=N, the side it was trained at: a wrong "
-                         f"size gives confident wrong predictions")
-    size = int(size or train_size)
-    if size < 32:
-        raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
+    train_size = int(engine.meta["input_size"]) if engine.meta.get("input_size") else None
+    size = network_size(engine.meta, size, engine.model_path)
     if train_size and size != train_size:
         log.warning("inferring at %d px with a model trained at %d px: cells look %.2fx their training "
                     "size (the paper does 480 -> 320 this way)", size, train_size, size / train_size)
