@@ -17,7 +17,6 @@ adaptation used (``adaptation``). CLI: ``wbc-nnabla adapt``.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -25,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import nnabla as nn
 import numpy as np
 
-from . import fileio, modelfile, sampling, training
+from . import fileio, framing, modelfile, sampling, training
 from .errors import InputError, WBCError
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
 from .recipe import MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES  # noqa: F401
@@ -87,11 +86,6 @@ def _draw(loader: training.ImageLoader, n_max: int, seed: int, skip_bad: bool) -
     return np.array(rows, dtype=int), skipped
 
 
-def _paths_sha256(paths) -> str:
-    """SHA-256 of the sorted paths, one per line (identifies the cell set, whatever its order)."""
-    return hashlib.sha256("\n".join(sorted(str(p) for p in paths)).encode("utf-8")).hexdigest()
-
-
 def _estimate(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, rows: np.ndarray,
               batch_size: int, size: int) -> Dict[str, np.ndarray]:
     """New running statistics ``{name: float32 array}`` of every BatchNorm over ``loader``'s ``rows``.
@@ -109,18 +103,26 @@ def _estimate(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageL
         return {k: variables[k].d.copy() for k in bn_statistics(params)}
 
 
-def _adapted_meta(meta: dict, size: int, record: dict) -> dict:
-    """The output's description: the input's, with ``input_size`` = the adaptation size and ``adaptation``."""
-    base = ("format", "arch", "class_names", "num_classes", "input_size", "wbc_nnabla", "assumed", "adaptation")
-    extra = {k: v for k, v in meta.items() if k not in base}
-    if meta.get("adaptation"):
-        record = dict(record, previous=meta["adaptation"])      # a model adapted twice keeps its history
-    return modelfile.model_meta(meta["arch"], meta["class_names"], size, **extra, adaptation=record)
+def site_scale(meta: dict, paths, seed: int, train_cells=None) -> Optional[dict]:
+    """The re-framing of a site's crops to the training scale (:mod:`wbc_nnabla.framing`), or None.
+
+    The training cells' median WBC share is the model's (``meta['wbc_share']``, stored by
+    training) or measured on ``train_cells`` (a cell source) for a model that stores none.
+    Returns ``training``, ``site`` (median-share records) and ``zoom``.
+    """
+    training_share = meta.get("wbc_share")
+    if train_cells is not None:
+        training_share = framing.median_share(list(fileio.read_cells(train_cells)["path"]), seed=seed)
+    if not training_share:
+        return None
+    site = framing.median_share(list(paths), seed=seed)
+    return dict(training=training_share, site=site, zoom=framing.site_zoom(site, training_share))
 
 
 def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = 16,
                     max_images: int = MAX_ADAPT_IMAGES, seed: int = 0, min_images: int = MIN_ADAPT_IMAGES,
-                    overwrite: bool = False, skip_bad: bool = False) -> dict:
+                    overwrite: bool = False, skip_bad: bool = False, scale: bool = True,
+                    train_cells=None) -> dict:
     """Write ``out``: ``model`` with every BatchNorm's running mean/var re-estimated on ``cells`` (AdaBN).
 
     model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`).
@@ -133,6 +135,9 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
         (required for a model that stores none). Stored as the output's ``input_size``.
     min_images: fewest readable cells accepted (default :data:`MIN_ADAPT_IMAGES`).
     skip_bad: leave out unreadable cells (listed) instead of stopping at the first.
+    scale: also re-frame the site's crops to the training cells' WBC scale (:func:`site_scale`;
+        the factor is stored as the output's ``zoom``, which ``predict`` applies) when the model
+        stores the training scale or ``train_cells`` is given; ``False``: statistics only.
 
     Every other parameter is copied unchanged. Raises :class:`AdaptationError` (or
     another :class:`~wbc_nnabla.errors.WBCError` naming the file) before writing anything.
@@ -156,14 +161,20 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
         raise AdaptationError(f"{cells}: {len(readable)} readable cells ({len(table)} listed, {len(skipped)} "
                               f"unreadable) give {len(rows)} in whole batches of {batch_size}; AdaBN needs at "
                               f"least {need}: batch statistics of a handful of cells are noise")
-    stats = _estimate(params, meta, loader, rows, batch_size, size)
     paths = [loader.paths[i] for i in rows]
+    scaling = site_scale(meta, paths, seed, train_cells) if scale else None
+    zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))
+    loader = training.ImageLoader(loader.paths, loader.labels, size,
+                                  transform=(lambda rgb: framing.reframe(rgb, zoom)) if zoom != 1.0 else None)
+    stats = _estimate(params, meta, loader, rows, batch_size, size)
     record = dict(method="AdaBN", model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
                   source=str(cells.resolve()), n_cells=len(rows), n_listed=len(table), n_skipped=len(skipped),
-                  cells_sha256=_paths_sha256(paths), seed=int(seed), batch_size=int(batch_size), size=size,
-                  max_images=int(max_images), layers=len(stats) // 2,
+                  cells_sha256=modelfile.paths_sha256(paths), seed=int(seed), batch_size=int(batch_size), size=size,
+                  max_images=int(max_images), layers=len(stats) // 2, scale=scaling,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    modelfile.save_nnp(out, {**params, **stats}, _adapted_meta(meta, size, record))
+    new_meta = modelfile.derived_meta(meta, size, "adaptation", record)
+    new_meta["zoom"] = zoom                     # what predict applies to each crop (framing.reframe)
+    modelfile.save_nnp(out, {**params, **stats}, new_meta)
     log.info("adapted %d BatchNorm layers of %s on %d cells of %s -> %s", len(stats) // 2, model, len(rows),
              cells, out)
     return dict(record, out=str(out), paths=paths, skipped=skipped)

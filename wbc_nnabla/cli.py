@@ -20,7 +20,7 @@ from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PAPER,
-                     AdaBoundConfig, Augmentation, TrainConfig, WEIGHT_INIT_NAMES)
+                     STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, TrainConfig, WEIGHT_INIT_NAMES)
 
 
 class CLIError(WBCError):
@@ -257,7 +257,8 @@ def _cmd_predict(args) -> int:
               f"{str(engine.meta['input_size']) + ' px' if engine.meta.get('input_size') else 'an unstored size'})")
         df = predictor.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
                                expected_classes=_expected_classes(args.classes), progress=not args.no_progress,
-                               skip_bad=args.skip_bad)
+                               skip_bad=args.skip_bad, stain=args.stain,
+                               stain_reference=_stain_reference(args.stain, args.stain_reference))
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
     predictions.write_predictions(df, out, config=predictor.run_config(df, args.model, args.cells, args.batch_size),
@@ -284,6 +285,16 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _stain_reference(method: str, source) -> Optional[dict]:
+    """The ``--stain`` target computed from the ``--stain-reference`` cells (None without them)."""
+    if method == "none" or source is None:
+        if source is not None:
+            raise CLIError("--stain-reference is given but --stain is none")
+        return None
+    from . import fileio, stain
+    return stain.reference(list(fileio.read_cells(source)["path"]))
+
+
 def _add_inference(sub) -> None:
     p = sub.add_parser("predict", help="predict cell classes with a trained model (predictions CSV)")
     p.add_argument("model", help="model .nnp / .h5, or an .onnx exported by `wbc-nnabla export`")
@@ -303,6 +314,12 @@ def _add_inference(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the .json beside it) if it exists")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
+    p.add_argument("--stain", choices=STAIN_METHODS, default="none",
+                   help="colour standardisation of each cell towards --stain-reference: white-balance "
+                        "(background gains) or reinhard (L*a*b* mean/std); default none. See docs/cross_site.md")
+    p.add_argument("--stain-reference", default=None, metavar="CELLS",
+                   help="cells whose colours are the target of --stain: the model's training cells, e.g. "
+                        "its dataset's train.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("export", help="export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")
@@ -319,11 +336,18 @@ def _add_inference(sub) -> None:
 def _cmd_adapt(args) -> int:
     from .adaptation import adapt_batchnorm
     r = adapt_batchnorm(args.model, args.site_cells, args.out, size=args.size, batch_size=args.batch_size,
-                        max_images=args.max_images, seed=args.seed, overwrite=args.overwrite, skip_bad=args.skip_bad)
+                        max_images=args.max_images, seed=args.seed, overwrite=args.overwrite, skip_bad=args.skip_bad,
+                        scale=not args.no_scale, train_cells=args.train_cells)
     for why in r["skipped"]:
         print(f"skipped: {why}")
     print(f"AdaBN: {r['layers']} BatchNorm layers of {args.model} re-estimated on {r['n_cells']} of "
           f"{r['n_listed']} cells of {args.site_cells} at {r['size']} px (seed {r['seed']}) -> {r['out']}")
+    if r["scale"]:
+        s = r["scale"]
+        print(f"scale: median WBC share {s['site']['median']:.3f} of the crop here, {s['training']['median']:.3f} "
+              f"in training: every crop is viewed {s['zoom']:.2f}x wider (stored as the model's zoom)")
+    elif not args.no_scale:
+        print("scale: not adapted (the model stores no training WBC scale; give --train-cells)")
     return 0
 
 
@@ -343,10 +367,41 @@ def _add_adaptation(sub) -> None:
                    help=f"site cells drawn, a seeded sample (default %(default)s; at least {MIN_ADAPT_IMAGES} "
                         f"readable cells are required)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cell sample (default 0)")
+    p.add_argument("--no-scale", action="store_true",
+                   help="BatchNorm statistics only: do not re-frame the site's crops to the training WBC scale")
+    p.add_argument("--train-cells", default=None, metavar="CELLS",
+                   help="training cells (e.g. the dataset's train.csv) to measure the training WBC scale of a "
+                        "model that stores none")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
     p.set_defaults(func=_cmd_adapt)
+
+
+def _cmd_finetune(args) -> int:
+    from .finetune import finetune
+    r = finetune(args.model, args.labelled_cells, args.out, _settings(FinetuneConfig, args),
+                 overwrite=args.overwrite, progress=not args.no_progress)
+    counts = ", ".join(f"{k} {v}" for k, v in r["per_class"].items())
+    print(f"fine-tuned {args.model} on {r['n_cells']} labelled cells ({counts}) for "
+          f"{r['settings']['iterations']} iterations at {r['settings']['size']} px "
+          f"(Cost {r['cost_first']:.3f} -> {r['cost_last']:.3f}) -> {r['out']}")
+    return 0
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model on a few labelled cells of another lab",
+                       description="Fine-tune a model on a new site's labelled cells (best at most about 100, "
+                                   "after `adapt` on its unlabelled cells): BatchNorm statistics frozen, "
+                                   "AdaBound at a small step, the paper's geometric augmentation. Labels: the "
+                                   "model's classes, or Neutrophil for Band/Segment. See docs/cross_site.md.")
+    p.add_argument("model", help="model .nnp / .h5 to start from (never changed)")
+    p.add_argument("labelled_cells", help="the site's labelled cells: class folders, path,label CSV or NNC dataset")
+    p.add_argument("out", help="fine-tuned model .nnp to write (records the fine-tuning in wbc_nnabla.json)")
+    _add_settings(p, FinetuneConfig, defaults=True)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_finetune)
 
 
 # ----------------------------------------------------------------------------- scoring, report
@@ -589,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbc-nnabla {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_scoring,
+    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_finetune, _add_scoring,
                 _add_gradcam, _add_pipeline):
         add(sub)
     return parser

@@ -51,6 +51,22 @@ def model_meta(arch: str, class_names: Sequence[str], size: int, **extra) -> dic
                 num_classes=len(class_names), input_size=int(size), wbc_nnabla=__version__, **extra)
 
 
+def derived_meta(meta: dict, size: int, key: str, record: dict) -> dict:
+    """The description of a model derived from ``meta``'s (adapted, fine-tuned): the same, with
+    ``input_size`` = ``size`` and ``record`` under ``key``; an earlier record under ``key`` is kept
+    as ``record['previous']`` (a model adapted twice keeps its history)."""
+    base = ("format", "arch", "class_names", "num_classes", "input_size", "wbc_nnabla", "assumed", key)
+    extra = {k: v for k, v in meta.items() if k not in base}
+    if meta.get(key):
+        record = dict(record, previous=meta[key])
+    return model_meta(meta["arch"], meta["class_names"], size, **extra, **{key: record})
+
+
+def paths_sha256(paths) -> str:
+    """SHA-256 of the sorted paths, one per line (identifies a cell set, whatever its order)."""
+    return hashlib.sha256("\n".join(sorted(str(p) for p in paths)).encode("utf-8")).hexdigest()
+
+
 def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
     """Save parameters ``{name: ndarray or nn.Variable}`` as a self-describing inference ``.nnp``.
 

@@ -30,7 +30,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -42,6 +42,8 @@ from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
 from .predictions import predictions_table
 from .recipe import BACKEND_NAMES
+from .framing import model_view
+from .stain import standardiser
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -71,9 +73,13 @@ def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
-def load_input(path: PathLike, size: int) -> np.ndarray:
-    """:func:`preprocess` of the image file ``path`` (raises ``ImageReadError`` naming it)."""
-    return preprocess(fileio.read_rgb(path), size)
+def load_input(path: PathLike, size: int, transform: Optional[Callable] = None) -> np.ndarray:
+    """:func:`preprocess` of the image file ``path`` (raises ``ImageReadError`` naming it).
+
+    transform: applied to the uint8 ``(H, W, 3)`` RGB image first (e.g. :func:`wbc_nnabla.stain.standardiser`).
+    """
+    rgb = fileio.read_rgb(path)
+    return preprocess(transform(rgb) if transform is not None else rgb, size)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -304,10 +310,11 @@ def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
     return fileio.read_cells(source, dedupe=dedupe)
 
 
-def _load_or_skip(path: str, size: int, skip_bad: bool) -> Tuple[Optional[np.ndarray], Optional[str]]:
+def _load_or_skip(path: str, size: int, skip_bad: bool,
+                  transform: Optional[Callable] = None) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """(network input, None), or with ``skip_bad`` (None, reason) for an unreadable image."""
     try:
-        return load_input(path, size), None
+        return load_input(path, size, transform), None
     except fileio.ImageReadError as e:
         if not skip_bad:
             raise
@@ -315,7 +322,8 @@ def _load_or_skip(path: str, size: int, skip_bad: bool) -> Tuple[Optional[np.nda
 
 
 def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int,
-              skip_bad: bool = False) -> Iterator[List[Tuple[Optional[np.ndarray], Optional[str]]]]:
+              skip_bad: bool = False, transform: Optional[Callable] = None
+              ) -> Iterator[List[Tuple[Optional[np.ndarray], Optional[str]]]]:
     """Batches of ``(input (3, size, size) or None, reason or None)`` decoded by a thread pool, two batches ahead.
 
     cv2 decoding/resizing releases the GIL, so this overlaps with inference;
@@ -330,7 +338,7 @@ def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int,
                 p = next(it, None)
                 if p is None:
                     return
-                pending.append(pool.submit(_load_or_skip, p, size, skip_bad))
+                pending.append(pool.submit(_load_or_skip, p, size, skip_bad, transform))
 
         fill()
         while pending:
@@ -341,13 +349,13 @@ def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int,
 
 
 def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, skip_bad: bool,
-             progress: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+             progress: bool, transform: Optional[Callable] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones)."""
     from tqdm.auto import tqdm
     chunks, keep, skipped = [], [], []
     with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]",
               disable=fileio.bar_disabled(progress)) as bar:
-        for batch in _prefetch(list(paths), size, batch_size, min(4, cpu_count() + 1), skip_bad):
+        for batch in _prefetch(list(paths), size, batch_size, min(4, cpu_count() + 1), skip_bad, transform):
             good = [x for x, why in batch if why is None]
             keep.extend(why is None for _, why in batch)
             skipped.extend(why for _, why in batch if why is not None)
@@ -372,7 +380,8 @@ def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]],
 
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-            progress: bool = True, skip_bad: bool = False) -> pd.DataFrame:
+            progress: bool = True, skip_bad: bool = False, stain: str = "none",
+            stain_reference: Optional[dict] = None) -> pd.DataFrame:
     """Predict every cell (section III's inference, 150-200 cells per smear).
 
     model: a model file (``.nnp``, ``.h5`` or exported ``.onnx``) or a loaded
@@ -389,6 +398,9 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     skip_bad: leave out images that cannot be read (missing, corrupt, smaller than
         :data:`wbc_nnabla.fileio.MIN_IMAGE_SIDE`) instead of stopping; they are listed in
         ``df.attrs["skipped"]``.
+    stain: colour standardisation of each cell before it is resized (:data:`wbc_nnabla.stain.STAIN_METHODS`;
+        default ``none``), towards ``stain_reference`` (:func:`wbc_nnabla.stain.reference` of the
+        model's training cells).
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
     none), ``seconds`` and ``skipped``.
@@ -398,15 +410,26 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
+    transform = cell_transform(engine.meta, stain, stain_reference)
     size, train_size = _input_size(engine, size)
     log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
              engine.meta.get("arch"))
     t0 = time.perf_counter()
-    probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress)
+    probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform)
     out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
-                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"), skipped=skipped)
+                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"), skipped=skipped,
+                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)))
     return out
+
+
+def cell_transform(meta: dict, stain: str = "none", stain_reference: Optional[dict] = None) -> Optional[Callable]:
+    """What happens to each cell image before :func:`preprocess`: the model's re-framing to the training
+    scale (:func:`wbc_nnabla.framing.model_view`, set by ``adapt``), then ``stain``."""
+    view, colour = model_view(meta), standardiser(stain, stain_reference)
+    if view is None or colour is None:
+        return view or colour
+    return lambda rgb: colour(view(rgb))
 
 
 def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int]]:

@@ -44,6 +44,8 @@ ARCH_NAMES = ("resnet18", "resnet34", "resnet50")
 WEIGHT_INIT_NAMES = ("glorot", "he")
 #: Inference backends (:mod:`wbc_nnabla.predictor`); ``auto`` picks one.
 BACKEND_NAMES = ("auto", "nnabla", "opencv", "onnxruntime")
+#: Colour standardisations ``predict --stain`` offers (:mod:`wbc_nnabla.stain`).
+STAIN_METHODS = ("none", "white-balance", "reinhard")
 #: nnabla contexts the training accepts (``cudnn`` needs nnabla-ext-cuda).
 CONTEXT_NAMES = ("cpu", "cudnn")
 
@@ -203,3 +205,19 @@ class TrainConfig:
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
             raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Settings of :func:`wbc_nnabla.finetune.finetune` (units: iterations, images, pixels).
+
+    Chosen before any foreign-site result (docs/cross_site.md): 100 iterations of 8 cells
+    show each of 100 cells 8 times; AdaBound's step 1e-4 is a tenth of the training default
+    (the usual fine-tuning rule), ``final_lr`` likewise.
+    """
+    iterations: int = setting(100, "AdaBound updates")
+    batch_size: int = setting(8, "labelled cells per update")
+    alpha: float = setting(1e-4, "AdaBound step size (Adam learning rate)")
+    final_lr: float = setting(0.01, "AdaBound final (SGD) learning rate")
+    seed: int = setting(0, "seed of shuffles and augmentation")
+    size: Optional[int] = setting(None, "input side in pixels (default: the model's size)")

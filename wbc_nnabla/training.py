@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
@@ -46,7 +46,8 @@ from nnabla.utils.data_iterator import data_iterator_simple
 from scipy.special import softmax
 from tqdm import tqdm
 
-from . import checkpoint, classes, fileio, modelfile, models, sampling
+from . import checkpoint, classes, fileio, framing, modelfile, models, sampling
+from .errors import InputError
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
 # without importing nnabla; they are re-exported here as part of this stage's API.
@@ -198,8 +199,10 @@ class ImageLoader:
     read (480 px: 0.7 MB each).
     """
 
-    def __init__(self, paths: Sequence[str], labels: np.ndarray, size: int, cache: bool = True):
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, size: int, cache: bool = True,
+                 transform: Optional[Callable] = None):
         self.paths, self.labels, self.size, self.cache = list(paths), labels, int(size), {} if cache else None
+        self.transform = transform      # uint8 (H, W, 3) RGB -> same, before the resize (e.g. framing.reframe)
         self.error: Optional[Exception] = None
 
     def __len__(self):
@@ -208,7 +211,8 @@ class ImageLoader:
     def image(self, i: int) -> np.ndarray:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        rgb = fileio.resize_square(fileio.read_rgb(self.paths[i]), self.size)
+        rgb = fileio.read_rgb(self.paths[i])
+        rgb = fileio.resize_square(self.transform(rgb) if self.transform is not None else rgb, self.size)
         chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
         if self.cache is not None:
             self.cache[i] = chw
@@ -288,6 +292,7 @@ class TrainData:
     bn_rows: Optional[np.ndarray]    # precise-BN sample (:func:`sample_rows`); None: off
     eval_rows: Optional[np.ndarray]  # Training Error sample; None: every training image
     iters: int                       # iterations per epoch
+    wbc_share: Optional[dict] = None  # median WBC share of the training crops (:func:`measure_scale`)
 
 
 def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
@@ -311,7 +316,18 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
     iters = len(train_paths) // cfg.batch_size
     return TrainData(ImageLoader(train_paths, train_y, cfg.size, cfg.cache_images),
                      ImageLoader(valid_paths, valid_y, cfg.size, cfg.cache_images), bn_rows, eval_rows,
-                     min(iters, cfg.max_iterations) if cfg.max_iterations else iters)
+                     min(iters, cfg.max_iterations) if cfg.max_iterations else iters,
+                     measure_scale(train_paths, _derive_seed(cfg.seed, 0, 7)))
+
+
+def measure_scale(paths: Sequence[str], seed: int) -> Optional[dict]:
+    """The training crops' median WBC share (:func:`wbc_nnabla.framing.median_share`), stored in the model
+    so that ``adapt`` can re-frame another lab's crops to it; None (logged) when too few WBCs are found."""
+    try:
+        return framing.median_share(paths, seed=seed)
+    except InputError as e:
+        log.warning("training cells' WBC scale not recorded: %s", e)
+        return None
 
 
 def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainData) -> dict:
@@ -324,7 +340,7 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
                 context=cfg.context, train_eval_limit=cfg.train_eval_limit,
                 export_size=cfg.export_size or cfg.size, n_train=len(data.train), n_valid=len(data.valid),
                 max_iterations=cfg.max_iterations, bn_recalibration=int(cfg.bn_recalibration),
-                weight_init=cfg.weight_init,
+                weight_init=cfg.weight_init, wbc_share=data.wbc_share,
                 bn_sample=_describe_rows(data.bn_rows, data.train.labels),
                 train_eval_sample=_describe_rows(data.eval_rows, data.train.labels))
 
@@ -502,9 +518,10 @@ def _load_into(params: dict, values: Dict[str, np.ndarray], what: str, strict: b
     return done
 
 
-def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict) -> None:
+def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict,
+            wbc_share: Optional[dict] = None) -> None:
     """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch."""
-    meta = modelfile.model_meta(arch, classes.CLASSES6, size, training=training)
+    meta = modelfile.model_meta(arch, classes.CLASSES6, size, training=training, wbc_share=wbc_share)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
     with fileio.atomic_path(out_dir / "model.h5") as tmp:
         nn.save_parameters(str(tmp), params, extension=".h5")
@@ -613,7 +630,8 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
                 outside_share=1.0 - compute / train_time)
 
 
-def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Monitors) -> None:
+def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Monitors,
+              wbc_share: Optional[dict] = None) -> None:
     """Record an epoch's row: log, export the model when Validation Error improved, curves, checkpoint."""
     run.history.append(row)
     run.epoch = row["epoch"]
@@ -625,7 +643,7 @@ def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Mo
                     "validation_misclassification": row["validation_misclassification"]}
         _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
                 dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info,
-                     seed=cfg.seed))
+                     seed=cfg.seed), wbc_share)
     mon.add_epoch(row, run.history)
     checkpoint.save_checkpoint(out_dir, run.epoch, run.params, run.solver, dict(
         epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng)))
@@ -679,7 +697,7 @@ def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool
         fileio.write_json(out_dir / "config.json", summary)
         mon = Monitors(out_dir, run.history)
         for epoch in range(run.epoch, cfg.epochs):
-            end_epoch(out_dir, cfg, run, run_epoch(epoch, cfg, data, run, mon, out_dir), mon)
+            end_epoch(out_dir, cfg, run, run_epoch(epoch, cfg, data, run, mon, out_dir), mon, data.wbc_share)
     summary.update(best=run.best, history=run.history)
     fileio.write_json(out_dir / "config.json", summary)
     return summary

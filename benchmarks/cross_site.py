@@ -1,0 +1,211 @@
+"""Cross-site benchmark (not a test): train on pbc6, test on another lab's cells (zheng2018-d1).
+
+Every step is a `wbc-nnabla` command a user runs (nothing private); per variant and seed:
+
+    wbc-nnabla build-dataset PBC6 OUT/data_sS --background keep --total 2400 --size 64 --seed S
+    wbc-nnabla train OUT/data_sS OUT/VARIANT_sS --size 64 --epochs 10 --batch-size 32 \
+        --pretrained none --seed S --no-progress [VARIANT's flags]
+    wbc-nnabla predict OUT/VARIANT_sS/model.nnp OUT/data_sS/valid.csv ...   # in-domain, 6/5 classes
+    wbc-nnabla predict OUT/VARIANT_sS/model.nnp OUT/d1.csv ...               # foreign lab, 5 classes
+    wbc-nnabla adapt OUT/VARIANT_sS/model.nnp OUT/d1_unlabelled.csv OUT/VARIANT_sS/adapted_d1.nnp \
+        --train-cells OUT/data_sS/train.csv [--no-scale]                     # AdaBN (+ WBC scale) on d1
+    wbc-nnabla predict OUT/VARIANT_sS/adapted_d1.nnp OUT/d1.csv ...
+    wbc-nnabla predict ... --stain reinhard --stain-reference OUT/data_sS/train.csv   # lever (c)
+
+and, with ``--finetune-curve VARIANT``, few-shot fine-tuning on N labelled d1 cells (N = 10, 25,
+50, 100; a stratified pick, 3 repeats) of the d1-adapted model, scored on the remaining cells:
+
+    wbc-nnabla finetune OUT/VARIANT_sS/adapted_d1.nnp OUT/ft/nN_rR/labelled.csv OUT/ft/nN_rR/model.nnp --seed R
+    wbc-nnabla predict OUT/ft/nN_rR/model.nnp OUT/ft/nN_rR/rest.csv ...
+
+zheng2018-d1 is the only labelled foreign set: it is a test set here. Every variant run is
+reported (``--summarize`` prints the table of docs/cross_site.md), and no constant is chosen by
+its d1 result alone (docs/cross_site.md says how each was chosen). Finished steps are kept, an
+interrupted training resumes.
+
+    nice -n 5 .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --variant color --seed 0
+    .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --finetune-curve robust --seed 0
+    .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --summarize
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CLI = [sys.executable, "-c", "import sys; from wbc_nnabla.cli import main; sys.exit(main())"]
+#: Zheng et al. 2018 dataset 1 label codes.
+D1_CLASSES = {1: "Neutrophil", 2: "Lymph", 3: "Mono", 4: "Eosinophil", 5: "Basophil"}
+COLOUR = ["--od-scale", "0.4", "--od-shift", "0.15", "--saturation", "0.4", "--log-gamma", "0.3"]
+WIDE_MAG = ["--min-scale", "0.6", "--max-scale", "1.6"]
+#: Train flags of each variant (added to the common CPU recipe). docs/cross_site.md explains each.
+VARIANTS = {
+    "baseline": [],
+    "color": COLOUR,
+    "colormag": COLOUR + WIDE_MAG,
+    "group_colormag": ["--norm", "group"] + COLOUR + WIDE_MAG,
+    "robust": ["--recipe", "robust"],
+}
+COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
+CURVE_N = (10, 25, 50, 100)
+CURVE_REPEATS = 3
+
+
+def wbc(*args) -> None:
+    """Run one `wbc-nnabla` command (the installed CLI's entry point) and stop on failure."""
+    print("$ wbc-nnabla " + " ".join(str(a) for a in args), flush=True)
+    subprocess.run(CLI + [str(a) for a in args], check=True)
+
+
+def d1_sources(out: Path, d1: Path) -> None:
+    """``OUT/d1.csv`` (path,label in the five-class names) and ``OUT/d1_unlabelled.csv`` (path only)."""
+    codes = pd.read_csv(d1 / "labels.csv")
+    df = pd.DataFrame({"path": [str(d1 / f"{i:03d}.bmp") for i in codes["image ID"]],
+                       "label": codes["class label"].map(D1_CLASSES)})
+    df.to_csv(out / "d1.csv", index=False)
+    df[["path"]].to_csv(out / "d1_unlabelled.csv", index=False)
+
+
+def five_class(pred_csv: Path) -> dict:
+    """5-class accuracy, per-class recall and confusion (rows: truth, columns: prediction)."""
+    from wbc_nnabla import classes
+    df = pd.read_csv(pred_csv, keep_default_na=False)
+    truth = df["label"].map(classes.to_class5)
+    conf = pd.crosstab(truth, df["pred5"]).reindex(index=classes.CLASSES5, columns=classes.CLASSES5,
+                                                  fill_value=0)
+    present = conf.sum(axis=1) > 0
+    recall = (pd.Series([conf.loc[c, c] for c in conf.index], conf.index) / conf.sum(axis=1))[present]
+    return dict(acc5=float((df["pred5"] == truth).mean()), n=len(df), recall=recall.round(4).to_dict(),
+                confusion=conf.to_dict(orient="index"))
+
+
+def in_domain(pred_csv: Path) -> dict:
+    """6- and 5-class accuracy on the pbc6 validation split."""
+    from wbc_nnabla import classes
+    df = pd.read_csv(pred_csv, keep_default_na=False)
+    return dict(acc6=float((df["pred6"] == df["label"]).mean()),
+                acc5=float((df["pred5"] == df["label"].map(classes.to_class5)).mean()), n=len(df))
+
+
+def predict(model: Path, cells: Path, out_csv: Path, *flags) -> Path:
+    if not out_csv.exists():
+        wbc("predict", model, cells, out_csv, "--no-progress", *flags)
+    return out_csv
+
+
+def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list) -> Path:
+    data, run = out / f"data_s{seed}", out / f"{variant}_s{seed}"
+    if not (data / "valid.csv").exists():
+        wbc("build-dataset", pbc6, data, "--background", "keep", "--total", 2400, "--size", 64,
+            "--seed", seed, "--no-progress")
+    cfg = run / "config.json"
+    if not (cfg.exists() and "best" in json.loads(cfg.read_text())):
+        resume = ["--resume"] if (run / "checkpoint.json").exists() else []
+        wbc("train", data, run, *COMMON, "--seed", seed, *resume, *VARIANTS[variant], *extra)
+    return run
+
+
+def is_batchnorm(model: Path) -> bool:
+    from wbc_nnabla import modelfile
+    return modelfile.read_model(model)[1].get("norm", "batch") == "batch"
+
+
+def evaluate(out: Path, variant: str, seed: int, stain: bool) -> dict:
+    """Every measurement of one trained variant; returns (and writes) ``RUN/cross_site.json``."""
+    data, run = out / f"data_s{seed}", out / f"{variant}_s{seed}"
+    model = run / "model.nnp"
+    res = dict(variant=variant, seed=seed, flags=VARIANTS[variant],
+               pbc6_valid=in_domain(predict(model, data / "valid.csv", run / "pred_valid.csv")),
+               d1=five_class(predict(model, out / "d1.csv", run / "pred_d1.csv")))
+    if is_batchnorm(model):
+        for name, flags in (("adapted_bn", ["--no-scale"]), ("adapted", [])):
+            adapted = run / f"{name}_d1.nnp"
+            if not adapted.exists():
+                # --train-cells: runs trained before the model stored its WBC scale get it measured
+                wbc("adapt", model, out / "d1_unlabelled.csv", adapted, "--train-cells", data / "train.csv", *flags)
+            res[f"d1_{name}"] = five_class(predict(adapted, out / "d1.csv", run / f"pred_d1_{name}.csv"))
+    if stain:
+        for method in ("white-balance", "reinhard"):
+            res[f"d1_{method}"] = five_class(predict(model, out / "d1.csv", run / f"pred_d1_{method}.csv",
+                                                     "--stain", method, "--stain-reference", data / "train.csv"))
+    (run / "cross_site.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def finetune_curve(out: Path, variant: str, seed: int) -> dict:
+    """Few-shot fine-tuning of the d1-adapted model on N labelled d1 cells, scored on the rest."""
+    from wbc_nnabla import sampling
+    run = out / f"{variant}_s{seed}"
+    start = run / "adapted_d1.nnp" if is_batchnorm(run / "model.nnp") else run / "model.nnp"
+    d1 = pd.read_csv(out / "d1.csv")
+    rows = []
+    for n in CURVE_N:
+        for r in range(CURVE_REPEATS):
+            ft = run / "finetune" / f"n{n:03d}_r{r}"
+            ft.mkdir(parents=True, exist_ok=True)
+            pick = sampling.stratified_pick(d1["label"].tolist(), n, np.random.default_rng(r))
+            d1.iloc[sorted(pick)].to_csv(ft / "labelled.csv", index=False)
+            d1.drop(index=d1.index[sorted(pick)]).to_csv(ft / "rest.csv", index=False)
+            if not (ft / "model.nnp").exists():
+                wbc("finetune", start, ft / "labelled.csv", ft / "model.nnp", "--seed", r)
+            rows.append(dict(n=n, repeat=r, **five_class(predict(ft / "model.nnp", ft / "rest.csv",
+                                                                 ft / "pred_rest.csv"))))
+    (run / "finetune_curve.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def summarize(out: Path) -> None:
+    """Print the variant table and the fine-tuning curve as Markdown."""
+    print("| variant | seed | pbc6 valid 6 / 5 | d1 5-class | d1 white-balance | d1 Reinhard | d1 AdaBN "
+          "| d1 AdaBN + scale | d1 recall (Neu, Lym, Mon, Eos), last column |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for p in sorted(out.glob("*_s*/cross_site.json")):
+        r = json.loads(p.read_text())
+        acc = {k: (f"{r[k]['acc5']:.3f}" if k in r else "-")
+               for k in ("d1", "d1_white-balance", "d1_reinhard", "d1_adapted_bn", "d1_adapted")}
+        best = r.get("d1_adapted", r["d1"])["recall"]
+        rec = ", ".join(f"{best.get(c, float('nan')):.2f}" for c in ("Neutrophil", "Lymph", "Mono", "Eosinophil"))
+        print(f"| {r['variant']} | {r['seed']} | {r['pbc6_valid']['acc6']:.3f} / {r['pbc6_valid']['acc5']:.3f} "
+              f"| {acc['d1']} | {acc['d1_white-balance']} | {acc['d1_reinhard']} | {acc['d1_adapted_bn']} "
+              f"| {acc['d1_adapted']} | {rec} |")
+    for p in sorted(out.glob("*_s*/finetune_curve.json")):
+        df = pd.DataFrame(json.loads(p.read_text()))
+        g = df.groupby("n")["acc5"].agg(["mean", "std", "min", "max", "count"])
+        print(f"\nfine-tuning curve of {p.parent.name} (5-class accuracy on the remaining d1 cells):\n")
+        print(g.round(3).to_markdown())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("/work/runs/cross"))
+    ap.add_argument("--variant", choices=sorted(VARIANTS), action="append", default=[])
+    ap.add_argument("--seed", type=int, action="append", default=[])
+    ap.add_argument("--pbc6", type=Path, default=SHARED / "pbc6")
+    ap.add_argument("--d1", type=Path, default=SHARED / "zheng2018-d1")
+    ap.add_argument("--no-stain", action="store_true", help="skip the colour-standardisation measurements")
+    ap.add_argument("--finetune-curve", metavar="VARIANT", choices=sorted(VARIANTS), default=None)
+    ap.add_argument("--summarize", action="store_true")
+    a, extra = ap.parse_known_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.summarize:
+        return summarize(a.out)
+    if not (a.out / "d1.csv").exists():
+        d1_sources(a.out, a.d1)
+    for seed in a.seed or [0]:
+        for variant in a.variant:
+            train_variant(a.out, a.pbc6, variant, seed, extra)
+            r = evaluate(a.out, variant, seed, stain=not a.no_stain)
+            print(json.dumps({k: r[k] for k in r if k not in ("flags",)}, indent=1, default=str)[:2000])
+        if a.finetune_curve:
+            finetune_curve(a.out, a.finetune_curve, seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Few-shot fine-tuning (`wbc-nnabla finetune`) on the embedded demo cells, and its refusals.
+
+The session's tiny model (32 px) is fine-tuned for a few iterations on labelled demo cells
+(five-class labels: Band/Segment given as Neutrophil). What must hold: BatchNorm statistics
+and ``preprocess`` are copied byte for byte, the weights move, the record says what was used,
+``predict`` reads the result, and bad input is refused naming the file with nothing written.
+"""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+nn = pytest.importorskip("nnabla")
+
+from wbc_nnabla import cli, classes, fileio, finetune, modelfile, predictor  # noqa: E402
+from wbc_nnabla.recipe import FinetuneConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _hashes(*paths) -> dict:
+    files = []
+    for f in map(Path, paths):
+        files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A ``path,label`` CSV of 24 demo cells, 4 per class, Band and Segment written as Neutrophil."""
+    root = tmp_path_factory.mktemp("ft")
+    demo = fileio.read_cells(fileio.demo_data())
+    rows = demo.groupby("label").head(4).reset_index(drop=True)
+    rows["label"] = rows["label"].map(classes.to_class5)
+    rows[["path", "label"]].to_csv(root / "labelled.csv", index=False)
+    return root, root / "labelled.csv"
+
+
+@pytest.fixture(scope="module")
+def tuned(labelled, tiny_model):
+    root, csv = labelled
+    model = root / "model.nnp"
+    model.write_bytes((tiny_model / "model.nnp").read_bytes())
+    before = _hashes(model, csv)
+    r = finetune.finetune(model, csv, root / "out" / "tuned.nnp", FinetuneConfig(iterations=6, batch_size=8),
+                          progress=False)
+    assert _hashes(model, csv) == before          # sources only read
+    return model, root / "out" / "tuned.nnp", r
+
+
+def test_target_groups_merge_band_and_segment():
+    names, member = finetune.target_groups(classes.CLASSES6)
+    assert names == list(classes.CLASSES6) + ["Neutrophil"]
+    assert member.shape == (6, 7)
+    np.testing.assert_array_equal(member[:, :6], np.eye(6))
+    assert [classes.CLASSES6[i] for i in np.flatnonzero(member[:, 6])] == ["Band", "Segment"]
+    names, member = finetune.target_groups(["Lymph", "Mono"])
+    assert names == ["Lymph", "Mono"] and member.shape == (2, 2)
+
+
+def test_only_weights_change_and_statistics_are_kept(tuned):
+    model, out, r = tuned
+    a, b = modelfile.load_parameters(model), modelfile.load_parameters(out)
+    assert set(a) == set(b)
+    frozen = [k for k in a if k.endswith("/mean") or k.endswith("/var") or k.startswith("preprocess/")]
+    assert frozen
+    for k in frozen:
+        assert a[k].tobytes() == b[k].tobytes(), f"{k} changed"
+    moved = [k for k in a if k not in frozen and not np.array_equal(a[k], b[k])]
+    assert "fc/affine/W" in moved and any(k.startswith("conv1/") for k in moved)
+    assert len(r["costs"]) == 6 and all(np.isfinite(r["costs"]))
+
+
+def test_record_says_what_was_used(tuned, labelled):
+    _, out, r = tuned
+    meta = modelfile.read_meta(out)
+    rec = meta["finetune"]
+    assert rec["n_cells"] == 24
+    assert rec["per_class"] == {"Basophil": 4, "Eosinophil": 4, "Lymph": 4, "Mono": 4, "Neutrophil": 8}
+    assert rec["settings"]["iterations"] == 6 and rec["source"] == str(labelled[1].resolve())
+    assert meta["class_names"] == list(classes.CLASSES6)
+
+
+def test_predict_reads_the_finetuned_model(tuned, labelled):
+    df = predictor.predict(tuned[1], labelled[1], backend="nnabla", progress=False)
+    assert len(df) == 24 and set(df["pred6"]) <= set(classes.CLASSES6)
+
+
+def _refused(capsys, *argv) -> str:
+    assert cli.main(list(map(str, argv))) != 0
+    return capsys.readouterr().err
+
+
+def test_cli_refuses_bad_labels_and_writes_nothing(tmp_path, tiny_model, capsys):
+    model = tiny_model / "model.nnp"
+    demo = fileio.read_cells(fileio.demo_data()).groupby("label").head(2)
+    cases = {
+        "unlabelled.csv": demo.assign(label="")[["path"]],
+        "one_class.csv": demo.assign(label="Lymph")[["path", "label"]],
+        "few.csv": demo.head(3)[["path", "label"]],
+    }
+    for name, df in cases.items():
+        df.to_csv(tmp_path / name, index=False)
+        err = _refused(capsys, "finetune", model, tmp_path / name, tmp_path / f"{name}.nnp", "--iterations", 1)
+        assert name in err, err
+        assert not (tmp_path / f"{name}.nnp").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "empty" in _refused(capsys, "finetune", model, empty, tmp_path / "e.nnp")
+    assert not (tmp_path / "e.nnp").exists()
+
+
+def test_cli_refuses_labels_outside_the_models_classes(tmp_path, tiny_model, capsys):
+    """A two-class model cannot learn Eosinophil: the error names the file, the cell and the classes."""
+    params, meta = modelfile.read_model(tiny_model / "model.nnp")
+    params = {k: (v[:, :2] if k == "fc/affine/W" else v[:2] if k == "fc/affine/b" else v) for k, v in params.items()}
+    two = tmp_path / "two.nnp"
+    modelfile.save_nnp(two, params, modelfile.model_meta(meta["arch"], ["Lymph", "Mono"], 32))
+    demo = fileio.read_cells(fileio.demo_data())
+    pd.concat([demo[demo.label == c].head(3) for c in ("Lymph", "Mono", "Eosinophil")])[["path", "label"]] \
+        .to_csv(tmp_path / "cells.csv", index=False)
+    err = _refused(capsys, "finetune", two, tmp_path / "cells.csv", tmp_path / "out.nnp", "--iterations", 1)
+    assert "cells.csv" in err and "'Eosinophil'" in err and "Lymph, Mono" in err
+    assert not (tmp_path / "out.nnp").exists()
+
+
+def test_cli_never_replaces_the_model_or_an_existing_file(tmp_path, tiny_model, labelled, capsys):
+    model = tmp_path / "model.nnp"
+    model.write_bytes((tiny_model / "model.nnp").read_bytes())
+    before = _hashes(model)
+    assert "never replaced" in _refused(capsys, "finetune", model, labelled[1], model, "--iterations", 1)
+    other = tmp_path / "other.nnp"
+    other.write_bytes(b"a user's file")
+    _refused(capsys, "finetune", model, labelled[1], other, "--iterations", 1)
+    assert other.read_bytes() == b"a user's file" and _hashes(model) == before

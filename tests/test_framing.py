@@ -1,0 +1,105 @@
+"""WBC scale (framing) and colour standardisation (stain): the input corrections for another lab's crops.
+
+Synthetic images check the arithmetic; the demo cells check that the measured WBC share follows a
+known re-framing, and that ``adapt`` stores the site's zoom and ``predict`` applies it.
+"""
+import numpy as np
+import pytest
+
+from wbc_nnabla import fileio, framing, stain
+from wbc_nnabla.errors import InputError
+
+
+def _field(bg=(200, 220, 180), fg=(90, 40, 120), side=96) -> np.ndarray:
+    """A flat background with a dark disc of radius side/4 in the middle, uint8 (side, side, 3)."""
+    yy, xx = np.mgrid[:side, :side]
+    img = np.empty((side, side, 3), np.uint8)
+    img[:] = bg
+    img[(yy - side / 2) ** 2 + (xx - side / 2) ** 2 < (side / 4) ** 2] = fg
+    return img
+
+
+def test_white_balance_maps_the_background_to_the_target():
+    out = stain.white_balance(_field(), np.array([250.0, 230.0, 210.0]))
+    np.testing.assert_allclose(out[2, 2], [250, 230, 210], atol=1)
+    assert out[48, 48].tolist() != [90, 40, 120]            # the cell moves with the same gains
+
+
+def test_reinhard_sets_lab_statistics_to_the_target():
+    target = np.array([[70.0, 10.0, -5.0], [12.0, 6.0, 9.0]], np.float32)
+    out = stain.reinhard(_field(), target)
+    got = stain.lab_statistics(out)
+    np.testing.assert_allclose(got[0], target[0], atol=1.5)
+    np.testing.assert_allclose(got[1], target[1], rtol=0.15)
+
+
+def test_reference_is_the_mean_of_the_images_statistics(tmp_path):
+    paths = []
+    for i, bg in enumerate([(200, 220, 180), (240, 230, 200)]):
+        paths.append(str(tmp_path / f"c{i}.png"))
+        fileio.write_image(paths[-1], _field(bg))
+    ref = stain.reference(paths)
+    np.testing.assert_allclose(ref["background"], [220, 225, 190], atol=0.01)
+    assert ref["n_images"] == 2 and np.shape(ref["lab"]) == (2, 3)
+
+
+def test_standardiser_refuses_unknown_method_or_missing_reference():
+    assert stain.standardiser("none", None) is None
+    with pytest.raises(InputError, match="reinhard"):
+        stain.standardiser("reinhard", None)
+    with pytest.raises(InputError, match="macenko"):
+        stain.standardiser("macenko", {"lab": [[0, 0, 0], [1, 1, 1]]})
+
+
+def test_reframe_pads_or_crops_around_the_centre():
+    img = _field(side=60)
+    wide = framing.reframe(img, 1.5)
+    assert wide.shape == (90, 90, 3)
+    np.testing.assert_array_equal(wide[15:75, 15:75], img)       # the crop sits in the middle
+    tight = framing.reframe(img, 0.5)
+    np.testing.assert_array_equal(tight, img[15:45, 15:45])
+    with pytest.raises(InputError, match="zoom"):
+        framing.reframe(img, 0.0)
+
+
+def test_wbc_share_follows_a_known_reframing():
+    """Demo cells viewed 1.5x wider: the median WBC share falls by 1.5 (within 10 %)."""
+    paths = list(fileio.read_cells(fileio.demo_data())["path"][:30])
+    shares = np.array([framing.wbc_share(fileio.read_rgb(p)) for p in paths])
+    wider = np.array([framing.wbc_share(framing.reframe(fileio.read_rgb(p), 1.5)) for p in paths])
+    ok = np.isfinite(shares) & np.isfinite(wider)
+    assert ok.sum() >= 25
+    ratio = np.median(shares[ok]) / np.median(wider[ok])
+    assert 1.35 < ratio < 1.65, ratio
+    assert 0.2 < np.median(shares[ok]) < 0.6                       # a PBC cell: about 0.38 of the crop
+
+
+def test_median_share_refuses_too_few_cells(tmp_path):
+    blank = tmp_path / "blank.png"
+    fileio.write_image(blank, np.full((64, 64, 3), 230, np.uint8))
+    with pytest.raises(InputError, match="0 of 3"):
+        framing.median_share([str(blank)] * 3)
+
+
+@pytest.mark.slow
+def test_adapt_stores_the_site_zoom_and_predict_applies_it(tmp_path, tiny_model):
+    """Site crops = demo cells viewed 1.5x wider: adapt measures zoom ~ 1/1.5 against the demo cells
+    as training cells, stores it, and predict on the site crops then sees the training framing."""
+    pytest.importorskip("nnabla")
+    from wbc_nnabla import adaptation, modelfile, predictor
+    demo = fileio.read_cells(fileio.demo_data())
+    site = tmp_path / "site"
+    site.mkdir()
+    for i, p in enumerate(demo["path"][:40]):
+        fileio.write_image(site / f"c{i:02d}.png", framing.reframe(fileio.read_rgb(p), 1.5))
+    train_csv = tmp_path / "train.csv"
+    demo[["path"]].iloc[40:100].to_csv(train_csv, index=False)
+    r = adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "a.nnp", max_images=32,
+                                   train_cells=train_csv)
+    zoom = modelfile.read_meta(tmp_path / "a.nnp")["zoom"]
+    assert r["scale"]["zoom"] == zoom and 0.55 < zoom < 0.8, zoom
+    df = predictor.predict(tmp_path / "a.nnp", site, backend="nnabla", progress=False)
+    assert df.attrs["zoom"] == zoom
+    plain = adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "b.nnp", max_images=32,
+                                       scale=False)
+    assert plain["scale"] is None and modelfile.read_meta(tmp_path / "b.nnp")["zoom"] == 1.0

@@ -1,0 +1,89 @@
+"""Scale of the WBC in a crop, and a lab's crops re-framed to the training lab's scale.
+
+Labs crop their cells differently and photograph them at other magnifications: a
+neutrophil fills a median 0.38 of the side of a PBC crop but 0.60 of a Zheng 2018 crop
+(measured with :func:`wbc_share`; docs/cross_site.md), so the same cell reaches the
+network 1.6 times larger. The paper's crop is fixed in pixels (750 px at 100x oil,
+section II.3), so within one lab the scale is constant; across labs it is not.
+
+The correction is per site, not per cell: the *median* WBC share of a site's cells
+(unlabelled) is compared with the training cells' median, and every crop of the site is
+zoomed by one factor (:func:`reframe`). Cell-by-cell normalisation would erase the size
+difference between classes the model relies on (PBC median share: Lymph 0.28, Mono 0.42).
+nnabla-free.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from . import fileio, sampling, segmentation
+from .errors import InputError
+
+#: Cells :func:`median_share` segments at most (a seeded sample).
+SHARE_SAMPLE = 200
+#: Images are measured at most this many pixels wide (the share does not depend on it; speed).
+MEASURE_SIDE = 128
+#: Fewest cells with a WBC found for a median share to count.
+MIN_SHARE_CELLS = 20
+
+
+def wbc_share(rgb: np.ndarray) -> float:
+    """Equivalent diameter of the WBC (:func:`wbc_nnabla.segmentation.wbc_mask`) over the crop's longer side.
+
+    rgb: uint8 ``(H, W, 3)``. Returns NaN when no WBC is found.
+    """
+    h, w = rgb.shape[:2]
+    f = min(1.0, MEASURE_SIDE / max(h, w))
+    small = rgb if f >= 1.0 else cv2.resize(rgb, (max(8, round(w * f)), max(8, round(h * f))),
+                                            interpolation=cv2.INTER_AREA)
+    mask = segmentation.wbc_mask(small)
+    if not mask.any():
+        return float("nan")
+    return 2.0 * segmentation.equivalent_radius(mask) / max(small.shape[:2])
+
+
+def median_share(paths: Sequence[str], n: int = SHARE_SAMPLE, seed: int = 0) -> Dict[str, float]:
+    """Median :func:`wbc_share` of a seeded sample of at most ``n`` cell images.
+
+    Returns ``median``, ``q10``, ``q90`` (shares), ``n`` (cells measured) and ``found``
+    (cells with a WBC). Raises :class:`~wbc_nnabla.errors.InputError` when fewer than
+    :data:`MIN_SHARE_CELLS` WBCs are found.
+    """
+    rows = sampling.shuffled_sample([""] * len(paths), min(int(n), len(paths)), seed)
+    shares = np.array([wbc_share(fileio.read_rgb(paths[int(i)])) for i in rows])
+    found = shares[np.isfinite(shares)]
+    if len(found) < MIN_SHARE_CELLS:
+        raise InputError(f"WBC scale: a WBC was found in {len(found)} of {len(shares)} cells; at least "
+                         f"{MIN_SHARE_CELLS} are needed to measure a site's scale")
+    q10, med, q90 = np.quantile(found, [0.1, 0.5, 0.9])
+    return dict(median=round(float(med), 4), q10=round(float(q10), 4), q90=round(float(q90), 4),
+                n=int(len(shares)), found=int(len(found)))
+
+
+def reframe(rgb: np.ndarray, zoom: float) -> np.ndarray:
+    """The crop ``rgb`` (uint8 ``(H, W, 3)``) seen ``zoom`` times wider around its centre.
+
+    zoom > 1: the square of side ``zoom * max(H, W)`` centred on the crop, padded by
+    mirroring (as ``build-dataset`` pads, :func:`wbc_nnabla.segmentation.crop_square`);
+    the cell then fills ``1 / zoom`` of what it did. zoom < 1: a centred square crop.
+    """
+    if not (np.isfinite(zoom) and zoom > 0):
+        raise InputError(f"zoom must be a positive number, got {zoom!r}")
+    h, w = rgb.shape[:2]
+    side = max(1, int(round(max(h, w) * float(zoom))))
+    return segmentation.crop_square(rgb, w / 2.0, h / 2.0, side, pad_mode="reflect")[0]
+
+
+def site_zoom(site: Dict[str, float], training: Dict[str, float]) -> float:
+    """The factor :func:`reframe` applies to a site's crops: site median share / training median share."""
+    return round(float(site["median"]) / float(training["median"]), 4)
+
+
+def model_view(meta: dict) -> Optional[Callable]:
+    """The re-framing a model asks of each crop (``meta['zoom']``, set by ``adapt``) as a function
+    uint8 ``(H, W, 3)`` -> same, or None when the model takes crops as they are."""
+    zoom = float(meta.get("zoom", 1.0))
+    return None if zoom == 1.0 else (lambda rgb: reframe(rgb, zoom))
