@@ -176,7 +176,7 @@ def _cmd_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, size=args.size, seed=args.seed, pretrained=args.pretrained,
         init=args.init, arch=args.arch, solver=solver, augmentation=aug, context=args.context,
         train_eval_limit=args.train_eval_limit, export_size=args.export_size, progress=not args.no_progress,
-        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init)
+        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init, norm=args.norm)
     s = training.train(args.dataset, args.out, config, resume=args.resume)
     b = s["best"]
     print(f"best epoch {b['epoch']}: Validation Error {b['validation_error']:.4f}, "
@@ -214,7 +214,9 @@ def _add_training(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--bn-recalibration", type=int, default=t.bn_recalibration, metavar="N",
                    help="re-estimate BatchNorm statistics on N clean training images before each "
-                        "evaluation and export (default %(default)s; 0: off, as NNC; see docs/training.md)")
+                        "evaluation and export (default %(default)s; 0: off, as NNC; a no-op with --norm group; "
+                        "see docs/training.md)")
+    _add_settings(p, TrainConfig, defaults=True)
     _add_settings(p.add_argument_group("AdaBound"), AdaBoundConfig, defaults=True)
     g = p.add_argument_group("ImageAugmentation (training graph only)")
     _add_settings(g, Augmentation, defaults=True)
