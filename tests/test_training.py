@@ -400,8 +400,9 @@ def test_groupnorm_training_records_norm_and_skips_bn_recalibration(tiny_gn_mode
     assert np.abs(params["layer1/0/bn1/group_normalization/beta"]).max() > 1e-5
 
 
-def test_groupnorm_nnp_reproduces_the_validation_error_through_predict(tiny_gn_model, tiny):
-    """``predict`` (nnabla backend) on the GroupNorm model's validation split gives the recorded Validation Error."""
+def test_groupnorm_nnp_reproduces_the_validation_error_through_predict(tiny_gn_model, tiny, tmp_path):
+    """``predict`` (nnabla backend) on the GroupNorm model's validation split gives the recorded Validation
+    Error; ``nnabla_cli infer`` gives the same probabilities."""
     from wbc_nnabla import predictor
     s = json.loads((tiny_gn_model / "config.json").read_text())
     df = predictor.predict(tiny_gn_model / "model.nnp", tiny / "valid.csv", backend="nnabla", progress=False)
@@ -409,6 +410,16 @@ def test_groupnorm_nnp_reproduces_the_validation_error_through_predict(tiny_gn_m
     y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
     loss = float(-np.log(probs[np.arange(len(y)), y]).mean())
     assert len(df) == 6 and loss == pytest.approx(s["best"]["validation_error"], rel=1e-4)
+    # nnabla's own command-line runtime runs the GroupNorm .nnp too, to the same probabilities
+    cli = Path(sys.executable).with_name("nnabla_cli")
+    if not cli.exists():
+        pytest.skip("nnabla_cli not installed beside this Python")
+    x = predictor.load_input(df["path"][0], 32)[None]
+    x.tofile(tmp_path / "x.bin")
+    r = subprocess.run([str(cli), "infer", "-c", str(tiny_gn_model / "model.nnp"), "-o", str(tmp_path / "y"),
+                        "-b", "1", str(tmp_path / "x.bin")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    np.testing.assert_allclose(np.fromfile(tmp_path / "y_0.bin", np.float32), probs[0], rtol=1e-4, atol=1e-6)
 
 
 def test_groupnorm_is_guarded_on_resume_and_init(tiny_gn_model, model_a, tiny, tmp_path):
