@@ -177,6 +177,19 @@ def test_parity_backends_on_trained_groupnorm_model(tiny_gn_model, tmp_path):
             assert np.abs(df[PROBS].values - ref[PROBS].values).max() < 1e-4, (b, size)
             assert (df["pred6"] == ref["pred6"]).all(), (b, size)
     assert inf.load_backend(gn, "onnxruntime").meta["norm"] == "group"
+    assert ref.attrs["norm"] == "group" and ref.attrs["arch"] == "resnet18"
+
+
+def test_cli_predict_and_export_name_a_groupnorm_model(tiny_gn_model, tmp_path, capsys):
+    gn = tiny_gn_model / "model.nnp"
+    cells = demo_cells(1)
+    cells.to_csv(tmp_path / "cells.csv", index=False)
+    assert cli.main(["export", str(gn), "--onnx", str(tmp_path / "gn.onnx")]) == 0
+    assert "resnet18 with GroupNorm" in capsys.readouterr().out
+    assert cli.main(["predict", str(tmp_path / "gn.onnx"), str(tmp_path / "cells.csv"), str(tmp_path / "p.csv"),
+                     "--backend", "opencv", "--no-progress"]) == 0
+    assert "(resnet18 with GroupNorm, classes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p.json").read_text())["norm"] == "group"
 
 
 def test_h5_model_input(tiny, tmp_path):

@@ -437,3 +437,17 @@ def test_groupnorm_is_guarded_on_resume_and_init(tiny_gn_model, model_a, tiny, t
     from wbc_nnabla import cli
     assert cli.build_parser().parse_args(["train", "d", "o"]).norm == "batch"
     assert cli.build_parser().parse_args(["train", "d", "o", "--norm", "group"]).norm == "group"
+
+
+def test_groupnorm_resume_reaches_same_parameters(tiny, tmp_path):
+    """2 GroupNorm epochs straight == 1 epoch, stop, resume to 2."""
+    one = dict(FAST, max_iterations=1)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    training.train(tiny, straight, TrainConfig(epochs=2, norm="group", **one))
+    training.train(tiny, split, TrainConfig(epochs=1, norm="group", **one))
+    training.train(tiny, split, TrainConfig(epochs=2, norm="group", **one), resume=True)
+    a = modelfile.load_parameters(straight / "checkpoints" / "epoch0002" / "params.h5")
+    b = modelfile.load_parameters(split / "checkpoints" / "epoch0002" / "params.h5")
+    assert set(a) == set(b) and models.norm_of(a) == "group"
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

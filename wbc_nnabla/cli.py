@@ -254,7 +254,8 @@ def _cmd_predict(args) -> int:
     try:
         engine = predictor.load_backend(args.model, args.backend, args.threads)
         how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
-        print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}, "
+        print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}"
+              f"{' with GroupNorm' if engine.meta.get('norm') == 'group' else ''}, "
               f"classes {', '.join(engine.class_names)}, trained at "
               f"{str(engine.meta['input_size']) + ' px' if engine.meta.get('input_size') else 'an unstored size'})")
         df = predictor.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
@@ -280,7 +281,8 @@ def _cmd_export(args) -> int:
         meta = read_onnx_meta(path)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
-    print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta['arch']}, input x (N,3,H,W) RGB [0,1], "
+    print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta['arch']}"
+          f"{' with GroupNorm' if meta.get('norm') == 'group' else ''}, input x (N,3,H,W) RGB [0,1], "
           f"output y softmax over {', '.join(meta['class_names'])}; trained at "
           f"{str(meta['input_size']) + ' px' if meta.get('input_size') else 'an unstored size'})")
     return 0

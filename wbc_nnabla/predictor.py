@@ -391,7 +391,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         ``df.attrs["skipped"]``.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
-    none), ``seconds`` and ``skipped``.
+    none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``) and ``skipped``.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -405,7 +405,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress)
     out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
-                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"), skipped=skipped)
+                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
+                     norm=engine.meta.get("norm") or "batch", skipped=skipped)
     return out
 
 
