@@ -69,3 +69,15 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> Path:
     pytest.importorskip("nnabla")
     from helpers import tiny_model
     return tiny_model(tiny_dataset, tmp_path_factory.mktemp("tiny_model") / "A")
+
+
+@pytest.fixture(scope="session")
+def tiny_gn_model(tiny_dataset, tmp_path_factory) -> Path:
+    """Training folder of the same tiny run as ``tiny_model`` with GroupNorm (``--norm group``).
+
+    ``model.nnp`` (ResNet-18 with GroupNorm, six classes, 32 px), ``model.h5``, ``config.json``...
+    Read it, never write into it.
+    """
+    pytest.importorskip("nnabla")
+    from helpers import tiny_model
+    return tiny_model(tiny_dataset, tmp_path_factory.mktemp("tiny_gn_model") / "A", norm="group")

@@ -70,15 +70,17 @@ def demo_nnc_dataset(root: Path, n_train: int, n_valid: int) -> Path:
 TINY_TRAIN = dict(size=32, batch_size=4, pretrained="none", progress=False, max_iterations=2, train_eval_limit=4)
 
 
-def tiny_model(dataset: Path, out: Path, epochs: int = 2) -> Path:
+def tiny_model(dataset: Path, out: Path, epochs: int = 2, norm: str = "batch") -> Path:
     """``training.train`` of a ResNet-18 from scratch on ``dataset`` with :data:`TINY_TRAIN`; returns ``out``.
+
+    norm: ``batch`` (the paper's BatchNorm) or ``group`` (GroupNorm, ``--norm group``).
 
     ``out`` holds what training writes (``model.nnp`` at 32 px, ``model.h5``,
     ``config.json``, ``monitor/``, ``checkpoints/``...). Seconds on a CPU.
     """
     from wbc_nnabla import training
     from wbc_nnabla.recipe import TrainConfig
-    training.train(dataset, out, TrainConfig(epochs=epochs, **TINY_TRAIN))
+    training.train(dataset, out, TrainConfig(epochs=epochs, norm=norm, **TINY_TRAIN))
     return Path(out)
 
 

@@ -208,3 +208,19 @@ def test_cli_adapts_and_skips_bad_cells(site, model, hostile, capsys, tmp_path):
     assert a["n_cells"] == 32 and a["n_skipped"] == 1 and a["n_listed"] == N_SITE + 1
     after = nn.get_parameters(grad_only=False)           # nnabla's global parameters untouched
     assert set(after) == set(global_before) and all(np.array_equal(after[k].d, global_before[k]) for k in after)
+
+
+@pytest.mark.parametrize("name", ["model.nnp", "model.h5"])
+def test_refuses_a_groupnorm_model_naming_it_nothing_written(site, tiny_gn_model, tmp_path, capsys, name):
+    """A ``--norm group`` model has no BatchNorm statistics: nothing to adapt, a one-line error naming the
+    file (the .h5 too, recognised by its parameter names), nothing written."""
+    _, cells, _ = site
+    gn = tmp_path / "in" / f"gn_{name}"
+    gn.parent.mkdir()
+    gn.write_bytes((tiny_gn_model / name).read_bytes())
+    before = _hashes(gn, cells)
+    with pytest.raises(adaptation.AdaptationError, match=f"gn_{name}: is a GroupNorm model.*nothing to adapt"):
+        adaptation.adapt_batchnorm(gn, cells, tmp_path / "out" / "a.nnp", size=32)
+    rc, err = _run_cli(capsys, ["adapt", gn, cells, tmp_path / "out" / "a.nnp", "--size", "32"])
+    assert rc == 2 and len(err.splitlines()) == 1 and f"gn_{name}: is a GroupNorm model" in err, err
+    assert not (tmp_path / "out").exists() and _hashes(gn, cells) == before

@@ -16,32 +16,33 @@ from wbc_nnabla.export import build_onnx, cached_onnx, export_onnx, read_onnx_me
 from wbc_nnabla.modelfile import ModelError, read_model  # noqa: E402
 
 
-def random_bn_params(arch="resnet18", num_classes=6, seed=0):
-    """Parameters of ``arch`` with non-trivial BatchNorm statistics (so folding BN is really tested)."""
+def random_bn_params(arch="resnet18", num_classes=6, seed=0, norm="batch"):
+    """Parameters of ``arch`` with non-trivial BatchNorm statistics (so folding BN is really tested), or
+    with ``norm='group'`` non-trivial GroupNorm scale/shift (so they are really exported)."""
     rng = np.random.RandomState(seed)
     scope: dict = {}
     with nn.parameter_scope("net", scope=scope):
-        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=True)
+        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=True, norm=norm)
         params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
     for k, v in params.items():
         if k.endswith("/bn/mean"):
             params[k] = (rng.randn(*v.shape) * 0.3).astype(np.float32)
         elif k.endswith("/bn/var"):
             params[k] = rng.uniform(0.5, 2.0, v.shape).astype(np.float32)
-        elif k.endswith("/bn/gamma"):
+        elif k.endswith("/gamma"):
             params[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
-        elif k.endswith("/bn/beta"):
+        elif k.endswith("/beta"):
             params[k] = (rng.randn(*v.shape) * 0.2).astype(np.float32)
     return params
 
 
-def nnabla_probs(params, arch, num_classes, x):
+def nnabla_probs(params, arch, num_classes, x, norm="batch"):
     scope: dict = {}
     with nn.parameter_scope("ref", scope=scope):
         for k, v in params.items():
             nn.parameter.get_parameter_or_create(k, v.shape, v, need_grad=False)
         xv = nn.Variable(x.shape)
-        y = F.softmax(models.resnet(xv, arch, num_classes, test=True))
+        y = F.softmax(models.resnet(xv, arch, num_classes, test=True, norm=norm))
     xv.d = x
     y.forward()
     return y.d.copy()
@@ -213,3 +214,82 @@ def test_export_refuses_an_existing_file_and_never_replaces_the_model(nnp18, tmp
     before = model.read_bytes()
     assert cli.main(["export", str(model), "--onnx", str(model), "--overwrite"]) == 2
     assert "is the input" in capsys.readouterr().err and model.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- GroupNorm (--norm group)
+
+
+@pytest.fixture(scope="module")
+def nnp18_gn(tmp_path_factory):
+    path = tmp_path_factory.mktemp("export_gn") / "gn18.nnp"
+    params = random_bn_params(norm="group")
+    modelfile.save_nnp(path, params, modelfile.model_meta("resnet18", CLASSES6, 48, norm="group"))
+    return path, params
+
+
+def test_groupnorm_nnp_round_trip(nnp18_gn):
+    """The GroupNorm .nnp stores norm 'group', reads back the same parameters, and its inference graph
+    (NnpLoader, no wbc_nnabla code) gives the probabilities of models.resnet(norm='group')."""
+    from nnabla.utils.nnp_graph import NnpLoader
+    path, params = nnp18_gn
+    got, meta = read_model(path)
+    assert meta["norm"] == "group" and meta["arch"] == "resnet18" and set(got) == set(params)
+    assert all(np.array_equal(got[k], params[k]) for k in params)
+    x = np.random.RandomState(4).rand(3, 3, 48, 48).astype(np.float32)
+    ref = nnabla_probs(params, "resnet18", 6, x, norm="group")
+    with nn.parameter_scope("", {}):
+        net = NnpLoader(str(path)).get_network("inference", batch_size=3)
+        net.inputs["x"].d = x
+        net.outputs["y"].forward()
+        assert np.abs(net.outputs["y"].d - ref).max() < 1e-5
+    assert ref.std(axis=1).max() > 1e-3
+    with zipfile.ZipFile(path) as z:                     # the saved graph itself holds GroupNorm, not BN
+        graph = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    assert graph.count('type: "GroupNormalization"') == 20 and "BatchNormalization" not in graph
+
+
+@pytest.mark.parametrize("arch,num_classes", [("resnet18", 6), ("resnet50", 3)])
+def test_groupnorm_onnx_parity_onnxruntime_opencv_vs_nnabla(arch, num_classes, tmp_path):
+    """GroupNorm exported with opset-13 operators: parity 1e-4 with nnabla on onnxruntime and OpenCV,
+    dynamic batch and input size; BatchNorm-folded export of the same weights would differ."""
+    params = random_bn_params(arch, num_classes, seed=5, norm="group")
+    names = list(CLASSES6) if num_classes == 6 else ["a", "b", "c"]
+    path = tmp_path / "gn.nnp"
+    modelfile.save_nnp(path, params, modelfile.model_meta(arch, names, 32, norm="group"))
+    out = export_onnx(path, tmp_path / "gn.onnx")
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 13 and read_onnx_meta(out)["norm"] == "group"
+    assert not [n for n in model.graph.node if n.op_type in ("BatchNormalization", "Shape")]
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    net = cv2.dnn.readNetFromONNX(str(out))
+    rng = np.random.RandomState(6)
+    for n, size in ((1, 32), (3, 32), (2, 48)):
+        x = rng.rand(n, 3, size, size).astype(np.float32)
+        ref = nnabla_probs(params, arch, num_classes, x, norm="group")
+        got = sess.run(["y"], {"x": x})[0]
+        net.setInput(x)
+        got_cv = net.forward()
+        assert got.shape == ref.shape == got_cv.shape == (n, num_classes)
+        assert np.abs(got - ref).max() < 1e-4 and np.abs(got_cv - ref).max() < 1e-4
+        assert ref.std(axis=1).max() > 1e-3
+
+
+def test_groupnorm_description_must_agree_with_parameters(nnp18_gn, nnp18, tmp_path):
+    """A description saying 'batch' over GroupNorm parameters (or the reverse) is refused, naming the file."""
+    for (src, _), wrong in ((nnp18_gn, "batch"), (nnp18, "group")):
+        lying = tmp_path / f"lying_{wrong}.nnp"
+        with zipfile.ZipFile(src) as a, zipfile.ZipFile(lying, "w") as b:
+            for name in a.namelist():
+                data = a.read(name)
+                if name == modelfile.META_NAME:
+                    data = json.dumps(dict(json.loads(data), norm=wrong)).encode()
+                b.writestr(name, data)
+        with pytest.raises(ModelError, match=f"lying_{wrong}.nnp: description says norm '{wrong}'"):
+            read_model(lying)
+    # BatchNorm and GroupNorm parameters mixed in one file form no network of models.py
+    mixed = dict(nnp18[1], **{k: v for k, v in nnp18_gn[1].items() if "group_normalization" in k})
+    h5 = tmp_path / "mixed.h5"
+    nn.save_parameters(str(h5), {k: nn.Variable.from_numpy_array(v) for k, v in mixed.items()}, extension=".h5")
+    with pytest.raises(ModelError, match="mixed.h5: .*both BatchNorm"):
+        read_model(h5)

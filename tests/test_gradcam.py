@@ -321,3 +321,19 @@ def test_cli_overwrite_replaces_only_an_earlier_gradcam_output(tmp_path, model_p
     assert main(["gradcam", str(model_path), str(img), "--out", str(mine), "-q", "--overwrite"]) == 2
     assert "not a `wbc-nnabla gradcam` output" in capsys.readouterr().err
     assert (mine / "a_gradcam.png").read_bytes() == b"my own figure"
+
+
+def test_groupnorm_model_explained_with_its_own_network(tiny_gn_model):
+    """Grad-CAM rebuilds a ``--norm group`` model with GroupNorm: its probabilities are the nnabla
+    backend's (a BatchNorm rebuild could not even load the parameters), and the map is finite, in [0, 1]."""
+    from helpers import demo_cells
+    from wbc_nnabla import predictor
+    cells = demo_cells(1)
+    cam = gradcam.GradCAM(tiny_gn_model / "model.nnp")
+    assert cam.meta["norm"] == "group"
+    res = cam.explain(list(cells["path"]))
+    df = predictor.predict(tiny_gn_model / "model.nnp", cells, backend="nnabla", progress=False)
+    for r, (_, row) in zip(res, df.iterrows()):
+        assert r.predicted_name == row["pred6"]
+        assert r.probability == pytest.approx(row[f"prob_{row['pred6']}"], abs=1e-5)
+        assert np.isfinite(r.cam).all() and 0.0 <= r.cam.min() and r.cam.max() <= 1.0

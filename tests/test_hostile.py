@@ -25,14 +25,27 @@ pytestmark = pytest.mark.slow
 SIZE = 32
 
 
-def _tiny_model(path: Path) -> Path:
-    """An untrained ResNet-18 saved as a wbc_nnabla .nnp at 32 px (the errors, not the accuracy, are tested)."""
+def _tiny_model(path: Path, norm: str = "batch", says: str = "") -> Path:
+    """An untrained ResNet-18 saved as a wbc_nnabla .nnp at 32 px (the errors, not the accuracy, are tested).
+
+    norm: ``batch`` or ``group`` (GroupNorm); ``says``: the norm its description claims (default ``norm``).
+    """
     scope = OrderedDict()
     nn.seed(0)
     with nn.parameter_scope("", scope):
-        models.resnet(nn.Variable((1, 3, SIZE, SIZE)), "resnet18", 6, test=True)
+        models.resnet(nn.Variable((1, 3, SIZE, SIZE)), "resnet18", 6, test=True, norm=norm)
         params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
-    modelfile.save_nnp(path, params, modelfile.model_meta("resnet18", classes.CLASSES6, SIZE))
+    modelfile.save_nnp(path, params, modelfile.model_meta("resnet18", classes.CLASSES6, SIZE, norm=norm))
+    if says:                                    # rewrite the description only (the graph stays the true one)
+        import json
+        import zipfile
+        tmp = path.with_suffix(".tmp")
+        with zipfile.ZipFile(path) as a, zipfile.ZipFile(tmp, "w") as b:
+            for name in a.namelist():
+                data = a.read(name)
+                b.writestr(name, json.dumps(dict(json.loads(data), norm=says)) if name == modelfile.META_NAME
+                           else data)
+        tmp.replace(path)
     return path
 
 
@@ -75,6 +88,8 @@ def world(tmp_path_factory):
     model = _tiny_model(mdl / "model.nnp")
     (mdl / "fake.nnp").write_text("not a model\n")
     (mdl / "truncated.nnp").write_bytes(model.read_bytes()[:500])
+    _tiny_model(mdl / "gn.nnp", norm="group")
+    _tiny_model(mdl / "gn_says_batch.nnp", norm="group", says="batch")
     preds = inp / "preds"
     preds.mkdir()
     assert cli.main(["predict", str(model), str(csvs / "good.csv"), str(preds / "p.csv"), "--no-progress",
@@ -88,6 +103,10 @@ def world(tmp_path_factory):
     ds = inp / "dataset_no_valid"
     ds.mkdir()
     fileio.write_nnc_csv(ds / "train.csv", [r[0] for r in rows], [classes.index6(r[1]) for r in rows])
+    ds_ok = inp / "dataset"
+    ds_ok.mkdir()
+    for split in ("train.csv", "valid.csv"):
+        fileio.write_nnc_csv(ds_ok / split, [r[0] for r in rows], [classes.index6(r[1]) for r in rows])
     (inp / "a_file").write_text("a regular file where a folder is expected\n")
     out.mkdir()
     return inp, out
@@ -127,6 +146,15 @@ CASES = [
     ("train-no-valid", ["train", "{I}/dataset_no_valid", "{O}/m", "--size", "32", "--pretrained", "none"],
      "no valid.csv"),
     ("train-size-too-small", ["train", "{I}/dataset_no_valid", "{O}/m", "--size", "8"], "size"),
+    ("train-unknown-norm", ["train", "{I}/dataset", "{O}/m", "--norm", "layer"], "--norm: invalid choice: 'layer'"),
+    ("train-init-groupnorm-into-batchnorm", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--batch-size", "4",
+                                             "--init", "{I}/models/gn.nnp", "--no-progress"],
+     "gn.nnp: a --norm group model; this run has --norm batch"),
+    ("predict-groupnorm-model-described-as-batchnorm", ["predict", "{I}/models/gn_says_batch.nnp", "{I}/csv/good.csv",
+                                                        "{O}/p.csv", "--backend", "nnabla"],
+     "gn_says_batch.nnp: description says norm 'batch'"),
+    ("export-groupnorm-model-described-as-batchnorm", ["export", "{I}/models/gn_says_batch.nnp", "--onnx",
+                                                       "{O}/m.onnx"], "gn_says_batch.nnp: description says norm"),
     ("predict-fake-model", ["predict", "{I}/models/fake.nnp", "{I}/csv/good.csv", "{O}/p.csv"], "fake.nnp"),
     ("predict-truncated-model", ["predict", "{I}/models/truncated.nnp", "{I}/csv/good.csv", "{O}/p.csv"],
      "truncated.nnp"),
@@ -142,6 +170,8 @@ CASES = [
                                  "--no-progress"], "p.csv"),
     ("export-fake-model", ["export", "{I}/models/fake.nnp", "--onnx", "{O}/m.onnx"], "fake.nnp"),
     ("adapt-fake-model", ["adapt", "{I}/models/fake.nnp", "{I}/good", "{O}/a.nnp"], "fake.nnp"),
+    ("adapt-groupnorm-model", ["adapt", "{I}/models/gn.nnp", "{I}/good", "{O}/a.nnp"],
+     "gn.nnp: is a GroupNorm model (--norm group): it has no BatchNorm running statistics"),
     ("adapt-too-few-cells", ["adapt", "{I}/models/model.nnp", "{I}/good", "{O}/a.nnp"], "good: 12 readable cells"),
     ("adapt-corrupt-image", ["adapt", "{I}/models/model.nnp", "{I}/csv/with_corrupt.csv", "{O}/a.nnp"],
      "corrupt.jpg: corrupt JPEG data"),

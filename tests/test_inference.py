@@ -160,6 +160,38 @@ def test_parity_backends_on_trained_model(tiny):
         assert (out[b]["pred6"] == ref["pred6"]).all(), b
 
 
+def test_parity_backends_on_trained_groupnorm_model(tiny_gn_model, tmp_path):
+    """The tiny ``--norm group`` model: nnabla vs opencv vs onnxruntime within 1e-4, same class, 8 cells at
+    64 px and at its 32 px; from the .nnp (ONNX converted on the fly), and from an exported .onnx."""
+    gn = tiny_gn_model / "model.nnp"
+    cells = demo_cells(2).head(8)
+    onnx_file = export_onnx(gn, tmp_path / "gn.onnx")
+    for size in (64, None):
+        out = {b: inf.predict(gn, cells, size=size, batch_size=3, backend=b, progress=False)
+               for b in ("nnabla", "opencv", "onnxruntime")}
+        out.update({f"{b} .onnx": inf.predict(onnx_file, cells, size=size, batch_size=3, backend=b, progress=False)
+                    for b in ("opencv", "onnxruntime")})
+        ref = out.pop("nnabla")
+        assert ref[PROBS].values.std(axis=1).min() > 1e-3, "model output is uniform: parity would be vacuous"
+        for b, df in out.items():
+            assert np.abs(df[PROBS].values - ref[PROBS].values).max() < 1e-4, (b, size)
+            assert (df["pred6"] == ref["pred6"]).all(), (b, size)
+    assert inf.load_backend(gn, "onnxruntime").meta["norm"] == "group"
+    assert ref.attrs["norm"] == "group" and ref.attrs["arch"] == "resnet18"
+
+
+def test_cli_predict_and_export_name_a_groupnorm_model(tiny_gn_model, tmp_path, capsys):
+    gn = tiny_gn_model / "model.nnp"
+    cells = demo_cells(1)
+    cells.to_csv(tmp_path / "cells.csv", index=False)
+    assert cli.main(["export", str(gn), "--onnx", str(tmp_path / "gn.onnx")]) == 0
+    assert "resnet18 with GroupNorm" in capsys.readouterr().out
+    assert cli.main(["predict", str(tmp_path / "gn.onnx"), str(tmp_path / "cells.csv"), str(tmp_path / "p.csv"),
+                     "--backend", "opencv", "--no-progress"]) == 0
+    assert "(resnet18 with GroupNorm, classes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p.json").read_text())["norm"] == "group"
+
+
 def test_h5_model_input(tiny, tmp_path):
     params = modelfile.load_parameters(tiny)
     h5 = tmp_path / "tiny.h5"

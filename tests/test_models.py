@@ -279,3 +279,76 @@ def test_missing_imagenet_weights_fail_clearly(tmp_path, monkeypatch):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(pretrained.PretrainedError, match="junk.h5"):
         pretrained.load_imagenet(tmp_path / "junk.h5")
+
+
+# ----------------------------------------------------------------------------- GroupNorm (norm='group')
+
+
+def test_groupnorm_network_names_shapes_and_inference_of_norm():
+    """Same torchvision scopes, nnabla's GroupNorm parameters (beta/gamma (1, C, 1, 1), no running
+    statistics), the same trainable count as BatchNorm; the names alone give the norm back."""
+    bn = {k: tuple(v.shape) for k, v in _graph_params("resnet18").items()}
+    with nn.parameter_scope("", {}):
+        models.resnet(nn.Variable((1, 3, 32, 32)), "resnet18", 6, norm="group")
+        gn = {k: tuple(v.shape) for k, v in nn.get_parameters(grad_only=False).items()}
+        assert models.count_parameters() == 11_179_590     # BN's trainable beta/gamma <-> GN's beta/gamma
+    assert gn["layer3/0/downsample/1/group_normalization/gamma"] == (1, 256, 1, 1)
+    assert {k.replace("/group_normalization/", "/bn/") for k in gn} == \
+        {k for k in bn if not k.endswith(("/mean", "/var"))}
+    assert models.norm_of(gn) == "group" and models.norm_of(bn) == "batch"
+    assert models.arch_of(gn) == "resnet18"
+    with pytest.raises(ValueError, match="both BatchNorm"):
+        models.norm_of(list(gn) + list(bn))
+    with pytest.raises(ValueError, match="norm 'instance'"):
+        models.resnet(nn.Variable((1, 3, 32, 32)), "resnet18", 6, norm="instance")
+    assert models.GN_GROUPS == 32 and all(c.out_channels % models.GN_GROUPS == 0
+                                          for a in models.ARCHS for c in models.conv_layers(a))
+
+
+def test_groupnorm_layer_is_per_image_group_standardisation():
+    """norm_layer('group') = (x - mean) / sqrt(var + eps) * gamma + beta over each image's groups of C/32
+    channels (a NumPy reference), the same in training and test mode and whatever else is in the batch."""
+    rng = np.random.RandomState(0)
+    x_np = (rng.randn(3, 64, 5, 5) * 2 + 0.5).astype(np.float32)
+    spec = models.ConvBN("c", "n", 3, 64, 64, 1)
+    with nn.parameter_scope("", {}):
+        x = nn.Variable(x_np.shape)
+        y_train, y_test = (models.norm_layer(x, spec, test, "group") for test in (False, True))
+        gamma, beta = (nn.get_parameters()[f"n/group_normalization/{k}"] for k in ("gamma", "beta"))
+        gamma.d, beta.d = rng.rand(1, 64, 1, 1) + 0.5, rng.randn(1, 64, 1, 1)
+        x.d = x_np
+        F.sink(y_train, y_test).forward()
+        g = x_np.reshape(3, 32, -1).astype(np.float64)
+        z = (g - g.mean(2, keepdims=True)) / np.sqrt(g.var(2, keepdims=True) + models.GN_EPS)
+        want = z.reshape(x_np.shape) * gamma.d + beta.d
+        np.testing.assert_allclose(y_train.d, want, atol=1e-4)
+        np.testing.assert_array_equal(y_train.d, y_test.d)
+        one = nn.Variable((1, 64, 5, 5))
+        y_one = models.norm_layer(one, spec, True, "group")
+        one.d = x_np[1:2]
+        y_one.forward()
+        np.testing.assert_allclose(y_one.d, y_test.d[1:2], atol=1e-6)
+
+
+def test_imagenet_weights_for_groupnorm_are_the_convolutions_only(tmp_path):
+    """ImageNet files hold BatchNorm: a GroupNorm network takes only their convolution weights."""
+    src = _examples_params(np.random.RandomState(0))
+    path = tmp_path / "rn18-nhwc.h5"
+    with nn.parameter_scope("gen"):
+        for k, v in src.items():
+            nn.parameter.get_parameter_or_create(k, v.shape).d = v
+        nn.save_parameters(str(path))
+    full = pretrained.load_imagenet(path, "resnet18")
+    conv = pretrained.load_imagenet(path, "resnet18", norm="group")
+    assert set(conv) == {k for k in full if k.endswith("/conv/W")} and len(conv) == 20
+    assert all(np.array_equal(conv[k], full[k]) for k in conv)
+    from wbc_nnabla import training
+    models.clear_scope(training.SCOPE)
+    training.build_graph("resnet18", 6, 1, 32, norm="group")
+    params = training.parameters()
+    info = training.initialise(params, str(path), None, "resnet18", "group")
+    assert "20 tensors: convolutions only" in info
+    np.testing.assert_array_equal(params["layer3/1/conv2/conv/W"].d, full["layer3/1/conv2/conv/W"])
+    assert (params["layer3/1/bn2/group_normalization/gamma"].d == 1).all()
+    assert (params["layer3/1/bn2/group_normalization/beta"].d == 0).all()
+    models.clear_scope(training.SCOPE)

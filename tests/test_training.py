@@ -377,3 +377,77 @@ def test_checkpoint_rng_state_round_trips_through_json():
     other = np.random.RandomState(0)
     checkpoint.set_rng_state(other, saved)
     np.testing.assert_array_equal(other.normal(size=5), want)
+
+
+# ----------------------------------------------------------------------------- GroupNorm (--norm group)
+
+
+def test_groupnorm_training_records_norm_and_skips_bn_recalibration(tiny_gn_model):
+    """A tiny ``--norm group`` run: GroupNorm parameters only, ``norm`` in the config and the model,
+    and BN recalibration recorded as a no-op (nothing sampled for it)."""
+    s = json.loads((tiny_gn_model / "config.json").read_text())
+    assert s["config"]["norm"] == "group" and s["config"]["bn_recalibration"] == 0
+    assert s["config"]["bn_sample"] is None
+    assert "no-op with --norm group" in s["config"]["bn_recalibration_skipped"]
+    assert [h["epoch"] for h in s["history"]] == [1, 2] and all(np.isfinite(h["cost"]) for h in s["history"])
+    params, meta = modelfile.read_model(tiny_gn_model / "model.nnp")
+    assert meta["norm"] == "group" and modelfile.read_meta(tiny_gn_model / "model.nnp")["norm"] == "group"
+    assert "layer2/0/bn1/group_normalization/gamma" in params
+    assert not [k for k in params if "/bn/" in k or k.endswith("/mean") or k.endswith("/var")]
+    # the .h5 (no description) is recognised as GroupNorm from its parameter names
+    assert modelfile.read_model(tiny_gn_model / "model.h5")[1]["norm"] == "group"
+    # trained: GroupNorm scale/shift moved away from their initial 1 / 0
+    assert np.abs(params["layer1/0/bn1/group_normalization/beta"]).max() > 1e-5
+
+
+def test_groupnorm_nnp_reproduces_the_validation_error_through_predict(tiny_gn_model, tiny, tmp_path):
+    """``predict`` (nnabla backend) on the GroupNorm model's validation split gives the recorded Validation
+    Error; ``nnabla_cli infer`` gives the same probabilities."""
+    from wbc_nnabla import predictor
+    s = json.loads((tiny_gn_model / "config.json").read_text())
+    df = predictor.predict(tiny_gn_model / "model.nnp", tiny / "valid.csv", backend="nnabla", progress=False)
+    probs = df[[f"prob_{c}" for c in classes.CLASSES6]].to_numpy()
+    y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
+    loss = float(-np.log(probs[np.arange(len(y)), y]).mean())
+    assert len(df) == 6 and loss == pytest.approx(s["best"]["validation_error"], rel=1e-4)
+    # nnabla's own command-line runtime runs the GroupNorm .nnp too, to the same probabilities
+    cli = Path(sys.executable).with_name("nnabla_cli")
+    if not cli.exists():
+        pytest.skip("nnabla_cli not installed beside this Python")
+    x = predictor.load_input(df["path"][0], 32)[None]
+    x.tofile(tmp_path / "x.bin")
+    r = subprocess.run([str(cli), "infer", "-c", str(tiny_gn_model / "model.nnp"), "-o", str(tmp_path / "y"),
+                        "-b", "1", str(tmp_path / "x.bin")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    np.testing.assert_allclose(np.fromfile(tmp_path / "y_0.bin", np.float32), probs[0], rtol=1e-4, atol=1e-6)
+
+
+def test_groupnorm_is_guarded_on_resume_and_init(tiny_gn_model, model_a, tiny, tmp_path):
+    with pytest.raises(training.TrainingError, match="norm 'layer'"):
+        training.train(tiny, tmp_path / "x", TrainConfig(epochs=1, norm="layer", **FAST))
+    with pytest.raises(training.TrainingError, match=r"different .*norm \(was .*'batch'\)"):
+        training.train(tiny, model_a, TrainConfig(epochs=3, norm="group", **FAST), resume=True)
+    with pytest.raises(training.TrainingError, match="--init .*a --norm group model; this run has --norm batch"):
+        training.train(tiny, tmp_path / "y", TrainConfig(epochs=1, init=tiny_gn_model / "model.nnp", **FAST))
+    assert not (tmp_path / "y").exists()
+    # fine-tuning a GroupNorm model with --norm group starts from its every parameter
+    s = training.train(tiny, tmp_path / "B", TrainConfig(epochs=1, norm="group", init=tiny_gn_model / "model.nnp",
+                                                         **dict(FAST, max_iterations=1)))
+    assert s["initialisation"].startswith("init") and s["config"]["norm"] == "group"
+    from wbc_nnabla import cli
+    assert cli.build_parser().parse_args(["train", "d", "o"]).norm == "batch"
+    assert cli.build_parser().parse_args(["train", "d", "o", "--norm", "group"]).norm == "group"
+
+
+def test_groupnorm_resume_reaches_same_parameters(tiny, tmp_path):
+    """2 GroupNorm epochs straight == 1 epoch, stop, resume to 2."""
+    one = dict(FAST, max_iterations=1)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    training.train(tiny, straight, TrainConfig(epochs=2, norm="group", **one))
+    training.train(tiny, split, TrainConfig(epochs=1, norm="group", **one))
+    training.train(tiny, split, TrainConfig(epochs=2, norm="group", **one), resume=True)
+    a = modelfile.load_parameters(straight / "checkpoints" / "epoch0002" / "params.h5")
+    b = modelfile.load_parameters(split / "checkpoints" / "epoch0002" / "params.h5")
+    assert set(a) == set(b) and models.norm_of(a) == "group"
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -149,6 +149,10 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
         raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
     _check_paths(model, cells, out, overwrite)
     params, meta = modelfile.read_model(model)
+    if meta.get("norm") == "group":
+        raise AdaptationError(f"{model}: is a GroupNorm model (--norm group): it has no BatchNorm running "
+                              f"statistics, so AdaBN has nothing to adapt (GroupNorm normalises each cell "
+                              f"by its own statistics already); use the model as it is")
     if not bn_statistics(params):
         raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
     size = _input_size(model, meta, size)

@@ -28,9 +28,9 @@ POINTER = "checkpoint.json"
 
 #: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
 RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
-               "bn_sample", "weight_init")
+               "bn_sample", "weight_init", "norm")
 # Keys added after runs were already written: a config without the key had this value.
-_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot"}
+_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch"}
 # Augmentation fields added later (colour terms): an older config had them off.
 _AUGMENTATION_DEFAULTS = {"od_scale": 0.0, "od_shift": 0.0, "saturation": 0.0, "log_gamma": 0.0}
 

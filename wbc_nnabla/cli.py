@@ -20,7 +20,8 @@ from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PAPER,
-                     STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, TrainConfig, WEIGHT_INIT_NAMES)
+                     RECIPE_NAMES, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, TrainConfig, WEIGHT_INIT_NAMES,
+                     recipe_augmentation)
 
 
 class CLIError(WBCError):
@@ -170,13 +171,14 @@ def _add_datasets(sub) -> None:
 def _cmd_train(args) -> int:
     from . import training
     solver = _settings(AdaBoundConfig, args)
-    aug = _settings(Augmentation, args, flip_lr=not args.no_flip, flip_ud=not args.no_flip,
-                    enabled=not args.no_augmentation)
+    given = {f.name: getattr(args, f.name) for f in _setting_fields(Augmentation) if getattr(args, f.name) is not None}
+    aug = recipe_augmentation(args.recipe, **given, flip_lr=not args.no_flip, flip_ud=not args.no_flip,
+                              enabled=not args.no_augmentation)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, size=args.size, seed=args.seed, pretrained=args.pretrained,
         init=args.init, arch=args.arch, solver=solver, augmentation=aug, context=args.context,
         train_eval_limit=args.train_eval_limit, export_size=args.export_size, progress=not args.no_progress,
-        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init)
+        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init, norm=args.norm)
     s = training.train(args.dataset, args.out, config, resume=args.resume)
     b = s["best"]
     print(f"best epoch {b['epoch']}: Validation Error {b['validation_error']:.4f}, "
@@ -214,10 +216,15 @@ def _add_training(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--bn-recalibration", type=int, default=t.bn_recalibration, metavar="N",
                    help="re-estimate BatchNorm statistics on N clean training images before each "
-                        "evaluation and export (default %(default)s; 0: off, as NNC; see docs/training.md)")
+                        "evaluation and export (default %(default)s; 0: off, as NNC; a no-op with --norm group; "
+                        "see docs/training.md)")
+    _add_settings(p, TrainConfig, defaults=True)
     _add_settings(p.add_argument_group("AdaBound"), AdaBoundConfig, defaults=True)
-    g = p.add_argument_group("ImageAugmentation (training graph only)")
-    _add_settings(g, Augmentation, defaults=True)
+    p.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
+                   help="paper (default): the paper's ImageAugmentation; robust: plus colour terms and a wide "
+                        "Magnification, for cells of other labs (docs/cross_site.md). Flags below override it")
+    g = p.add_argument_group("ImageAugmentation (training graph only; default: the --recipe's value)")
+    _add_settings(g, Augmentation, defaults=False)
     g.add_argument("--no-flip", action="store_true", help="no random left-right/up-down mirror")
     g.add_argument("--no-augmentation", action="store_true", help="train without any augmentation (ImageAugmentation and the colour terms)")
     p.set_defaults(func=_cmd_train)
@@ -252,7 +259,8 @@ def _cmd_predict(args) -> int:
     try:
         engine = predictor.load_backend(args.model, args.backend, args.threads)
         how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
-        print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}, "
+        print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}"
+              f"{' with GroupNorm' if engine.meta.get('norm') == 'group' else ''}, "
               f"classes {', '.join(engine.class_names)}, trained at "
               f"{str(engine.meta['input_size']) + ' px' if engine.meta.get('input_size') else 'an unstored size'})")
         df = predictor.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
@@ -279,7 +287,8 @@ def _cmd_export(args) -> int:
         meta = read_onnx_meta(path)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
-    print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta['arch']}, input x (N,3,H,W) RGB [0,1], "
+    print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta['arch']}"
+          f"{' with GroupNorm' if meta.get('norm') == 'group' else ''}, input x (N,3,H,W) RGB [0,1], "
           f"output y softmax over {', '.join(meta['class_names'])}; trained at "
           f"{str(meta['input_size']) + ' px' if meta.get('input_size') else 'an unstored size'})")
     return 0

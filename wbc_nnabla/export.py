@@ -8,11 +8,18 @@ several times faster than nnabla's single-threaded CPU backend.
 
 Why a hand-written exporter: ``nnabla-converter`` pins TensorFlow and an old
 ``onnx``, which would break this environment (see ``docs/inference.md``). Our
-network family is small (convolution, test-mode BatchNorm, ReLU, max pool,
-residual add, global average pool, affine, softmax), so the graph is emitted
-here with ``onnx.helper`` from the parameters, walking
+network family is small (convolution, test-mode BatchNorm or GroupNorm, ReLU,
+max pool, residual add, global average pool, affine, softmax), so the graph is
+emitted here with ``onnx.helper`` from the parameters, walking
 :func:`wbc_nnabla.models.stages`, with BatchNorm folded into the convolution
 weights (in float64, then cast to float32).
+
+GroupNorm (``norm='group'``) depends on each image, so it cannot be folded; it
+is written with opset-13 operators every backend here runs (:meth:`_Graph.group_norm`):
+ONNX's own ``GroupNormalization`` (opset 18) takes a scale per group, which
+OpenCV 4.11 rejects (it wants one per channel, the opset-21 form), and the
+usual Reshape + InstanceNormalization + Reshape needs a ``Shape`` of the
+dynamic input, which OpenCV's importer refuses (docs/inference.md).
 
 The ONNX model takes the same input as the ``.nnp``: ``x`` float32
 ``(N, 3, H, W)`` RGB in [0, 1] (N, H and W are dynamic; normalisation is in
@@ -47,14 +54,21 @@ class _Graph:
 
     params: ``{name: ndarray}`` of the network.
     bn_eps: the BatchNorm epsilon (``models.BN_EPS``).
+    norm: ``batch`` or ``group`` (``models.NORMS``).
+    gn_groups, gn_eps: GroupNorm's groups and epsilon (``models.GN_GROUPS``, ``models.GN_EPS``).
     """
 
-    def __init__(self, params: dict, bn_eps: float):
+    def __init__(self, params: dict, bn_eps: float, norm: str = "batch", gn_groups: int = 32,
+                 gn_eps: float = 1e-5):
+        from . import models
         self.params = params
         self.bn_eps = bn_eps
+        self.norm, self.gn_groups, self.gn_eps = norm, gn_groups, gn_eps
+        self.norm_scope = models.NORMS[norm]
         self.nodes: list = []
         self.inits: list = []
         self._n = 0
+        self._consts: dict = {}
 
     def name(self, stem: str) -> str:
         self._n += 1
@@ -71,10 +85,47 @@ class _Graph:
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
         return out
 
+    def shared(self, name: str, array: np.ndarray) -> str:
+        """A constant stored once however many nodes use it."""
+        if name not in self._consts:
+            self._consts[name] = self.const(name, array)
+        return self._consts[name]
+
+    def group_norm(self, x: str, spec, groups: int, eps: float) -> str:
+        """GroupNorm of ``x`` ``(N, C, H, W)`` in scope ``spec.bn``: ``(x - mu_g) / sqrt(var_g + eps) * gamma + beta``.
+
+        mu_g and var_g, per image and group of ``C / groups`` channels, are averages of
+        per-channel averages: GlobalAveragePool (over H, W) then a grouped 1x1 Conv whose
+        weights are ``groups / C`` (over the group's channels; every channel has H x W
+        pixels, so this is the group's mean). The variance is the mean of squared
+        deviations (two passes). Works for any N, H, W.
+        """
+        c = spec.out_channels
+        avg = self.shared(f"gn_group_mean_{c}", np.full((c, c // groups, 1, 1), groups / c))
+        stem = spec.bn.replace("/", "_")
+
+        def group_mean(v: str) -> str:
+            return self.node("Conv", [self.node("GlobalAveragePool", [v], "gap"), avg], f"{stem}_mean",
+                             kernel_shape=[1, 1], group=groups)
+
+        d = self.node("Sub", [x, group_mean(x)], f"{stem}_centre")
+        var = group_mean(self.node("Mul", [d, d], f"{stem}_square"))
+        sd = self.node("Sqrt", [self.node("Add", [var, self.shared("gn_eps", np.full((1, 1, 1, 1), eps))],
+                                          f"{stem}_eps")], f"{stem}_sd")
+        scope = f"{spec.bn}/{self.norm_scope}"
+        k = self.node("Div", [self.const(f"{spec.bn}/gamma", self.params[f"{scope}/gamma"]), sd], f"{stem}_k")
+        return self.node("Add", [self.node("Mul", [d, k], f"{stem}_scale"),
+                                 self.const(f"{spec.bn}/beta", self.params[f"{scope}/beta"])], stem)
+
     def conv_bn(self, x: str, spec, relu: bool) -> str:
         """Conv ``spec`` (a ``models.ConvBN``, no bias) + test-mode BN folded into one Conv with bias,
-        then ReLU."""
+        (or + :meth:`group_norm` for a GroupNorm network), then ReLU."""
         conv, bn, ks, stride = spec.conv, spec.bn, spec.kernel, spec.stride
+        if self.norm == "group":
+            h = self.node("Conv", [x, self.const(f"{conv}/W", self.params[f"{conv}/conv/W"])], conv.replace("/", "_"),
+                          kernel_shape=[ks, ks], strides=[stride, stride], pads=[ks // 2] * 4)
+            h = self.group_norm(h, spec, self.gn_groups, self.gn_eps)
+            return self.node("Relu", [h], "relu") if relu else h
         w = self.params[f"{conv}/conv/W"].astype(np.float64)
         gamma, beta, mean, var = (self.params[f"{bn}/bn/{n}"].astype(np.float64).reshape(-1)
                                   for n in ("gamma", "beta", "mean", "var"))
@@ -99,14 +150,14 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
     """The ``onnx.ModelProto`` of a ResNet of models.py (same graph as the ``.nnp``'s "inference").
 
     params: ``{name: ndarray}`` as from :func:`wbc_nnabla.modelfile.read_model`.
-    meta: its description.
+    meta: its description (``arch``, ``num_classes``, ``norm``: ``batch`` when absent).
     """
     from onnx import TensorProto, helper
 
     from . import models
     if opset < 13:
         raise InputError(f"opset {opset}: at least 13 is needed (Softmax over one axis)")
-    g = _Graph(params, models.BN_EPS)
+    g = _Graph(params, models.BN_EPS, meta.get("norm") or "batch", models.GN_GROUPS, models.GN_EPS)
     h = g.node("Mul", ["x", g.const("preprocess/scale", params["preprocess/scale"])], "scale")
     h = g.node("Add", [h, g.const("preprocess/bias", params["preprocess/bias"])], "bias")
     h = g.conv_bn(h, models.STEM, True)
@@ -133,6 +184,7 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
         "class_names": json.dumps(list(meta["class_names"])),
         "input_size": str(int(meta["input_size"])) if meta.get("input_size") else "",   # "": not stored
         "arch": meta["arch"],
+        "norm": meta.get("norm") or "batch",
     })
     return model
 

@@ -115,7 +115,8 @@ def _graph(meta: dict, batch_size: int, size: int, member: np.ndarray, seed: int
     t = nn.Variable((batch_size, 1))
     h = training.augment(x, Augmentation(), seed)
     with nn.parameter_scope(training.SCOPE):        # where training.parameters() finds them
-        logits = models.resnet(h, meta["arch"], int(meta["num_classes"]), test=True)
+        logits = models.resnet(h, meta["arch"], int(meta["num_classes"]), test=True,
+                               norm=meta.get("norm") or "batch")
     return x, t, _grouped_loss(logits, t, member)
 
 

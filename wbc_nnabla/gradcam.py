@@ -145,7 +145,8 @@ class GradCAM:
         if n not in self._graphs:
             with nn.parameter_scope("", self._scope), nn.no_grad():
                 x = nn.Variable(models.input_shape(n, self.size))
-                logits, feats = models.resnet_features(x, self.arch, self.num_classes, test=True)
+                logits, feats = models.resnet_features(x, self.arch, self.num_classes, test=True,
+                                                       norm=self.meta["norm"])
             # Gradients are wanted at the layer4 output only: backward starts at
             # the logits and stops here (parameters and x do not need gradients).
             feats.need_grad = True

@@ -4,11 +4,11 @@ A wbc_nnabla model file is a standard nnabla ``.nnp`` (loadable by
 ``nnabla.utils.nnp_graph.NnpLoader`` and ``nnabla_cli infer``) with:
 
 * network "inference": input "x" ``(N, 3, S, S)`` float32 RGB in [0, 1],
-  output "y" ``(N, C)`` softmax probabilities (test-mode BatchNorm), the graph
+  output "y" ``(N, C)`` softmax probabilities (test-mode BatchNorm, or GroupNorm), the graph
   of :func:`wbc_nnabla.models.inference_network`;
 * executor "inference" over it;
 * an extra zip member ``wbc_nnabla.json`` (:data:`META_NAME`) with the model
-  description of :func:`model_meta` (arch, class names, input size), which
+  description of :func:`model_meta` (arch, norm, class names, input size), which
   nnabla's loaders ignore.
 
 :func:`save_nnp` writes it; :func:`read_model` is the one validated reader
@@ -44,10 +44,11 @@ class ModelError(WBCError, ValueError):
 # ----------------------------------------------------------------------------- writing
 
 
-def model_meta(arch: str, class_names: Sequence[str], size: int, **extra) -> dict:
-    """The description stored with a model: ``arch``, ``class_names``, ``input_size`` (pixels)."""
+def model_meta(arch: str, class_names: Sequence[str], size: int, norm: str = "batch", **extra) -> dict:
+    """The description stored with a model: ``arch``, ``norm`` (``batch``/``group``), ``class_names``,
+    ``input_size`` (pixels)."""
     from . import __version__
-    return dict(format="wbc_nnabla-model/1", arch=arch, class_names=list(class_names),
+    return dict(format="wbc_nnabla-model/1", arch=arch, norm=norm, class_names=list(class_names),
                 num_classes=len(class_names), input_size=int(size), wbc_nnabla=__version__, **extra)
 
 
@@ -70,7 +71,7 @@ def paths_sha256(paths) -> str:
 def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
     """Save parameters ``{name: ndarray or nn.Variable}`` as a self-describing inference ``.nnp``.
 
-    The graph is rebuilt from ``meta['arch']``/``meta['num_classes']`` at
+    The graph is rebuilt from ``meta['arch']``/``meta['num_classes']``/``meta['norm']`` at
     ``meta['input_size']`` in test mode, so the file holds only what inference needs.
     Built in a parameter dict of its own (nnabla's global parameters are not
     touched). Written atomically.
@@ -130,8 +131,8 @@ def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def expected_shapes(arch: str, num_classes: int) -> Dict[str, Tuple[int, ...]]:
-    """Parameter name -> shape of ``models.resnet(arch, num_classes)``.
+def expected_shapes(arch: str, num_classes: int, norm: str = "batch") -> Dict[str, Tuple[int, ...]]:
+    """Parameter name -> shape of ``models.resnet(arch, num_classes, norm=norm)``.
 
     Built by constructing the nnabla graph in a private parameter scope, so the
     architecture is described once (in models.py), not copied here.
@@ -141,7 +142,7 @@ def expected_shapes(arch: str, num_classes: int) -> Dict[str, Tuple[int, ...]]:
     from . import models
     local: dict = {}
     with nn.parameter_scope("net", scope=local):
-        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=True)
+        models.resnet(nn.Variable((1, 3, 32, 32)), arch, num_classes, test=True, norm=norm)
         return {k: tuple(v.shape) for k, v in nn.get_parameters(grad_only=False).items()}
 
 
@@ -171,10 +172,11 @@ def _read_file(p: Path) -> Tuple[Dict[str, np.ndarray], dict]:
 def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
     """Parameters and description of a ``.nnp`` or ``.h5`` model file.
 
-    Returns ``(params, meta)`` with ``meta`` holding at least ``arch``,
+    Returns ``(params, meta)`` with ``meta`` holding at least ``arch``, ``norm``,
     ``class_names``, ``num_classes`` and ``input_size`` (pixels). For a plain
     nnabla ``.nnp`` or an ``.h5`` parameter file (no stored description) the
-    arch comes from the parameter names, the class count from ``fc``, the six
+    arch and the normalisation (BatchNorm ``*/bn/*`` or GroupNorm
+    ``*/group_normalization/*``) come from the parameter names, the class count from ``fc``, the six
     class names of Table 1 are assumed when there are six outputs (else
     ``class0``...) and ``input_size`` is None: the training size is not
     guessed, callers ask for it (``meta['assumed']`` lists what was assumed or unknown).
@@ -190,7 +192,7 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
         raise ModelError(f"{p}: unsupported model file type {p.suffix!r} (expected .nnp or .h5)")
     params, meta = _read_file(p)
     try:
-        arch = models.arch_of(params)
+        arch, norm = models.arch_of(params), models.norm_of(params)
     except ValueError as e:
         raise ModelError(f"{p}: {e}; expected resnet18/34/50 parameters named as in models.py "
                          f"(conv1, bn1, layer1/0/..., fc)") from None
@@ -200,6 +202,9 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
     assumed = []
     if meta.get("arch") and meta["arch"] != arch:
         raise ModelError(f"{p}: description says {meta['arch']} but the parameters form a {arch}")
+    if meta.get("norm") and meta["norm"] != norm:
+        raise ModelError(f"{p}: description says norm {meta['norm']!r} but the parameters are "
+                         f"{'GroupNorm' if norm == 'group' else 'BatchNorm'} ({norm!r})")
     if not meta.get("class_names"):
         meta["class_names"] = _default_class_names(num_classes)
         assumed.append("class_names")
@@ -208,11 +213,11 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
                          f"classifier fc has {num_classes} outputs")
     if not meta.get("input_size"):
         assumed.append("input_size")     # unknown: no guess (a wrong size gives confident wrong calls)
-    meta.update(arch=arch, num_classes=num_classes, class_names=list(meta["class_names"]),
+    meta.update(arch=arch, norm=norm, num_classes=num_classes, class_names=list(meta["class_names"]),
                 input_size=int(meta["input_size"]) if meta.get("input_size") else None)
     if assumed:
         meta["assumed"] = assumed
-    _check_shapes(p, params, expected_shapes(arch, num_classes))
+    _check_shapes(p, params, expected_shapes(arch, num_classes, norm))
     return params, meta
 
 

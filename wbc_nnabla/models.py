@@ -10,6 +10,14 @@ shortcut, channels per stage). Every consumer of the topology reads
 ``bn1``, ``layer1/0/conv1``, ..., ``fc``) so weights from other frameworks map
 by name.
 
+Normalisation (``norm``, :data:`NORMS`): ``batch`` is the paper's BatchNorm
+(``<bn>/bn/{beta,gamma,mean,var}``); ``group`` puts GroupNorm (Wu & He 2018,
+:data:`GN_GROUPS` groups, ``PF.group_normalization``) in the same places, under
+the same torchvision scope names with nnabla's own parameter scope
+(``<bn>/group_normalization/{beta,gamma}``, no running statistics), as
+torchvision keeps ``bn1`` when given ``norm_layer=GroupNorm``. The parameter
+names alone tell the two apart (:func:`norm_of`).
+
 Input convention: ``x`` is float32 ``(N, 3, H, W)``, RGB scaled to [0, 1]
 (what ``data_iterator_csv_dataset(..., normalize=True)`` yields); the graph
 subtracts the ImageNet mean and divides by its standard deviation itself, so
@@ -30,7 +38,7 @@ import nnabla.parametric_functions as PF
 import numpy as np
 
 from .errors import InputError
-from .recipe import ARCH_NAMES, WEIGHT_INIT_NAMES
+from .recipe import ARCH_NAMES, GN_GROUPS, NORM_NAMES, WEIGHT_INIT_NAMES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +46,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_DECAY = 0.9
 #: BatchNorm epsilon added to the variance (nnabla's default).
 BN_EPS = 1e-5
+#: GroupNorm epsilon added to each group's variance (nnabla's default; ``y = (x - mu) / sqrt(var + eps)``).
+GN_EPS = 1e-5
+#: Normalisation layers (``norm``) and the nnabla parameter scope of each under a ``ConvBN.bn`` scope.
+NORMS = {"batch": "bn", "group": "group_normalization"}
+assert tuple(NORMS) == NORM_NAMES, "recipe.NORM_NAMES (the nnabla-free registry) lists these layers"
 #: Convolution weight initialisers: ``glorot`` (nnabla's default, uniform) or ``he``
 #: (Kaiming normal, fan_out, as torchvision's ResNet).
 WEIGHT_INITS = WEIGHT_INIT_NAMES
@@ -50,10 +63,11 @@ STAGE_PLANES = (64, 128, 256, 512)
 
 @dataclass(frozen=True)
 class ConvBN:
-    """One convolution (no bias, ``same``-style padding) followed by BatchNorm.
+    """One convolution (no bias, ``same``-style padding) followed by BatchNorm (or GroupNorm).
 
     conv: parameter scope of the convolution (weights ``<conv>/conv/W``).
-    bn: parameter scope of the BatchNorm (weights ``<bn>/bn/{beta,gamma,mean,var}``).
+    bn: parameter scope of the normalisation (BatchNorm: ``<bn>/bn/{beta,gamma,mean,var}``;
+        GroupNorm: ``<bn>/group_normalization/{beta,gamma}``).
     kernel: square kernel side.
     in_channels: channels in.
     out_channels: channels out.
@@ -186,11 +200,28 @@ def conv_initializer(spec: ConvBN, weight_init: str = "glorot") -> I.BaseInitial
     raise InputError(f"weight_init {weight_init!r}: choose one of {', '.join(WEIGHT_INITS)}")
 
 
-def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot") -> nn.Variable:
-    """Convolution ``spec`` (no bias, padding ``kernel // 2``) then batch normalisation.
+def norm_layer(h: nn.Variable, spec: ConvBN, test: bool, norm: str = "batch") -> nn.Variable:
+    """The normalisation after convolution ``spec``, in scope ``spec.bn`` (same shape out).
+
+    batch: ``PF.batch_normalization`` (``test``: running statistics, else batch statistics,
+        updating them).
+    group: ``PF.group_normalization`` with :data:`GN_GROUPS` groups of ``C / 32`` channels,
+        statistics per image and group in training and test alike (``test`` changes nothing).
+    """
+    if norm == "batch":
+        return PF.batch_normalization(h, decay_rate=BN_DECAY, eps=BN_EPS, batch_stat=not test, name=spec.bn)
+    if norm == "group":
+        return PF.group_normalization(h, GN_GROUPS, eps=GN_EPS, name=spec.bn)
+    raise InputError(f"norm {norm!r}: choose one of {', '.join(NORMS)}")
+
+
+def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot",
+            norm: str = "batch") -> nn.Variable:
+    """Convolution ``spec`` (no bias, padding ``kernel // 2``) then normalisation (:func:`norm_layer`).
 
     x: ``(N, spec.in_channels, H, W)``.
     test: BatchNorm uses its running statistics (else batch statistics, updating them).
+    norm: ``batch`` or ``group`` (:data:`NORMS`).
 
     Returns ``(N, spec.out_channels, H / stride, W / stride)``.
     """
@@ -199,29 +230,32 @@ def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot
     k, s = spec.kernel, spec.stride
     h = PF.convolution(x, spec.out_channels, (k, k), pad=(k // 2, k // 2), stride=(s, s), with_bias=False,
                        w_init=conv_initializer(spec, weight_init), name=spec.conv)
-    return PF.batch_normalization(h, decay_rate=BN_DECAY, eps=BN_EPS, batch_stat=not test, name=spec.bn)
+    return norm_layer(h, spec, test, norm)
 
 
-def shortcut(x: nn.Variable, block: Block, test: bool, weight_init: str = "glorot") -> nn.Variable:
+def shortcut(x: nn.Variable, block: Block, test: bool, weight_init: str = "glorot",
+             norm: str = "batch") -> nn.Variable:
     """The block's shortcut: ``x`` itself, or its 1x1 projection + BN (``downsample``)."""
-    return conv_bn(x, block.projection, test, weight_init) if block.has_projection else x
+    return conv_bn(x, block.projection, test, weight_init, norm) if block.has_projection else x
 
 
-def basic_block(x: nn.Variable, block: Block, test: bool, weight_init: str = "glorot") -> nn.Variable:
+def basic_block(x: nn.Variable, block: Block, test: bool, weight_init: str = "glorot",
+                norm: str = "batch") -> nn.Variable:
     """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
     conv1, conv2 = block.convs
-    h = F.relu(conv_bn(x, conv1, test, weight_init))
-    h = conv_bn(h, conv2, test, weight_init)
-    return F.relu(h + shortcut(x, block, test, weight_init))
+    h = F.relu(conv_bn(x, conv1, test, weight_init, norm))
+    h = conv_bn(h, conv2, test, weight_init, norm)
+    return F.relu(h + shortcut(x, block, test, weight_init, norm))
 
 
-def bottleneck(x: nn.Variable, block: Block, test: bool, weight_init: str = "glorot") -> nn.Variable:
+def bottleneck(x: nn.Variable, block: Block, test: bool, weight_init: str = "glorot",
+               norm: str = "batch") -> nn.Variable:
     """1x1 reduce, 3x3, 1x1 expand (x4), with a projection shortcut when shapes differ."""
     conv1, conv2, conv3 = block.convs
-    h = F.relu(conv_bn(x, conv1, test, weight_init))
-    h = F.relu(conv_bn(h, conv2, test, weight_init))
-    h = conv_bn(h, conv3, test, weight_init)
-    return F.relu(h + shortcut(x, block, test, weight_init))
+    h = F.relu(conv_bn(x, conv1, test, weight_init, norm))
+    h = F.relu(conv_bn(h, conv2, test, weight_init, norm))
+    h = conv_bn(h, conv3, test, weight_init, norm)
+    return F.relu(h + shortcut(x, block, test, weight_init, norm))
 
 
 # torchvision's BasicBlock.expansion / Bottleneck.expansion; kind names the layout of Block.convs.
@@ -247,23 +281,26 @@ def _arch(arch: str):
 
 
 def backbone(x: nn.Variable, arch: str = "resnet18", test: bool = False,
-             weight_init: str = "glorot") -> nn.Variable:
+             weight_init: str = "glorot", norm: str = "batch") -> nn.Variable:
     """Fig. 4 up to the last convolutional stage: ``(N, C, ceil(H/32), ceil(W/32))`` features.
 
     x: [0, 1] RGB ``(N, 3, H, W)``.
     test: use BatchNorm running statistics (validation/inference graphs).
     weight_init: initialiser of new convolution weights (:data:`WEIGHT_INITS`).
+    norm: ``batch`` (the paper's BatchNorm) or ``group`` (GroupNorm; :data:`NORMS`).
 
     C is the last block's ``out_channels`` (512 for ResNet-18).
     """
     block_fn, _ = _arch(arch)
     if weight_init not in WEIGHT_INITS:
         raise InputError(f"weight_init {weight_init!r}: choose one of {', '.join(WEIGHT_INITS)}")
+    if norm not in NORMS:
+        raise InputError(f"norm {norm!r}: choose one of {', '.join(NORMS)}")
     h = normalize(x)
-    h = F.relu(conv_bn(h, STEM, test, weight_init))                     # 7x7/2, 64
+    h = F.relu(conv_bn(h, STEM, test, weight_init, norm))               # 7x7/2, 64
     h = F.max_pooling(h, (3, 3), (2, 2), pad=(1, 1))                    # 3x3/2 max pool
     for block in stages(arch):
-        h = block_fn(h, block, test, weight_init)
+        h = block_fn(h, block, test, weight_init, norm)
     return h
 
 
@@ -279,33 +316,37 @@ def head(features: nn.Variable, num_classes: int) -> nn.Variable:
 
 
 def resnet(x: nn.Variable, arch: str = "resnet18", num_classes: int = 6, test: bool = False,
-           weight_init: str = "glorot") -> nn.Variable:
+           weight_init: str = "glorot", norm: str = "batch") -> nn.Variable:
     """The ResNet of Fig. 4: logits ``(N, num_classes)`` for a [0, 1] batch ``(N, 3, H, W)``.
 
     arch: ``resnet18`` (the paper's), ``resnet34`` or ``resnet50``.
     test: use BatchNorm running statistics (validation/inference graphs).
     weight_init: ``glorot`` (default, nnabla's) or ``he`` for new convolution weights.
+    norm: ``batch`` (default, the paper's BatchNorm) or ``group`` (GroupNorm, 32 groups).
     """
-    return head(backbone(x, arch, test, weight_init), num_classes)
+    return head(backbone(x, arch, test, weight_init, norm), num_classes)
 
 
 def resnet_features(x: nn.Variable, arch: str = "resnet18", num_classes: int = 6, test: bool = False,
-                    weight_init: str = "glorot") -> Tuple[nn.Variable, nn.Variable]:
+                    weight_init: str = "glorot", norm: str = "batch") -> Tuple[nn.Variable, nn.Variable]:
     """(logits ``(N, num_classes)``, last convolutional stage ``(N, C, H/32, W/32)``) of :func:`resnet`
     (for Grad-CAM). Same parameters as :func:`resnet`."""
-    features = backbone(x, arch, test, weight_init)
+    features = backbone(x, arch, test, weight_init, norm)
     return head(features, num_classes), features
 
 
-def resnet18(x: nn.Variable, num_classes: int = 6, test: bool = False, weight_init: str = "glorot") -> nn.Variable:
+def resnet18(x: nn.Variable, num_classes: int = 6, test: bool = False, weight_init: str = "glorot",
+             norm: str = "batch") -> nn.Variable:
     """ResNet-18 with a ``num_classes``-output classifier (the paper's network)."""
-    return resnet(x, "resnet18", num_classes, test, weight_init)
+    return resnet(x, "resnet18", num_classes, test, weight_init, norm)
 
 
 def inference_network(x: nn.Variable, meta: dict) -> nn.Variable:
     """Softmax probabilities ``(N, C)`` of the test-mode network ``meta`` describes (``arch``,
-    ``num_classes``): the graph every saved ``.nnp`` holds and the nnabla backend runs."""
-    return F.softmax(resnet(x, meta["arch"], int(meta["num_classes"]), test=True))
+    ``num_classes``, ``norm``: ``batch`` when absent): the graph every saved ``.nnp`` holds and
+    the nnabla backend runs."""
+    return F.softmax(resnet(x, meta["arch"], int(meta["num_classes"]), test=True,
+                            norm=meta.get("norm") or "batch"))
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -358,3 +399,16 @@ def arch_of(params: Sequence[str]) -> str:
         if tuple(layers) == blocks and (block_fn.kind == "bottleneck") == bottle:
             return arch
     raise InputError(f"parameters do not form a supported ResNet (blocks per stage {blocks})")
+
+
+def norm_of(params: Sequence[str]) -> str:
+    """The normalisation (:data:`NORMS` key) of a parameter dict, from its names.
+
+    ``group`` when any name has the GroupNorm scope (``.../group_normalization/...``), else
+    ``batch``; a dict holding both is no network of this module (InputError).
+    """
+    found = {norm for norm, scope in NORMS.items() if any(f"/{scope}/" in n for n in params)}
+    if len(found) > 1:
+        raise InputError("parameters hold both BatchNorm (*/bn/*) and GroupNorm (*/group_normalization/*) "
+                         "layers; a network of models.py has one kind")
+    return found.pop() if found else "batch"

@@ -28,6 +28,9 @@ crop 750, train 480 / infer 320, totals 2,385 / 3,284, AdaBound, 300 + 300
 epochs, ImageNet start when the weights file is present); ``recommended`` is
 the same but infers at the training scale (see docs/method.md, "480/320");
 ``demo`` is scaled down so ``make demo`` finishes in minutes on 2 CPU cores.
+``recommended`` also trains with the ``robust`` recipe and adapts each model to the
+inference cells (``adapt``: AdaBN and WBC scale) before predicting, for cells from
+another lab (docs/cross_site.md); ``paper`` stays faithful to the paper.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ import pandas as pd
 # functions that run them: the CLI builds its reproduce flags from Config without loading nnabla.
 from . import classes, fileio, sampling
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, BATCH_SIZE, BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, PAPER,
-                     TrainConfig, setting)
+                     RECIPE_NAMES, TrainConfig, recipe_augmentation, setting)
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +95,15 @@ class Config:
     pending_threshold: Optional[float] = setting(None, "judgement-pending cut-off on the top probability")
     target_accuracy: float = setting(0.99, "accuracy the pending cut-off is calibrated to")
     gradcam_examples: int = setting(8, "disagreeing cells shown with Grad-CAM")
+    recipe: str = setting("paper", "training recipe of both models: paper, or robust (colour terms and a wide "
+                                   "Magnification; docs/cross_site.md)", choices=RECIPE_NAMES)
+    adapt: bool = setting(False, "adapt each model to the inference cells before predicting (AdaBN and WBC "
+                                 "scale, `wbc-nnabla adapt`; labels unused)")
 
 
 PRESETS: Dict[str, dict] = {
     "paper": {},
-    "recommended": dict(infer_size=PAPER.train_size),
+    "recommended": dict(infer_size=PAPER.train_size, recipe="robust", adapt=True),
     "demo": dict(crop=360, train_size=48, infer_size=48, total_a=360, total_b=360, epochs_a=5, epochs_b=3,
                  batch_size=16, train_eval_limit=96, pretrained="none", inference_fraction=1 / 3,
                  pseudo_smears=4, cells_per_smear=10, gradcam_examples=6),
@@ -252,8 +259,8 @@ class Stage:
 
 _DATASET = ("crop", "seed", "skip_bad")
 _TABLES = ("manifest.csv", "train.csv", "valid.csv")
-_TRAIN = ("batch_size", "train_size", "seed", "arch", "context", "train_eval_limit", "bn_recalibration")
-_PREDICT = ("infer_size", "batch_size", "backend")
+_TRAIN = ("batch_size", "train_size", "seed", "arch", "context", "train_eval_limit", "bn_recalibration", "recipe")
+_PREDICT = ("infer_size", "batch_size", "backend", "adapt")
 _SCORE = ("pending_threshold", "target_accuracy")
 
 #: The stages of :func:`reproduce` in the order they run.
@@ -268,8 +275,8 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           ("dataset_inference/manifest.csv", "dataset_inference/cells.csv")),
     Stage("train_A", "train A", ("model_A",), _TRAIN + ("epochs_a", "pretrained"), ("model_A/model.nnp",)),
     Stage("train_B", "train B", ("model_B",), _TRAIN + ("epochs_b",), ("model_B/model.nnp",)),
-    Stage("predict_A", "predict A", ("predictions_A.csv",), _PREDICT, ("predictions_A.csv",)),
-    Stage("predict_B", "predict B", ("predictions_B.csv",), _PREDICT, ("predictions_B.csv",)),
+    Stage("predict_A", "predict A", ("predictions_A.csv", "adapted_A.nnp"), _PREDICT, ("predictions_A.csv",)),
+    Stage("predict_B", "predict B", ("predictions_B.csv", "adapted_B.nnp"), _PREDICT, ("predictions_B.csv",)),
     Stage("score_A", "score A", ("score_A",), _SCORE, ("score_A/summary.json",)),
     Stage("score_B", "score B", ("score_B",), _SCORE, ("score_B/summary.json",)),
     Stage("compare", "compare", ("compare",), ("pending_threshold",), ("compare/comparison.json",)),
@@ -568,7 +575,8 @@ def _train_stage(run: _Run, name: str, dataset: Path, epochs: int, pretrained: s
         training.train(dataset, folder, TrainConfig(
             epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size, seed=cfg.seed, pretrained=pretrained,
             init=init, arch=cfg.arch, context=cfg.context, train_eval_limit=cfg.train_eval_limit,
-            progress=run.progress, bn_recalibration=cfg.bn_recalibration), resume=resume)
+            progress=run.progress, bn_recalibration=cfg.bn_recalibration,
+            augmentation=recipe_augmentation(cfg.recipe)), resume=resume)
     return folder / "model.nnp"
 
 
@@ -581,10 +589,25 @@ def _predict_stage(run: _Run, tag: str, model: Path) -> Path:
     made_from = run.made_from(stage, run.digests([model, cells, cells.with_name("manifest.csv")]))
     if not run.is_complete(stage, made_from):
         with run.recording(stage, made_from):
+            if run.cfg.adapt:
+                model = _adapt(model, cells, run.out / stage.outputs[1], run.cfg)
             df = infer.predict(model, cells, size=run.cfg.infer_size, batch_size=run.cfg.batch_size,
                                backend=run.cfg.backend, expected_classes=classes.CLASSES6, progress=run.progress)
             predictions.write_predictions(df, path)
     return path
+
+
+def _adapt(model: Path, cells: Path, out: Path, cfg: Config) -> Path:
+    """``model`` adapted to the inference cells at the inference size (:func:`wbc_nnabla.adaptation.adapt_batchnorm`),
+    or ``model`` itself when it has no BatchNorm (GroupNorm: logged)."""
+    from . import adaptation, modelfile
+    if not adaptation.bn_statistics(modelfile.load_parameters(model)):
+        log.info("%s has no BatchNorm statistics: predicting without adaptation", model)
+        return model
+    if out.exists():
+        out.unlink()            # this stage's own earlier output: is_complete checked its record
+    adaptation.adapt_batchnorm(model, cells, out, size=cfg.infer_size, seed=cfg.seed)
+    return out
 
 
 def _score_stages(run: _Run, preds: Dict[str, Path]):

@@ -403,7 +403,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         model's training cells).
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
-    none), ``seconds`` and ``skipped``.
+    none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``) and ``skipped``.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -418,7 +418,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform)
     out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
-                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"), skipped=skipped,
+                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
+                     norm=engine.meta.get("norm") or "batch", skipped=skipped,
                      stain=stain, zoom=float(engine.meta.get("zoom", 1.0)))
     return out
 

@@ -17,6 +17,12 @@ files only (nothing is downloaded here):
 
 Either way the classifier (fc) is not loaded: the head is replaced by a fresh
 ``num_classes``-output affine layer.
+
+Both sources are BatchNorm networks. For a GroupNorm network (``norm='group'``)
+only the convolution weights (and ``preprocess``) are taken: BatchNorm's
+scale/shift were learnt for its running statistics, not for GroupNorm's
+per-image group statistics, so the GroupNorm layers keep their initial
+gamma 1, beta 0 (a documented choice, docs/training.md "Normalisation").
 """
 from __future__ import annotations
 
@@ -222,13 +228,22 @@ def _zoo_preprocess(funcs, producer, first_conv) -> dict:
 # ----------------------------------------------------------------------------- either file
 
 
-def load_imagenet(path, arch: str = "resnet18") -> dict:
+def load_imagenet(path, arch: str = "resnet18", norm: str = "batch") -> dict:
     """ImageNet backbone parameters from a zoo ``.nnp`` or nnabla-examples ``.h5``, in our names.
 
     Returns ``{name: ndarray}`` for every parameter of :func:`wbc_nnabla.models.resnet`
     except ``fc`` (and, for ``.h5`` files, ``preprocess``: nnabla-examples normalise
-    with the same ImageNet mean/std as this graph).
+    with the same ImageNet mean/std as this graph). With ``norm='group'`` only the
+    convolution weights ``*/conv/W`` and ``preprocess/*`` (the ImageNet files hold
+    BatchNorm layers, which a GroupNorm network does not have).
     """
+    params = _load_imagenet(path, arch)
+    if norm == "group":
+        return {k: v for k, v in params.items() if k.endswith("/conv/W") or k.startswith("preprocess/")}
+    return params
+
+
+def _load_imagenet(path, arch: str) -> dict:
     path = str(path)
     try:
         if path.endswith(".nnp"):

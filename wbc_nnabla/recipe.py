@@ -42,6 +42,12 @@ BATCH_SIZE = 16
 ARCH_NAMES = ("resnet18", "resnet34", "resnet50")
 #: Initialisers of new convolution weights (:func:`wbc_nnabla.models.conv_initializer`).
 WEIGHT_INIT_NAMES = ("glorot", "he")
+#: Normalisation layer after every convolution (:func:`wbc_nnabla.models.norm_layer`): ``batch``
+#: (BatchNorm, the paper's ResNet) or ``group`` (GroupNorm, Wu & He 2018, :data:`GN_GROUPS` groups).
+NORM_NAMES = ("batch", "group")
+#: Groups of every GroupNorm layer: 32, as Wu & He (2018) recommend for ResNets and
+#: Tsutsui et al. (2023) use; every ResNet width (64..2048 channels) is a multiple of it.
+GN_GROUPS = 32
 #: Inference backends (:mod:`wbc_nnabla.predictor`); ``auto`` picks one.
 BACKEND_NAMES = ("auto", "nnabla", "opencv", "onnxruntime")
 #: Colour standardisations ``predict --stain`` offers (:mod:`wbc_nnabla.stain`).
@@ -129,6 +135,25 @@ class Augmentation:
         return any((self.od_scale, self.od_shift, self.saturation, self.log_gamma))
 
 
+#: ``train --recipe`` names: ``paper`` (the paper's ImageAugmentation, no colour term) and
+#: ``robust`` (for cells from other labs; docs/cross_site.md).
+RECIPE_NAMES = ("paper", "robust")
+#: Augmentation of the ``robust`` recipe: the colour terms (optical density x0.6-1.4 and +-0.15 per
+#: channel, saturation x0.6-1.4, gamma e^+-0.3) and a wide Magnification (0.6-1.6). Chosen before any
+#: foreign-site result, to cover with margin the stain shifts of docs/cells.md's robustness table
+#: and the 1.6x scale difference measured between PBC and Zheng 2018 crops by their WBC masks.
+ROBUST_AUGMENTATION = dict(od_scale=0.4, od_shift=0.15, saturation=0.4, log_gamma=0.3, min_scale=0.6, max_scale=1.6)
+
+
+def recipe_augmentation(recipe: str = "paper", **overrides) -> "Augmentation":
+    """The :class:`Augmentation` of ``recipe`` (:data:`RECIPE_NAMES`), with ``overrides`` (fields) on top."""
+    if recipe not in RECIPE_NAMES:
+        raise TrainingError(f"recipe {recipe!r}: choose one of {', '.join(RECIPE_NAMES)}")
+    values = dict(ROBUST_AUGMENTATION) if recipe == "robust" else {}
+    values.update(overrides)
+    return Augmentation(**values)
+
+
 @dataclasses.dataclass
 class AdaBoundConfig:
     """Hyper-parameters of ``nnabla.solvers.AdaBound`` plus L2 weight decay (``solver.weight_decay``).
@@ -176,6 +201,11 @@ class TrainConfig:
     weight_init: initialiser of the convolution weights a run does not load (:data:`WEIGHT_INIT_NAMES`):
         ``glorot`` (nnabla's default, uniform) or ``he`` (Kaiming normal, fan_out, as torchvision);
         :func:`wbc_nnabla.models.conv_initializer`.
+    norm: normalisation after every convolution (:data:`NORM_NAMES`): ``batch`` (BatchNorm, the
+        paper's) or ``group`` (GroupNorm with :data:`GN_GROUPS` groups: per-image statistics, so
+        nothing depends on the training site's batch statistics; docs/training.md, "Normalisation").
+        A GroupNorm network has no running statistics: ``bn_recalibration`` is then a no-op
+        (recorded as such in ``config.json``).
     """
     epochs: int = PAPER.epochs
     batch_size: int = BATCH_SIZE
@@ -195,11 +225,15 @@ class TrainConfig:
     max_iterations: Optional[int] = None
     bn_recalibration: int = BN_RECALIBRATION_IMAGES
     weight_init: str = "glorot"
+    norm: str = setting("batch", "normalisation after every convolution: batch (BatchNorm, the paper's) or "
+                                 "group (GroupNorm, 32 groups; see docs/training.md)", choices=NORM_NAMES)
 
     def validate(self) -> None:
-        """Raise :class:`TrainingError` for an unknown arch or a size, batch size or epoch count out of range."""
+        """Raise :class:`TrainingError` for an unknown arch, norm or a size, batch size or epoch count out of range."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
+        if self.norm not in NORM_NAMES:
+            raise TrainingError(f"norm {self.norm!r}: choose one of {', '.join(NORM_NAMES)}")
         if self.weight_init not in WEIGHT_INIT_NAMES:
             raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:

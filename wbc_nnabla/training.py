@@ -130,7 +130,8 @@ loss: their mean ``()``.
 
 
 def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: bool = False,
-                aug: Optional[Augmentation] = None, aug_seed: int = -1, weight_init: str = "glorot") -> Graph:
+                aug: Optional[Augmentation] = None, aug_seed: int = -1, weight_init: str = "glorot",
+                norm: str = "batch") -> Graph:
     """A ResNet graph sharing the parameters of :data:`SCOPE`, built for one use.
 
     * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``), batch-statistics BN;
@@ -139,13 +140,14 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
 
     The first graph built after the scope is cleared creates the parameters, new
     convolution weights drawn by ``weight_init`` (:func:`wbc_nnabla.models.conv_initializer`).
+    ``norm``: ``batch`` or ``group`` (GroupNorm: per-image statistics whatever ``test``).
     """
     with nn.parameter_scope(SCOPE):
         x = nn.Variable(models.input_shape(batch_size, size))
         t = nn.Variable((batch_size, 1))
         h = augment(x, aug, aug_seed) if aug is not None and aug.enabled else x
         h.persistent = True             # kept for the augmentation monitor
-        logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init)
+        logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm)
         logits.persistent = True        # read after forward(clear_buffer=True) of the losses
         losses = F.softmax_cross_entropy(logits, t)
         return Graph(x, t, h, logits, losses, F.mean(losses))
@@ -309,7 +311,7 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
         raise TrainingError(f"{dataset_dir / 'train.csv'}: {len(train_paths)} images, fewer than "
                             f"batch_size {cfg.batch_size}; lower --batch-size")
     bn_rows = sample_rows(train_y, cfg.bn_recalibration, cfg.batch_size, _derive_seed(cfg.seed, 0, 5)) \
-        if cfg.bn_recalibration else None
+        if bn_recalibration_images(cfg) else None
     limit = cfg.train_eval_limit
     eval_rows = None if limit is None or limit >= len(train_y) else \
         sampling.shuffled_sample(train_y, limit, _derive_seed(cfg.seed, 0, 6))
@@ -330,8 +332,21 @@ def measure_scale(paths: Sequence[str], seed: int) -> Optional[dict]:
         return None
 
 
+def bn_recalibration_images(cfg: TrainConfig) -> int:
+    """Training images the BatchNorm statistics are re-estimated on: ``cfg.bn_recalibration``, or 0
+    for a GroupNorm network (``norm='group'``), which has no running statistics to re-estimate."""
+    return 0 if cfg.norm == "group" else int(cfg.bn_recalibration)
+
+
 def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainData) -> dict:
-    """The ``config`` record of ``config.json``: the settings, the dataset and its recorded samples."""
+    """The ``config`` record of ``config.json``: the settings, the dataset and its recorded samples.
+
+    ``bn_recalibration`` is the effective count (0 for GroupNorm); a GroupNorm run given a
+    count also records ``bn_recalibration_skipped``, saying why it was a no-op.
+    """
+    skipped = {} if bn_recalibration_images(cfg) or not cfg.bn_recalibration else dict(bn_recalibration_skipped=(
+        f"--bn-recalibration {cfg.bn_recalibration} is a no-op with --norm group: GroupNorm has no "
+        f"running statistics to re-estimate"))
     return dict(dataset_dir=str(dataset_dir.resolve()), out_dir=str(out_dir.resolve()), epochs=cfg.epochs,
                 batch_size=cfg.batch_size, size=cfg.size, seed=cfg.seed, arch=cfg.arch,
                 num_classes=len(classes.CLASSES6), class_names=list(classes.CLASSES6),
@@ -339,8 +354,8 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
                 solver=dataclasses.asdict(cfg.solver), augmentation=dataclasses.asdict(cfg.augmentation),
                 context=cfg.context, train_eval_limit=cfg.train_eval_limit,
                 export_size=cfg.export_size or cfg.size, n_train=len(data.train), n_valid=len(data.valid),
-                max_iterations=cfg.max_iterations, bn_recalibration=int(cfg.bn_recalibration),
-                weight_init=cfg.weight_init, wbc_share=data.wbc_share,
+                max_iterations=cfg.max_iterations, bn_recalibration=bn_recalibration_images(cfg), **skipped,
+                weight_init=cfg.weight_init, norm=cfg.norm, wbc_share=data.wbc_share,
                 bn_sample=_describe_rows(data.bn_rows, data.train.labels),
                 train_eval_sample=_describe_rows(data.eval_rows, data.train.labels))
 
@@ -476,25 +491,35 @@ def write_curve(out_dir: Path, history: List[dict]) -> None:
 # ----------------------------------------------------------------------------- initialisation, export
 
 
-def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "resnet18") -> str:
+def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "resnet18",
+               norm: str = "batch") -> str:
     """Set the starting parameters; returns a description for ``config.json``.
 
     init: model ``.nnp``/``.h5``: every parameter (head, BN statistics and
-        ``preprocess`` included) is copied exactly; names and shapes must match.
+        ``preprocess`` included) is copied exactly; names and shapes must match, and its
+        normalisation must be ``norm``.
     pretrained: ``none``, ``imagenet`` or a weight file (see :func:`wbc_nnabla.pretrained.find_pretrained`):
-        the backbone is copied, ``fc`` keeps its fresh initialisation.
+        the backbone is copied, ``fc`` keeps its fresh initialisation. ImageNet weights are
+        BatchNorm weights: a GroupNorm network (``norm='group'``) takes only their convolutions
+        (:func:`wbc_nnabla.pretrained.load_imagenet`), its GroupNorm layers start at gamma 1, beta 0.
     """
     if init:
         try:
             values = modelfile.load_parameters(init)
+            init_norm = models.norm_of(values)
         except Exception as e:  # nnabla raises bare RuntimeErrors for unreadable files
             raise TrainingError(f"--init {init}: cannot read parameters ({type(e).__name__}: {e})") from None
+        if init_norm != norm:
+            raise TrainingError(f"--init {init}: a --norm {init_norm} model; this run has --norm {norm} "
+                                f"(give --norm {init_norm}, or --pretrained instead of --init)")
         _load_into(params, values, f"--init {init}")
         return f"init {init}"
     path = find_pretrained(pretrained, arch)
     if not path:
         return "scratch"
-    loaded = _load_into(params, load_imagenet(path, arch), f"--pretrained {path}", strict=False)
+    loaded = _load_into(params, load_imagenet(path, arch, norm), f"--pretrained {path}", strict=False)
+    if norm == "group":
+        return f"ImageNet {path} ({len(loaded)} tensors: convolutions only, GroupNorm gamma 1 beta 0; new head fc)"
     return f"ImageNet {path} ({len(loaded)} tensors; new head fc)"
 
 
@@ -518,10 +543,10 @@ def _load_into(params: dict, values: Dict[str, np.ndarray], what: str, strict: b
     return done
 
 
-def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict,
+def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict, norm: str = "batch",
             wbc_share: Optional[dict] = None) -> None:
     """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch."""
-    meta = modelfile.model_meta(arch, classes.CLASSES6, size, training=training, wbc_share=wbc_share)
+    meta = modelfile.model_meta(arch, classes.CLASSES6, size, norm=norm, training=training, wbc_share=wbc_share)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
     with fileio.atomic_path(out_dir / "model.h5") as tmp:
         nn.save_parameters(str(tmp), params, extension=".h5")
@@ -558,10 +583,10 @@ def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
     # each draws from its own (seed, epoch, stream) seed, see _derive_seed.
     rng = np.random.RandomState(_derive_seed(cfg.seed, 0, 4))
     build_graph(cfg.arch, len(classes.CLASSES6), cfg.batch_size, cfg.size,   # creates the parameters
-                weight_init=cfg.weight_init)
+                weight_init=cfg.weight_init, norm=cfg.norm)
     params = parameters()
     if previous is None:
-        init_info = initialise(params, cfg.pretrained, cfg.init, cfg.arch)
+        init_info = initialise(params, cfg.pretrained, cfg.init, cfg.arch, cfg.norm)
         return RunState(params, make_solver(cfg.solver), rng, init_info)
     ck_dir, state, saved = previous
     _load_into(params, modelfile.load_parameters(ck_dir / "params.h5"), str(ck_dir / "params.h5"))
@@ -614,14 +639,14 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     # saved: a new function seeded from (seed, epoch) per epoch makes a resumed run
     # draw exactly the same augmentations.
     graph = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, aug=cfg.augmentation,
-                        aug_seed=_derive_seed(cfg.seed, epoch, 1))
+                        aug_seed=_derive_seed(cfg.seed, epoch, 1), norm=cfg.norm)
     t0 = time.perf_counter()
     costs, compute = train_epoch(graph, run, data, cfg, epoch, mon, out_dir)
     train_time = time.perf_counter() - t0
-    if data.bn_rows is not None:
+    if data.bn_rows is not None:        # None for GroupNorm (nothing to re-estimate) or when off
         recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size), data.train, cfg.batch_size,
                        data.bn_rows)
-    test = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True)
+    test = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True, norm=cfg.norm)
     tr_loss, tr_mis, _ = evaluate(test, data.train, cfg.batch_size, data.eval_rows)
     va_loss, va_mis, _ = evaluate(test, data.valid, cfg.batch_size)
     return dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
@@ -643,7 +668,7 @@ def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Mo
                     "validation_misclassification": row["validation_misclassification"]}
         _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
                 dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info,
-                     seed=cfg.seed), wbc_share)
+                     seed=cfg.seed), norm=cfg.norm, wbc_share=wbc_share)
     mon.add_epoch(row, run.history)
     checkpoint.save_checkpoint(out_dir, run.epoch, run.params, run.solver, dict(
         epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng)))
