@@ -1,0 +1,71 @@
+"""The cross-site options through the user's commands: `train --recipe`, `predict --stain`,
+`reproduce --preset recommended` (robust recipe + adaptation to the inference cells)."""
+import json
+
+import pandas as pd
+import pytest
+
+from wbc_nnabla import cli, fileio, pipeline
+from wbc_nnabla.recipe import PAPER, ROBUST_AUGMENTATION, Augmentation, TrainingError, recipe_augmentation
+
+
+def test_recipes():
+    assert recipe_augmentation("paper") == Augmentation()
+    robust = recipe_augmentation("robust", od_scale=0.1)
+    assert robust.od_scale == 0.1 and robust.max_scale == ROBUST_AUGMENTATION["max_scale"] and robust.color
+    with pytest.raises(TrainingError, match="fancy"):
+        recipe_augmentation("fancy")
+    cfg = pipeline.make_config("recommended")
+    assert (cfg.recipe, cfg.adapt, cfg.infer_size) == ("robust", True, PAPER.train_size)
+    assert (pipeline.make_config("paper").recipe, pipeline.make_config("paper").adapt) == ("paper", False)
+
+
+@pytest.mark.slow
+def test_train_recipe_robust_with_an_override(tmp_path, tiny_dataset):
+    pytest.importorskip("nnabla")
+    out = tmp_path / "run"
+    assert cli.main(["train", str(tiny_dataset), str(out), "--recipe", "robust", "--od-scale", "0.2", "--epochs", "1",
+                     "--size", "32", "--batch-size", "4", "--pretrained", "none", "--no-progress",
+                     "--bn-recalibration", "0"]) == 0
+    aug = json.loads((out / "config.json").read_text())["config"]["augmentation"]
+    assert aug["od_scale"] == 0.2                                    # the flag wins over the recipe
+    for k in ("od_shift", "saturation", "log_gamma", "min_scale", "max_scale"):
+        assert aug[k] == ROBUST_AUGMENTATION[k], k
+
+
+@pytest.mark.slow
+def test_predict_stain_needs_a_reference_and_records_it(tmp_path, tiny_model, tiny_dataset, capsys):
+    pytest.importorskip("nnabla")
+    cells = tiny_dataset / "valid.csv"
+    assert cli.main(["predict", str(tiny_model / "model.nnp"), str(cells), str(tmp_path / "a.csv"),
+                     "--stain", "reinhard", "--no-progress"]) != 0
+    assert "--stain-reference" in capsys.readouterr().err and not (tmp_path / "a.csv").exists()
+    assert cli.main(["predict", str(tiny_model / "model.nnp"), str(cells), str(tmp_path / "b.csv"),
+                     "--stain", "reinhard", "--stain-reference", str(tiny_dataset / "train.csv"),
+                     "--no-progress"]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["stain"] == "reinhard"
+    assert len(pd.read_csv(tmp_path / "b.csv")) == len(fileio.read_nnc_csv(cells))
+
+
+@pytest.mark.slow
+def test_recommended_preset_trains_robust_and_adapts(tmp_path):
+    """The demo at tiny settings with the recommended preset's two changes: both models carry the robust
+    augmentation and are adapted (AdaBN) on the inference cells before predicting."""
+    pytest.importorskip("nnabla")
+    from conftest import TINY_DEMO
+    from wbc_nnabla import modelfile
+    out = tmp_path / "run"
+    pipeline.demo(out, progress=False, recipe="robust", adapt=True, **TINY_DEMO)
+    for tag in ("A", "B"):
+        aug = json.loads((out / f"model_{tag}" / "config.json").read_text())["config"]["augmentation"]
+        assert all(aug[k] == v for k, v in ROBUST_AUGMENTATION.items())
+        meta = modelfile.read_meta(out / f"adapted_{tag}.nnp")
+        assert meta["adaptation"]["method"] == "AdaBN" and meta["input_size"] == TINY_DEMO["infer_size"]
+        assert json.loads((out / "stages.json").read_text())[f"predict_{tag}"]["made_from"]["settings"]["adapt"]
+        # the predictions are the adapted model's: predicting again with it gives the same probabilities
+        from wbc_nnabla import predictor
+        again = predictor.predict(out / f"adapted_{tag}.nnp", out / "dataset_inference" / "cells.csv",
+                                  size=TINY_DEMO["infer_size"], progress=False)
+        saved = pd.read_csv(out / f"predictions_{tag}.csv")
+        probs = [c for c in saved.columns if c.startswith("prob_")]
+        assert (abs(saved[probs].to_numpy() - again[probs].to_numpy()) < 1e-5).all()
