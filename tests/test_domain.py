@@ -185,6 +185,13 @@ def test_reference_and_distance_units():
     assert 0.0 < inside.mean() < 0.03                                 # about 1 - CELL_QUANTILE
     shifted = domain.distance(ref, rng.normal(size=(100, len(domain.DESCRIPTORS))) + 3)
     assert domain.outside(ref, shifted).all()
+    white = desc.copy()
+    white[:, domain.DESCRIPTORS.index("bright_p90")] = 1.0               # background removed: constant
+    ref_white = domain.reference(white)
+    probe = white[:3].copy()
+    probe[:, domain.DESCRIPTORS.index("bright_p90")] = [1.0, 1.0 - domain.FLOOR, 0.9]
+    dist = domain.distance(ref_white, probe)
+    assert np.isfinite(dist).all() and dist[0] < dist[1] < dist[2] and dist[2] > ref_white["cell_threshold"]
     with pytest.raises(domain.DomainError, match="at least"):
         domain.reference(desc[:5])
     with pytest.raises(domain.DomainError, match="not a domain reference"):
@@ -193,3 +200,17 @@ def test_reference_and_distance_units():
     small = [predictor.preprocess(im, 64) for im in x]
     large = [predictor.preprocess(im, 128) for im in x]
     np.testing.assert_allclose(domain.descriptors(np.stack(small)), domain.descriptors(np.stack(large)), atol=0.02)
+
+
+def test_reproduce_report_has_the_domain_check(tiny_demo_run):
+    out, _ = tiny_demo_run
+    md = (out / "report.md").read_text()
+    section_b = md.split("Domain-shift check (Model B's inference cells)")[1].split("\n## ")[0]
+    for tag in ("A", "B"):
+        s = scoring.score(out / f"predictions_{tag}.csv").summary
+        assert s["domain_check"] in ("inside", "outside")                # the demo's models store a reference
+        line = next(x for x in md.splitlines() if x.startswith(f"Model {tag}: 6 classes"))
+        assert (domain.WARNING in line) == bool(s["smears_outside_domain"]), (tag, line)
+        if tag == "B":
+            assert (domain.WARNING in section_b) == bool(s["smears_outside_domain"])
+            assert "share_outside" in section_b

@@ -13,7 +13,8 @@ Not in Sasaki et al. (2020), whose model is used in the lab that trained it.
 * :func:`reference`: their summary over a model's training cells (mean,
   correlation, per-cell threshold), stored in the model's metadata under
   :data:`META_KEY` by training;
-* :func:`distance`: a cell's Mahalanobis distance to that reference; a cell is
+* :func:`distance`: a cell's Mahalanobis distance to that reference (with a
+  noise floor :data:`FLOOR` per descriptor); a cell is
   *outside* beyond the reference's ``cell_threshold`` (the
   :data:`CELL_QUANTILE` quantile of the training cells' own distances);
 * :func:`summarise`: per run and per smear, the median distance and the share
@@ -49,8 +50,13 @@ CELL_QUANTILE = 0.99
 #: outside. Measured by benchmarks/bench_domain.py (docs/benchmarks.md): in-domain pbc6
 #: validation cells in random smears of 150 stay below it, foreign labs' cells are far above.
 SMEAR_SHARE = 0.15
-#: Ridge added to the descriptors' correlation matrix (standardised units) before inversion.
+#: Ridge added to each descriptor's variance (as a share of it) before the covariance is inverted.
 RIDGE = 0.01
+#: Noise floor of every descriptor (its units: optical density, brightness in [0, 1], share):
+#: added as variance ``FLOOR ** 2``, so a descriptor that hardly varies over the training cells
+#: (a background made white, a very uniform lamp) does not turn a 1-grey-level change into a
+#: huge distance. 0.005 is about 1.3 grey levels of brightness.
+FLOOR = 0.005
 #: Fewest training cells a reference is made from (training with fewer stores none).
 MIN_CELLS = 20
 #: The warning a report prints beside a smear outside the training domain.
@@ -106,16 +112,21 @@ def _check_descriptors(desc: np.ndarray) -> np.ndarray:
     return desc
 
 
-def _mahalanobis(desc: np.ndarray, mean: np.ndarray, sd: np.ndarray, corr: np.ndarray) -> np.ndarray:
-    z = (desc - mean) / sd
-    inv = np.linalg.inv(corr + RIDGE * np.eye(len(corr)))
-    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", z, inv, z), 0.0))
+def _mahalanobis(desc: np.ndarray, mean: np.ndarray, sd: np.ndarray, corr: np.ndarray,
+                 ridge: float = RIDGE, floor: float = FLOOR) -> np.ndarray:
+    """Distance ``(N,)`` under the covariance ``sd corr sd`` plus, per descriptor, max(ridge var, floor^2)."""
+    cov = corr * np.outer(sd, sd) + np.diag(np.maximum(ridge * sd ** 2, floor ** 2))
+    d = desc - mean
+    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d), 0.0))
 
 
 def _fit(desc: np.ndarray):
-    """(mean, sd, correlation) of descriptors ``(N, D)``."""
-    mean, sd = desc.mean(axis=0), np.maximum(desc.std(axis=0), 1e-6)
-    return mean, sd, np.corrcoef((desc - mean) / sd, rowvar=False)
+    """(mean, sd, correlation) of descriptors ``(N, D)``; a constant descriptor has sd 0 and correlation 0."""
+    mean, sd = desc.mean(axis=0), desc.std(axis=0)
+    z = (desc - mean) / np.where(sd > 0, sd, 1.0)
+    corr = z.T @ z / len(desc)
+    np.fill_diagonal(corr, 1.0)
+    return mean, sd, corr
 
 
 def _out_of_fold(desc: np.ndarray) -> np.ndarray:
@@ -150,7 +161,7 @@ def reference(desc: np.ndarray, quantile: float = CELL_QUANTILE, source: str = "
     mean, sd, corr = _fit(desc)
     dist = _out_of_fold(desc)
     return dict(format=FORMAT, descriptors=list(DESCRIPTORS), descriptor_size=DESCRIPTOR_SIZE,
-                mean=mean.tolist(), sd=sd.tolist(), corr=corr.tolist(), ridge=RIDGE, n_cells=int(len(desc)),
+                mean=mean.tolist(), sd=sd.tolist(), corr=corr.tolist(), ridge=RIDGE, floor=FLOOR, n_cells=int(len(desc)),
                 cell_quantile=float(quantile), cell_threshold=float(np.quantile(dist, quantile)),
                 distance_quantiles={str(q): float(np.quantile(dist, q)) for q in (0.5, 0.9, 0.99)},
                 source=str(source))
@@ -165,19 +176,26 @@ def check_reference(ref: dict, where: str = "domain reference") -> dict:
                           f"recompute it (`wbc-nnabla domain-reference`)")
     d = len(DESCRIPTORS)
     try:
-        shapes = [np.asarray(ref[k], float).shape for k in ("mean", "sd", "corr")] + [(float(ref["cell_threshold"]),)]
+        shapes = [np.asarray(ref[k], float).shape for k in ("mean", "sd", "corr")] + \
+            [(float(ref["cell_threshold"]), float(ref["ridge"]), float(ref["floor"]))]
     except (KeyError, TypeError, ValueError) as e:
         raise DomainError(f"{where}: incomplete or non-numeric ({type(e).__name__}: {e})") from None
     if shapes[:3] != [(d,), (d,), (d, d)]:
         raise DomainError(f"{where}: mean/sd/corr have shapes {shapes[:3]}, expected ({d},), ({d},), ({d}, {d})")
+    if not all(np.isfinite(np.asarray(ref[k], float)).all() for k in ("mean", "sd", "corr", "cell_threshold")):
+        raise DomainError(f"{where}: holds non-finite numbers (NaN or infinity)")
     return ref
 
 
 def distance(ref: dict, desc: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance ``(N,)`` of descriptors ``(N, D)`` to the reference (standardised units)."""
+    """Mahalanobis distance ``(N,)`` of descriptors ``(N, D)`` to the reference (in SDs of the training cells).
+
+    The covariance is the training cells' plus, per descriptor, the larger of
+    the reference's ``ridge`` (:data:`RIDGE`) x its variance and its ``floor`` (:data:`FLOOR`) squared.
+    """
     ref = check_reference(ref)
     return _mahalanobis(_check_descriptors(desc), np.asarray(ref["mean"]), np.asarray(ref["sd"]),
-                        np.asarray(ref["corr"]))
+                        np.asarray(ref["corr"]), float(ref["ridge"]), float(ref["floor"]))
 
 
 def outside(ref: dict, dist: np.ndarray) -> np.ndarray:
