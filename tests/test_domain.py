@@ -170,6 +170,12 @@ def test_domain_reference_for_an_older_model(trained, tiny_model, tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(WBCError, match="is the input model"):
         domain_model.add_domain_reference(old, root / "dataset", old, overwrite=True)
+    by_cli = tmp_path / "by_cli.nnp"
+    assert cli.main(["domain-reference", str(old), str(root / "dataset"), str(by_cli)]) == 0
+    assert modelfile.read_meta(by_cli)[domain.META_KEY] == ref                 # same sample, same numbers
+    before = by_cli.read_bytes()
+    assert cli.main(["domain-reference", str(old), str(root / "dataset"), str(by_cli)]) == 2   # exists
+    assert by_cli.read_bytes() == before
     small = tmp_path / "small"
     fileio.write_nnc_csv(small / "train.csv", [fileio.read_cells(fileio.demo_data())["path"][0]], [0])
     with pytest.raises(WBCError, match="at least"):
