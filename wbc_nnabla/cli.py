@@ -276,7 +276,21 @@ def _cmd_predict(args) -> int:
           f"-> {out} (+ {out.with_suffix('.json').name})")
     for why in df.attrs.get("skipped", ()):
         print(f"skipped: {why}")
+    print(_domain_line(df.attrs.get("domain", {})))
     return 0
+
+
+def _domain_line(summary: dict) -> str:
+    """One console line of a predict run's domain-shift check (wbc_nnabla.domain)."""
+    from . import domain
+    if not summary.get("available"):
+        return f"domain-shift check unavailable: {summary.get('reason', 'no reference')}"
+    run, bad = summary["run"], domain.outside_smears(summary)
+    text = (f"domain-shift check: {run['share_outside']:.1%} of cells outside the training domain "
+            f"(median distance {run['median_distance']:.2f}, cell threshold {summary['cell_threshold']:.2f})")
+    if run["outside_domain"] or bad:
+        text += f"; WARNING {domain.WARNING}" + (f" (smears: {', '.join(bad)})" if bad else "")
+    return text
 
 
 def _cmd_export(args) -> int:
@@ -445,6 +459,12 @@ def _cmd_score(args) -> int:
         th = s.get("threshold_at_target6")
         print(f"target accuracy {args.target_accuracy:g} (6 classes): "
               + (f"threshold {th:.4f}, coverage {s['coverage_at_target6']:.3f}" if th is not None else "not reached"))
+    if s.get("domain_check") == "unavailable":
+        print(f"domain-shift check unavailable: {s['domain_check_reason']}")
+    else:
+        print(f"domain-shift check: {s['domain_share_outside']:.1%} of cells outside the training domain; "
+              + (f"WARNING {len(s['smears_outside_domain'])} smear(s) outside: {', '.join(s['smears_outside_domain'])}"
+                 if s["smears_outside_domain"] else "every smear inside"))
     shown = "report.html, " if not args.no_figures else ""
     print(f"wrote {out}/ ({shown}summary.json, per_smear.csv, confusion6.csv, confusion5.csv, ...)")
     return 0
@@ -642,6 +662,30 @@ def _settings(cls, args, **more):
     return cls(**{f.name: getattr(args, f.name) for f in _setting_fields(cls)}, **more)
 
 
+def _cmd_domain_reference(args) -> int:
+    from .domain_model import add_domain_reference
+    ref = add_domain_reference(args.model, args.dataset, args.out, size=args.size, seed=args.seed,
+                               overwrite=args.overwrite)
+    print(f"domain reference of {ref['n_cells']} training images of {args.dataset} (cell threshold "
+          f"{ref['cell_threshold']:.2f}) stored with {args.model} -> {args.out}")
+    return 0
+
+
+def _add_domain(sub) -> None:
+    p = sub.add_parser("domain-reference", help="store the domain-shift reference in a model trained without one",
+                       description="Compute what the model's training cells look like (colour descriptors of a "
+                                   "seeded sample of DATASET/train.csv) and write a copy of MODEL with it, so "
+                                   "`predict` can warn about cells outside the training domain. `train` stores "
+                                   "it already; this is for older models. See docs/inference.md.")
+    p.add_argument("model", help="model .nnp / .h5 (never changed)")
+    p.add_argument("dataset", help="the NNC dataset folder the model was trained on (train.csv is read)")
+    p.add_argument("out", help="model .nnp to write (the same parameters, with the reference)")
+    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the model's size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sample (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
+    p.set_defaults(func=_cmd_domain_reference)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -653,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbc-nnabla {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_finetune, _add_scoring,
+    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_finetune,
+                _add_domain, _add_scoring,
                 _add_gradcam, _add_pipeline):
         add(sub)
     return parser

@@ -38,6 +38,9 @@ PROB_COLUMNS: Tuple[str, ...] = tuple(PROB_PREFIX + c for c in CLASSES6)
 SIX_COLUMNS: Tuple[str, ...] = ("path", "smear", "label", "pred6", "pred5") + PROB_COLUMNS
 REQUIRED_COLUMNS: Tuple[str, ...] = ("path", "pred6") + PROB_COLUMNS
 OPTIONAL_COLUMNS: Tuple[str, ...] = ("smear", "label", "pred5")
+#: Optional per-cell columns of the domain-shift check (:mod:`wbc_nnabla.domain`), written by
+#: ``predict`` for a model that stores a domain reference; older files do not have them.
+DOMAIN_COLUMNS: Tuple[str, ...] = ("domain_distance", "outside_domain")
 #: Smear name given to every cell when no cell of the file names a smear.
 ALL_SMEARS = "(all)"
 #: Smear name given to cells without smear when other cells have one.
@@ -188,7 +191,8 @@ def _check_columns(df: pd.DataFrame, name: str) -> Dict[str, str]:
         raise PredictionsError(
             f"{name}: missing column(s) {', '.join(missing)}; expected path, smear, label, pred6, pred5, "
             f"{expected} (found {', '.join(map(str, df.columns))})")
-    return {c: by_lower[c.lower()] for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c.lower() in by_lower}
+    return {c: by_lower[c.lower()] for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + DOMAIN_COLUMNS
+            if c.lower() in by_lower}
 
 
 def _parse_labels(values: pd.Series, name: str, column: str, convert, allow_empty: bool) -> List[str]:
@@ -283,6 +287,32 @@ def _check_pred6_is_argmax(out: pd.DataFrame, probs: np.ndarray, name: str) -> N
             f"the prob_* columns ({len(bad)} of {len(probs)} rows disagree)")
 
 
+def _parse_domain(df: pd.DataFrame, cols: Dict[str, str], name: str, out: pd.DataFrame) -> None:
+    """Copy the domain-check columns, checked: both or neither, distance finite >= 0, flag 0/1 (or true/false)."""
+    have = [c for c in DOMAIN_COLUMNS if c in cols]
+    if not have:
+        return
+    if len(have) != len(DOMAIN_COLUMNS):
+        missing = [c for c in DOMAIN_COLUMNS if c not in cols]
+        raise PredictionsError(f"{name}: has column {have[0]} but not {missing[0]}; the domain-shift columns "
+                               f"{', '.join(DOMAIN_COLUMNS)} come together")
+    dist = pd.to_numeric(df[cols["domain_distance"]], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(dist) | (dist < 0))
+    if len(bad):
+        i = bad[0]
+        raise PredictionsError(f"{name} line {_line(i)}, column 'domain_distance': "
+                               f"{df[cols['domain_distance']].iloc[i]!r} is not a distance (a number >= 0)")
+    flag_map = {"0": False, "1": True, "false": False, "true": True}
+    text = df[cols["outside_domain"]].astype(str).str.strip().str.lower()
+    bad = np.flatnonzero(~text.isin(list(flag_map)).to_numpy())
+    if len(bad):
+        i = bad[0]
+        raise PredictionsError(f"{name} line {_line(i)}, column 'outside_domain': "
+                               f"{df[cols['outside_domain']].iloc[i]!r}; expected 0 or 1")
+    out["domain_distance"] = dist
+    out["outside_domain"] = text.map(flag_map).to_numpy(dtype=bool)
+
+
 def five_class_probs(probs6: np.ndarray) -> np.ndarray:
     """Merge ``(N, 6)`` six-class probabilities to ``(N, 5)`` (Band + Segment = Neutrophil)."""
     p = np.asarray(probs6, dtype=np.float64)
@@ -303,7 +333,9 @@ def read_predictions(source: PathOrFrame, name: Optional[str] = None) -> pd.Data
 
     Returns one row per cell with columns ``path, smear, label, true6, true5,
     pred6, pred5, prob_*`` (floats), ``top6``, ``top5`` (highest six- and
-    five-class probability) and ``line`` (line in the file). ``true6`` is empty
+    five-class probability), ``domain_distance`` (float) and ``outside_domain``
+    (bool) when the file has the domain-shift columns (:data:`DOMAIN_COLUMNS`,
+    optional: older files lack them), and ``line`` (line in the file). ``true6`` is empty
     for unlabeled and ``Neutrophil``-only cells, ``true5`` for unlabeled cells.
     Cells without smear go to smear ``(all)`` when no cell names one, else to
     ``(no smear)``. ``attrs``: ``name`` (the file, for messages) and
@@ -333,6 +365,7 @@ def read_predictions(source: PathOrFrame, name: Optional[str] = None) -> pd.Data
         out[c] = probs[:, j]
     out["top6"] = probs.max(axis=1)
     out["top5"] = five_class_probs(probs).max(axis=1)
+    _parse_domain(df, cols, name, out)
     out["line"] = np.arange(len(df)) + 2
     out.attrs["name"] = name
     out.attrs["base_dir"] = str(base_dir) if base_dir else None

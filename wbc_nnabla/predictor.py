@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import fileio
+from . import domain, fileio
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
@@ -349,10 +349,12 @@ def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int,
 
 
 def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, skip_bad: bool,
-             progress: bool, transform: Optional[Callable] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones)."""
+             progress: bool, transform: Optional[Callable] = None
+             ) -> Tuple[np.ndarray, np.ndarray, List[str], np.ndarray]:
+    """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones,
+    their :func:`wbc_nnabla.domain.descriptors`)."""
     from tqdm.auto import tqdm
-    chunks, keep, skipped = [], [], []
+    chunks, keep, skipped, desc = [], [], [], []
     with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]",
               disable=fileio.bar_disabled(progress)) as bar:
         for batch in _prefetch(list(paths), size, batch_size, min(4, cpu_count() + 1), skip_bad, transform):
@@ -360,10 +362,13 @@ def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, 
             keep.extend(why is None for _, why in batch)
             skipped.extend(why for _, why in batch if why is not None)
             if good:
-                chunks.append(engine.run(np.stack(good)))
+                x = np.stack(good)
+                chunks.append(engine.run(x))
+                desc.append(domain.descriptors(x))
             bar.update(len(batch))
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(engine.class_names)), np.float32)
-    return probs, np.array(keep, dtype=bool), skipped
+    desc_all = np.concatenate(desc) if desc else np.zeros((0, len(domain.DESCRIPTORS)))
+    return probs, np.array(keep, dtype=bool), skipped, desc_all
 
 
 # ----------------------------------------------------------------------------- predict
@@ -415,12 +420,45 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
              engine.meta.get("arch"))
     t0 = time.perf_counter()
-    probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform)
+    probs, keep, skipped, desc = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform)
     out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
                      seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
                      norm=engine.meta.get("norm") or "batch", skipped=skipped,
                      stain=stain, zoom=float(engine.meta.get("zoom", 1.0)))
+    return domain_check(out, engine.meta, desc, str(engine.model_path))
+
+
+def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) -> pd.DataFrame:
+    """Add the domain-shift check to a predictions table (docs/inference.md, "Domain-shift warning").
+
+    out: the predictions table; meta: the model's description; desc: the cells'
+    :func:`wbc_nnabla.domain.descriptors` ``(N, D)`` in table order; where: the model file, for messages.
+    With a reference in ``meta`` adds the columns ``domain_distance`` and
+    ``outside_domain`` (0/1) and ``out.attrs["domain"]`` (:func:`wbc_nnabla.domain.summarise`),
+    and logs a warning per run or smear outside the training domain; without one,
+    ``attrs["domain"]`` says the check is unavailable and no column is added.
+    """
+    ref = meta.get(domain.META_KEY)
+    if not ref:
+        out.attrs["domain"] = domain.unavailable(f"{where} stores no domain reference (trained before the "
+                                                 f"check existed; add one with `wbc-nnabla domain-reference`)")
+        log.info("domain-shift check unavailable: %s stores no domain reference", where)
+        return out
+    domain.check_reference(ref, f"{where}: {domain.META_KEY}")
+    dist = domain.distance(ref, desc)
+    flags = domain.outside(ref, dist)
+    out["domain_distance"] = dist
+    out["outside_domain"] = flags.astype(np.int64)
+    summary = domain.summarise(dist, flags, out["smear"], ref["cell_threshold"])
+    out.attrs["domain"] = summary
+    if summary["run"]["outside_domain"]:
+        log.warning("%.0f%% of the %d cells are outside the training domain of %s: %s",
+                    100 * summary["run"]["share_outside"], len(out), where, domain.WARNING)
+    for s in domain.outside_smears(summary):
+        if s and len(summary["smears"]) > 1:
+            log.warning("smear %s: %.0f%% of its cells %s", s, 100 * summary["smears"][s]["share_outside"],
+                        domain.WARNING)
     return out
 
 
@@ -450,4 +488,5 @@ def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dic
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
-           "available_backends", "check_classes", "load_backend", "predict", "preprocess", "read_inputs"]
+           "available_backends", "check_classes", "domain_check", "load_backend", "predict", "preprocess",
+           "read_inputs"]

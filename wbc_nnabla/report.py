@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import fileio, scoring
+from . import domain, fileio, scoring
 from .classes import DIFF_CLASSES
 
 log = logging.getLogger(__name__)
@@ -422,9 +422,39 @@ def _summary_frame(summary: dict) -> pd.DataFrame:
             "accuracy6_pooled", "accuracy5_pooled", "accuracy6_mean", "accuracy6_sd", "accuracy5_mean",
             "accuracy5_sd", "best_smear", "best_smear_accuracy6", "worst_smear", "worst_smear_accuracy6",
             "pending_threshold", "pending_margin", "n_pending", "coverage", "target_accuracy",
-            "threshold_at_target6", "coverage_at_target6", "threshold_at_target5", "coverage_at_target5"]
+            "threshold_at_target6", "coverage_at_target6", "threshold_at_target5", "coverage_at_target5",
+            "domain_check", "domain_share_outside"]
     rows = [(k, summary[k]) for k in keys if k in summary]
     return pd.DataFrame({"value": [format_value(v) for _, v in rows]}, index=pd.Index([k for k, _ in rows], name="figure"))
+
+
+def domain_warnings(summary: dict) -> List[str]:
+    """Warning lines of a score summary: one naming the smears outside the training domain (none inside).
+
+    From the ``domain_*`` keys :func:`wbc_nnabla.scoring.score` adds (see :mod:`wbc_nnabla.domain`).
+    """
+    bad = summary.get("smears_outside_domain") or []
+    if not bad:
+        return []
+    return [f"WARNING: {len(bad)} smear(s) {domain.WARNING}: {', '.join(map(str, bad))} (more than "
+            f"{summary['domain_smear_share']:.0%} of their cells are unlike the model's training cells; "
+            f"see the domain-shift check)."]
+
+
+def domain_section(result: "scoring.ScoreResult", level: int = 2, title: str = "Domain-shift check") -> Section:
+    """The domain-shift check of a score: what it measured per smear, or why it is unavailable."""
+    s = result.summary
+    if s.get("domain_check") in (None, "unavailable"):
+        return section(title, [f"Unavailable: {s.get('domain_check_reason', 'no check in the data')}. "
+                                              "Nothing tells whether these cells resemble the training cells."],
+                       level=level)
+    text = [f"Share of cells unlike the training cells (distance above the training cells' 99th percentile): "
+            f"{s['domain_share_outside']:.1%} over the run, median distance {s['domain_median_distance']:.2f}. "
+            f"A smear is outside the training domain above {s['domain_smear_share']:.0%} (docs/inference.md)."]
+    text += domain_warnings(s) or ["Every smear is inside the training domain."]
+    cols = ["smear", "n_cells", "domain_median_distance", "domain_share_outside", "outside_domain"]
+    return section(title, text, [(result.per_smear[cols], {"index": False, "max_rows": 100})],
+                   level=level)
 
 
 def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure] = (),
@@ -449,7 +479,8 @@ def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure
         text.append(f"{s['n_unlabeled']} cells have no human label: they count in the AI differential only.")
     if s["smears_without_scored_cells"]:
         text.append(f"Smears without a scored cell (left out of mean and SD): {', '.join(s['smears_without_scored_cells'])}.")
-    out = [sec("Summary", text, [(_summary_frame(s), {})])]
+    text = domain_warnings(s) + text
+    out = [sec("Summary", text, [(_summary_frame(s), {})]), domain_section(result, level)]
     out.append(sec("Confusion table, 6 classes (Table 1, human rows x AI columns)",
                    ["'Accuracy' is the recall of each human class; the Total row holds the pooled accuracy."],
                    [(result.confusion6, {})], ["confusion6"]))

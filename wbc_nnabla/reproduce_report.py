@@ -56,6 +56,8 @@ def _table1_section(score_a: "scoring.ScoreResult", score_b: "scoring.ScoreResul
         line = (f"Model {tag}: 6 classes {format_value(s['accuracy6_mean'])} ± {format_value(s['accuracy6_sd'])}, "
                 f"5 classes {format_value(s['accuracy5_mean'])} ± {format_value(s['accuracy5_sd'])} (mean ± SD over "
                 f"smears); best smear {s['best_smear']}, worst {s['worst_smear']}.")
+        warn = report.domain_warnings(s)
+        line = " ".join([line] + warn)
         h += html_paragraph(line) + f"<h3>Table 1 {tag}1 (5 classes)</h3>" + html_table(sc.confusion5)
         h += f"<h3>Table 1 {tag}2 (6 classes)</h3>" + html_table(sc.confusion6)
         m += f"\n\n{line}\n\n**Table 1 {tag}1 (5 classes)**\n\n{markdown_table(sc.confusion5)}"
@@ -121,6 +123,7 @@ def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.S
                                     out / f"model_{tag}" / "learning_curve.png") for tag, n in (("A", 5), ("B", 7))])
     sections.append(Section("Learning curves (Figs 5 and 7)", h, m))
     sections.append(_table1_section(score_a, score_b))
+    sections.append(report.domain_section(score_b, title="Domain-shift check (Model B's inference cells)"))
     # Fig. 9: box plots and tests.
     tests = {"5": comparison.summary["tests5"], "6": comparison.summary["tests6"]}
     box = ReportFigure("boxplots", "Per-smear accuracy, Model A vs Model B (Fig. 9 style)",

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import classes
+from . import classes, domain
 from .errors import InputError
 from .classes import CLASSES5, CLASSES6, DIFF_CLASSES, NEUTROPHIL
 from .predictions import PROB_COLUMNS, PathOrFrame, PredictionsError, read_predictions
@@ -273,6 +273,31 @@ def per_smear_table(cells: pd.DataFrame) -> pd.DataFrame:
     return t[first + [k for k in t.columns if k not in first]]
 
 
+def domain_check(cells: pd.DataFrame) -> dict:
+    """The domain-shift check of read predictions (:func:`wbc_nnabla.domain.summarise`), per run and smear.
+
+    From the ``domain_distance``/``outside_domain`` columns ``predict`` writes for a
+    model that stores a domain reference; without them ``available`` is False.
+    A smear is outside the training domain when more than
+    :data:`wbc_nnabla.domain.SMEAR_SHARE` of its cells are outside.
+    """
+    if "domain_distance" not in cells.columns:
+        return domain.unavailable("the predictions have no domain_distance/outside_domain columns (a model "
+                                  "without a domain reference, or an older predict)")
+    return domain.summarise(cells["domain_distance"], cells["outside_domain"], cells["smear"])
+
+
+def _add_domain_columns(per: pd.DataFrame, check: dict) -> pd.DataFrame:
+    """Per-smear ``domain_median_distance``, ``domain_share_outside`` and ``outside_domain`` (when available)."""
+    if not check.get("available"):
+        return per
+    per = per.copy()
+    for col, key in (("domain_median_distance", "median_distance"), ("domain_share_outside", "share_outside"),
+                     ("outside_domain", "outside_domain")):
+        per[col] = [check["smears"][str(s)][key] for s in per["smear"]]
+    return per
+
+
 def mean_sd(values: Sequence[float]) -> Tuple[float, float, int]:
     """Mean and sample SD (``ddof=1``) of the finite values, and how many there were (SD NaN for n < 2)."""
     v = np.asarray(values, dtype=np.float64)
@@ -352,7 +377,8 @@ def score(predictions: PathOrFrame, pending_threshold: Optional[float] = None,
     cells["pending6"], cells["pending5"], cells["reason"] = pend["pending6"], pend["pending5"], pend["reason"]
     cells["correct6"] = (cells["true6"] != "") & ~cells["pending6"] & (cells["true6"] == cells["pred6"])
     cells["correct5"] = (cells["true5"] != "") & ~cells["pending5"] & (cells["true5"] == cells["pred5"])
-    per = per_smear_table(cells)
+    check = domain_check(cells)
+    per = _add_domain_columns(per_smear_table(cells), check)
     held = _pending_cutoff_set(pending_threshold, pending_margin)
     conf6 = confusion_table(cells["true6"], cells["pred6"], CLASSES6, cells["pending6"] if held else None)
     conf5 = confusion_table(cells["true5"], cells["pred5"], CLASSES5, cells["pending5"] if held else None)
@@ -362,9 +388,22 @@ def score(predictions: PathOrFrame, pending_threshold: Optional[float] = None,
     settings = {"predictions": cells.attrs.get("name"), "pending_threshold": pending_threshold,
                 "pending_margin": pending_margin, "target_accuracy": target_accuracy}
     summary = _score_summary(cells, per, conf6, conf5, rc6, rc5, settings)
+    summary.update(_domain_summary(check))
     return ScoreResult(cells=cells, per_smear=per, confusion6=conf6, confusion5=conf5,
                        differential=differential(cells), pending=pending, risk_coverage6=rc6,
                        risk_coverage5=rc5, summary=summary, settings=settings)
+
+
+def _domain_summary(check: dict) -> dict:
+    """``summary.json`` keys of the domain-shift check; a warning is logged per smear outside."""
+    if not check.get("available"):
+        return {"domain_check": "unavailable", "domain_check_reason": check.get("reason", "")}
+    bad = domain.outside_smears(check)
+    for s in bad:
+        log.warning("smear %s: %.0f%% of its cells %s", s, 100 * check["smears"][s]["share_outside"], domain.WARNING)
+    return {"domain_check": "outside" if bad else "inside", "smears_outside_domain": bad,
+            "domain_share_outside": check["run"]["share_outside"],
+            "domain_median_distance": check["run"]["median_distance"], "domain_smear_share": domain.SMEAR_SHARE}
 
 
 def _is_read(obj) -> bool:

@@ -46,7 +46,7 @@ from nnabla.utils.data_iterator import data_iterator_simple
 from scipy.special import softmax
 from tqdm import tqdm
 
-from . import checkpoint, classes, fileio, framing, modelfile, models, sampling
+from . import checkpoint, classes, domain, fileio, framing, modelfile, models, sampling
 from .errors import InputError
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Parameter scope of the training graphs (kept apart from a user's own parameters).
 SCOPE = "wbc_train"
+#: Training images (seeded, class-stratified) the stored domain reference is computed on.
+DOMAIN_SAMPLE = 1000
 
 
 # ----------------------------------------------------------------------------- graph pieces
@@ -319,7 +321,7 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
     return TrainData(ImageLoader(train_paths, train_y, cfg.size, cfg.cache_images),
                      ImageLoader(valid_paths, valid_y, cfg.size, cfg.cache_images), bn_rows, eval_rows,
                      min(iters, cfg.max_iterations) if cfg.max_iterations else iters,
-                     measure_scale(train_paths, _derive_seed(cfg.seed, 0, 7)))
+                     measure_scale(train_paths, _derive_seed(cfg.seed, 0, 8)))
 
 
 def measure_scale(paths: Sequence[str], seed: int) -> Optional[dict]:
@@ -427,6 +429,25 @@ def evaluate(graph: Graph, loader: ImageLoader, batch_size: int, rows: Optional[
     p = np.concatenate(probs)
     y = np.asarray(sub.labels)
     return float(np.concatenate(losses).mean()), float((p.argmax(1) != y).mean()), p
+
+
+def domain_reference(loader: ImageLoader, seed: int, n: int = DOMAIN_SAMPLE, source: str = "") -> Optional[dict]:
+    """The domain reference (:func:`wbc_nnabla.domain.reference`) of a seeded class-stratified sample of ``loader``.
+
+    loader: the clean (never augmented) training images, at the training size.
+    n: images in the sample (all when fewer); read in chunks of 256, so memory
+    stays small at any size. Stored in the exported model by :func:`train`.
+    None (logged) when ``loader`` has fewer than :data:`wbc_nnabla.domain.MIN_CELLS` images.
+    """
+    if len(loader) < domain.MIN_CELLS:
+        log.warning("%d training images: fewer than %d, the model stores no domain reference (predict will "
+                    "say the domain-shift check is unavailable)", len(loader), domain.MIN_CELLS)
+        return None
+    rows = sampling.shuffled_sample(np.asarray(loader.labels), min(int(n), len(loader)), seed)
+    desc = [domain.descriptors(np.stack([loader.image(int(i)) for i in rows[k:k + 256]]))
+            for k in range(0, len(rows), 256)]
+    return domain.reference(np.concatenate(desc), source=source or
+                            f"{len(rows)} of {len(loader)} training images (seeded, class-stratified)")
 
 
 # ----------------------------------------------------------------------------- monitors and outputs
@@ -544,9 +565,16 @@ def _load_into(params: dict, values: Dict[str, np.ndarray], what: str, strict: b
 
 
 def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict, norm: str = "batch",
-            wbc_share: Optional[dict] = None) -> None:
-    """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch."""
-    meta = modelfile.model_meta(arch, classes.CLASSES6, size, norm=norm, training=training, wbc_share=wbc_share)
+            wbc_share: Optional[dict] = None, domain_ref: Optional[dict] = None) -> None:
+    """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch.
+
+    wbc_share: the training crops' median WBC share (:func:`measure_scale`), for ``adapt``.
+    domain_ref: the training cells' :func:`domain_reference`, stored in the model's
+    description under :data:`wbc_nnabla.domain.META_KEY` (None: not stored).
+    """
+    extra = {domain.META_KEY: domain_ref} if domain_ref else {}
+    meta = modelfile.model_meta(arch, classes.CLASSES6, size, norm=norm, training=training, wbc_share=wbc_share,
+                                **extra)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
     with fileio.atomic_path(out_dir / "model.h5") as tmp:
         nn.save_parameters(str(tmp), params, extension=".h5")
@@ -566,6 +594,7 @@ class RunState:
     epoch: int = 0                   # epochs done
     history: List[dict] = dataclasses.field(default_factory=list)
     best: dict = dataclasses.field(default_factory=lambda: {"epoch": None, "validation_error": float("inf")})
+    domain_ref: Optional[dict] = None  # the training cells' domain reference, stored in model.nnp
 
 
 def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
@@ -668,7 +697,7 @@ def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Mo
                     "validation_misclassification": row["validation_misclassification"]}
         _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
                 dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info,
-                     seed=cfg.seed), norm=cfg.norm, wbc_share=wbc_share)
+                     seed=cfg.seed), norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref)
     mon.add_epoch(row, run.history)
     checkpoint.save_checkpoint(out_dir, run.epoch, run.params, run.solver, dict(
         epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng)))
@@ -715,6 +744,7 @@ def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool
         previous = None
     with nn.context_scope(get_context(cfg.context)):
         run = start_run(cfg, previous)
+        run.domain_ref = domain_reference(data.train, _derive_seed(cfg.seed, 0, 7))
         if previous:
             log.info("resuming %s after epoch %d", out_dir, run.epoch)
         out_dir.mkdir(parents=True, exist_ok=True)
