@@ -177,7 +177,7 @@ def _run_cli(capsys, argv):
     ("few", "few: 20 readable cells"),
     ("empty", "empty: no images"),
     ("existing", "existing.nnp: already exists"),
-    ("model", "is the model being adapted"),
+    ("model", "is the model itself"),
     ("bad", "zz_corrupt.jpg"),
 ])
 def test_cli_refusals_one_line_nothing_written(site, model, hostile, capsys, tmp_path, case, expected):

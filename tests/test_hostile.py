@@ -176,7 +176,7 @@ CASES = [
     ("adapt-corrupt-image", ["adapt", "{I}/models/model.nnp", "{I}/csv/with_corrupt.csv", "{O}/a.nnp"],
      "corrupt.jpg: corrupt JPEG data"),
     ("adapt-over-the-model", ["adapt", "{I}/models/model.nnp", "{I}/good", "{I}/models/model.nnp", "--overwrite"],
-     "model.nnp: is the model being adapted"),
+     "model.nnp: is the model itself"),
     ("adapt-inside-the-cells", ["adapt", "{I}/models/model.nnp", "{I}/good", "{I}/good/a.nnp"], "inside the source"),
     ("score-missing-column", ["score", "{I}/preds/no_pred6.csv", "{O}/score"], "no_pred6.csv"),
     ("score-pred6-contradicts-probabilities", ["score", "{I}/preds/contradicting.csv", "{O}/score"],

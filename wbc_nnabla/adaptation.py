@@ -41,21 +41,6 @@ def bn_statistics(params: Dict[str, np.ndarray]) -> List[str]:
     return sorted(k for k in params if k.endswith("/mean") or k.endswith("/var"))
 
 
-def _check_paths(model: Path, cells: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an output that is the model, lies inside the cells folder, is no ``.nnp`` or exists."""
-    if out.suffix.lower() != ".nnp":
-        raise AdaptationError(f"{out}: the adapted model must be written as a .nnp")
-    if out.resolve() == model.resolve():
-        raise AdaptationError(f"{out}: is the model being adapted; write the adapted model to another file "
-                              f"(the input model is never replaced)")
-    if cells.is_dir():
-        fileio.check_not_inside(out, [cells])
-    try:
-        fileio.check_output(out, "adapt", overwrite, [model, cells], folder=False)
-    except FileExistsError as e:
-        raise AdaptationError(str(e)) from None
-
-
 def _input_size(model: Path, meta: dict, size: Optional[int]) -> int:
     """The side the cells are resized to (:func:`wbc_nnabla.modelfile.network_size`), as an adaptation error."""
     try:
@@ -147,7 +132,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     model, cells, out = Path(model), Path(cells), Path(out)
     if batch_size < 1 or max_images < 1:
         raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
-    _check_paths(model, cells, out, overwrite)
+    modelfile.check_derived_output(model, cells, out, overwrite, "adapt", "adapted", AdaptationError)
     params, meta = modelfile.read_model(model)
     if meta.get("norm") == "group":
         raise AdaptationError(f"{model}: is a GroupNorm model (--norm group): it has no BatchNorm running "

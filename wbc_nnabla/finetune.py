@@ -48,21 +48,6 @@ class FinetuneError(WBCError, ValueError):
     """Fine-tuning refused: labels the model cannot learn, too few cells, or an output that would lose a file."""
 
 
-def _check_paths(model: Path, cells: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an output that is the model, lies inside the cells folder, is no ``.nnp`` or exists."""
-    if out.suffix.lower() != ".nnp":
-        raise FinetuneError(f"{out}: the fine-tuned model must be written as a .nnp")
-    if out.resolve() == model.resolve():
-        raise FinetuneError(f"{out}: is the model being fine-tuned; write to another file "
-                            f"(the input model is never replaced)")
-    if cells.is_dir():
-        fileio.check_not_inside(out, [cells])
-    try:
-        fileio.check_output(out, "finetune", overwrite, [model, cells], folder=False)
-    except FileExistsError as e:
-        raise FinetuneError(str(e)) from None
-
-
 def target_groups(class_names: Sequence[str]) -> Tuple[List[str], np.ndarray]:
     """(label names, membership matrix ``(C, K)`` float32) of the labels a model of ``class_names`` learns.
 
@@ -180,7 +165,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     model, cells, out = Path(model), Path(cells), Path(out)
     if cfg.iterations < 1 or cfg.batch_size < 1:
         raise FinetuneError(f"iterations and batch_size must be >= 1, got {cfg.iterations} and {cfg.batch_size}")
-    _check_paths(model, cells, out, overwrite)
+    modelfile.check_derived_output(model, cells, out, overwrite, "finetune", "fine-tuned", FinetuneError)
     params, meta = modelfile.read_model(model)
     try:
         size = modelfile.network_size(meta, cfg.size, model)

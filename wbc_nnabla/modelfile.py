@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import classes
+from . import classes, fileio
 from .errors import InputError, WBCError
 
 PathLike = Union[str, os.PathLike]
@@ -66,6 +66,24 @@ def derived_meta(meta: dict, size: int, key: str, record: dict) -> dict:
 def paths_sha256(paths) -> str:
     """SHA-256 of the sorted paths, one per line (identifies a cell set, whatever its order)."""
     return hashlib.sha256("\n".join(sorted(str(p) for p in paths)).encode("utf-8")).hexdigest()
+
+
+def check_derived_output(model: Path, cells: Path, out: Path, overwrite: bool, command: str, verb: str,
+                         error: type) -> None:
+    """Refuse (``error``) the output of a command that derives a model from ``model`` and ``cells``
+    (``adapt``, ``finetune``): no ``.nnp``, the model itself, inside the cells folder, or an existing
+    file without ``overwrite`` (:func:`wbc_nnabla.fileio.check_output`). ``verb``: "adapted", "fine-tuned"."""
+    if out.suffix.lower() != ".nnp":
+        raise error(f"{out}: the {verb} model must be written as a .nnp")
+    if out.resolve() == model.resolve():
+        raise error(f"{out}: is the model itself; write the {verb} model to another file "
+                    f"(the input model is never replaced)")
+    if cells.is_dir():
+        fileio.check_not_inside(out, [cells])
+    try:
+        fileio.check_output(out, command, overwrite, [model, cells], folder=False)
+    except FileExistsError as e:
+        raise error(str(e)) from None
 
 
 def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
