@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -32,20 +33,32 @@ CLASSES = ("Band", "Segment", "Eosinophil", "Basophil", "Mono", "Lymph")
 ZHENG_NAMES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
 
 
-def bench_zheng(root: Path) -> None:
+def zheng_ious(root: Path, shift: Optional[Callable] = None, segment: Callable = None) -> pd.DataFrame:
+    """IoU of the WBC mask against the expert mask (> 0) of every d1 cell: id, class, iou.
+
+    shift: colour transform applied to each image first (see SHIFTS); segment: the mask
+    function (default segmentation.wbc_mask)."""
+    segment = segment or segmentation.wbc_mask
     labels = pd.read_csv(root / "labels.csv")
     rows = []
     for image_id, label in zip(labels.iloc[:, 0], labels.iloc[:, 1]):
         rgb = fileio.read_rgb(root / f"{int(image_id):03d}.bmp")
         truth = fileio.read_rgb(root / f"{int(image_id):03d}.png")[..., 0] > 0
-        m = segmentation.wbc_mask(rgb)
+        m = segment(shift(rgb) if shift else rgb)
         rows.append({"id": int(image_id), "class": ZHENG_NAMES.get(int(label), str(label)),
                      "iou": (m & truth).sum() / max(1, (m | truth).sum())})
-    df = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def bench_zheng(root: Path) -> pd.DataFrame:
+    df = zheng_ious(root)
     print(f"zheng2018-d1: n={len(df)} IoU mean {df.iou.mean():.4f} median {df.iou.median():.4f} "
           f"share<0.6 {(df.iou < 0.6).mean():.4f} ({(df.iou < 0.6).sum()} cells)")
+    for name, part in (("even ids (tuning split)", df[df.id % 2 == 0]), ("odd ids (held out)", df[df.id % 2 == 1])):
+        print(f"  {name}: n={len(part)} mean {part.iou.mean():.4f} median {part.iou.median():.4f}")
     print(df.groupby("class").iou.agg(["count", "mean", "median"]).round(4).to_string())
     print("  worst ids:", df.sort_values("iou").head(6)[["id", "iou"]].round(3).values.tolist())
+    return df
 
 
 # Classes whose MGG cytoplasm is a wide ring around the nucleus: there a mask of at most
@@ -79,35 +92,111 @@ def tile(rgb, mask, nucleus, flags, size=140):
     return o
 
 
-def bench_pbc6(root: Path, per_class: int, gallery: Path) -> None:
+def pbc6_flags(root: Path, per_class: int, shift: Optional[Callable] = None, tiles_per_class: int = 0):
+    """Failure flags of the first ``per_class`` pbc6 cells of each class.
+
+    Returns ``(table, tiles, seconds)``: one row per cell (class, path, flags), gallery
+    tiles per class (at most ``tiles_per_class``) and the CPU-clock seconds spent in
+    segment_wbc + remove_background."""
     df = fileio.read_labels_csv(root / "labels.csv")
-    rows, tiles, seconds, n_timed = [], {c: [] for c in CLASSES}, 0.0, 0
+    rows, tiles, seconds = [], {c: [] for c in CLASSES}, 0.0
     for c in CLASSES:
         for p in df[df.label == c].path.values[:per_class]:
             rgb = fileio.read_rgb(p)
+            if shift:
+                rgb = shift(rgb)
             t0 = time.perf_counter()
             mask, nucleus = segmentation.segment_wbc(rgb)
             segmentation.remove_background(rgb, mask)
             seconds += time.perf_counter() - t0
-            n_timed += 1
             fl = failure_flags(mask, nucleus, c)
             rows.append({"class": c, "path": p, **fl})
-            if len(tiles[c]) < 8:
+            if len(tiles[c]) < tiles_per_class:
                 tiles[c].append(tile(rgb, mask, nucleus, fl))
     r = pd.DataFrame(rows)
     r["nucleus_only"] = r.nucleus_only.astype(float)
+    return r, tiles, seconds
+
+
+def pbc6_summary(r: pd.DataFrame) -> dict:
+    """Red-cell share (all classes), nucleus-only and either-flag shares (WIDE_CYTOPLASM classes)."""
     wide = r[r["class"].isin(WIDE_CYTOPLASM)]
-    print(f"pbc6: n={len(r)} ({per_class} per class) red-cell {r.red_cell.mean():.4f} (all classes); "
-          f"nucleus-only {wide.nucleus_only.mean():.4f} and either "
-          f"{(wide.nucleus_only.astype(bool) | wide.red_cell).mean():.4f} "
-          f"(Band, Segment, Eosinophil, Mono; n={len(wide)})")
+    return {"red_cell": r.red_cell.mean(), "nucleus_only": wide.nucleus_only.mean(),
+            "either": (wide.nucleus_only.astype(bool) | wide.red_cell).mean(), "n_wide": len(wide)}
+
+
+def bench_pbc6(root: Path, per_class: int, gallery: Path) -> None:
+    r, tiles, seconds = pbc6_flags(root, per_class, tiles_per_class=8)
+    s = pbc6_summary(r)
+    print(f"pbc6: n={len(r)} ({per_class} per class) red-cell {s['red_cell']:.4f} (all classes); "
+          f"nucleus-only {s['nucleus_only']:.4f} and either {s['either']:.4f} "
+          f"(Band, Segment, Eosinophil, Mono; n={s['n_wide']})")
     print(r.groupby("class")[["nucleus_only", "red_cell"]].mean().round(4).to_string())
     print(f"throughput: segment_wbc + remove_background on pbc6 ~360 px crops: "
-          f"{n_timed / seconds:.1f} crops/s ({1000 * seconds / n_timed:.1f} ms/crop, one process)")
+          f"{len(r) / seconds:.1f} crops/s ({1000 * seconds / len(r):.1f} ms/crop, one process)")
     sheet = np.vstack([np.hstack(tiles[c]) for c in CLASSES])
     fileio.write_image(gallery, sheet)
     print(f"gallery: {gallery} ({gallery.stat().st_size / 1e6:.2f} MB; rows {', '.join(CLASSES)}; "
           "green WBC mask, blue nucleus, N = nucleus only, R = red cell included)")
+
+
+# ----------------------------------------------------------------------------- colour shifts
+
+
+def hue_shift(degrees: float) -> Callable:
+    """Rotate the hue by ``degrees`` (HSV, float)."""
+    def f(rgb):
+        hsv = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + degrees) % 360.0
+        return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return f
+
+
+def saturation_scale(factor: float) -> Callable:
+    """Multiply the HSV saturation by ``factor`` (clipped to 1)."""
+    def f(rgb):
+        hsv = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
+        hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
+        return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return f
+
+
+def od_scale(factors) -> Callable:
+    """Scale the optical density ``-log(I / 255)`` of each RGB channel by ``factors`` (3,):
+    a stain taken up more (> 1) or less (< 1); ``I' = 255 (I / 255) ** k``."""
+    k = np.asarray(factors, np.float32).reshape(1, 1, 3)
+    def f(rgb):
+        i = (rgb.astype(np.float32) + 1.0) / 256.0
+        return np.clip(256.0 * i ** k - 1.0 + 0.5, 0, 255).astype(np.uint8)
+    return f
+
+
+#: The colour shifts of the robustness check: name -> transform of an RGB uint8 image.
+SHIFTS = {
+    "hue +15 deg": hue_shift(15.0), "hue -15 deg": hue_shift(-15.0),
+    "saturation x0.6": saturation_scale(0.6), "saturation x1.4": saturation_scale(1.4),
+    "OD x0.7 (all channels)": od_scale((0.7, 0.7, 0.7)), "OD x1.3 (all channels)": od_scale((1.3, 1.3, 1.3)),
+    "OD x(0.7, 1, 1.3) (R, G, B)": od_scale((0.7, 1.0, 1.3)), "OD x(1.3, 1, 0.7) (R, G, B)": od_scale((1.3, 1.0, 0.7)),
+    "OD x(1, 0.7, 1) (R, G, B)": od_scale((1.0, 0.7, 1.0)), "OD x(1, 1.3, 1) (R, G, B)": od_scale((1.0, 1.3, 1.0)),
+}
+
+
+def bench_shifts(data: Path, pbc6_per_class: int) -> pd.DataFrame:
+    """d1 mean / median IoU and pbc6 flag shares with each colour shift of SHIFTS applied."""
+    rows = []
+    for name, shift in [("none", None)] + list(SHIFTS.items()):
+        z = zheng_ious(data / "zheng2018-d1", shift)
+        row = {"shift": name, "d1 mean": z.iou.mean(), "d1 median": z.iou.median()}
+        if pbc6_per_class:
+            s = pbc6_summary(pbc6_flags(data / "pbc6", pbc6_per_class, shift)[0])
+            row.update({"pbc6 nucleus only": s["nucleus_only"], "pbc6 red cell": s["red_cell"]})
+        rows.append(row)
+        print(" ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    t = pd.DataFrame(rows)
+    t["d1 mean drop"] = t["d1 mean"].iloc[0] - t["d1 mean"]
+    print("colour shifts (d1: 300 cells; pbc6: first %d per class):" % pbc6_per_class)
+    print(t.round(4).to_string(index=False))
+    return t
 
 
 def bench_bccd(root: Path, radius: float = 40.0) -> None:
@@ -134,8 +223,16 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--per-class", type=int, default=100, help="pbc6 cells per class (400 = all)")
     ap.add_argument("--gallery", type=Path, default=ROOT / "docs" / "gallery" / "pbc6_masks.png")
+    ap.add_argument("--color-shifts", action="store_true",
+                    help="instead: re-run d1 (and pbc6, --shift-per-class cells per class) with the colours "
+                         "shifted (hue, saturation, optical density; SHIFTS) and print the table")
+    ap.add_argument("--shift-per-class", type=int, default=30,
+                    help="pbc6 cells per class in the --color-shifts run (0: d1 only)")
     args = ap.parse_args(argv)
     print("environment:", fileio.environment())
+    if args.color_shifts:
+        bench_shifts(args.data, args.shift_per_class)
+        return 0
     bench_zheng(args.data / "zheng2018-d1")
     bench_pbc6(args.data / "pbc6", args.per_class, args.gallery)
     bench_bccd(args.data / "bccd-fields")
