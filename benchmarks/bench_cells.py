@@ -16,8 +16,10 @@ Prints (and records in docs/benchmarks.md by hand):
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -92,12 +94,13 @@ def tile(rgb, mask, nucleus, flags, size=140):
     return o
 
 
-def pbc6_flags(root: Path, per_class: int, shift: Optional[Callable] = None, tiles_per_class: int = 0):
+def pbc6_flags(root: Path, per_class: int, shift: Optional[Callable] = None, tiles_per_class: int = 0,
+               seg: types.ModuleType = segmentation):
     """Failure flags of the first ``per_class`` pbc6 cells of each class.
 
     Returns ``(table, tiles, seconds)``: one row per cell (class, path, flags), gallery
     tiles per class (at most ``tiles_per_class``) and the CPU-clock seconds spent in
-    segment_wbc + remove_background."""
+    segment_wbc + remove_background of ``seg`` (this checkout's segmentation by default)."""
     df = fileio.read_labels_csv(root / "labels.csv")
     rows, tiles, seconds = [], {c: [] for c in CLASSES}, 0.0
     for c in CLASSES:
@@ -106,8 +109,8 @@ def pbc6_flags(root: Path, per_class: int, shift: Optional[Callable] = None, til
             if shift:
                 rgb = shift(rgb)
             t0 = time.perf_counter()
-            mask, nucleus = segmentation.segment_wbc(rgb)
-            segmentation.remove_background(rgb, mask)
+            mask, nucleus = seg.segment_wbc(rgb)
+            seg.remove_background(rgb, mask)
             seconds += time.perf_counter() - t0
             fl = failure_flags(mask, nucleus, c)
             rows.append({"class": c, "path": p, **fl})
@@ -181,14 +184,15 @@ SHIFTS = {
 }
 
 
-def bench_shifts(data: Path, pbc6_per_class: int) -> pd.DataFrame:
-    """d1 mean / median IoU and pbc6 flag shares with each colour shift of SHIFTS applied."""
+def bench_shifts(data: Path, pbc6_per_class: int, seg: types.ModuleType = segmentation) -> pd.DataFrame:
+    """d1 mean / median IoU and pbc6 flag shares with each colour shift of SHIFTS applied
+    (masks by ``seg``, this checkout's segmentation by default)."""
     rows = []
     for name, shift in [("none", None)] + list(SHIFTS.items()):
-        z = zheng_ious(data / "zheng2018-d1", shift)
+        z = zheng_ious(data / "zheng2018-d1", shift, seg.wbc_mask)
         row = {"shift": name, "d1 mean": z.iou.mean(), "d1 median": z.iou.median()}
         if pbc6_per_class:
-            s = pbc6_summary(pbc6_flags(data / "pbc6", pbc6_per_class, shift)[0])
+            s = pbc6_summary(pbc6_flags(data / "pbc6", pbc6_per_class, shift, seg=seg)[0])
             row.update({"pbc6 nucleus only": s["nucleus_only"], "pbc6 red cell": s["red_cell"]})
         rows.append(row)
         print(" ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
@@ -218,6 +222,115 @@ def bench_bccd(root: Path, radius: float = 40.0) -> None:
           f"({n_fields / t_total:.1f} fields/s)")
 
 
+# ----------------------------------------------------------------------------- before/after gallery
+
+
+def load_revision(rev: str) -> types.ModuleType:
+    """wbc_nnabla.segmentation as it was at git revision ``rev`` of this repository."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:wbc_nnabla/segmentation.py"],
+                         check=True, capture_output=True, text=True).stdout
+    src = src.replace("from . import", "from wbc_nnabla import").replace("from .", "from wbc_nnabla.")
+    mod = types.ModuleType(f"segmentation_{rev}")
+    exec(compile(src, f"{rev}:wbc_nnabla/segmentation.py", "exec"), mod.__dict__)
+    return mod
+
+
+def _pair(rgb, old, new, label: str, cls: str = "", size: int = 160):
+    """Before | after tiles (green WBC mask, blue nucleus, flags of class ``cls``), the label on the first."""
+    tiles = []
+    for mod, tag in ((old, "before"), (new, "after")):
+        mask, nucleus = mod.segment_wbc(rgb)
+        fl = failure_flags(mask, nucleus, cls)
+        t = segmentation.overlay(rgb, mask, nucleus, size=size)
+        flag = ("N" if fl["nucleus_only"] is True else "") + ("R" if fl["red_cell"] else "")
+        cv2.putText(t, f"{tag} {flag}", (3, size - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (200, 0, 0), 1)
+        tiles.append(t)
+    cv2.putText(tiles[0], label, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
+    return tiles
+
+
+def _flagged(rgb, old, new, label: str) -> bool:
+    """Whether either mask of the cell is flagged nucleus-only or red-cell-included."""
+    for mod in (old, new):
+        fl = failure_flags(*mod.segment_wbc(rgb), label)
+        if fl["nucleus_only"] is True or fl["red_cell"]:
+            return True
+    return False
+
+
+def _touching_red_cell(rgb, reach: float = 0.6) -> bool:
+    """Whether a red cell (segmentation.red_cell_markers) lies within ``reach`` r_n of the nucleus hull."""
+    _, nucleus = segmentation.segment_wbc(rgb)
+    if not nucleus.any():
+        return False
+    hull = segmentation.convex_hull(nucleus)
+    rn = segmentation.equivalent_radius(hull)
+    markers = segmentation.red_cell_markers(rgb, hull, rn, nucleus) & ~hull
+    d = cv2.distanceTransform((~hull).astype(np.uint8), cv2.DIST_L2, 5)
+    return bool(markers.any() and d[markers].min() <= reach * rn)
+
+
+def hard_gallery(data: Path, rev: str, out: Path, per_class: int, pairs: int = 8) -> None:
+    """Before (git ``rev``) / after pairs of the hard cases, written as one PNG.
+
+    Rows: pbc6 Band and Segment cells flagged (nucleus only / red cell) before or after
+    (pale neutrophils); pbc6 cells of the other classes flagged before or after (at most 3 per class); pbc6
+    Lymph cells with a red cell (red_cell_markers, the Hough circles) within 0.6 r_n of
+    the nucleus hull, whatever their masks; BCCD WBCs whose VOC box overlaps an RBC box (another lab's smears:
+    crops of 2x the box around its centre, only those inside the field). First ``per_class`` cells per class, at
+    most ``pairs`` pairs per row group, in file order (no picking).
+    """
+    old = load_revision(rev)
+    labels = fileio.read_labels_csv(data / "pbc6" / "labels.csv")
+    groups = {"pale neutrophils": [], "other classes, flagged": [], "lymphocytes touching red cells": [], "bccd": []}
+    for c in CLASSES:
+        taken = 0
+        for p in labels[labels.label == c].path.values[:per_class]:
+            key = ("pale neutrophils" if c in ("Band", "Segment") else
+                   "lymphocytes touching red cells" if c == "Lymph" else "other classes, flagged")
+            # at most 3 cells of each of Eosinophil, Basophil, Mono, so that all three show
+            if len(groups[key]) >= pairs or (key == "other classes, flagged" and taken >= 3):
+                continue
+            rgb = fileio.read_rgb(p)
+            if key == "lymphocytes touching red cells":
+                pick = _touching_red_cell(rgb)
+            else:
+                pick = _flagged(rgb, old, segmentation, c)
+            if pick:
+                groups[key].append(_pair(rgb, old, segmentation, f"{c} {Path(p).stem}", c))
+                taken += 1
+    groups["bccd"] = _bccd_pairs(data / "bccd-fields", old, pairs)
+    rows = []
+    for key, items in groups.items():
+        tiles = [t for pair in items for t in pair]
+        print(f"  {key}: {len(items)} pairs")
+        if tiles:
+            rows.append(segmentation.contact_sheet(tiles, 8))
+    fileio.write_image(out, np.vstack(rows))
+    print(f"hard-case gallery: {out} (before = {rev}, after = this checkout; N nucleus only, R red cell)")
+
+
+def _bccd_pairs(root: Path, old, pairs: int) -> list:
+    """Before/after pairs of BCCD WBCs whose box overlaps an RBC box and whose crop is inside the field."""
+    items = []
+    for xml in sorted((root / "Annotations").glob("*.xml")):
+        boxes = fileio.read_voc(xml, names=("WBC", "RBC"))
+        wbc, rbc = boxes[boxes.name == "WBC"], boxes[boxes.name == "RBC"]
+        rgb = fileio.read_rgb(root / "JPEGImages" / (xml.stem + ".jpg"))
+        for _, b in wbc.iterrows():
+            touch = ((rbc.xmin < b.xmax) & (rbc.xmax > b.xmin) & (rbc.ymin < b.ymax) & (rbc.ymax > b.ymin)).any()
+            if not touch or len(items) >= pairs:
+                continue
+            side = int(2 * max(b.xmax - b.xmin, b.ymax - b.ymin))
+            crop, info = segmentation.crop_square(rgb, b.x, b.y, side)
+            if any(info["pad"]):     # padded crops are artificial: only crops inside the field
+                continue
+            items.append(_pair(crop, old, segmentation, f"bccd {xml.stem[-5:]}"))
+        if len(items) >= pairs:
+            break
+    return items
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -228,10 +341,19 @@ def main(argv=None) -> int:
                          "shifted (hue, saturation, optical density; SHIFTS) and print the table")
     ap.add_argument("--shift-per-class", type=int, default=30,
                     help="pbc6 cells per class in the --color-shifts run (0: d1 only)")
+    ap.add_argument("--hard-gallery", type=Path, default=None,
+                    help="instead: write before/after pairs of the hard cases to this PNG (see hard_gallery)")
+    ap.add_argument("--before", default="b871aa6", help="git revision of the 'before' masks of --hard-gallery")
+    ap.add_argument("--shift-revision", default=None,
+                    help="--color-shifts with the segmentation of this git revision instead of this checkout's")
     args = ap.parse_args(argv)
     print("environment:", fileio.environment())
+    if args.hard_gallery:
+        hard_gallery(args.data, args.before, args.hard_gallery, args.per_class)
+        return 0
     if args.color_shifts:
-        bench_shifts(args.data, args.shift_per_class)
+        seg = load_revision(args.shift_revision) if args.shift_revision else segmentation
+        bench_shifts(args.data, args.shift_per_class, seg)
         return 0
     bench_zheng(args.data / "zheng2018-d1")
     bench_pbc6(args.data / "pbc6", args.per_class, args.gallery)
