@@ -12,6 +12,15 @@ Prints (and records in docs/benchmarks.md by hand):
   docs/gallery/pbc6_masks.png (8 cells per class, flags drawn on each tile).
 * bccd-fields: recall / precision of locate_wbcs against the VOC WBC boxes.
 * throughput of remove_background on pbc6 360 px crops (crops/s, one process).
+
+Other runs (one at a time, instead of the above):
+* ``--color-shifts [--shift-per-class 30] [--shift-revision REV]``: d1 IoU and pbc6 flag
+  shares with the colours shifted (hue +-15 deg, saturation x0.6 / x1.4, optical density
+  x0.7 / x1.3 in all and in single channels; SHIFTS).
+* ``--hard-gallery PNG [--before REV]``: before (git REV) / after pairs of the hard cases
+  (pbc6 and BCCD only: the d1 images are GPL and stay out of the project).
+* ``--speed [--before REV]``: REV and this checkout timed on the same crops, one thread.
+d1 is split by id: the even ids were used for tuning, the odd ids are held out.
 """
 from __future__ import annotations
 
@@ -331,6 +340,27 @@ def _bccd_pairs(root: Path, old, pairs: int) -> list:
     return items
 
 
+def bench_speed(data: Path, rev: str, per_class: int = 15) -> None:
+    """segment_wbc + remove_background per pbc6 crop on one thread (cv2.setNumThreads(1)):
+    git revision ``rev`` and this checkout timed on the same crops, interleaved so that
+    a changing machine load hits both alike."""
+    cv2.setNumThreads(1)
+    old = load_revision(rev)
+    labels = fileio.read_labels_csv(data / "pbc6" / "labels.csv")
+    images = [fileio.read_rgb(p) for c in CLASSES for p in labels[labels.label == c].path.values[:per_class]]
+    wall, cpu = {rev: 0.0, "this checkout": 0.0}, {rev: 0.0, "this checkout": 0.0}
+    for rgb in images:
+        for name, mod in ((rev, old), ("this checkout", segmentation)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            mask, _ = mod.segment_wbc(rgb)
+            mod.remove_background(rgb, mask)
+            wall[name] += time.perf_counter() - t0
+            cpu[name] += time.process_time() - c0
+    for name in wall:
+        print(f"speed, {name}: {len(images) / wall[name]:.1f} crops/s ({1000 * wall[name] / len(images):.0f} ms "
+              f"wall, {1000 * cpu[name] / len(images):.0f} ms CPU per crop; {len(images)} pbc6 crops, one thread)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -343,11 +373,16 @@ def main(argv=None) -> int:
                     help="pbc6 cells per class in the --color-shifts run (0: d1 only)")
     ap.add_argument("--hard-gallery", type=Path, default=None,
                     help="instead: write before/after pairs of the hard cases to this PNG (see hard_gallery)")
-    ap.add_argument("--before", default="b871aa6", help="git revision of the 'before' masks of --hard-gallery")
+    ap.add_argument("--before", default="b871aa6", help="git revision of the 'before' masks of --hard-gallery and --speed (b871aa6: before the red-cell markers)")
+    ap.add_argument("--speed", action="store_true",
+                    help="instead: time this checkout against --before on the same pbc6 crops, one thread")
     ap.add_argument("--shift-revision", default=None,
                     help="--color-shifts with the segmentation of this git revision instead of this checkout's")
     args = ap.parse_args(argv)
     print("environment:", fileio.environment())
+    if args.speed:
+        bench_speed(args.data, args.before)
+        return 0
     if args.hard_gallery:
         hard_gallery(args.data, args.before, args.hard_gallery, args.per_class)
         return 0
