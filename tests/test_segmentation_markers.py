@@ -51,7 +51,7 @@ def touching_cell(size=160, r_cell=30, r_nuc=17, r_rbc=18, overlap=6):
 
 def pale_cell(size=160, r_cell=32, cytoplasm=(216, 198, 206), red=(180, 125, 150)):
     """A two-lobed neutrophil whose finely granular cytoplasm is pale (optical density 0.14
-    of the nucleus'; pbc6 pale neutrophils: 0.15-0.2), among red cells stained darker than
+    of the nucleus'; pbc6 pale neutrophils: 0.16-0.21), among red cells stained darker than
     it: the three-class Otsu puts the ring with the plasma. Returns (img, cell, nucleus)."""
     shape = (size, size)
     img = np.zeros(shape + (3,), np.float32)

@@ -223,8 +223,9 @@ def stained_mask(rgb: np.ndarray, nucleus: Optional[np.ndarray] = None,
     by ``PLASMA_MIN_OD``, and, when ``nucleus`` is given, by ``STAIN_FRACTION`` of the
     nucleus' median OD above the plasma. All three are relative to the image itself,
     so a hue, saturation or stain-strength change moves them with the image. On pbc6 a
-    pale neutrophil cytoplasm is at 0.15-0.2 of the nucleus OD, the plasma halo round
-    a basophil at ~0.07; Zheng d1 cytoplasm 0.2-0.35.
+    pale neutrophil cytoplasm ring is at 0.16-0.21 of the nucleus OD (medians, 3 cells),
+    the plasma halo round a basophil at 0.03-0.07 (3 cells); Zheng d1 cytoplasm 0.18-0.32
+    (2 cells).
     """
     bg = _background_rgb(rgb) if background is None else background
     odn = np.sqrt((optical_density(rgb, bg) ** 2).sum(-1))
