@@ -116,12 +116,30 @@ WORK_RADIUS = 24.0    # GrabCut runs at a scale where r_n is at most this many p
 MAX_SIDE = 512        # images larger than this (px) are first reduced (speed only)
 GRABCUT_ITERS = 4
 # Retry for pale cytoplasm (see has_cytoplasm_ring): a mask of at most NUCLEUS_ONLY x the
-# nucleus hull area is retried when the ring RING_INNER..RING_OUTER r_n around the hull
-# is stained; the retry takes stained pixels within RING_SEED r_n as sure WBC.
+# nucleus hull area, or covering less than RING_COVER of the stained ring RING_INNER..RING_OUTER
+# r_n around the hull, is retried when that ring is stained all around; the retry takes
+# stained pixels within RING_SEED r_n as sure WBC, and is kept when its solidity is at
+# least RETRY_SOLIDITY (after the red-cell cut).
 NUCLEUS_ONLY = 1.1
 RING_INNER, RING_OUTER = 0.05, 0.35
 RING_MEAN, RING_MIN = 0.6, 0.25
 RING_SEED = 0.25
+RING_COVER = 0.5
+RETRY_SOLIDITY = 0.85
+# Stained = not plasma (see stained_mask): optical density above the plasma's median by
+# PLASMA_SIGMAS robust standard deviations, by PLASMA_MIN_OD and by STAIN_FRACTION of the
+# nucleus' OD.
+PLASMA_SIGMAS, PLASMA_MIN_OD, STAIN_FRACTION = 6.0, 0.06, 0.1
+# Red cells as sure background (see red_cell_markers): Hough circles of radius
+# RBC_MIN..RBC_MAX r_n and quality >= RBC_QUALITY, centre farther than RBC_CLEAR x the
+# radius from the nucleus hull, at most RBC_NUCLEAR nucleus-class; the disc shrunk by
+# RBC_MARGIN of its radius is sure background.
+RBC_MIN, RBC_MAX, RBC_CLEAR, RBC_MARGIN = 0.45, 1.4, 0.7, 0.2
+RBC_QUALITY, RBC_NUCLEAR = 0.75, 0.3
+# Red-cell cut (see cut_red_cells): masks less convex than MIN_SOLIDITY lose their round
+# lobes (distance-transform maxima smaller than CUT_SMALLER x the largest, CUT_CLEAR x
+# their radius away from the hull), each widened by CUT_WIDEN of its radius.
+MIN_SOLIDITY, CUT_WIDEN, CUT_CLEAR, CUT_SMALLER = 0.9, 0.1, 0.4, 0.9
 
 
 def _background_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -179,6 +197,83 @@ def otsu3(values: np.ndarray, bins: int = 128) -> Tuple[float, float]:
     sb[~((j > i) & (w0 > 1e-9) & (w1 > 1e-9) & (w2 > 1e-9))] = -1
     a, b = np.unravel_index(np.argmax(sb), sb.shape)
     return float(e[a + 1]), float(e[b + 1])
+
+
+def optical_density(rgb: np.ndarray, background: Optional[np.ndarray] = None) -> np.ndarray:
+    """Optical density relative to the slide background, float32 ``(H, W, 3)`` >= 0.
+
+    ``OD_c = log((bg_c + 1) / (I_c + 1))`` per RGB channel after a 1-px Gaussian
+    (Beer-Lambert: proportional to the amount of each dye). Relative to the image's
+    own background, so independent of the illumination and of the background tint.
+    """
+    bg = _background_rgb(rgb) if background is None else background
+    f = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
+    return np.clip(np.log((np.asarray(bg, np.float32) + 1.0) / (f + 1.0)), 0.0, None)
+
+
+def stained_mask(rgb: np.ndarray, nucleus: Optional[np.ndarray] = None,
+                 background: Optional[np.ndarray] = None) -> np.ndarray:
+    """Pixels that are not plasma / slide, bool ``(H, W)``, from the image's own statistics.
+
+    rgb: RGB uint8 ``(H, W, 3)``; nucleus: bool ``(H, W)``, the WBC's nucleus (the
+    stain reference; optional); background: slide colour (3,), default estimated.
+
+    The norm of :func:`optical_density` must exceed the plasma's (the brightest 20 %
+    of pixels) median by ``PLASMA_SIGMAS`` robust standard deviations (1.4826 x MAD),
+    by ``PLASMA_MIN_OD``, and, when ``nucleus`` is given, by ``STAIN_FRACTION`` of the
+    nucleus' median OD above the plasma. All three are relative to the image itself,
+    so a hue, saturation or stain-strength change moves them with the image. On pbc6 a
+    pale neutrophil cytoplasm ring is at 0.16-0.21 of the nucleus OD (medians, 3 cells),
+    the plasma halo round a basophil at 0.03-0.07 (3 cells); Zheng d1 cytoplasm 0.18-0.32
+    (2 cells).
+    """
+    bg = _background_rgb(rgb) if background is None else background
+    odn = np.sqrt((optical_density(rgb, bg) ** 2).sum(-1))
+    lum = rgb.astype(np.float32).sum(-1)
+    plasma = odn[lum >= np.percentile(lum, 80)]
+    med = float(np.median(plasma))
+    sigma = 1.4826 * float(np.median(np.abs(plasma - med)))
+    t = med + max(PLASMA_SIGMAS * sigma, PLASMA_MIN_OD)
+    if nucleus is not None and nucleus.any():
+        t = max(t, med + STAIN_FRACTION * (float(np.median(odn[nucleus])) - med))
+    return odn > t
+
+
+def red_cell_markers(rgb: np.ndarray, hull_w: np.ndarray, rw: float, nuclear: np.ndarray) -> np.ndarray:
+    """Red cells (and other round objects that are not the WBC) as sure background.
+
+    rgb: RGB uint8 ``(H, W, 3)``; hull_w: bool ``(H, W)``, the WBC's nucleus hull; rw:
+    its :func:`equivalent_radius` ``r_n`` (px); nuclear: bool ``(H, W)``, nucleus-class
+    pixels (top class of :func:`otsu3`).
+
+    Red cells are round with a sharp rim (often a pale centre) and about as wide as a
+    nucleus: circles of radius ``RBC_MIN..RBC_MAX r_n`` are found by the gradient Hough
+    transform (``cv2.HOUGH_GRADIENT_ALT``, circle quality >= ``RBC_QUALITY``) on the
+    grey image. A circle is kept when it keeps ``RBC_CLEAR`` x its radius away from the
+    hull (it is not the WBC itself, nor overlaps its nucleus) and at most
+    ``RBC_NUCLEAR`` of it is nucleus-class (not a lobe or another WBC's nucleus; those
+    are left to the nucleus grouping). Returns bool ``(H, W)``: the kept discs shrunk
+    by ``RBC_MARGIN`` of their radius, which a WBC mask may not enter. Colour plays
+    no part, so a stain or camera change does not move them.
+    """
+    g = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (0, 0), 1.0)
+    rmin, rmax = max(2, int(RBC_MIN * rw)), int(np.ceil(RBC_MAX * rw))
+    found = cv2.HoughCircles(g, cv2.HOUGH_GRADIENT_ALT, 1.5, minDist=rmin, param1=60,
+                             param2=RBC_QUALITY, minRadius=rmin, maxRadius=rmax)
+    out = np.zeros(hull_w.shape, np.uint8)
+    if found is None:
+        return out > 0
+    dh = ndi.distance_transform_edt(~hull_w)
+    h, w = hull_w.shape
+    for x, y, r in found[0]:
+        ix, iy = min(max(int(round(x)), 0), w - 1), min(max(int(round(y)), 0), h - 1)
+        if dh[iy, ix] <= RBC_CLEAR * r:
+            continue
+        disc = np.zeros_like(out)
+        cv2.circle(disc, (ix, iy), int(round(r * (1.0 - RBC_MARGIN))), 1, -1)
+        if nuclear[disc > 0].mean() <= RBC_NUCLEAR:
+            out |= disc
+    return out > 0
 
 
 def convex_hull(mask: np.ndarray) -> np.ndarray:
@@ -277,23 +372,97 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
             nuc_w = cv2.resize(nuc.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
     else:
         img, s_w, nuc_w = rgb, s, nuc
-    hull_w = convex_hull(nuc_w)
-    rw = equivalent_radius(hull_w)
-    d = ndi.distance_transform_edt(~hull_w)
-    gc = _seeds(s_w, t_low, nuc_w, hull_w, d, rw)
-    m = _grabcut(img, gc, nuc_w, hull_w, rw)
-    if m.sum() <= NUCLEUS_ONLY * hull_w.sum() and has_cytoplasm_ring(s_w > t_low, hull_w, d, rw):
-        # Pale cytoplasm (MGG neutrophils) has the colour of the red cells around it, so
-        # GrabCut's colour models can hand it to the background and keep only the
-        # nucleus. A stained ring all around the nucleus says a cytoplasm is there:
-        # retry with the stained pixels of its inner part as sure WBC, which puts the
-        # cytoplasm colour into the WBC model.
-        gc[(d <= RING_SEED * rw) & (s_w > t_low)] = cv2.GC_FGD
-        m = _grabcut(img, gc, nuc_w, hull_w, rw)
+    m = _working_mask(img, s_w, (t_low, t_high), nuc_w, _background_rgb(rgb))
     if f < 1.0:
         m = cv2.resize(m.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) > 127
         m = _largest(m)
     return m, nuc
+
+
+def _working_mask(img: np.ndarray, s_w: np.ndarray, thresholds: Tuple[float, float],
+                  nuc_w: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """WBC mask (bool (H, W)) at the working scale: seeds, red-cell markers, GrabCut,
+    pale-cytoplasm retry, red-cell cut (docs/cells.md, steps 4-8)."""
+    t_low, t_high = thresholds
+    hull_w = convex_hull(nuc_w)
+    rw = equivalent_radius(hull_w)
+    d = ndi.distance_transform_edt(~hull_w)
+    gc = _seeds(s_w, t_low, nuc_w, hull_w, d, rw)
+    nuclear = s_w > t_high
+    rbc = red_cell_markers(img, hull_w, rw, nuclear) & ~hull_w
+    gc[rbc] = cv2.GC_BGD
+    m = _grabcut(img, gc, nuc_w, hull_w, rw)
+    ring = ((s_w > t_low) | stained_mask(img, nuc_w, background)) & ~rbc
+    inner = ring & (d > RING_INNER * rw) & (d <= RING_OUTER * rw)
+    if _needs_retry(m, hull_w, inner) and has_cytoplasm_ring(ring, hull_w, d, rw):
+        # Pale cytoplasm (MGG neutrophils) has the colour of the red cells around it, so
+        # GrabCut's colour models can hand it to the background and keep only the
+        # nucleus. A stained ring all around the nucleus says a cytoplasm is there:
+        # retry with the stained pixels of its inner part as sure WBC, which puts the
+        # cytoplasm colour into the WBC model. A retry that is not convex grew into red
+        # cells around a cell whose nucleus-sized mask was right (monocytes): dropped.
+        gc[(d <= RING_SEED * rw) & ring] = cv2.GC_FGD
+        m2 = _grabcut(img, gc, nuc_w, hull_w, rw)
+        if solidity(m2) < MIN_SOLIDITY:
+            m2 = cut_red_cells(m2, hull_w, rw, nuclear)
+        if solidity(m2) >= RETRY_SOLIDITY:
+            return m2
+    if solidity(m) < MIN_SOLIDITY:
+        m = cut_red_cells(m, hull_w, rw, nuclear)
+    return m
+
+
+def _needs_retry(m: np.ndarray, hull_w: np.ndarray, inner: np.ndarray) -> bool:
+    """Whether the mask may have lost a pale cytoplasm: it is at most NUCLEUS_ONLY x the
+    hull area, or it leaves more than 1 - RING_COVER of the stained ring ``inner`` out."""
+    if m.sum() <= NUCLEUS_ONLY * hull_w.sum():
+        return True
+    return inner.any() and (m & inner).sum() < RING_COVER * inner.sum()
+
+
+def solidity(mask: np.ndarray) -> float:
+    """Area of ``mask`` / area of its convex hull (1 for a convex shape, 0 for an empty mask)."""
+    return float(mask.sum()) / max(1.0, float(convex_hull(mask).sum()))
+
+
+def cut_red_cells(mask: np.ndarray, hull_w: np.ndarray, rw: float, nuclear: np.ndarray) -> np.ndarray:
+    """Remove red cells a WBC mask grew into through a contact, bool ``(H, W)``.
+
+    mask: bool ``(H, W)``, the WBC mask; hull_w, rw: nucleus hull and its radius ``r_n``
+    (px); nuclear: bool ``(H, W)`` nucleus-class pixels.
+
+    A swallowed red cell is a round lobe of the mask: a maximum of the mask's distance
+    transform (within ``0.5 r_n``) of inscribed radius ``RBC_MIN..RBC_MAX r_n``, smaller
+    than ``CUT_SMALLER`` x the mask's largest (the WBC's own), whose centre lies farther
+    than ``CUT_CLEAR`` x that radius from the hull and whose disc is at most
+    ``RBC_NUCLEAR`` nucleus-class. Each such disc, widened by ``CUT_WIDEN`` of its
+    radius, is removed; the part connected to the nucleus is kept, opened by
+    ``0.15 r_n`` and its holes filled. The cut is kept only when it makes the mask more
+    convex (higher :func:`solidity`) and leaves more than ``NUCLEUS_ONLY`` x the hull.
+    """
+    dt = ndi.distance_transform_edt(mask)
+    k = 2 * max(1, int(round(0.5 * rw))) + 1
+    peaks = (dt == ndi.maximum_filter(dt, size=k)) & (dt >= RBC_MIN * rw) & (dt <= RBC_MAX * rw)
+    peaks &= (ndi.distance_transform_edt(~hull_w) > CUT_CLEAR * dt) & (dt < CUT_SMALLER * dt.max())
+    lab, n = ndi.label(peaks)
+    if n == 0:
+        return mask
+    cut = np.zeros(mask.shape, np.uint8)
+    for cy, cx in ndi.center_of_mass(peaks, lab, np.arange(1, n + 1)):
+        iy, ix = int(round(cy)), int(round(cx))
+        disc = np.zeros_like(cut)
+        cv2.circle(disc, (ix, iy), int(round(dt[iy, ix] * (1.0 + CUT_WIDEN))), 1, -1)
+        if nuclear[disc > 0].mean() <= RBC_NUCLEAR:
+            cut |= disc
+    kept = mask & (cut == 0)
+    r = max(1, int(round(0.15 * rw)))
+    se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    kept = (cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_OPEN, se) > 0) | (hull_w & mask)
+    lab, _ = ndi.label(kept)
+    kept = ndi.binary_fill_holes(np.isin(lab, np.unique(lab[hull_w & mask])) & (lab > 0))
+    if kept.sum() <= NUCLEUS_ONLY * (hull_w & mask).sum() or solidity(kept) <= solidity(mask):
+        return mask
+    return kept
 
 
 def _seeds(s_w: np.ndarray, t_low: float, nuc_w: np.ndarray, hull_w: np.ndarray,
