@@ -203,7 +203,8 @@ def test_cli_adapts_and_skips_bad_cells(site, model, hostile, capsys, tmp_path):
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and out.is_file()
     assert lines[0].startswith("skipped:") and "zz_corrupt.jpg" in lines[0]
-    assert lines[-1].startswith("AdaBN: 20 BatchNorm layers") and str(out) in lines[-1]
+    assert lines[-2].startswith("AdaBN: 20 BatchNorm layers") and str(out) in lines[-2]
+    assert lines[-1] == "scale: not adapted (the model stores no training WBC scale; give --train-cells)"
     a = modelfile.read_meta(out)["adaptation"]
     assert a["n_cells"] == 32 and a["n_skipped"] == 1 and a["n_listed"] == N_SITE + 1
     after = nn.get_parameters(grad_only=False)           # nnabla's global parameters untouched
