@@ -155,7 +155,7 @@ def finetune_curve(out: Path, variant: str, seed: int) -> dict:
             d1.drop(index=d1.index[sorted(pick)]).to_csv(ft / "rest.csv", index=False)
             if not (ft / "model.nnp").exists():
                 wbc("finetune", start, ft / "labelled.csv", ft / "model.nnp", "--seed", r)
-            rows.append(dict(n=n, repeat=r, **five_class(predict(ft / "model.nnp", ft / "rest.csv",
+            rows.append(dict(labelled=n, repeat=r, **five_class(predict(ft / "model.nnp", ft / "rest.csv",
                                                                  ft / "pred_rest.csv"))))
     (run / "finetune_curve.json").write_text(json.dumps(rows, indent=1))
     return rows
@@ -166,7 +166,7 @@ def summarize(out: Path) -> None:
     print("| variant | seed | pbc6 valid 6 / 5 | d1 5-class | d1 white-balance | d1 Reinhard | d1 AdaBN "
           "| d1 AdaBN + scale | d1 recall (Neu, Lym, Mon, Eos), last column |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for p in sorted(out.glob("*_s*/cross_site.json")):
+    for p in sorted(q for q in out.glob("*_s*/cross_site.json") if not q.parent.is_symlink()):
         r = json.loads(p.read_text())
         acc = {k: (f"{r[k]['acc5']:.3f}" if k in r else "-")
                for k in ("d1", "d1_white-balance", "d1_reinhard", "d1_adapted_bn", "d1_adapted")}
@@ -177,9 +177,11 @@ def summarize(out: Path) -> None:
               f"| {acc['d1_adapted']} | {rec} |")
     for p in sorted(out.glob("*_s*/finetune_curve.json")):
         df = pd.DataFrame(json.loads(p.read_text()))
-        g = df.groupby("n")["acc5"].agg(["mean", "std", "min", "max", "count"])
+        g = df.groupby("labelled")["acc5"].agg(["mean", "std", "min", "max", "count"])
         print(f"\nfine-tuning curve of {p.parent.name} (5-class accuracy on the remaining d1 cells):\n")
-        print(g.round(3).to_markdown())
+        print("| labelled cells | mean | sd | min | max | repeats |\n| --- | --- | --- | --- | --- | --- |")
+        for n, r in g.iterrows():
+            print(f"| {n} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {int(r['count'])} |")
 
 
 def main():
