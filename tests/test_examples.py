@@ -14,6 +14,7 @@ TINY = {
     "04_predict_and_score.py": ["--pending-threshold", "0.3"],
     "05_compare.py": [],
     "06_gradcam.py": ["--n", "2"],
+    "07_other_lab.py": ["--iterations", "3"],
 }
 
 
@@ -34,6 +35,8 @@ def test_examples_run_in_order(tmp_path):
         assert (w / f).is_file(), f
     assert "rank-sum p" in outputs["05_compare.py"]
     assert len(list((w / "gradcam").glob("*.png"))) == 2
+    assert "adapt: 20 BatchNorm layers" in outputs["07_other_lab.py"]
+    assert (w / "model_B_tuned.nnp").is_file() and "domain check:" in outputs["07_other_lab.py"]
 
 
 @pytest.mark.slow
