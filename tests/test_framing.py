@@ -103,3 +103,22 @@ def test_adapt_stores_the_site_zoom_and_predict_applies_it(tmp_path, tiny_model)
     plain = adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "b.nnp", max_images=32,
                                        scale=False)
     assert plain["scale"] is None and modelfile.read_meta(tmp_path / "b.nnp")["zoom"] == 1.0
+
+
+@pytest.mark.slow
+def test_adapt_scale_on_cells_without_wbcs_is_refused_with_the_way_out(tmp_path, tiny_model):
+    """A site whose crops show no WBC cannot give a scale: a clear error naming the cells and
+    --no-scale, nothing written; with scale=False the statistics are still adapted."""
+    pytest.importorskip("nnabla")
+    from wbc_nnabla import adaptation
+    site = tmp_path / "blank"
+    site.mkdir()
+    for i in range(32):
+        fileio.write_image(site / f"c{i:02d}.png", np.full((64, 64, 3), 200 + (i % 20), np.uint8))
+    train_csv = tmp_path / "train.csv"
+    fileio.read_cells(fileio.demo_data())[["path"]].iloc[:40].to_csv(train_csv, index=False)
+    with pytest.raises(adaptation.AdaptationError, match="blank.*--no-scale"):
+        adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "a.nnp", train_cells=train_csv)
+    assert not (tmp_path / "a.nnp").exists()
+    r = adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "b.nnp", scale=False)
+    assert r["scale"] is None and (tmp_path / "b.nnp").is_file()

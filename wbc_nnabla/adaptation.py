@@ -88,7 +88,7 @@ def _estimate(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageL
         return {k: variables[k].d.copy() for k in bn_statistics(params)}
 
 
-def site_scale(meta: dict, paths, seed: int, train_cells=None) -> Optional[dict]:
+def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "site cells") -> Optional[dict]:
     """The re-framing of a site's crops to the training scale (:mod:`wbc_nnabla.framing`), or None.
 
     The training cells' median WBC share is the model's (``meta['wbc_share']``, stored by
@@ -100,7 +100,11 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None) -> Optional[dict]
         training_share = framing.median_share(list(fileio.read_cells(train_cells)["path"]), seed=seed)
     if not training_share:
         return None
-    site = framing.median_share(list(paths), seed=seed)
+    try:
+        site = framing.median_share(list(paths), seed=seed)
+    except InputError as e:
+        raise AdaptationError(f"{where}: {e}; adapt the BatchNorm statistics only with --no-scale "
+                              f"(scale=False)") from None
     return dict(training=training_share, site=site, zoom=framing.site_zoom(site, training_share))
 
 
@@ -151,7 +155,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
                               f"unreadable) give {len(rows)} in whole batches of {batch_size}; AdaBN needs at "
                               f"least {need}: batch statistics of a handful of cells are noise")
     paths = [loader.paths[i] for i in rows]
-    scaling = site_scale(meta, paths, seed, train_cells) if scale else None
+    scaling = site_scale(meta, paths, seed, train_cells, str(cells)) if scale else None
     zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))
     loader = training.ImageLoader(loader.paths, loader.labels, size,
                                   transform=(lambda rgb: framing.reframe(rgb, zoom)) if zoom != 1.0 else None)
