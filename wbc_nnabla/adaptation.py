@@ -157,8 +157,9 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     paths = [loader.paths[i] for i in rows]
     scaling = site_scale(meta, paths, seed, train_cells, str(cells)) if scale else None
     zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))
-    loader = training.ImageLoader(loader.paths, loader.labels, size,
-                                  transform=(lambda rgb: framing.reframe(rgb, zoom)) if zoom != 1.0 else None)
+    if zoom != 1.0:      # the cells read so far (and cached) are unframed: read them again re-framed
+        loader = training.ImageLoader(loader.paths, loader.labels, size,
+                                      transform=lambda rgb: framing.reframe(rgb, zoom))
     stats = _estimate(params, meta, loader, rows, batch_size, size)
     record = dict(method="AdaBN", model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
                   source=str(cells.resolve()), n_cells=len(rows), n_listed=len(table), n_skipped=len(skipped),

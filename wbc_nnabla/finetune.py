@@ -31,7 +31,7 @@ import nnabla.functions as F
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import classes, fileio, framing, modelfile, models, training
+from . import classes, fileio, framing, modelfile, training
 from .errors import WBCError
 from .recipe import AdaBoundConfig, Augmentation, FinetuneConfig
 
@@ -94,24 +94,16 @@ def _grouped_loss(logits: nn.Variable, t: nn.Variable, member: np.ndarray) -> nn
     return F.mean(-F.log(F.sum(probs * onehot, axis=1) + 1e-7))
 
 
-def _graph(meta: dict, batch_size: int, size: int, member: np.ndarray, seed: int):
-    """(x, t, loss): augmented input, the network with frozen BatchNorm statistics, the grouped loss."""
-    x = nn.Variable(models.input_shape(batch_size, size))
-    t = nn.Variable((batch_size, 1))
-    h = training.augment(x, Augmentation(), seed)
-    with nn.parameter_scope(training.SCOPE):        # where training.parameters() finds them
-        logits = models.resnet(h, meta["arch"], int(meta["num_classes"]), test=True,
-                               norm=meta.get("norm") or "batch")
-    return x, t, _grouped_loss(logits, t, member)
-
-
 def _fit(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, member: np.ndarray,
          cfg: FinetuneConfig, size: int, progress: bool) -> Tuple[Dict[str, np.ndarray], List[float]]:
     """(the fine-tuned parameters, Cost per iteration) in a parameter scope of their own."""
     batch = min(cfg.batch_size, len(loader))
     with nn.parameter_scope("", {}):
         nn.random.seed(cfg.seed)
-        x, t, loss = _graph(meta, batch, size, member, cfg.seed)
+        # the training graph with the paper's augmentation, BatchNorm in running-statistics mode
+        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), batch, size, test=True,
+                                     aug=Augmentation(), aug_seed=cfg.seed, norm=meta.get("norm") or "batch")
+        x, t, loss = graph.x, graph.t, _grouped_loss(graph.logits, graph.t, member)
         variables = training.parameters()
         missing = set(params) ^ set(variables)
         if missing:
