@@ -10,6 +10,7 @@ import it with the repository root on ``sys.path``::
 
 Nothing here imports nnabla at import time (scoring tests stay nnabla-free).
 """
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,18 @@ import pandas as pd
 from wbc_nnabla import classes, fileio
 from wbc_nnabla.classes import CLASSES6
 from wbc_nnabla.predictions import PROB_COLUMNS
+
+# ----------------------------------------------------------------------------- files
+
+
+def file_hashes(*paths) -> dict:
+    """``{path: SHA-256}`` of each file given and of every file under each folder given (sources
+    a command must only read are compared before and after it)."""
+    files = []
+    for f in map(Path, paths):
+        files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
 
 # ----------------------------------------------------------------------------- demo cells
 

@@ -12,18 +12,13 @@ import pytest
 
 nn = pytest.importorskip("nnabla")
 
+from helpers import file_hashes  # noqa: E402
+
 from wbc_nnabla import adaptation, cli, fileio, modelfile, models  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 N_SITE = 40
-
-
-def _hashes(*folders_or_files) -> dict:
-    files = []
-    for f in map(Path, folders_or_files):
-        files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +50,9 @@ def model(site, tiny_model):
 def adapted(site, model):
     root, cells, _ = site
     out = root / "out" / "adapted.nnp"
-    before = _hashes(model, cells)
+    before = file_hashes(model, cells)
     r = adaptation.adapt_batchnorm(model, cells, out, max_images=32, batch_size=16, seed=3)
-    assert _hashes(model, cells) == before          # sources only read
+    assert file_hashes(model, cells) == before          # sources only read
     return out, r
 
 
@@ -184,14 +179,14 @@ def test_cli_refusals_one_line_nothing_written(site, model, hostile, capsys, tmp
     _, cells, _ = site
     src = hostile.get(case, cells) if case in ("few", "empty", "bad") else cells
     out = {"existing": hostile["existing"], "model": model}.get(case, tmp_path / "out" / "a.nnp")
-    before = _hashes(site[0])
+    before = file_hashes(site[0])
     argv = ["adapt", model, src, out] + (["--overwrite"] if case == "model" else [])
     rc, err = _run_cli(capsys, argv)
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("wbc-nnabla adapt: error:") and expected in err, err
     if case == "few":
         assert f"at least {adaptation.MIN_ADAPT_IMAGES}" in err
-    assert _hashes(site[0]) == before
+    assert file_hashes(site[0]) == before
     assert not (tmp_path / "out").exists()
 
 
@@ -219,9 +214,9 @@ def test_refuses_a_groupnorm_model_naming_it_nothing_written(site, tiny_gn_model
     gn = tmp_path / "in" / f"gn_{name}"
     gn.parent.mkdir()
     gn.write_bytes((tiny_gn_model / name).read_bytes())
-    before = _hashes(gn, cells)
+    before = file_hashes(gn, cells)
     with pytest.raises(adaptation.AdaptationError, match=f"gn_{name}: is a GroupNorm model.*nothing to adapt"):
         adaptation.adapt_batchnorm(gn, cells, tmp_path / "out" / "a.nnp", size=32)
     rc, err = _run_cli(capsys, ["adapt", gn, cells, tmp_path / "out" / "a.nnp", "--size", "32"])
     assert rc == 2 and len(err.splitlines()) == 1 and f"gn_{name}: is a GroupNorm model" in err, err
-    assert not (tmp_path / "out").exists() and _hashes(gn, cells) == before
+    assert not (tmp_path / "out").exists() and file_hashes(gn, cells) == before

@@ -5,7 +5,6 @@ The session's tiny model (32 px) is fine-tuned for a few iterations on labelled 
 and ``preprocess`` are copied byte for byte, the weights move, the record says what was used,
 ``predict`` reads the result, and bad input is refused naming the file with nothing written.
 """
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,12 @@ import pytest
 
 nn = pytest.importorskip("nnabla")
 
+from helpers import file_hashes  # noqa: E402
+
 from wbc_nnabla import cli, classes, fileio, finetune, modelfile, predictor  # noqa: E402
 from wbc_nnabla.recipe import FinetuneConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _hashes(*paths) -> dict:
-    files = []
-    for f in map(Path, paths):
-        files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +37,10 @@ def tuned(labelled, tiny_model):
     root, csv = labelled
     model = root / "model.nnp"
     model.write_bytes((tiny_model / "model.nnp").read_bytes())
-    before = _hashes(model, csv)
+    before = file_hashes(model, csv)
     r = finetune.finetune(model, csv, root / "out" / "tuned.nnp", FinetuneConfig(iterations=6, batch_size=8),
                           progress=False)
-    assert _hashes(model, csv) == before          # sources only read
+    assert file_hashes(model, csv) == before          # sources only read
     return model, root / "out" / "tuned.nnp", r
 
 
@@ -129,9 +123,9 @@ def test_cli_refuses_labels_outside_the_models_classes(tmp_path, tiny_model, cap
 def test_cli_never_replaces_the_model_or_an_existing_file(tmp_path, tiny_model, labelled, capsys):
     model = tmp_path / "model.nnp"
     model.write_bytes((tiny_model / "model.nnp").read_bytes())
-    before = _hashes(model)
+    before = file_hashes(model)
     assert "never replaced" in _refused(capsys, "finetune", model, labelled[1], model, "--iterations", 1)
     other = tmp_path / "other.nnp"
     other.write_bytes(b"a user's file")
     _refused(capsys, "finetune", model, labelled[1], other, "--iterations", 1)
-    assert other.read_bytes() == b"a user's file" and _hashes(model) == before
+    assert other.read_bytes() == b"a user's file" and file_hashes(model) == before

@@ -3,6 +3,8 @@
 The 480x480 (training) and 320x320 (inference) shapes are exercised by
 benchmarks/bench_training.py; tests use 64 and 96 px to stay fast.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -178,14 +180,19 @@ def _examples_params(rng, nhwc=True):
     return p
 
 
-def test_examples_h5_maps_onto_our_names(tmp_path):
-    rng = np.random.RandomState(0)
-    src = _examples_params(rng)
-    path = tmp_path / "rn18-nhwc.h5"
+def _examples_h5(path: Path) -> dict:
+    """Write :func:`_examples_params` (seed 0, NHWC) as an nnabla ``.h5`` at ``path``; returns them."""
+    src = _examples_params(np.random.RandomState(0))
     with nn.parameter_scope("gen"):
         for k, v in src.items():
             nn.parameter.get_parameter_or_create(k, v.shape).d = v
         nn.save_parameters(str(path))
+    return src
+
+
+def test_examples_h5_maps_onto_our_names(tmp_path):
+    path = tmp_path / "rn18-nhwc.h5"
+    src = _examples_h5(path)
     out = pretrained.load_imagenet(path, "resnet18")
     shapes = _conv_shapes("resnet18")
     expected = {k for k in shapes if not k.startswith(("fc/", "preprocess/"))}
@@ -332,12 +339,8 @@ def test_groupnorm_layer_is_per_image_group_standardisation():
 
 def test_imagenet_weights_for_groupnorm_are_the_convolutions_only(tmp_path):
     """ImageNet files hold BatchNorm: a GroupNorm network takes only their convolution weights."""
-    src = _examples_params(np.random.RandomState(0))
     path = tmp_path / "rn18-nhwc.h5"
-    with nn.parameter_scope("gen"):
-        for k, v in src.items():
-            nn.parameter.get_parameter_or_create(k, v.shape).d = v
-        nn.save_parameters(str(path))
+    _examples_h5(path)
     full = pretrained.load_imagenet(path, "resnet18")
     conv = pretrained.load_imagenet(path, "resnet18", norm="group")
     assert set(conv) == {k for k in full if k.endswith("/conv/W")} and len(conv) == 20
