@@ -11,6 +11,8 @@ Every step is a `wbc-nnabla` command a user runs (nothing private); per variant 
         --train-cells OUT/data_sS/train.csv [--no-scale]                     # AdaBN (+ WBC scale) on d1
     wbc-nnabla predict OUT/VARIANT_sS/adapted_d1.nnp OUT/d1.csv ...
     wbc-nnabla predict ... --stain reinhard --stain-reference OUT/data_sS/train.csv   # lever (c)
+    wbc-nnabla predict ... --prior normal        # a healthy adult's differential as the class prior
+    wbc-nnabla self-train OUT/VARIANT_sS/adapted_d1.nnp OUT/d1_unlabelled.csv OUT/VARIANT_sS/self_trained_d1.nnp
 
 and, with ``--finetune-curve VARIANT``, few-shot fine-tuning on N labelled d1 cells (N = 10, 25,
 50, 100; a stratified pick, 3 repeats) of the d1-adapted model, scored on the remaining cells:
@@ -52,6 +54,7 @@ VARIANTS = {
     "colormag": COLOUR + WIDE_MAG,
     "group_colormag": ["--norm", "group"] + COLOUR + WIDE_MAG,
     "robust": ["--recipe", "robust"],
+    "robust_hue": ["--recipe", "robust", "--hue", "30"],
 }
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
@@ -117,13 +120,16 @@ def is_batchnorm(model: Path) -> bool:
     return modelfile.read_model(model)[1].get("norm", "batch") == "batch"
 
 
-def evaluate(out: Path, variant: str, seed: int, stain: bool) -> dict:
+def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool = True) -> dict:
     """Every measurement of one trained variant; returns (and writes) ``RUN/cross_site.json``."""
     data, run = out / f"data_s{seed}", out / f"{variant}_s{seed}"
     model = run / "model.nnp"
     res = dict(variant=variant, seed=seed, flags=VARIANTS[variant],
                pbc6_valid=in_domain(predict(model, data / "valid.csv", run / "pred_valid.csv")),
-               d1=five_class(predict(model, out / "d1.csv", run / "pred_d1.csv")))
+               pbc6_valid_prior=in_domain(predict(model, data / "valid.csv", run / "pred_valid_prior.csv",
+                                                  "--prior", "normal")),
+               d1=five_class(predict(model, out / "d1.csv", run / "pred_d1.csv")),
+               d1_prior=five_class(predict(model, out / "d1.csv", run / "pred_d1_prior.csv", "--prior", "normal")))
     if is_batchnorm(model):
         for name, flags in (("adapted_bn", ["--no-scale"]), ("adapted", [])):
             adapted = run / f"{name}_d1.nnp"
@@ -131,6 +137,16 @@ def evaluate(out: Path, variant: str, seed: int, stain: bool) -> dict:
                 # --train-cells: runs trained before the model stored its WBC scale get it measured
                 wbc("adapt", model, out / "d1_unlabelled.csv", adapted, "--train-cells", data / "train.csv", *flags)
             res[f"d1_{name}"] = five_class(predict(adapted, out / "d1.csv", run / f"pred_d1_{name}.csv"))
+        res["d1_adapted_prior"] = five_class(predict(run / "adapted_d1.nnp", out / "d1.csv",
+                                                     run / "pred_d1_adapted_prior.csv", "--prior", "normal"))
+        if self_train:
+            tuned = run / "self_trained_d1.nnp"
+            if not tuned.exists():
+                wbc("self-train", run / "adapted_d1.nnp", out / "d1_unlabelled.csv", tuned, "--no-progress")
+            res["d1_self_trained"] = five_class(predict(tuned, out / "d1.csv", run / "pred_d1_self_trained.csv"))
+            res["d1_self_trained_prior"] = five_class(predict(tuned, out / "d1.csv",
+                                                              run / "pred_d1_self_trained_prior.csv",
+                                                              "--prior", "normal"))
     if stain:
         for method in ("white-balance", "reinhard"):
             res[f"d1_{method}"] = five_class(predict(model, out / "d1.csv", run / f"pred_d1_{method}.csv",
@@ -175,6 +191,21 @@ def summarize(out: Path) -> None:
         print(f"| {r['variant']} | {r['seed']} | {r['pbc6_valid']['acc6']:.3f} / {r['pbc6_valid']['acc5']:.3f} "
               f"| {acc['d1']} | {acc['d1_white-balance']} | {acc['d1_reinhard']} | {acc['d1_adapted_bn']} "
               f"| {acc['d1_adapted']} | {rec} |")
+    print("\nclass prior (`predict --prior normal`) and self-training (`self-train` of the d1-adapted model):\n")
+    print("| variant | seed | pbc6 valid 6 / 5, prior | d1, prior | d1 AdaBN + scale, prior | d1 self-trained "
+          "| d1 self-trained, prior | d1 recall (Neu, Lym, Mon, Eos), AdaBN + scale, prior |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for p in sorted(q for q in out.glob("*_s*/cross_site.json") if not q.parent.is_symlink()):
+        r = json.loads(p.read_text())
+        if "d1_prior" not in r:
+            continue
+        acc = {k: (f"{r[k]['acc5']:.3f}" if k in r else "-")
+               for k in ("d1_prior", "d1_adapted_prior", "d1_self_trained", "d1_self_trained_prior")}
+        best = r.get("d1_adapted_prior", r["d1_prior"])["recall"]
+        rec = ", ".join(f"{best.get(c, float('nan')):.2f}" for c in ("Neutrophil", "Lymph", "Mono", "Eosinophil"))
+        v = r["pbc6_valid_prior"]
+        print(f"| {r['variant']} | {r['seed']} | {v['acc6']:.3f} / {v['acc5']:.3f} | {acc['d1_prior']} "
+              f"| {acc['d1_adapted_prior']} | {acc['d1_self_trained']} | {acc['d1_self_trained_prior']} | {rec} |")
     for p in sorted(out.glob("*_s*/finetune_curve.json")):
         df = pd.DataFrame(json.loads(p.read_text()))
         g = df.groupby("labelled")["acc5"].agg(["mean", "std", "min", "max", "count"])
@@ -192,6 +223,7 @@ def main():
     ap.add_argument("--pbc6", type=Path, default=SHARED / "pbc6")
     ap.add_argument("--d1", type=Path, default=SHARED / "zheng2018-d1")
     ap.add_argument("--no-stain", action="store_true", help="skip the colour-standardisation measurements")
+    ap.add_argument("--no-self-train", action="store_true", help="skip the self-training measurement")
     ap.add_argument("--finetune-curve", metavar="VARIANT", choices=sorted(VARIANTS), default=None)
     ap.add_argument("--summarize", action="store_true")
     a, extra = ap.parse_known_args()
@@ -203,7 +235,7 @@ def main():
     for seed in a.seed or [0]:
         for variant in a.variant:
             train_variant(a.out, a.pbc6, variant, seed, extra)
-            r = evaluate(a.out, variant, seed, stain=not a.no_stain)
+            r = evaluate(a.out, variant, seed, stain=not a.no_stain, self_train=not a.no_self_train)
             print(json.dumps({k: r[k] for k in r if k not in ("flags",)}, indent=1, default=str)[:2000])
         if a.finetune_curve:
             finetune_curve(a.out, a.finetune_curve, seed)

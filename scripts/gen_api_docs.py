@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 MODULES = ["errors", "classes", "recipe", "sampling", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
-           "training", "checkpoint", "predictor", "export", "adaptation", "predictions", "scoring", "report", "gradcam",
+           "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "adaptation",
+           "finetune", "selftraining", "predictions", "scoring", "report", "gradcam",
            "reproduce_report", "pipeline", "cli"]
 
 

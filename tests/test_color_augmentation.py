@@ -127,3 +127,18 @@ def test_resume_of_a_run_saved_before_the_colour_terms(tiny_dataset, tiny_model,
     (out / "config.json").write_text(json.dumps(cfg))
     s = training.train(tiny_dataset, out, TrainConfig(epochs=3, **dict(FAST, max_iterations=1)), resume=True)
     assert len(s["history"]) == 3
+
+
+def test_hue_turns_colour_about_grey_per_image():
+    out = _colour(hue=30)
+    np.testing.assert_allclose(out.mean(axis=1), RGB.mean(), atol=1e-5)        # grey kept (no clipping here)
+    chroma0, chroma = RGB - RGB.mean(), out - out.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(chroma, axis=1), np.linalg.norm(chroma0), rtol=1e-4)
+    axis = np.ones(3) / np.sqrt(3)
+    turn = np.degrees(np.arctan2(np.cross(chroma0, chroma) @ axis, chroma @ chroma0))
+    assert np.all(np.abs(turn) <= 30 + 1e-3) and turn.std() > 5             # in [-30, 30] degrees, varied
+    assert turn.min() < -15 and turn.max() > 15
+
+
+def test_hue_is_a_colour_term():
+    assert Augmentation(hue=10).color and not Augmentation().color

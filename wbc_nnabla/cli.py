@@ -20,8 +20,8 @@ from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PAPER,
-                     RECIPE_NAMES, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, TrainConfig, WEIGHT_INIT_NAMES,
-                     recipe_augmentation)
+                     RECIPE_NAMES, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, SelfTrainConfig,
+                     TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
 
 
 class CLIError(WBCError):
@@ -266,7 +266,7 @@ def _cmd_predict(args) -> int:
         df = predictor.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
                                expected_classes=_expected_classes(args.classes), progress=not args.no_progress,
                                skip_bad=args.skip_bad, stain=args.stain,
-                               stain_reference=_stain_reference(args.stain, args.stain_reference))
+                               stain_reference=_stain_reference(args.stain, args.stain_reference), prior=args.prior)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
     predictions.write_predictions(df, out, config=predictor.run_config(df, args.model, args.cells, args.batch_size),
@@ -343,6 +343,11 @@ def _add_inference(sub) -> None:
     p.add_argument("--stain-reference", default=None, metavar="CELLS",
                    help="cells whose colours are the target of --stain: the model's training cells, e.g. "
                         "its dataset's train.csv")
+    p.add_argument("--prior", default="none", metavar="PRIOR",
+                   help="correct the probabilities from the balanced training classes to a smear's expected "
+                        "differential: none (default), normal (a healthy adult's), or Class=share,... "
+                        "(e.g. Segment=0.57,Band=0.03,Lymph=0.3,Mono=0.06,Eosinophil=0.03,Basophil=0.01); "
+                        "lowers the sensitivity to rare cells, see docs/inference.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("export", help="export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")
@@ -425,6 +430,36 @@ def _add_finetune(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_self_train(args) -> int:
+    from .selftraining import self_train
+    r = self_train(args.model, args.site_cells, args.out, _settings(SelfTrainConfig, args), overwrite=args.overwrite,
+                   progress=not args.no_progress, skip_bad=args.skip_bad)
+    for d in r["rounds"]:
+        counts = ", ".join(f"{k} {v}" for k, v in d["per_class"].items())
+        print(f"round {d['round']}: {d['n_pseudo']} of {d['n_cells']} cells pseudo-labelled ({counts}); "
+              f"Cost {d['cost_first']:.3f} -> {d['cost_last']:.3f}")
+    print(f"self-trained {args.model} on {args.site_cells} -> {r['out']}")
+    return 0
+
+
+def _add_self_train(sub) -> None:
+    p = sub.add_parser("self-train", help="self-train a model on another lab's unlabelled cells (pseudo-labels)",
+                       description="Class-balanced self-training on a new site's unlabelled cells (the paper's "
+                                   "semi-supervised proposal): the model labels the cells, is fine-tuned on the "
+                                   "most confident share of each predicted class, and labels them again, for a "
+                                   "few rounds. Best after `adapt`. Pseudo-labels repeat the model's own "
+                                   "mistakes: check the result on labelled cells. See docs/cross_site.md.")
+    p.add_argument("model", help="model .nnp / .h5 to start from (never changed)")
+    p.add_argument("site_cells", help="the site's cells: a folder, CSV or NNC dataset (labels ignored)")
+    p.add_argument("out", help="self-trained model .nnp to write (records each round in wbc_nnabla.json)")
+    _add_settings(p, SelfTrainConfig, defaults=True)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable, corrupt or too small images instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_self_train)
 
 
 # ----------------------------------------------------------------------------- scoring, report
@@ -697,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbc-nnabla {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_finetune,
+    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_finetune, _add_self_train,
                 _add_domain, _add_scoring,
                 _add_gradcam, _add_pipeline):
         add(sub)

@@ -125,6 +125,22 @@ def _fit(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader
         return {k: v.d.copy() for k, v in variables.items()}, costs
 
 
+def tune(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[str], labels: np.ndarray,
+         cfg: FinetuneConfig, size: int, progress: bool = True) -> Tuple[Dict[str, np.ndarray], List[float]]:
+    """(``params`` fine-tuned on the cells ``paths``, Cost per iteration); nothing is written.
+
+    labels: ``(N,)`` int, indices into :func:`target_groups` of ``meta['class_names']``.
+    Every image is read (and a bad one named) before any training; each crop is seen as
+    the model sees it (:func:`wbc_nnabla.framing.model_view`: the site's zoom).
+    """
+    _, member = target_groups(meta["class_names"])
+    loader = training.ImageLoader(list(paths), np.asarray(labels, np.int32), size,
+                                  transform=framing.model_view(meta))
+    for i in range(len(loader)):
+        loader.image(i)
+    return _fit(params, meta, loader, member, cfg, size, progress)
+
+
 def _record(model: Path, cells: Path, labels: np.ndarray, names: List[str], paths: List[str],
             cfg: FinetuneConfig, size: int, costs: List[float]) -> dict:
     counts = np.bincount(labels, minlength=len(names))
@@ -164,11 +180,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     except modelfile.ModelError as e:
         raise FinetuneError(str(e)) from None
     paths, labels, names = read_labelled(cells, meta["class_names"])
-    _, member = target_groups(meta["class_names"])
-    loader = training.ImageLoader(paths, labels, size, transform=framing.model_view(meta))
-    for i in range(len(loader)):
-        loader.image(i)                 # every image read (and named if bad) before any training
-    tuned, costs = _fit(params, meta, loader, member, cfg, size, progress)
+    tuned, costs = tune(params, meta, paths, labels, cfg, size, progress)
     record = _record(model, cells, labels, names, paths, cfg, size, costs)
     modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "finetune", record))
     log.info("fine-tuned %s on %d cells of %s (%d iterations; Cost %.3f -> %.3f) -> %s", model, len(paths),

@@ -52,8 +52,72 @@ PROB_SUM_TOL = 0.01
 PRED_TIE_TOL = 1e-6
 
 
+#: ``predict --prior`` names: ``none`` (the model's probabilities as they are) and ``normal``
+#: (:data:`NORMAL_DIFFERENTIAL`); ``Class=share,...`` gives a lab's own (:func:`parse_prior`).
+PRIOR_NAMES = ("none", "normal")
+#: A healthy adult's differential as shares of all WBCs, ``--prior normal``: the rounded middle of
+#: the usual reference intervals (neutrophils 40-75 %, of them a few per cent bands; lymphocytes
+#: 20-45 %; monocytes 2-10 %; eosinophils 1-6 %; basophils 0-1 %). Set from those intervals before
+#: any foreign-site result and not changed after (docs/cross_site.md).
+NORMAL_DIFFERENTIAL: Dict[str, float] = {"Band": 0.03, "Segment": 0.57, "Lymph": 0.30, "Mono": 0.06,
+                                         "Eosinophil": 0.03, "Basophil": 0.01}
+
+
 class PredictionsError(WBCError, ValueError):
     """A predictions file (or option) that cannot be scored; the message names file, line and column."""
+
+
+# ----------------------------------------------------------------------------- class prior
+
+
+def parse_prior(text: Union[str, Dict[str, float], None]) -> Optional[Dict[str, float]]:
+    """The prior ``predict`` corrects towards: None for ``none``, :data:`NORMAL_DIFFERENTIAL` for
+    ``normal``, else ``"Class=share,Class=share,..."`` (or a dict) of positive shares (any scale)."""
+    if text is None or isinstance(text, dict):
+        shares = text
+    elif text in PRIOR_NAMES:
+        shares = None if text == "none" else dict(NORMAL_DIFFERENTIAL)
+    else:
+        shares = {}
+        for item in str(text).split(","):
+            name, eq, value = item.partition("=")
+            try:
+                shares[name.strip()] = float(value) if eq else float("nan")
+            except ValueError:
+                shares[name.strip()] = float("nan")
+    for name, v in (shares or {}).items():
+        if not (np.isfinite(v) and v > 0):
+            raise PredictionsError(f"prior {text!r}: {name!r} needs a positive share (expected "
+                                   f"{' or '.join(PRIOR_NAMES)}, or Class=share,... e.g. Segment=0.57,Lymph=0.3)")
+    return shares
+
+
+def prior_weights(class_names: Sequence[str], prior: Dict[str, float],
+                  train_prior: Optional[Dict[str, float]] = None) -> np.ndarray:
+    """Per-class factors ``(C,)``: the target share over the training share of each of ``class_names``.
+
+    A ``Neutrophil`` class takes Band + Segment of ``prior``. ``train_prior`` None: the classes
+    were balanced in training (``build-dataset``, like the paper's datasets, section II.3).
+    """
+    def share(shares: Dict[str, float], c: str) -> float:
+        if c in shares:
+            return shares[c]
+        subtypes = [s for s in CLASSES6 if classes.to_class5(s) == c and s != c]
+        if subtypes and all(s in shares for s in subtypes):
+            return sum(shares[s] for s in subtypes)
+        raise PredictionsError(f"prior gives no share for class {c!r} (the model's classes: "
+                               f"{', '.join(class_names)})")
+    target = np.array([share(prior, c) for c in class_names], np.float64)
+    train = np.ones(len(class_names)) if train_prior is None else \
+        np.array([share(train_prior, c) for c in class_names], np.float64)
+    return (target / target.sum()) / (train / train.sum())
+
+
+def apply_prior(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Bayes' rule for a change of class prior (label shift; Saerens et al., Neural Comput. 2002):
+    ``p'(c|x) = p(c|x) w_c / sum_k p(k|x) w_k`` on ``(N, C)`` probabilities, rows sum to 1."""
+    q = np.asarray(probs, np.float64) * weights[None, :]
+    return (q / q.sum(axis=1, keepdims=True)).astype(np.asarray(probs).dtype)
 
 
 # ----------------------------------------------------------------------------- building and writing

@@ -40,7 +40,7 @@ from . import domain, fileio
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
-from .predictions import predictions_table
+from .predictions import apply_prior, parse_prior, predictions_table, prior_weights
 from .recipe import BACKEND_NAMES
 from .framing import model_view
 from .stain import standardiser
@@ -386,7 +386,7 @@ def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]],
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
             progress: bool = True, skip_bad: bool = False, stain: str = "none",
-            stain_reference: Optional[dict] = None) -> pd.DataFrame:
+            stain_reference: Optional[dict] = None, prior=None) -> pd.DataFrame:
     """Predict every cell (section III's inference, 150-200 cells per smear).
 
     model: a model file (``.nnp``, ``.h5`` or exported ``.onnx``) or a loaded
@@ -406,6 +406,10 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     stain: colour standardisation of each cell before it is resized (:data:`wbc_nnabla.stain.STAIN_METHODS`;
         default ``none``), towards ``stain_reference`` (:func:`wbc_nnabla.stain.reference` of the
         model's training cells).
+    prior: correct the probabilities from the training classes' balance to a smear's expected
+        differential (:func:`wbc_nnabla.predictions.parse_prior`: ``"normal"`` for a healthy
+        adult's, ``"Class=share,..."`` or a dict; None/``"none"``: off). Trades rare-class
+        sensitivity for accuracy on typical smears: docs/inference.md.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
     none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``) and ``skipped``.
@@ -413,6 +417,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
+    shares = parse_prior(prior)
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
     transform = cell_transform(engine.meta, stain, stain_reference)
@@ -421,11 +426,13 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
              engine.meta.get("arch"))
     t0 = time.perf_counter()
     probs, keep, skipped, desc = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform)
+    if shares:
+        probs = apply_prior(probs, prior_weights(engine.class_names, shares))
     out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
                      seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
                      norm=engine.meta.get("norm") or "batch", skipped=skipped,
-                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)))
+                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)), prior=shares or "none")
     return domain_check(out, engine.meta, desc, str(engine.model_path))
 
 

@@ -113,7 +113,11 @@ class Augmentation:
     * ``saturation``: ``x' = g + (x - g) * f``, ``g`` the per-pixel grey (mean of R, G, B),
       ``f`` uniform in ``[1-saturation, 1+saturation]`` per image (0 = greyscale);
     * ``log_gamma``: ``x' = x ** gamma`` (as ``(x + 1e-3) ** gamma - 1e-3 ** gamma``, so 0 stays 0)
-      with ``log(gamma)`` uniform in ``[-log_gamma, log_gamma]`` per image (natural log).
+      with ``log(gamma)`` uniform in ``[-log_gamma, log_gamma]`` per image (natural log);
+    * ``hue``: rotation of every pixel's colour about the grey axis ``(1, 1, 1)`` by ``theta``
+      uniform in ``[-hue, hue]`` **degrees** per image (Rodrigues' formula:
+      ``x' = x cos(theta) + (k x x) sin(theta) + g (1 - cos(theta))``, ``k`` the unit grey axis,
+      ``g`` the per-pixel grey): the grey and the chroma's length are kept, the hue turns.
     """
     contrast: float = setting(1.2, "factor in [1/c, c]")
     contrast_center: float = setting(0.5)
@@ -128,11 +132,12 @@ class Augmentation:
     od_shift: float = setting(0.0, "colour: optical density + b_c, b_c in [-b, b] per channel (0: off)")
     saturation: float = setting(0.0, "colour: grey + (x - grey) x f, f in [1-s, 1+s] (0: off)")
     log_gamma: float = setting(0.0, "colour: x ** gamma, ln(gamma) in [-g, g] (0: off)")
+    hue: float = setting(0.0, "colour: hue turned by [-h, h] degrees about the grey axis (0: off)")
 
     @property
     def color(self) -> bool:
         """Whether any colour term is on (the colour step is in the training graph)."""
-        return any((self.od_scale, self.od_shift, self.saturation, self.log_gamma))
+        return any((self.od_scale, self.od_shift, self.saturation, self.log_gamma, self.hue))
 
 
 #: ``train --recipe`` names: ``paper`` (the paper's ImageAugmentation, no colour term) and
@@ -255,3 +260,17 @@ class FinetuneConfig:
     final_lr: float = setting(0.01, "AdaBound final (SGD) learning rate")
     seed: int = setting(0, "seed of shuffles and augmentation")
     size: Optional[int] = setting(None, "input side in pixels (default: the model's size)")
+
+
+@dataclasses.dataclass
+class SelfTrainConfig(FinetuneConfig):
+    """Settings of :func:`wbc_nnabla.selftraining.self_train`: :class:`FinetuneConfig` per round, plus the rounds.
+
+    Class-balanced self-training (Zou et al., ECCV 2018, "CBST"): each round keeps, per
+    predicted class, the ``portion`` most confident of the cells the model gives that class,
+    and that portion grows by ``portion_step`` each round. CBST's schedule: from 20 % up to
+    50 %, chosen before any foreign-site result (docs/cross_site.md).
+    """
+    rounds: int = setting(3, "rounds of pseudo-labelling and fine-tuning")
+    portion: float = setting(0.2, "first round: share of each predicted class kept (most confident first)")
+    portion_step: float = setting(0.15, "added to the share each round (capped at 1)")

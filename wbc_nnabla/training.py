@@ -77,14 +77,14 @@ def _uniform(half_width: float, shape: Tuple[int, ...], seed: int, center: float
 def color_augment(x, aug: Augmentation, seed: int = -1):
     """The colour (stain/camera) step of :class:`Augmentation` on a [0, 1] batch ``(N, 3, H, W)``.
 
-    Optical density scale and shift per channel, saturation, gamma (formulas in
+    Optical density scale and shift per channel, saturation, gamma, hue (formulas in
     :class:`Augmentation`); only the terms that are non-zero are built. Every draw
     is per image (``(N, 1, 1, 1)``) or per image and channel (``(N, 3, 1, 1)``) and
     renewed at each forward. ``seed`` >= 0 seeds each ``F.rand`` with its own value
     derived from it (reproducible, like :func:`augment`); -1 uses nnabla's global seed.
     """
     n = x.shape[0]
-    seeds = [-1] * 4 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 4)]
+    seeds = [-1] * 5 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 5)]
     if aug.od_scale or aug.od_shift:
         od = -F.log(x + OD_EPS)
         if aug.od_scale:
@@ -99,7 +99,21 @@ def color_augment(x, aug: Augmentation, seed: int = -1):
     if aug.log_gamma:
         gamma = F.exp(_uniform(aug.log_gamma, (n, 1, 1, 1), seeds[3]))
         x = F.clip_by_value(F.exp(F.log(x + OD_EPS) * gamma) - OD_EPS ** gamma, 0.0, 1.0)
+    if aug.hue:
+        x = F.clip_by_value(_hue_turn(x, _uniform(math.radians(aug.hue), (n, 1, 1, 1), seeds[4])), 0.0, 1.0)
     return x
+
+
+def _hue_turn(x, theta):
+    """Turn the colour of ``x`` ``(N, 3, H, W)`` by ``theta`` ``(N, 1, 1, 1)`` radians about the grey axis.
+
+    Rodrigues' rotation about ``k = (1, 1, 1) / sqrt(3)``: ``(k . x) k`` is the per-pixel grey
+    and ``k x x = (b - g, r - b, g - r) / sqrt(3)``. nnabla has no hue function, hence by hand.
+    """
+    r, g, b = (F.slice(x, start=(0, c, 0, 0), stop=(x.shape[0], c + 1) + x.shape[2:]) for c in range(3))
+    cross = F.concatenate(b - g, r - b, g - r, axis=1) / math.sqrt(3.0)
+    grey = F.mean(x, axis=1, keepdims=True)
+    return x * F.cos(theta) + cross * F.sin(theta) + grey * (1.0 - F.cos(theta))
 
 
 def augment(x, aug: Augmentation, seed: int = -1):
