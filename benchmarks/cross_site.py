@@ -148,9 +148,14 @@ def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool =
                                                               run / "pred_d1_self_trained_prior.csv",
                                                               "--prior", "normal"))
     if stain:
-        for method in ("white-balance", "reinhard"):
+        for method in ("white-balance", "reinhard", "macenko"):
             res[f"d1_{method}"] = five_class(predict(model, out / "d1.csv", run / f"pred_d1_{method}.csv",
                                                      "--stain", method, "--stain-reference", data / "train.csv"))
+        res["d1_macenko_prior"] = five_class(predict(model, out / "d1.csv", run / "pred_d1_macenko_prior.csv",
+                                                     "--stain", "macenko", "--stain-reference", data / "train.csv",
+                                                     "--prior", "normal"))
+        res["pbc6_valid_macenko"] = in_domain(predict(model, data / "valid.csv", run / "pred_valid_macenko.csv",
+                                                      "--stain", "macenko", "--stain-reference", data / "train.csv"))
     (run / "cross_site.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -171,8 +176,10 @@ def finetune_curve(out: Path, variant: str, seed: int) -> dict:
             d1.drop(index=d1.index[sorted(pick)]).to_csv(ft / "rest.csv", index=False)
             if not (ft / "model.nnp").exists():
                 wbc("finetune", start, ft / "labelled.csv", ft / "model.nnp", "--seed", r)
-            rows.append(dict(labelled=n, repeat=r, **five_class(predict(ft / "model.nnp", ft / "rest.csv",
-                                                                 ft / "pred_rest.csv"))))
+            prior = five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest_prior.csv",
+                                       "--prior", "normal"))
+            rows.append(dict(labelled=n, repeat=r, acc5_prior=prior["acc5"],
+                             **five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest.csv"))))
     (run / "finetune_curve.json").write_text(json.dumps(rows, indent=1))
     return rows
 
@@ -209,10 +216,15 @@ def summarize(out: Path) -> None:
     for p in sorted(out.glob("*_s*/finetune_curve.json")):
         df = pd.DataFrame(json.loads(p.read_text()))
         g = df.groupby("labelled")["acc5"].agg(["mean", "std", "min", "max", "count"])
+        if "acc5_prior" in df:
+            g["prior"] = df.groupby("labelled")["acc5_prior"].mean()
         print(f"\nfine-tuning curve of {p.parent.name} (5-class accuracy on the remaining d1 cells):\n")
-        print("| labelled cells | mean | sd | min | max | repeats |\n| --- | --- | --- | --- | --- | --- |")
+        print("| labelled cells | mean | sd | min | max | repeats | mean with --prior normal |\n"
+              "| --- | --- | --- | --- | --- | --- | --- |")
         for n, r in g.iterrows():
-            print(f"| {n} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {int(r['count'])} |")
+            prior = f"{r['prior']:.3f}" if "prior" in r else "-"
+            print(f"| {n} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {int(r['count'])} "
+                  f"| {prior} |")
 
 
 def main():

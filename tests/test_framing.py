@@ -41,14 +41,53 @@ def test_reference_is_the_mean_of_the_images_statistics(tmp_path):
     ref = stain.reference(paths)
     np.testing.assert_allclose(ref["background"], [220, 225, 190], atol=0.01)
     assert ref["n_images"] == 2 and np.shape(ref["lab"]) == (2, 3)
+    assert np.shape(ref["macenko"]["stains"]) == (2, 3) and np.shape(ref["macenko"]["cmax"]) == (2,)
 
 
 def test_standardiser_refuses_unknown_method_or_missing_reference():
     assert stain.standardiser("none", None) is None
     with pytest.raises(InputError, match="reinhard"):
         stain.standardiser("reinhard", None)
-    with pytest.raises(InputError, match="macenko"):
+    with pytest.raises(InputError, match="vahadane"):
+        stain.standardiser("vahadane", {"lab": [[0, 0, 0], [1, 1, 1]]})
+    with pytest.raises(InputError, match="no stain separation"):
         stain.standardiser("macenko", {"lab": [[0, 0, 0], [1, 1, 1]]})
+
+
+AZURE, EOSIN = np.array([0.75, 0.62, 0.23]), np.array([0.20, 0.96, 0.19])
+
+
+def _two_stain_cell(azure, eosin, white, side=96, seed=0) -> np.ndarray:
+    """uint8 ``(side, side, 3)``: a nucleus of mostly ``azure`` in a cytoplasm of mostly ``eosin`` on ``white``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side]
+    r2 = (yy - side / 2) ** 2 + (xx - side / 2) ** 2
+    conc = np.zeros((side, side, 2))
+    cell, nucleus = r2 < (side / 3) ** 2, r2 < (side / 6) ** 2
+    conc[cell] = rng.uniform([0.0, 0.3], [0.3, 0.8], (cell.sum(), 2))
+    conc[nucleus] = rng.uniform([0.8, 0.0], [1.4, 0.3], (nucleus.sum(), 2))
+    stains = np.stack([azure, eosin]) / np.linalg.norm([azure, eosin], axis=1, keepdims=True)
+    return np.clip(np.asarray(white) * np.exp(-(conc @ stains)), 0, 255).round().astype(np.uint8)
+
+
+def test_macenko_finds_the_two_stains_azure_first():
+    stats = stain.macenko_statistics(_two_stain_cell(AZURE, EOSIN, (245, 240, 235)))
+    want = np.stack([AZURE, EOSIN]) / np.linalg.norm([AZURE, EOSIN], axis=1, keepdims=True)
+    assert np.all(np.sum(stats["stains"] * want, axis=1) > 0.99)          # cosine to the true directions
+    np.testing.assert_allclose(stats["white"], (245, 240, 235), atol=1)
+
+
+def test_macenko_moves_another_labs_stains_to_the_reference():
+    """A cell stained red-brown on a yellow plasma takes the reference's stain colours and white."""
+    ref = stain.macenko_statistics(_two_stain_cell(AZURE, EOSIN, (245, 240, 235), seed=1))
+    other = _two_stain_cell(np.array([0.45, 0.80, 0.40]), np.array([0.10, 0.55, 0.83]), (250, 240, 150))
+    out = stain.macenko(other, ref)
+    got = stain.macenko_statistics(out)
+    assert np.all(np.sum(got["stains"] * ref["stains"], axis=1) > 0.98)
+    np.testing.assert_allclose(got["white"], ref["white"], atol=3)
+    np.testing.assert_allclose(got["cmax"], ref["cmax"], rtol=0.1)
+    blank = np.full((40, 40, 3), 230, np.uint8)
+    assert stain.macenko(blank, ref) is blank                           # nothing stained: left as it is
 
 
 def test_reframe_pads_or_crops_around_the_centre():

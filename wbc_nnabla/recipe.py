@@ -51,7 +51,7 @@ GN_GROUPS = 32
 #: Inference backends (:mod:`wbc_nnabla.predictor`); ``auto`` picks one.
 BACKEND_NAMES = ("auto", "nnabla", "opencv", "onnxruntime")
 #: Colour standardisations ``predict --stain`` offers (:mod:`wbc_nnabla.stain`).
-STAIN_METHODS = ("none", "white-balance", "reinhard")
+STAIN_METHODS = ("none", "white-balance", "reinhard", "macenko")
 #: nnabla contexts the training accepts (``cudnn`` needs nnabla-ext-cuda).
 CONTEXT_NAMES = ("cpu", "cudnn")
 
