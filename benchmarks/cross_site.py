@@ -53,8 +53,7 @@ VARIANTS = {
     "color": COLOUR,
     "colormag": COLOUR + WIDE_MAG,
     "group_colormag": ["--norm", "group"] + COLOUR + WIDE_MAG,
-    "robust": ["--recipe", "robust"],
-    "robust_hue": ["--recipe", "robust", "--hue", "30"],
+    "robust": ["--recipe", "robust"],       # = colormag + --hue 30 (colormag alone was the recipe before)
 }
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
@@ -186,33 +185,38 @@ def finetune_curve(out: Path, variant: str, seed: int) -> dict:
 
 def summarize(out: Path) -> None:
     """Print the variant table and the fine-tuning curve as Markdown."""
-    print("| variant | seed | pbc6 valid 6 / 5 | d1 5-class | d1 white-balance | d1 Reinhard | d1 AdaBN "
+    print("| variant | seed | pbc6 valid 6 / 5 | d1 5-class | d1 white-balance | d1 Reinhard | d1 Macenko | d1 AdaBN "
           "| d1 AdaBN + scale | d1 recall (Neu, Lym, Mon, Eos), last column |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in sorted(q for q in out.glob("*_s*/cross_site.json") if not q.parent.is_symlink()):
         r = json.loads(p.read_text())
         acc = {k: (f"{r[k]['acc5']:.3f}" if k in r else "-")
-               for k in ("d1", "d1_white-balance", "d1_reinhard", "d1_adapted_bn", "d1_adapted")}
+               for k in ("d1", "d1_white-balance", "d1_reinhard", "d1_macenko", "d1_adapted_bn", "d1_adapted")}
         best = r.get("d1_adapted", r["d1"])["recall"]
         rec = ", ".join(f"{best.get(c, float('nan')):.2f}" for c in ("Neutrophil", "Lymph", "Mono", "Eosinophil"))
         print(f"| {r['variant']} | {r['seed']} | {r['pbc6_valid']['acc6']:.3f} / {r['pbc6_valid']['acc5']:.3f} "
-              f"| {acc['d1']} | {acc['d1_white-balance']} | {acc['d1_reinhard']} | {acc['d1_adapted_bn']} "
+              f"| {acc['d1']} | {acc['d1_white-balance']} | {acc['d1_reinhard']} | {acc['d1_macenko']} "
+              f"| {acc['d1_adapted_bn']} "
               f"| {acc['d1_adapted']} | {rec} |")
     print("\nclass prior (`predict --prior normal`) and self-training (`self-train` of the d1-adapted model):\n")
-    print("| variant | seed | pbc6 valid 6 / 5, prior | d1, prior | d1 AdaBN + scale, prior | d1 self-trained "
-          "| d1 self-trained, prior | d1 recall (Neu, Lym, Mon, Eos), AdaBN + scale, prior |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | seed | pbc6 valid 6 / 5, prior | pbc6 valid 6 / 5, Macenko | d1, prior | d1 Macenko, prior "
+          "| d1 AdaBN + scale, prior | d1 self-trained | d1 self-trained, prior "
+          "| d1 recall (Neu, Lym, Mon, Eos), AdaBN + scale, prior |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in sorted(q for q in out.glob("*_s*/cross_site.json") if not q.parent.is_symlink()):
         r = json.loads(p.read_text())
         if "d1_prior" not in r:
             continue
         acc = {k: (f"{r[k]['acc5']:.3f}" if k in r else "-")
-               for k in ("d1_prior", "d1_adapted_prior", "d1_self_trained", "d1_self_trained_prior")}
+               for k in ("d1_prior", "d1_macenko_prior", "d1_adapted_prior", "d1_self_trained",
+                         "d1_self_trained_prior")}
         best = r.get("d1_adapted_prior", r["d1_prior"])["recall"]
         rec = ", ".join(f"{best.get(c, float('nan')):.2f}" for c in ("Neutrophil", "Lymph", "Mono", "Eosinophil"))
-        v = r["pbc6_valid_prior"]
-        print(f"| {r['variant']} | {r['seed']} | {v['acc6']:.3f} / {v['acc5']:.3f} | {acc['d1_prior']} "
-              f"| {acc['d1_adapted_prior']} | {acc['d1_self_trained']} | {acc['d1_self_trained_prior']} | {rec} |")
+        v, m = r["pbc6_valid_prior"], r.get("pbc6_valid_macenko")
+        mac = f"{m['acc6']:.3f} / {m['acc5']:.3f}" if m else "-"
+        print(f"| {r['variant']} | {r['seed']} | {v['acc6']:.3f} / {v['acc5']:.3f} | {mac} | {acc['d1_prior']} "
+              f"| {acc['d1_macenko_prior']} | {acc['d1_adapted_prior']} | {acc['d1_self_trained']} "
+              f"| {acc['d1_self_trained_prior']} | {rec} |")
     for p in sorted(out.glob("*_s*/finetune_curve.json")):
         df = pd.DataFrame(json.loads(p.read_text()))
         g = df.groupby("labelled")["acc5"].agg(["mean", "std", "min", "max", "count"])

@@ -29,7 +29,7 @@ def test_train_recipe_robust_with_an_override(tmp_path, tiny_dataset):
                      "--bn-recalibration", "0"]) == 0
     aug = json.loads((out / "config.json").read_text())["config"]["augmentation"]
     assert aug["od_scale"] == 0.2                                    # the flag wins over the recipe
-    for k in ("od_shift", "saturation", "log_gamma", "min_scale", "max_scale"):
+    for k in ("od_shift", "saturation", "log_gamma", "hue", "min_scale", "max_scale"):
         assert aug[k] == ROBUST_AUGMENTATION[k], k
 
 
