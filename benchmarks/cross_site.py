@@ -54,6 +54,7 @@ VARIANTS = {
     "colormag": COLOUR + WIDE_MAG,
     "group_colormag": ["--norm", "group"] + COLOUR + WIDE_MAG,
     "robust": ["--recipe", "robust"],       # = colormag + --hue 30 (colormag alone was the recipe before)
+    "robust20": ["--recipe", "robust", "--epochs", "20"],   # longer training (the budget is 10)
 }
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
