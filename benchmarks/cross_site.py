@@ -55,6 +55,7 @@ VARIANTS = {
     "group_colormag": ["--norm", "group"] + COLOUR + WIDE_MAG,
     "robust": ["--recipe", "robust"],       # = colormag + --hue 30 (colormag alone was the recipe before)
     "robust20": ["--recipe", "robust", "--epochs", "20"],   # longer training (the budget is 10)
+    "robust_sat": ["--recipe", "robust", "--saturation", "1.0"],   # greyscale to x2 saturation
 }
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
