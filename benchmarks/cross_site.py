@@ -56,6 +56,7 @@ VARIANTS = {
     "robust": ["--recipe", "robust"],       # = colormag + --hue 30 (colormag alone was the recipe before)
     "robust20": ["--recipe", "robust", "--epochs", "20"],   # longer training (the budget is 10)
     "robust_sat": ["--recipe", "robust", "--saturation", "1.0"],   # greyscale to x2 saturation
+    "robust_half": ["--recipe", "robust", "--color-prob", "0.5"],   # half of the images keep their colours
 }
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)

@@ -53,11 +53,12 @@ def test_train_flags_build_the_settings(monkeypatch, capsys):
     monkeypatch.setattr(training, "train", train)
     assert cli.main(["train", "DS", "OUT", "--alpha", "0.01", "--angle", "10"]) == 0
     assert cli.main(["train", "DS", "OUT", "--angle", "10", "--no-flip"]) == 0
-    assert cli.main(["train", "DS", "OUT", "--od-scale", "0.2", "--saturation", "0.3", "--log-gamma", "0.1"]) == 0
+    assert cli.main(["train", "DS", "OUT", "--od-scale", "0.2", "--saturation", "0.3", "--log-gamma", "0.1",
+                     "--color-prob", "0.5"]) == 0
     assert given[0].solver == AdaBoundConfig(alpha=0.01)
     assert given[0].augmentation == Augmentation(angle=10.0)
     assert given[1].solver == AdaBoundConfig()
     assert given[1].augmentation == Augmentation(angle=10.0, flip_lr=False, flip_ud=False)
-    assert given[2].augmentation == Augmentation(od_scale=0.2, saturation=0.3, log_gamma=0.1)
+    assert given[2].augmentation == Augmentation(od_scale=0.2, saturation=0.3, log_gamma=0.1, color_prob=0.5)
     assert given[2].augmentation.color and not given[0].augmentation.color
     assert "best epoch 1" in capsys.readouterr().out

@@ -142,3 +142,27 @@ def test_hue_turns_colour_about_grey_per_image():
 
 def test_hue_is_a_colour_term():
     assert Augmentation(hue=10).color and not Augmentation().color
+
+
+def test_color_prob_keeps_that_share_of_images_unchanged():
+    """``color_prob`` p: each image gets the colour terms with probability p, else passes as it came."""
+    x = nn.Variable.from_numpy_array(np.broadcast_to(RGB[None, :, None, None], (400, 3, 2, 2)).copy())
+    y = training.color_augment(x, Augmentation(od_scale=0.4, hue=30, color_prob=0.25), seed=7)
+    shares = []
+    for _ in range(3):                                                  # a new draw of who is coloured each forward
+        y.forward()
+        kept = np.all(np.abs(y.d - x.d) < 1e-6, axis=(1, 2, 3))
+        shares.append(kept.mean())
+        assert np.all(np.abs(y.d[~kept] - x.d[~kept]).max(axis=(1, 2)) > 1e-3)
+    assert all(0.65 < s < 0.85 for s in shares) and len(set(shares)) > 1    # binomial(400, 0.75): sd 0.02
+    full = training.color_augment(x, Augmentation(od_scale=0.4, hue=30), seed=7)
+    full.forward()
+    assert not np.any(np.all(np.abs(full.d - x.d) < 1e-6, axis=(1, 2, 3)))   # default 1: every image
+
+
+def test_color_prob_outside_zero_one_is_refused():
+    from wbc_nnabla.recipe import TrainingError
+    for p in (-0.1, 1.5):
+        with pytest.raises(TrainingError, match="color_prob"):
+            TrainConfig(augmentation=Augmentation(hue=10, color_prob=p)).validate()
+    TrainConfig(augmentation=Augmentation(hue=10, color_prob=0.5)).validate()

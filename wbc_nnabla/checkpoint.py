@@ -32,7 +32,8 @@ RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch"}
 # Augmentation fields added later (colour terms): an older config had them off.
-_AUGMENTATION_DEFAULTS = {"od_scale": 0.0, "od_shift": 0.0, "saturation": 0.0, "log_gamma": 0.0, "hue": 0.0}
+_AUGMENTATION_DEFAULTS = {"od_scale": 0.0, "od_shift": 0.0, "saturation": 0.0, "log_gamma": 0.0, "hue": 0.0,
+                          "color_prob": 1.0}
 
 
 def pointer(out_dir: Path) -> Path:

@@ -117,7 +117,10 @@ class Augmentation:
     * ``hue``: rotation of every pixel's colour about the grey axis ``(1, 1, 1)`` by ``theta``
       uniform in ``[-hue, hue]`` **degrees** per image (Rodrigues' formula:
       ``x' = x cos(theta) + (k x x) sin(theta) + g (1 - cos(theta))``, ``k`` the unit grey axis,
-      ``g`` the per-pixel grey): the grey and the chroma's length are kept, the hue turns.
+      ``g`` the per-pixel grey): the grey and the chroma's length are kept, the hue turns;
+    * ``color_prob``: the share of images the colour step is applied to; each image is kept
+      unchanged with probability ``1 - color_prob`` (drawn per image and iteration), so that
+      part of every batch shows the training lab's own colours (1 = every image, the default).
     """
     contrast: float = setting(1.2, "factor in [1/c, c]")
     contrast_center: float = setting(0.5)
@@ -133,6 +136,7 @@ class Augmentation:
     saturation: float = setting(0.0, "colour: grey + (x - grey) x f, f in [1-s, 1+s] (0: off)")
     log_gamma: float = setting(0.0, "colour: x ** gamma, ln(gamma) in [-g, g] (0: off)")
     hue: float = setting(0.0, "colour: hue turned by [-h, h] degrees about the grey axis (0: off)")
+    color_prob: float = setting(1.0, "colour: share of images given the colour terms, drawn per image (1: all)")
 
     @property
     def color(self) -> bool:
@@ -236,13 +240,15 @@ class TrainConfig:
                                  "group (GroupNorm, 32 groups; see docs/training.md)", choices=NORM_NAMES)
 
     def validate(self) -> None:
-        """Raise :class:`TrainingError` for an unknown arch, norm or a size, batch size or epoch count out of range."""
+        """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count or colour share out of range."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
         if self.norm not in NORM_NAMES:
             raise TrainingError(f"norm {self.norm!r}: choose one of {', '.join(NORM_NAMES)}")
         if self.weight_init not in WEIGHT_INIT_NAMES:
             raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
+        if not 0.0 <= self.augmentation.color_prob <= 1.0:
+            raise TrainingError(f"color_prob must be in [0, 1] (a share of images), got {self.augmentation.color_prob}")
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
             raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")

@@ -80,11 +80,22 @@ def color_augment(x, aug: Augmentation, seed: int = -1):
     Optical density scale and shift per channel, saturation, gamma, hue (formulas in
     :class:`Augmentation`); only the terms that are non-zero are built. Every draw
     is per image (``(N, 1, 1, 1)``) or per image and channel (``(N, 3, 1, 1)``) and
-    renewed at each forward. ``seed`` >= 0 seeds each ``F.rand`` with its own value
-    derived from it (reproducible, like :func:`augment`); -1 uses nnabla's global seed.
+    renewed at each forward. With ``color_prob < 1`` each image keeps its input colours
+    with probability ``1 - color_prob``. ``seed`` >= 0 seeds each ``F.rand`` with its own
+    value derived from it (reproducible, like :func:`augment`); -1 uses nnabla's global seed.
     """
     n = x.shape[0]
-    seeds = [-1] * 5 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 5)]
+    seeds = [-1] * 6 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 6)]
+    coloured = _colour_terms(x, aug, seeds)
+    if aug.color_prob >= 1.0:
+        return coloured
+    chosen = F.less_scalar(F.rand(0.0, 1.0, (n, 1, 1, 1), seed=seeds[5]), aug.color_prob)   # 1: coloured
+    return x + (coloured - x) * chosen
+
+
+def _colour_terms(x, aug: Augmentation, seeds):
+    """The colour terms of :func:`color_augment` on every image of ``x``; ``seeds``: one per term."""
+    n = x.shape[0]
     if aug.od_scale or aug.od_shift:
         od = -F.log(x + OD_EPS)
         if aug.od_scale:
