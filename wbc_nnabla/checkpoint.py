@@ -21,7 +21,7 @@ import nnabla as nn
 import numpy as np
 
 from . import fileio
-from .recipe import TrainingError
+from .recipe import Augmentation, TrainingError
 
 #: The pointer file naming the last complete checkpoint.
 POINTER = "checkpoint.json"
@@ -31,9 +31,9 @@ RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "
                "bn_sample", "weight_init", "norm")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch"}
-# Augmentation fields added later (colour terms): an older config had them off.
-_AUGMENTATION_DEFAULTS = {"od_scale": 0.0, "od_shift": 0.0, "saturation": 0.0, "log_gamma": 0.0, "hue": 0.0,
-                          "color_prob": 1.0}
+# Augmentation fields added later (colour terms): an older config had them at their defaults (off).
+_AUGMENTATION_DEFAULTS = {k: getattr(Augmentation(), k)
+                          for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob")}
 
 
 def pointer(out_dir: Path) -> Path:
