@@ -57,7 +57,10 @@ VARIANTS = {
     "robust20": ["--recipe", "robust", "--epochs", "20"],   # longer training (the issue's budget is 10)
     "robust_sat": ["--recipe", "robust", "--saturation", "1.0"],   # greyscale to x2 saturation
     "robust_half": ["--recipe", "robust", "--color-prob", "0.5"],   # half of the images keep their colours
+    "robust96": ["--recipe", "robust", "--size", "96"],      # a larger input (its own 96-px dataset)
 }
+#: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
+VARIANT_SIZE = {"robust96": 96}
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
 CURVE_REPEATS = 3
@@ -105,11 +108,17 @@ def predict(model: Path, cells: Path, out_csv: Path, *flags) -> Path:
     return out_csv
 
 
+def data_dir(out: Path, variant: str, seed: int) -> Path:
+    """The pbc6 dataset a variant trains on: ``data_sS`` at 64 px, ``dataNN_sS`` at another size (same split)."""
+    size = VARIANT_SIZE.get(variant, 64)
+    return out / (f"data_s{seed}" if size == 64 else f"data{size}_s{seed}")
+
+
 def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list) -> Path:
-    data, run = out / f"data_s{seed}", out / f"{variant}_s{seed}"
+    data, run = data_dir(out, variant, seed), out / f"{variant}_s{seed}"
     if not (data / "valid.csv").exists():
-        wbc("build-dataset", pbc6, data, "--background", "keep", "--total", 2400, "--size", 64,
-            "--seed", seed, "--no-progress")
+        wbc("build-dataset", pbc6, data, "--background", "keep", "--total", 2400,
+            "--size", VARIANT_SIZE.get(variant, 64), "--seed", seed, "--no-progress")
     cfg = run / "config.json"
     if not (cfg.exists() and "best" in json.loads(cfg.read_text())):
         resume = ["--resume"] if (run / "checkpoint.json").exists() else []
@@ -124,7 +133,7 @@ def is_batchnorm(model: Path) -> bool:
 
 def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool = True) -> dict:
     """Every measurement of one trained variant; returns (and writes) ``RUN/cross_site.json``."""
-    data, run = out / f"data_s{seed}", out / f"{variant}_s{seed}"
+    data, run = data_dir(out, variant, seed), out / f"{variant}_s{seed}"
     model = run / "model.nnp"
     res = dict(variant=variant, seed=seed, flags=VARIANTS[variant],
                pbc6_valid=in_domain(predict(model, data / "valid.csv", run / "pred_valid.csv")),
@@ -141,14 +150,15 @@ def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool =
             res[f"d1_{name}"] = five_class(predict(adapted, out / "d1.csv", run / f"pred_d1_{name}.csv"))
         res["d1_adapted_prior"] = five_class(predict(run / "adapted_d1.nnp", out / "d1.csv",
                                                      run / "pred_d1_adapted_prior.csv", "--prior", "normal"))
-        if self_train:
-            tuned = run / "self_trained_d1.nnp"
+        tuned = run / "self_trained_d1.nnp"
+        if self_train or tuned.exists():        # an earlier run's self-training stays in the table
             if not tuned.exists():
                 wbc("self-train", run / "adapted_d1.nnp", out / "d1_unlabelled.csv", tuned, "--no-progress")
             res["d1_self_trained"] = five_class(predict(tuned, out / "d1.csv", run / "pred_d1_self_trained.csv"))
             res["d1_self_trained_prior"] = five_class(predict(tuned, out / "d1.csv",
                                                               run / "pred_d1_self_trained_prior.csv",
                                                               "--prior", "normal"))
+    res.update(tta_measures(out, run, data, model))
     if stain:
         for method in ("white-balance", "reinhard", "macenko"):
             res[f"d1_{method}"] = five_class(predict(model, out / "d1.csv", run / f"pred_d1_{method}.csv",
@@ -159,6 +169,18 @@ def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool =
         res["pbc6_valid_macenko"] = in_domain(predict(model, data / "valid.csv", run / "pred_valid_macenko.csv",
                                                       "--stain", "macenko", "--stain-reference", data / "train.csv"))
     (run / "cross_site.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def tta_measures(out: Path, run: Path, data: Path, model: Path) -> dict:
+    """``predict --tta`` (8 turned/mirrored views per cell) at each stage: in domain, on d1 as exported
+    and after ``adapt``, each without and with the prior."""
+    res = dict(pbc6_valid_tta=in_domain(predict(model, data / "valid.csv", run / "pred_valid_tta.csv", "--tta")))
+    models = [("", model)] + ([("_adapted", run / "adapted_d1.nnp")] if is_batchnorm(model) else [])
+    for stage, m in models:
+        for suffix, flags in (("", []), ("_prior", ["--prior", "normal"])):
+            name = f"d1{stage}{suffix}_tta"
+            res[name] = five_class(predict(m, out / "d1.csv", run / f"pred_{name}.csv", "--tta", *flags))
     return res
 
 
@@ -184,6 +206,96 @@ def finetune_curve(out: Path, variant: str, seed: int) -> dict:
                              **five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest.csv"))))
     (run / "finetune_curve.json").write_text(json.dumps(rows, indent=1))
     return rows
+
+
+#: Stages an ensemble of seeds is measured at (``RUN/pred_<stage>.csv`` of every member).
+ENSEMBLE_STAGES = ("d1", "d1_prior", "d1_adapted", "d1_adapted_prior",
+                   "d1_tta", "d1_prior_tta", "d1_adapted_tta", "d1_adapted_prior_tta")
+
+
+def seed_sets(out: Path) -> dict:
+    """{variant: [seed tuples]}: every variant's evaluated seeds (at least two), and its first three when it has more."""
+    seeds = {}
+    for p in sorted(out.glob("*_s*/cross_site.json")):
+        r = json.loads(p.read_text())
+        seeds.setdefault(r["variant"], []).append(int(r["seed"]))
+    return {v: [tuple(s)] + ([tuple(s[:3])] if len(s) > 3 else []) for v, s in seeds.items() if len(s) >= 2}
+
+
+def ensembles(out: Path) -> list:
+    """``wbc-nnabla ensemble`` of each variant's seeds at every stage and along the fine-tuning curve;
+    writes and returns ``OUT/ensembles.json`` (one row per ensemble and stage: members' and ensemble's accuracy)."""
+    rows = []
+    for variant, sets in seed_sets(out).items():
+        for seeds in sets:
+            folder = out / "ensembles" / f"{variant}_s{''.join(map(str, seeds))}"
+            runs = [out / f"{variant}_s{s}" for s in seeds]
+            jobs = [(stage, [r / f"pred_{stage}.csv" for r in runs], folder / f"pred_{stage}.csv")
+                    for stage in ENSEMBLE_STAGES]
+            for n in CURVE_N:
+                for r in range(CURVE_REPEATS):
+                    for name in ("pred_rest", "pred_rest_prior"):
+                        sub = Path("finetune") / f"n{n:03d}_r{r}" / f"{name}.csv"
+                        jobs.append((f"finetune{'_prior' if 'prior' in name else ''}_n{n:03d}_r{r}",
+                                     [run / sub for run in runs], folder / sub))
+            for stage, members, target in jobs:
+                if not all(m.exists() for m in members):
+                    continue
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    wbc("ensemble", *members, target)
+                rows.append(dict(variant=variant, seeds=list(seeds), stage=stage, ensemble=five_class(target)["acc5"],
+                                 members=[five_class(m)["acc5"] for m in members]))
+    (out / "ensembles.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def summarize_ensembles(out: Path) -> None:
+    """Print the ensembles of ``OUT/ensembles.json`` as Markdown: members' mean (min-max) and the ensemble."""
+    path = out / "ensembles.json"
+    if not path.exists():
+        return
+    df = pd.DataFrame(json.loads(path.read_text()))
+    df["set"] = df["variant"] + " s" + df["seeds"].map(lambda s: ",".join(map(str, s)))
+    cell = lambda r: (f"{np.mean(r['members']):.3f} ({min(r['members']):.3f}-{max(r['members']):.3f}) "
+                      f"-> **{r['ensemble']:.3f}**")
+    plain = df[~df["stage"].str.startswith("finetune")]
+    print("\nensembles of seeds (`wbc-nnabla ensemble`): d1 5-class, members' mean (min-max) -> ensemble:\n")
+    print("| models | " + " | ".join(ENSEMBLE_STAGES) + " |")
+    print("| --- | " + " | ".join("---" for _ in ENSEMBLE_STAGES) + " |")
+    for name, g in plain.groupby("set", sort=False):
+        by = {r["stage"]: cell(r) for _, r in g.iterrows()}
+        print(f"| {name} | " + " | ".join(by.get(s, "-") for s in ENSEMBLE_STAGES) + " |")
+    ft = df[df["stage"].str.startswith("finetune")].copy()
+    if len(ft):
+        ft["labelled"] = ft["stage"].str.extract(r"_n(\d+)_")[0].astype(int)
+        ft["prior"] = ft["stage"].str.startswith("finetune_prior")
+        ft["member_mean"] = ft["members"].map(np.mean)
+        g = ft.groupby(["set", "prior", "labelled"])[["member_mean", "ensemble"]].mean().reset_index()
+        print("\nfine-tuned on N labelled d1 cells, scored on the rest (mean of 3 repeats): members' mean -> "
+              "ensemble of the seeds' fine-tuned models:\n")
+        print("| models | prior | " + " | ".join(f"N = {n}" for n in CURVE_N) + " |")
+        print("| --- | --- | " + " | ".join("---" for _ in CURVE_N) + " |")
+        for (name, prior), h in g.groupby(["set", "prior"], sort=False):
+            by = {int(r["labelled"]): f"{r['member_mean']:.3f} -> **{r['ensemble']:.3f}**" for _, r in h.iterrows()}
+            print(f"| {name} | {'normal' if prior else 'none'} | " + " | ".join(by.get(n, "-") for n in CURVE_N) + " |")
+
+
+def summarize_tta(out: Path) -> None:
+    """Print ``predict --tta`` against plain predict per run as Markdown."""
+    pairs = [("pbc6_valid", "pbc6 valid 6-class"), ("d1", "d1"), ("d1_prior", "d1, prior"),
+             ("d1_adapted", "d1 adapted"), ("d1_adapted_prior", "d1 adapted, prior")]
+    print("\ntest-time augmentation (`predict --tta`, 8 views): without -> with:\n")
+    print("| variant | seed | " + " | ".join(t for _, t in pairs) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in pairs) + " |")
+    for p in sorted(q for q in out.glob("*_s*/cross_site.json") if not q.parent.is_symlink()):
+        r = json.loads(p.read_text())
+        if "pbc6_valid_tta" not in r:
+            continue
+        key = lambda k: "acc6" if k == "pbc6_valid" else "acc5"
+        cells = [f"{r[k][key(k)]:.3f} -> {r[k + '_tta'][key(k)]:.3f}" if k in r and k + "_tta" in r else "-"
+                 for k, _ in pairs]
+        print(f"| {r['variant']} | {r['seed']} | " + " | ".join(cells) + " |")
 
 
 def summarize(out: Path) -> None:
@@ -232,6 +344,8 @@ def summarize(out: Path) -> None:
             prior = f"{r['prior']:.3f}" if "prior" in r else "-"
             print(f"| {n} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {int(r['count'])} "
                   f"| {prior} |")
+    summarize_tta(out)
+    summarize_ensembles(out)
 
 
 def main():
@@ -244,11 +358,15 @@ def main():
     ap.add_argument("--no-stain", action="store_true", help="skip the colour-standardisation measurements")
     ap.add_argument("--no-self-train", action="store_true", help="skip the self-training measurement")
     ap.add_argument("--finetune-curve", metavar="VARIANT", choices=sorted(VARIANTS), default=None)
+    ap.add_argument("--ensembles", action="store_true",
+                    help="ensemble the seeds of every variant (`wbc-nnabla ensemble`) and write OUT/ensembles.json")
     ap.add_argument("--summarize", action="store_true")
     a, extra = ap.parse_known_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.summarize:
         return summarize(a.out)
+    if a.ensembles:
+        return ensembles(a.out)
     if not (a.out / "d1.csv").exists():
         d1_sources(a.out, a.d1)
     for seed in a.seed or [0]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 MODULES = ["errors", "classes", "recipe", "sampling", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
            "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "adaptation",
-           "finetune", "selftraining", "predictions", "scoring", "report", "gradcam",
+           "finetune", "selftraining", "predictions", "ensemble", "scoring", "report", "gradcam",
            "reproduce_report", "pipeline", "cli"]
 
 

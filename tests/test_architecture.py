@@ -13,7 +13,7 @@ from typing import Dict, Set
 PACKAGE = "wbc_nnabla"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: Modules that must work without nnabla: they read predictions of any model or tool.
-NNABLA_FREE = ("scoring", "report", "predictions", "classes", "domain", "framing", "stain")
+NNABLA_FREE = ("scoring", "report", "predictions", "ensemble", "classes", "domain", "framing", "stain")
 
 
 def _module_name(path: Path) -> str:

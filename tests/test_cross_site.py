@@ -50,22 +50,24 @@ def test_predict_stain_needs_a_reference_and_records_it(tmp_path, tiny_model, ti
 @pytest.mark.slow
 def test_recommended_preset_trains_robust_and_adapts(tmp_path):
     """The demo at tiny settings with the recommended preset's two changes: both models carry the robust
-    augmentation and are adapted (AdaBN) on the inference cells before predicting."""
+    augmentation and are adapted (AdaBN) on the inference cells before predicting; with ``tta`` (not in the
+    preset) the pipeline predicts each cell's eight views."""
     pytest.importorskip("nnabla")
     from conftest import TINY_DEMO
     from wbc_nnabla import modelfile
     out = tmp_path / "run"
-    pipeline.demo(out, progress=False, recipe="robust", adapt=True, **TINY_DEMO)
+    pipeline.demo(out, progress=False, recipe="robust", adapt=True, tta=True, **TINY_DEMO)
     for tag in ("A", "B"):
         aug = json.loads((out / f"model_{tag}" / "config.json").read_text())["config"]["augmentation"]
         assert all(aug[k] == v for k, v in ROBUST_AUGMENTATION.items())
         meta = modelfile.read_meta(out / f"adapted_{tag}.nnp")
         assert meta["adaptation"]["method"] == "AdaBN" and meta["input_size"] == TINY_DEMO["infer_size"]
-        assert json.loads((out / "stages.json").read_text())[f"predict_{tag}"]["made_from"]["settings"]["adapt"]
+        settings = json.loads((out / "stages.json").read_text())[f"predict_{tag}"]["made_from"]["settings"]
+        assert settings["adapt"] and settings["tta"]
         # the predictions are the adapted model's: predicting again with it gives the same probabilities
         from wbc_nnabla import predictor
         again = predictor.predict(out / f"adapted_{tag}.nnp", out / "dataset_inference" / "cells.csv",
-                                  size=TINY_DEMO["infer_size"], progress=False)
+                                  size=TINY_DEMO["infer_size"], progress=False, tta=True)
         saved = pd.read_csv(out / f"predictions_{tag}.csv")
         probs = [c for c in saved.columns if c.startswith("prob_")]
         assert (abs(saved[probs].to_numpy() - again[probs].to_numpy()) < 1e-5).all()

@@ -266,7 +266,8 @@ def _cmd_predict(args) -> int:
         df = predictor.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
                                expected_classes=_expected_classes(args.classes), progress=not args.no_progress,
                                skip_bad=args.skip_bad, stain=args.stain,
-                               stain_reference=_stain_reference(args.stain, args.stain_reference), prior=args.prior)
+                               stain_reference=_stain_reference(args.stain, args.stain_reference), prior=args.prior,
+                               tta=args.tta)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
     predictions.write_predictions(df, out, config=predictor.run_config(df, args.model, args.cells, args.batch_size),
@@ -348,6 +349,9 @@ def _add_inference(sub) -> None:
                         "differential: none (default), normal (a healthy adult's), or Class=share,... "
                         "(e.g. Segment=0.57,Band=0.03,Lymph=0.3,Mono=0.06,Eosinophil=0.03,Basophil=0.01); "
                         "lowers the sensitivity to rare cells, see docs/inference.md")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the probabilities over each cell's 8 turned and "
+                        "mirrored views (8x the time); see docs/inference.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("export", help="export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")
@@ -359,6 +363,27 @@ def _add_inference(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- site adaptation
+
+
+def _cmd_ensemble(args) -> int:
+    from .ensemble import ensemble
+    df = ensemble(args.members, args.out, overwrite=args.overwrite)
+    print(f"{len(df)} cells, mean probabilities of {len(args.members)} models -> {args.out} "
+          f"(+ {Path(args.out).with_suffix('.json').name})")
+    return 0
+
+
+def _add_ensemble(sub) -> None:
+    p = sub.add_parser("ensemble", help="average several models' predictions CSVs of the same cells into one",
+                       description="One predictions CSV from several models' predictions of the same cells: "
+                                   "each cell's probabilities are averaged and the class of highest mean is "
+                                   "its prediction. Predict every member with the same --prior. "
+                                   "See docs/inference.md.")
+    p.add_argument("members", nargs="+", metavar="PRED",
+                   help="predictions CSVs of the same cells by different models (at least 2; never changed)")
+    p.add_argument("out", metavar="OUT", help="the ensemble's predictions CSV (+ a .json listing the members)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (and its .json) if it exists")
+    p.set_defaults(func=_cmd_ensemble)
 
 
 def _cmd_adapt(args) -> int:
@@ -732,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbc-nnabla {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_adaptation, _add_finetune, _add_self_train,
+    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_ensemble, _add_adaptation, _add_finetune, _add_self_train,
                 _add_domain, _add_scoring,
                 _add_gradcam, _add_pipeline):
         add(sub)

@@ -99,6 +99,8 @@ class Config:
                                    "Magnification; docs/cross_site.md)", choices=RECIPE_NAMES)
     adapt: bool = setting(False, "adapt each model to the inference cells before predicting (AdaBN and WBC "
                                  "scale, `wbc-nnabla adapt`; labels unused)")
+    tta: bool = setting(False, "test-time augmentation: average each cell's 8 turned and mirrored views "
+                               "(`predict --tta`; 8x the inference time)")
 
 
 PRESETS: Dict[str, dict] = {
@@ -260,7 +262,7 @@ class Stage:
 _DATASET = ("crop", "seed", "skip_bad")
 _TABLES = ("manifest.csv", "train.csv", "valid.csv")
 _TRAIN = ("batch_size", "train_size", "seed", "arch", "context", "train_eval_limit", "bn_recalibration", "recipe")
-_PREDICT = ("infer_size", "batch_size", "backend", "adapt")
+_PREDICT = ("infer_size", "batch_size", "backend", "adapt", "tta")
 _SCORE = ("pending_threshold", "target_accuracy")
 
 #: The stages of :func:`reproduce` in the order they run.
@@ -592,7 +594,8 @@ def _predict_stage(run: _Run, tag: str, model: Path) -> Path:
             if run.cfg.adapt:
                 model = _adapt(model, cells, run.out / stage.outputs[1], run.cfg)
             df = infer.predict(model, cells, size=run.cfg.infer_size, batch_size=run.cfg.batch_size,
-                               backend=run.cfg.backend, expected_classes=classes.CLASSES6, progress=run.progress)
+                               backend=run.cfg.backend, expected_classes=classes.CLASSES6, progress=run.progress,
+                               tta=run.cfg.tta)
             predictions.write_predictions(df, path)
     return path
 

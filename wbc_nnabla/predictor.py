@@ -348,11 +348,27 @@ def _prefetch(paths: Sequence[str], size: int, batch_size: int, workers: int,
             yield batch
 
 
+#: ``predict --tta``: the eight views of a square cell image (0-3 quarter turns, each also
+#: mirrored), the rotations and flips the paper balances its datasets with (section II.3).
+TTA_VIEWS: Tuple[Tuple[int, bool], ...] = tuple((k, mirror) for mirror in (False, True) for k in range(4))
+
+
+def dihedral_view(x: np.ndarray, quarter_turns: int, mirror: bool) -> np.ndarray:
+    """A batch ``(N, C, S, S)`` turned by ``quarter_turns`` x 90 degrees, then mirrored left-right if ``mirror``."""
+    y = np.rot90(x, quarter_turns, axes=(2, 3))
+    return np.ascontiguousarray(y[..., ::-1] if mirror else y)
+
+
+def run_views(engine: Backend, x: np.ndarray) -> np.ndarray:
+    """Test-time augmentation: the mean ``(N, C)`` of the probabilities over :data:`TTA_VIEWS`."""
+    return np.mean([engine.run(dihedral_view(x, k, m)) for k, m in TTA_VIEWS], axis=0)
+
+
 def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, skip_bad: bool,
-             progress: bool, transform: Optional[Callable] = None
+             progress: bool, transform: Optional[Callable] = None, tta: bool = False
              ) -> Tuple[np.ndarray, np.ndarray, List[str], np.ndarray]:
     """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones,
-    their :func:`wbc_nnabla.domain.descriptors`)."""
+    their :func:`wbc_nnabla.domain.descriptors`); ``tta``: averaged over :data:`TTA_VIEWS`."""
     from tqdm.auto import tqdm
     chunks, keep, skipped, desc = [], [], [], []
     with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]",
@@ -363,7 +379,7 @@ def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, 
             skipped.extend(why for _, why in batch if why is not None)
             if good:
                 x = np.stack(good)
-                chunks.append(engine.run(x))
+                chunks.append(run_views(engine, x) if tta else engine.run(x))
                 desc.append(domain.descriptors(x))
             bar.update(len(batch))
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(engine.class_names)), np.float32)
@@ -386,7 +402,7 @@ def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]],
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
             progress: bool = True, skip_bad: bool = False, stain: str = "none",
-            stain_reference: Optional[dict] = None, prior=None) -> pd.DataFrame:
+            stain_reference: Optional[dict] = None, prior=None, tta: bool = False) -> pd.DataFrame:
     """Predict every cell (section III's inference, 150-200 cells per smear).
 
     model: a model file (``.nnp``, ``.h5`` or exported ``.onnx``) or a loaded
@@ -410,6 +426,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         differential (:func:`wbc_nnabla.predictions.parse_prior`: ``"normal"`` for a healthy
         adult's, ``"Class=share,..."`` or a dict; None/``"none"``: off). Trades rare-class
         sensitivity for accuracy on typical smears: docs/inference.md.
+    tta: test-time augmentation, the mean probability over the eight turned and mirrored views of
+        each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
     none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``) and ``skipped``.
@@ -425,14 +443,16 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
              engine.meta.get("arch"))
     t0 = time.perf_counter()
-    probs, keep, skipped, desc = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform)
+    probs, keep, skipped, desc = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform,
+                                          tta)
     if shares:
         probs = apply_prior(probs, prior_weights(engine.class_names, shares))
     out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
                      seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
                      norm=engine.meta.get("norm") or "batch", skipped=skipped,
-                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)), prior=shares or "none")
+                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)), prior=shares or "none",
+                     tta=bool(tta))
     return domain_check(out, engine.meta, desc, str(engine.model_path))
 
 
@@ -495,5 +515,5 @@ def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dic
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
-           "available_backends", "check_classes", "domain_check", "load_backend", "predict", "preprocess",
-           "read_inputs"]
+           "TTA_VIEWS", "available_backends", "check_classes", "dihedral_view", "domain_check", "load_backend",
+           "predict", "preprocess", "read_inputs", "run_views"]

@@ -1,0 +1,139 @@
+"""Ensemble of models: one predictions CSV from several models' predictions CSVs of the same cells.
+
+A stage between inference and scoring (predictions CSVs in, a predictions CSV
+out): each cell's class probabilities are averaged over the models and the
+class of highest mean probability is its prediction. Models trained with other
+seeds disagree on another lab's cells far more than on their own (the seed
+spread of docs/cross_site.md); the mean of their probabilities is steadier than
+any one of them. nnabla-free, like :mod:`wbc_nnabla.predictions`.
+
+    wbc-nnabla predict seed0.nnp cells/ p0.csv
+    wbc-nnabla predict seed1.nnp cells/ p1.csv
+    wbc-nnabla ensemble p0.csv p1.csv ensemble.csv
+    wbc-nnabla score ensemble.csv report/
+
+Not in the paper (its discussion asks for deeper networks, not several); a
+deviation documented in docs/inference.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from . import fileio
+from .classes import CLASSES6
+from .predictions import (ALL_SMEARS, NO_SMEAR, PROB_COLUMNS, PredictionsError, predictions_table,
+                          read_predictions, read_run_config, run_config_path, write_predictions)
+
+PathLike = Union[str, os.PathLike]
+#: Fewest predictions CSVs an ensemble takes (one model is not an ensemble).
+MIN_MEMBERS = 2
+
+
+def _member_config(path: Path) -> Optional[dict]:
+    """The run description beside a member CSV, or None when the CSV has none (another tool wrote it)."""
+    if not run_config_path(path).exists():
+        return None
+    return read_run_config(path)
+
+
+def _prior_text(prior) -> str:
+    """``none`` or ``Class=share,...`` as ``predict --prior`` takes it."""
+    return ",".join(f"{c}={v:g}" for c, v in prior.items()) if isinstance(prior, dict) else str(prior)
+
+
+def _check_same_prior(configs: Sequence[Optional[dict]], paths: Sequence[Path]) -> None:
+    """Refuse members predicted with different class priors (``predict --prior``): their mean mixes two questions."""
+    known = [(p, c.get("prior", "none")) for p, c in zip(paths, configs) if c is not None]
+    for p, prior in known[1:]:
+        if prior != known[0][1]:
+            raise PredictionsError(f"{p}: predicted with --prior {_prior_text(prior)}, but {known[0][0]} with "
+                                   f"--prior {_prior_text(known[0][1])}; predict every member with the same --prior")
+
+
+def _aligned(member: pd.DataFrame, first: pd.DataFrame, name: str, first_name: str) -> pd.DataFrame:
+    """``member``'s rows in the order of ``first``'s cells; refuses another cell set or other labels."""
+    by_path = member.set_index("path")
+    missing = first.index[~first["path"].isin(by_path.index)]
+    if len(missing):
+        raise PredictionsError(f"{name}: has no row for cell {first['path'].iat[missing[0]]!r} "
+                               f"({first_name} line {first['line'].iat[missing[0]]}); every member must "
+                               f"predict the same cells")
+    extra = member.index[~member["path"].isin(first["path"])]
+    if len(extra):
+        raise PredictionsError(f"{name} line {member['line'].iat[extra[0]]}: cell {member['path'].iat[extra[0]]!r} "
+                               f"is not in {first_name}; every member must predict the same cells")
+    rows = by_path.loc[first["path"]].reset_index()
+    differ = np.flatnonzero((rows["true6"].to_numpy() != first["true6"].to_numpy())
+                            | (rows["true5"].to_numpy() != first["true5"].to_numpy()))
+    if len(differ):
+        i = differ[0]
+        raise PredictionsError(f"{name} line {rows['line'].iat[i]}: label {rows['label'].iat[i]!r} of cell "
+                               f"{rows['path'].iat[i]!r} differs from {first_name}'s {first['label'].iat[i]!r}")
+    return rows
+
+
+def combine(members: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.DataFrame:
+    """The ensemble's predictions table of tables read by :func:`wbc_nnabla.predictions.read_predictions`.
+
+    members: at least :data:`MIN_MEMBERS` tables of the same cells (any row order; the first's order is
+        kept) with the same labels; names: their files, for messages.
+    Returns the :data:`wbc_nnabla.predictions.SIX_COLUMNS` table of the mean probabilities, its
+    ``pred6``/``pred5`` their argmax. When every member has the domain-shift columns the ensemble
+    has them too: a cell is outside the training domain when any member says so, at the largest
+    member distance (members may be trained on different cells).
+    """
+    if len(members) < MIN_MEMBERS:
+        raise PredictionsError(f"an ensemble needs at least {MIN_MEMBERS} predictions files, got {len(members)}")
+    first = members[0]
+    rows = [first] + [_aligned(m, first, n, names[0]) for m, n in zip(members[1:], names[1:])]
+    probs = np.mean([r[list(PROB_COLUMNS)].to_numpy(np.float64) for r in rows], axis=0)
+    smear = first["smear"].where(~first["smear"].isin([ALL_SMEARS, NO_SMEAR]), "")
+    out = predictions_table(pd.DataFrame({"path": first["path"], "smear": smear, "label": first["label"]}),
+                            probs, CLASSES6)
+    if all("domain_distance" in r.columns for r in rows):
+        out["domain_distance"] = np.max([r["domain_distance"].to_numpy() for r in rows], axis=0)
+        out["outside_domain"] = np.any([r["outside_domain"].to_numpy() for r in rows], axis=0).astype(np.int64)
+    return out
+
+
+def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False) -> pd.DataFrame:
+    """Write ``out``, the ensemble of the predictions CSVs ``members`` (:func:`combine`), and its ``.json``.
+
+    Every member is read and checked (:func:`~wbc_nnabla.predictions.read_predictions`) and must
+    list the same cells with the same labels; members whose run description records a class
+    prior must record the same one. The ``.json`` beside ``out`` lists each member with its
+    sha256, model and prior. Members are never replaced, even with ``overwrite``.
+    Raises :class:`~wbc_nnabla.predictions.PredictionsError` naming the file and line; nothing is
+    written then.
+    """
+    paths = [Path(p) for p in members]
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise PredictionsError(f"{out}: the ensemble's predictions file must end in .csv")
+    seen = {}
+    for p in paths:
+        if p.resolve() in seen:
+            raise PredictionsError(f"{p}: given twice (as {seen[p.resolve()]}); each member counts once")
+        seen[p.resolve()] = p
+    for target in (out, run_config_path(out)):
+        fileio.check_output(target, "ensemble", overwrite, paths, folder=False)
+    tables = [read_predictions(p) for p in paths]
+    configs = [_member_config(p) for p in paths]
+    _check_same_prior(configs, paths)
+    df = combine(tables, [str(p) for p in paths])
+    config = dict(stage="ensemble", n_cells=len(df), environment=fileio.environment(),
+                  prior=next((c.get("prior", "none") for c in configs if c), "unknown"),
+                  members=[dict(predictions=str(p), sha256=hashlib.sha256(p.read_bytes()).hexdigest(),
+                                model=c.get("model") if c else None, tta=c.get("tta") if c else None)
+                           for p, c in zip(paths, configs)])
+    write_predictions(df, out, config=config, overwrite=overwrite, inputs=paths)
+    return df
+
+
+__all__ = ["MIN_MEMBERS", "combine", "ensemble"]
