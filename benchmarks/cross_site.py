@@ -202,7 +202,8 @@ def finetune_curve(out: Path, variant: str, seed: int) -> dict:
                 wbc("finetune", start, ft / "labelled.csv", ft / "model.nnp", "--seed", r)
             prior = five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest_prior.csv",
                                        "--prior", "normal"))
-            rows.append(dict(labelled=n, repeat=r, acc5_prior=prior["acc5"],
+            tta = five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest_tta.csv", "--tta"))
+            rows.append(dict(labelled=n, repeat=r, acc5_prior=prior["acc5"], acc5_tta=tta["acc5"],
                              **five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest.csv"))))
     (run / "finetune_curve.json").write_text(json.dumps(rows, indent=1))
     return rows
@@ -234,9 +235,9 @@ def ensembles(out: Path) -> list:
                     for stage in ENSEMBLE_STAGES]
             for n in CURVE_N:
                 for r in range(CURVE_REPEATS):
-                    for name in ("pred_rest", "pred_rest_prior"):
+                    for name in ("pred_rest", "pred_rest_prior", "pred_rest_tta"):
                         sub = Path("finetune") / f"n{n:03d}_r{r}" / f"{name}.csv"
-                        jobs.append((f"finetune{'_prior' if 'prior' in name else ''}_n{n:03d}_r{r}",
+                        jobs.append((f"finetune{name[len('pred_rest'):]}_n{n:03d}_r{r}",
                                      [run / sub for run in runs], folder / sub))
             for stage, members, target in jobs:
                 if not all(m.exists() for m in members):
@@ -269,16 +270,17 @@ def summarize_ensembles(out: Path) -> None:
     ft = df[df["stage"].str.startswith("finetune")].copy()
     if len(ft):
         ft["labelled"] = ft["stage"].str.extract(r"_n(\d+)_")[0].astype(int)
-        ft["prior"] = ft["stage"].str.startswith("finetune_prior")
+        ft["predict"] = ft["stage"].str.extract(r"^finetune_?([a-z]*)_n")[0].replace("", "plain")
         ft["member_mean"] = ft["members"].map(np.mean)
-        g = ft.groupby(["set", "prior", "labelled"])[["member_mean", "ensemble"]].mean().reset_index()
+        g = ft.groupby(["set", "predict", "labelled"])[["member_mean", "ensemble"]].mean().reset_index()
         print("\nfine-tuned on N labelled d1 cells, scored on the rest (mean of 3 repeats): members' mean -> "
               "ensemble of the seeds' fine-tuned models:\n")
-        print("| models | prior | " + " | ".join(f"N = {n}" for n in CURVE_N) + " |")
+        print("| models | predict | " + " | ".join(f"N = {n}" for n in CURVE_N) + " |")
         print("| --- | --- | " + " | ".join("---" for _ in CURVE_N) + " |")
-        for (name, prior), h in g.groupby(["set", "prior"], sort=False):
+        for (name, how), h in g.groupby(["set", "predict"], sort=False):
             by = {int(r["labelled"]): f"{r['member_mean']:.3f} -> **{r['ensemble']:.3f}**" for _, r in h.iterrows()}
-            print(f"| {name} | {'normal' if prior else 'none'} | " + " | ".join(by.get(n, "-") for n in CURVE_N) + " |")
+            flag = {"plain": "-", "prior": "`--prior normal`", "tta": "`--tta`"}[how]
+            print(f"| {name} | {flag} | " + " | ".join(by.get(n, "-") for n in CURVE_N) + " |")
 
 
 def summarize_tta(out: Path) -> None:
@@ -337,13 +339,16 @@ def summarize(out: Path) -> None:
         g = df.groupby("labelled")["acc5"].agg(["mean", "std", "min", "max", "count"])
         if "acc5_prior" in df:
             g["prior"] = df.groupby("labelled")["acc5_prior"].mean()
+        if "acc5_tta" in df:
+            g["tta"] = df.groupby("labelled")["acc5_tta"].mean()
         print(f"\nfine-tuning curve of {p.parent.name} (5-class accuracy on the remaining d1 cells):\n")
-        print("| labelled cells | mean | sd | min | max | repeats | mean with --prior normal |\n"
-              "| --- | --- | --- | --- | --- | --- | --- |")
+        print("| labelled cells | mean | sd | min | max | repeats | mean with --prior normal | mean with --tta |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- |")
         for n, r in g.iterrows():
             prior = f"{r['prior']:.3f}" if "prior" in r else "-"
+            tta = f"{r['tta']:.3f}" if "tta" in r else "-"
             print(f"| {n} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {int(r['count'])} "
-                  f"| {prior} |")
+                  f"| {prior} | {tta} |")
     summarize_tta(out)
     summarize_ensembles(out)
 

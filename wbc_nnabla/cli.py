@@ -362,7 +362,7 @@ def _add_inference(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-# ----------------------------------------------------------------------------- site adaptation
+# ----------------------------------------------------------------------------- ensembles
 
 
 def _cmd_ensemble(args) -> int:
@@ -384,6 +384,9 @@ def _add_ensemble(sub) -> None:
     p.add_argument("out", metavar="OUT", help="the ensemble's predictions CSV (+ a .json listing the members)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and its .json) if it exists")
     p.set_defaults(func=_cmd_ensemble)
+
+
+# ----------------------------------------------------------------------------- site adaptation
 
 
 def _cmd_adapt(args) -> int:
