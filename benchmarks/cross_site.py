@@ -13,6 +13,13 @@ Every step is a `wbc-nnabla` command a user runs (nothing private); per variant 
     wbc-nnabla predict ... --stain reinhard --stain-reference OUT/data_sS/train.csv   # lever (c)
     wbc-nnabla predict ... --prior normal        # a healthy adult's differential as the class prior
     wbc-nnabla self-train OUT/VARIANT_sS/adapted_d1.nnp OUT/d1_unlabelled.csv OUT/VARIANT_sS/self_trained_d1.nnp
+    wbc-nnabla predict ... --tta                 # test-time augmentation, at each stage above
+
+(a variant of another input size, ``robust96``, trains on its own ``OUT/data96_sS`` built with
+``--size 96`` and the same split); with ``--ensembles``, the predictions of every variant's seeds
+averaged at each stage and along the fine-tuning curve:
+
+    wbc-nnabla ensemble OUT/VARIANT_s0/pred_STAGE.csv OUT/VARIANT_s1/pred_STAGE.csv ... OUT/ensembles/VARIANT_s01/pred_STAGE.csv
 
 and, with ``--finetune-curve VARIANT``, few-shot fine-tuning on N labelled d1 cells (N = 10, 25,
 50, 100; a stratified pick, 3 repeats) of the d1-adapted model, scored on the remaining cells:
@@ -27,6 +34,7 @@ interrupted training resumes.
 
     nice -n 5 .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --variant color --seed 0
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --finetune-curve robust --seed 0
+    .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --ensembles
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --summarize
 """
 from __future__ import annotations

@@ -430,7 +430,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
-    none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``) and ``skipped``.
+    none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``), ``skipped``, ``stain``, ``zoom``,
+    ``prior`` and ``tta``.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
