@@ -48,6 +48,9 @@ def test_mean_of_probabilities_in_any_row_order(tmp_path, three):
     cfg = json.loads(out.with_suffix(".json").read_text())
     assert cfg["stage"] == "ensemble" and [m["model"] for m in cfg["members"]] == ["m0.nnp", "m1.nnp", "m2.nnp"]
     assert cfg["prior"] == "none"
+    # an ordinary predictions CSV: score reads it
+    assert cli.main(["score", str(out), str(tmp_path / "score"), "--no-figures", "--no-gallery"]) == 0
+    assert (tmp_path / "score" / "summary.json").exists()
 
 
 def test_the_ensemble_can_beat_its_members(tmp_path):
