@@ -81,6 +81,7 @@ def test_domain_flags_any_member_and_largest_distance(tmp_path, three):
 @pytest.mark.parametrize("case, match", [
     ("one", "at least 2 predictions files"),
     ("missing_cell", "has no row for cell '/cells/c11.png'"),
+    ("extra_cell", "cell '/cells/c12.png' is not in"),
     ("other_label", "label 'Mono' of cell '/cells/c0.png' differs"),
     ("prior", "predicted with --prior Segment=0.6,Lymph=0.4, but"),
     ("twice", "given twice"),
@@ -92,6 +93,8 @@ def test_bad_members_are_named_and_nothing_is_written(tmp_path, three, capsys, c
     out = tmp_path / ("ens.txt" if case == "not_csv" else "ens.csv")
     if case == "missing_cell":
         b = _member(tmp_path, "b", probs[1][:11], labels[:11])
+    elif case == "extra_cell":
+        b = _member(tmp_path, "b", np.vstack([probs[1], probs[1][:1]]), labels + ["Lymph"])
     elif case == "other_label":
         b = _member(tmp_path, "b", probs[1], ["Mono"] + labels[1:])
     elif case == "prior":
