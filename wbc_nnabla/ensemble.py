@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,12 @@ def _member_config(path: Path) -> Optional[dict]:
     if not run_config_path(path).exists():
         return None
     return read_run_config(path)
+
+
+def _sha256(path: Path, config: Optional[dict]) -> str:
+    """The member CSV's sha256: the one its run description records (checked against the file by
+    :func:`~wbc_nnabla.predictions.read_run_config`), else hashed here."""
+    return config["predictions_sha256"] if config else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _prior_text(prior) -> str:
@@ -129,7 +135,7 @@ def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False
     df = combine(tables, [str(p) for p in paths])
     config = dict(stage="ensemble", n_cells=len(df), environment=fileio.environment(),
                   prior=next((c.get("prior", "none") for c in configs if c), "unknown"),
-                  members=[dict(predictions=str(p), sha256=hashlib.sha256(p.read_bytes()).hexdigest(),
+                  members=[dict(predictions=str(p), sha256=_sha256(p, c),
                                 model=c.get("model") if c else None, tta=c.get("tta") if c else None)
                            for p, c in zip(paths, configs)])
     write_predictions(df, out, config=config, overwrite=overwrite, inputs=paths)
