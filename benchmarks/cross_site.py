@@ -25,6 +25,7 @@ and, with ``--finetune-curve VARIANT``, few-shot fine-tuning on N labelled d1 ce
 50, 100; a stratified pick, 3 repeats) of the d1-adapted model, scored on the remaining cells:
 
     wbc-nnabla finetune OUT/VARIANT_sS/adapted_d1.nnp OUT/ft/nN_rR/labelled.csv OUT/ft/nN_rR/model.nnp --seed R
+    wbc-nnabla finetune OUT/VARIANT_sS/adapted_d1.nnp OUT/ft/nN_rR/labelled.csv OUT/ft/nN_rR/model_select.nnp --seed R --select   # --curve-select
     wbc-nnabla predict OUT/ft/nN_rR/model.nnp OUT/ft/nN_rR/rest.csv ...
 
 zheng2018-d1 is the only labelled foreign set: it is a test set here. Every variant run is
@@ -34,6 +35,7 @@ interrupted training resumes.
 
     nice -n 5 .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --variant color --seed 0
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --finetune-curve robust --seed 0
+    .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --finetune-curve robust --seed 0 --curve-n 100 --curve-select
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --ensembles
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --summarize
 """
@@ -192,14 +194,20 @@ def tta_measures(out: Path, run: Path, data: Path, model: Path) -> dict:
     return res
 
 
-def finetune_curve(out: Path, variant: str, seed: int) -> dict:
-    """Few-shot fine-tuning of the d1-adapted model on N labelled d1 cells, scored on the rest."""
-    from wbc_nnabla import sampling
+def finetune_curve(out: Path, variant: str, seed: int, sizes=CURVE_N, select: bool = False) -> dict:
+    """Few-shot fine-tuning of the d1-adapted model on N labelled d1 cells, scored on the rest.
+
+    With ``select``, also ``finetune --select`` (settings chosen by cross-validation inside the N
+    labelled cells) at each N of at least ``finetune.MIN_SELECT_CELLS``. Points of earlier runs
+    (other N) stay in ``finetune_curve.json``.
+    """
+    from wbc_nnabla import finetune, sampling
     run = out / f"{variant}_s{seed}"
     start = run / "adapted_d1.nnp" if is_batchnorm(run / "model.nnp") else run / "model.nnp"
     d1 = pd.read_csv(out / "d1.csv")
-    rows = []
-    for n in CURVE_N:
+    saved = run / "finetune_curve.json"
+    rows = [row for row in (json.loads(saved.read_text()) if saved.exists() else []) if row["labelled"] not in sizes]
+    for n in sizes:
         for r in range(CURVE_REPEATS):
             ft = run / "finetune" / f"n{n:03d}_r{r}"
             ft.mkdir(parents=True, exist_ok=True)
@@ -211,9 +219,17 @@ def finetune_curve(out: Path, variant: str, seed: int) -> dict:
             prior = five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest_prior.csv",
                                        "--prior", "normal"))
             tta = five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest_tta.csv", "--tta"))
-            rows.append(dict(labelled=n, repeat=r, acc5_prior=prior["acc5"], acc5_tta=tta["acc5"],
-                             **five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest.csv"))))
-    (run / "finetune_curve.json").write_text(json.dumps(rows, indent=1))
+            row = dict(labelled=n, repeat=r, acc5_prior=prior["acc5"], acc5_tta=tta["acc5"],
+                       **five_class(predict(ft / "model.nnp", ft / "rest.csv", ft / "pred_rest.csv")))
+            chosen = ft / "model_select.nnp"
+            if (select and n >= finetune.MIN_SELECT_CELLS) or chosen.exists():
+                if not chosen.exists():
+                    wbc("finetune", start, ft / "labelled.csv", chosen, "--seed", r, "--select", "--no-progress")
+                from wbc_nnabla import modelfile
+                row["select"] = modelfile.read_meta(chosen)["finetune"]["selection"]["chosen"]
+                row["acc5_select"] = five_class(predict(chosen, ft / "rest.csv", ft / "pred_rest_select.csv"))["acc5"]
+            rows.append(row)
+            saved.write_text(json.dumps(sorted(rows, key=lambda x: (x["labelled"], x["repeat"])), indent=1))
     return rows
 
 
@@ -349,14 +365,21 @@ def summarize(out: Path) -> None:
             g["prior"] = df.groupby("labelled")["acc5_prior"].mean()
         if "acc5_tta" in df:
             g["tta"] = df.groupby("labelled")["acc5_tta"].mean()
+        if "acc5_select" in df:
+            g["select"] = df.groupby("labelled")["acc5_select"].mean()
         print(f"\nfine-tuning curve of {p.parent.name} (5-class accuracy on the remaining d1 cells):\n")
-        print("| labelled cells | mean | sd | min | max | repeats | mean with --prior normal | mean with --tta |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| labelled cells | mean | sd | min | max | repeats | mean with --prior normal | mean with --tta "
+              "| mean with --select |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for n, r in g.iterrows():
-            prior = f"{r['prior']:.3f}" if "prior" in r else "-"
-            tta = f"{r['tta']:.3f}" if "tta" in r else "-"
+            more = [f"{r[k]:.3f}" if k in r and r[k] == r[k] else "-" for k in ("prior", "tta", "select")]
             print(f"| {n} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {int(r['count'])} "
-                  f"| {prior} | {tta} |")
+                  f"| " + " | ".join(more) + " |")
+        if "acc5_select" in df:
+            chosen = df.dropna(subset=["acc5_select"])
+            for _, r in chosen.iterrows():
+                c = r["select"]
+                print(f"* N = {r['labelled']}, repeat {r['repeat']}: `--select` chose step {c['alpha']:g}, "
+                      f"{c['iterations']} iterations: {r['acc5']:.3f} -> {r['acc5_select']:.3f}")
     summarize_tta(out)
     summarize_ensembles(out)
 
@@ -371,6 +394,10 @@ def main():
     ap.add_argument("--no-stain", action="store_true", help="skip the colour-standardisation measurements")
     ap.add_argument("--no-self-train", action="store_true", help="skip the self-training measurement")
     ap.add_argument("--finetune-curve", metavar="VARIANT", choices=sorted(VARIANTS), default=None)
+    ap.add_argument("--curve-n", type=int, action="append", default=[],
+                    help=f"labelled cells of the fine-tuning curve (repeatable; default {CURVE_N})")
+    ap.add_argument("--curve-select", action="store_true",
+                    help="add `finetune --select` at each point of the curve (N >= its minimum)")
     ap.add_argument("--ensembles", action="store_true",
                     help="ensemble the seeds of every variant (`wbc-nnabla ensemble`) and write OUT/ensembles.json")
     ap.add_argument("--summarize", action="store_true")
@@ -388,7 +415,7 @@ def main():
             r = evaluate(a.out, variant, seed, stain=not a.no_stain, self_train=not a.no_self_train)
             print(json.dumps({k: r[k] for k in r if k not in ("flags",)}, indent=1, default=str)[:2000])
         if a.finetune_curve:
-            finetune_curve(a.out, a.finetune_curve, seed)
+            finetune_curve(a.out, a.finetune_curve, seed, tuple(a.curve_n) or CURVE_N, a.curve_select)
 
 
 if __name__ == "__main__":

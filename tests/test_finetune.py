@@ -129,3 +129,94 @@ def test_cli_never_replaces_the_model_or_an_existing_file(tmp_path, tiny_model, 
     other.write_bytes(b"a user's file")
     _refused(capsys, "finetune", model, labelled[1], other, "--iterations", 1)
     assert other.read_bytes() == b"a user's file" and file_hashes(model) == before
+
+
+# ----------------------------------------------------------------------------- --select: cross-validation inside the labelled cells
+
+
+@pytest.fixture()
+def short_grid(monkeypatch):
+    """The --select grid at 2 and 4 updates (the shipped 100 and 200 are for real fine-tuning)."""
+    from wbc_nnabla import recipe
+    monkeypatch.setattr(recipe, "SELECT_ITERATIONS", (2, 4))
+
+
+@pytest.fixture(scope="module")
+def labelled36(tmp_path_factory):
+    """A ``path,label`` CSV of 36 demo cells, 6 per class, Band and Segment written as Neutrophil."""
+    root = tmp_path_factory.mktemp("ft36")
+    rows = fileio.read_cells(fileio.demo_data()).groupby("label").head(6).reset_index(drop=True)
+    rows["label"] = rows["label"].map(classes.to_class5)
+    rows[["path", "label"]].to_csv(root / "labelled.csv", index=False)
+    return root / "labelled.csv"
+
+
+def test_assign_folds_is_stratified_balanced_and_seeded():
+    labels = np.repeat(np.arange(4), [17, 5, 9, 1])
+    fold = finetune.assign_folds(labels, 3, seed=2)
+    sizes = np.bincount(fold, minlength=3)
+    assert sizes.sum() == 32 and sizes.max() - sizes.min() <= 1
+    for c in range(4):
+        per = np.bincount(fold[labels == c], minlength=3)
+        assert per.max() - per.min() <= 1, (c, per)
+    np.testing.assert_array_equal(fold, finetune.assign_folds(labels, 3, seed=2))
+    assert not np.array_equal(fold, finetune.assign_folds(labels, 3, seed=3))
+
+
+def test_best_setting_takes_the_best_mean_and_breaks_ties_gently():
+    rows = [dict(alpha=a, final_lr=a * 100, iterations=i, fold=f, accuracy=acc)
+            for (a, i, accs) in [(1e-4, 100, (0.5, 0.7)), (1e-4, 200, (0.6, 0.6)),
+                                 (1e-3, 100, (0.6, 0.6)), (1e-3, 200, (0.4, 0.5))]
+            for f, acc in enumerate(accs)]
+    cfg = finetune.best_setting(pd.DataFrame(rows), FinetuneConfig(batch_size=4, seed=7))
+    # three settings tie at 0.6: fewer updates first, then the smaller step
+    assert (cfg.alpha, cfg.final_lr, cfg.iterations) == (1e-4, 1e-2, 100)
+    assert (cfg.batch_size, cfg.seed) == (4, 7)
+    rows[-1]["accuracy"] = rows[-2]["accuracy"] = 0.9
+    cfg = finetune.best_setting(pd.DataFrame(rows), FinetuneConfig())
+    assert (cfg.alpha, cfg.iterations) == (1e-3, 200)
+
+
+def test_cross_validation_scores_a_checkpoint_as_the_shorter_run(tiny_model, labelled36):
+    """The first 2 updates of a 4-update run are the 2-update run: one run per fold serves both."""
+    params, meta = modelfile.read_model(tiny_model / "model.nnp")
+    paths, labels, _ = finetune.read_labelled(labelled36, meta["class_names"])
+    both = [FinetuneConfig(iterations=i, batch_size=8, alpha=1e-3, final_lr=0.1) for i in (2, 4)]
+    table = finetune.cross_validate(params, meta, paths, labels, both, folds=2, size=32)
+    assert list(table.columns) == ["alpha", "final_lr", "iterations", "fold", "n_held_out", "accuracy"]
+    assert len(table) == 4 and table["n_held_out"].groupby(table["iterations"]).sum().tolist() == [36, 36]
+    assert table["accuracy"].between(0, 1).all()
+    alone = finetune.cross_validate(params, meta, paths, labels, both[:1], folds=2, size=32)
+    np.testing.assert_allclose(alone["accuracy"].to_numpy(),
+                               table[table.iterations == 2]["accuracy"].to_numpy(), atol=1e-12)
+
+
+def test_select_chooses_by_cross_validation_and_records_it(tmp_path, tiny_model, labelled36, short_grid, capsys):
+    model = tiny_model / "model.nnp"
+    out = tmp_path / "selected.nnp"
+    assert cli.main(["finetune", str(model), str(labelled36), str(out), "--select", "--folds", "2",
+                     "--batch-size", "8", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rec = modelfile.read_meta(out)["finetune"]
+    sel = rec["selection"]
+    table = pd.DataFrame(sel["table"])
+    assert sel["folds"] == 2 and len(table) == 2 * 2 * 2          # steps x update counts x folds
+    assert sorted(set(table["alpha"])) == [1e-4, 1e-3] and sorted(set(table["iterations"])) == [2, 4]
+    best = finetune.best_setting(table, FinetuneConfig())
+    assert sel["chosen"] == dict(alpha=best.alpha, final_lr=best.final_lr, iterations=best.iterations)
+    # the model itself was fine-tuned on all 36 cells with the chosen setting
+    assert rec["n_cells"] == 36 and rec["settings"]["iterations"] == best.iterations
+    assert rec["settings"]["alpha"] == best.alpha
+    assert printed.count("cross-validation (2 folds)") == 4 and "chosen: step" in printed
+    plain = finetune.finetune(model, labelled36, tmp_path / "plain.nnp", FinetuneConfig(iterations=2), progress=False)
+    assert plain["selection"] is None
+
+
+def test_select_refuses_too_few_cells_and_writes_nothing(tmp_path, tiny_model, labelled, capsys):
+    """24 labelled cells are fewer than --select's minimum: the file is named, nothing is written."""
+    err = _refused(capsys, "finetune", tiny_model / "model.nnp", labelled[1], tmp_path / "out.nnp", "--select")
+    assert "labelled.csv" in err and str(finetune.MIN_SELECT_CELLS) in err and "--select" in err
+    err = _refused(capsys, "finetune", tiny_model / "model.nnp", labelled[1], tmp_path / "out.nnp", "--select",
+                   "--folds", "1")
+    assert "--folds" in err
+    assert not any(tmp_path.iterdir())

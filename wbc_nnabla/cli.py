@@ -20,7 +20,7 @@ from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PAPER,
-                     RECIPE_NAMES, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, SelfTrainConfig,
+                     RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, SelfTrainConfig,
                      TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
 
 
@@ -435,9 +435,19 @@ def _add_adaptation(sub) -> None:
 
 
 def _cmd_finetune(args) -> int:
+    import pandas as pd
+
     from .finetune import finetune
     r = finetune(args.model, args.labelled_cells, args.out, _settings(FinetuneConfig, args),
-                 overwrite=args.overwrite, progress=not args.no_progress)
+                 overwrite=args.overwrite, progress=not args.no_progress, select=args.select, folds=args.folds)
+    if r["selection"]:
+        sel = r["selection"]
+        mean = pd.DataFrame(sel["table"]).groupby(["alpha", "iterations"])["accuracy"].mean()
+        for (alpha, iterations), acc in mean.items():
+            print(f"cross-validation ({sel['folds']} folds): step {alpha:g}, {iterations} iterations: "
+                  f"held-out accuracy {acc:.3f}")
+        print(f"chosen: step {sel['chosen']['alpha']:g} (final_lr {sel['chosen']['final_lr']:g}), "
+              f"{sel['chosen']['iterations']} iterations")
     counts = ", ".join(f"{k} {v}" for k, v in r["per_class"].items())
     print(f"fine-tuned {args.model} on {r['n_cells']} labelled cells ({counts}) for "
           f"{r['settings']['iterations']} iterations at {r['settings']['size']} px "
@@ -455,6 +465,11 @@ def _add_finetune(sub) -> None:
     p.add_argument("labelled_cells", help="the site's labelled cells: class folders, path,label CSV or NNC dataset")
     p.add_argument("out", help="fine-tuned model .nnp to write (records the fine-tuning in wbc_nnabla.json)")
     _add_settings(p, FinetuneConfig, defaults=True)
+    p.add_argument("--select", action="store_true",
+                   help="choose the step (--alpha, --final-lr) and --iterations by cross-validation inside the "
+                        "labelled cells (steps 1e-4 and 1e-3, 100 and 200 iterations; replaces those flags), "
+                        "then fine-tune on all of them with the best; about 3 x --folds fine-tunings more")
+    p.add_argument("--folds", type=int, default=SELECT_FOLDS, help="folds of --select (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_finetune)

@@ -17,6 +17,11 @@ running-statistics mode (adapt the model first with ``wbc-nnabla adapt`` on the
 site's unlabelled cells, which sets them), and its running mean/var are copied
 unchanged. Every other parameter is trained with AdaBound (the paper's solver)
 at a small step, with the paper's geometric ImageAugmentation.
+
+The step and the number of updates can be chosen on the lab's own labelled cells
+(``select``, CLI ``--select``): :func:`cross_validate` scores each candidate of
+:func:`wbc_nnabla.recipe.select_candidates` on held-out folds of those cells and
+:func:`best_setting` picks one; no other cell is used.
 """
 from __future__ import annotations
 
@@ -29,17 +34,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import nnabla as nn
 import nnabla.functions as F
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from . import classes, fileio, framing, modelfile, training
 from .errors import WBCError
-from .recipe import AdaBoundConfig, Augmentation, FinetuneConfig
+from .recipe import SELECT_FOLDS, AdaBoundConfig, Augmentation, FinetuneConfig, select_candidates
 
 log = logging.getLogger(__name__)
 
 #: Fewest labelled cells accepted, and fewest distinct labels: one class alone teaches nothing.
 MIN_FINETUNE_CELLS = 5
 MIN_FINETUNE_CLASSES = 2
+#: Fewest labelled cells for ``select`` (each of the folds fine-tunes on two thirds and scores the rest).
+MIN_SELECT_CELLS = 30
 #: Band and Segment: the classes a ``Neutrophil`` label stands for.
 NEUTROPHIL_SUBTYPES = tuple(c for c in classes.CLASSES6 if classes.to_class5(c) == classes.NEUTROPHIL)
 
@@ -94,9 +102,25 @@ def _grouped_loss(logits: nn.Variable, t: nn.Variable, member: np.ndarray) -> nn
     return F.mean(-F.log(F.sum(probs * onehot, axis=1) + 1e-7))
 
 
+def _accuracy(graph: training.Graph, loader: training.ImageLoader, member: np.ndarray) -> float:
+    """Share of ``loader``'s cells whose predicted class belongs to their label (a test-mode ``graph``)."""
+    n, batch = len(loader), graph.x.shape[0]
+    right = []
+    for xb, yb, k in training.batches(loader, batch, -(-n // batch), shuffle=False, seed=0):
+        graph.x.d = xb
+        graph.logits.forward(clear_buffer=True)
+        right.append(member[graph.logits.d[:k].argmax(1), yb[:k, 0]] > 0)
+    return float(np.concatenate(right).mean())
+
+
 def _fit(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, member: np.ndarray,
-         cfg: FinetuneConfig, size: int, progress: bool) -> Tuple[Dict[str, np.ndarray], List[float]]:
-    """(the fine-tuned parameters, Cost per iteration) in a parameter scope of their own."""
+         cfg: FinetuneConfig, size: int, progress: bool, held_out: Optional[training.ImageLoader] = None,
+         checkpoints: Sequence[int] = ()) -> Tuple[Dict[str, np.ndarray], List[float], Dict[int, float]]:
+    """(the fine-tuned parameters, Cost per iteration, {iteration: accuracy on ``held_out``}).
+
+    Runs in a parameter scope of its own. With ``held_out``, the cells are scored by a
+    test-mode graph sharing the parameters after each of the ``checkpoints`` updates.
+    """
     batch = min(cfg.batch_size, len(loader))
     with nn.parameter_scope("", {}):
         nn.random.seed(cfg.seed)
@@ -113,7 +137,11 @@ def _fit(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader
             v.d = params[k]
             v.need_grad = not (k.endswith("/mean") or k.endswith("/var") or k.startswith("preprocess/"))
         solver = training.make_solver(AdaBoundConfig(alpha=cfg.alpha, final_lr=cfg.final_lr))
-        costs = []
+        scorer = None
+        if held_out is not None:
+            scorer = training.build_graph(meta["arch"], int(meta["num_classes"]), min(32, len(held_out)), size,
+                                          test=True, norm=meta.get("norm") or "batch")
+        costs, scores = [], {}
         stream = training.batches(loader, batch, cfg.iterations, True, cfg.seed)
         for xb, yb, _ in tqdm(stream, total=cfg.iterations, desc="finetune", disable=fileio.bar_disabled(progress)):
             x.d, t.d = xb, yb
@@ -122,7 +150,9 @@ def _fit(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader
             loss.backward(clear_buffer=True)
             solver.update()
             costs.append(float(loss.d))
-        return {k: v.d.copy() for k, v in variables.items()}, costs
+            if scorer is not None and len(costs) in checkpoints:
+                scores[len(costs)] = _accuracy(scorer, held_out, member)
+        return {k: v.d.copy() for k, v in variables.items()}, costs, scores
 
 
 def tune(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[str], labels: np.ndarray,
@@ -134,11 +164,76 @@ def tune(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[str], labels
     the model sees it (:func:`wbc_nnabla.framing.model_view`: the site's zoom).
     """
     _, member = target_groups(meta["class_names"])
+    tuned, costs, _ = _fit(params, meta, _loader(meta, paths, labels, size), member, cfg, size, progress)
+    return tuned, costs
+
+
+def _loader(meta: dict, paths: Sequence[str], labels: np.ndarray, size: int) -> training.ImageLoader:
+    """The cells as the model sees them (the site's zoom), every image read now (a bad one named)."""
     loader = training.ImageLoader(list(paths), np.asarray(labels, np.int32), size,
                                   transform=framing.model_view(meta))
     for i in range(len(loader)):
         loader.image(i)
-    return _fit(params, meta, loader, member, cfg, size, progress)
+    return loader
+
+
+def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold ``(N,)`` int in ``[0, folds)`` of each cell, stratified by label.
+
+    Each label's cells are shuffled (seeded) and dealt out in turn, continuing where the
+    previous label stopped, so fold sizes differ by at most one.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    fold, start = np.empty(len(labels), int), 0
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold[rows] = (start + np.arange(len(rows))) % folds
+        start += len(rows)
+    return fold
+
+
+def cross_validate(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[str], labels: np.ndarray,
+                   candidates: Sequence[FinetuneConfig], folds: int, size: int,
+                   progress: bool = False) -> pd.DataFrame:
+    """Held-out accuracy of each candidate setting, ``folds``-fold inside the labelled cells.
+
+    Each fold fine-tunes on the other folds' cells and scores its own (a cell is right when
+    its predicted class belongs to its label). Candidates that differ only in
+    ``iterations`` share one run per fold, scored after each of their update counts: the
+    first ``i`` updates of a longer run are the ``i``-update run (same seed, batches and
+    augmentation draws). Returns one row per candidate and fold: ``alpha, final_lr,
+    iterations, fold, n_held_out, accuracy``. Nothing is written.
+    """
+    paths, labels = list(paths), np.asarray(labels, np.int32)
+    _, member = target_groups(meta["class_names"])
+    fold = assign_folds(labels, folds, seed=candidates[0].seed)
+    runs: Dict[tuple, Tuple[FinetuneConfig, List[int]]] = {}      # one run per setting but the update count
+    for c in candidates:
+        runs.setdefault(dataclasses.astuple(dataclasses.replace(c, iterations=0)), (c, []))[1].append(c.iterations)
+    rows = []
+    for f in tqdm(range(folds), desc="cross-validation", disable=fileio.bar_disabled(progress)):
+        fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        train_cells = _loader(meta, [paths[i] for i in fit], labels[fit], size)
+        held_cells = _loader(meta, [paths[i] for i in held], labels[held], size)
+        for base, counts in runs.values():
+            cfg = dataclasses.replace(base, iterations=max(counts))
+            _, _, scores = _fit(params, meta, train_cells, member, cfg, size, False, held_cells, counts)
+            rows += [dict(alpha=cfg.alpha, final_lr=cfg.final_lr, iterations=i, fold=f, n_held_out=len(held),
+                          accuracy=scores[i]) for i in sorted(counts)]
+        log.info("cross-validation fold %d of %d: %d cells fine-tuned, %d held out", f + 1, folds, len(fit), len(held))
+    return pd.DataFrame(rows)
+
+
+def best_setting(table: pd.DataFrame, base: FinetuneConfig) -> FinetuneConfig:
+    """``base`` with the step and update count of the best mean held-out accuracy in ``table``.
+
+    Ties go to fewer updates, then to the smaller step (the gentler fine-tuning).
+    """
+    mean = table.groupby(["alpha", "final_lr", "iterations"], as_index=False)["accuracy"].mean()
+    best = mean.sort_values(["accuracy", "iterations", "alpha"], ascending=[False, True, True]).iloc[0]
+    return dataclasses.replace(base, alpha=float(best["alpha"]), final_lr=float(best["final_lr"]),
+                               iterations=int(best["iterations"]))
 
 
 def _record(model: Path, cells: Path, labels: np.ndarray, names: List[str], paths: List[str],
@@ -152,8 +247,23 @@ def _record(model: Path, cells: Path, labels: np.ndarray, names: List[str], path
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
+def _select(params: Dict[str, np.ndarray], meta: dict, paths: List[str], labels: np.ndarray, cells: Path,
+            cfg: FinetuneConfig, folds: int, size: int, progress: bool) -> pd.DataFrame:
+    """:func:`cross_validate` of :func:`~wbc_nnabla.recipe.select_candidates`, after checking the cells suffice."""
+    if folds < 2:
+        raise FinetuneError(f"--folds must be >= 2 for --select, got {folds}")
+    if len(paths) < max(MIN_SELECT_CELLS, MIN_FINETUNE_CELLS * folds):
+        raise FinetuneError(f"{cells}: {len(paths)} cells; --select needs at least "
+                            f"{max(MIN_SELECT_CELLS, MIN_FINETUNE_CELLS * folds)} labelled cells for {folds} folds "
+                            f"(or fine-tune without --select)")
+    table = cross_validate(params, meta, paths, labels, select_candidates(cfg), folds, size, progress)
+    log.info("cross-validation (%d folds) of %s:\n%s", folds, cells,
+             table.groupby(["alpha", "iterations"])["accuracy"].mean().to_string())
+    return table
+
+
 def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwrite: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, select: bool = False, folds: int = SELECT_FOLDS) -> dict:
     """Write ``out``: ``model`` fine-tuned on the labelled ``cells`` of a new site.
 
     model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`), best
@@ -164,6 +274,12 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     out: the fine-tuned ``.nnp`` (not the model, not inside the cells folder; an existing
         file only with ``overwrite``).
     config: :class:`FinetuneConfig`.
+    select: choose the step (``alpha``, ``final_lr``) and ``iterations`` among
+        :func:`wbc_nnabla.recipe.select_candidates` by ``folds``-fold cross-validation inside
+        ``cells`` (:func:`cross_validate`, :func:`best_setting`), then fine-tune on every cell
+        with the winner; ``config``'s step and iterations are replaced, its batch, seed and
+        size kept. The table is stored in the record (``selection``). Needs
+        :data:`MIN_SELECT_CELLS` cells; costs about ``folds`` x 3 fine-tunings more.
 
     Raises :class:`FinetuneError` (or another :class:`~wbc_nnabla.errors.WBCError` naming
     the file) before writing anything. Returns the ``finetune`` record stored in the
@@ -180,8 +296,14 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     except modelfile.ModelError as e:
         raise FinetuneError(str(e)) from None
     paths, labels, names = read_labelled(cells, meta["class_names"])
+    selection = None
+    if select:
+        table = _select(params, meta, paths, labels, cells, cfg, folds, size, progress)
+        cfg = best_setting(table, cfg)
+        selection = dict(folds=folds, chosen=dict(alpha=cfg.alpha, final_lr=cfg.final_lr, iterations=cfg.iterations),
+                         table=table.to_dict(orient="records"))
     tuned, costs = tune(params, meta, paths, labels, cfg, size, progress)
-    record = _record(model, cells, labels, names, paths, cfg, size, costs)
+    record = dict(_record(model, cells, labels, names, paths, cfg, size, costs), selection=selection)
     modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "finetune", record))
     log.info("fine-tuned %s on %d cells of %s (%d iterations; Cost %.3f -> %.3f) -> %s", model, len(paths),
              cells, cfg.iterations, costs[0], costs[-1], out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 from .errors import WBCError
 
@@ -268,6 +268,21 @@ class FinetuneConfig:
     final_lr: float = setting(0.01, "AdaBound final (SGD) learning rate")
     seed: int = setting(0, "seed of shuffles and augmentation")
     size: Optional[int] = setting(None, "input side in pixels (default: the model's size)")
+
+
+#: ``finetune --select``: the (AdaBound step, final_lr) pairs and update counts compared by
+#: cross-validation inside the lab's labelled cells, and the number of folds. Fixed before any
+#: run (docs/cross_site.md): the fine-tuning default (1e-4) and the training default (1e-3),
+#: each with final_lr at 100 times the step as in :class:`FinetuneConfig`, at 100 and 200 updates.
+SELECT_STEPS = ((1e-4, 0.01), (1e-3, 0.1))
+SELECT_ITERATIONS = (100, 200)
+SELECT_FOLDS = 3
+
+
+def select_candidates(base: FinetuneConfig) -> List[FinetuneConfig]:
+    """``base`` with each of :data:`SELECT_STEPS` x :data:`SELECT_ITERATIONS` (batch, seed and size kept)."""
+    return [dataclasses.replace(base, alpha=a, final_lr=f, iterations=i)
+            for a, f in SELECT_STEPS for i in SELECT_ITERATIONS]
 
 
 @dataclasses.dataclass
