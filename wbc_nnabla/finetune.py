@@ -289,12 +289,8 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     model, cells, out = Path(model), Path(cells), Path(out)
     if cfg.iterations < 1 or cfg.batch_size < 1:
         raise FinetuneError(f"iterations and batch_size must be >= 1, got {cfg.iterations} and {cfg.batch_size}")
-    modelfile.check_derived_output(model, cells, out, overwrite, "finetune", "fine-tuned", FinetuneError)
-    params, meta = modelfile.read_model(model)
-    try:
-        size = modelfile.network_size(meta, cfg.size, model)
-    except modelfile.ModelError as e:
-        raise FinetuneError(str(e)) from None
+    params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "finetune", "fine-tuned",
+                                                    FinetuneError, cfg.size)
     paths, labels, names = read_labelled(cells, meta["class_names"])
     selection = None
     if select:

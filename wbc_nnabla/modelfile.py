@@ -86,6 +86,21 @@ def check_derived_output(model: Path, cells: Path, out: Path, overwrite: bool, c
         raise error(str(e)) from None
 
 
+def read_for_derived(model: Path, cells: Path, out: Path, overwrite: bool, command: str, verb: str, error: type,
+                     size: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], dict, int]:
+    """(parameters, description, input side in px) of ``model`` for a command deriving ``out`` from it.
+
+    :func:`check_derived_output` first, then :func:`read_model` and :func:`network_size`
+    (``size``: the caller's, or None for the model's); a missing size is raised as ``error``.
+    """
+    check_derived_output(model, cells, out, overwrite, command, verb, error)
+    params, meta = read_model(model)
+    try:
+        return params, meta, network_size(meta, size, model)
+    except ModelError as e:
+        raise error(str(e)) from None
+
+
 def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
     """Save parameters ``{name: ndarray or nn.Variable}`` as a self-describing inference ``.nnp``.
 

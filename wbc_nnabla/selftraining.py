@@ -125,12 +125,8 @@ def self_train(model, cells, out, config: Optional[SelfTrainConfig] = None, over
     cfg = config or SelfTrainConfig()
     _check(cfg)
     model, cells, out = Path(model), Path(cells), Path(out)
-    modelfile.check_derived_output(model, cells, out, overwrite, "self-train", "self-trained", SelfTrainError)
-    params, meta = modelfile.read_model(model)
-    try:
-        size = modelfile.network_size(meta, cfg.size, model)
-    except modelfile.ModelError as e:
-        raise SelfTrainError(str(e)) from None
+    params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "self-train", "self-trained",
+                                                    SelfTrainError, cfg.size)
     rounds, current = [], model
     with tempfile.TemporaryDirectory(prefix="wbc_self_train_") as tmp:
         for r in range(cfg.rounds):
