@@ -219,4 +219,7 @@ def test_select_refuses_too_few_cells_and_writes_nothing(tmp_path, tiny_model, l
     err = _refused(capsys, "finetune", tiny_model / "model.nnp", labelled[1], tmp_path / "out.nnp", "--select",
                    "--folds", "1")
     assert "--folds" in err
+    err = _refused(capsys, "finetune", tiny_model / "model.nnp", labelled[1], tmp_path / "out.nnp", "--select",
+                   "--iterations", "300")
+    assert "--select chooses --iterations" in err
     assert not any(tmp_path.iterdir())

@@ -438,6 +438,11 @@ def _cmd_finetune(args) -> int:
     import pandas as pd
 
     from .finetune import finetune
+    if args.select:
+        given = [f"--{name.replace('_', '-')}" for name in ("alpha", "final_lr", "iterations")
+                 if getattr(args, name) != getattr(FinetuneConfig, name)]
+        if given:
+            raise CLIError(f"--select chooses {', '.join(given)} by cross-validation; give one or the other")
     r = finetune(args.model, args.labelled_cells, args.out, _settings(FinetuneConfig, args),
                  overwrite=args.overwrite, progress=not args.no_progress, select=args.select, folds=args.folds)
     if r["selection"]:
@@ -467,7 +472,7 @@ def _add_finetune(sub) -> None:
     _add_settings(p, FinetuneConfig, defaults=True)
     p.add_argument("--select", action="store_true",
                    help="choose the step (--alpha, --final-lr) and --iterations by cross-validation inside the "
-                        "labelled cells (steps 1e-4 and 1e-3, 100 and 200 iterations; replaces those flags), "
+                        "labelled cells (steps 1e-4 and 1e-3, 100 and 200 iterations; not with those flags), "
                         "then fine-tune on all of them with the best; about 3 x --folds fine-tunings more")
     p.add_argument("--folds", type=int, default=SELECT_FOLDS, help="folds of --select (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
