@@ -201,7 +201,7 @@ def finetune_curve(out: Path, variant: str, seed: int, sizes=CURVE_N, select: bo
     labelled cells) at each N of at least ``finetune.MIN_SELECT_CELLS``. Points of earlier runs
     (other N) stay in ``finetune_curve.json``.
     """
-    from wbc_nnabla import finetune, sampling
+    from wbc_nnabla import finetune, modelfile, sampling
     run = out / f"{variant}_s{seed}"
     start = run / "adapted_d1.nnp" if is_batchnorm(run / "model.nnp") else run / "model.nnp"
     d1 = pd.read_csv(out / "d1.csv")
@@ -225,7 +225,6 @@ def finetune_curve(out: Path, variant: str, seed: int, sizes=CURVE_N, select: bo
             if (select and n >= finetune.MIN_SELECT_CELLS) or chosen.exists():
                 if not chosen.exists():
                     wbc("finetune", start, ft / "labelled.csv", chosen, "--seed", r, "--select", "--no-progress")
-                from wbc_nnabla import modelfile
                 row["select"] = modelfile.read_meta(chosen)["finetune"]["selection"]["chosen"]
                 row["acc5_select"] = five_class(predict(chosen, ft / "rest.csv", ft / "pred_rest_select.csv"))["acc5"]
             rows.append(row)

@@ -256,10 +256,7 @@ def _select(params: Dict[str, np.ndarray], meta: dict, paths: List[str], labels:
         raise FinetuneError(f"{cells}: {len(paths)} cells; --select needs at least "
                             f"{max(MIN_SELECT_CELLS, MIN_FINETUNE_CELLS * folds)} labelled cells for {folds} folds "
                             f"(or fine-tune without --select)")
-    table = cross_validate(params, meta, paths, labels, select_candidates(cfg), folds, size, progress)
-    log.info("cross-validation (%d folds) of %s:\n%s", folds, cells,
-             table.groupby(["alpha", "iterations"])["accuracy"].mean().to_string())
-    return table
+    return cross_validate(params, meta, paths, labels, select_candidates(cfg), folds, size, progress)
 
 
 def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwrite: bool = False,
