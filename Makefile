@@ -28,8 +28,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/wbc-nnabla demo
 
+# -n auto: one pytest worker per core (nnabla's CPU context is single-threaded); --dist loadfile keeps a
+# test module on one worker, so its module-scoped trained models are built once. (loadgroup, which could
+# also keep the tiny demo run's users together, silently stops grouping on pytest 9.2: pytest-xdist#1386.)
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

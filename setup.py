@@ -40,7 +40,7 @@ setup(
         "cuda116": ["nnabla-ext-cuda116>=1.39,<1.40"],
         "cuda120": ["nnabla-ext-cuda120>=1.39,<1.40"],
         "onnxruntime": ["onnxruntime>=1.16"],
-        "test": ["pytest>=7", "onnxruntime>=1.16", "nbformat", "nbconvert", "ipykernel"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "onnxruntime>=1.16", "nbformat", "nbconvert", "ipykernel"],
     },
     entry_points={"console_scripts": ["wbc-nnabla=wbc_nnabla.cli:main"]},
     classifiers=[
