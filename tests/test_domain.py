@@ -220,3 +220,62 @@ def test_reproduce_report_has_the_domain_check(tiny_demo_run):
         if tag == "B":
             assert (domain.WARNING in section_b) == bool(s["smears_outside_domain"])
             assert "share_outside" in section_b
+
+
+def test_finetune_on_a_sites_labelled_cells_makes_cells_like_them_inside(trained, tmp_path, capsys):
+    """``finetune`` stores the reference of the site's labelled cells (docs/inference.md, "Domain-shift
+    warning"): the site's other cells are then inside, the training lab's still are, a third stain is not."""
+    from wbc_nnabla import finetune
+    from wbc_nnabla.recipe import FinetuneConfig
+    root, model, cells, recoloured = trained
+    train = fileio.read_nnc_csv(root / "dataset" / "train.csv")
+    site = tmp_path / "site"
+    site.mkdir()
+    rows = []
+    for i, (p, label) in enumerate(zip(train["path"], train["label"])):
+        rows.append((site / f"c{i:03d}.png", label))
+        fileio.write_image(rows[-1][0], _recolour(fileio.read_rgb(p)))
+    labelled = tmp_path / "labelled.csv"
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(labelled, index=False)
+    assert len(rows) >= finetune.MIN_SITE_REFERENCE_CELLS
+    tuned = tmp_path / "tuned.nnp"
+    assert cli.main(["finetune", str(model), str(labelled), str(tuned), "--iterations", "2", "--batch-size", "4",
+                     "--no-progress"]) == 0
+    assert "now count as inside" in capsys.readouterr().out
+    meta = modelfile.read_meta(tuned)
+    assert meta[domain.META_KEY] == modelfile.read_meta(model)[domain.META_KEY]     # the training cells' stays
+    (ref,) = domain.site_references(meta)
+    assert ref["n_cells"] == len(rows) and str(labelled) in ref["source"] and meta["finetune"]["site_domain_reference"]
+
+    before = predictor.predict(model, recoloured, backend="nnabla", progress=False).attrs["domain"]
+    after = predictor.predict(tuned, recoloured, backend="nnabla", progress=False)
+    assert before["run"]["outside_domain"] and not after.attrs["domain"]["run"]["outside_domain"], after.attrs
+    assert after.attrs["domain"]["site_references"] == [ref["source"]]
+    assert after.attrs["domain"]["run"]["median_distance"] == before["run"]["median_distance"]  # to the training cells
+    assert not predictor.predict(tuned, cells, backend="nnabla", progress=False).attrs["domain"]["run"]["outside_domain"]
+    third = tmp_path / "third"
+    third.mkdir()
+    for i, p in enumerate(cells["path"]):
+        fileio.write_image(third / f"c{i:03d}.png", _recolour(fileio.read_rgb(p), scale=(0.6, 1.3, 0.8)))
+    assert predictor.predict(tuned, third, backend="nnabla", progress=False).attrs["domain"]["run"]["outside_domain"]
+
+    onnx = export.export_onnx(tuned, tmp_path / "tuned.onnx")
+    assert export.read_onnx_meta(onnx)[domain.SITE_KEY] == meta[domain.SITE_KEY]
+    again = tmp_path / "again.nnp"
+    finetune.finetune(tuned, labelled, again, FinetuneConfig(iterations=1, batch_size=4), progress=False)
+    assert len(domain.site_references(modelfile.read_meta(again))) == 2        # one per fine-tuning
+
+
+def test_too_few_labelled_cells_store_no_site_reference(trained):
+    from wbc_nnabla import finetune
+    _, model, cells, _ = trained
+    params, meta = modelfile.read_model(model)
+    paths = list(cells["path"])
+    labels = np.zeros(len(paths), np.int32)
+    n = finetune.MIN_SITE_REFERENCE_CELLS
+    assert len(paths) < n and finetune.site_reference(meta, paths, labels, 32, Path("few.csv")) is None
+    many = (paths * 2)[:n]
+    ref = finetune.site_reference(meta, many, np.zeros(n, np.int32), 32, Path("many.csv"))
+    assert ref["n_cells"] == n and "many.csv" in ref["source"]
+    with pytest.raises(domain.DomainError, match=r"bad.nnp: domain_site_references\[0\]"):
+        domain.site_references({domain.SITE_KEY: [{"format": "other"}]}, "bad.nnp")

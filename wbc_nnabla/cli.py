@@ -287,8 +287,11 @@ def _domain_line(summary: dict) -> str:
     if not summary.get("available"):
         return f"domain-shift check unavailable: {summary.get('reason', 'no reference')}"
     run, bad = summary["run"], domain.outside_smears(summary)
-    text = (f"domain-shift check: {run['share_outside']:.1%} of cells outside the training domain "
-            f"(median distance {run['median_distance']:.2f}, cell threshold {summary['cell_threshold']:.2f})")
+    sites = summary.get("site_references") or []
+    text = (f"domain-shift check: {run['share_outside']:.1%} of cells outside the training domain"
+            + (f" (training cells and the labelled cells of {len(sites)} fine-tuning site(s))" if sites else "")
+            + f" (median distance to the training cells {run['median_distance']:.2f}, cell threshold "
+            f"{summary['cell_threshold']:.2f})")
     if run["outside_domain"] or bad:
         text += f"; WARNING {domain.WARNING}" + (f" (smears: {', '.join(bad)})" if bad else "")
     return text
@@ -437,7 +440,7 @@ def _add_adaptation(sub) -> None:
 def _cmd_finetune(args) -> int:
     import pandas as pd
 
-    from .finetune import finetune
+    from .finetune import MIN_SITE_REFERENCE_CELLS, finetune
     if args.select:
         given = [f"--{name.replace('_', '-')}" for name in ("alpha", "final_lr", "iterations")
                  if getattr(args, name) != getattr(FinetuneConfig, name)]
@@ -457,6 +460,10 @@ def _cmd_finetune(args) -> int:
     print(f"fine-tuned {args.model} on {r['n_cells']} labelled cells ({counts}) for "
           f"{r['settings']['iterations']} iterations at {r['settings']['size']} px "
           f"(Cost {r['cost_first']:.3f} -> {r['cost_last']:.3f}) -> {r['out']}")
+    print("domain-shift check: cells like these labelled ones now count as inside the model's domain"
+          if r["site_domain_reference"] else
+          f"domain-shift check: unchanged (fewer than {MIN_SITE_REFERENCE_CELLS} labelled cells; cells like "
+          f"these are still compared with the training cells only)")
     return 0
 
 

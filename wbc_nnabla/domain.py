@@ -36,6 +36,9 @@ from .errors import WBCError
 
 #: Key of the reference in a model's description (``wbc_nnabla.json`` of the ``.nnp``, ONNX metadata).
 META_KEY = "domain_reference"
+#: Key of the references of a site's labelled cells the model was fine-tuned on (``finetune``): a list,
+#: one per fine-tuning. A cell like those cells is inside the model's domain too (:func:`outside_all`).
+SITE_KEY = "domain_site_references"
 FORMAT = "wbc_nnabla-domain/1"
 #: Side (pixels) the network input is area-resized to before the descriptors are computed.
 DESCRIPTOR_SIZE = 32
@@ -201,6 +204,23 @@ def distance(ref: dict, desc: np.ndarray) -> np.ndarray:
 def outside(ref: dict, dist: np.ndarray) -> np.ndarray:
     """Per-cell flag ``(N,)`` bool: distance above the reference's ``cell_threshold``."""
     return np.asarray(dist, dtype=np.float64) > float(check_reference(ref)["cell_threshold"])
+
+
+def site_references(meta: dict, where: str = "model") -> List[dict]:
+    """The checked references under :data:`SITE_KEY` of a model's description ``meta`` (``[]`` when none)."""
+    refs = meta.get(SITE_KEY) or []
+    if not isinstance(refs, list):
+        raise DomainError(f"{where}: {SITE_KEY} is not a list of domain references")
+    return [check_reference(r, f"{where}: {SITE_KEY}[{i}]") for i, r in enumerate(refs)]
+
+
+def outside_all(ref: dict, sites: Sequence[dict], desc: np.ndarray) -> np.ndarray:
+    """Per-cell flag ``(N,)`` bool: outside the training cells' reference ``ref`` and outside every
+    site reference in ``sites`` (the labelled cells a model was fine-tuned on are training cells too)."""
+    flags = outside(ref, distance(ref, desc))
+    for site in sites:
+        flags &= outside(site, distance(site, desc))
+    return flags
 
 
 # ----------------------------------------------------------------------------- summaries

@@ -22,6 +22,10 @@ The step and the number of updates can be chosen on the lab's own labelled cells
 (``select``, CLI ``--select``): :func:`cross_validate` scores each candidate of
 :func:`wbc_nnabla.recipe.select_candidates` on held-out folds of those cells and
 :func:`best_setting` picks one; no other cell is used.
+
+The labelled cells are training cells of the new model: their domain reference is stored
+beside the training cells' (:func:`site_reference`), so the domain-shift check of
+``predict`` stops flagging the lab's own smears (docs/inference.md, "Domain-shift warning").
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import classes, fileio, framing, modelfile, training
+from . import classes, domain, fileio, framing, modelfile, training
 from .errors import WBCError
 from .recipe import SELECT_FOLDS, AdaBoundConfig, Augmentation, FinetuneConfig, select_candidates
 
@@ -46,6 +50,9 @@ log = logging.getLogger(__name__)
 #: Fewest labelled cells accepted, and fewest distinct labels: one class alone teaches nothing.
 MIN_FINETUNE_CELLS = 5
 MIN_FINETUNE_CLASSES = 2
+#: Fewest labelled cells whose domain reference ``finetune`` stores (:func:`site_reference`): each
+#: half of the cells (25) at least 2.5 times the 10 descriptors the covariance is fitted on.
+MIN_SITE_REFERENCE_CELLS = 50
 #: Fewest labelled cells for ``select`` (each of the folds fine-tunes on two thirds and scores the rest).
 MIN_SELECT_CELLS = 30
 #: Band and Segment: the classes a ``Neutrophil`` label stands for.
@@ -247,6 +254,25 @@ def _record(model: Path, cells: Path, labels: np.ndarray, names: List[str], path
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
+def site_reference(meta: dict, paths: Sequence[str], labels: np.ndarray, size: int, source: Path,
+                   seed: int = 0) -> Optional[dict]:
+    """The domain reference (:func:`wbc_nnabla.domain.reference`) of a site's labelled cells, as the model
+    sees them, which :func:`finetune` stores under :data:`wbc_nnabla.domain.SITE_KEY`: the model has now
+    been trained on cells like them, so ``predict`` no longer flags them outside its domain.
+
+    None (logged) under :data:`MIN_SITE_REFERENCE_CELLS` cells: the reference's threshold comes from
+    each half of the cells measured against the other half, and a covariance of
+    ``len(wbc_nnabla.domain.DESCRIPTORS)`` = 10 descriptors fitted on a handful of cells would make
+    it so wide that another lab's cells would pass as the site's.
+    """
+    if len(paths) < MIN_SITE_REFERENCE_CELLS:
+        log.info("%d labelled cells: fewer than %d, no site domain reference stored (predict keeps comparing "
+                 "cells with the training cells only)", len(paths), MIN_SITE_REFERENCE_CELLS)
+        return None
+    return training.domain_reference(_loader(meta, paths, labels, size), seed,
+                                     source=f"{len(paths)} labelled cells of {source} (finetune)")
+
+
 def _select(params: Dict[str, np.ndarray], meta: dict, paths: List[str], labels: np.ndarray, cells: Path,
             cfg: FinetuneConfig, folds: int, size: int, progress: bool) -> pd.DataFrame:
     """:func:`cross_validate` of :func:`~wbc_nnabla.recipe.select_candidates`, after checking the cells suffice."""
@@ -278,6 +304,10 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
         size kept. The table is stored in the record (``selection``). Needs
         :data:`MIN_SELECT_CELLS` cells; costs about ``folds`` x 3 fine-tunings more.
 
+    With at least :data:`MIN_SITE_REFERENCE_CELLS` cells the output also stores their domain
+    reference (:func:`site_reference`; record key ``site_domain_reference``), so ``predict``
+    counts cells like them as inside the model's domain.
+
     Raises :class:`FinetuneError` (or another :class:`~wbc_nnabla.errors.WBCError` naming
     the file) before writing anything. Returns the ``finetune`` record stored in the
     output's metadata, plus ``out`` and ``costs`` (Cost per iteration).
@@ -296,8 +326,13 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
         selection = dict(folds=folds, chosen=dict(alpha=cfg.alpha, final_lr=cfg.final_lr, iterations=cfg.iterations),
                          table=table.to_dict(orient="records"))
     tuned, costs = tune(params, meta, paths, labels, cfg, size, progress)
-    record = dict(_record(model, cells, labels, names, paths, cfg, size, costs), selection=selection)
-    modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "finetune", record))
+    site = site_reference(meta, paths, labels, size, cells, cfg.seed)
+    record = dict(_record(model, cells, labels, names, paths, cfg, size, costs), selection=selection,
+                  site_domain_reference=site is not None)
+    tuned_meta = modelfile.derived_meta(meta, size, "finetune", record)
+    if site is not None:
+        tuned_meta[domain.SITE_KEY] = list(meta.get(domain.SITE_KEY) or []) + [site]
+    modelfile.save_nnp(out, tuned, tuned_meta)
     log.info("fine-tuned %s on %d cells of %s (%d iterations; Cost %.3f -> %.3f) -> %s", model, len(paths),
              cells, cfg.iterations, costs[0], costs[-1], out)
     return dict(record, out=str(out), costs=costs)

@@ -462,9 +462,10 @@ def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) ->
 
     out: the predictions table; meta: the model's description; desc: the cells'
     :func:`wbc_nnabla.domain.descriptors` ``(N, D)`` in table order; where: the model file, for messages.
-    With a reference in ``meta`` adds the columns ``domain_distance`` and
-    ``outside_domain`` (0/1) and ``out.attrs["domain"]`` (:func:`wbc_nnabla.domain.summarise`),
-    and logs a warning per run or smear outside the training domain; without one,
+    With a reference in ``meta`` adds the columns ``domain_distance`` (to the training cells) and
+    ``outside_domain`` (0/1: outside the training cells and every fine-tuning site's labelled cells,
+    :func:`wbc_nnabla.domain.outside_all`) and ``out.attrs["domain"]`` (:func:`wbc_nnabla.domain.summarise`
+    plus ``site_references``: their sources), and logs a warning per run or smear outside; without one,
     ``attrs["domain"]`` says the check is unavailable and no column is added.
     """
     ref = meta.get(domain.META_KEY)
@@ -474,11 +475,13 @@ def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) ->
         log.info("domain-shift check unavailable: %s stores no domain reference", where)
         return out
     domain.check_reference(ref, f"{where}: {domain.META_KEY}")
+    sites = domain.site_references(meta, where)
     dist = domain.distance(ref, desc)
-    flags = domain.outside(ref, dist)
+    flags = domain.outside_all(ref, sites, desc)
     out["domain_distance"] = dist
     out["outside_domain"] = flags.astype(np.int64)
-    summary = domain.summarise(dist, flags, out["smear"], ref["cell_threshold"])
+    summary = dict(domain.summarise(dist, flags, out["smear"], ref["cell_threshold"]),
+                   site_references=[site["source"] for site in sites])
     out.attrs["domain"] = summary
     if summary["run"]["outside_domain"]:
         log.warning("%.0f%% of the %d cells are outside the training domain of %s: %s",
