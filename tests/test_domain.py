@@ -183,6 +183,16 @@ def test_domain_reference_for_an_older_model(trained, tiny_model, tmp_path):
     assert not (tmp_path / "x.nnp").exists()
 
 
+def test_predict_line_names_only_named_smears():
+    """predict's console line: the run's warning, and smear names only when the cells have some."""
+    flags = np.ones(30, bool)
+    unnamed = domain.summarise(np.full(30, 9.0), flags, [""] * 30, 7.8)
+    line = cli._domain_line(unnamed)
+    assert domain.WARNING in line and "smears:" not in line, line
+    named = domain.summarise(np.full(30, 9.0), flags, ["S1"] * 10 + ["S2"] * 20, 7.8)
+    assert cli._domain_line(named).endswith("(smears: S1, S2)")
+
+
 def test_reference_and_distance_units():
     rng = np.random.default_rng(0)
     desc = rng.normal(size=(400, len(domain.DESCRIPTORS)))
