@@ -437,7 +437,7 @@ def domain_warnings(summary: dict) -> List[str]:
     if not bad:
         return []
     return [f"WARNING: {len(bad)} smear(s) {domain.WARNING}: {', '.join(map(str, bad))} (more than "
-            f"{summary['domain_smear_share']:.0%} of their cells are unlike the model's training cells; "
+            f"{summary['domain_smear_share']:.0%} of their cells are unlike the cells the model was trained on; "
             f"see the domain-shift check)."]
 
 
@@ -448,7 +448,8 @@ def domain_section(result: "scoring.ScoreResult", level: int = 2, title: str = "
         return section(title, [f"Unavailable: {s.get('domain_check_reason', 'no check in the data')}. "
                                               "Nothing tells whether these cells resemble the training cells."],
                        level=level)
-    text = [f"Share of cells unlike the training cells (distance above the training cells' 99th percentile): "
+    text = [f"Share of cells unlike the cells the model was trained on (beyond the 99th percentile of their own "
+            f"distances; a fine-tuned model also counts its site's labelled cells as such): "
             f"{s['domain_share_outside']:.1%} over the run, median distance {s['domain_median_distance']:.2f}. "
             f"A smear is outside the training domain above {s['domain_smear_share']:.0%} (docs/inference.md)."]
     text += domain_warnings(s) or ["Every smear is inside the training domain."]
