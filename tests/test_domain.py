@@ -183,14 +183,20 @@ def test_domain_reference_for_an_older_model(trained, tiny_model, tmp_path):
     assert not (tmp_path / "x.nnp").exists()
 
 
-def test_predict_line_names_only_named_smears():
+def test_predict_line_names_only_named_smears(trained, tmp_path, capsys):
     """predict's console line: the run's warning, and smear names only when the cells have some."""
-    flags = np.ones(30, bool)
-    unnamed = domain.summarise(np.full(30, 9.0), flags, [""] * 30, 7.8)
-    line = cli._domain_line(unnamed)
-    assert domain.WARNING in line and "smears:" not in line, line
-    named = domain.summarise(np.full(30, 9.0), flags, ["S1"] * 10 + ["S2"] * 20, 7.8)
-    assert cli._domain_line(named).endswith("(smears: S1, S2)")
+    _, model, _, recoloured = trained
+
+    def line(table: pd.DataFrame, name: str) -> str:
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+        assert cli.main(["predict", str(model), str(tmp_path / f"{name}.csv"), str(tmp_path / f"p_{name}.csv"),
+                         "--backend", "nnabla", "--no-progress"]) == 0
+        return next(t for t in capsys.readouterr().out.splitlines() if t.startswith("domain-shift check"))
+
+    unnamed = line(recoloured[["path", "label"]], "unnamed")
+    assert domain.WARNING in unnamed and "smears:" not in unnamed, unnamed
+    smears = ["S1"] * 10 + ["S2"] * (len(recoloured) - 10)
+    assert line(recoloured.assign(smear=smears), "named").endswith("(smears: S1, S2)")
 
 
 def test_reference_and_distance_units():
