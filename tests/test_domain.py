@@ -17,8 +17,8 @@ from wbc_nnabla.errors import WBCError
 
 nn = pytest.importorskip("nnabla")
 
-from wbc_nnabla import adaptation, domain_model, export, modelfile, predictor, training  # noqa: E402
-from wbc_nnabla.recipe import TrainConfig  # noqa: E402
+from wbc_nnabla import adaptation, domain_model, export, finetune, modelfile, predictor, training  # noqa: E402
+from wbc_nnabla.recipe import FinetuneConfig, TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -241,8 +241,6 @@ def test_reproduce_report_has_the_domain_check(tiny_demo_run):
 def test_finetune_on_a_sites_labelled_cells_makes_cells_like_them_inside(trained, tmp_path, capsys):
     """``finetune`` stores the reference of the site's labelled cells (docs/inference.md, "Domain-shift
     warning"): the site's other cells are then inside, the training lab's still are, a third stain is not."""
-    from wbc_nnabla import finetune
-    from wbc_nnabla.recipe import FinetuneConfig
     root, model, cells, recoloured = trained
     train = fileio.read_nnc_csv(root / "dataset" / "train.csv")
     site = tmp_path / "site"
@@ -283,9 +281,8 @@ def test_finetune_on_a_sites_labelled_cells_makes_cells_like_them_inside(trained
 
 
 def test_too_few_labelled_cells_store_no_site_reference(trained):
-    from wbc_nnabla import finetune
     _, model, cells, _ = trained
-    params, meta = modelfile.read_model(model)
+    meta = modelfile.read_meta(model)
     paths = list(cells["path"])
     labels = np.zeros(len(paths), np.int32)
     n = finetune.MIN_SITE_REFERENCE_CELLS
