@@ -286,7 +286,7 @@ def _domain_line(summary: dict) -> str:
     from . import domain
     if not summary.get("available"):
         return f"domain-shift check unavailable: {summary.get('reason', 'no reference')}"
-    run, bad = summary["run"], [s for s in domain.outside_smears(summary) if s]   # "": cells without a smear
+    run, bad = summary["run"], domain.outside_smears(summary)
     sites = summary.get("site_references") or []
     text = (f"domain-shift check: {run['share_outside']:.1%} of cells outside the training domain"
             + (f" (training cells and the labelled cells of {len(sites)} fine-tuning site(s))" if sites else "")

@@ -214,10 +214,11 @@ def site_references(meta: dict, where: str = "model") -> List[dict]:
     return [check_reference(r, f"{where}: {SITE_KEY}[{i}]") for i, r in enumerate(refs)]
 
 
-def outside_all(ref: dict, sites: Sequence[dict], desc: np.ndarray) -> np.ndarray:
-    """Per-cell flag ``(N,)`` bool: outside the training cells' reference ``ref`` and outside every
-    site reference in ``sites`` (the labelled cells a model was fine-tuned on are training cells too)."""
-    flags = outside(ref, distance(ref, desc))
+def outside_all(ref: dict, dist: np.ndarray, sites: Sequence[dict], desc: np.ndarray) -> np.ndarray:
+    """Per-cell flag ``(N,)`` bool: outside the training cells' reference ``ref`` (``dist``: the cells'
+    :func:`distance` to it) and outside every site reference in ``sites`` (the labelled cells a model
+    was fine-tuned on are training cells too); ``desc``: the cells' descriptors ``(N, D)``."""
+    flags = outside(ref, dist)
     for site in sites:
         flags &= outside(site, distance(site, desc))
     return flags
@@ -259,7 +260,8 @@ def unavailable(reason: str) -> dict:
 
 
 def outside_smears(summary: dict) -> List[str]:
-    """Names of the smears a :func:`summarise` result flags as outside the training domain."""
+    """Names of the smears a :func:`summarise` result flags as outside the training domain (cells without a
+    smear name, ``""``, are in no named smear: the run's own flag covers them)."""
     if not summary.get("available"):
         return []
-    return [s for s, v in summary["smears"].items() if v["outside_domain"]]
+    return [s for s, v in summary["smears"].items() if s and v["outside_domain"]]

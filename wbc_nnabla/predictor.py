@@ -477,7 +477,7 @@ def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) ->
     domain.check_reference(ref, f"{where}: {domain.META_KEY}")
     sites = domain.site_references(meta, where)
     dist = domain.distance(ref, desc)
-    flags = domain.outside_all(ref, sites, desc)
+    flags = domain.outside_all(ref, dist, sites, desc)
     out["domain_distance"] = dist
     out["outside_domain"] = flags.astype(np.int64)
     summary = dict(domain.summarise(dist, flags, out["smear"], ref["cell_threshold"]),
@@ -487,7 +487,7 @@ def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) ->
         log.warning("%.0f%% of the %d cells are outside the training domain of %s: %s",
                     100 * summary["run"]["share_outside"], len(out), where, domain.WARNING)
     for s in domain.outside_smears(summary):
-        if s and len(summary["smears"]) > 1:
+        if len(summary["smears"]) > 1:
             log.warning("smear %s: %.0f%% of its cells %s", s, 100 * summary["smears"][s]["share_outside"],
                         domain.WARNING)
     return out
