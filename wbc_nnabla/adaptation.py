@@ -13,21 +13,32 @@ training images.
 and a cell source of any kind (:func:`wbc_nnabla.fileio.read_cells`) and writes
 a new self-describing ``.nnp`` whose ``wbc_nnabla.json`` records what the
 adaptation used (``adaptation``). CLI: ``wbc-nnabla adapt``.
+
+:func:`infomax` goes one step further on the same unlabelled cells, after AdaBN:
+information maximisation (SHOT-IM, Liang et al., ICML 2020) trains every parameter but
+the classifier so that each cell's prediction is sure (low entropy) while the mean
+prediction over a batch stays near a class prior (a healthy differential by default;
+SHOT's uniform one with ``prior="none"``), so the sure answers cannot all be one
+class. CLI: ``wbc-nnabla infomax``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import nnabla as nn
+import nnabla.functions as F
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import fileio, framing, modelfile, sampling, training
+from . import fileio, framing, modelfile, predictions, sampling, training
 from .errors import InputError, WBCError
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
-from .recipe import MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES  # noqa: F401
+from .recipe import (ADABN_BATCH, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, AdaBoundConfig, Augmentation,  # noqa: F401
+                     InfoMaxConfig)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +119,7 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
     return dict(training=training_share, site=site, zoom=framing.site_zoom(site, training_share))
 
 
-def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = 16,
+def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = ADABN_BATCH,
                     max_images: int = MAX_ADAPT_IMAGES, seed: int = 0, min_images: int = MIN_ADAPT_IMAGES,
                     overwrite: bool = False, skip_bad: bool = False, scale: bool = True,
                     train_cells=None) -> dict:
@@ -172,3 +183,129 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     log.info("adapted %d BatchNorm layers of %s on %d cells of %s -> %s", len(stats) // 2, model, len(rows),
              cells, out)
     return dict(record, out=str(out), paths=paths, skipped=skipped)
+
+
+def prior_shares(class_names: List[str], prior: str) -> np.ndarray:
+    """Target share ``(C,)`` of each of ``class_names`` (sums to 1) for :func:`infomax`'s prior term.
+
+    prior: ``none`` (equal shares), ``normal`` or ``Class=share,...``
+    (:func:`wbc_nnabla.predictions.parse_prior`; ``Neutrophil`` for Band + Segment).
+    """
+    shares = predictions.parse_prior(prior)
+    if shares is None:
+        return np.full(len(class_names), 1.0 / len(class_names))
+    w = predictions.prior_weights(class_names, shares)            # target share x C (balanced training)
+    return w / w.sum()
+
+
+def infomax_loss(logits: nn.Variable, shares: np.ndarray, weight: float) -> Tuple[nn.Variable, nn.Variable,
+                                                                                  nn.Variable]:
+    """(loss, mean entropy, KL) of information maximisation on a batch of logits ``(B, C)``.
+
+    Mean entropy: ``mean_i -sum_c p_ic log p_ic`` (nats), low when each cell's call is sure.
+    KL: ``sum_c m_c log(m_c / s_c)`` of the batch-mean prediction ``m`` from ``shares`` ``(C,)``;
+    with equal shares it is ``log C`` minus SHOT's diversity term. Loss: entropy + ``weight`` x KL.
+    """
+    p = F.softmax(logits, axis=1)
+    entropy = F.mean(-F.sum(p * F.log_softmax(logits, axis=1), axis=1))
+    m = F.mean(p, axis=0)
+    log_s = nn.Variable.from_numpy_array(np.log(np.asarray(shares, np.float32)))
+    kl = F.sum(m * (F.log(m + 1e-7) - log_s))
+    return entropy + weight * kl, entropy, kl
+
+
+def _maximise(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, cfg: InfoMaxConfig,
+              size: int, shares: np.ndarray, progress: bool) -> Tuple[Dict[str, np.ndarray], List[dict]]:
+    """(parameters after ``cfg.iterations`` updates, per-update ``loss``/``entropy``/``kl``).
+
+    BatchNorm runs on batch statistics (the site's), with the paper's geometric augmentation;
+    the classifier ``fc``, BatchNorm running statistics and ``preprocess`` stay fixed.
+    """
+    norm = meta.get("norm") or "batch"
+    with nn.parameter_scope("", {}):
+        nn.random.seed(cfg.seed)
+        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), cfg.batch_size, size,
+                                     aug=Augmentation(), aug_seed=cfg.seed, norm=norm)
+        loss, entropy, kl = infomax_loss(graph.logits, shares, cfg.weight)
+        entropy.persistent = kl.persistent = True          # read after backward(clear_buffer=True)
+        variables = training.parameters()
+        for k, v in variables.items():
+            v.d = params[k]
+            v.need_grad = not (k.startswith("fc/") or k.startswith("preprocess/") or k.endswith("/mean")
+                               or k.endswith("/var"))
+        solver = training.make_solver(AdaBoundConfig(alpha=cfg.alpha, final_lr=cfg.final_lr))
+        history = []
+        stream = training.batches(loader, cfg.batch_size, cfg.iterations, True, cfg.seed)
+        for xb, _, _ in tqdm(stream, total=cfg.iterations, desc="infomax", disable=fileio.bar_disabled(progress)):
+            graph.x.d = xb
+            loss.forward(clear_no_need_grad=True)
+            solver.zero_grad()
+            loss.backward(clear_buffer=True)
+            solver.update()
+            history.append(dict(loss=float(loss.d), entropy=float(entropy.d), kl=float(kl.d)))
+        tuned = {k: v.d.copy() for k, v in variables.items()}
+    for k in bn_statistics(params):      # the forward passes moved them; they are re-estimated after
+        tuned[k] = params[k]
+    return tuned, history
+
+
+def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite: bool = False,
+            progress: bool = True, skip_bad: bool = False, max_images: int = MAX_ADAPT_IMAGES) -> dict:
+    """Write ``out``: ``model`` adapted to the unlabelled ``cells`` by information maximisation.
+
+    SHOT-IM (Liang et al., ICML 2020) with a class prior: every parameter but the
+    classifier ``fc`` is trained (AdaBound, :class:`~wbc_nnabla.recipe.InfoMaxConfig`) to
+    lower :func:`infomax_loss` on batches of the site's cells; then, for a BatchNorm
+    model, every BatchNorm's running statistics are re-estimated on the same cells (AdaBN).
+    Best run on a model ``adapt`` made first (its site zoom is applied to each crop).
+
+    model: a ``.nnp``/``.h5`` model file. cells: the site's cells, any source
+        :func:`wbc_nnabla.fileio.read_cells` reads; labels are ignored. A seeded sample of at
+        most ``max_images`` readable cells is used (at least :data:`MIN_ADAPT_IMAGES` and
+        one batch). out: the ``.nnp`` to write (not the model, not inside the cells folder;
+        an existing file only with ``overwrite``). skip_bad: leave out unreadable cells.
+
+    Pseudo-labels are not used, yet the same caution holds as for ``self-train``: a class the
+    model confuses on this site with high confidence is learnt more firmly; check the result on
+    some labelled cells of the site. Raises :class:`AdaptationError` (or another
+    :class:`~wbc_nnabla.errors.WBCError` naming the file) before writing anything. Returns the
+    ``infomax`` record stored in the output's metadata, plus ``out``.
+    """
+    cfg = config or InfoMaxConfig()
+    model, cells, out = Path(model), Path(cells), Path(out)
+    if cfg.iterations < 1 or cfg.batch_size < 2 or max_images < 1 or cfg.weight < 0:
+        raise InputError(f"iterations and max_images must be >= 1, batch_size >= 2 (a mean prediction) and "
+                         f"weight >= 0; got {cfg.iterations}, {max_images}, {cfg.batch_size} and {cfg.weight}")
+    params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "infomax", "adapted",
+                                                    AdaptationError, cfg.size)
+    try:
+        shares = prior_shares(meta["class_names"], cfg.prior)
+    except predictions.PredictionsError as e:
+        raise AdaptationError(f"--prior: {e}") from None
+    table = fileio.read_cells(cells)
+    loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size,
+                                  transform=framing.model_view(meta))
+    readable, skipped = _draw(loader, max_images, cfg.seed, skip_bad)
+    need = max(int(MIN_ADAPT_IMAGES), cfg.batch_size)
+    if len(readable) < need:
+        raise AdaptationError(f"{cells}: {len(readable)} readable cells ({len(table)} listed, {len(skipped)} "
+                              f"unreadable); infomax needs at least {need} (the mean prediction of a batch)")
+    paths = [loader.paths[i] for i in readable]
+    site = training.ImageLoader(paths, np.zeros(len(paths), np.int32), size, transform=framing.model_view(meta))
+    tuned, history = _maximise(params, meta, site, cfg, size, shares, progress)
+    if bn_statistics(params):
+        rows = np.arange(len(paths) // ADABN_BATCH * ADABN_BATCH)
+        tuned.update(_estimate(tuned, meta, site, rows, ADABN_BATCH, size))
+    record = dict(method="information maximisation (SHOT-IM) with a class prior, then AdaBN",
+                  model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
+                  source=str(cells.resolve()), n_cells=len(paths), n_listed=len(table), n_skipped=len(skipped),
+                  cells_sha256=modelfile.paths_sha256(paths), prior_shares=dict(zip(meta["class_names"],
+                                                                                   shares.round(4).tolist())),
+                  settings=dict(dataclasses.asdict(cfg), size=size, max_images=int(max_images)),
+                  first=history[0], last=history[-1],
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "infomax", record))
+    log.info("infomax on %d cells of %s (%d updates; entropy %.3f -> %.3f, KL %.3f -> %.3f) -> %s", len(paths),
+             cells, cfg.iterations, history[0]["entropy"], history[-1]["entropy"], history[0]["kl"],
+             history[-1]["kl"], out)
+    return dict(record, out=str(out), history=history, skipped=skipped)

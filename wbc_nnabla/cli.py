@@ -19,9 +19,9 @@ from typing import List, Optional
 from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
-from .recipe import (ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PAPER,
-                     RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, SelfTrainConfig,
-                     TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
+from .recipe import (ADABN_BATCH, ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES,
+                     PAPER, RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig,
+                     InfoMaxConfig, SelfTrainConfig, TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
 
 
 class CLIError(WBCError):
@@ -421,7 +421,8 @@ def _add_adaptation(sub) -> None:
     p.add_argument("out", help="adapted model .nnp to write (records the adaptation in wbc_nnabla.json)")
     p.add_argument("--size", type=int, default=None,
                    help="input side in pixels (default: the model's training size; required if it stores none)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch statistic (default 16)")
+    p.add_argument("--batch-size", type=int, default=ADABN_BATCH,
+                   help="images per batch statistic (default %(default)s)")
     p.add_argument("--max-images", type=int, default=MAX_ADAPT_IMAGES,
                    help=f"site cells drawn, a seeded sample (default %(default)s; at least {MIN_ADAPT_IMAGES} "
                         f"readable cells are required)")
@@ -435,6 +436,40 @@ def _add_adaptation(sub) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
     p.set_defaults(func=_cmd_adapt)
+
+
+def _cmd_infomax(args) -> int:
+    from .adaptation import infomax
+    r = infomax(args.model, args.site_cells, args.out, _settings(InfoMaxConfig, args), overwrite=args.overwrite,
+                progress=not args.no_progress, skip_bad=args.skip_bad, max_images=args.max_images)
+    for why in r.get("skipped", []):
+        print(f"skipped: {why}")
+    first, last = r["first"], r["last"]
+    print(f"infomax: {args.model} trained on {r['n_cells']} of {r['n_listed']} cells of {args.site_cells} "
+          f"({r['settings']['iterations']} updates; entropy {first['entropy']:.3f} -> {last['entropy']:.3f}, "
+          f"KL from the prior {first['kl']:.3f} -> {last['kl']:.3f}) -> {r['out']}")
+    return 0
+
+
+def _add_infomax(sub) -> None:
+    p = sub.add_parser("infomax", help="adapt a model to another lab's unlabelled cells (information maximisation)",
+                       description="After `adapt`: train every parameter but the classifier on a new site's "
+                                   "unlabelled cells so that each cell's call is sure while the mean call of a "
+                                   "batch stays near a class prior (SHOT-IM, Liang et al. 2020), then re-estimate "
+                                   "the BatchNorm statistics on the same cells. Check the result on some "
+                                   "labelled cells of the site. See docs/cross_site.md.")
+    p.add_argument("model", help="model .nnp / .h5 to start from, best one `adapt` made (never changed)")
+    p.add_argument("site_cells", help="the new site's cells: any cell source (folder, CSV, NNC dataset); "
+                                      "labels ignored")
+    p.add_argument("out", help="adapted model .nnp to write (records the run in wbc_nnabla.json)")
+    _add_settings(p, InfoMaxConfig, defaults=True)
+    p.add_argument("--max-images", type=int, default=MAX_ADAPT_IMAGES,
+                   help=f"site cells drawn, a seeded sample (default %(default)s; at least {MIN_ADAPT_IMAGES})")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_infomax)
 
 
 def _cmd_finetune(args) -> int:
@@ -787,7 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbc-nnabla {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_ensemble, _add_adaptation, _add_finetune, _add_self_train,
+    for add in (_add_io, _add_cells, _add_datasets, _add_training, _add_inference, _add_ensemble, _add_adaptation,
+                _add_infomax, _add_finetune, _add_self_train,
                 _add_domain, _add_scoring,
                 _add_gradcam, _add_pipeline):
         add(sub)

@@ -67,6 +67,8 @@ BN_RECALIBRATION_IMAGES = 960
 MIN_ADAPT_IMAGES = 32
 #: Site cells AdaBN draws by default (60 batches of 16, as many as precise BN uses in training).
 MAX_ADAPT_IMAGES = BN_RECALIBRATION_IMAGES
+#: Cells per batch statistic of AdaBN (``adapt``'s default, and the re-estimation that ends ``infomax``).
+ADABN_BATCH = 16
 
 #: Key of a dataclass field's metadata that makes the field a command-line flag (see :func:`setting`).
 FLAG = "flag"
@@ -297,3 +299,23 @@ class SelfTrainConfig(FinetuneConfig):
     rounds: int = setting(3, "rounds of pseudo-labelling and fine-tuning")
     portion: float = setting(0.2, "first round: share of each predicted class kept (most confident first)")
     portion_step: float = setting(0.15, "added to the share each round (capped at 1)")
+
+
+@dataclasses.dataclass
+class InfoMaxConfig:
+    """Settings of :func:`wbc_nnabla.adaptation.infomax` (units: updates, cells, pixels).
+
+    Chosen before any foreign-site result (docs/cross_site.md): the step of
+    :class:`FinetuneConfig`; SHOT's weight 1 of the prior term (Liang et al., ICML 2020); a
+    batch of 32 cells, over which the mean prediction is compared with the prior.
+    """
+    iterations: int = setting(100, "AdaBound updates")
+    batch_size: int = setting(32, "site cells per update (the mean prediction is taken over the batch)")
+    alpha: float = setting(1e-4, "AdaBound step size (Adam learning rate)")
+    final_lr: float = setting(0.01, "AdaBound final (SGD) learning rate")
+    weight: float = setting(1.0, "weight of the prior term KL(mean prediction || prior) against the entropy")
+    prior: str = setting("normal", "what the batch's mean prediction is drawn to: normal (a healthy adult's "
+                                   "differential), none (equal classes: SHOT's diversity term) or Class=share,...",
+                         metavar="PRIOR")
+    seed: int = setting(0, "seed of the cell sample, shuffles and augmentation")
+    size: Optional[int] = setting(None, "input side in pixels (default: the model's size)")
