@@ -170,3 +170,29 @@ def test_cli_prints_what_it_did(site, capsys, tmp_path):
     assert rc == 0 and out.is_file()
     assert line.startswith(f"infomax: {model} trained on {N_SITE} of {N_SITE} cells") and str(out) in line
     assert modelfile.read_meta(out)["infomax"]["prior_shares"]["Band"] == pytest.approx(1 / 6, abs=1e-4)
+
+
+def _two_class_model(tiny_model, path: Path, names):
+    params, meta = modelfile.read_model(tiny_model / "model.nnp")
+    params = {k: (v[:, :2] if k == "fc/affine/W" else v[:2] if k == "fc/affine/b" else v) for k, v in params.items()}
+    modelfile.save_nnp(path, params, modelfile.model_meta(meta["arch"], list(names), 32))
+    return path
+
+
+def test_another_class_set_takes_its_share_of_the_prior(site, tiny_model, tmp_path):
+    """A Lymph/Mono model learns towards the normal differential's Lymph : Mono = 0.30 : 0.06."""
+    _, _, cells = site
+    two = _two_class_model(tiny_model, tmp_path / "two.nnp", ["Lymph", "Mono"])
+    adaptation.infomax(two, cells, tmp_path / "out.nnp", QUICK, progress=False)
+    shares = modelfile.read_meta(tmp_path / "out.nnp")["infomax"]["prior_shares"]
+    assert shares == pytest.approx({"Lymph": 0.3 / 0.36, "Mono": 0.06 / 0.36}, abs=1e-4)
+
+
+def test_a_class_the_prior_lacks_is_refused_naming_model_and_class(site, tiny_model, tmp_path, capsys):
+    _, _, cells = site
+    other = _two_class_model(tiny_model, tmp_path / "blast.nnp", ["Lymph", "Blast"])
+    rc = cli.main([str(a) for a in ["infomax", other, cells, tmp_path / "out" / "im.nnp"]])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "blast.nnp" in err and "--prior normal" in err and "'Blast'" in err, err
+    assert not (tmp_path / "out").exists()

@@ -281,7 +281,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
     try:
         shares = prior_shares(meta["class_names"], cfg.prior)
     except predictions.PredictionsError as e:
-        raise AdaptationError(f"--prior: {e}") from None
+        raise AdaptationError(f"{model}: --prior {cfg.prior}: {e}") from None
     table = fileio.read_cells(cells)
     loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size,
                                   transform=framing.model_view(meta))
