@@ -438,6 +438,22 @@ def _add_adaptation(sub) -> None:
     p.set_defaults(func=_cmd_adapt)
 
 
+def _add_site_arguments(p, cells: str, cells_help: str, out_help: str, settings, skip_bad: bool = True,
+                        model_help: str = "model .nnp / .h5 to start from (never changed)") -> None:
+    """The arguments every command deriving a model from a site's cells shares (``finetune``,
+    ``infomax``, ``self-train``): MODEL, the cells, OUT, the ``settings`` dataclass's flags,
+    ``--overwrite``, ``--skip-bad`` (with ``skip_bad``) and ``--no-progress``."""
+    p.add_argument("model", help=model_help)
+    p.add_argument(cells, help=cells_help)
+    p.add_argument("out", help=out_help)
+    _add_settings(p, settings, defaults=True)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
+    if skip_bad:
+        p.add_argument("--skip-bad", action="store_true",
+                       help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _cmd_infomax(args) -> int:
     from .adaptation import infomax
     r = infomax(args.model, args.site_cells, args.out, _settings(InfoMaxConfig, args), overwrite=args.overwrite,
@@ -458,17 +474,12 @@ def _add_infomax(sub) -> None:
                                    "batch stays near a class prior (SHOT-IM, Liang et al. 2020), then re-estimate "
                                    "the BatchNorm statistics on the same cells. Check the result on some "
                                    "labelled cells of the site. See docs/cross_site.md.")
-    p.add_argument("model", help="model .nnp / .h5 to start from, best one `adapt` made (never changed)")
-    p.add_argument("site_cells", help="the new site's cells: any cell source (folder, CSV, NNC dataset); "
-                                      "labels ignored")
-    p.add_argument("out", help="adapted model .nnp to write (records the run in wbc_nnabla.json)")
-    _add_settings(p, InfoMaxConfig, defaults=True)
+    _add_site_arguments(p, "site_cells", "the new site's cells: any cell source (folder, CSV, NNC dataset); "
+                                         "labels ignored",
+                        "adapted model .nnp to write (records the run in wbc_nnabla.json)", InfoMaxConfig,
+                        model_help="model .nnp / .h5 to start from, best one `adapt` made (never changed)")
     p.add_argument("--max-images", type=int, default=MAX_ADAPT_IMAGES,
                    help=f"site cells drawn, a seeded sample (default %(default)s; at least {MIN_ADAPT_IMAGES})")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_infomax)
 
 
@@ -508,17 +519,14 @@ def _add_finetune(sub) -> None:
                                    "after `adapt` on its unlabelled cells): BatchNorm statistics frozen, "
                                    "AdaBound at a small step, the paper's geometric augmentation. Labels: the "
                                    "model's classes, or Neutrophil for Band/Segment. See docs/cross_site.md.")
-    p.add_argument("model", help="model .nnp / .h5 to start from (never changed)")
-    p.add_argument("labelled_cells", help="the site's labelled cells: class folders, path,label CSV or NNC dataset")
-    p.add_argument("out", help="fine-tuned model .nnp to write (records the fine-tuning in wbc_nnabla.json)")
-    _add_settings(p, FinetuneConfig, defaults=True)
+    _add_site_arguments(p, "labelled_cells", "the site's labelled cells: class folders, path,label CSV or NNC dataset",
+                        "fine-tuned model .nnp to write (records the fine-tuning in wbc_nnabla.json)", FinetuneConfig,
+                        skip_bad=False)
     p.add_argument("--select", action="store_true",
                    help="choose the step (--alpha, --final-lr) and --iterations by cross-validation inside the "
                         "labelled cells (steps 1e-4 and 1e-3, 100 and 200 iterations; not with those flags), "
                         "then fine-tune on all of them with the best; about 3 x --folds fine-tunings more")
     p.add_argument("--folds", type=int, default=SELECT_FOLDS, help="folds of --select (default %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_finetune)
 
 
@@ -541,14 +549,8 @@ def _add_self_train(sub) -> None:
                                    "most confident share of each predicted class, and labels them again, for a "
                                    "few rounds. Best after `adapt`. Pseudo-labels repeat the model's own "
                                    "mistakes: check the result on labelled cells. See docs/cross_site.md.")
-    p.add_argument("model", help="model .nnp / .h5 to start from (never changed)")
-    p.add_argument("site_cells", help="the site's cells: a folder, CSV or NNC dataset (labels ignored)")
-    p.add_argument("out", help="self-trained model .nnp to write (records each round in wbc_nnabla.json)")
-    _add_settings(p, SelfTrainConfig, defaults=True)
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave out unreadable, corrupt or too small images instead of stopping")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_site_arguments(p, "site_cells", "the site's cells: a folder, CSV or NNC dataset (labels ignored)",
+                        "self-trained model .nnp to write (records each round in wbc_nnabla.json)", SelfTrainConfig)
     p.set_defaults(func=_cmd_self_train)
 
 
