@@ -269,7 +269,8 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
     model confuses on this site with high confidence is learnt more firmly; check the result on
     some labelled cells of the site. Raises :class:`AdaptationError` (or another
     :class:`~wbc_nnabla.errors.WBCError` naming the file) before writing anything. Returns the
-    ``infomax`` record stored in the output's metadata, plus ``out``.
+    ``infomax`` record stored in the output's metadata, plus ``out``, ``history`` (``loss``,
+    ``entropy`` and ``kl`` per update) and ``skipped`` (reasons).
     """
     cfg = config or InfoMaxConfig()
     model, cells, out = Path(model), Path(cells), Path(out)
