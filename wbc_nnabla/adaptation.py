@@ -293,6 +293,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
                               f"unreadable); infomax needs at least {need} (the mean prediction of a batch)")
     paths = [loader.paths[i] for i in readable]
     site = training.ImageLoader(paths, np.zeros(len(paths), np.int32), size, transform=framing.model_view(meta))
+    site.cache = {j: loader.image(int(i)) for j, i in enumerate(readable)}   # read once, by _draw
     tuned, history = _maximise(params, meta, site, cfg, size, shares, progress)
     if bn_statistics(params):
         rows = np.arange(len(paths) // ADABN_BATCH * ADABN_BATCH)

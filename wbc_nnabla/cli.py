@@ -458,7 +458,7 @@ def _cmd_infomax(args) -> int:
     from .adaptation import infomax
     r = infomax(args.model, args.site_cells, args.out, _settings(InfoMaxConfig, args), overwrite=args.overwrite,
                 progress=not args.no_progress, skip_bad=args.skip_bad, max_images=args.max_images)
-    for why in r.get("skipped", []):
+    for why in r["skipped"]:
         print(f"skipped: {why}")
     first, last = r["first"], r["last"]
     print(f"infomax: {args.model} trained on {r['n_cells']} of {r['n_listed']} cells of {args.site_cells} "

@@ -265,12 +265,23 @@ def site_reference(meta: dict, paths: Sequence[str], labels: np.ndarray, size: i
     ``len(wbc_nnabla.domain.DESCRIPTORS)`` = 10 descriptors fitted on a handful of cells would make
     it so wide that another lab's cells would pass as the site's.
     """
-    if len(paths) < MIN_SITE_REFERENCE_CELLS:
-        log.info("%d labelled cells: fewer than %d, no site domain reference stored (predict keeps comparing "
-                 "cells with the training cells only)", len(paths), MIN_SITE_REFERENCE_CELLS)
+    if _too_few_for_reference(len(paths)):
         return None
-    return training.domain_reference(_loader(meta, paths, labels, size), seed,
-                                     source=f"{len(paths)} labelled cells of {source} (finetune)")
+    return _site_reference(_loader(meta, paths, labels, size), source, seed)
+
+
+def _too_few_for_reference(n: int) -> bool:
+    """True (logged) when ``n`` labelled cells are under :data:`MIN_SITE_REFERENCE_CELLS`."""
+    if n < MIN_SITE_REFERENCE_CELLS:
+        log.info("%d labelled cells: fewer than %d, no site domain reference stored (predict keeps comparing "
+                 "cells with the training cells only)", n, MIN_SITE_REFERENCE_CELLS)
+        return True
+    return False
+
+
+def _site_reference(loader: training.ImageLoader, source: Path, seed: int) -> dict:
+    """:func:`site_reference` of labelled cells already read (``loader``: as the model sees them)."""
+    return training.domain_reference(loader, seed, source=f"{len(loader)} labelled cells of {source} (finetune)")
 
 
 def _select(params: Dict[str, np.ndarray], meta: dict, paths: List[str], labels: np.ndarray, cells: Path,
@@ -325,8 +336,9 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
         cfg = best_setting(table, cfg)
         selection = dict(folds=folds, chosen=dict(alpha=cfg.alpha, final_lr=cfg.final_lr, iterations=cfg.iterations),
                          table=table.to_dict(orient="records"))
-    tuned, costs = tune(params, meta, paths, labels, cfg, size, progress)
-    site = site_reference(meta, paths, labels, size, cells, cfg.seed)
+    loader = _loader(meta, paths, labels, size)          # read once: fine-tuning and the site reference
+    tuned, costs, _ = _fit(params, meta, loader, target_groups(meta["class_names"])[1], cfg, size, progress)
+    site = None if _too_few_for_reference(len(paths)) else _site_reference(loader, cells, cfg.seed)
     record = dict(_record(model, cells, labels, names, paths, cfg, size, costs), selection=selection,
                   site_domain_reference=site is not None)
     tuned_meta = modelfile.derived_meta(meta, size, "finetune", record)
