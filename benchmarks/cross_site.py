@@ -23,6 +23,9 @@ the same on the pbc6 validation cells from the model as exported (a same-lab che
     wbc-nnabla predict OUT/VARIANT_sS/infomax_d1.nnp OUT/d1.csv ... [--prior normal]
     wbc-nnabla finetune OUT/VARIANT_sS/infomax_d1.nnp OUT/ft/n100_rR/labelled.csv OUT/ft/n100_rR/model_infomax.nnp --seed R   # --infomax-finetune
 
+(``--infomax-prior none`` passes ``--prior none`` to both ``infomax`` runs and names their files
+``infomax_none_*``, results in ``RUN/infomax_none.json``);
+
 (a variant of another input size, ``robust96``, trains on its own ``OUT/data96_sS`` built with
 ``--size 96`` and the same split); with ``--ensembles``, the predictions of every variant's seeds
 averaged at each stage and along the fine-tuning curve:
@@ -240,70 +243,82 @@ def finetune_curve(out: Path, variant: str, seed: int, sizes=CURVE_N, select: bo
     return rows
 
 
-def infomax_measures(out: Path, variant: str, seed: int) -> dict:
-    """``infomax`` on d1's unlabelled cells (from the d1-adapted model) and on the pbc6 validation
-    cells (from the model as exported; the labels of neither are read), each scored by ``predict``;
-    writes and returns ``RUN/infomax.json``."""
-    data, run = data_dir(out, variant, seed), out / f"{variant}_s{seed}"
-    d1_model, valid_model = run / "infomax_d1.nnp", run / "infomax_valid.nnp"
+def infomax_tag(prior: str) -> str:
+    """File-name tag of an ``infomax`` prior: ``""`` for the default ``normal``, else ``"_PRIOR"``."""
+    return "" if prior == "normal" else f"_{prior}"
+
+
+def infomax_measures(out: Path, variant: str, seed: int, prior: str = "normal") -> dict:
+    """``infomax --prior PRIOR`` on d1's unlabelled cells (from the d1-adapted model) and on the pbc6
+    validation cells (from the model as exported; the labels of neither are read), each scored by
+    ``predict``; writes and returns ``RUN/infomax[_PRIOR].json``."""
+    data, run, tag = data_dir(out, variant, seed), out / f"{variant}_s{seed}", infomax_tag(prior)
+    d1_model, valid_model = run / f"infomax{tag}_d1.nnp", run / f"infomax{tag}_valid.nnp"
+    flags = ["--prior", prior] if tag else []
     if not d1_model.exists():
-        wbc("infomax", run / "adapted_d1.nnp", out / "d1_unlabelled.csv", d1_model, "--no-progress")
+        wbc("infomax", run / "adapted_d1.nnp", out / "d1_unlabelled.csv", d1_model, *flags, "--no-progress")
     if not valid_model.exists():
-        wbc("infomax", run / "model.nnp", data / "valid.csv", valid_model, "--no-progress")
-    res = dict(variant=variant, seed=seed,
-               d1_infomax=five_class(predict(d1_model, out / "d1.csv", run / "pred_d1_infomax.csv")),
-               d1_infomax_prior=five_class(predict(d1_model, out / "d1.csv", run / "pred_d1_infomax_prior.csv",
+        wbc("infomax", run / "model.nnp", data / "valid.csv", valid_model, *flags, "--no-progress")
+    res = dict(variant=variant, seed=seed, prior=prior,
+               d1_infomax=five_class(predict(d1_model, out / "d1.csv", run / f"pred_d1_infomax{tag}.csv")),
+               d1_infomax_prior=five_class(predict(d1_model, out / "d1.csv", run / f"pred_d1_infomax{tag}_prior.csv",
                                                    "--prior", "normal")),
-               pbc6_valid_infomax=in_domain(predict(valid_model, data / "valid.csv", run / "pred_valid_infomax.csv")))
-    (run / "infomax.json").write_text(json.dumps(dict(json.loads((run / "infomax.json").read_text())
-                                                      if (run / "infomax.json").exists() else {}, **res), indent=1))
+               pbc6_valid_infomax=in_domain(predict(valid_model, data / "valid.csv",
+                                                    run / f"pred_valid_infomax{tag}.csv")))
+    path = run / f"infomax{tag}.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()) if path.exists() else {}, **res), indent=1))
     return res
 
 
-def finetune_after_infomax(out: Path, variant: str, seed: int, n: int = 100) -> list:
+def finetune_after_infomax(out: Path, variant: str, seed: int, n: int = 100, prior: str = "normal") -> list:
     """``finetune`` (default settings) of the infomax model on the fine-tuning curve's N labelled cells
-    (the same picks, ``RUN/finetune/nN_rR/labelled.csv``), scored on the rest; added to ``RUN/infomax.json``."""
-    run = out / f"{variant}_s{seed}"
+    (the same picks, ``RUN/finetune/nN_rR/labelled.csv``), scored on the rest; added to
+    ``RUN/infomax[_PRIOR].json``."""
+    run, tag = out / f"{variant}_s{seed}", infomax_tag(prior)
     rows = []
     for r in range(CURVE_REPEATS):
         ft = run / "finetune" / f"n{n:03d}_r{r}"
-        model = ft / "model_infomax.nnp"
+        model = ft / f"model_infomax{tag}.nnp"
         if not model.exists():
-            wbc("finetune", run / "infomax_d1.nnp", ft / "labelled.csv", model, "--seed", r, "--no-progress")
+            wbc("finetune", run / f"infomax{tag}_d1.nnp", ft / "labelled.csv", model, "--seed", r, "--no-progress")
         rows.append(dict(labelled=n, repeat=r, acc5=five_class(predict(model, ft / "rest.csv",
-                                                                       ft / "pred_rest_infomax.csv"))["acc5"]))
-    res = json.loads((run / "infomax.json").read_text())
+                                                                       ft / f"pred_rest_infomax{tag}.csv"))["acc5"]))
+    path = run / f"infomax{tag}.json"
+    res = json.loads(path.read_text())
     res["finetune"] = rows
-    (run / "infomax.json").write_text(json.dumps(res, indent=1))
+    path.write_text(json.dumps(res, indent=1))
     return rows
 
 
 def summarize_infomax(out: Path) -> None:
-    """Print every ``RUN/infomax.json`` beside the same run's figures without it, as Markdown."""
-    paths = sorted(out.glob("*_s*/infomax.json"))
+    """Print every ``RUN/infomax[_PRIOR].json`` beside the same run's figures without it, as Markdown."""
+    paths = sorted(out.glob("*_s*/infomax*.json"))
     if not paths:
         return
-    print("\ninformation maximisation (`infomax` after `adapt`, d1 without labels; pbc6 valid: from the "
-          "exported model on the valid cells without labels):\n")
-    print("| variant | seed | pbc6 valid 6 / 5 | pbc6 valid 6 / 5, infomax | d1 AdaBN + scale | same, prior "
-          "| d1 infomax | d1 infomax, prior | d1 recall (Neu, Lym, Mon, Eos), infomax |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    classes = ("Neutrophil", "Lymph", "Mono", "Eosinophil")
+    recall = lambda d: ", ".join(f"{d['recall'].get(c, float('nan')):.2f}" for c in classes)
+    pair = lambda d: f"{d['acc6']:.3f} / {d['acc5']:.3f}"
+    print("\ninformation maximisation (`infomax --prior PRIOR` after `adapt`, d1 without labels; pbc6 valid: "
+          "from the exported model on the valid cells without labels):\n")
+    print("| variant | seed | prior | pbc6 valid 6 / 5 | pbc6 valid 6 / 5, infomax | d1 AdaBN + scale | same, prior "
+          "| d1 infomax | d1 infomax, prior | d1 recall (Neu, Lym, Mon, Eos), adapt | same, infomax |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in paths:
         r, base = json.loads(p.read_text()), json.loads((p.parent / "cross_site.json").read_text())
-        pair = lambda d: f"{d['acc6']:.3f} / {d['acc5']:.3f}"
-        rec = ", ".join(f"{r['d1_infomax']['recall'].get(c, float('nan')):.2f}"
-                        for c in ("Neutrophil", "Lymph", "Mono", "Eosinophil"))
-        print(f"| {r['variant']} | {r['seed']} | {pair(base['pbc6_valid'])} | {pair(r['pbc6_valid_infomax'])} "
+        print(f"| {r['variant']} | {r['seed']} | {r.get('prior', 'normal')} | {pair(base['pbc6_valid'])} "
+              f"| {pair(r['pbc6_valid_infomax'])} "
               f"| {base['d1_adapted']['acc5']:.3f} | {base['d1_adapted_prior']['acc5']:.3f} "
-              f"| {r['d1_infomax']['acc5']:.3f} | {r['d1_infomax_prior']['acc5']:.3f} | {rec} |")
+              f"| {r['d1_infomax']['acc5']:.3f} | {r['d1_infomax_prior']['acc5']:.3f} "
+              f"| {recall(base['d1_adapted'])} | {recall(r['d1_infomax'])} |")
     for p in paths:
         r = json.loads(p.read_text())
         if r.get("finetune"):
             curve = {c["repeat"]: c for c in json.loads((p.parent / "finetune_curve.json").read_text())
                      if c["labelled"] == r["finetune"][0]["labelled"]}
             pairs = ", ".join(f"{curve[f['repeat']]['acc5']:.3f} -> {f['acc5']:.3f}" for f in r["finetune"])
-            print(f"* {r['variant']} seed {r['seed']}: `finetune` on {r['finetune'][0]['labelled']} labelled cells, "
-                  f"from the adapted model -> from the infomax model, repeats 0-2: {pairs}")
+            print(f"* {r['variant']} seed {r['seed']} (prior {r.get('prior', 'normal')}): `finetune` on "
+                  f"{r['finetune'][0]['labelled']} labelled cells, from the adapted model -> from the infomax "
+                  f"model, repeats 0-2: {pairs}")
 
 
 #: Stages an ensemble of seeds is measured at (``RUN/pred_<stage>.csv`` of every member).
@@ -474,6 +489,8 @@ def main():
                     help="add `finetune --select` at each point of the curve (N >= its minimum)")
     ap.add_argument("--infomax", metavar="VARIANT", choices=sorted(VARIANTS), default=None,
                     help="measure `infomax` on d1 and on the pbc6 valid cells (the variant's --seed runs)")
+    ap.add_argument("--infomax-prior", choices=("normal", "none"), default="normal",
+                    help="with --infomax: the class prior `infomax` is given (default normal)")
     ap.add_argument("--infomax-finetune", action="store_true",
                     help="with --infomax: also `finetune` the infomax model on the curve's 100 labelled cells")
     ap.add_argument("--ensembles", action="store_true",
@@ -493,9 +510,9 @@ def main():
             r = evaluate(a.out, variant, seed, stain=not a.no_stain, self_train=not a.no_self_train)
             print(json.dumps({k: r[k] for k in r if k not in ("flags",)}, indent=1, default=str)[:2000])
         if a.infomax:
-            print(json.dumps(infomax_measures(a.out, a.infomax, seed), indent=1)[:2000])
+            print(json.dumps(infomax_measures(a.out, a.infomax, seed, a.infomax_prior), indent=1)[:2000])
             if a.infomax_finetune:
-                print(json.dumps(finetune_after_infomax(a.out, a.infomax, seed)))
+                print(json.dumps(finetune_after_infomax(a.out, a.infomax, seed, prior=a.infomax_prior)))
         if a.finetune_curve:
             finetune_curve(a.out, a.finetune_curve, seed, tuple(a.curve_n) or CURVE_N, a.curve_select)
 
