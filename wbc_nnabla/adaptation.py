@@ -220,12 +220,12 @@ def _maximise(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageL
 
     BatchNorm runs on batch statistics (the site's), with the paper's geometric augmentation;
     the classifier ``fc``, BatchNorm running statistics and ``preprocess`` stay fixed.
+    ``meta``: as :func:`wbc_nnabla.modelfile.read_model` returns it (``norm`` always set).
     """
-    norm = meta.get("norm") or "batch"
     with nn.parameter_scope("", {}):
         nn.random.seed(cfg.seed)
         graph = training.build_graph(meta["arch"], int(meta["num_classes"]), cfg.batch_size, size,
-                                     aug=Augmentation(), aug_seed=cfg.seed, norm=norm)
+                                     aug=Augmentation(), aug_seed=cfg.seed, norm=meta["norm"])
         loss, entropy, kl = infomax_loss(graph.logits, shares, cfg.weight)
         entropy.persistent = kl.persistent = True          # read after backward(clear_buffer=True)
         variables = training.parameters()
