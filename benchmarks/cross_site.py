@@ -79,6 +79,7 @@ VARIANTS = {
     "robust_sat": ["--recipe", "robust", "--saturation", "1.0"],   # greyscale to x2 saturation
     "robust_half": ["--recipe", "robust", "--color-prob", "0.5"],   # half of the images keep their colours
     "robust96": ["--recipe", "robust", "--size", "96"],      # a larger input (its own 96-px dataset)
+    "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}

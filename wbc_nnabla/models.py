@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
@@ -280,14 +280,22 @@ def _arch(arch: str):
 # ----------------------------------------------------------------------------- networks
 
 
+#: A training-graph step on the output of a residual stage: ``(features, stage 1-4) -> features``
+#: of the same shape (MixStyle, :func:`wbc_nnabla.training.mixstyle`).
+StageHook = Callable[[nn.Variable, int], nn.Variable]
+
+
 def backbone(x: nn.Variable, arch: str = "resnet18", test: bool = False,
-             weight_init: str = "glorot", norm: str = "batch") -> nn.Variable:
+             weight_init: str = "glorot", norm: str = "batch",
+             after_stage: Optional[StageHook] = None) -> nn.Variable:
     """Fig. 4 up to the last convolutional stage: ``(N, C, ceil(H/32), ceil(W/32))`` features.
 
     x: [0, 1] RGB ``(N, 3, H, W)``.
     test: use BatchNorm running statistics (validation/inference graphs).
     weight_init: initialiser of new convolution weights (:data:`WEIGHT_INITS`).
     norm: ``batch`` (the paper's BatchNorm) or ``group`` (GroupNorm; :data:`NORMS`).
+    after_stage: applied to the output of each residual stage, ``after_stage(h, stage)``
+        (training graphs only; ``None``: the plain network every ``.nnp`` holds).
 
     C is the last block's ``out_channels`` (512 for ResNet-18).
     """
@@ -299,8 +307,11 @@ def backbone(x: nn.Variable, arch: str = "resnet18", test: bool = False,
     h = normalize(x)
     h = F.relu(conv_bn(h, STEM, test, weight_init, norm))               # 7x7/2, 64
     h = F.max_pooling(h, (3, 3), (2, 2), pad=(1, 1))                    # 3x3/2 max pool
-    for block in stages(arch):
+    blocks = stages(arch)
+    for block, following in zip(blocks, blocks[1:] + [None]):
         h = block_fn(h, block, test, weight_init, norm)
+        if after_stage is not None and (following is None or following.stage != block.stage):
+            h = after_stage(h, block.stage)
     return h
 
 
@@ -316,15 +327,17 @@ def head(features: nn.Variable, num_classes: int) -> nn.Variable:
 
 
 def resnet(x: nn.Variable, arch: str = "resnet18", num_classes: int = 6, test: bool = False,
-           weight_init: str = "glorot", norm: str = "batch") -> nn.Variable:
+           weight_init: str = "glorot", norm: str = "batch",
+           after_stage: Optional[StageHook] = None) -> nn.Variable:
     """The ResNet of Fig. 4: logits ``(N, num_classes)`` for a [0, 1] batch ``(N, 3, H, W)``.
 
     arch: ``resnet18`` (the paper's), ``resnet34`` or ``resnet50``.
     test: use BatchNorm running statistics (validation/inference graphs).
     weight_init: ``glorot`` (default, nnabla's) or ``he`` for new convolution weights.
     norm: ``batch`` (default, the paper's BatchNorm) or ``group`` (GroupNorm, 32 groups).
+    after_stage: training-graph step after each residual stage (:func:`backbone`).
     """
-    return head(backbone(x, arch, test, weight_init, norm), num_classes)
+    return head(backbone(x, arch, test, weight_init, norm, after_stage), num_classes)
 
 
 def resnet_features(x: nn.Variable, arch: str = "resnet18", num_classes: int = 6, test: bool = False,

@@ -123,6 +123,13 @@ class Augmentation:
     * ``color_prob``: the share of images the colour step is applied to; each image is kept
       unchanged with probability ``1 - color_prob`` (drawn per image and iteration), so that
       part of every batch shows the training lab's own colours (1 = every image, the default).
+
+    Feature-style term, not in NNC nor the paper, 0.0 = off (the default):
+
+    * ``mixstyle``: MixStyle (Zhou et al., ICLR 2021) after residual stages 1-3, each with
+      probability ``mixstyle`` per iteration: every image's per-channel feature mean and standard
+      deviation become a Beta(0.1, 0.1) mix of its own and another image's of the batch
+      (:func:`wbc_nnabla.training.mixstyle`; docs/training.md).
     """
     contrast: float = setting(1.2, "factor in [1/c, c]")
     contrast_center: float = setting(0.5)
@@ -139,6 +146,8 @@ class Augmentation:
     log_gamma: float = setting(0.0, "colour: x ** gamma, ln(gamma) in [-g, g] (0: off)")
     hue: float = setting(0.0, "colour: hue turned by [-h, h] degrees about the grey axis (0: off)")
     color_prob: float = setting(1.0, "colour: share of images given the colour terms, drawn per image (1: all)")
+    mixstyle: float = setting(0.0, "features: MixStyle after residual stages 1-3, with this probability per "
+                                    "stage and iteration (0: off)")
 
     @property
     def color(self) -> bool:
@@ -242,7 +251,8 @@ class TrainConfig:
                                  "group (GroupNorm, 32 groups; see docs/training.md)", choices=NORM_NAMES)
 
     def validate(self) -> None:
-        """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count or colour share out of range."""
+        """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count, colour share or
+        MixStyle probability out of range."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
         if self.norm not in NORM_NAMES:
@@ -251,6 +261,9 @@ class TrainConfig:
             raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
         if not 0.0 <= self.augmentation.color_prob <= 1.0:
             raise TrainingError(f"color_prob must be in [0, 1] (a share of images), got {self.augmentation.color_prob}")
+        if not 0.0 <= self.augmentation.mixstyle <= 1.0:
+            raise TrainingError(f"mixstyle must be in [0, 1] (a probability per stage and iteration), "
+                                f"got {self.augmentation.mixstyle}")
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
             raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")

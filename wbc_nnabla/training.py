@@ -127,6 +127,51 @@ def _hue_turn(x, theta):
     return x * F.cos(theta) + cross * F.sin(theta) + grey * (1.0 - F.cos(theta))
 
 
+#: MixStyle's Beta(alpha, alpha) parameter, the residual stages it follows and the epsilon added to
+#: each variance: the defaults of the authors' Dassl code for ResNet-18 classification
+#: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/cross_site.md).
+MIXSTYLE_ALPHA = 0.1
+MIXSTYLE_STAGES = (1, 2, 3)
+MIXSTYLE_EPS = 1e-6
+
+
+def mixstyle(h, p: float, seed: int = -1, alpha: float = MIXSTYLE_ALPHA, eps: float = MIXSTYLE_EPS):
+    """MixStyle (Zhou et al., ICLR 2021) on training features ``h`` ``(N, C, H, W)`` (same shape out).
+
+    With probability ``p`` (one draw per call and forward, for the whole batch, as the authors'
+    code), every image's per-channel mean ``mu`` and standard deviation ``sigma`` over H, W are
+    replaced by ``lam * own + (1 - lam) * another image's`` (a random permutation of the batch;
+    ``lam ~ Beta(alpha, alpha)`` per image): ``y = (h - mu) / sigma * sigma_mix + mu_mix``.
+    ``mu`` and ``sigma`` carry no gradient, as in the authors' code. Otherwise ``y = h`` (up to
+    rounding). Population variance here, unbiased there: the factor cancels in
+    ``sigma_mix / sigma``. nnabla has no MixStyle function, hence by hand.
+    """
+    n = h.shape[0]
+    seeds = [-1] * 3 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 3)]
+    mu = F.mean(h, axis=(2, 3), keepdims=True)
+    sigma = (F.mean((h - mu) ** 2, axis=(2, 3), keepdims=True) + eps) ** 0.5
+    mu.need_grad = sigma.need_grad = False                              # detached, as .detach() there
+    other = F.sort(F.rand(0.0, 1.0, (n,), seed=seeds[0]), only_index=True)   # a random permutation
+    on = F.less_scalar(F.rand(0.0, 1.0, (1, 1, 1, 1), seed=seeds[1]), p)
+    lam = 1.0 - on * (1.0 - F.rand_beta(alpha, alpha, (n, 1, 1, 1), seed=seeds[2]))   # off: lam = 1
+    mu_mix = mu * lam + F.gather(mu, other, axis=0) * (1.0 - lam)
+    sigma_mix = sigma * lam + F.gather(sigma, other, axis=0) * (1.0 - lam)
+    return (h - mu) / sigma * sigma_mix + mu_mix
+
+
+def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[models.StageHook]:
+    """The ``after_stage`` step of a training graph: :func:`mixstyle` after :data:`MIXSTYLE_STAGES`
+    when ``aug.mixstyle`` > 0 (each stage seeded with its own value derived from ``seed``), else ``None``."""
+    if aug is None or not aug.enabled or not aug.mixstyle:
+        return None
+
+    def hook(h, stage):
+        if stage not in MIXSTYLE_STAGES:
+            return h
+        return mixstyle(h, aug.mixstyle, -1 if seed < 0 else _derive_seed(seed, 7919, stage))
+    return hook
+
+
 def augment(x, aug: Augmentation, seed: int = -1):
     """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
 
@@ -161,7 +206,8 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
                 norm: str = "batch") -> Graph:
     """A ResNet graph sharing the parameters of :data:`SCOPE`, built for one use.
 
-    * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``), batch-statistics BN;
+    * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``; MixStyle when
+      ``aug.mixstyle``), batch-statistics BN;
     * test (validation, Training Error): ``test=True``, running-statistics BN, no augmentation;
     * clean batch statistics (precise BN, :func:`recalibrate_bn`): neither.
 
@@ -174,7 +220,8 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
         t = nn.Variable((batch_size, 1))
         h = augment(x, aug, aug_seed) if aug is not None and aug.enabled else x
         h.persistent = True             # kept for the augmentation monitor
-        logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm)
+        logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm,
+                               after_stage=None if test else mixstyle_hook(aug, aug_seed))
         logits.persistent = True        # read after forward(clear_buffer=True) of the losses
         losses = F.softmax_cross_entropy(logits, t)
         return Graph(x, t, h, logits, losses, F.mean(losses))
