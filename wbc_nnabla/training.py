@@ -133,6 +133,9 @@ def _hue_turn(x, theta):
 MIXSTYLE_ALPHA = 0.1
 MIXSTYLE_STAGES = (1, 2, 3)
 MIXSTYLE_EPS = 1e-6
+# Stream key of MixStyle's seeds in _derive_seed(augmentation seed, key, stage): any constant; kept
+# fixed so that runs stay reproducible.
+_MIXSTYLE_STREAM = 7919
 
 
 def mixstyle(h, p: float, seed: int = -1, alpha: float = MIXSTYLE_ALPHA, eps: float = MIXSTYLE_EPS):
@@ -168,7 +171,7 @@ def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[model
     def hook(h, stage):
         if stage not in MIXSTYLE_STAGES:
             return h
-        return mixstyle(h, aug.mixstyle, -1 if seed < 0 else _derive_seed(seed, 7919, stage))
+        return mixstyle(h, aug.mixstyle, -1 if seed < 0 else _derive_seed(seed, _MIXSTYLE_STREAM, stage))
     return hook
 
 
