@@ -20,6 +20,16 @@ from wbc_nnabla import classes, fileio
 from wbc_nnabla.classes import CLASSES6
 from wbc_nnabla.predictions import PROB_COLUMNS
 
+# ----------------------------------------------------------------------------- graphs
+
+
+def function_names(v) -> list:
+    """nnabla function type names (``Convolution``, ``Rand``, ...) of the graph ending at ``v``, in visit order."""
+    names = []
+    v.visit(lambda f: names.append(f.info.type_name))
+    return names
+
+
 # ----------------------------------------------------------------------------- files
 
 

@@ -11,7 +11,7 @@ import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST  # noqa: E402
+from helpers import TINY_TRAIN as FAST, function_names  # noqa: E402
 from wbc_nnabla import models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig  # noqa: E402
 
@@ -20,12 +20,6 @@ pytestmark = pytest.mark.slow
 N = 64
 RGB = np.array([0.6, 0.35, 0.8], np.float32)
 COLOR_FUNCTIONS = {"Rand", "Log", "Exp"}        # what the colour step adds; ResNet and ImageAugmentation have none
-
-
-def _function_names(v):
-    names = []
-    v.visit(lambda f: names.append(f.info.type_name))
-    return names
 
 
 def _constant_batch():
@@ -95,9 +89,9 @@ def test_colour_step_only_when_on_and_only_in_training_graph(tiny_model):
     on = training.build_graph("resnet18", 6, 2, 32, aug=Augmentation(od_scale=0.1, od_shift=0.1, saturation=0.2,
                                                                       log_gamma=0.1), aug_seed=0)
     test = training.build_graph("resnet18", 6, 2, 32, test=True)
-    assert not COLOR_FUNCTIONS & set(_function_names(off.loss))
-    assert COLOR_FUNCTIONS <= set(_function_names(on.loss)) and "ImageAugmentation" in _function_names(on.loss)
-    assert not COLOR_FUNCTIONS & set(_function_names(test.losses))
+    assert not COLOR_FUNCTIONS & set(function_names(off.loss))
+    assert COLOR_FUNCTIONS <= set(function_names(on.loss)) and "ImageAugmentation" in function_names(on.loss)
+    assert not COLOR_FUNCTIONS & set(function_names(test.losses))
 
 
 def test_colour_training_exports_plain_model_and_off_is_bit_identical(tiny_dataset, tiny_model, tmp_path):

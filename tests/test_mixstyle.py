@@ -12,7 +12,7 @@ import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST  # noqa: E402
+from helpers import TINY_TRAIN as FAST, function_names  # noqa: E402
 from wbc_nnabla import models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
@@ -20,12 +20,6 @@ pytestmark = pytest.mark.slow
 
 N, C = 16, 4
 MIX_FUNCTIONS = {"RandBeta", "Gather", "Sort"}      # what MixStyle adds; the ResNet has none
-
-
-def _function_names(v):
-    names = []
-    v.visit(lambda f: names.append(f.info.type_name))
-    return names
 
 
 def _features(seed=0):
@@ -96,11 +90,11 @@ def test_only_in_training_graph_after_three_stages(tiny_model):
     on = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(mixstyle=0.5), aug_seed=0)
     off = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(), aug_seed=0)
     test = training.build_graph("resnet18", 6, 4, 32, test=True, aug=Augmentation(mixstyle=0.5))
-    assert _function_names(on.loss).count("RandBeta") == len(training.MIXSTYLE_STAGES) == 3
-    assert not MIX_FUNCTIONS & set(_function_names(off.loss))
-    assert not MIX_FUNCTIONS & set(_function_names(test.losses))
+    assert function_names(on.loss).count("RandBeta") == len(training.MIXSTYLE_STAGES) == 3
+    assert not MIX_FUNCTIONS & set(function_names(off.loss))
+    assert not MIX_FUNCTIONS & set(function_names(test.losses))
     disabled = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(mixstyle=0.5, enabled=False))
-    assert not MIX_FUNCTIONS & set(_function_names(disabled.loss))
+    assert not MIX_FUNCTIONS & set(function_names(disabled.loss))
 
 
 def test_mixstyle_training_exports_plain_model(tiny_dataset, tiny_model, tmp_path):

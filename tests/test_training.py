@@ -16,7 +16,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
-from helpers import TINY_TRAIN as FAST, demo_nnc_dataset  # noqa: E402
+from helpers import TINY_TRAIN as FAST, demo_nnc_dataset, function_names  # noqa: E402
 from wbc_nnabla import checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
@@ -89,19 +89,13 @@ def test_make_solver_uses_config():
 # ----------------------------------------------------------------------------- augmentation
 
 
-def _function_names(v):
-    names = []
-    v.visit(lambda f: names.append(f.info.type_name))
-    return names
-
-
 def test_augmentation_in_training_graph_only(model_a):
     models.clear_scope(training.SCOPE)
     train = training.build_graph("resnet18", 6, 2, 32, aug=training.Augmentation(), aug_seed=0)
     test = training.build_graph("resnet18", 6, 2, 32, test=True)
-    assert "ImageAugmentation" in _function_names(train.loss)
-    assert "ImageAugmentation" not in _function_names(test.losses)
-    assert "BatchNormalization" in _function_names(test.losses)
+    assert "ImageAugmentation" in function_names(train.loss)
+    assert "ImageAugmentation" not in function_names(test.losses)
+    assert "BatchNormalization" in function_names(test.losses)
     import zipfile
     with zipfile.ZipFile(model_a / "model.nnp") as z:
         nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))

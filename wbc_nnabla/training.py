@@ -74,6 +74,12 @@ def _uniform(half_width: float, shape: Tuple[int, ...], seed: int, center: float
     return F.rand(center - half_width, center + half_width, shape, seed=seed)
 
 
+def _graph_seeds(seed: int, n: int) -> List[int]:
+    """``n`` seeds for the random functions of one graph step: -1 each (nnabla's global seed) when
+    ``seed`` < 0, else drawn from ``seed`` (reproducible)."""
+    return [-1] * n if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, n)]
+
+
 def color_augment(x, aug: Augmentation, seed: int = -1):
     """The colour (stain/camera) step of :class:`Augmentation` on a [0, 1] batch ``(N, 3, H, W)``.
 
@@ -85,7 +91,7 @@ def color_augment(x, aug: Augmentation, seed: int = -1):
     value derived from it (reproducible, like :func:`augment`); -1 uses nnabla's global seed.
     """
     n = x.shape[0]
-    seeds = [-1] * 6 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 6)]
+    seeds = _graph_seeds(seed, 6)
     coloured = _colour_terms(x, aug, seeds)
     if aug.color_prob >= 1.0:
         return coloured
@@ -150,7 +156,7 @@ def mixstyle(h, p: float, seed: int = -1, alpha: float = MIXSTYLE_ALPHA, eps: fl
     ``sigma_mix / sigma``. nnabla has no MixStyle function, hence by hand.
     """
     n = h.shape[0]
-    seeds = [-1] * 3 if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, 3)]
+    seeds = _graph_seeds(seed, 3)
     mu = F.mean(h, axis=(2, 3), keepdims=True)
     sigma = (F.mean((h - mu) ** 2, axis=(2, 3), keepdims=True) + eps) ** 0.5
     mu.need_grad = sigma.need_grad = False                              # detached, as .detach() there
