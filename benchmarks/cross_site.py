@@ -81,6 +81,7 @@ VARIANTS = {
     "robust96": ["--recipe", "robust", "--size", "96"],      # a larger input (its own 96-px dataset)
     "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
+    "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}

@@ -124,6 +124,13 @@ class Augmentation:
       unchanged with probability ``1 - color_prob`` (drawn per image and iteration), so that
       part of every batch shows the training lab's own colours (1 = every image, the default).
 
+    Optical term, not in NNC nor the paper, 0.0 = off (the default); after the colour terms, before
+    ImageAugmentation, on every image (``color_prob`` does not apply):
+
+    * ``blur``: a slight, per-image blur ``x' = x + w (G * x - x)``, ``G * x`` the image convolved
+      with one fixed 5x5 Gaussian of sigma 1 input pixel (mirrored borders), ``w`` uniform in
+      ``[0, blur]`` per image and iteration (``blur`` <= 1; :func:`wbc_nnabla.training.blur_augment`).
+
     Feature-style term, not in NNC nor the paper, 0.0 = off (the default):
 
     * ``mixstyle``: MixStyle (Zhou et al., ICLR 2021) after residual stages 1-3, each with
@@ -146,6 +153,8 @@ class Augmentation:
     log_gamma: float = setting(0.0, "colour: x ** gamma, ln(gamma) in [-g, g] (0: off)")
     hue: float = setting(0.0, "colour: hue turned by [-h, h] degrees about the grey axis (0: off)")
     color_prob: float = setting(1.0, "colour: share of images given the colour terms, drawn per image (1: all)")
+    blur: float = setting(0.0, "optics: the image mixed with its 5x5 Gaussian blur (sigma 1 px) by a weight "
+                                "in [0, b] per image (0: off; b <= 1)")
     mixstyle: float = setting(0.0, "features: MixStyle after residual stages 1-3, with this probability per "
                                     "stage and iteration (0: off)")
 
@@ -251,8 +260,8 @@ class TrainConfig:
                                  "group (GroupNorm, 32 groups; see docs/training.md)", choices=NORM_NAMES)
 
     def validate(self) -> None:
-        """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count, colour share or
-        MixStyle probability out of range."""
+        """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count, colour share,
+        blur weight or MixStyle probability out of range."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
         if self.norm not in NORM_NAMES:
@@ -261,6 +270,9 @@ class TrainConfig:
             raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
         if not 0.0 <= self.augmentation.color_prob <= 1.0:
             raise TrainingError(f"color_prob must be in [0, 1] (a share of images), got {self.augmentation.color_prob}")
+        if not 0.0 <= self.augmentation.blur <= 1.0:
+            raise TrainingError(f"blur must be in [0, 1] (the largest weight of the blurred image), "
+                                f"got {self.augmentation.blur}")
         if not 0.0 <= self.augmentation.mixstyle <= 1.0:
             raise TrainingError(f"mixstyle must be in [0, 1] (a probability per stage and iteration), "
                                 f"got {self.augmentation.mixstyle}")

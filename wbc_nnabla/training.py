@@ -133,6 +133,38 @@ def _hue_turn(x, theta):
     return x * F.cos(theta) + cross * F.sin(theta) + grey * (1.0 - F.cos(theta))
 
 
+#: Side (pixels) and sigma (input pixels) of the one Gaussian kernel of :func:`blur_augment`: a
+#: slight blur, fixed before any foreign-site result (docs/cross_site.md).
+BLUR_KERNEL = 5
+BLUR_SIGMA = 1.0
+# Stream key of the blur weight's seed in _derive_seed(augmentation seed, key): any constant; fixed
+# so that runs stay reproducible and the other terms' draws do not change when blur is turned on.
+_BLUR_STREAM = 6151
+
+
+def gaussian_kernel(side: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> np.ndarray:
+    """The normalised 2-D Gaussian ``(side, side)`` (sums to 1), ``sigma`` in pixels."""
+    r = np.arange(side) - (side - 1) / 2.0
+    g = np.exp(-r ** 2 / (2.0 * sigma ** 2))
+    return np.outer(g, g) / np.outer(g, g).sum()
+
+
+def blur_augment(x, weight: float, seed: int = -1):
+    """A slight, per-image blur of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
+
+    ``x' = x + w (G * x - x)``: ``G * x`` is every channel convolved with :func:`gaussian_kernel`
+    (mirrored borders, so no dark frame); ``w`` uniform in ``[0, weight]`` per image,
+    renewed at each forward. One fixed kernel and a random weight stand in for a random blur
+    width, which no single convolution in a static graph can draw.
+    """
+    n, c, h, w = x.shape
+    half = BLUR_KERNEL // 2
+    kernel = nn.Variable.from_numpy_array(np.repeat(gaussian_kernel()[None], c, axis=0).astype(np.float32),
+                                          need_grad=False)
+    blurred = F.depthwise_convolution(F.pad(x, (half, half, half, half), mode="reflect"), kernel)
+    return x + (blurred - x) * _uniform(weight / 2.0, (n, 1, 1, 1), seed, center=weight / 2.0)
+
+
 #: MixStyle's Beta(alpha, alpha) parameter, the residual stages it follows and the epsilon added to
 #: each variance: the defaults of the authors' Dassl code for ResNet-18 classification
 #: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/cross_site.md).
@@ -184,12 +216,15 @@ def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[model
 def augment(x, aug: Augmentation, seed: int = -1):
     """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
 
-    :func:`color_augment` when :attr:`Augmentation.color`, then NNC's ImageAugmentation.
-    ``seed`` >= 0 gives each random function its own Mersenne Twister seeded at graph
-    construction (reproducible; :func:`train` builds a new one per epoch).
+    :func:`color_augment` when :attr:`Augmentation.color`, :func:`blur_augment` when
+    ``aug.blur``, then NNC's ImageAugmentation. ``seed`` >= 0 gives each random function its
+    own Mersenne Twister seeded at graph construction (reproducible; :func:`train` builds a
+    new one per epoch).
     """
     if aug.color:
         x = color_augment(x, aug, seed)
+    if aug.blur:
+        x = blur_augment(x, aug.blur, -1 if seed < 0 else _derive_seed(seed, _BLUR_STREAM))
     return F.image_augmentation(
         x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
         angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,
