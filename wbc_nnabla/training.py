@@ -157,7 +157,7 @@ def blur_augment(x, weight: float, seed: int = -1):
     renewed at each forward. One fixed kernel and a random weight stand in for a random blur
     width, which no single convolution in a static graph can draw.
     """
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
     half = BLUR_KERNEL // 2
     kernel = nn.Variable.from_numpy_array(np.repeat(gaussian_kernel()[None], c, axis=0).astype(np.float32),
                                           need_grad=False)
