@@ -11,6 +11,7 @@ import it with the repository root on ``sys.path``::
 Nothing here imports nnabla at import time (scoring tests stay nnabla-free).
 """
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,12 @@ def function_names(v) -> list:
     names = []
     v.visit(lambda f: names.append(f.info.type_name))
     return names
+
+
+def nnp_text(path) -> str:
+    """The network text (every ``.nntxt`` member, joined) of the ``.nnp`` at ``path``."""
+    with zipfile.ZipFile(path) as z:
+        return "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
 
 
 # ----------------------------------------------------------------------------- files

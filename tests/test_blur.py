@@ -5,7 +5,6 @@ mirrored borders) and its own weight ``w`` in ``[0, blur]``; off, the graph has 
 never in a test graph nor an ``.nnp``.
 """
 import json
-import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from scipy import ndimage
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST, function_names  # noqa: E402
+from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
 from wbc_nnabla import models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
@@ -90,8 +89,7 @@ def test_in_the_training_graph_only_when_on():
 @pytest.mark.slow
 def test_blur_training_exports_plain_model(tiny_dataset, tiny_model, tmp_path):
     training.train(tiny_dataset, tmp_path / "b", TrainConfig(epochs=1, augmentation=Augmentation(blur=1.0), **FAST))
-    with zipfile.ZipFile(tmp_path / "b" / "model.nnp") as z:
-        nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    nntxt = nnp_text(tmp_path / "b" / "model.nnp")
     assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in BLUR_FUNCTIONS)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["config"]["augmentation"]["blur"] == 1.0
 

@@ -4,14 +4,13 @@ Each term alone on a constant-colour batch follows its documented range; all
 terms off leave the training graph and the trained parameters as NNC's.
 """
 import json
-import zipfile
 
 import numpy as np
 import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST, function_names  # noqa: E402
+from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
 from wbc_nnabla import models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig  # noqa: E402
 
@@ -103,8 +102,7 @@ def test_colour_training_exports_plain_model_and_off_is_bit_identical(tiny_datas
     training.train(tiny_dataset, tmp_path / "on", TrainConfig(epochs=1, augmentation=aug, **FAST))
     on = {k: v.d for k, v in training.parameters().items()}
     assert not all(np.array_equal(off[k], on[k]) for k in off)
-    with zipfile.ZipFile(tmp_path / "on" / "model.nnp") as z:
-        nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    nntxt = nnp_text(tmp_path / "on" / "model.nnp")
     assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in COLOR_FUNCTIONS | {"ImageAugmentation"})
     saved = json.loads((tmp_path / "on" / "config.json").read_text())["config"]["augmentation"]
     assert saved["od_scale"] == 0.2 and saved["log_gamma"] == 0.2

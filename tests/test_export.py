@@ -11,6 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 import cv2  # noqa: E402
 import nnabla.functions as F  # noqa: E402
 
+from helpers import nnp_text  # noqa: E402
 from wbc_nnabla import CLASSES6, modelfile, models  # noqa: E402
 from wbc_nnabla.export import build_onnx, cached_onnx, export_onnx, read_onnx_meta  # noqa: E402
 from wbc_nnabla.modelfile import ModelError, read_model  # noqa: E402
@@ -243,8 +244,7 @@ def test_groupnorm_nnp_round_trip(nnp18_gn):
         net.outputs["y"].forward()
         assert np.abs(net.outputs["y"].d - ref).max() < 1e-5
     assert ref.std(axis=1).max() > 1e-3
-    with zipfile.ZipFile(path) as z:                     # the saved graph itself holds GroupNorm, not BN
-        graph = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    graph = nnp_text(path)                               # the saved graph itself holds GroupNorm, not BN
     assert graph.count('type: "GroupNormalization"') == 20 and "BatchNormalization" not in graph
 
 

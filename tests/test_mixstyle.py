@@ -5,14 +5,13 @@ each image's statistics into a mix of two images' and keeps its normalised patte
 off (p = 0) it passes the features through; it is never in a test graph nor an ``.nnp``.
 """
 import json
-import zipfile
 
 import numpy as np
 import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST, function_names  # noqa: E402
+from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
 from wbc_nnabla import models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
@@ -100,8 +99,7 @@ def test_only_in_training_graph_after_three_stages(tiny_model):
 def test_mixstyle_training_exports_plain_model(tiny_dataset, tiny_model, tmp_path):
     aug = Augmentation(mixstyle=0.5)
     training.train(tiny_dataset, tmp_path / "ms", TrainConfig(epochs=1, augmentation=aug, **FAST))
-    with zipfile.ZipFile(tmp_path / "ms" / "model.nnp") as z:
-        nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    nntxt = nnp_text(tmp_path / "ms" / "model.nnp")
     assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in MIX_FUNCTIONS)
     saved = json.loads((tmp_path / "ms" / "config.json").read_text())["config"]["augmentation"]
     assert saved["mixstyle"] == 0.5

@@ -16,7 +16,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
-from helpers import TINY_TRAIN as FAST, demo_nnc_dataset, function_names  # noqa: E402
+from helpers import TINY_TRAIN as FAST, demo_nnc_dataset, function_names, nnp_text  # noqa: E402
 from wbc_nnabla import checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
@@ -96,9 +96,7 @@ def test_augmentation_in_training_graph_only(model_a):
     assert "ImageAugmentation" in function_names(train.loss)
     assert "ImageAugmentation" not in function_names(test.losses)
     assert "BatchNormalization" in function_names(test.losses)
-    import zipfile
-    with zipfile.ZipFile(model_a / "model.nnp") as z:
-        nntxt = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
+    nntxt = nnp_text(model_a / "model.nnp")
     assert "ImageAugmentation" not in nntxt and "Convolution" in nntxt
 
 

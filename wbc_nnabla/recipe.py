@@ -268,14 +268,12 @@ class TrainConfig:
             raise TrainingError(f"norm {self.norm!r}: choose one of {', '.join(NORM_NAMES)}")
         if self.weight_init not in WEIGHT_INIT_NAMES:
             raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
-        if not 0.0 <= self.augmentation.color_prob <= 1.0:
-            raise TrainingError(f"color_prob must be in [0, 1] (a share of images), got {self.augmentation.color_prob}")
-        if not 0.0 <= self.augmentation.blur <= 1.0:
-            raise TrainingError(f"blur must be in [0, 1] (the largest weight of the blurred image), "
-                                f"got {self.augmentation.blur}")
-        if not 0.0 <= self.augmentation.mixstyle <= 1.0:
-            raise TrainingError(f"mixstyle must be in [0, 1] (a probability per stage and iteration), "
-                                f"got {self.augmentation.mixstyle}")
+        for name, meaning in (("color_prob", "a share of images"),
+                              ("blur", "the largest weight of the blurred image"),
+                              ("mixstyle", "a probability per stage and iteration")):
+            value = getattr(self.augmentation, name)
+            if not 0.0 <= value <= 1.0:
+                raise TrainingError(f"{name} must be in [0, 1] ({meaning}), got {value}")
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
             raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")

@@ -80,6 +80,12 @@ def _graph_seeds(seed: int, n: int) -> List[int]:
     return [-1] * n if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, n)]
 
 
+def _stream_seed(seed: int, *keys: int) -> int:
+    """The seed of one graph step's own stream ``keys`` of the augmentation seed ``seed``
+    (:func:`_derive_seed`), or -1 (nnabla's global seed) when ``seed`` < 0."""
+    return -1 if seed < 0 else _derive_seed(seed, *keys)
+
+
 def color_augment(x, aug: Augmentation, seed: int = -1):
     """The colour (stain/camera) step of :class:`Augmentation` on a [0, 1] batch ``(N, 3, H, W)``.
 
@@ -146,7 +152,8 @@ def gaussian_kernel(side: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> np.nd
     """The normalised 2-D Gaussian ``(side, side)`` (sums to 1), ``sigma`` in pixels."""
     r = np.arange(side) - (side - 1) / 2.0
     g = np.exp(-r ** 2 / (2.0 * sigma ** 2))
-    return np.outer(g, g) / np.outer(g, g).sum()
+    kernel = np.outer(g, g)
+    return kernel / kernel.sum()
 
 
 def blur_augment(x, weight: float, seed: int = -1):
@@ -209,7 +216,7 @@ def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[model
     def hook(h, stage):
         if stage not in MIXSTYLE_STAGES:
             return h
-        return mixstyle(h, aug.mixstyle, -1 if seed < 0 else _derive_seed(seed, _MIXSTYLE_STREAM, stage))
+        return mixstyle(h, aug.mixstyle, _stream_seed(seed, _MIXSTYLE_STREAM, stage))
     return hook
 
 
@@ -224,7 +231,7 @@ def augment(x, aug: Augmentation, seed: int = -1):
     if aug.color:
         x = color_augment(x, aug, seed)
     if aug.blur:
-        x = blur_augment(x, aug.blur, -1 if seed < 0 else _derive_seed(seed, _BLUR_STREAM))
+        x = blur_augment(x, aug.blur, _stream_seed(seed, _BLUR_STREAM))
     return F.image_augmentation(
         x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
         angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,
