@@ -277,6 +277,9 @@ def _cmd_predict(args) -> int:
           f"-> {out} (+ {out.with_suffix('.json').name})")
     for why in df.attrs.get("skipped", ()):
         print(f"skipped: {why}")
+    for smear, est in list(df.attrs.get("prior_estimated", {}).items())[:3]:
+        print(f"estimated prior of smear {smear} ({est['cells']} cells): "
+              + ", ".join(f"{c} {v:.3f}" for c, v in est["shares"].items()))
     print(_domain_line(df.attrs.get("domain", {})))
     return 0
 
@@ -349,9 +352,10 @@ def _add_inference(sub) -> None:
                         "its dataset's train.csv")
     p.add_argument("--prior", default="none", metavar="PRIOR",
                    help="correct the probabilities from the balanced training classes to a smear's expected "
-                        "differential: none (default), normal (a healthy adult's), or Class=share,... "
-                        "(e.g. Segment=0.57,Band=0.03,Lymph=0.3,Mono=0.06,Eosinophil=0.03,Basophil=0.01); "
-                        "lowers the sensitivity to rare cells, see docs/inference.md")
+                        "differential: none (default), normal (a healthy adult's), estimate (each smear's "
+                        "own, estimated from its cells without labels; >= 50 cells a smear), or "
+                        "Class=share,... (e.g. Segment=0.57,Band=0.03,Lymph=0.3,Mono=0.06,Eosinophil=0.03,"
+                        "Basophil=0.01); a fixed prior lowers the sensitivity to rare cells, see docs/inference.md")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the probabilities over each cell's 8 turned and "
                         "mirrored views (8x the time); see docs/inference.md")

@@ -52,9 +52,22 @@ PROB_SUM_TOL = 0.01
 PRED_TIE_TOL = 1e-6
 
 
-#: ``predict --prior`` names: ``none`` (the model's probabilities as they are) and ``normal``
-#: (:data:`NORMAL_DIFFERENTIAL`); ``Class=share,...`` gives a lab's own (:func:`parse_prior`).
-PRIOR_NAMES = ("none", "normal")
+#: ``predict --prior`` names: ``none`` (the model's probabilities as they are), ``normal``
+#: (:data:`NORMAL_DIFFERENTIAL`) and ``estimate`` (each smear's own, :func:`estimate_prior`);
+#: ``Class=share,...`` gives a lab's own (:func:`parse_prior`).
+PRIOR_NAMES = ("none", "normal", "estimate")
+#: ``--prior estimate``: the prior estimated from each smear's own cells (:func:`estimate_prior`).
+PRIOR_ESTIMATE = "estimate"
+#: :func:`estimate_prior` stops when no class share moves by more than this in one iteration ...
+PRIOR_EM_TOL = 1e-6
+#: ... or after this many iterations.
+PRIOR_EM_MAX_ITER = 1000
+#: Fewest cells of a smear whose prior ``--prior estimate`` estimates (the paper's smears have
+#: 150-200 cells, section III; a handful of cells gives no differential to estimate).
+PRIOR_MIN_CELLS = 50
+#: An estimated share below this is reported as collapsed: the smear will (almost) never be given
+#: that class. EM drives a class the model under-calls there (docs/cross_site.md: Band, every time).
+PRIOR_COLLAPSED = 1e-3
 #: A healthy adult's differential as shares of all WBCs, ``--prior normal``: the rounded middle of
 #: the usual reference intervals (neutrophils 40-75 %, of them a few per cent bands; lymphocytes
 #: 20-45 %; monocytes 2-10 %; eosinophils 1-6 %; basophils 0-1 %). Set from those intervals before
@@ -73,6 +86,9 @@ class PredictionsError(WBCError, ValueError):
 def parse_prior(text: Union[str, Dict[str, float], None]) -> Optional[Dict[str, float]]:
     """The prior ``predict`` corrects towards: None for ``none``, :data:`NORMAL_DIFFERENTIAL` for
     ``normal``, else ``"Class=share,Class=share,..."`` (or a dict) of positive shares (any scale)."""
+    if text == PRIOR_ESTIMATE:
+        raise PredictionsError(f"prior {text!r} is estimated from a smear's cells by predict "
+                               "(predict_smear_priors); give none, normal or Class=share,... here")
     if text is None or isinstance(text, dict):
         shares = text
     elif text in PRIOR_NAMES:
@@ -118,6 +134,55 @@ def apply_prior(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     ``p'(c|x) = p(c|x) w_c / sum_k p(k|x) w_k`` on ``(N, C)`` probabilities, rows sum to 1."""
     q = np.asarray(probs, np.float64) * weights[None, :]
     return (q / q.sum(axis=1, keepdims=True)).astype(np.asarray(probs).dtype)
+
+
+def estimate_prior(probs: np.ndarray, tol: float = PRIOR_EM_TOL,
+                   max_iter: int = PRIOR_EM_MAX_ITER) -> Tuple[np.ndarray, int]:
+    """The class shares ``(C,)`` of a group of cells, estimated from their ``(N, C)`` probabilities
+    without labels (EM of Saerens, Latinne & Decaestecker, Neural Comput. 2002, section 2.3).
+
+    The model was trained on balanced classes (section II.3); starting there, each step moves every
+    cell's probabilities to the current shares (:func:`apply_prior`) and takes their mean as the
+    next shares. Returns the shares (sum 1) and the iterations run. Written here because no
+    maintained library we depend on has it (scikit-learn is not a dependency; its 10 lines are this).
+    """
+    p = np.asarray(probs, np.float64)
+    n_classes = p.shape[1]
+    shares = np.full(n_classes, 1.0 / n_classes)
+    for it in range(1, max_iter + 1):
+        new = apply_prior(p, shares * n_classes).mean(axis=0)
+        moved = np.abs(new - shares).max()
+        shares = new
+        if moved < tol:
+            break
+    return shares, it
+
+
+def apply_smear_priors(probs: np.ndarray, smears: Sequence[str],
+                       class_names: Sequence[str]) -> Tuple[np.ndarray, Dict[str, dict]]:
+    """``--prior estimate``: each smear's probabilities ``(N, C)`` moved to the class prior estimated
+    from that smear's own cells (:func:`estimate_prior`); cells with no smear form one group.
+
+    Returns the new probabilities and, per smear, ``shares`` (class -> share), ``cells``,
+    ``iterations`` and ``collapsed`` (the classes whose share fell below :data:`PRIOR_COLLAPSED`:
+    that smear will hardly ever be given them, whatever its cells). A group of fewer than :data:`PRIOR_MIN_CELLS` cells raises :class:`PredictionsError`.
+    """
+    smears = pd.Series(list(smears), dtype=object).fillna("").astype(str).to_numpy()
+    out = np.array(probs, copy=True)
+    estimated = {}
+    for smear in pd.unique(smears):
+        rows = smears == smear
+        name = smear or NO_SMEAR
+        if rows.sum() < PRIOR_MIN_CELLS:
+            raise PredictionsError(f"--prior estimate: smear {name!r} has {int(rows.sum())} cells; at least "
+                                   f"{PRIOR_MIN_CELLS} are needed to estimate its differential (give the "
+                                   "cells' smear, or use --prior none / normal)")
+        shares, iterations = estimate_prior(out[rows])
+        out[rows] = apply_prior(out[rows], shares * len(class_names))
+        estimated[name] = dict(shares={c: round(float(v), 6) for c, v in zip(class_names, shares)},
+                               cells=int(rows.sum()), iterations=iterations,
+                               collapsed=[c for c, v in zip(class_names, shares) if v < PRIOR_COLLAPSED])
+    return out, estimated
 
 
 # ----------------------------------------------------------------------------- building and writing

@@ -40,7 +40,7 @@ from . import domain, fileio
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
-from .predictions import apply_prior, parse_prior, predictions_table, prior_weights
+from .predictions import PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors, parse_prior, predictions_table, prior_weights
 from .recipe import BACKEND_NAMES
 from .framing import model_view
 from .stain import standardiser
@@ -425,18 +425,22 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     prior: correct the probabilities from the training classes' balance to a smear's expected
         differential (:func:`wbc_nnabla.predictions.parse_prior`: ``"normal"`` for a healthy
         adult's, ``"Class=share,..."`` or a dict; None/``"none"``: off). Trades rare-class
-        sensitivity for accuracy on typical smears: docs/inference.md.
+        sensitivity for accuracy on typical smears: docs/inference.md. ``"estimate"``: each
+        smear's own prior, estimated from its cells without labels
+        (:func:`wbc_nnabla.predictions.apply_smear_priors`; at least 50 cells per smear).
     tta: test-time augmentation, the mean probability over the eight turned and mirrored views of
         each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
     none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``), ``skipped``, ``stain``, ``zoom``,
-    ``prior`` and ``tta``.
+    ``prior``, ``prior_estimated`` (``--prior estimate``: per smear, the shares, cells and
+    iterations) and ``tta``.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
-    shares = parse_prior(prior)
+    estimate = isinstance(prior, str) and prior == PRIOR_ESTIMATE
+    shares = None if estimate else parse_prior(prior)
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
     transform = cell_transform(engine.meta, stain, stain_reference)
@@ -446,14 +450,26 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     t0 = time.perf_counter()
     probs, keep, skipped, desc = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform,
                                           tta)
+    cells_kept = table[keep].reset_index(drop=True)
+    estimated = None
     if shares:
         probs = apply_prior(probs, prior_weights(engine.class_names, shares))
-    out = predictions_table(table[keep].reset_index(drop=True), probs, engine.class_names)
+    elif estimate:
+        probs, estimated = apply_smear_priors(probs, cells_kept["smear"], engine.class_names)
+        for smear, est in estimated.items():
+            if est["collapsed"]:
+                log.warning("--prior estimate: smear %s: the estimated share of %s is below %g, so its cells "
+                            "will hardly ever be called that; the model's probabilities may be miscalibrated "
+                            "on these cells (docs/inference.md)", smear, ", ".join(est["collapsed"]),
+                            PRIOR_COLLAPSED)
+    out = predictions_table(cells_kept, probs, engine.class_names)
     out.attrs.update(backend=engine.name, size=size, train_size=train_size,
                      seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
                      norm=engine.meta.get("norm") or "batch", skipped=skipped,
-                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)), prior=shares or "none",
-                     tta=bool(tta))
+                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)),
+                     prior=PRIOR_ESTIMATE if estimate else (shares or "none"), tta=bool(tta))
+    if estimated is not None:
+        out.attrs["prior_estimated"] = estimated
     return domain_check(out, engine.meta, desc, str(engine.model_path))
 
 
