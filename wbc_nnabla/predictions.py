@@ -88,7 +88,7 @@ def parse_prior(text: Union[str, Dict[str, float], None]) -> Optional[Dict[str, 
     ``normal``, else ``"Class=share,Class=share,..."`` (or a dict) of positive shares (any scale)."""
     if text == PRIOR_ESTIMATE:
         raise PredictionsError(f"prior {text!r} is estimated from a smear's cells by predict "
-                               "(predict_smear_priors); give none, normal or Class=share,... here")
+                               "(apply_smear_priors); give none, normal or Class=share,... here")
     if text is None or isinstance(text, dict):
         shares = text
     elif text in PRIOR_NAMES:
@@ -143,8 +143,8 @@ def estimate_prior(probs: np.ndarray, tol: float = PRIOR_EM_TOL,
 
     The model was trained on balanced classes (section II.3); starting there, each step moves every
     cell's probabilities to the current shares (:func:`apply_prior`) and takes their mean as the
-    next shares. Returns the shares (sum 1) and the iterations run. Written here because no
-    maintained library we depend on has it (scikit-learn is not a dependency; its 10 lines are this).
+    next shares. Returns the shares (sum 1) and the iterations run. Written here: none of the
+    libraries we depend on (scipy, pandas) has this EM.
     """
     p = np.asarray(probs, np.float64)
     n_classes = p.shape[1]
@@ -165,7 +165,8 @@ def apply_smear_priors(probs: np.ndarray, smears: Sequence[str],
 
     Returns the new probabilities and, per smear, ``shares`` (class -> share), ``cells``,
     ``iterations`` and ``collapsed`` (the classes whose share fell below :data:`PRIOR_COLLAPSED`:
-    that smear will hardly ever be given them, whatever its cells). A group of fewer than :data:`PRIOR_MIN_CELLS` cells raises :class:`PredictionsError`.
+    that smear will hardly ever be given them, whatever its cells). A group of fewer than
+    :data:`PRIOR_MIN_CELLS` cells raises :class:`PredictionsError`.
     """
     smears = pd.Series(list(smears), dtype=object).fillna("").astype(str).to_numpy()
     out = np.array(probs, copy=True)

@@ -40,7 +40,8 @@ from . import domain, fileio
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
-from .predictions import PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors, parse_prior, predictions_table, prior_weights
+from .predictions import (PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors, parse_prior,
+                          predictions_table, prior_weights)
 from .recipe import BACKEND_NAMES
 from .framing import model_view
 from .stain import standardiser
