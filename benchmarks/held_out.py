@@ -62,13 +62,15 @@ def check_lab(out: Path, seed: int, name: str, lab: Path) -> dict:
 
 
 def table(results: dict) -> str:
-    """A Markdown table: one row per lab and seed, the three accuracies and the issue's verdict."""
+    """A Markdown table: one row per lab and seed, the three accuracies and the issue's verdict
+    (after `adapt`; as exported for a model without BatchNorm, as the issue's check says)."""
     rows = ["| lab | seed | cells | as exported | after `adapt` | `adapt` + prior | recall after `adapt` | >= 0.75 |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (name, seed), r in results.items():
         acc = [f"{r[s]['acc5']:.3f}" if s in r else "" for s in STAGES]
         recall = ", ".join(f"{c} {v:.2f}" for c, v in r.get("adapted", {}).get("recall", {}).items())
-        verdict = "yes" if r.get("adapted", {}).get("acc5", 0.0) >= TARGET else "no"
+        judged = r.get("adapted", r["exported"])      # a GroupNorm model has nothing to adapt: as exported
+        verdict = "yes" if judged["acc5"] >= TARGET else "no"
         rows.append(f"| {name} | {seed} | {r['exported']['n']} | " + " | ".join(acc) + f" | {recall} | {verdict} |")
     return "\n".join(rows)
 
