@@ -27,7 +27,9 @@ the same on the pbc6 validation cells from the model as exported (a same-lab che
 ``infomax_none_*``, results in ``RUN/infomax_none.json``);
 
 (a variant of another input size, ``robust96``, trains on its own ``OUT/data96_sS`` built with
-``--size 96`` and the same split); with ``--ensembles``, the predictions of every variant's seeds
+``--size 96`` and the same split; ``robust_rm`` trains on dataset ① ``OUT/datarm_sS``, built with
+``--background remove``, and is measured on ``OUT/d1_rm``, d1 with its background removed:
+``wbc-nnabla build-dataset OUT/d1.csv OUT/d1_rm --inference --background remove --size 64``); with ``--ensembles``, the predictions of every variant's seeds
 averaged at each stage and along the fine-tuning curve:
 
     wbc-nnabla ensemble OUT/VARIANT_s0/pred_STAGE.csv OUT/VARIANT_s1/pred_STAGE.csv ... OUT/ensembles/VARIANT_s01/pred_STAGE.csv
@@ -82,9 +84,13 @@ VARIANTS = {
     "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
     "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
+    "robust_rm": ["--recipe", "robust"],    # on dataset ① (background removed), d1 with its background removed
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}
+#: Background of each variant's datasets (default keep, dataset ②); ``remove`` builds dataset ① of
+#: pbc6 and an inference set of d1 with the background removed (``OUT/d1_rm``), the paper's Model A data.
+VARIANT_BACKGROUND = {"robust_rm": "remove"}
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
 CURVE_REPEATS = 3
@@ -133,15 +139,30 @@ def predict(model: Path, cells: Path, out_csv: Path, *flags) -> Path:
 
 
 def data_dir(out: Path, variant: str, seed: int) -> Path:
-    """The pbc6 dataset a variant trains on: ``data_sS`` at 64 px, ``dataNN_sS`` at another size (same split)."""
+    """The pbc6 dataset a variant trains on: ``data_sS`` at 64 px, ``dataNN_sS`` at another size (same
+    split), ``datarm_sS`` with the background removed."""
     size = VARIANT_SIZE.get(variant, 64)
-    return out / (f"data_s{seed}" if size == 64 else f"data{size}_s{seed}")
+    rm = "rm" if VARIANT_BACKGROUND.get(variant) == "remove" else ""
+    return out / (f"data{rm}_s{seed}" if size == 64 else f"data{size}{rm}_s{seed}")
+
+
+def d1_sets(out: Path, variant: str) -> tuple:
+    """(labelled, unlabelled) d1 cells a variant is measured on: ``OUT/d1.csv`` as the lab gives them,
+    or for a background-removed variant the inference set ``OUT/d1_rm`` (`build-dataset --inference
+    --background remove`: the same crops, the WBC alone)."""
+    if VARIANT_BACKGROUND.get(variant) != "remove":
+        return out / "d1.csv", out / "d1_unlabelled.csv"
+    d1 = out / "d1_rm"
+    if not (d1 / "cells.csv").exists():
+        wbc("build-dataset", out / "d1.csv", d1, "--inference", "--background", "remove",
+            "--size", VARIANT_SIZE.get(variant, 64), "--no-progress")
+    return d1 / "cells.csv", d1 / "cells.csv"          # adapt ignores the labels
 
 
 def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list) -> Path:
     data, run = data_dir(out, variant, seed), out / f"{variant}_s{seed}"
     if not (data / "valid.csv").exists():
-        wbc("build-dataset", pbc6, data, "--background", "keep", "--total", 2400,
+        wbc("build-dataset", pbc6, data, "--background", VARIANT_BACKGROUND.get(variant, "keep"), "--total", 2400,
             "--size", VARIANT_SIZE.get(variant, 64), "--seed", seed, "--no-progress")
     cfg = run / "config.json"
     if not (cfg.exists() and "best" in json.loads(cfg.read_text())):
@@ -159,35 +180,36 @@ def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool =
     """Every measurement of one trained variant; returns (and writes) ``RUN/cross_site.json``."""
     data, run = data_dir(out, variant, seed), out / f"{variant}_s{seed}"
     model = run / "model.nnp"
+    d1, d1u = d1_sets(out, variant)
     res = dict(variant=variant, seed=seed, flags=VARIANTS[variant],
                pbc6_valid=in_domain(predict(model, data / "valid.csv", run / "pred_valid.csv")),
                pbc6_valid_prior=in_domain(predict(model, data / "valid.csv", run / "pred_valid_prior.csv",
                                                   "--prior", "normal")),
-               d1=five_class(predict(model, out / "d1.csv", run / "pred_d1.csv")),
-               d1_prior=five_class(predict(model, out / "d1.csv", run / "pred_d1_prior.csv", "--prior", "normal")))
+               d1=five_class(predict(model, d1, run / "pred_d1.csv")),
+               d1_prior=five_class(predict(model, d1, run / "pred_d1_prior.csv", "--prior", "normal")))
     if is_batchnorm(model):
         for name, flags in (("adapted_bn", ["--no-scale"]), ("adapted", [])):
             adapted = run / f"{name}_d1.nnp"
             if not adapted.exists():
                 # --train-cells: runs trained before the model stored its WBC scale get it measured
-                wbc("adapt", model, out / "d1_unlabelled.csv", adapted, "--train-cells", data / "train.csv", *flags)
-            res[f"d1_{name}"] = five_class(predict(adapted, out / "d1.csv", run / f"pred_d1_{name}.csv"))
-        res["d1_adapted_prior"] = five_class(predict(run / "adapted_d1.nnp", out / "d1.csv",
+                wbc("adapt", model, d1u, adapted, "--train-cells", data / "train.csv", *flags)
+            res[f"d1_{name}"] = five_class(predict(adapted, d1, run / f"pred_d1_{name}.csv"))
+        res["d1_adapted_prior"] = five_class(predict(run / "adapted_d1.nnp", d1,
                                                      run / "pred_d1_adapted_prior.csv", "--prior", "normal"))
         tuned = run / "self_trained_d1.nnp"
         if self_train or tuned.exists():        # an earlier run's self-training stays in the table
             if not tuned.exists():
-                wbc("self-train", run / "adapted_d1.nnp", out / "d1_unlabelled.csv", tuned, "--no-progress")
-            res["d1_self_trained"] = five_class(predict(tuned, out / "d1.csv", run / "pred_d1_self_trained.csv"))
-            res["d1_self_trained_prior"] = five_class(predict(tuned, out / "d1.csv",
+                wbc("self-train", run / "adapted_d1.nnp", d1u, tuned, "--no-progress")
+            res["d1_self_trained"] = five_class(predict(tuned, d1, run / "pred_d1_self_trained.csv"))
+            res["d1_self_trained_prior"] = five_class(predict(tuned, d1,
                                                               run / "pred_d1_self_trained_prior.csv",
                                                               "--prior", "normal"))
-    res.update(tta_measures(out, run, data, model))
+    res.update(tta_measures(d1, run, data, model))
     if stain:
         for method in ("white-balance", "reinhard", "macenko"):
-            res[f"d1_{method}"] = five_class(predict(model, out / "d1.csv", run / f"pred_d1_{method}.csv",
+            res[f"d1_{method}"] = five_class(predict(model, d1, run / f"pred_d1_{method}.csv",
                                                      "--stain", method, "--stain-reference", data / "train.csv"))
-        res["d1_macenko_prior"] = five_class(predict(model, out / "d1.csv", run / "pred_d1_macenko_prior.csv",
+        res["d1_macenko_prior"] = five_class(predict(model, d1, run / "pred_d1_macenko_prior.csv",
                                                      "--stain", "macenko", "--stain-reference", data / "train.csv",
                                                      "--prior", "normal"))
         res["pbc6_valid_macenko"] = in_domain(predict(model, data / "valid.csv", run / "pred_valid_macenko.csv",
@@ -196,7 +218,7 @@ def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool =
     return res
 
 
-def tta_measures(out: Path, run: Path, data: Path, model: Path) -> dict:
+def tta_measures(d1: Path, run: Path, data: Path, model: Path) -> dict:
     """``predict --tta`` (8 turned/mirrored views per cell) at each stage: in domain, on d1 as exported
     and after ``adapt``, each without and with the prior."""
     res = dict(pbc6_valid_tta=in_domain(predict(model, data / "valid.csv", run / "pred_valid_tta.csv", "--tta")))
@@ -204,7 +226,7 @@ def tta_measures(out: Path, run: Path, data: Path, model: Path) -> dict:
     for stage, m in models:
         for suffix, flags in (("", []), ("_prior", ["--prior", "normal"])):
             name = f"d1{stage}{suffix}_tta"
-            res[name] = five_class(predict(m, out / "d1.csv", run / f"pred_{name}.csv", "--tta", *flags))
+            res[name] = five_class(predict(m, d1, run / f"pred_{name}.csv", "--tta", *flags))
     return res
 
 
