@@ -29,8 +29,8 @@ the same on the pbc6 validation cells from the model as exported (a same-lab che
 (a variant of another input size, ``robust96``, trains on its own ``OUT/data96_sS`` built with
 ``--size 96`` and the same split; ``robust_rm`` trains on dataset ① ``OUT/datarm_sS``, built with
 ``--background remove``, and is measured on ``OUT/d1_rm``, d1 with its background removed:
-``wbc-nnabla build-dataset OUT/d1.csv OUT/d1_rm --inference --background remove --size 64``); with ``--ensembles``, the predictions of every variant's seeds
-averaged at each stage and along the fine-tuning curve:
+``wbc-nnabla build-dataset OUT/d1.csv OUT/d1_rm --inference --background remove --size 64``);
+with ``--ensembles``, the predictions of every variant's seeds averaged at each stage and along the fine-tuning curve:
 
     wbc-nnabla ensemble OUT/VARIANT_s0/pred_STAGE.csv OUT/VARIANT_s1/pred_STAGE.csv ... OUT/ensembles/VARIANT_s01/pred_STAGE.csv
 

@@ -43,9 +43,9 @@ def parse_lab(item: str) -> tuple:
     return (name if sep else path.stem), path
 
 
-def check_lab(out: Path, seed: int, name: str, lab: Path) -> dict:
-    """The three 5-class measurements of one lab; writes ``held_out.json`` in its folder."""
-    data, model = cs.data_dir(out, "robust", seed), out / f"robust_s{seed}" / "model.nnp"
+def check_lab(out: Path, seed: int, trained: Path, name: str, lab: Path) -> dict:
+    """The three 5-class measurements of one lab by the run ``trained``; writes ``held_out.json``."""
+    data, model = cs.data_dir(out, "robust", seed), trained / "model.nnp"
     run = out / "held_out" / f"{name}_s{seed}"
     run.mkdir(parents=True, exist_ok=True)
     res = dict(lab=str(lab), seed=seed, model=str(model),
@@ -88,9 +88,9 @@ def main():
     a.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for seed in a.seed or [0]:
-        cs.train_variant(a.out, a.pbc6, "robust", seed, [])
+        trained = cs.train_variant(a.out, a.pbc6, "robust", seed, [])
         for name, lab in labs.items():
-            results[name, seed] = check_lab(a.out, seed, name, lab)
+            results[name, seed] = check_lab(a.out, seed, trained, name, lab)
     print(table(results))
 
 

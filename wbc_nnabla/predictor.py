@@ -440,7 +440,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
-    estimate = isinstance(prior, str) and prior == PRIOR_ESTIMATE
+    estimate = prior == PRIOR_ESTIMATE
     shares = None if estimate else parse_prior(prior)
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
