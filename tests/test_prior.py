@@ -99,16 +99,15 @@ def test_each_smear_gets_its_own_prior():
 
 
 def test_estimate_reports_a_collapsed_class():
-    p, _ = _cells_with_shares(np.full(6, 1 / 6), 600, np.random.default_rng(4))
+    fair, _ = _cells_with_shares(np.full(6, 1 / 6), 600, np.random.default_rng(4))
     band, seg = classes.CLASSES6.index("Band"), classes.CLASSES6.index("Segment")
+    p = fair.copy()
     neutrophil = p[:, band] + p[:, seg]                          # a model that cannot tell Band from Segment
     p[:, band], p[:, seg] = 0.4 * neutrophil, 0.6 * neutrophil   # and leans to Segment (section IV's errors)
     _, est = predictions.apply_smear_priors(p, ["a"] * 600, classes.CLASSES6)
     assert est["a"]["collapsed"] == ["Band"]
-    _, fair = predictions.apply_smear_priors(_cells_with_shares(np.full(6, 1 / 6), 600,
-                                                                np.random.default_rng(4))[0], ["a"] * 600,
-                                             classes.CLASSES6)
-    assert fair["a"]["collapsed"] == []
+    _, est = predictions.apply_smear_priors(fair, ["a"] * 600, classes.CLASSES6)
+    assert est["a"]["collapsed"] == []
 
 
 def test_estimate_refuses_small_smears_and_names_them():
