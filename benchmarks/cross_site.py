@@ -148,14 +148,15 @@ def data_dir(out: Path, variant: str, seed: int) -> Path:
 
 def d1_sets(out: Path, variant: str) -> tuple:
     """(labelled, unlabelled) d1 cells a variant is measured on: ``OUT/d1.csv`` as the lab gives them,
-    or for a background-removed variant the inference set ``OUT/d1_rm`` (`build-dataset --inference
-    --background remove`: the same crops, the WBC alone)."""
+    or for a background-removed variant the inference set ``OUT/d1_rm`` (``d1NN_rm`` at another size;
+    `build-dataset --inference --background remove`: the same crops, the WBC alone)."""
     if VARIANT_BACKGROUND.get(variant) != "remove":
         return out / "d1.csv", out / "d1_unlabelled.csv"
-    d1 = out / "d1_rm"
+    size = VARIANT_SIZE.get(variant, 64)
+    d1 = out / ("d1_rm" if size == 64 else f"d1{size}_rm")      # built at the size, named for it as data_dir
     if not (d1 / "cells.csv").exists():
         wbc("build-dataset", out / "d1.csv", d1, "--inference", "--background", "remove",
-            "--size", VARIANT_SIZE.get(variant, 64), "--no-progress")
+            "--size", size, "--no-progress")
     return d1 / "cells.csv", d1 / "cells.csv"          # adapt ignores the labels
 
 
