@@ -29,7 +29,9 @@ the same on the pbc6 validation cells from the model as exported (a same-lab che
 (a variant of another input size, ``robust96``, trains on its own ``OUT/data96_sS`` built with
 ``--size 96`` and the same split; ``robust_rm`` trains on dataset ① ``OUT/datarm_sS``, built with
 ``--background remove``, and is measured on ``OUT/d1_rm``, d1 with its background removed:
-``wbc-nnabla build-dataset OUT/d1.csv OUT/d1_rm --inference --background remove --size 64``);
+``wbc-nnabla build-dataset OUT/d1.csv OUT/d1_rm --inference --background remove --size 64``;
+``robust_AB`` is the paper's Model B of that Model A: ``train OUT/data_sS OUT/robust_AB_sS ... --init
+OUT/robust_rm_sS/model.nnp``, measured on d1 as the lab gives it);
 with ``--ensembles``, the predictions of every variant's seeds averaged at each stage and along the fine-tuning curve:
 
     wbc-nnabla ensemble OUT/VARIANT_s0/pred_STAGE.csv OUT/VARIANT_s1/pred_STAGE.csv ... OUT/ensembles/VARIANT_s01/pred_STAGE.csv
@@ -85,12 +87,16 @@ VARIANTS = {
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
     "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
     "robust_rm": ["--recipe", "robust"],    # on dataset ① (background removed), d1 with its background removed
+    "robust_AB": ["--recipe", "robust"],    # Model B: robust_rm_sS (Model A) fine-tuned on dataset ②, as reproduce
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}
 #: Background of each variant's datasets (default keep, dataset ②); ``remove`` builds dataset ① of
 #: pbc6 and an inference set of d1 with the background removed (``OUT/d1_rm``), the paper's Model A data.
 VARIANT_BACKGROUND = {"robust_rm": "remove"}
+#: Variants that start from another variant's model of the same seed (``train --init``): the paper's
+#: Model B, which fine-tunes Model A on dataset ② (section II.4), as ``reproduce`` trains it.
+VARIANT_INIT = {"robust_AB": "robust_rm"}
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
 CURVE_REPEATS = 3
@@ -165,10 +171,16 @@ def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list) -
     if not (data / "valid.csv").exists():
         wbc("build-dataset", pbc6, data, "--background", VARIANT_BACKGROUND.get(variant, "keep"), "--total", 2400,
             "--size", VARIANT_SIZE.get(variant, 64), "--seed", seed, "--no-progress")
+    init = []
+    if variant in VARIANT_INIT:
+        a = out / f"{VARIANT_INIT[variant]}_s{seed}" / "model.nnp"
+        if not a.exists():
+            sys.exit(f"{variant} starts from {a}: run --variant {VARIANT_INIT[variant]} --seed {seed} first")
+        init = ["--init", a]
     cfg = run / "config.json"
     if not (cfg.exists() and "best" in json.loads(cfg.read_text())):
         resume = ["--resume"] if (run / "checkpoint.json").exists() else []
-        wbc("train", data, run, *COMMON, "--seed", seed, *resume, *VARIANTS[variant], *extra)
+        wbc("train", data, run, *COMMON, "--seed", seed, *resume, *VARIANTS[variant], *init, *extra)
     return run
 
 
