@@ -117,6 +117,92 @@ def test_a_member_is_never_the_output(tmp_path, three, capsys):
     assert str(a) in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- --match source
+
+
+def _rendering(path, cells, probs_of, order, cells_arg):
+    """A predictions CSV of ``cells`` (a cell table) in ``order``, probabilities ``probs_of(row)``,
+    whose run description names ``cells_arg`` as the cells predict was given."""
+    cells = cells.iloc[order].reset_index(drop=True)
+    probs = np.array([probs_of(r) for _, r in cells.iterrows()])
+    df = predictions_table(cells[["path", "smear", "label"]], probs, classes.CLASSES6)
+    predictions.write_predictions(df, path, config=dict(stage="predict", model=path.stem + ".nnp",
+                                                        cells=str(cells_arg), prior="none"))
+    return path
+
+
+@pytest.fixture
+def renderings(tmp_path, three):
+    """Twelve demo cells as listed (Model B's input) and with the background removed by
+    ``build_dataset(..., inference=True)`` (Model A's input), and a predictions CSV of each in
+    another row order: (raw CSV, removed CSV, raw paths, the two members' probabilities per cell)."""
+    from helpers import demo_labels_csv
+    from wbc_nnabla import datasets, fileio
+    src = demo_labels_csv(tmp_path, per_class=2)
+    raw = fileio.read_cells(src)
+    rm = datasets.build_dataset(src, tmp_path / "rm", background="remove", inference=True, size=16, progress=False)
+    rm_cells = fileio.read_cells(rm / "cells.csv")
+    source_of = dict(zip(datasets.read_manifest(rm)["image_path"], datasets.read_manifest(rm)["source_path"]))
+    index = {p: i for i, p in enumerate(raw["path"])}
+    probs, _ = three
+    a = _rendering(tmp_path / "pA.csv", rm_cells, lambda r: probs[0][index[source_of[r["path"]]]],
+                   np.random.default_rng(1).permutation(12), rm / "cells.csv")
+    b = _rendering(tmp_path / "pB.csv", raw, lambda r: probs[1][index[r["path"]]], np.arange(12), src)
+    return b, a, list(raw["path"]), probs
+
+
+def test_match_source_pairs_the_two_renderings_of_each_cell(tmp_path, renderings, capsys):
+    b, a, raw_paths, probs = renderings
+    out = tmp_path / "AB.csv"
+    assert cli.main(["ensemble", str(b), str(a), str(tmp_path / "by_path.csv")]) == 2      # other files: no pairs
+    assert "has no row for cell" in capsys.readouterr().err
+    assert cli.main(["ensemble", str(b), str(a), str(out), "--match", "source"]) == 0
+    got = read_predictions(out)
+    assert list(got["path"]) == raw_paths                                       # the first member's cells
+    np.testing.assert_allclose(got[list(PROB_COLUMNS)].to_numpy(), (probs[0][:12] + probs[1][:12]) / 2, atol=1e-6)
+    assert json.loads(out.with_suffix(".json").read_text())["match"] == "source"
+    again = read_predictions(ensemble([a, b], tmp_path / "BA.csv", match="source"))   # Model A's images first
+    assert all("/rm/images/" in p for p in again["path"])
+    np.testing.assert_allclose(np.sort(again[list(PROB_COLUMNS)].to_numpy(), axis=0),
+                               np.sort(got[list(PROB_COLUMNS)].to_numpy(), axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("not_in_manifest", "rm2/manifest.csv; --match source needs the dataset"),
+    ("one_source_twice", "both come from"),
+    ("bad_manifest", "not a build-dataset manifest (no column source_path)"),
+    ("other_cells", "has no row for cell"),
+])
+def test_match_source_refuses_what_it_cannot_pair(tmp_path, renderings, capsys, case, match):
+    import shutil
+    b, a, raw_paths, probs = renderings
+    rm_cells = pd.read_csv(tmp_path / "rm" / "cells.csv")
+    if case == "bad_manifest":
+        m = pd.read_csv(tmp_path / "rm" / "manifest.csv").drop(columns=["source_path"])
+        m.to_csv(tmp_path / "rm" / "manifest.csv", index=False)
+    elif case == "not_in_manifest":                 # a dataset's cells.csv beside a manifest that lacks a row
+        shutil.copytree(tmp_path / "rm", tmp_path / "rm2")
+        pd.read_csv(tmp_path / "rm2" / "manifest.csv").iloc[1:].to_csv(tmp_path / "rm2" / "manifest.csv", index=False)
+        cfg = json.loads(a.with_suffix(".json").read_text())
+        cfg["cells"] = str(tmp_path / "rm2" / "cells.csv")
+        a.with_suffix(".json").write_text(json.dumps(cfg))
+    elif case == "one_source_twice":                # a manifest whose two images come from one source image
+        shutil.copytree(tmp_path / "rm", tmp_path / "rm3")
+        man = pd.read_csv(tmp_path / "rm3" / "manifest.csv")
+        man.loc[man.index[-1], "source_path"] = man["source_path"].iat[0]
+        man.to_csv(tmp_path / "rm3" / "manifest.csv", index=False)
+        cells = rm_cells.assign(path=lambda d: [str((tmp_path / "rm3" / p).resolve()) for p in d["path"]], smear="")
+        a = _rendering(tmp_path / "pA3.csv", cells, lambda r: probs[0][0], np.arange(12), tmp_path / "rm3" / "cells.csv")
+    elif case == "other_cells":                     # Model A predicted only 11 of the 12 cells
+        cells = rm_cells.iloc[:11].assign(path=lambda d: [str((tmp_path / "rm" / p).resolve()) for p in d["path"]],
+                                          smear="")
+        a = _rendering(tmp_path / "pA4.csv", cells, lambda r: probs[0][0], np.arange(11), tmp_path / "rm" / "cells.csv")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert cli.main(["ensemble", str(b), str(a), str(tmp_path / "AB.csv"), "--match", "source"]) == 2
+    assert match in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before       # nothing written
+
+
 # ----------------------------------------------------------------------------- predict --tta
 
 

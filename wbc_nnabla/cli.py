@@ -374,7 +374,7 @@ def _add_inference(sub) -> None:
 
 def _cmd_ensemble(args) -> int:
     from .ensemble import ensemble
-    df = ensemble(args.members, args.out, overwrite=args.overwrite)
+    df = ensemble(args.members, args.out, overwrite=args.overwrite, match=args.match)
     print(f"{len(df)} cells, mean probabilities of {len(args.members)} models -> {args.out} "
           f"(+ {Path(args.out).with_suffix('.json').name})")
     return 0
@@ -389,6 +389,10 @@ def _add_ensemble(sub) -> None:
     p.add_argument("members", nargs="+", metavar="PRED",
                    help="predictions CSVs of the same cells by different models (at least 2; never changed)")
     p.add_argument("out", metavar="OUT", help="the ensemble's predictions CSV (+ a .json listing the members)")
+    p.add_argument("--match", choices=("path", "source"), default="path",
+                   help="pair the members' rows by image file (default), or by the source cell each image was "
+                        "made from (build-dataset's manifest): Model A on cells with the background removed "
+                        "and Model B on the same cells as photographed; the first member's paths are kept")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and its .json) if it exists")
     p.set_defaults(func=_cmd_ensemble)
 

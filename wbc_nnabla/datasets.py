@@ -21,6 +21,7 @@ the source image.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -394,6 +395,39 @@ class BuiltDataset:
         return self.path / other
 
 
+def is_dataset_folder(folder) -> bool:
+    """Whether ``folder`` holds a :func:`build_dataset` output: its ``config.json`` names ``build-dataset``."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("command") == "build-dataset"
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def read_manifest(folder) -> pd.DataFrame:
+    """The ``manifest.csv`` of a dataset folder :func:`build_dataset` wrote: one row per written image.
+
+    folder: the dataset folder (:func:`is_dataset_folder`).
+    Returns the :data:`MANIFEST_COLUMNS` as text, rows without an image (unused source cells)
+    dropped, plus ``image_path``: each image's absolute path, as the dataset's CSVs resolve it.
+    Raises :class:`~wbc_nnabla.errors.InputError` naming the folder or file when it is not such a
+    dataset or its manifest lacks a column.
+    """
+    folder = Path(folder)
+    if not is_dataset_folder(folder):
+        raise InputError(f"{folder}: not a dataset folder (no config.json written by build-dataset)")
+    path = folder / "manifest.csv"
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the dataset manifest ({type(e).__name__}: {e})") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: not a build-dataset manifest (no column {', '.join(missing)})")
+    df = df[df["image"] != ""].reset_index(drop=True)
+    df["image_path"] = [str((folder / p).resolve()) for p in df["image"]]
+    return df
+
+
 def _check_settings(background: str, pad_mode: str, size: Optional[int], total: Optional[int],
                     valid_fraction: float, inference: bool) -> Tuple[int, int]:
     """(size, total) after defaults; :class:`~wbc_nnabla.errors.InputError` naming a setting out of range."""
@@ -440,15 +474,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out}: already exists (choose another output, or --overwrite)")
     if not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder; not replaced")
-    cfg = out / "config.json"
-    ours = False
-    if cfg.is_file():
-        try:
-            import json
-            ours = json.loads(cfg.read_text(encoding="utf-8")).get("command") == "build-dataset"
-        except (ValueError, OSError, AttributeError):
-            ours = False
-    if not ours and any(out.iterdir()):
+    if not is_dataset_folder(out) and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not a build-dataset output (no config.json from "
                               f"build-dataset); --overwrite replaces only those. Choose another output")
 

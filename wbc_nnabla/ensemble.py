@@ -12,6 +12,16 @@ any one of them. nnabla-free, like :mod:`wbc_nnabla.predictions`.
     wbc-nnabla ensemble p0.csv p1.csv ensemble.csv
     wbc-nnabla score ensemble.csv report/
 
+Models that see one cell in two renderings -- the paper's Model A on the cell with its
+background removed (dataset ①, section II.3), Model B on the cell as photographed -- predict two
+different image files of the same cell; ``--match source`` pairs them through the
+dataset's manifest (:func:`source_keys`):
+
+    wbc-nnabla build-dataset cells/ cells_rm --inference --background remove
+    wbc-nnabla predict model_A.nnp cells_rm/cells.csv pA.csv
+    wbc-nnabla predict model_B.nnp cells/ pB.csv
+    wbc-nnabla ensemble pB.csv pA.csv AB.csv --match source
+
 Not in the paper (its discussion asks for deeper networks, not several); a
 deviation documented in docs/inference.md.
 """
@@ -25,7 +35,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import fileio
+from . import datasets, fileio
+from .errors import InputError
 from .classes import CLASSES6
 from .predictions import (ALL_SMEARS, NO_SMEAR, PROB_COLUMNS, PredictionsError, predictions_table,
                           read_predictions, read_run_config, run_config_path, write_predictions)
@@ -33,6 +44,11 @@ from .predictions import (ALL_SMEARS, NO_SMEAR, PROB_COLUMNS, PredictionsError, 
 PathLike = Union[str, os.PathLike]
 #: Fewest predictions CSVs an ensemble takes (one model is not an ensemble).
 MIN_MEMBERS = 2
+#: How members' rows are paired (``ensemble --match``): by the image file each row names, or by
+#: the source cell it was made from (:func:`source_keys`).
+MATCHES = ("path", "source")
+#: The orientation of an image used as it is (a row that is not a dataset image).
+AS_IS = datasets.DIHEDRAL_NAMES[0]
 
 
 def _member_config(path: Path) -> Optional[dict]:
@@ -62,33 +78,70 @@ def _check_same_prior(configs: Sequence[Optional[dict]], paths: Sequence[Path]) 
                                    f"--prior {_prior_text(known[0][1])}; predict every member with the same --prior")
 
 
-def _aligned(member: pd.DataFrame, first: pd.DataFrame, name: str, first_name: str) -> pd.DataFrame:
-    """``member``'s rows in the order of ``first``'s cells; refuses another cell set or other labels."""
-    by_path = member.set_index("path")
-    missing = first.index[~first["path"].isin(by_path.index)]
+def source_keys(table: pd.DataFrame, config: Optional[dict], name: str) -> pd.Series:
+    """Each row's source cell, ``SOURCE_IMAGE (TRANSFORM)``, for ``--match source``.
+
+    table: a member read by :func:`~wbc_nnabla.predictions.read_predictions`; config: its run
+    description (None when another tool wrote it). When the cells it predicted are a table of a
+    :func:`~wbc_nnabla.datasets.build_dataset` folder (``cells.csv``, ``valid.csv``, ...), each image
+    maps through the folder's manifest to the image it was cut from and its dihedral turn;
+    otherwise each row is its own source, as it is (:data:`AS_IS`). Raises
+    :class:`~wbc_nnabla.predictions.PredictionsError` naming the file when a dataset image is not in
+    its manifest or two rows come from one source (a field with several cells, a repeated turn):
+    such members can only be matched by path.
+    """
+    cells = Path(config["cells"]) if config and config.get("cells") else None
+    folder = (cells if cells.is_dir() else cells.parent) if cells is not None else None
+    if folder is not None and datasets.is_dataset_folder(folder):
+        m = datasets.read_manifest(folder)
+        lookup = dict(zip(m["image_path"], m["source_path"] + " (" + m["transform"] + ")"))
+        keys = table["path"].reset_index(drop=True).map(lookup)
+        if keys.isna().any():
+            i = int(np.flatnonzero(keys.isna())[0])
+            raise PredictionsError(f"{name} line {table['line'].iat[i]}: cell {table['path'].iat[i]!r} is not in "
+                                   f"{folder / 'manifest.csv'}; --match source needs the dataset the cells came from")
+    else:
+        keys = table["path"].reset_index(drop=True) + f" ({AS_IS})"
+    twice = keys.duplicated(keep=False)
+    if twice.any():
+        i, j = np.flatnonzero(twice & (keys == keys[twice].iat[0]))[:2]
+        raise PredictionsError(f"{name} lines {table['line'].iat[i]} and {table['line'].iat[j]}: both come from "
+                               f"{keys.iat[i]}; --match source needs one cell per source image and turn "
+                               f"(match these members by path)")
+    return keys
+
+
+def _aligned(member: pd.DataFrame, keys: pd.Series, first: pd.DataFrame, first_keys: pd.Series,
+             name: str, first_name: str) -> pd.DataFrame:
+    """``member``'s rows in the order of ``first``'s cells, each row's cell named by ``keys``
+    (``first_keys`` for ``first``); refuses another cell set or other labels."""
+    at = pd.Series(np.arange(len(member)), index=pd.Index(keys))
+    missing = np.flatnonzero(~first_keys.isin(at.index))
     if len(missing):
-        raise PredictionsError(f"{name}: has no row for cell {first['path'].iat[missing[0]]!r} "
+        raise PredictionsError(f"{name}: has no row for cell {first_keys.iat[missing[0]]!r} "
                                f"({first_name} line {first['line'].iat[missing[0]]}); every member must "
                                f"predict the same cells")
-    extra = member.index[~member["path"].isin(first["path"])]
+    extra = np.flatnonzero(~keys.isin(first_keys))
     if len(extra):
-        raise PredictionsError(f"{name} line {member['line'].iat[extra[0]]}: cell {member['path'].iat[extra[0]]!r} "
+        raise PredictionsError(f"{name} line {member['line'].iat[extra[0]]}: cell {keys.iat[extra[0]]!r} "
                                f"is not in {first_name}; every member must predict the same cells")
-    rows = by_path.loc[first["path"]].reset_index()
+    rows = member.iloc[at.loc[first_keys].to_numpy()].reset_index(drop=True)
     differ = np.flatnonzero((rows["true6"].to_numpy() != first["true6"].to_numpy())
                             | (rows["true5"].to_numpy() != first["true5"].to_numpy()))
     if len(differ):
         i = differ[0]
         raise PredictionsError(f"{name} line {rows['line'].iat[i]}: label {rows['label'].iat[i]!r} of cell "
-                               f"{rows['path'].iat[i]!r} differs from {first_name}'s {first['label'].iat[i]!r}")
+                               f"{first_keys.iat[i]!r} differs from {first_name}'s {first['label'].iat[i]!r}")
     return rows
 
 
-def combine(members: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.DataFrame:
+def combine(members: Sequence[pd.DataFrame], names: Sequence[str],
+            keys: Optional[Sequence[pd.Series]] = None) -> pd.DataFrame:
     """The ensemble's predictions table of tables read by :func:`wbc_nnabla.predictions.read_predictions`.
 
-    members: at least :data:`MIN_MEMBERS` tables of the same cells (any row order; the first's order is
-        kept) with the same labels; names: their files, for messages.
+    members: at least :data:`MIN_MEMBERS` tables of the same cells (any row order; the first's order and
+        paths are kept) with the same labels; names: their files, for messages; keys: each member's cell
+        per row (:func:`source_keys`), default its ``path``.
     Returns the :data:`wbc_nnabla.predictions.SIX_COLUMNS` table of the mean probabilities, its
     ``pred6``/``pred5`` their argmax. When every member has the domain-shift columns the ensemble
     has them too: a cell is outside the training domain when any member says so, at the largest
@@ -96,8 +149,10 @@ def combine(members: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.DataFra
     """
     if len(members) < MIN_MEMBERS:
         raise PredictionsError(f"an ensemble needs at least {MIN_MEMBERS} predictions files, got {len(members)}")
+    keys = list(keys) if keys is not None else [m["path"].reset_index(drop=True) for m in members]
     first = members[0]
-    rows = [first] + [_aligned(m, first, n, names[0]) for m, n in zip(members[1:], names[1:])]
+    rows = [first] + [_aligned(m, k, first, keys[0], n, names[0])
+                      for m, k, n in zip(members[1:], keys[1:], names[1:])]
     probs = np.mean([r[list(PROB_COLUMNS)].to_numpy(np.float64) for r in rows], axis=0)
     smear = first["smear"].where(~first["smear"].isin([ALL_SMEARS, NO_SMEAR]), "")
     out = predictions_table(pd.DataFrame({"path": first["path"], "smear": smear, "label": first["label"]}),
@@ -108,18 +163,23 @@ def combine(members: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.DataFra
     return out
 
 
-def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False) -> pd.DataFrame:
+def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False,
+             match: str = "path") -> pd.DataFrame:
     """Write ``out``, the ensemble of the predictions CSVs ``members`` (:func:`combine`), and its ``.json``.
 
     Every member is read and checked (:func:`~wbc_nnabla.predictions.read_predictions`) and must
-    list the same cells with the same labels; members whose run description records a class
-    prior must record the same one. The ``.json`` beside ``out`` lists each member with its
+    list the same cells with the same labels: the same image files (``match="path"``), or images
+    made from the same source cells (``match="source"``, :func:`source_keys`; the ensemble keeps
+    the first member's paths). Members whose run description records a class prior must record
+    the same one. The ``.json`` beside ``out`` lists each member with its
     sha256, model and prior. Members are never replaced, even with ``overwrite``.
     Raises :class:`~wbc_nnabla.predictions.PredictionsError` naming the file and line; nothing is
     written then.
     """
     paths = [Path(p) for p in members]
     out = Path(out)
+    if match not in MATCHES:
+        raise PredictionsError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
     if out.suffix.lower() != ".csv":
         raise PredictionsError(f"{out}: the ensemble's predictions file must end in .csv")
     seen = {}
@@ -132,8 +192,14 @@ def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False
     tables = [read_predictions(p) for p in paths]
     configs = [_member_config(p) for p in paths]
     _check_same_prior(configs, paths)
-    df = combine(tables, [str(p) for p in paths])
-    config = dict(stage="ensemble", n_cells=len(df), environment=fileio.environment(),
+    keys = None
+    if match == "source":
+        try:
+            keys = [source_keys(t, c, str(p)) for t, c, p in zip(tables, configs, paths)]
+        except InputError as e:
+            raise PredictionsError(str(e)) from None
+    df = combine(tables, [str(p) for p in paths], keys)
+    config = dict(stage="ensemble", n_cells=len(df), environment=fileio.environment(), match=match,
                   prior=next((c.get("prior", "none") for c in configs if c), "unknown"),
                   members=[dict(predictions=str(p), sha256=_sha256(p, c),
                                 model=c.get("model") if c else None, tta=c.get("tta") if c else None)
@@ -142,4 +208,4 @@ def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False
     return df
 
 
-__all__ = ["MIN_MEMBERS", "combine", "ensemble"]
+__all__ = ["AS_IS", "MATCHES", "MIN_MEMBERS", "combine", "ensemble", "source_keys"]
