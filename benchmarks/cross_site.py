@@ -36,6 +36,11 @@ with ``--ensembles``, the predictions of every variant's seeds averaged at each 
 
     wbc-nnabla ensemble OUT/VARIANT_s0/pred_STAGE.csv OUT/VARIANT_s1/pred_STAGE.csv ... OUT/ensembles/VARIANT_s01/pred_STAGE.csv
 
+with ``--ab-ensembles``, the paper's Model B and Model A of one seed, each on its own rendering of the
+cells (d1 as photographed and ``OUT/d1_rm``; the pbc6 valid cells of ``data_sS`` and ``datarm_sS``), averaged:
+
+    wbc-nnabla ensemble OUT/B_sS/pred_STAGE.csv OUT/robust_rm_sS/pred_STAGE.csv OUT/ensembles_ab/B+robust_rm_sS/pred_STAGE.csv --match source
+
 and, with ``--finetune-curve VARIANT``, few-shot fine-tuning on N labelled d1 cells (N = 10, 25,
 50, 100; a stratified pick, 3 repeats) of the d1-adapted model, scored on the remaining cells:
 
@@ -52,6 +57,7 @@ interrupted training resumes.
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --finetune-curve robust --seed 0
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --finetune-curve robust --seed 0 --curve-n 100 --curve-select
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --ensembles
+    .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --ab-ensembles
     .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --summarize
 """
 from __future__ import annotations
@@ -433,6 +439,53 @@ def summarize_ensembles(out: Path) -> None:
             print(f"| {name} | {flag} | " + " | ".join(by.get(n, "-") for n in CURVE_N) + " |")
 
 
+#: The paper's two renderings of a cell averaged (``ensemble --match source``): (Model A on dataset ①,
+#: Model B on dataset ②) of the same seed; B first, so the ensemble lists the cells as photographed.
+AB_PAIRS = (("robust_rm", "robust"), ("robust_rm", "robust_AB"))
+AB_STAGES = ("valid", "valid_prior", "valid_tta") + ENSEMBLE_STAGES
+
+
+def ab_ensembles(out: Path) -> list:
+    """``wbc-nnabla ensemble B A --match source`` of each :data:`AB_PAIRS` pair and seed at every stage (in
+    domain on the same pbc6 valid cells, and on d1); writes and returns ``OUT/ensembles_ab.json``."""
+    rows = []
+    for a, b in AB_PAIRS:
+        for seed in sorted({int(p.parent.name.rsplit("_s", 1)[1]) for p in out.glob(f"{a}_s*/cross_site.json")}):
+            runs = [out / f"{b}_s{seed}", out / f"{a}_s{seed}"]
+            if not (runs[0] / "cross_site.json").exists():
+                continue
+            for stage in AB_STAGES:
+                members = [r / f"pred_{stage}.csv" for r in runs]
+                if not all(m.exists() for m in members):
+                    continue
+                target = out / "ensembles_ab" / f"{b}+{a}_s{seed}" / f"pred_{stage}.csv"
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    wbc("ensemble", *members, target, "--match", "source")
+                score = in_domain if stage.startswith("valid") else five_class
+                rows.append(dict(pair=f"{b} + {a}", seed=seed, stage=stage, ensemble=score(target),
+                                 members=[score(m) for m in members]))
+    (out / "ensembles_ab.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def summarize_ab(out: Path) -> None:
+    """Print ``OUT/ensembles_ab.json`` as Markdown: B / A -> the ensemble, 6-class in domain, 5-class on d1."""
+    path = out / "ensembles_ab.json"
+    if not path.exists():
+        return
+    df = pd.DataFrame(json.loads(path.read_text()))
+    key = lambda stage: "acc6" if stage.startswith("valid") else "acc5"
+    cell = lambda r: (f"{r['members'][0][key(r['stage'])]:.3f} / {r['members'][1][key(r['stage'])]:.3f} "
+                      f"-> **{r['ensemble'][key(r['stage'])]:.3f}**")
+    print("\nModel B + Model A (`ensemble --match source`): B / A -> ensemble; pbc6 valid 6-class, d1 5-class:\n")
+    print("| models | seed | " + " | ".join(AB_STAGES) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in AB_STAGES) + " |")
+    for (pair, seed), g in df.groupby(["pair", "seed"], sort=False):
+        by = {r["stage"]: cell(r) for _, r in g.iterrows()}
+        print(f"| {pair} | {seed} | " + " | ".join(by.get(st, "-") for st in AB_STAGES) + " |")
+
+
 def summarize_tta(out: Path) -> None:
     """Print ``predict --tta`` against plain predict per run as Markdown."""
     pairs = [("pbc6_valid", "pbc6 valid 6-class"), ("d1", "d1"), ("d1_prior", "d1, prior"),
@@ -509,6 +562,7 @@ def summarize(out: Path) -> None:
     summarize_tta(out)
     summarize_infomax(out)
     summarize_ensembles(out)
+    summarize_ab(out)
 
 
 def main():
@@ -533,6 +587,9 @@ def main():
                     help="with --infomax: also `finetune` the infomax model on the curve's 100 labelled cells")
     ap.add_argument("--ensembles", action="store_true",
                     help="ensemble the seeds of every variant (`wbc-nnabla ensemble`) and write OUT/ensembles.json")
+    ap.add_argument("--ab-ensembles", action="store_true",
+                    help="average Model B and Model A of each seed (`ensemble --match source`, AB_PAIRS) and write "
+                         "OUT/ensembles_ab.json")
     ap.add_argument("--summarize", action="store_true")
     a, extra = ap.parse_known_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -540,6 +597,8 @@ def main():
         return summarize(a.out)
     if a.ensembles:
         return ensembles(a.out)
+    if a.ab_ensembles:
+        return ab_ensembles(a.out)
     if not (a.out / "d1.csv").exists():
         d1_sources(a.out, a.d1)
     for seed in a.seed or [0]:
