@@ -168,7 +168,7 @@ def test_match_source_pairs_the_two_renderings_of_each_cell(tmp_path, renderings
 
 
 @pytest.mark.parametrize("case, match", [
-    ("not_in_manifest", "rm2/manifest.csv; --match source needs the dataset"),
+    ("not_in_manifest", "rm2/manifest.csv; --match source needs the manifest"),
     ("one_source_twice", "both come from"),
     ("bad_manifest", "not a build-dataset manifest (no column source_path)"),
     ("other_cells", "has no row for cell"),
@@ -180,12 +180,11 @@ def test_match_source_refuses_what_it_cannot_pair(tmp_path, renderings, capsys, 
     if case == "bad_manifest":
         m = pd.read_csv(tmp_path / "rm" / "manifest.csv").drop(columns=["source_path"])
         m.to_csv(tmp_path / "rm" / "manifest.csv", index=False)
-    elif case == "not_in_manifest":                 # a dataset's cells.csv beside a manifest that lacks a row
+    elif case == "not_in_manifest":                 # a dataset's image whose manifest row is gone
         shutil.copytree(tmp_path / "rm", tmp_path / "rm2")
         pd.read_csv(tmp_path / "rm2" / "manifest.csv").iloc[1:].to_csv(tmp_path / "rm2" / "manifest.csv", index=False)
-        cfg = json.loads(a.with_suffix(".json").read_text())
-        cfg["cells"] = str(tmp_path / "rm2" / "cells.csv")
-        a.with_suffix(".json").write_text(json.dumps(cfg))
+        cells = rm_cells.assign(path=lambda d: [str((tmp_path / "rm2" / p).resolve()) for p in d["path"]], smear="")
+        a = _rendering(tmp_path / "pA2.csv", cells, lambda r: probs[0][0], np.arange(12), tmp_path / "rm2" / "cells.csv")
     elif case == "one_source_twice":                # a manifest whose two images come from one source image
         shutil.copytree(tmp_path / "rm", tmp_path / "rm3")
         man = pd.read_csv(tmp_path / "rm3" / "manifest.csv")

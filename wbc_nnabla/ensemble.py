@@ -78,30 +78,37 @@ def _check_same_prior(configs: Sequence[Optional[dict]], paths: Sequence[Path]) 
                                    f"--prior {_prior_text(known[0][1])}; predict every member with the same --prior")
 
 
-def source_keys(table: pd.DataFrame, config: Optional[dict], name: str) -> pd.Series:
+def _dataset_of(image_folder: Path) -> Optional[Path]:
+    """The :func:`~wbc_nnabla.datasets.build_dataset` folder ``OUT`` of an image folder ``OUT/images/CLASS``, or None."""
+    out = image_folder.parent.parent
+    return out if image_folder.parent.name == "images" and datasets.is_dataset_folder(out) else None
+
+
+def source_keys(table: pd.DataFrame, name: str) -> pd.Series:
     """Each row's source cell, ``SOURCE_IMAGE (TRANSFORM)``, for ``--match source``.
 
-    table: a member read by :func:`~wbc_nnabla.predictions.read_predictions`; config: its run
-    description (None when another tool wrote it). When the cells it predicted are a table of a
-    :func:`~wbc_nnabla.datasets.build_dataset` folder (``cells.csv``, ``valid.csv``, ...), each image
-    maps through the folder's manifest to the image it was cut from and its dihedral turn;
-    otherwise each row is its own source, as it is (:data:`AS_IS`). Raises
-    :class:`~wbc_nnabla.predictions.PredictionsError` naming the file when a dataset image is not in
-    its manifest or two rows come from one source (a field with several cells, a repeated turn):
-    such members can only be matched by path.
+    table: a member read by :func:`~wbc_nnabla.predictions.read_predictions`; name: its file, for
+    messages. A row whose image lies in a :func:`~wbc_nnabla.datasets.build_dataset` folder maps
+    through that folder's manifest to the image it was cut from and its dihedral turn; any other
+    row is its own source, as it is (:data:`AS_IS`). Raises
+    :class:`~wbc_nnabla.predictions.PredictionsError` naming the file and line when a dataset image
+    is not in its manifest or two rows come from one source and turn (a field with several cells,
+    an identical repeat): such members can only be matched by path.
     """
-    cells = Path(config["cells"]) if config and config.get("cells") else None
-    folder = (cells if cells.is_dir() else cells.parent) if cells is not None else None
-    if folder is not None and datasets.is_dataset_folder(folder):
+    paths = table["path"].reset_index(drop=True)
+    keys = paths + f" ({AS_IS})"
+    folders = {d: _dataset_of(Path(d)) for d in {str(Path(p).parent) for p in paths}}
+    for folder in sorted({f for f in folders.values() if f is not None}):
         m = datasets.read_manifest(folder)
         lookup = dict(zip(m["image_path"], m["source_path"] + " (" + m["transform"] + ")"))
-        keys = table["path"].reset_index(drop=True).map(lookup)
-        if keys.isna().any():
-            i = int(np.flatnonzero(keys.isna())[0])
-            raise PredictionsError(f"{name} line {table['line'].iat[i]}: cell {table['path'].iat[i]!r} is not in "
-                                   f"{folder / 'manifest.csv'}; --match source needs the dataset the cells came from")
-    else:
-        keys = table["path"].reset_index(drop=True) + f" ({AS_IS})"
+        inside = np.flatnonzero([folders[str(Path(p).parent)] == folder for p in paths])
+        found = paths.iloc[inside].map(lookup)
+        if found.isna().any():
+            i = inside[int(np.flatnonzero(found.isna())[0])]
+            raise PredictionsError(f"{name} line {table['line'].iat[i]}: cell {paths.iat[i]!r} is not in "
+                                   f"{folder / 'manifest.csv'}; --match source needs the manifest of the "
+                                   f"dataset that made the image")
+        keys.iloc[inside] = found.to_numpy()
     twice = keys.duplicated(keep=False)
     if twice.any():
         i, j = np.flatnonzero(twice & (keys == keys[twice].iat[0]))[:2]
@@ -195,7 +202,7 @@ def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False
     keys = None
     if match == "source":
         try:
-            keys = [source_keys(t, c, str(p)) for t, c, p in zip(tables, configs, paths)]
+            keys = [source_keys(t, str(p)) for t, p in zip(tables, paths)]
         except InputError as e:
             raise PredictionsError(str(e)) from None
     df = combine(tables, [str(p) for p in paths], keys)
