@@ -150,6 +150,14 @@ def predict(model: Path, cells: Path, out_csv: Path, *flags) -> Path:
     return out_csv
 
 
+def ensemble_once(members: list, target: Path, *flags) -> Path:
+    """``wbc-nnabla ensemble MEMBERS TARGET [flags]``, unless an earlier run wrote TARGET."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        wbc("ensemble", *members, target, *flags)
+    return target
+
+
 def data_dir(out: Path, variant: str, seed: int) -> Path:
     """The pbc6 dataset a variant trains on: ``data_sS`` at 64 px, ``dataNN_sS`` at another size (same
     split), ``datarm_sS`` with the background removed."""
@@ -398,9 +406,7 @@ def ensembles(out: Path) -> list:
             for stage, members, target in jobs:
                 if not all(m.exists() for m in members):
                     continue
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    wbc("ensemble", *members, target)
+                ensemble_once(members, target)
                 rows.append(dict(variant=variant, seeds=list(seeds), stage=stage, ensemble=five_class(target)["acc5"],
                                  members=[five_class(m)["acc5"] for m in members]))
     (out / "ensembles.json").write_text(json.dumps(rows, indent=1))
@@ -459,9 +465,7 @@ def ab_ensembles(out: Path) -> list:
                 if not all(m.exists() for m in members):
                     continue
                 target = out / "ensembles_ab" / f"{b}+{a}_s{seed}" / f"pred_{stage}.csv"
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    wbc("ensemble", *members, target, "--match", "source")
+                ensemble_once(members, target, "--match", "source")
                 score = in_domain if stage.startswith("valid") else five_class
                 rows.append(dict(pair=f"{b} + {a}", seed=seed, stage=stage, ensemble=score(target),
                                  members=[score(m) for m in members]))
