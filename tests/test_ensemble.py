@@ -142,7 +142,8 @@ def renderings(tmp_path, three):
     raw = fileio.read_cells(src)
     rm = datasets.build_dataset(src, tmp_path / "rm", background="remove", inference=True, size=16, progress=False)
     rm_cells = fileio.read_cells(rm / "cells.csv")
-    source_of = dict(zip(datasets.read_manifest(rm)["image_path"], datasets.read_manifest(rm)["source_path"]))
+    manifest = datasets.read_manifest(rm)
+    source_of = dict(zip(manifest["image_path"], manifest["source_path"]))
     index = {p: i for i, p in enumerate(raw["path"])}
     probs, _ = three
     a = _rendering(tmp_path / "pA.csv", rm_cells, lambda r: probs[0][index[source_of[r["path"]]]],

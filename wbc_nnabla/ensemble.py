@@ -97,11 +97,13 @@ def source_keys(table: pd.DataFrame, name: str) -> pd.Series:
     """
     paths = table["path"].reset_index(drop=True)
     keys = paths + f" ({AS_IS})"
-    folders = {d: _dataset_of(Path(d)) for d in {str(Path(p).parent) for p in paths}}
-    for folder in sorted({f for f in folders.values() if f is not None}):
+    parents = [str(Path(p).parent) for p in paths]
+    dataset = {d: _dataset_of(Path(d)) for d in set(parents)}
+    row_dataset = [dataset[d] for d in parents]
+    for folder in sorted({f for f in dataset.values() if f is not None}):
         m = datasets.read_manifest(folder)
         lookup = dict(zip(m["image_path"], m["source_path"] + " (" + m["transform"] + ")"))
-        inside = np.flatnonzero([folders[str(Path(p).parent)] == folder for p in paths])
+        inside = np.flatnonzero([f == folder for f in row_dataset])
         found = paths.iloc[inside].map(lookup)
         if found.isna().any():
             i = inside[int(np.flatnonzero(found.isna())[0])]
