@@ -83,6 +83,10 @@ def world(tmp_path_factory):
     (csvs / "bad_label.csv").write_text(f"path,label\n{ok}{rows[0][0]},Platelet\n")
     (csvs / "latin1.csv").write_bytes(b"path,label\n\xe9\xe8\xff.jpg,Band\n")
     (csvs / "good.csv").write_text(f"path,label\n{ok}")
+    copy = inp / "copies" / "renamed.jpg"           # a byte-identical copy of a good cell under another name
+    copy.parent.mkdir()
+    copy.write_bytes(rows[0][0].read_bytes())
+    (csvs / "copy.csv").write_text(f"path,label\n{ok}{copy},{rows[0][1]}\n")
     mdl = inp / "models"
     mdl.mkdir()
     model = _tiny_model(mdl / "model.nnp")
@@ -134,6 +138,8 @@ CASES = [
      "one_pixel.png: image too small"),
     ("build-duplicate-rows", ["build-dataset", "{I}/csv/duplicate.csv", "{O}/ds", "--size", "32", "--background", "keep"],
      "duplicate.csv:14 list the same cell"),
+    ("build-byte-copy", ["build-dataset", "{I}/csv/copy.csv", "{O}/ds", "--size", "32", "--background", "keep"],
+     "copy.csv:14 list byte-identical copies of one image"),
     ("build-two-labels", ["build-dataset", "{I}/csv/two_labels.csv", "{O}/ds", "--size", "32", "--background", "keep"],
      "different labels"),
     ("build-out-inside-source", ["build-dataset", "{I}/good", "{I}/good/ds", "--size", "32", "--background", "keep"], "inside the source"),
@@ -175,6 +181,10 @@ CASES = [
     ("adapt-too-few-cells", ["adapt", "{I}/models/model.nnp", "{I}/good", "{O}/a.nnp"], "good: 12 readable cells"),
     ("adapt-corrupt-image", ["adapt", "{I}/models/model.nnp", "{I}/csv/with_corrupt.csv", "{O}/a.nnp"],
      "corrupt.jpg: corrupt JPEG data"),
+    ("adapt-duplicate-rows", ["adapt", "{I}/models/model.nnp", "{I}/csv/duplicate.csv", "{O}/a.nnp"],
+     "list the same cell"),
+    ("finetune-byte-copy", ["finetune", "{I}/models/model.nnp", "{I}/csv/copy.csv", "{O}/f.nnp"],
+     "byte-identical copies of one image"),
     ("adapt-over-the-model", ["adapt", "{I}/models/model.nnp", "{I}/good", "{I}/models/model.nnp", "--overwrite"],
      "model.nnp: is the model itself"),
     ("adapt-inside-the-cells", ["adapt", "{I}/models/model.nnp", "{I}/good", "{I}/good/a.nnp"], "inside the source"),
@@ -211,5 +221,7 @@ def test_hostile_input_one_line_error_and_inputs_untouched(world, capsys, case, 
     last = err.splitlines()[-1] if err else ""
     assert expected in last, f"{case}: {last!r} does not name {expected!r}"
     assert last.startswith("wbc-nnabla") or last.startswith("usage") or "error:" in last, last
+    if args[0] not in ("build-dataset", "reproduce"):          # the commands with --dedupe
+        assert "--dedupe" not in last, f"{case}: suggests a flag {args[0]} does not have"
     assert _hashes(inp) == before, f"{case}: an input file changed or disappeared"
     assert not list(out.iterdir()), f"{case}: a failed run left output behind: {list(out.iterdir())}"

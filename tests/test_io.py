@@ -256,6 +256,37 @@ def test_duplicate_cells_are_an_error_naming_both_rows(tmp_path, demo_dir):
             fileio.read_cells(conflict, dedupe=dedupe)
 
 
+def test_a_copy_under_another_name_is_a_repeat_when_read_by_content(tmp_path, demo_dir):
+    imgs = sorted(demo_dir.rglob("*.jpg"))[:2]
+    copy = tmp_path / "copies" / "renamed.jpg"
+    copy.parent.mkdir()
+    copy.write_bytes(imgs[0].read_bytes())
+    csv = _labels_csv(tmp_path / "copy.csv", [(imgs[0], "Band"), (imgs[1], "Lymph"), (copy, "Band")])
+    assert len(fileio.read_cells(csv)) == 3                      # by path: three files, three cells
+    with pytest.raises(fileio.SourceError,
+                       match=r"copy\.csv:2 and .*copy\.csv:4 list byte-identical copies of one image .*renamed\.jpg.*--dedupe"):
+        fileio.read_cells(csv, by_content=True)
+    t = fileio.read_cells(csv, by_content=True, dedupe=True)
+    assert t["path"].tolist() == [str(imgs[0]), str(imgs[1])] and t.attrs["duplicates_dropped"] == 1
+    conflict = _labels_csv(tmp_path / "conflict.csv", [(imgs[0], "Band"), (copy, "Segment")])
+    with pytest.raises(fileio.SourceError, match=r"byte-identical copies .*different labels.*Band.*Segment"):
+        fileio.read_cells(conflict, by_content=True, dedupe=True)
+    with pytest.raises(fileio.SourceError, match=r"twice.*; remove the repeat$"):
+        fileio.read_cells(csv, by_content=True, dedupe_flag=None)  # a command without --dedupe does not offer it
+
+
+def test_content_keys_read_only_files_of_a_shared_size(tmp_path):
+    a, b, c, d = (tmp_path / n for n in ("a.bin", "b.bin", "c.bin", "d.bin"))
+    a.write_bytes(b"12345")
+    b.write_bytes(b"12345")            # a's copy
+    c.write_bytes(b"12346")            # a's size, other bytes
+    d.write_bytes(b"123")              # a size nobody shares: not read
+    missing = tmp_path / "missing.bin"
+    keys = fileio.content_keys([str(a), str(b), str(c), str(d), str(missing)])
+    assert keys[0] == keys[1] and keys[0].startswith("sha256:") and keys[2] not in (keys[0], keys[3])
+    assert keys[3] == str(d) and keys[4] == str(missing)
+
+
 def test_nnc_folder_with_a_cell_in_both_splits_is_refused(tmp_path, demo_dir):
     imgs = sorted(demo_dir.rglob("*.jpg"))[:3]
     fileio.write_nnc_csv(tmp_path / "train.csv", imgs[:2], [0, 1])

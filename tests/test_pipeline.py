@@ -147,6 +147,20 @@ def test_item4_cell_in_both_source_and_inference_set_is_an_error_naming_both_row
     assert not (tmp_path / "out" / "split").exists()
 
 
+def test_a_copy_of_a_teacher_image_in_the_inference_set_is_an_error(tmp_path, demo_dir, no_training):
+    cells = fileio.read_cells(demo_dir)
+    source = _cells_csv(tmp_path / "teacher.csv", cells.iloc[10:])
+    copy = tmp_path / "lab" / "renamed.jpg"             # the same photo exported twice, under another name
+    copy.parent.mkdir()
+    copy.write_bytes(Path(cells["path"].iloc[15]).read_bytes())
+    held_cells = pd.concat([cells.iloc[:5], cells.iloc[15:16].assign(path=str(copy))])
+    held = _cells_csv(tmp_path / "held.csv", held_cells, smear="S1")
+    with pytest.raises(fileio.SourceError, match=r"teacher\.csv:7 and .*held\.csv:7 list byte-identical copies "
+                                                 r"of one image .*renamed\.jpg\) as a teacher cell .*\(1 such"):
+        pipeline.reproduce(source, tmp_path / "out", preset="demo", inference=held, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_item4_reproduce_and_build_dataset_report_repeats_in_one_line_and_dedupe(tmp_path, demo_dir, capsys,
                                                                                no_training):
     from wbc_nnabla import cli

@@ -108,7 +108,7 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
     """
     training_share = meta.get("wbc_share")
     if train_cells is not None:
-        training_share = framing.median_share(list(fileio.read_cells(train_cells)["path"]), seed=seed)
+        training_share = framing.median_share(list(fileio.read_cells(train_cells, dedupe_flag=None)["path"]), seed=seed)
     if not training_share:
         return None
     try:
@@ -156,7 +156,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     if not bn_statistics(params):
         raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
     size = _input_size(model, meta, size)
-    table = fileio.read_cells(cells)
+    table = fileio.read_cells(cells, dedupe_flag=None)
     loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
     readable, skipped = _draw(loader, max_images, seed, skip_bad)
     rows = readable[:len(readable) // batch_size * batch_size]          # whole batches only
@@ -283,7 +283,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
         shares = prior_shares(meta["class_names"], cfg.prior)
     except predictions.PredictionsError as e:
         raise AdaptationError(f"{model}: --prior {cfg.prior}: {e}") from None
-    table = fileio.read_cells(cells)
+    table = fileio.read_cells(cells, dedupe_flag=None)
     loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size,
                                   transform=framing.model_view(meta))
     readable, skipped = _draw(loader, max_images, cfg.seed, skip_bad)

@@ -42,7 +42,7 @@ def _cmd_classes(args) -> int:
 
 def _cmd_cells(args) -> int:
     from . import fileio
-    df = fileio.read_cells(args.source)
+    df = fileio.read_cells(args.source, dedupe_flag=None)
     print(f"{len(df)} cells from {args.source}")
     print(df["label"].replace("", "(unlabeled)").value_counts().sort_index().to_string())
     return 0
@@ -322,7 +322,7 @@ def _stain_reference(method: str, source) -> Optional[dict]:
             raise CLIError("--stain-reference is given but --stain is none")
         return None
     from . import fileio, stain
-    return stain.reference(list(fileio.read_cells(source)["path"]))
+    return stain.reference(list(fileio.read_cells(source, dedupe_flag=None)["path"]))
 
 
 def _add_inference(sub) -> None:

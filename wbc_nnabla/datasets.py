@@ -345,7 +345,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     size, total = _check_settings(background, pad_mode, size, total, valid_fraction, inference)
     crop_px = segmentation.crop_size_px(crop, crop_um, pixel_um)
     source, out = Path(source), Path(out)
-    table = fileio.read_cells(source, dedupe=dedupe)
+    table = fileio.read_cells(source, dedupe=dedupe, by_content=not inference)   # copies would straddle the split
     _check_output_folder(out, source, table, overwrite)
     _check_labels(table, inference)
     report = {"mode": "inference" if inference else "teacher", "background": background,

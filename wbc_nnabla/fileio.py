@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -528,28 +529,76 @@ def _read_kind(src: Path, kind: str) -> pd.DataFrame:
     return read_smear_folders(src)
 
 
-def read_cells(source: PathLike, dedupe: bool = False) -> pd.DataFrame:
+def read_cells(source: PathLike, dedupe: bool = False, by_content: bool = False,
+               dedupe_flag: Optional[str] = "--dedupe") -> pd.DataFrame:
     """Read a cell source of any supported kind (:func:`source_kind`) as a cell table.
 
     Labels are optional here (a caller that needs them checks). A source that
     lists one image (and centre) twice is an error naming both rows: the copies
-    could land in training and validation at once. With ``dedupe`` exact
-    repeats (same label and smear) are dropped instead and counted in
+    could land in training and validation at once. With ``by_content`` two
+    files with the same bytes (a copy under another name) count as one image
+    too (:func:`content_keys`). With ``dedupe`` exact repeats (same label and
+    smear) are dropped instead and counted in
     ``table.attrs["duplicates_dropped"]``; repeats that disagree stay an error.
+    ``dedupe_flag``: the flag the error suggests (None: the command has none).
     """
     src = Path(source)
     table = _read_kind(src, source_kind(src))
-    return drop_duplicates(table, dedupe, f"{src}")
+    return drop_duplicates(table, dedupe, by_content=by_content, dedupe_flag=dedupe_flag)
 
 
-def drop_duplicates(table: pd.DataFrame, dedupe: bool = False, what: str = "cell table") -> pd.DataFrame:
+def content_keys(paths: Sequence[str]) -> List[str]:
+    """One key per path, equal for files with the same bytes: ``sha256:...`` or the path itself.
+
+    Only files whose size another file shares are read and hashed (a file of
+    unique size cannot be a copy); a path that cannot be read keeps its own
+    path as key (the stage that opens it reports it).
+    """
+    sizes = []
+    for p in paths:
+        try:
+            sizes.append(os.path.getsize(p))
+        except OSError:
+            sizes.append(None)
+    counts = pd.Series([s for s in sizes if s is not None]).value_counts()
+    keys = []
+    for p, size in zip(paths, sizes):
+        if size is None or counts.get(size, 0) < 2:
+            keys.append(str(p))
+            continue
+        digest = hashlib.sha256()
+        try:
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            keys.append(str(p))
+            continue
+        keys.append("sha256:" + digest.hexdigest())
+    return keys
+
+
+def _same_cell(a: pd.Series, b: pd.Series) -> str:
+    """How two rows repeat one cell, for an error message."""
+    if a["path"] == b["path"]:
+        return f"list the same cell {a['path']}"
+    return f"list byte-identical copies of one image ({a['path']} and {b['path']})"
+
+
+def drop_duplicates(table: pd.DataFrame, dedupe: bool = False,
+                    by_content: bool = False, dedupe_flag: Optional[str] = "--dedupe") -> pd.DataFrame:
     """``table`` without repeated cells (same resolved ``path`` and centre), or :class:`SourceError`.
 
-    Repeats with another label or smear are always an error naming both rows;
-    exact repeats are an error unless ``dedupe``, which keeps the first and
-    records the count dropped in ``attrs["duplicates_dropped"]``.
+    With ``by_content`` the image is identified by its bytes (:func:`content_keys`),
+    so a copy of a file under another name is a repeat as well. Repeats with
+    another label or smear are always an error naming both rows; exact repeats
+    are an error unless ``dedupe``, which keeps the first and records the count
+    dropped in ``attrs["duplicates_dropped"]``. The messages name both rows;
+    ``dedupe_flag`` is the flag they suggest (None: the caller has none).
     """
-    key = table["path"].astype(str) + "|" + table["x"].fillna(-1).astype(str) + "|" + table["y"].fillna(-1).astype(str)
+    image = pd.Series(content_keys(table["path"].astype(str).tolist()) if by_content else table["path"].astype(str),
+                      index=table.index)
+    key = image + "|" + table["x"].fillna(-1).astype(str) + "|" + table["y"].fillna(-1).astype(str)
     dup = key.duplicated(keep=False)
     out = table
     if dup.any():
@@ -560,13 +609,14 @@ def drop_duplicates(table: pd.DataFrame, dedupe: bool = False, what: str = "cell
                 continue
             a, b = table.iloc[j], table.iloc[i]
             if (a["label"], a["smear"]) != (b["label"], b["smear"]):
-                raise SourceError(f"{a['source']} and {b['source']} list the same cell {a['path']} with "
+                raise SourceError(f"{a['source']} and {b['source']} {_same_cell(a, b)} with "
                                   f"different labels/smears ({a['label'] or 'unlabeled'}/{a['smear'] or '-'} vs "
                                   f"{b['label'] or 'unlabeled'}/{b['smear'] or '-'}); a cell has one label")
             if not dedupe:
-                raise SourceError(f"{a['source']} and {b['source']} list the same cell {a['path']} twice: a "
-                                  f"repeated cell can fall in both training and validation; remove the repeat "
-                                  f"or pass --dedupe to drop exact repeats")
+                fix = f"remove the repeat or pass {dedupe_flag} to drop exact repeats" if dedupe_flag \
+                    else "remove the repeat"
+                raise SourceError(f"{a['source']} and {b['source']} {_same_cell(a, b)} twice: a repeated "
+                                  f"cell counts twice and can fall on both sides of a split; {fix}")
         out = table[~key.duplicated(keep="first")].reset_index(drop=True)
     out.attrs["duplicates_dropped"] = int(len(table) - len(out))
     return out

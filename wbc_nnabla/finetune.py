@@ -83,7 +83,7 @@ def read_labelled(cells: Path, class_names: Sequence[str]) -> Tuple[List[str], n
     Raises :class:`FinetuneError` naming the source and row for a missing label or one the
     model cannot learn, and for too few cells or classes.
     """
-    table = fileio.read_cells(cells)
+    table = fileio.read_cells(cells, by_content=True, dedupe_flag=None)   # --select splits them into folds
     names, _ = target_groups(class_names)
     if len(table) < MIN_FINETUNE_CELLS:
         raise FinetuneError(f"{cells}: {len(table)} cells; fine-tuning needs at least {MIN_FINETUNE_CELLS} "

@@ -139,22 +139,27 @@ def read_sources(source, inference=None, dedupe: bool = False) -> Tuple[pd.DataF
 
     Both are read by :func:`wbc_nnabla.fileio.read_cells`: a cell listed twice is
     an error naming both rows, unless ``dedupe`` drops exact repeats (counted
-    in ``attrs["duplicates_dropped"]``). Every teacher cell needs a label; a
-    cell (same resolved path) in both ``source`` and ``inference`` is an error
-    naming both rows, since Model A and B would be scored on cells they trained on.
+    in ``attrs["duplicates_dropped"]``); in ``source``, which is split, a copy of
+    a file under another name counts as a repeat (:func:`wbc_nnabla.fileio.content_keys`).
+    Every teacher cell needs a label; a cell in both ``source`` and ``inference``
+    (same resolved path, or the same bytes) is an error naming both rows, since
+    Model A and B would be scored on cells they trained on.
     """
-    table = fileio.read_cells(source, dedupe=dedupe)
+    table = fileio.read_cells(source, dedupe=dedupe, by_content=True)
     if (table["label"] == "").any():
         bad = table.loc[table["label"] == "", "source"].iloc[0]
         raise ValueError(f"{bad}: teacher cells need a label")
     if inference is None:
         return table, None
     held = fileio.read_cells(inference, dedupe=dedupe)
-    shared = held[held["path"].isin(set(table["path"]))]
-    if len(shared):
-        cell = shared.iloc[0]
-        teacher_row = table.loc[table["path"] == cell["path"], "source"].iloc[0]
-        raise fileio.SourceError(f"{teacher_row} and {cell['source']} list the same cell {cell['path']} as a teacher "
+    keys = fileio.content_keys(table["path"].astype(str).tolist() + held["path"].astype(str).tolist())
+    teacher_keys = dict(zip(keys[:len(table)], range(len(table))))
+    shared = [(teacher_keys[k], i) for i, k in enumerate(keys[len(table):]) if k in teacher_keys]
+    if shared:
+        t, cell = table.iloc[shared[0][0]], held.iloc[shared[0][1]]
+        what = (f"the same cell {cell['path']}" if t["path"] == cell["path"]
+                else f"byte-identical copies of one image ({t['path']} and {cell['path']})")
+        raise fileio.SourceError(f"{t['source']} and {cell['source']} list {what} as a teacher "
                              f"cell and as an inference cell ({len(shared)} such cell(s)): the models would be "
                              f"scored on cells they trained on; remove them from SOURCE or from the inference set")
     return table, held

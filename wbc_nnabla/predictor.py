@@ -308,7 +308,7 @@ def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
         for col in ("label", "smear"):
             df[col] = df[col].fillna("").astype(str) if col in df.columns else ""
         return df
-    return fileio.read_cells(source, dedupe=dedupe)
+    return fileio.read_cells(source, dedupe=dedupe, dedupe_flag=None)
 
 
 def _load_or_skip(path: str, size: int, skip_bad: bool,
