@@ -406,3 +406,10 @@ def test_check_output_folder_takes_a_new_or_empty_folder_without_overwrite(tmp_p
     assert fileio.check_output_folder(tmp_path / "mine", "segment", True) is True
     with pytest.raises(FileExistsError, match="not a `wbc-nnabla gradcam` output"):
         fileio.check_output_folder(tmp_path / "mine", "gradcam", True)
+
+
+def test_environment_records_the_cpus_vector_instructions():
+    env = fileio.environment()
+    assert env["cpu_simd"] in fileio.SIMD_LEVELS + ("unknown",)
+    if Path("/proc/cpuinfo").exists() and " avx2 " in " " + Path("/proc/cpuinfo").read_text() + " ":
+        assert env["cpu_simd"] in ("avx512f", "avx2")

@@ -931,6 +931,29 @@ def write_json(path: PathLike, obj) -> Path:
     return write_text(path, json_text(obj))
 
 
+#: Vector instruction sets from the widest down; :func:`cpu_simd` reports the first the CPU has.
+SIMD_LEVELS = ("avx512f", "avx2", "avx", "sse4_2", "sse2", "asimd", "neon")
+
+
+def cpu_simd() -> str:
+    """The widest vector instruction set of this CPU (e.g. ``avx512f``, ``avx2``), or ``unknown``.
+
+    Kept with every run because it changes results: the CPU kernels pick their code by it, and the
+    float rounding differs, so the same seed on an AVX-512 and an AVX2 machine trains a slightly
+    different model (docs/benchmarks.md). Read from ``/proc/cpuinfo`` (Linux); neither numpy nor the
+    standard library gives it through a public function.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return "unknown"
+    flags = set()
+    for line in text.splitlines():
+        if line.split(":")[0].strip().lower() in ("flags", "features"):
+            flags.update(line.split(":", 1)[1].split())
+    return next((level for level in SIMD_LEVELS if level in flags), "unknown")
+
+
 def environment() -> dict:
     """Versions of Python, the platform and the installed libraries a run depends on.
 
@@ -940,7 +963,8 @@ def environment() -> dict:
     from importlib import metadata
 
     from . import __version__
-    out = {"wbc_nnabla": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    out = {"wbc_nnabla": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+           "cpu_simd": cpu_simd()}
     for dist in ("nnabla", "nnabla-ext-cuda116", "nnabla-ext-cuda120", "numpy", "opencv-python-headless",
                  "scipy", "pandas", "matplotlib", "onnx", "onnxruntime"):
         try:
