@@ -14,8 +14,10 @@ A = 0.99 (the library's default) and 0.95; each pair is (calibration cells -> d1
 
 Every figure comes from ``wbc-nnabla score`` (summary.json), the command a lab runs:
 
-    wbc-nnabla score OUT/V_sS/pred_valid.csv OUT/pending_check/V_sS/valid --target-accuracy A --no-figures
-    wbc-nnabla score OUT/V_sS/pred_d1_adapted.csv OUT/pending_check/V_sS/d1_adapted_A --pending-threshold T --no-figures
+    wbc-nnabla score OUT/V_sS/pred_valid.csv OUT/pending_check/V_sS/valid_tA --no-figures --target-accuracy A
+    wbc-nnabla score OUT/V_sS/pred_d1_adapted.csv OUT/pending_check/V_sS/d1_adapted_tA --no-figures --pending-threshold T
+    wbc-nnabla score OUT/V_sS/pred_d1_adapted.csv OUT/pending_check/V_sS/d1_adapted_own_tA --no-figures --target-accuracy A
+                                                                       # d1's own best cut-off (with its labels)
 
     nice -n 5 .venv/bin/python benchmarks/pending_check.py --out /work/runs/cross --variant robust --seed 0 --seed 1
 
@@ -42,7 +44,7 @@ def summary(pred: Path, folder: Path, *flags) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
-def measure(out: Path, variant: str, seed: int) -> dict:
+def measure(out: Path, variant: str, seed: int) -> list:
     """Every (stage, target) of one run: the in-lab cut-off, and its coverage and accuracy in each lab."""
     run, pc = out / f"{variant}_s{seed}", out / "pending_check" / f"{variant}_s{seed}"
     rows = []
