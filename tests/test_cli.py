@@ -32,6 +32,19 @@ def test_cells_command_and_one_line_error(capsys, demo_dir, tmp_path):
     assert "Blast" in err and "bad.csv:2" in err and "Traceback" not in err
 
 
+def test_cells_command_lists_byte_identical_copies(capsys, demo_dir, tmp_path):
+    imgs = sorted(demo_dir.rglob("*.jpg"))[:3]
+    copy = tmp_path / "renamed.jpg"
+    copy.write_bytes(imgs[0].read_bytes())
+    (tmp_path / "c.csv").write_text(f"path,label\n{imgs[0]},Band\n{imgs[1]},Lymph\n{imgs[2]},Mono\n{copy},Band\n")
+    assert cli.main(["cells", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells" in out and "1 file(s) are byte-identical copies" in out
+    assert "c.csv:2 (Band) = " in out and "c.csv:5 (Band)" in out and "c.csv:3" not in out
+    assert cli.main(["cells", str(demo_dir)]) == 0
+    assert "copies" not in capsys.readouterr().out
+
+
 def test_docs_cli_reference_matches_help():
     from pathlib import Path
     doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"

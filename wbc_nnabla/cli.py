@@ -45,13 +45,19 @@ def _cmd_cells(args) -> int:
     df = fileio.read_cells(args.source, dedupe_flag=None)
     print(f"{len(df)} cells from {args.source}")
     print(df["label"].replace("", "(unlabeled)").value_counts().sort_index().to_string())
+    copies = fileio.copy_groups(df)
+    if copies:
+        print(f"{sum(len(g) - 1 for g in copies)} file(s) are byte-identical copies of another listed file "
+              f"(build-dataset and finetune refuse them; drop the copies or keep each on one side of a split):")
+        for rows in copies:
+            print("  " + " = ".join(f"{df['source'].iat[i]} ({df['label'].iat[i] or 'unlabeled'})" for i in rows))
     return 0
 
 
 def _add_io(sub) -> None:
     p = sub.add_parser("classes", help="list the class taxonomy (names, synonyms, five-class view)")
     p.set_defaults(func=_cmd_classes)
-    p = sub.add_parser("cells", help="read a labeled cell source and print its class counts")
+    p = sub.add_parser("cells", help="read a labeled cell source and print its class counts and any byte-identical copies")
     p.add_argument("source", help="class folder tree, path,label CSV or NNC dataset CSV/folder")
     p.set_defaults(func=_cmd_cells)
 

@@ -578,6 +578,19 @@ def content_keys(paths: Sequence[str]) -> List[str]:
     return keys
 
 
+def copy_groups(table: pd.DataFrame) -> List[List[int]]:
+    """Rows (positions in ``table``) whose files are byte-identical copies under different paths.
+
+    One list per image held by more than one path, rows in table order; the
+    same path listed twice is not a copy (:func:`drop_duplicates` reports it).
+    """
+    paths = table["path"].astype(str).tolist()
+    groups: dict = {}
+    for i, key in enumerate(content_keys(paths)):
+        groups.setdefault(key, []).append(i)
+    return [rows for rows in groups.values() if len({paths[i] for i in rows}) > 1]
+
+
 def _same_cell(a: pd.Series, b: pd.Series) -> str:
     """How two rows repeat one cell, for an error message."""
     if a["path"] == b["path"]:
