@@ -547,6 +547,15 @@ def read_cells(source: PathLike, dedupe: bool = False, by_content: bool = False,
     return drop_duplicates(table, dedupe, by_content=by_content, dedupe_flag=dedupe_flag)
 
 
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read ``chunk`` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_keys(paths: Sequence[str]) -> List[str]:
     """One key per path, equal for files with the same bytes: ``sha256:...`` or the path itself.
 
@@ -566,15 +575,10 @@ def content_keys(paths: Sequence[str]) -> List[str]:
         if size is None or counts.get(size, 0) < 2:
             keys.append(str(p))
             continue
-        digest = hashlib.sha256()
         try:
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            keys.append("sha256:" + file_sha256(p))
         except OSError:
             keys.append(str(p))
-            continue
-        keys.append("sha256:" + digest.hexdigest())
     return keys
 
 

@@ -155,13 +155,9 @@ def load_parameters(path) -> dict:
         return {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
 
 
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (the ONNX cache key)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+#: Hex SHA-256 of a file's bytes (the ONNX cache key); defined in :mod:`wbc_nnabla.fileio`, which also
+#: uses it to find copies of a cell image.
+file_sha256 = fileio.file_sha256
 
 
 def expected_shapes(arch: str, num_classes: int, norm: str = "batch") -> Dict[str, Tuple[int, ...]]:
