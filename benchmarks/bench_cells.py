@@ -38,7 +38,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from wbc_nnabla import fileio, segmentation  # noqa: E402
+from wbc_nnabla import fileio, outputs, segmentation  # noqa: E402
 
 CLASSES = ("Band", "Segment", "Eosinophil", "Basophil", "Mono", "Lymph")
 ZHENG_NAMES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-revision", default=None,
                     help="--color-shifts with the segmentation of this git revision instead of this checkout's")
     args = ap.parse_args(argv)
-    print("environment:", fileio.environment())
+    print("environment:", outputs.environment())
     if args.speed:
         bench_speed(args.data, args.before)
         return 0

@@ -36,7 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, fileio, predictor  # noqa: E402
+from wbc_nnabla import classes, fileio, outputs, predictor  # noqa: E402
 
 PROBS = [f"prob_{c}" for c in classes.CLASSES6]
 
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WBC_NNABLA_CACHE", str(args.workdir / "onnx-cache"))
-    results = dict(environment=fileio.environment(), cpu_count=predictor.cpu_count(), args=vars(args).copy())
+    results = dict(environment=outputs.environment(), cpu_count=predictor.cpu_count(), args=vars(args).copy())
     results["args"] = {k: str(v) for k, v in results["args"].items()}
     print(f"wbc_nnabla inference benchmark, {predictor.cpu_count()} cores, {load()}")
 

@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, fileio, predictor, training  # noqa: E402
+from wbc_nnabla import classes, fileio, outputs, predictor, training  # noqa: E402
 
 
 def subset(pbc6: Path, per_train: int, per_valid: int, per_test: int, seed: int):
@@ -88,8 +88,8 @@ def main() -> None:
                              accuracy5=round(five, 3), n_test=len(pred)))
             print(rows[-1], flush=True)
         rows[-1]["train_seconds"] = round(time.perf_counter() - t0, 1)
-    fileio.write_json(args.out / "scale_check.json", dict(args={k: str(v) for k, v in vars(args).items()},
-                                                      rows=rows, environment=fileio.environment()))
+    outputs.write_json(args.out / "scale_check.json", dict(args={k: str(v) for k, v in vars(args).items()},
+                                                      rows=rows, environment=outputs.environment()))
     print("\n| augmentation | infer at | 6-class | 5-class |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['augmentation']} | {r['infer_size']} px (train {r['train_size']}) | "

@@ -207,13 +207,13 @@ def test_private_name_check_sees_every_form():
     modules = set(_sources())
     code = ("import wbc_nnabla.fileio\nfrom wbc_nnabla import segmentation, gradcam as g, __version__\n"
             "from wbc_nnabla.fileio import _umask, read_rgb\n"
-            "segmentation._hull(m); g.upsample_map(r); wbc_nnabla.fileio._umask(); read_rgb._x; "
+            "segmentation._hull(m); g.upsample_map(r); wbc_nnabla.outputs._umask(); read_rgb._x; "
             "segmentation.GALLERY_TILE\n"
             "getattr(segmentation, '_radius'); monkeypatch.setattr('wbc_nnabla.export._prune', f)\n")
     found = {f.split(": ", 1)[1] for f in _private_uses(ast.parse(code), modules)}
     # (PACKAGE + "..." rather than one string: this file is checked too)
     assert found == {"from " + PACKAGE + ".fileio import _umask", "segmentation._hull",
-                     PACKAGE + ".fileio._umask", "getattr(segmentation, '_radius')",
+                     PACKAGE + ".outputs._umask", "getattr(segmentation, '_radius')",
                      "'" + PACKAGE + ".export._prune'"}, found
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from wbc_nnabla import cli, fileio, segmentation
+from wbc_nnabla import cli, fileio, outputs, segmentation
 
 CREAM, CYTO, NUCLEUS, PINK = (250, 230, 200), (200, 180, 220), (80, 30, 140), (220, 160, 170)
 
@@ -228,7 +228,7 @@ def test_segment_images_and_locate_images_api(tmp_path):
     assert s == dict(out=tmp_path / "masks", images=2, empty=1, gallery=tmp_path / "masks" / "gallery.png",
                      gallery_images=1)
     assert cv2.imread(str(s["gallery"])).shape == (segmentation.GALLERY_TILE, segmentation.GALLERY_TILE * segmentation.GALLERY_COLUMNS, 3)
-    assert sorted(p.name for p in s["out"].iterdir()) == [fileio.OUTPUT_MARKER, "a.png", "b.png", "gallery.png"]
+    assert sorted(p.name for p in s["out"].iterdir()) == [outputs.OUTPUT_MARKER, "a.png", "b.png", "gallery.png"]
     assert segmentation.segment_images([src / "Lymph" / "a.png"], tmp_path / "one", gallery=0)["gallery"] is None
     fileio.write_image(tmp_path / "other" / "a.jpg", img)
     with pytest.raises(ValueError, match="would both write a.png"):

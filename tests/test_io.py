@@ -1,4 +1,4 @@
-"""Dataset I/O: image reading, the three cell-source readers, the NNC CSV writer, safe outputs."""
+"""Dataset I/O: image reading, the cell-source readers, the NNC CSV writer (safe outputs: test_outputs)."""
 import os
 from pathlib import Path
 
@@ -182,28 +182,6 @@ def test_shared_pbc6_reads(pbc6):
 # ----------------------------------------------------------------------------- safe outputs
 
 
-def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
-    out = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with fileio.atomic_dir(out) as tmp:
-            (tmp / "half.txt").write_text("x")
-            raise RuntimeError("interrupted")
-    assert not out.exists() and list(tmp_path.iterdir()) == []
-    with fileio.atomic_dir(out) as tmp:
-        (tmp / "done.txt").write_text("x")
-    assert (out / "done.txt").exists()
-    with pytest.raises(FileExistsError):
-        with fileio.atomic_dir(out):
-            pass
-
-
-def test_check_not_inside(tmp_path):
-    (tmp_path / "src").mkdir()
-    with pytest.raises(fileio.SourceError, match="inside the source"):
-        fileio.check_not_inside(tmp_path / "src" / "out", [tmp_path / "src"])
-    fileio.check_not_inside(tmp_path / "out", [tmp_path / "src"])
-
-
 def test_demo_data_attribution_ships(demo_dir):
     assert (demo_dir / "ATTRIBUTION.md").read_text().count("Acevedo") >= 1
     assert (demo_dir / "LICENSE-CC-BY-4.0.md").exists()
@@ -324,57 +302,6 @@ def test_source_kind_is_one_rule(tmp_path, demo_dir):
         fileio.read_cells(tmp_path / "notes.txt")
 
 
-def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
-    """kill -9 during a write leaves .NAME.<pid>.XXXX.tmp; the next write of NAME removes it."""
-    import subprocess
-    import sys
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
-    stale_dir = tmp_path / f".out.{dead}.abc123.tmp"
-    stale_dir.mkdir()
-    (stale_dir / "half.png").write_text("x")
-    stale_file = tmp_path / f".curve.csv.{dead}.xyz.tmp.csv"
-    stale_file.write_text("x")
-    live = tmp_path / f".out.{os.getpid()}.live.tmp"          # a running writer's: kept
-    live.mkdir()
-    other = tmp_path / ".unrelated.tmp"
-    other.write_text("x")
-    with fileio.atomic_dir(tmp_path / "out") as t:
-        (t / "a.txt").write_text("a")
-    fileio.write_text(tmp_path / "curve.csv", "x")
-    assert not stale_dir.exists() and not stale_file.exists()
-    assert live.exists() and other.exists() and (tmp_path / "out" / "a.txt").exists()
-
-
-def test_check_output_replaces_only_its_own_folder_and_never_an_input(tmp_path):
-    out = tmp_path / "score"
-    fileio.check_output(out, "score", overwrite=False)                       # missing: fine
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="already exists"):
-        fileio.check_output(out, "score", overwrite=False)
-    with pytest.raises(FileExistsError, match=r"not a `wbc-nnabla score` output .*no \.wbc_nnabla_output"):
-        fileio.check_output(out, "score", overwrite=True)
-    fileio.write_marker(out, "train")
-    with pytest.raises(FileExistsError, match="written by train"):
-        fileio.check_output(out, "score", overwrite=True)
-    fileio.write_marker(out, "score")
-    fileio.check_output(out, "score", overwrite=True)                        # its own: may be replaced
-    (out / "cells").mkdir()
-    with pytest.raises(fileio.SourceError, match="contains the input"):
-        fileio.check_output(out, "score", overwrite=True, inputs=[out / "cells" / "a.png"])
-    with pytest.raises(fileio.SourceError, match="is the input"):
-        fileio.check_output(out, "score", overwrite=True, inputs=[out])
-    with fileio.atomic_dir(tmp_path / "new", command="compare") as t:
-        (t / "x").write_text("x")
-    assert fileio.marker_command(tmp_path / "new") == "compare"
-    f = tmp_path / "pred.csv"
-    f.write_text("x")
-    with pytest.raises(FileExistsError):
-        fileio.check_output(f, "predict", overwrite=False)
-    fileio.check_output(f, "predict", overwrite=True)
-
-
 def test_image_files_expands_folders_and_names_what_is_missing(tmp_path):
     fileio.write_image(tmp_path / "a" / "x.png", np.full((40, 40, 3), 200, np.uint8))
     fileio.write_image(tmp_path / "a" / "sub" / "y.jpg", np.full((40, 40, 3), 200, np.uint8))
@@ -395,21 +322,3 @@ def test_image_files_expands_folders_and_names_what_is_missing(tmp_path):
         fileio.image_files([tmp_path / "missing.png"])
 
 
-def test_check_output_folder_takes_a_new_or_empty_folder_without_overwrite(tmp_path):
-    assert fileio.check_output_folder(tmp_path / "new", "segment", False) is False
-    (tmp_path / "empty").mkdir()
-    assert fileio.check_output_folder(tmp_path / "empty", "segment", False) is True      # replaced, nothing lost
-    with fileio.atomic_dir(tmp_path / "mine", command="segment") as tmp:
-        (tmp / "a.png").write_bytes(b"mask")
-    with pytest.raises(FileExistsError, match="already exists"):
-        fileio.check_output_folder(tmp_path / "mine", "segment", False)
-    assert fileio.check_output_folder(tmp_path / "mine", "segment", True) is True
-    with pytest.raises(FileExistsError, match="not a `wbc-nnabla gradcam` output"):
-        fileio.check_output_folder(tmp_path / "mine", "gradcam", True)
-
-
-def test_environment_records_the_cpus_vector_instructions():
-    env = fileio.environment()
-    assert env["cpu_simd"] in fileio.SIMD_LEVELS + ("unknown",)
-    if Path("/proc/cpuinfo").exists() and " avx2 " in " " + Path("/proc/cpuinfo").read_text() + " ":
-        assert env["cpu_simd"] in ("avx512f", "avx2")

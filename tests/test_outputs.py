@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from helpers import predictions_from_confusion, small_counts
-from wbc_nnabla import cli, fileio, predictions, predictor, report, scoring
+from wbc_nnabla import cli, fileio, outputs, predictions, predictor, report, scoring
 from wbc_nnabla.classes import CLASSES6
 
 
@@ -61,7 +61,7 @@ def test_score_overwrite_never_deletes_cells_inside_an_earlier_score_output(tmp_
     out = tmp_path / "out"
     _, first = cells_and_predictions(tmp_path)
     assert cli.main(["score", str(first), str(out), "--no-figures"]) == 0
-    assert fileio.marker_command(out) == "score"
+    assert outputs.marker_command(out) == "score"
     _, csv = cells_and_predictions(out, name="pred_in_out.csv")    # cells and CSV now inside OUT
     before = snapshot(out)
     assert cli.main(["score", str(csv), str(out), "--overwrite", "--no-figures"]) == 2
@@ -107,7 +107,7 @@ def test_score_overwrite_replaces_only_an_earlier_score_output(tmp_path, capsys)
     (out / "old.txt").write_text("from the earlier run")
     assert cli.main(["score", str(csv), str(out), "--overwrite"]) == 0            # its own: replaced
     assert not (out / "old.txt").exists() and (out / "report.html").is_file()
-    assert fileio.marker_command(out) == "score"
+    assert outputs.marker_command(out) == "score"
     cmp = tmp_path / "cmp"
     assert cli.main(["compare", str(csv), str(csv), str(cmp), "--no-figures", "--name-b", "B"]) == 0
     assert cli.main(["score", str(csv), str(cmp), "--overwrite", "--no-figures"]) == 2  # compare's, not score's
@@ -132,7 +132,7 @@ def test_compare_overwrite_replaces_only_an_earlier_compare_output(tmp_path, cap
     assert (notes / "notes.txt").read_text() == "my notes"
     out = tmp_path / "cmp"
     assert cli.main(args[:3] + [str(out)] + args[3:]) == 0
-    assert fileio.marker_command(out) == "compare"
+    assert outputs.marker_command(out) == "compare"
     assert cli.main(args[:3] + [str(out), "--overwrite"] + args[3:]) == 0
 
 
@@ -149,7 +149,7 @@ def test_segment_replaces_only_an_earlier_segment_output(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cli.main(["segment", str(src), "--out", str(empty)]) == 0             # an empty folder is fine
-    assert fileio.marker_command(empty) == "segment" and (empty / "a.png").is_file()
+    assert outputs.marker_command(empty) == "segment" and (empty / "a.png").is_file()
     assert cli.main(["segment", str(src), "--out", str(empty)]) == 2             # its own, but no --overwrite
     assert "already exists" in one_line_error(capsys)
     assert cli.main(["segment", str(src), "--out", str(empty), "--overwrite"]) == 0
@@ -344,23 +344,125 @@ def test_disk_full_while_writing_names_the_output_and_leaves_nothing(name, tmp_p
 
 
 def test_output_of_temporary_names_the_output(tmp_path):
-    assert fileio.output_of_temporary(tmp_path / ".pred.csv.123.ab_c9.tmp.csv") == tmp_path / "pred.csv"
-    assert fileio.output_of_temporary(tmp_path / ".score.77.x1y2.tmp" / "summary.json") == tmp_path / "score" / "summary.json"
-    assert fileio.output_of_temporary(tmp_path / "pred.csv") == tmp_path / "pred.csv"
+    assert outputs.output_of_temporary(tmp_path / ".pred.csv.123.ab_c9.tmp.csv") == tmp_path / "pred.csv"
+    assert outputs.output_of_temporary(tmp_path / ".score.77.x1y2.tmp" / "summary.json") == tmp_path / "score" / "summary.json"
+    assert outputs.output_of_temporary(tmp_path / "pred.csv") == tmp_path / "pred.csv"
 
 
 def test_atomic_files_renames_together_and_refuses_a_file_written_meanwhile(tmp_path):
     a, b = tmp_path / "x.csv", tmp_path / "x.json"
-    with fileio.atomic_files([a, b]) as (ta, tb):
+    with outputs.atomic_files([a, b]) as (ta, tb):
         ta.write_text("1")
         tb.write_text("2")
         assert not a.exists() and not b.exists()
     assert (a.read_text(), b.read_text()) == ("1", "2")
     with pytest.raises(FileExistsError, match="x.csv"):
-        with fileio.atomic_files([a, b]) as (ta, tb):
+        with outputs.atomic_files([a, b]) as (ta, tb):
             ta.write_text("3")
     assert (a.read_text(), b.read_text()) == ("1", "2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv", "x.json"]
     with pytest.raises(ValueError, match="not in one folder"):
-        with fileio.atomic_files([a, tmp_path / "sub" / "y.json"]):
+        with outputs.atomic_files([a, tmp_path / "sub" / "y.json"]):
             pass
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_dir(out) as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("interrupted")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with outputs.atomic_dir(out) as tmp:
+        (tmp / "done.txt").write_text("x")
+    assert (out / "done.txt").exists()
+    with pytest.raises(FileExistsError):
+        with outputs.atomic_dir(out):
+            pass
+
+
+def test_check_not_inside(tmp_path):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(fileio.SourceError, match="inside the source"):
+        outputs.check_not_inside(tmp_path / "src" / "out", [tmp_path / "src"])
+    outputs.check_not_inside(tmp_path / "out", [tmp_path / "src"])
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """kill -9 during a write leaves .NAME.<pid>.XXXX.tmp; the next write of NAME removes it."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale_dir = tmp_path / f".out.{dead}.abc123.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "half.png").write_text("x")
+    stale_file = tmp_path / f".curve.csv.{dead}.xyz.tmp.csv"
+    stale_file.write_text("x")
+    live = tmp_path / f".out.{os.getpid()}.live.tmp"          # a running writer's: kept
+    live.mkdir()
+    other = tmp_path / ".unrelated.tmp"
+    other.write_text("x")
+    with outputs.atomic_dir(tmp_path / "out") as t:
+        (t / "a.txt").write_text("a")
+    outputs.write_text(tmp_path / "curve.csv", "x")
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert live.exists() and other.exists() and (tmp_path / "out" / "a.txt").exists()
+
+
+def test_check_output_replaces_only_its_own_folder_and_never_an_input(tmp_path):
+    out = tmp_path / "score"
+    outputs.check_output(out, "score", overwrite=False)                       # missing: fine
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists"):
+        outputs.check_output(out, "score", overwrite=False)
+    with pytest.raises(FileExistsError, match=r"not a `wbc-nnabla score` output .*no \.wbc_nnabla_output"):
+        outputs.check_output(out, "score", overwrite=True)
+    outputs.write_marker(out, "train")
+    with pytest.raises(FileExistsError, match="written by train"):
+        outputs.check_output(out, "score", overwrite=True)
+    outputs.write_marker(out, "score")
+    outputs.check_output(out, "score", overwrite=True)                        # its own: may be replaced
+    (out / "cells").mkdir()
+    with pytest.raises(fileio.SourceError, match="contains the input"):
+        outputs.check_output(out, "score", overwrite=True, inputs=[out / "cells" / "a.png"])
+    with pytest.raises(fileio.SourceError, match="is the input"):
+        outputs.check_output(out, "score", overwrite=True, inputs=[out])
+    with outputs.atomic_dir(tmp_path / "new", command="compare") as t:
+        (t / "x").write_text("x")
+    assert outputs.marker_command(tmp_path / "new") == "compare"
+    f = tmp_path / "pred.csv"
+    f.write_text("x")
+    with pytest.raises(FileExistsError):
+        outputs.check_output(f, "predict", overwrite=False)
+    outputs.check_output(f, "predict", overwrite=True)
+
+
+def test_check_output_folder_takes_a_new_or_empty_folder_without_overwrite(tmp_path):
+    assert outputs.check_output_folder(tmp_path / "new", "segment", False) is False
+    (tmp_path / "empty").mkdir()
+    assert outputs.check_output_folder(tmp_path / "empty", "segment", False) is True      # replaced, nothing lost
+    with outputs.atomic_dir(tmp_path / "mine", command="segment") as tmp:
+        (tmp / "a.png").write_bytes(b"mask")
+    with pytest.raises(FileExistsError, match="already exists"):
+        outputs.check_output_folder(tmp_path / "mine", "segment", False)
+    assert outputs.check_output_folder(tmp_path / "mine", "segment", True) is True
+    with pytest.raises(FileExistsError, match="not a `wbc-nnabla gradcam` output"):
+        outputs.check_output_folder(tmp_path / "mine", "gradcam", True)
+
+
+def test_environment_records_the_cpus_vector_instructions():
+    env = outputs.environment()
+    assert env["cpu_simd"] in outputs.SIMD_LEVELS + ("unknown",)
+    if Path("/proc/cpuinfo").exists() and " avx2 " in " " + Path("/proc/cpuinfo").read_text() + " ":
+        assert env["cpu_simd"] in ("avx512f", "avx2")
+
+
+def test_names_moved_from_fileio_still_work_with_a_warning():
+    for name in sorted(fileio.MOVED_TO_OUTPUTS):
+        assert name not in vars(fileio), name  # defined in outputs only
+        with pytest.warns(DeprecationWarning, match=f"moved to wbc_nnabla.outputs.{name}"):
+            assert getattr(fileio, name) is getattr(outputs, name)
+    with pytest.raises(AttributeError, match="no attribute 'atomic_pathx'"):
+        fileio.atomic_pathx

@@ -7,8 +7,8 @@ University, 2020). The study is a pipeline of stages joined by files::
 
     cell images -> NNC dataset CSVs -> model .nnp -> predictions CSV -> score tables, report
 
-Stage modules: :mod:`~wbc_nnabla.fileio` (cell sources, images, NNC CSVs, safe
-outputs), :mod:`~wbc_nnabla.segmentation`, :mod:`~wbc_nnabla.datasets`,
+Stage modules: :mod:`~wbc_nnabla.fileio` (cell sources, images, NNC CSVs;
+safe outputs in :mod:`~wbc_nnabla.outputs`), :mod:`~wbc_nnabla.segmentation`, :mod:`~wbc_nnabla.datasets`,
 :mod:`~wbc_nnabla.models` / :mod:`~wbc_nnabla.training` (model file:
 :mod:`~wbc_nnabla.modelfile`), :mod:`~wbc_nnabla.predictor` (predictions file:
 :mod:`~wbc_nnabla.predictions`), :mod:`~wbc_nnabla.scoring`, :mod:`~wbc_nnabla.report`,

@@ -34,7 +34,7 @@ import nnabla.functions as F
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import fileio, framing, modelfile, predictions, sampling, training
+from . import fileio, framing, modelfile, outputs, predictions, sampling, training
 from .errors import InputError, WBCError
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
 from .recipe import (ADABN_BATCH, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, AdaBoundConfig, Augmentation,  # noqa: F401
@@ -236,7 +236,7 @@ def _maximise(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageL
         solver = training.make_solver(AdaBoundConfig(alpha=cfg.alpha, final_lr=cfg.final_lr))
         history = []
         stream = training.batches(loader, cfg.batch_size, cfg.iterations, True, cfg.seed)
-        for xb, _, _ in tqdm(stream, total=cfg.iterations, desc="infomax", disable=fileio.bar_disabled(progress)):
+        for xb, _, _ in tqdm(stream, total=cfg.iterations, desc="infomax", disable=outputs.bar_disabled(progress)):
             graph.x.d = xb
             loss.forward(clear_no_need_grad=True)
             solver.zero_grad()

@@ -20,7 +20,7 @@ from typing import Dict, Tuple
 import nnabla as nn
 import numpy as np
 
-from . import fileio
+from . import outputs
 from .recipe import Augmentation, TrainingError
 
 #: The pointer file naming the last complete checkpoint.
@@ -52,11 +52,11 @@ def save_checkpoint(out_dir: Path, epoch: int, params: Dict[str, nn.Variable], s
     out_dir = Path(out_dir)
     name = f"epoch{epoch:04d}"
     final = out_dir / "checkpoints" / name
-    with fileio.atomic_dir(final, overwrite=True) as tmp:
+    with outputs.atomic_dir(final, overwrite=True) as tmp:
         nn.save_parameters(str(tmp / "params.h5"), params, extension=".h5")
         solver.save_states(str(tmp / "solver.h5"))
-        fileio.write_json(tmp / "state.json", state)
-    fileio.write_json(pointer(out_dir), {"epoch": epoch, "dir": f"checkpoints/{name}"})
+        outputs.write_json(tmp / "state.json", state)
+    outputs.write_json(pointer(out_dir), {"epoch": epoch, "dir": f"checkpoints/{name}"})
     for old in (out_dir / "checkpoints").iterdir():
         if old.name != name and old.name.startswith("epoch"):
             shutil.rmtree(old, ignore_errors=True)

@@ -249,19 +249,19 @@ def _expected_classes(spec: str):
 
 
 def _cmd_predict(args) -> int:
-    from . import fileio, predictions, predictor
+    from . import outputs, predictions, predictor
     from .modelfile import ModelError
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
         raise CLIError(f"{out}: the predictions file must end in .csv")
     cells = Path(args.cells)
     if cells.is_dir():
-        fileio.check_not_inside(out, [cells])          # never write into a source folder
+        outputs.check_not_inside(out, [cells])          # never write into a source folder
     elif out.resolve() == cells.resolve():
         raise CLIError(f"{out}: is the cell list itself; choose another output")
     inputs = [Path(args.model), cells]
     for target in (out, predictions.run_config_path(out)):    # before the run, not after it
-        fileio.check_output(target, "predict", args.overwrite, inputs, folder=False)
+        outputs.check_output(target, "predict", args.overwrite, inputs, folder=False)
     try:
         engine = predictor.load_backend(args.model, args.backend, args.threads)
         how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
@@ -887,12 +887,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _os_error_text(e: OSError, args) -> str:
     """``PATH: cause`` of an OSError, naming the output rather than its temporary (one line)."""
-    from . import fileio
+    from . import outputs
     names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
     names = [os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n) for n in names]
-    outputs = [fileio.output_of_temporary(n) for n in names]
+    meant = [outputs.output_of_temporary(n) for n in names]
     # os.replace(temporary, output) names both: the output is the one to report
-    path = next((o for n, o in zip(names, outputs) if str(o) != n), outputs[-1] if outputs else None)
+    path = next((o for n, o in zip(names, meant) if str(o) != n), meant[-1] if meant else None)
     if path is None:
         path = next((getattr(args, k) for k in ("out", "out_dir", "onnx") if getattr(args, k, None)), "output")
     cause = e.strerror or str(e) or type(e).__name__

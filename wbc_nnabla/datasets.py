@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import classes, fileio, segmentation
+from . import classes, fileio, outputs, segmentation
 from .errors import InputError
 from .recipe import PAPER
 
@@ -207,7 +207,7 @@ def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: boo
     shapes: Dict[str, Optional[tuple]] = {}
     located: Dict[str, np.ndarray] = {}
     for rec in tqdm(table.to_dict("records"), desc="checking sources", unit="cell",
-                    disable=fileio.bar_disabled(progress)):
+                    disable=outputs.bar_disabled(progress)):
         p = rec["path"]
         rgb = None
         if p not in shapes:
@@ -366,14 +366,14 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
                          total=None if inference else total, valid_fraction=float(valid_fraction),
                          seed=int(seed), inference=bool(inference), locate=bool(locate),
                          skip_bad=bool(skip_bad), dedupe=bool(dedupe), pad_mode=pad_mode,
-                         environment=fileio.environment())
-    with fileio.atomic_dir(out, overwrite=overwrite) as tmp:
+                         environment=outputs.environment())
+    with outputs.atomic_dir(out, overwrite=overwrite) as tmp:
         manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
         _write_tables(tmp, cdf, manifest, inference, seed)
         report.update(_build_counts(cdf, split, variants, manifest, inference, crop_px))
-        fileio.write_json(tmp / "build_report.json", report)
-        fileio.write_text(tmp / "build_report.md", _report_md(report, config))
-        fileio.write_json(tmp / "config.json", config)
+        outputs.write_json(tmp / "build_report.json", report)
+        outputs.write_text(tmp / "build_report.md", _report_md(report, config))
+        outputs.write_json(tmp / "config.json", config)
     log.info("built %s in %.1f s", out, time.time() - t0)
     return BuiltDataset(out, report)
 
@@ -452,7 +452,7 @@ def _check_settings(background: str, pad_mode: str, size: Optional[int], total: 
 def _check_output_folder(out: Path, source: Path, table: pd.DataFrame, overwrite: bool) -> None:
     """OUT is not inside a source folder, does not hold one (``--overwrite`` replaces OUT), and may be replaced."""
     source_dirs = [source] + sorted({str(Path(p).parent) for p in table["path"]})
-    fileio.check_not_inside(out, source_dirs)
+    outputs.check_not_inside(out, source_dirs)
     for d in source_dirs:
         d = Path(d).resolve()
         d = d if d.is_dir() else d.parent
@@ -485,7 +485,7 @@ def _write_images(tmp: Path, cdf: pd.DataFrame, split, variants, background, siz
     rows = []
     cache_path, cache_rgb = None, None
     for i, row in enumerate(tqdm(list(cdf.itertuples()), desc="writing images", unit="cell",
-                                 disable=fileio.bar_disabled(progress))):
+                                 disable=outputs.bar_disabled(progress))):
         ks = variants[i]
         if not ks:
             rows.append(_manifest_row(row, None, "", split[i], None, "", background, size, pad_mode))
@@ -513,7 +513,7 @@ def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inferenc
     "the first N images") never sees one class at a time.
     """
     def write_csv(path, df):
-        with fileio.atomic_path(path) as t:
+        with outputs.atomic_path(path) as t:
             df.to_csv(t, index=False, lineterminator="\n")
 
     write_csv(tmp / "manifest.csv", manifest)

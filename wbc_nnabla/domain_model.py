@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from . import domain, fileio, modelfile, training
+from . import domain, modelfile, outputs, training
 from .errors import InputError
 
 PathLike = Union[str, os.PathLike]
@@ -37,7 +37,7 @@ def add_domain_reference(model: PathLike, dataset_dir: PathLike, out: PathLike, 
         raise InputError(f"{out}: the model with its domain reference must be written as a .nnp")
     if out.resolve() == model.resolve():
         raise InputError(f"{out}: is the input model; write to another file (the model is never replaced)")
-    fileio.check_output(out, "domain-reference", overwrite, [model, dataset_dir], folder=False)
+    outputs.check_output(out, "domain-reference", overwrite, [model, dataset_dir], folder=False)
     params, meta = modelfile.read_model(model)
     size = modelfile.network_size(meta, size, model)
     csv = dataset_dir / "train.csv"

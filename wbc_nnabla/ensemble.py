@@ -35,7 +35,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import datasets, fileio
+from . import datasets, outputs
 from .errors import InputError
 from .classes import CLASSES6
 from .predictions import (ALL_SMEARS, NO_SMEAR, PROB_COLUMNS, PredictionsError, predictions_table,
@@ -197,7 +197,7 @@ def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False
             raise PredictionsError(f"{p}: given twice (as {seen[p.resolve()]}); each member counts once")
         seen[p.resolve()] = p
     for target in (out, run_config_path(out)):
-        fileio.check_output(target, "ensemble", overwrite, paths, folder=False)
+        outputs.check_output(target, "ensemble", overwrite, paths, folder=False)
     tables = [read_predictions(p) for p in paths]
     configs = [_member_config(p) for p in paths]
     _check_same_prior(configs, paths)
@@ -208,7 +208,7 @@ def ensemble(members: Sequence[PathLike], out: PathLike, overwrite: bool = False
         except InputError as e:
             raise PredictionsError(str(e)) from None
     df = combine(tables, [str(p) for p in paths], keys)
-    config = dict(stage="ensemble", n_cells=len(df), environment=fileio.environment(), match=match,
+    config = dict(stage="ensemble", n_cells=len(df), environment=outputs.environment(), match=match,
                   prior=next((c.get("prior", "none") for c in configs if c), "unknown"),
                   members=[dict(predictions=str(p), sha256=_sha256(p, c),
                                 model=c.get("model") if c else None, tta=c.get("tta") if c else None)

@@ -15,3 +15,8 @@ class WBCError(Exception):
 
 class InputError(WBCError, ValueError):
     """An argument or setting out of its documented range (a size, a fraction, a choice)."""
+
+
+class SourceError(WBCError, ValueError):
+    """A cell source (folder or CSV) that does not have the expected shape, or an output that
+    would overwrite or sit inside one."""

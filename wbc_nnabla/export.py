@@ -201,7 +201,7 @@ def export_onnx(model_path: PathLike, onnx_path: PathLike, opset: int = 13, over
     """
     import onnx
 
-    from .fileio import atomic_path, check_output
+    from .outputs import atomic_path, check_output
     check_output(onnx_path, "export", overwrite, [model_path], folder=False)
     params, meta = read_model(model_path)
     meta = dict(meta, source_sha256=file_sha256(model_path), source=Path(model_path).name)

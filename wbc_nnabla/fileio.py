@@ -1,4 +1,4 @@
-"""Reading cell images and labeled cell lists; writing NNC dataset CSVs; safe outputs.
+"""Reading cell images and labeled cell lists; writing images and NNC dataset CSVs.
 
 Conventions (see ``docs/formats.md``):
 
@@ -10,33 +10,28 @@ Conventions (see ``docs/formats.md``):
   ``smear`` (empty when unknown), ``x``, ``y`` (cell centre in pixels, NaN when
   the image is already a single-cell crop) and ``source`` (``file:row``, for
   error messages and manifests).
-* Every writer writes to a temporary path and renames it into place, so an
-  interrupted run never leaves a half-written file; sources are only read.
+* Every writer writes to a temporary path and renames it into place
+  (:mod:`~wbc_nnabla.outputs`), so an interrupted run never leaves a half-written
+  file; sources are only read.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
-import json
 import os
-import platform
-import re
-import shutil
 import sys
 import tempfile
 import threading
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from . import classes
-from .errors import InputError, WBCError
+from . import classes, outputs
+from .errors import InputError, SourceError, WBCError
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -47,10 +42,6 @@ NNC_HEADER = ("x:image", "y:label")
 
 class ImageReadError(WBCError, OSError):
     """An image file that is missing, empty, truncated or not an image."""
-
-
-class SourceError(WBCError, ValueError):
-    """A cell source (folder or CSV) that does not have the expected shape."""
 
 
 # ----------------------------------------------------------------------------- images
@@ -172,7 +163,7 @@ def write_image(path: PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None
     ok, buf = cv2.imencode(p.suffix, arr, params)
     if not ok:
         raise OSError(f"{p}: OpenCV could not encode an image of shape {rgb.shape} as {p.suffix}")
-    with atomic_path(p) as tmp:
+    with outputs.atomic_path(p) as tmp:
         buf.tofile(str(tmp))
 
 
@@ -664,349 +655,9 @@ def write_nnc_csv(path: PathLike, images: Iterable[PathLike], labels: Iterable[i
     df = pd.DataFrame({NNC_HEADER[0]: rel, NNC_HEADER[1]: [int(v) for v in labels]})
     for k, v in (extra or {}).items():
         df[k] = list(v)
-    with atomic_path(path) as tmp:
+    with outputs.atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
     return path
-
-
-def bar_disabled(progress: bool) -> Optional[bool]:
-    """tqdm's ``disable`` for a progress setting: off when asked, else None, which tqdm reads as
-    "off without a terminal" (a log file or CI gets the stage's one-line messages, not a stream of
-    carriage returns)."""
-    return None if progress else True
-
-
-# ----------------------------------------------------------------------------- safe outputs
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _tmp_prefix(path: Path) -> str:
-    # the writer's pid in the name tells a stale temporary (its process is gone) from a live one
-    return f".{path.name}.{os.getpid()}."
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's live process
-        return True
-    return True
-
-
-def remove_stale_temporaries(path: PathLike) -> List[Path]:
-    """Remove temporaries of ``path`` (``.NAME.<pid>.XXXX.tmp*``) left by processes that are gone.
-
-    An interrupted write (kill -9, power loss) leaves its temporary sibling
-    behind; the next write of the same output removes it. A temporary of a
-    running process is kept. Returns the paths removed.
-    """
-    path = Path(path)
-    removed = []
-    if not path.parent.is_dir():
-        return removed
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^/]*\.tmp")
-    for p in path.parent.iterdir():
-        m = pattern.match(p.name)
-        if m is None or _pid_alive(int(m.group(1))):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
-
-
-def _make_parent(path: Path) -> None:
-    """Create ``path``'s folder (and its parents); a file in the way is ``NotADirectoryError`` naming it.
-
-    (``Path.mkdir`` reports a file in the way as "File exists", which reads as
-    if the output itself existed.)
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as e:
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), e.filename) from None
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
-
-    The parent folder is created; on an exception the temporary file is removed
-    and ``path`` is left as it was. Stale temporaries of ``path`` are removed first.
-    """
-    path = Path(path)
-    _make_parent(path)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp" + path.suffix, dir=str(path.parent))
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: PathLike, overwrite: bool = False, command: Optional[str] = None) -> Iterator[Path]:
-    """Yield a temporary sibling folder of ``path``; rename it to ``path`` on success.
-
-    An interrupted build leaves no half output under ``path`` (and its
-    temporary is removed by the next run). When ``path`` exists it is replaced
-    only if ``overwrite`` is true; callers check first that it may be
-    (:func:`check_output`). With ``command`` the folder gets the marker
-    :data:`OUTPUT_MARKER` naming it, which later lets that command replace it.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists (choose another output or allow overwrite)")
-    _make_parent(path)
-    remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=str(path.parent)))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if command:
-            write_marker(tmp, command)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: PathLike, shared: bool = False) -> Iterator[None]:
-    """Hold an ``fcntl.flock`` on ``folder`` (exclusive, or ``shared`` for readers) while inside.
-
-    Writers of files that belong together (:func:`atomic_files`) take it
-    exclusively around their renames; a reader that takes it shared sees
-    either the old or the new set, never a mix. Advisory: only cooperating
-    processes wait for it.
-    """
-    fd = os.open(str(folder), os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-@contextlib.contextmanager
-def atomic_files(paths: Sequence[PathLike], overwrite: bool = False) -> Iterator[List[Path]]:
-    """Yield a temporary sibling for each of ``paths`` (same folder); rename them all together on success.
-
-    The renames happen while holding :func:`folder_lock` on the folder, so two
-    runs writing the same set of files leave one run's complete set, never a
-    mix. Without ``overwrite`` an output that exists at rename time (another
-    run got there first) raises FileExistsError naming it and nothing is
-    renamed. On an exception every temporary is removed and the outputs are
-    left as they were.
-    """
-    paths = [Path(p) for p in paths]
-    parent = paths[0].parent
-    if any(p.parent != parent for p in paths):
-        raise InputError(f"atomic_files: {', '.join(map(str, paths))} are not in one folder")
-    _make_parent(paths[0])
-    tmps: List[Path] = []
-    try:
-        for p in paths:
-            remove_stale_temporaries(p)
-            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(p), suffix=".tmp" + p.suffix, dir=str(parent))
-            os.close(fd)
-            os.chmod(tmp, 0o666 & ~_umask())
-            tmps.append(Path(tmp))
-        yield list(tmps)
-        with folder_lock(parent):
-            taken = [p for p in paths if p.exists() or p.is_symlink()] if not overwrite else []
-            if taken:
-                raise FileExistsError(f"{taken[0]}: already exists (written meanwhile by another run?); "
-                                      f"choose another output, or --overwrite")
-            for tmp, p in zip(tmps, paths):
-                os.replace(tmp, p)
-    finally:
-        for tmp in tmps:
-            if tmp.exists():
-                tmp.unlink()
-
-
-def output_of_temporary(path: PathLike) -> Path:
-    """The output a temporary of :func:`atomic_path` / :func:`atomic_dir` stands for (``path`` itself otherwise).
-
-    ``DIR/.NAME.<pid>.XXXX.tmp[.suffix]`` -> ``DIR/NAME``, in any part of the path
-    (a file inside a temporary folder too): error messages name the file the
-    user asked for, not its temporary.
-    """
-    parts = []
-    for part in Path(path).parts:
-        m = re.match(r"^\.(.+)\.\d+\.[^.]+\.tmp(\.[^.]*)?$", part)
-        parts.append(m.group(1) if m else part)
-    return Path(*parts)
-
-
-#: File that marks a folder as written by a wbc-nnabla command: ``{"command": NAME}``.
-OUTPUT_MARKER = ".wbc_nnabla_output.json"
-
-
-def write_marker(folder: PathLike, command: str) -> None:
-    """Mark ``folder`` as the output of ``command`` (what :func:`check_output` accepts to replace)."""
-    write_text(Path(folder) / OUTPUT_MARKER, json.dumps({"command": command}) + "\n")
-
-
-def marker_command(folder: PathLike) -> Optional[str]:
-    """The command named by ``folder``'s marker, or None (no marker, or unreadable)."""
-    try:
-        return json.loads((Path(folder) / OUTPUT_MARKER).read_text(encoding="utf-8")).get("command")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def check_output(out: PathLike, command: str, overwrite: bool, inputs: Iterable[PathLike] = (),
-                 folder: Optional[bool] = None) -> None:
-    """Refuse an output that would lose a file this command did not write.
-
-    * ``out`` missing: fine. Existing and not ``overwrite``: FileExistsError.
-    * An existing file is replaced (with ``overwrite``) only when no input is it.
-    * An existing folder is replaced only when it is empty or carries the marker
-      of the same ``command`` (:data:`OUTPUT_MARKER`), and never when it is, or
-      contains, any of ``inputs`` (the files and folders the run reads: input
-      CSVs, models, every image a predictions CSV points to).
-    * ``folder``: True when the output is a folder (an existing file there is
-      refused), False when it is a file (an existing folder is refused), None: either.
-    Raises FileExistsError (or :class:`SourceError` for an input inside) naming
-    the path and what to do.
-    """
-    out = Path(out)
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out}: already exists (choose another output, or --overwrite to replace "
-                              f"an earlier {command} output)")
-    if folder is not None and out.is_dir() != folder:
-        raise FileExistsError(f"{out}: not replaced: it is {'not ' if folder else ''}a folder, and "
-                              f"`wbc-nnabla {command}` writes a {'folder' if folder else 'file'} there. "
-                              f"Choose another output")
-    out_r = out.resolve()
-    for p in inputs:
-        p_r = Path(p).resolve()
-        if p_r == out_r or out_r in p_r.parents:
-            raise SourceError(f"{out}: not replaced: it {'is' if p_r == out_r else 'contains'} the input {p}; "
-                              f"choose another output (inputs are never deleted)")
-    if out.is_dir() and any(out.iterdir()) and marker_command(out) != command:
-        found = marker_command(out)
-        raise FileExistsError(f"{out}: not replaced: it is not a `wbc-nnabla {command}` output "
-                              f"({'it was written by ' + found if found else 'no ' + OUTPUT_MARKER + ' marker'}); "
-                              f"--overwrite replaces only those. Choose another output")
-
-
-def check_output_folder(out: PathLike, command: str, overwrite: bool, inputs: Iterable[PathLike] = ()) -> bool:
-    """Check an output folder with :func:`check_output`; True when an existing one is to be replaced.
-
-    An existing empty folder needs no ``overwrite``: nothing in it can be lost
-    (``segment`` and ``gradcam`` have always accepted a folder made beforehand).
-    Pass the result as ``overwrite`` of :func:`atomic_dir`.
-    """
-    out = Path(out)
-    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
-    check_output(out, command, overwrite or empty, inputs, folder=True)
-    return out.exists() or out.is_symlink()
-
-
-def write_text(path: PathLike, text: str) -> Path:
-    """Write text atomically (UTF-8)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def json_text(obj) -> str:
-    """``obj`` as the indented JSON text :func:`write_json` writes (NumPy scalars and arrays, Paths converted)."""
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-    return json.dumps(obj, indent=2, default=default, sort_keys=False) + "\n"
-
-
-def write_json(path: PathLike, obj) -> Path:
-    """Write JSON atomically, indented, with NumPy scalars converted."""
-    return write_text(path, json_text(obj))
-
-
-#: Vector instruction sets from the widest down; :func:`cpu_simd` reports the first the CPU has.
-SIMD_LEVELS = ("avx512f", "avx2", "avx", "sse4_2", "sse2", "asimd", "neon")
-
-
-def cpu_simd() -> str:
-    """The widest vector instruction set of this CPU (e.g. ``avx512f``, ``avx2``), or ``unknown``.
-
-    Kept with every run because it changes results: the CPU kernels pick their code by it, and the
-    float rounding differs, so the same seed on an AVX-512 and an AVX2 machine trains a slightly
-    different model (docs/benchmarks.md). Read from ``/proc/cpuinfo`` (Linux); neither numpy nor the
-    standard library gives it through a public function.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return "unknown"
-    flags = set()
-    for line in text.splitlines():
-        if line.split(":")[0].strip().lower() in ("flags", "features"):
-            flags.update(line.split(":", 1)[1].split())
-    return next((level for level in SIMD_LEVELS if level in flags), "unknown")
-
-
-def environment() -> dict:
-    """Versions of Python, the platform and the installed libraries a run depends on.
-
-    Read from package metadata, so calling it imports none of them (scoring
-    stays free of nnabla).
-    """
-    from importlib import metadata
-
-    from . import __version__
-    out = {"wbc_nnabla": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-           "cpu_simd": cpu_simd()}
-    for dist in ("nnabla", "nnabla-ext-cuda116", "nnabla-ext-cuda120", "numpy", "opencv-python-headless",
-                 "scipy", "pandas", "matplotlib", "onnx", "onnxruntime"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:  # optional packages may be absent
-            continue
-    return out
-
-
-def check_not_inside(out: PathLike, sources: Iterable[PathLike]) -> None:
-    """Refuse an output folder inside (or equal to) a source folder: sources stay read-only.
-
-    A source that is a file (a CSV listing cells) protects only itself; pass
-    the folders of the images it lists to protect them too.
-    """
-    out_r = Path(out).resolve()
-    for s in sources:
-        s_r = Path(s).resolve()
-        if s_r.is_file() or not s_r.exists():
-            if out_r == s_r:
-                raise SourceError(f"output {out} is the source file {s}; choose another output")
-            continue
-        if out_r == s_r or s_r in out_r.parents:
-            raise SourceError(f"output {out} is inside the source folder {s_r}; "
-                              f"choose an output outside it (sources are never written)")
 
 
 # ----------------------------------------------------------------------------- demo data
@@ -1020,3 +671,24 @@ def demo_data() -> Path:
     ``labels.csv`` (``path,label``). Read it with :func:`read_cells`.
     """
     return Path(__file__).resolve().parent / "data" / "demo_pbc"
+
+
+# ----------------------------------------------------------------------------- moved names
+
+#: Public names that moved to :mod:`~wbc_nnabla.outputs` (the safe-output helpers) after 0.1.0.
+#: ``fileio.NAME`` still returns them, with a DeprecationWarning, so notebooks written against
+#: 0.1.0 keep working; new code imports them from ``outputs``.
+MOVED_TO_OUTPUTS = frozenset({
+    "atomic_path", "atomic_dir", "atomic_files", "folder_lock", "remove_stale_temporaries",
+    "output_of_temporary", "OUTPUT_MARKER", "write_marker", "marker_command", "check_output",
+    "check_output_folder", "check_not_inside", "write_text", "json_text", "write_json", "SIMD_LEVELS",
+    "cpu_simd", "environment", "bar_disabled"})
+
+
+def __getattr__(name: str):
+    # PEP 562: called only for names this module does not define
+    if name in MOVED_TO_OUTPUTS:
+        warnings.warn(f"wbc_nnabla.fileio.{name} moved to wbc_nnabla.outputs.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(outputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

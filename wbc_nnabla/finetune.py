@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import classes, domain, fileio, framing, modelfile, training
+from . import classes, domain, fileio, framing, modelfile, outputs, training
 from .errors import WBCError
 from .recipe import SELECT_FOLDS, AdaBoundConfig, Augmentation, FinetuneConfig, select_candidates
 
@@ -150,7 +150,7 @@ def _fit(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader
                                           test=True, norm=meta.get("norm") or "batch")
         costs, scores = [], {}
         stream = training.batches(loader, batch, cfg.iterations, True, cfg.seed)
-        for xb, yb, _ in tqdm(stream, total=cfg.iterations, desc="finetune", disable=fileio.bar_disabled(progress)):
+        for xb, yb, _ in tqdm(stream, total=cfg.iterations, desc="finetune", disable=outputs.bar_disabled(progress)):
             x.d, t.d = xb, yb
             loss.forward(clear_no_need_grad=True)
             solver.zero_grad()
@@ -219,7 +219,7 @@ def cross_validate(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[st
     for c in candidates:
         runs.setdefault(dataclasses.astuple(dataclasses.replace(c, iterations=0)), (c, []))[1].append(c.iterations)
     rows = []
-    for f in tqdm(range(folds), desc="cross-validation", disable=fileio.bar_disabled(progress)):
+    for f in tqdm(range(folds), desc="cross-validation", disable=outputs.bar_disabled(progress)):
         fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         train_cells = _loader(meta, [paths[i] for i in fit], labels[fit], size)
         held_cells = _loader(meta, [paths[i] for i in held], labels[held], size)

@@ -33,7 +33,7 @@ import cv2
 import nnabla as nn
 import numpy as np
 
-from . import classes, fileio, models
+from . import classes, fileio, models, outputs
 from .errors import InputError
 from .predictor import preprocess
 from .modelfile import network_size, read_model
@@ -312,7 +312,7 @@ def figure(rgbs: Sequence[np.ndarray], cams: Sequence[np.ndarray], titles: Optio
 def save_figure(fig, path: Union[str, Path], dpi: int = 100) -> Path:
     """Save a matplotlib figure atomically (format from the suffix, e.g. ``.png``)."""
     path = Path(path)
-    with fileio.atomic_path(path) as tmp:
+    with outputs.atomic_path(path) as tmp:
         fig.savefig(str(tmp), dpi=dpi, format=path.suffix.lstrip(".") or "png")
     return path
 
@@ -381,14 +381,14 @@ def write_overlays(explainer: Union["GradCAM", str, Path], images: Sequence[Unio
     folder = Path(folder)
     records = []
     for s in tqdm(range(0, len(paths), g.batch_size), desc="gradcam", unit="batch",
-                  disable=fileio.bar_disabled(progress)):
+                  disable=outputs.bar_disabled(progress)):
         chunk = paths[s:s + g.batch_size]
         rgbs = [fileio.read_rgb(p) for p in chunk]
         for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, class_name)):
             fileio.write_image(folder / f"{stem}_gradcam.png", _picture(rgb, r.cam, alpha, side_by_side, min_side))
             record = dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png")
             if cams:
-                with fileio.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
+                with outputs.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
                     np.save(f, r.cam)
                 record["cam"] = f"{stem}_cam.npy"
             records.append(dict(record, predicted=r.predicted_name, probability=round(r.probability, 6),
@@ -405,9 +405,9 @@ def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], o
     images: image files and/or folders (their images directly inside,
         :func:`wbc_nnabla.fileio.image_files` with ``recursive=False``).
     out: output folder, never inside an image's folder; written whole in one
-        rename (:func:`wbc_nnabla.fileio.atomic_dir`, with the ``gradcam`` marker). An
+        rename (:func:`wbc_nnabla.outputs.atomic_dir`, with the ``gradcam`` marker). An
         existing folder is replaced only with ``overwrite`` and when it is empty
-        or an earlier ``gradcam`` output (:func:`wbc_nnabla.fileio.check_output_folder`).
+        or an earlier ``gradcam`` output (:func:`wbc_nnabla.outputs.check_output_folder`).
     class_name: see :func:`write_overlays`.
     size: see :class:`GradCAM`.
     batch_size: see :class:`GradCAM`.
@@ -422,20 +422,20 @@ def write_gradcam(model: Union[str, Path], images: Sequence[Union[str, Path]], o
 
     out = Path(out)
     paths = fileio.image_files(images, recursive=False)
-    fileio.check_not_inside(out, [p.parent for p in paths])
+    outputs.check_not_inside(out, [p.parent for p in paths])
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"--alpha {alpha}: expected a weight between 0 and 1")
     g = GradCAM(model, size=size, batch_size=batch_size)
     target = None if class_name is None else g.class_index(class_name)
-    replace = fileio.check_output_folder(out, "gradcam", overwrite, [Path(model)] + paths)
-    with fileio.atomic_dir(out, overwrite=replace, command="gradcam") as folder:
+    replace = outputs.check_output_folder(out, "gradcam", overwrite, [Path(model)] + paths)
+    with outputs.atomic_dir(out, overwrite=replace, command="gradcam") as folder:
         table = pd.DataFrame(write_overlays(g, paths, folder, target, alpha, progress=progress))
-        with fileio.atomic_path(folder / "gradcam.csv") as tmp:
+        with outputs.atomic_path(folder / "gradcam.csv") as tmp:
             table.to_csv(tmp, index=False)
-        fileio.write_json(folder / "gradcam.json", dict(
+        outputs.write_json(folder / "gradcam.json", dict(
             command="gradcam", model=str(Path(model).resolve()), arch=g.arch, class_names=list(g.class_names),
             size=g.size, layer="layer4 output (last convolutional stage)", batchnorm="test mode (running statistics)",
             **{"class": class_name}, alpha=alpha, batch_size=g.batch_size, images=len(paths),
-            environment=fileio.environment()))
+            environment=outputs.environment()))
     table.attrs["size"] = g.size
     return table

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import classes, fileio
+from . import classes, fileio, outputs
 from .errors import InputError, WBCError
 
 PathLike = Union[str, os.PathLike]
@@ -72,16 +72,16 @@ def check_derived_output(model: Path, cells: Path, out: Path, overwrite: bool, c
                          error: type) -> None:
     """Refuse (``error``) the output of a command that derives a model from ``model`` and ``cells``
     (``adapt``, ``finetune``): no ``.nnp``, the model itself, inside the cells folder, or an existing
-    file without ``overwrite`` (:func:`wbc_nnabla.fileio.check_output`). ``verb``: "adapted", "fine-tuned"."""
+    file without ``overwrite`` (:func:`wbc_nnabla.outputs.check_output`). ``verb``: "adapted", "fine-tuned"."""
     if out.suffix.lower() != ".nnp":
         raise error(f"{out}: the {verb} model must be written as a .nnp")
     if out.resolve() == model.resolve():
         raise error(f"{out}: is the model itself; write the {verb} model to another file "
                     f"(the input model is never replaced)")
     if cells.is_dir():
-        fileio.check_not_inside(out, [cells])
+        outputs.check_not_inside(out, [cells])
     try:
-        fileio.check_output(out, command, overwrite, [model, cells], folder=False)
+        outputs.check_output(out, command, overwrite, [model, cells], folder=False)
     except FileExistsError as e:
         raise error(str(e)) from None
 
@@ -113,7 +113,7 @@ def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
     import nnabla.utils.save as nn_save
 
     from . import models
-    from .fileio import atomic_path
+    from .outputs import atomic_path
     size = int(meta["input_size"])
     with nn.parameter_scope("", {}):
         for k, v in params.items():

@@ -20,7 +20,7 @@ labels, smears, centres), the settings it depends on and the SHA-256 of the
 files it reads. A re-run skips complete stages (an interrupted run resumes,
 training from its last checkpoint) and runs again every stage whose inputs
 changed, and so every stage after it. ``OUT`` must be new, empty or an
-earlier ``reproduce`` output (its :data:`wbc_nnabla.fileio.OUTPUT_MARKER`);
+earlier ``reproduce`` output (its :data:`wbc_nnabla.outputs.OUTPUT_MARKER`);
 inside it a stage replaces only what its own record says it wrote.
 
 Presets (:data:`PRESETS`): ``paper`` is the paper's recipe (section II:
@@ -49,7 +49,7 @@ import pandas as pd
 
 # Stages that import nnabla (models, training, inference, gradcam) are imported inside the
 # functions that run them: the CLI builds its reproduce flags from Config without loading nnabla.
-from . import classes, fileio, sampling
+from . import classes, fileio, outputs, sampling
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, BATCH_SIZE, BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, PAPER,
                      RECIPE_NAMES, TrainConfig, recipe_augmentation, setting)
 
@@ -223,7 +223,7 @@ def _write_split(table: pd.DataFrame, held: Optional[pd.DataFrame], out_dir: Pat
         log.warning("split: %d repeated cell(s) of the sources dropped (--dedupe)", dropped)
     centres = ["x", "y"] if pd.concat([teacher[["x", "y"]], held[["x", "y"]]]).notna().any().any() else []
     columns = ["path", "label", "smear"] + centres + ["source_row"]
-    with fileio.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with outputs.atomic_dir(out_dir, overwrite=overwrite) as tmp:
         teacher.rename(columns={"source": "source_row"})[columns].to_csv(tmp / "teacher.csv", index=False)
         held.rename(columns={"source": "source_row"})[columns].to_csv(tmp / "inference.csv", index=False)
         info = dict(source=str(source), inference=str(inference) if inference else None,
@@ -232,13 +232,13 @@ def _write_split(table: pd.DataFrame, held: Optional[pd.DataFrame], out_dir: Pat
                     teacher_counts=teacher["label"].value_counts().sort_index().to_dict(),
                     inference_counts=held["label"].value_counts().sort_index().to_dict(),
                     duplicates_dropped=dropped)
-        fileio.write_json(tmp / "split.json", info)
+        outputs.write_json(tmp / "split.json", info)
     return info
 
 
 # ----------------------------------------------------------------------------- stage records
 
-#: The command named by the marker of a reproduce output folder (:func:`wbc_nnabla.fileio.write_marker`).
+#: The command named by the marker of a reproduce output folder (:func:`wbc_nnabla.outputs.write_marker`).
 COMMAND = "reproduce"
 #: The stage records inside OUT (:class:`StageRecords`).
 RECORDS_FILE = "stages.json"
@@ -374,13 +374,13 @@ class StageRecords:
         """Record that ``stage`` starts from ``made_from`` (after checking it may replace its outputs)."""
         self.check_owned(stage)
         self.records[stage.name] = {"made_from": made_from, "done": False}
-        fileio.write_json(self.path, self.records)
+        outputs.write_json(self.path, self.records)
 
     def finish(self, stage: Stage) -> None:
         """Record that ``stage`` finished, with the digests of its result files."""
         rec = self.records[stage.name]
         rec.update(done=True, results={rel: self.digest(rel) for rel in stage.results})
-        fileio.write_json(self.path, self.records)
+        outputs.write_json(self.path, self.records)
 
     def check_settings(self, cfg: Config) -> None:
         """Refuse (ValueError) a ``cfg`` that changes a setting of a completed stage (its output would be lost)."""
@@ -494,7 +494,7 @@ def _open_run(out: Path, cfg: Config, source, inference, progress: bool) -> _Run
     with the same settings (:meth:`StageRecords.check_settings`).
     """
     sources = [source] + ([inference] if inference else [])
-    fileio.check_not_inside(out, sources)
+    outputs.check_not_inside(out, sources)
     for s in sources:
         if out.resolve() in Path(s).resolve().parents:
             raise fileio.SourceError(f"source {s} is inside the output folder {out}; choose another output "
@@ -502,17 +502,17 @@ def _open_run(out: Path, cfg: Config, source, inference, progress: bool) -> _Run
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise FileExistsError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and fileio.marker_command(out) != COMMAND:
-            raise FileExistsError(f"{out}: not empty and not a reproduce output (no {fileio.OUTPUT_MARKER} naming "
+        if any(out.iterdir()) and outputs.marker_command(out) != COMMAND:
+            raise FileExistsError(f"{out}: not empty and not a reproduce output (no {outputs.OUTPUT_MARKER} naming "
                                   f"reproduce); nothing was written: use a new or empty output folder")
     records = StageRecords(out)
     records.check_settings(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    if fileio.marker_command(out) != COMMAND:
-        fileio.write_marker(out, COMMAND)
-    fileio.write_json(out / "config.json", dict(config=dataclasses.asdict(cfg), source=str(source),
+    if outputs.marker_command(out) != COMMAND:
+        outputs.write_marker(out, COMMAND)
+    outputs.write_json(out / "config.json", dict(config=dataclasses.asdict(cfg), source=str(source),
                                             inference=str(inference) if inference else None,
-                                            environment=fileio.environment()))
+                                            environment=outputs.environment()))
     return _Run(out, cfg, records, progress)
 
 
@@ -656,12 +656,12 @@ def _report_stage(run: _Run, split: dict, results: dict, comparison, cams: list)
     stage = STAGES["report"]
     with run.recording(stage, run.made_from(stage, {})):
         shutil.rmtree(run.out / "figures", ignore_errors=True)  # an earlier report's figures (record checked)
-        fileio.write_json(run.out / "summary.json", summary)
+        outputs.write_json(run.out / "summary.json", summary)
         reproduce_report.write_reproduce_report(run.out, dataclasses.asdict(run.cfg), split, results["A"],
                                                 results["B"], comparison, cams, summary)
     state = _read_json(run.out / "config.json")
     state["finished"] = True
-    fileio.write_json(run.out / "config.json", state)
+    outputs.write_json(run.out / "config.json", state)
     return summary
 
 
@@ -700,7 +700,7 @@ def _gradcam_examples(model, result, folder: Path, cfg: Config) -> list:
         return []
     explainer = gradcam.GradCAM(model, size=cfg.infer_size)
     paths = list(wrong["path"])
-    with fileio.atomic_dir(folder, overwrite=True) as tmp:
+    with outputs.atomic_dir(folder, overwrite=True) as tmp:
         # small inference crops (e.g. the demo's 48 px) are enlarged to 192 px for viewing
         written = gradcam.write_overlays(explainer, paths, tmp, stems=[Path(p).stem for p in paths],
                                          side_by_side=True, min_side=192, cams=False)

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import classes, fileio
+from . import classes, outputs
 from .errors import WBCError
 from .classes import CLASSES5, CLASSES6
 
@@ -231,7 +231,7 @@ def write_predictions(df: pd.DataFrame, path: PathLike, config: Optional[dict] =
     config: the run description (e.g. :func:`wbc_nnabla.predictor.run_config`),
         written as :func:`run_config_path` beside the CSV with the CSV's
         ``predictions_sha256`` added. The two files are renamed into place
-        together under a lock on their folder (:func:`wbc_nnabla.fileio.atomic_files`),
+        together under a lock on their folder (:func:`wbc_nnabla.outputs.atomic_files`),
         so two runs writing the same CSV leave a CSV and a JSON of the same run;
         :func:`read_run_config` checks it.
     overwrite: replace an existing CSV (and JSON); without it FileExistsError names the file.
@@ -240,12 +240,12 @@ def write_predictions(df: pd.DataFrame, path: PathLike, config: Optional[dict] =
     path = Path(path)
     targets = [path] + ([run_config_path(path)] if config is not None else [])
     for t in targets:
-        fileio.check_output(t, "predict", overwrite, inputs, folder=False)
-    with fileio.atomic_files(targets, overwrite=overwrite) as tmps:
+        outputs.check_output(t, "predict", overwrite, inputs, folder=False)
+    with outputs.atomic_files(targets, overwrite=overwrite) as tmps:
         df.to_csv(tmps[0], index=False, float_format="%.7g", lineterminator="\n")
         if config is not None:
             digest = hashlib.sha256(tmps[0].read_bytes()).hexdigest()
-            tmps[1].write_text(fileio.json_text(dict(config, predictions=path.name, predictions_sha256=digest)),
+            tmps[1].write_text(outputs.json_text(dict(config, predictions=path.name, predictions_sha256=digest)),
                                encoding="utf-8")
     return path
 
@@ -260,7 +260,7 @@ def read_run_config(path: PathLike) -> dict:
     path = Path(path)
     cfg_path = run_config_path(path)
     try:
-        with fileio.folder_lock(path.parent, shared=True):
+        with outputs.folder_lock(path.parent, shared=True):
             text = cfg_path.read_text(encoding="utf-8")
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError as e:

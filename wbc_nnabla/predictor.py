@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import domain, fileio
+from . import domain, fileio, outputs
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
@@ -373,7 +373,7 @@ def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, 
     from tqdm.auto import tqdm
     chunks, keep, skipped, desc = [], [], [], []
     with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]",
-              disable=fileio.bar_disabled(progress)) as bar:
+              disable=outputs.bar_disabled(progress)) as bar:
         for batch in _prefetch(list(paths), size, batch_size, min(4, cpu_count() + 1), skip_bad, transform):
             good = [x for x, why in batch if why is None]
             keep.extend(why is None for _, why in batch)
@@ -532,7 +532,7 @@ def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int
 def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dict:
     """The effective configuration of a predict run (saved beside the CSV by the CLI)."""
     return dict(stage="predict", model=str(model), cells=str(cells), batch_size=batch_size,
-                n_cells=len(df), environment=fileio.environment(), **df.attrs)
+                n_cells=len(df), environment=outputs.environment(), **df.attrs)
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",

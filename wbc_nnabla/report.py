@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import domain, fileio, scoring
+from . import domain, fileio, outputs, scoring
 from .classes import DIFF_CLASSES
 
 log = logging.getLogger(__name__)
@@ -529,8 +529,8 @@ def write_report(folder: Path, title: str, figures: Sequence[ReportFigure], sect
         (folder / "figures").mkdir(exist_ok=True)
     for f in figures:
         (folder / "figures" / f"{f.name}.png").write_bytes(f.png)
-    fileio.write_text(folder / "report.html", html_document(title, sections))
-    fileio.write_text(folder / "report.md", markdown_document(title, sections))
+    outputs.write_text(folder / "report.html", html_document(title, sections))
+    outputs.write_text(folder / "report.md", markdown_document(title, sections))
 
 
 def write_score_report(result: "scoring.ScoreResult", folder: Union[str, os.PathLike], gallery: bool = True) -> None:
@@ -620,7 +620,7 @@ def _check_output(out_dir: Path, command: str, overwrite: bool,
                   results: Sequence["scoring.ScoreResult"]) -> None:
     """Refuse an output folder that is not an earlier ``command`` output, or that is or holds an input.
 
-    :func:`wbc_nnabla.fileio.check_output` with the files and image folders of
+    :func:`wbc_nnabla.outputs.check_output` with the files and image folders of
     :func:`_score_inputs` of ``results``: ``overwrite`` replaces only a folder
     that is empty or carries the marker of the same command, and never one the
     predictions point into.
@@ -628,7 +628,7 @@ def _check_output(out_dir: Path, command: str, overwrite: bool,
     if not out_dir.exists() and not out_dir.is_symlink():
         return      # nothing to lose: skip listing the image folders
     inputs = sorted(set().union(*(_score_inputs(r) for r in results)))
-    fileio.check_output(out_dir, command, overwrite, inputs, folder=True)
+    outputs.check_output(out_dir, command, overwrite, inputs, folder=True)
 
 
 def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike], figures: bool = True,
@@ -639,14 +639,14 @@ def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike],
     ``differential.csv``, ``pending.csv``, ``risk_coverage.csv``,
     ``summary.json``, ``config.json`` and, with ``figures``, ``figures/*.png``,
     ``report.html`` (self-contained) and ``report.md``; the folder is marked as a
-    ``score`` output (:data:`wbc_nnabla.fileio.OUTPUT_MARKER`). Raises
+    ``score`` output (:data:`wbc_nnabla.outputs.OUTPUT_MARKER`). Raises
     ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false, or
     when it is not an earlier score output (nor empty); :class:`wbc_nnabla.fileio.SourceError`
     when it is, or holds, the predictions CSV or an image it points to.
     """
     out_dir = Path(out_dir)
     _check_output(out_dir, "score", overwrite, [result])
-    with fileio.atomic_dir(out_dir, overwrite=overwrite, command="score") as tmp:
+    with outputs.atomic_dir(out_dir, overwrite=overwrite, command="score") as tmp:
         write_score_files(result, tmp)
         if figures:
             write_score_report(result, tmp, gallery=gallery)
@@ -664,9 +664,9 @@ def write_score_files(result: "scoring.ScoreResult", folder: Union[str, os.PathL
     rc = pd.concat([result.risk_coverage6.assign(view="6"), result.risk_coverage5.assign(view="5")])
     rc[["view", "threshold", "n_kept", "coverage", "accuracy", "n_errors"]].to_csv(
         folder / "risk_coverage.csv", index=False, float_format="%.6g")
-    fileio.write_json(folder / "summary.json", _json_safe(result.summary))
-    fileio.write_json(folder / "config.json", _json_safe({"command": "score", **result.settings,
-                                                      "environment": fileio.environment()}))
+    outputs.write_json(folder / "summary.json", _json_safe(result.summary))
+    outputs.write_json(folder / "config.json", _json_safe({"command": "score", **result.settings,
+                                                      "environment": outputs.environment()}))
 
 
 def write_compare(result: "scoring.CompareResult", out_dir: Union[str, os.PathLike], figures: bool = True,
@@ -680,17 +680,17 @@ def write_compare(result: "scoring.CompareResult", out_dir: Union[str, os.PathLi
     predictions CSV or an image they point to (as :func:`write_score`)."""
     out_dir = Path(out_dir)
     _check_output(out_dir, "compare", overwrite, [result.score_a, result.score_b])
-    with fileio.atomic_dir(out_dir, overwrite=overwrite, command="compare") as tmp:
+    with outputs.atomic_dir(out_dir, overwrite=overwrite, command="compare") as tmp:
         result.per_smear.to_csv(tmp / "per_smear_pairs.csv", index=False, float_format="%.6g")
         result.recall_change.to_csv(tmp / "recall_change.csv", index=False, float_format="%.6g")
-        fileio.write_json(tmp / "comparison.json", _json_safe(result.summary))
-        fileio.write_json(tmp / "config.json", _json_safe({"command": "compare", "model_a": result.name_a,
+        outputs.write_json(tmp / "comparison.json", _json_safe(result.summary))
+        outputs.write_json(tmp / "config.json", _json_safe({"command": "compare", "model_a": result.name_a,
                                                        "model_b": result.name_b,
                                                        "predictions_a": result.summary["predictions_a"],
                                                        "predictions_b": result.summary["predictions_b"],
                                                        "pending_threshold": result.summary["pending_threshold"],
                                                        "pending_margin": result.summary["pending_margin"],
-                                                       "environment": fileio.environment()}))
+                                                       "environment": outputs.environment()}))
         for sub, s in (("A", result.score_a), ("B", result.score_b)):
             (tmp / sub).mkdir()
             write_score_files(s, tmp / sub)

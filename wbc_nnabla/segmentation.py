@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from . import fileio, sampling
+from . import fileio, outputs, sampling
 from .errors import InputError
 from .recipe import PAPER
 
@@ -720,9 +720,9 @@ def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = F
 
     inputs: image files and/or folders (searched recursively, :func:`wbc_nnabla.fileio.image_files`).
     out: output folder, never inside an input folder; written whole in one rename
-        (:func:`wbc_nnabla.fileio.atomic_dir`, with the ``segment`` marker). An existing
+        (:func:`wbc_nnabla.outputs.atomic_dir`, with the ``segment`` marker). An existing
         folder is replaced only with ``overwrite`` and when it is empty or an
-        earlier ``segment`` output (:func:`wbc_nnabla.fileio.check_output_folder`).
+        earlier ``segment`` output (:func:`wbc_nnabla.outputs.check_output_folder`).
     gallery: overlay (:func:`overlay`, :data:`GALLERY_TILE` px tiles) of a seeded
         sample of ``gallery`` cells stratified by sub-folder, in ``out/gallery.png``
         (0: none).
@@ -735,15 +735,15 @@ def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = F
     """
     out = Path(out)
     paths = fileio.image_files(inputs)
-    fileio.check_not_inside(out, fileio.image_folders(inputs))
+    outputs.check_not_inside(out, fileio.image_folders(inputs))
     _unique_stems(paths)
-    replace = fileio.check_output_folder(out, "segment", overwrite, paths)
+    replace = outputs.check_output_folder(out, "segment", overwrite, paths)
     # the gallery shows a seeded sample stratified by sub-folder, not the first N files
     # (a class-sorted folder would show one class only)
     shown = set(sampling.shuffled_sample([p.parent.name for p in paths], gallery, 0).tolist()) \
         if gallery > 0 else set()
     tiles, empty = {}, 0
-    with fileio.atomic_dir(out, overwrite=replace, command="segment") as tmp:
+    with outputs.atomic_dir(out, overwrite=replace, command="segment") as tmp:
         for i, p in enumerate(paths):
             rgb = fileio.read_rgb(p)
             mask, nucleus = segment_wbc(rgb)
@@ -780,15 +780,15 @@ def locate_images(inputs: Sequence, out, overwrite: bool = False) -> pd.DataFram
     inputs: field images and/or folders (searched recursively, :func:`wbc_nnabla.fileio.image_files`).
     out: CSV (:data:`LOCATE_COLUMNS`, :func:`locate_table`), never in an input
         folder; an existing file is replaced only with ``overwrite`` (and never
-        when it is an input, :func:`wbc_nnabla.fileio.check_output`), atomically.
+        when it is an input, :func:`wbc_nnabla.outputs.check_output`), atomically.
     Returns the table; ``attrs["images"]`` is the number of field images read.
     """
     out = Path(out)
     paths = fileio.image_files(inputs)
-    fileio.check_not_inside(out.parent, fileio.image_folders(inputs))
-    fileio.check_output(out, "locate", overwrite, paths, folder=False)
+    outputs.check_not_inside(out.parent, fileio.image_folders(inputs))
+    outputs.check_output(out, "locate", overwrite, paths, folder=False)
     table = locate_table(paths)
-    with fileio.atomic_files([out], overwrite=overwrite) as (tmp,):
+    with outputs.atomic_files([out], overwrite=overwrite) as (tmp,):
         table.to_csv(tmp, index=False, lineterminator="\n")
     table.attrs["images"] = len(paths)
     return table

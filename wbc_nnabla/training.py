@@ -46,7 +46,7 @@ from nnabla.utils.data_iterator import data_iterator_simple
 from scipy.special import softmax
 from tqdm import tqdm
 
-from . import checkpoint, classes, domain, fileio, framing, modelfile, models, sampling
+from . import checkpoint, classes, domain, fileio, framing, modelfile, models, outputs, sampling
 from .errors import InputError
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
@@ -429,7 +429,7 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
         if not (dataset_dir / n).is_file():
             raise TrainingError(f"{dataset_dir}: no {n} (expected an NNC dataset folder with train.csv "
                                 f"and valid.csv, e.g. from `wbc-nnabla build-dataset`)")
-    fileio.check_not_inside(out_dir, [dataset_dir])
+    outputs.check_not_inside(out_dir, [dataset_dir])
     train_paths, train_y = read_split(dataset_dir / "train.csv")
     valid_paths, valid_y = read_split(dataset_dir / "valid.csv")
     if len(train_paths) < cfg.batch_size:
@@ -613,7 +613,7 @@ class Monitors:
 def write_curve(out_dir: Path, history: List[dict]) -> None:
     """``learning_curve.csv`` and ``learning_curve.png`` (Cost, Training Error, Validation Error; Figs 5/7)."""
     df = pd.DataFrame(history, columns=list(CURVE_COLUMNS))
-    with fileio.atomic_path(Path(out_dir) / "learning_curve.csv") as tmp:
+    with outputs.atomic_path(Path(out_dir) / "learning_curve.csv") as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
     fig = Figure(figsize=(6.4, 4.0), dpi=100)   # no pyplot: the caller's matplotlib backend is untouched
     ax = fig.subplots()
@@ -628,7 +628,7 @@ def write_curve(out_dir: Path, history: List[dict]) -> None:
     ax.legend()
     ax.set_title("Learning curve")
     fig.tight_layout()
-    with fileio.atomic_path(Path(out_dir) / "learning_curve.png") as tmp:
+    with outputs.atomic_path(Path(out_dir) / "learning_curve.png") as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -699,7 +699,7 @@ def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict, n
     meta = modelfile.model_meta(arch, classes.CLASSES6, size, norm=norm, training=training, wbc_share=wbc_share,
                                 **extra)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
-    with fileio.atomic_path(out_dir / "model.h5") as tmp:
+    with outputs.atomic_path(out_dir / "model.h5") as tmp:
         nn.save_parameters(str(tmp), params, extension=".h5")
 
 
@@ -758,7 +758,7 @@ def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, 
     """
     compute, costs = 0.0, []
     stream = batches(data.train, cfg.batch_size, data.iters, True, _derive_seed(cfg.seed, epoch, 2))
-    with tqdm(total=data.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fileio.bar_disabled(cfg.progress),
+    with tqdm(total=data.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=outputs.bar_disabled(cfg.progress),
               leave=False) as bar:
         for i, (xb, yb, _) in enumerate(stream):
             graph.x.d, graph.t.d = xb, yb
@@ -871,11 +871,11 @@ def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool
         if previous:
             log.info("resuming %s after epoch %d", out_dir, run.epoch)
         out_dir.mkdir(parents=True, exist_ok=True)
-        summary = dict(config=config, environment=fileio.environment(), initialisation=run.init_info)
-        fileio.write_json(out_dir / "config.json", summary)
+        summary = dict(config=config, environment=outputs.environment(), initialisation=run.init_info)
+        outputs.write_json(out_dir / "config.json", summary)
         mon = Monitors(out_dir, run.history)
         for epoch in range(run.epoch, cfg.epochs):
             end_epoch(out_dir, cfg, run, run_epoch(epoch, cfg, data, run, mon, out_dir), mon, data.wbc_share)
     summary.update(best=run.best, history=run.history)
-    fileio.write_json(out_dir / "config.json", summary)
+    outputs.write_json(out_dir / "config.json", summary)
     return summary
