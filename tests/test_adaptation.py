@@ -111,6 +111,8 @@ def test_metadata_records_the_adaptation(site, model, adapted):
     assert set(r["paths"]) <= {str(p) for p in cells.iterdir()}
     _, m = modelfile.read_model(out)                      # a valid, self-describing model file
     assert m["input_size"] == 32 and "assumed" not in m
+    # BatchNorm statistics only: the training lab's calibration cells stay with the model
+    assert meta["calibration"] == meta_in["calibration"]
 
 
 def test_same_seed_same_model_other_stain_other_statistics(site, model, adapted, tmp_path):

@@ -75,6 +75,8 @@ def test_record_says_what_was_used(tuned, labelled):
     assert rec["per_class"] == {"Basophil": 4, "Eosinophil": 4, "Lymph": 4, "Mono": 4, "Neutrophil": 8}
     assert rec["settings"]["iterations"] == 6 and rec["source"] == str(labelled[1].resolve())
     assert meta["class_names"] == list(classes.CLASSES6)
+    # new weights: the calibration cells of the model it started from no longer describe it
+    assert "calibration" in modelfile.read_meta(tuned[0]) and "calibration" not in meta
 
 
 def test_predict_reads_the_finetuned_model(tuned, labelled):

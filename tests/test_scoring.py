@@ -408,3 +408,72 @@ def test_no_figures_message_names_only_what_was_written(command, tmp_path, a_csv
         wrote = capsys.readouterr().out.strip().splitlines()[-1]
         assert wrote.startswith(f"wrote {out}/")
         assert ("report.html" in wrote) == (out / "report.html").is_file() == (not flags), wrote
+
+
+# ----------------------------------------------------------------------------- a cut-off that travels with the model
+
+
+def _calibration(df: pd.DataFrame) -> dict:
+    """The calibration record of the labelled cells of a predictions table (as ``train`` stores it)."""
+    probs = df[[predictions.PROB_PREFIX + c for c in CLASSES6]].to_numpy(float)
+    return predictions.calibration_record([CLASSES6.index(c) for c in df["label"]], probs, CLASSES6, "test cells")
+
+
+def test_calibrated_cutoff_is_the_target_cutoff_of_the_same_cells_scored():
+    cells = predictions_from_confusion(np.diag([20, 20, 20, 20, 20, 20]) + 3, n_smears=4)
+    record = _calibration(cells)
+    scored = scoring.score(cells, target_accuracy=0.95).summary
+    cut = scoring.calibrated_cutoff(record, 0.95)
+    assert cut["threshold"] == pytest.approx(scored["threshold_at_target5"], abs=1e-5)
+    assert cut["accuracy"] >= 0.95 and cut["n_cells"] == len(cells) and cut["view"] == "5"
+    # the class prior of the predictions is applied to the calibration cells too: the same as
+    # scoring those cells after the prior
+    prior = predictions.NORMAL_DIFFERENTIAL
+    shifted = predictions.apply_prior(record["probs"], predictions.prior_weights(CLASSES6, prior))
+    again = predictions.predictions_table(cells[["path", "smear", "label"]], np.asarray(shifted), CLASSES6)
+    with_prior = scoring.calibrated_cutoff(record, 0.95, prior)
+    assert with_prior["threshold"] == pytest.approx(
+        scoring.score(again, target_accuracy=0.95).summary["threshold_at_target5"], abs=1e-5)
+    assert with_prior["threshold"] != pytest.approx(cut["threshold"], abs=1e-5)
+
+
+def test_calibrated_cutoff_refuses_what_it_cannot_set():
+    # the surest cell is wrong (a Basophil called Eosinophil at 0.9), so every cut-off keeps an error
+    probs = [[0.02, 0.9, 0.02, 0.02, 0.02, 0.02], [0.04, 0.8, 0.04, 0.04, 0.04, 0.04]]
+    record = predictions.calibration_record([0, 1], probs, CLASSES6, "two cells")
+    assert scoring.calibrated_cutoff(record, 0.5)["threshold"] == pytest.approx(0.8)
+    with pytest.raises(predictions.PredictionsError, match="no cut-off keeps the model's 2 calibration cells at "
+                                                           "accuracy 0.6"):
+        scoring.calibrated_cutoff(record, 0.6, where="m.nnp")
+    with pytest.raises(predictions.PredictionsError, match="--prior estimate"):
+        scoring.calibrated_cutoff(record, 0.5, predictions.PRIOR_ESTIMATE)
+    bad = dict(record, labels=record["labels"][:-1])
+    with pytest.raises(predictions.PredictionsError, match="m.json: calibration cells: .* labels"):
+        scoring.calibrated_cutoff(bad, 0.5, where="m.json")
+    with pytest.raises(predictions.PredictionsError, match="no calibration cells"):
+        scoring.calibrated_cutoff({"labels": []}, 0.5)
+
+
+def test_score_with_the_models_cutoff_reads_it_from_the_run_json(tmp_path, capsys):
+    train = predictions_from_confusion(np.diag([30] * 6) + 2, n_smears=1, seed=1)
+    site = predictions_from_confusion(np.diag([10] * 6) + 4, n_smears=3, seed=2)
+    csv = tmp_path / "pred.csv"
+    predictions.write_predictions(site, csv, config={"model": "m.nnp", "prior": "none", "tta": False,
+                                                     predictions.CALIBRATION_KEY: _calibration(train)})
+    r = scoring.score(csv, pending_threshold=scoring.MODEL_CUTOFF, target_accuracy=0.95)
+    expected = scoring.calibrated_cutoff(_calibration(train), 0.95)
+    assert r.settings["pending_threshold"] == expected["threshold"]
+    assert r.summary["pending_threshold_from"]["n_cells"] == len(train)
+    assert r.summary["n_pending"] == int((r.cells["top6"] < expected["threshold"]).sum()) > 0
+    assert cli.main(["score", str(csv), str(tmp_path / "s"), "--pending-threshold", "model",
+                     "--no-figures", "--no-gallery"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("judgement-pending cut-off"))
+    assert f"from the model's {len(train)} calibration cells" in line and "target 0.99" in line
+    # a model without calibration cells (older, or fine-tuned): one line naming the run JSON, nothing written
+    predictions.write_predictions(site, csv, config={"model": "old.nnp", "prior": "none"}, overwrite=True)
+    assert cli.main(["score", str(csv), str(tmp_path / "t"), "--pending-threshold", "model"]) != 0
+    err = capsys.readouterr().err
+    assert "pred.json" in err and "old.nnp stores no calibration cells" in err
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(predictions.PredictionsError, match="needs the predictions CSV itself"):
+        scoring.score(site, pending_threshold="model")

@@ -139,6 +139,21 @@ def test_outputs_and_monitors(model_a):
     assert set(modelfile.load_parameters(model_a / "model.h5")) == set(modelfile.load_parameters(model_a / "model.nnp"))
 
 
+def test_model_stores_its_validation_cells_for_the_pending_cutoff(model_a, tiny_dataset):
+    from wbc_nnabla import predictions, predictor
+    meta = modelfile.read_meta(model_a / "model.nnp")
+    cal = meta[predictions.CALIBRATION_KEY]
+    labels, probs, names = predictions.read_calibration(cal, "model.nnp")
+    assert names == list(classes.CLASSES6) and f"epoch {meta['training']['epoch']}" in cal["source"]
+    _, valid_labels = training.read_split(tiny_dataset / "valid.csv")
+    assert labels.tolist() == list(valid_labels)
+    # the exported model's own probabilities of those cells, as `predict` gives them
+    df = predictor.predict(model_a / "model.nnp", tiny_dataset / "valid.csv", progress=False)
+    np.testing.assert_allclose(df[[predictions.PROB_PREFIX + c for c in classes.CLASSES6]].to_numpy(), probs,
+                               atol=1e-4)
+    assert df.attrs[predictions.CALIBRATION_KEY] == cal          # and they go into the run JSON
+
+
 def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
     from nnabla.utils.nnp_graph import NnpLoader
     rng = np.random.RandomState(0)

@@ -306,7 +306,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
                   settings=dict(dataclasses.asdict(cfg), size=size, max_images=int(max_images)),
                   first=history[0], last=history[-1],
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "infomax", record))
+    modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "infomax", record, tuned=True))
     log.info("infomax on %d cells of %s (%d updates; entropy %.3f -> %.3f, KL %.3f -> %.3f) -> %s", len(paths),
              cells, cfg.iterations, history[0]["entropy"], history[-1]["entropy"], history[0]["kl"],
              history[-1]["kl"], out)

@@ -596,6 +596,13 @@ def _cmd_score(args) -> int:
           f"+- {s['accuracy6_sd']:.3f} (pooled {s['accuracy6_pooled']:.3f}), 5 classes "
           f"{s['accuracy5_mean']:.3f} +- {s['accuracy5_sd']:.3f} (pooled {s['accuracy5_pooled']:.3f}); "
           f"{s['n_pending']} pending")
+    cut = s.get("pending_threshold_from")
+    if cut:
+        prior = "with the predictions' class prior" if isinstance(cut["prior"], dict) else "no class prior"
+        print(f"judgement-pending cut-off {cut['threshold']:.4f} from the model's {cut['n_cells']} calibration cells "
+              f"(five classes, accuracy {cut['accuracy']:.3f} on the {cut['n_kept']} it keeps there; target "
+              f"{cut['target']:g}, {prior})"
+              + ("; these predictions averaged --tta views, the calibration cells did not" if cut.get("tta") else ""))
     if args.target_accuracy is not None:
         th = s.get("threshold_at_target6")
         print(f"target accuracy {args.target_accuracy:g} (6 classes): "
@@ -638,9 +645,20 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-def _add_pending_flags(p) -> None:
-    p.add_argument("--pending-threshold", type=_fraction, metavar="T",
-                   help="hold cells whose top probability is below T for a human ('judgement pending')")
+def _cutoff(text: str):
+    """``--pending-threshold`` of ``score``: a number in [0, 1], or ``model`` (scoring.MODEL_CUTOFF)."""
+    return "model" if text.strip().lower() == "model" else _fraction(text)
+
+
+def _add_pending_flags(p, model_cutoff: bool = False) -> None:
+    if model_cutoff:
+        p.add_argument("--pending-threshold", type=_cutoff, metavar="T",
+                       help="hold cells whose top probability is below T for a human ('judgement pending'); "
+                            "'model': the cut-off set on the model's own validation cells for --target-accuracy "
+                            "(default 0.99; five classes; docs/scoring.md)")
+    else:
+        p.add_argument("--pending-threshold", type=_fraction, metavar="T",
+                       help="hold cells whose top probability is below T for a human ('judgement pending')")
     p.add_argument("--pending-margin", type=_fraction, metavar="M",
                    help="also hold Band/Segment and Lymph/Mono calls whose pair probabilities differ by less than M")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
@@ -651,7 +669,7 @@ def _add_scoring(sub) -> None:
     p = sub.add_parser("score", help="per-smear accuracy, Table 1, differential and pending cells of a predictions CSV")
     p.add_argument("predictions", help="predictions CSV (path, smear, label, pred6, pred5, prob_*)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created; see docs/scoring.md)")
-    _add_pending_flags(p)
+    _add_pending_flags(p, model_cutoff=True)
     p.add_argument("--target-accuracy", type=_fraction, metavar="A",
                    help="report the lowest top-probability cut-off whose kept labeled cells reach accuracy A")
     p.add_argument("--no-gallery", action="store_true", help="skip the image gallery of disagreeing cells")

@@ -341,7 +341,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     site = None if _too_few_for_reference(len(paths)) else _site_reference(loader, cells, cfg.seed)
     record = dict(_record(model, cells, labels, names, paths, cfg, size, costs), selection=selection,
                   site_domain_reference=site is not None)
-    tuned_meta = modelfile.derived_meta(meta, size, "finetune", record)
+    tuned_meta = modelfile.derived_meta(meta, size, "finetune", record, tuned=True)
     if site is not None:
         tuned_meta[domain.SITE_KEY] = list(meta.get(domain.SITE_KEY) or []) + [site]
     modelfile.save_nnp(out, tuned, tuned_meta)

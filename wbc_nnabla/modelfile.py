@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import classes, fileio, outputs
+from . import classes, fileio, outputs, predictions
 from .errors import InputError, WBCError
 
 PathLike = Union[str, os.PathLike]
@@ -52,11 +52,20 @@ def model_meta(arch: str, class_names: Sequence[str], size: int, norm: str = "ba
                 num_classes=len(class_names), input_size=int(size), wbc_nnabla=__version__, **extra)
 
 
-def derived_meta(meta: dict, size: int, key: str, record: dict) -> dict:
+#: Description keys that hold only for the exact weights they were measured with: a model whose
+#: weights are tuned (``finetune``, ``infomax``, ``self-train``) is written without them. ``adapt``
+#: keeps them: it re-estimates BatchNorm statistics only, and the judgement-pending cut-off of the
+#: calibration cells was measured to carry across that (docs/cross_site.md).
+WEIGHT_BOUND_KEYS = (predictions.CALIBRATION_KEY,)
+
+
+def derived_meta(meta: dict, size: int, key: str, record: dict, tuned: bool = False) -> dict:
     """The description of a model derived from ``meta``'s (adapted, fine-tuned): the same, with
     ``input_size`` = ``size`` and ``record`` under ``key``; an earlier record under ``key`` is kept
-    as ``record['previous']`` (a model adapted twice keeps its history)."""
+    as ``record['previous']`` (a model adapted twice keeps its history). ``tuned``: the weights
+    changed, so :data:`WEIGHT_BOUND_KEYS` are dropped."""
     base = ("format", "arch", "class_names", "num_classes", "input_size", "wbc_nnabla", "assumed", key)
+    base += WEIGHT_BOUND_KEYS if tuned else ()
     extra = {k: v for k, v in meta.items() if k not in base}
     if meta.get(key):
         record = dict(record, previous=meta[key])

@@ -443,6 +443,51 @@ def _parse_domain(df: pd.DataFrame, cols: Dict[str, str], name: str, out: pd.Dat
     out["outside_domain"] = text.map(flag_map).to_numpy(dtype=bool)
 
 
+# ----------------------------------------------------------------------------- calibration cells
+
+#: Key of the calibration cells in a model's description and in a predict run's JSON: the training
+#: run's validation cells as the exported model predicted them (:func:`calibration_record`). They
+#: let a lab set the judgement-pending cut-off where the model was trained, without labels of its
+#: own (``score --pending-threshold model``; docs/scoring.md, "A cut-off that travels with the model").
+CALIBRATION_KEY = "calibration"
+#: Decimals the calibration probabilities are stored with (a few kB in the model for 480 cells).
+CALIBRATION_DECIMALS = 5
+
+
+def calibration_record(labels: Sequence[int], probs: np.ndarray, class_names: Sequence[str], source: str) -> dict:
+    """The calibration cells of a model: ``labels`` ``(N,)`` (indices into ``class_names``) and the
+    model's probabilities ``probs`` ``(N, C)`` of the same cells; ``source`` says which cells
+    (e.g. the dataset's ``valid.csv`` and the epoch exported). Checked by :func:`read_calibration`."""
+    record = {"source": str(source), "class_names": list(class_names), "labels": [int(v) for v in labels],
+              "probs": np.round(np.asarray(probs, np.float64), CALIBRATION_DECIMALS).tolist()}
+    read_calibration(record, "calibration_record")
+    return record
+
+
+def read_calibration(record, where: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """``(labels (N,), probs (N, C), class_names)`` of a :func:`calibration_record`, checked.
+
+    Raises :class:`PredictionsError` naming ``where`` (the file it came from) when the record is
+    missing or malformed: labels out of range, rows that are not probabilities, no cells.
+    """
+    if not isinstance(record, dict) or not {"class_names", "labels", "probs"} <= set(record):
+        raise PredictionsError(f"{where}: no calibration cells (class_names, labels, probs)")
+    names = [str(c) for c in record["class_names"]]
+    try:
+        labels = np.asarray(record["labels"], dtype=np.int64).reshape(-1)
+        probs = np.asarray(record["probs"], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise PredictionsError(f"{where}: calibration cells are not numbers ({e})") from None
+    if len(labels) == 0 or probs.shape != (len(labels), len(names)):
+        raise PredictionsError(f"{where}: calibration cells: {len(labels)} labels but probabilities of shape "
+                               f"{probs.shape}; expected ({len(labels)}, {len(names)})")
+    if labels.min() < 0 or labels.max() >= len(names):
+        raise PredictionsError(f"{where}: calibration labels must be indices into {names}")
+    if not np.all(np.isfinite(probs)) or probs.min() < 0 or np.abs(probs.sum(1) - 1).max() > PROB_SUM_TOL:
+        raise PredictionsError(f"{where}: calibration probabilities must be >= 0 and sum to 1 per cell")
+    return labels, probs, names
+
+
 def five_class_probs(probs6: np.ndarray) -> np.ndarray:
     """Merge ``(N, 6)`` six-class probabilities to ``(N, 5)`` (Band + Segment = Neutrophil)."""
     p = np.asarray(probs6, dtype=np.float64)

@@ -40,8 +40,8 @@ from . import domain, fileio, outputs
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
-from .predictions import (PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors, parse_prior,
-                          predictions_table, prior_weights)
+from .predictions import (CALIBRATION_KEY, PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors,
+                          parse_prior, predictions_table, prior_weights)
 from .recipe import BACKEND_NAMES
 from .framing import model_view
 from .stain import standardiser
@@ -469,6 +469,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
                      norm=engine.meta.get("norm") or "batch", skipped=skipped,
                      stain=stain, zoom=float(engine.meta.get("zoom", 1.0)),
                      prior=PRIOR_ESTIMATE if estimate else (shares or "none"), tta=bool(tta))
+    # the model's calibration cells go into the run JSON, for `score --pending-threshold model`
+    out.attrs[CALIBRATION_KEY] = engine.meta.get(CALIBRATION_KEY)
     if estimated is not None:
         out.attrs["prior_estimated"] = estimated
     return domain_check(out, engine.meta, desc, str(engine.model_path))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -31,7 +32,9 @@ from scipy import stats
 from . import classes, domain
 from .errors import InputError
 from .classes import CLASSES5, CLASSES6, DIFF_CLASSES, NEUTROPHIL
-from .predictions import PROB_COLUMNS, PathOrFrame, PredictionsError, read_predictions
+from .predictions import (CALIBRATION_KEY, PRIOR_ESTIMATE, PROB_COLUMNS, PathOrFrame, PredictionsError,
+                          apply_prior, predictions_table, prior_weights, read_calibration, read_predictions,
+                          read_run_config)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,69 @@ def threshold_for_accuracy(table: pd.DataFrame, target: float) -> Optional[dict]
     row = hit.iloc[0]
     return {"threshold": float(row["threshold"]), "coverage": float(row["coverage"]),
             "accuracy": float(row["accuracy"]), "n_kept": int(row["n_kept"])}
+
+
+#: ``--pending-threshold model``: the cut-off set on the model's own calibration cells
+#: (:func:`model_cutoff`) instead of a number.
+MODEL_CUTOFF = "model"
+#: The accuracy a ``model`` cut-off is set for when no target is given (as ``reproduce``'s default).
+DEFAULT_TARGET_ACCURACY = 0.99
+
+
+def calibrated_cutoff(record: dict, target: float, prior=None, where: str = "calibration") -> dict:
+    """The judgement-pending cut-off (paper section IV) set on a model's calibration cells.
+
+    record: :func:`wbc_nnabla.predictions.calibration_record` (the training run's validation cells
+        as the exported model predicted them).
+    target: accuracy the kept calibration cells must reach, in the five-class view (the view
+        measured across labs: docs/cross_site.md, "Judgement pending across labs").
+    prior: the class shares the cells to be scored were predicted with (``predict --prior``, a
+        dict; None or ``"none"``: none); the calibration cells get the same prior, so that the
+        cut-off and the probabilities it is applied to are on one scale.
+    Returns :func:`threshold_for_accuracy`'s dict plus ``target``, ``view`` ("5"), ``n_cells``,
+    ``source`` and ``prior``. Raises :class:`PredictionsError` naming ``where`` when the record is
+    malformed, the prior was estimated per smear, or no cut-off reaches ``target``.
+    """
+    labels, probs, names = read_calibration(record, where)
+    if prior == PRIOR_ESTIMATE:
+        raise PredictionsError(f"{where}: the predictions were made with --prior estimate (a prior per smear), "
+                               f"which the calibration cells have no counterpart of; predict with --prior none or "
+                               f"normal, or give --pending-threshold a number")
+    if isinstance(prior, dict):
+        probs = apply_prior(probs, prior_weights(names, prior))
+    cells = pd.DataFrame({"path": [f"calibration cell {i + 1}" for i in range(len(labels))], "smear": "",
+                          "label": [names[i] for i in labels]})
+    table = read_predictions(predictions_table(cells, probs, names), name=where)
+    hit = threshold_for_accuracy(risk_coverage(table, "5"), target)
+    if hit is None:
+        raise PredictionsError(f"{where}: no cut-off keeps the model's {len(labels)} calibration cells at accuracy "
+                               f"{target:g} (five classes); choose a lower --target-accuracy")
+    return dict(hit, target=float(target), view="5", n_cells=int(len(labels)), source=record.get("source"),
+                prior=prior if isinstance(prior, dict) else "none")
+
+
+def model_cutoff(predictions, target: Optional[float] = None) -> dict:
+    """:func:`calibrated_cutoff` of the model behind a predictions CSV (``score --pending-threshold model``).
+
+    predictions: the CSV's path; its run JSON (written by ``predict``) holds the model's
+        calibration cells and the prior the cells were predicted with.
+    target: default :data:`DEFAULT_TARGET_ACCURACY`.
+    The cut-off is set where the model was trained; on another lab's cells it held only after
+    ``adapt`` and ``predict --prior normal`` (docs/cross_site.md). Adds ``tta`` (True when the
+    predictions averaged views, which the calibration cells did not).
+    """
+    if isinstance(predictions, pd.DataFrame):
+        raise PredictionsError("--pending-threshold model needs the predictions CSV itself: its run JSON names "
+                               "the model's calibration cells")
+    config = read_run_config(predictions)
+    where = f"{Path(predictions).with_suffix('.json')}"
+    if config.get(CALIBRATION_KEY) is None:
+        raise PredictionsError(f"{where}: the model {config.get('model', '?')} stores no calibration cells (trained "
+                               f"before they were stored, or fine-tuned since); give --pending-threshold a number "
+                               f"(docs/scoring.md)")
+    target = DEFAULT_TARGET_ACCURACY if target is None else _check_fraction(target, "target accuracy")
+    cut = calibrated_cutoff(config[CALIBRATION_KEY], target, config.get("prior"), where)
+    return dict(cut, tta=bool(config.get("tta")))
 
 
 def _view_columns(cells: pd.DataFrame, view: str):
@@ -365,12 +431,19 @@ def score(predictions: PathOrFrame, pending_threshold: Optional[float] = None,
     """Score a predictions CSV against the human labels per smear (paper section III, Table 1).
 
     predictions: path of a predictions CSV or a DataFrame with its columns.
-    pending_threshold: hold cells whose top probability is below it ("judgement pending").
+    pending_threshold: hold cells whose top probability is below it ("judgement pending"); or
+        ``"model"`` (:data:`MODEL_CUTOFF`): the cut-off set on the model's calibration cells for
+        ``target_accuracy`` (default 0.99; :func:`model_cutoff`), recorded as
+        ``pending_threshold_from`` in the summary.
     pending_margin: also hold Band/Segment and Lymph/Mono calls whose pair margin is below it.
     target_accuracy: report the lowest top-probability cut-off whose kept labeled
         cells reach this accuracy (six- and five-class), from the risk-coverage table.
     Pending cells never count as correct or wrong.
     """
+    cutoff = None
+    if isinstance(pending_threshold, str) and pending_threshold.strip().lower() == MODEL_CUTOFF:
+        cutoff = model_cutoff(predictions, target_accuracy)
+        pending_threshold = cutoff["threshold"]
     cells = predictions if _is_read(predictions) else read_predictions(predictions, name)
     cells = cells.copy()
     pend = pending_flags(cells, pending_threshold, pending_margin)
@@ -387,6 +460,8 @@ def score(predictions: PathOrFrame, pending_threshold: Optional[float] = None,
                                             "pending5"] + list(PROB_COLUMNS) + ["line"]].reset_index(drop=True)
     settings = {"predictions": cells.attrs.get("name"), "pending_threshold": pending_threshold,
                 "pending_margin": pending_margin, "target_accuracy": target_accuracy}
+    if cutoff is not None:
+        settings["pending_threshold_from"] = cutoff
     summary = _score_summary(cells, per, conf6, conf5, rc6, rc5, settings)
     summary.update(_domain_summary(check))
     return ScoreResult(cells=cells, per_smear=per, confusion6=conf6, confusion5=conf5,

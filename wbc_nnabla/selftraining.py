@@ -141,6 +141,6 @@ def self_train(model, cells, out, config: Optional[SelfTrainConfig] = None, over
                   model_sha256=modelfile.file_sha256(model), source=str(cells.resolve()),
                   settings=dict(dataclasses.asdict(cfg), size=size), rounds=rounds,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    modelfile.save_nnp(out, params, modelfile.derived_meta(meta, size, "self_training", record))
+    modelfile.save_nnp(out, params, modelfile.derived_meta(meta, size, "self_training", record, tuned=True))
     log.info("self-trained %s on %s (%d rounds) -> %s", model, cells, cfg.rounds, out)
     return dict(record, out=str(out))

@@ -46,7 +46,7 @@ from nnabla.utils.data_iterator import data_iterator_simple
 from scipy.special import softmax
 from tqdm import tqdm
 
-from . import checkpoint, classes, domain, fileio, framing, modelfile, models, outputs, sampling
+from . import checkpoint, classes, domain, fileio, framing, modelfile, models, outputs, predictions, sampling
 from .errors import InputError
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
@@ -688,14 +688,20 @@ def _load_into(params: dict, values: Dict[str, np.ndarray], what: str, strict: b
 
 
 def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict, norm: str = "batch",
-            wbc_share: Optional[dict] = None, domain_ref: Optional[dict] = None) -> None:
+            wbc_share: Optional[dict] = None, domain_ref: Optional[dict] = None,
+            calibration: Optional[dict] = None) -> None:
     """``model.nnp`` (self-describing inference model) and ``model.h5`` (parameters) of the best epoch.
 
     wbc_share: the training crops' median WBC share (:func:`measure_scale`), for ``adapt``.
     domain_ref: the training cells' :func:`domain_reference`, stored in the model's
     description under :data:`wbc_nnabla.domain.META_KEY` (None: not stored).
+    calibration: the exported epoch's validation cells and probabilities
+    (:func:`wbc_nnabla.predictions.calibration_record`), stored under
+    :data:`wbc_nnabla.predictions.CALIBRATION_KEY` (None: not stored).
     """
     extra = {domain.META_KEY: domain_ref} if domain_ref else {}
+    if calibration:
+        extra[predictions.CALIBRATION_KEY] = calibration
     meta = modelfile.model_meta(arch, classes.CLASSES6, size, norm=norm, training=training, wbc_share=wbc_share,
                                 **extra)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
@@ -718,6 +724,7 @@ class RunState:
     history: List[dict] = dataclasses.field(default_factory=list)
     best: dict = dataclasses.field(default_factory=lambda: {"epoch": None, "validation_error": float("inf")})
     domain_ref: Optional[dict] = None  # the training cells' domain reference, stored in model.nnp
+    calibration: Optional[dict] = None  # the last epoch's validation probabilities (predictions.calibration_record)
 
 
 def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
@@ -800,7 +807,12 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
                        data.bn_rows)
     test = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True, norm=cfg.norm)
     tr_loss, tr_mis, _ = evaluate(test, data.train, cfg.batch_size, data.eval_rows)
-    va_loss, va_mis, _ = evaluate(test, data.valid, cfg.batch_size)
+    va_loss, va_mis, va_probs = evaluate(test, data.valid, cfg.batch_size)
+    # stored with the model if this epoch is exported: the cut-off of `score --pending-threshold model`
+    # (none when the network already gives non-finite outputs; the next update stops the run)
+    run.calibration = predictions.calibration_record(
+        data.valid.labels, va_probs, classes.CLASSES6, f"valid.csv of the training dataset, epoch {epoch + 1}"
+    ) if np.isfinite(va_probs).all() else None
     return dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
                 training_misclassification=tr_mis, validation_misclassification=va_mis,
                 seconds=time.perf_counter() - t0, images_per_s=data.iters * cfg.batch_size / train_time,
@@ -820,7 +832,8 @@ def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Mo
                     "validation_misclassification": row["validation_misclassification"]}
         _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
                 dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info,
-                     seed=cfg.seed), norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref)
+                     seed=cfg.seed), norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref,
+                calibration=run.calibration)
     mon.add_epoch(row, run.history)
     checkpoint.save_checkpoint(out_dir, run.epoch, run.params, run.solver, dict(
         epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng)))
