@@ -18,6 +18,9 @@ Every figure comes from ``wbc-nnabla score`` (summary.json), the command a lab r
     wbc-nnabla score OUT/V_sS/pred_d1_adapted.csv OUT/pending_check/V_sS/d1_adapted_tA --no-figures --pending-threshold T
     wbc-nnabla score OUT/V_sS/pred_d1_adapted.csv OUT/pending_check/V_sS/d1_adapted_own_tA --no-figures --target-accuracy A
                                                                        # d1's own best cut-off (with its labels)
+    wbc-nnabla score OUT/V_sS/pred_d1_adapted.csv OUT/pending_check/V_sS/d1_adapted_model_tA --no-figures \
+        --pending-threshold model --target-accuracy A        # the same cut-off from the model's calibration cells
+                                                             # (models trained since they are stored)
 
     nice -n 5 .venv/bin/python benchmarks/pending_check.py --out /work/runs/cross --variant robust --seed 0 --seed 1
 
@@ -62,6 +65,12 @@ def measure(out: Path, variant: str, seed: int) -> list:
                 held = summary(run / f"pred_{stage}.csv", pc / f"{stage}_t{a:g}", "--pending-threshold", t)
                 row.update(d1_coverage=held["coverage5"], d1_accuracy_kept=held["accuracy5_pooled"],
                            d1_kept=held["n_cells"] - held["n_pending5"], d1_cells=held["n_cells"])
+            if json.loads((run / f"pred_{stage}.json").read_text()).get("calibration"):
+                by_model = summary(run / f"pred_{stage}.csv", pc / f"{stage}_model_t{a:g}",
+                                   "--pending-threshold", "model", "--target-accuracy", a)
+                row.update(model_threshold=by_model["pending_threshold"],
+                           model_d1_accuracy_kept=by_model["accuracy5_pooled"],
+                           model_d1_kept=by_model["n_cells"] - by_model["n_pending5"])
             rows.append(row)
     return rows
 
@@ -72,13 +81,16 @@ def fmt(v, spec=".3f") -> str:
 
 def table(rows: list) -> str:
     lines = ["| variant | seed | d1 stage | target A | cut-off T (pbc6 valid) | pbc6 valid coverage / accuracy at T "
-             "| d1 all cells | d1 coverage at T | d1 accuracy of kept cells | d1's own cut-off for A: T / coverage |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| d1 all cells | d1 coverage at T | d1 accuracy of kept cells | d1's own cut-off for A: T / coverage "
+             "| `--pending-threshold model`: T / d1 kept / accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['seed']} | {r['stage']} | {r['target']:g} | {fmt(r['threshold'], '.4f')} "
                      f"| {fmt(r['in_lab_coverage'])} / {fmt(r['in_lab_accuracy'])} | {fmt(r['d1_accuracy_all'])} "
                      f"| {fmt(r.get('d1_coverage'))} ({r.get('d1_kept', '-')} of {r.get('d1_cells', '-')}) "
-                     f"| {fmt(r.get('d1_accuracy_kept'))} | {fmt(r['d1_own_threshold'], '.4f')} / {fmt(r['d1_own_coverage'])} |")
+                     f"| {fmt(r.get('d1_accuracy_kept'))} | {fmt(r['d1_own_threshold'], '.4f')} / {fmt(r['d1_own_coverage'])} "
+                     f"| {fmt(r.get('model_threshold'), '.4f')} / {r.get('model_d1_kept', '-')} / "
+                     f"{fmt(r.get('model_d1_accuracy_kept'))} |")
     return "\n".join(lines)
 
 
