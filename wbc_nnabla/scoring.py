@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -34,7 +33,7 @@ from .errors import InputError
 from .classes import CLASSES5, CLASSES6, DIFF_CLASSES, NEUTROPHIL
 from .predictions import (CALIBRATION_KEY, PRIOR_ESTIMATE, PROB_COLUMNS, PathOrFrame, PredictionsError,
                           apply_prior, predictions_table, prior_weights, read_calibration, read_predictions,
-                          read_run_config)
+                          read_run_config, run_config_path)
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +199,7 @@ def model_cutoff(predictions, target: Optional[float] = None) -> dict:
         raise PredictionsError("--pending-threshold model needs the predictions CSV itself: its run JSON names "
                                "the model's calibration cells")
     config = read_run_config(predictions)
-    where = f"{Path(predictions).with_suffix('.json')}"
+    where = str(run_config_path(predictions))
     if config.get(CALIBRATION_KEY) is None:
         raise PredictionsError(f"{where}: the model {config.get('model', '?')} stores no calibration cells (trained "
                                f"before they were stored, or fine-tuned since); give --pending-threshold a number "
