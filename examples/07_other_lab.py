@@ -4,8 +4,10 @@
 
 1. ``adapt``: re-estimate BatchNorm statistics (AdaBN) and the WBC scale on the site's
    unlabelled cells;
-2. ``finetune``: a few labelled cells of the site (``Neutrophil`` labels would train Band + Segment);
-3. ``predict`` the site's other cells and read the domain-shift check.
+2. without labels: ``predict --prior normal`` and ``score --pending-threshold model``, the
+   judgement-pending cut-off the model brought from its training lab's validation cells;
+3. ``finetune``: a few labelled cells of the site (``Neutrophil`` labels would train Band + Segment);
+4. ``predict`` the site's other cells and read the domain-shift check.
 
 Here "the other lab" is the inference set of step 1, so the example shows the calls, not
 the gain; on a real foreign set see the figures in docs/cross_site.md.
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wbc_nnabla import adaptation, fileio, finetune, predictor, sampling
+from wbc_nnabla import adaptation, fileio, finetune, predictions, predictor, sampling, scoring
 from wbc_nnabla.recipe import FinetuneConfig
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +33,19 @@ adapted = work / "model_B_site.nnp"
 record = adaptation.adapt_batchnorm(work / "model_B" / "model.nnp", work / "site_cells.csv", adapted, overwrite=True)
 print(f"adapt: {record['layers']} BatchNorm layers on {record['n_cells']} site cells; "
       f"scale: {record['scale']['zoom'] if record['scale'] else 'not adapted (no training scale stored)'}")
+
+# without labels: keep the calls above the cut-off set on the model's own validation cells
+site_preds = predictor.predict(adapted, work / "site_cells.csv", prior="normal", progress=False)
+site_csv = work / "site_predictions.csv"
+predictions.write_predictions(site_preds, site_csv, overwrite=True,
+                              config=predictor.run_config(site_preds, adapted, work / "site_cells.csv", 16))
+try:
+    held = scoring.score(site_csv, pending_threshold="model")
+    cut = held.summary["pending_threshold_from"]
+    print(f"judgement pending: cut-off {cut['threshold']:.3f} from the model's {cut['n_cells']} validation cells "
+          f"keeps {held.summary['coverage5']:.0%} of the site's cells for the machine, the rest for review")
+except predictions.PredictionsError as e:        # e.g. a model too weak to reach the target accuracy
+    print(f"judgement pending: {e}")
 
 pick = np.sort(sampling.stratified_pick(site["label"].tolist(), args.labelled, np.random.default_rng(0)))
 site.iloc[pick][["path", "label"]].to_csv(work / "site_labelled.csv", index=False)

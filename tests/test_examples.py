@@ -37,6 +37,7 @@ def test_examples_run_in_order(tmp_path):
     assert len(list((w / "gradcam").glob("*.png"))) == 2
     assert "adapt: 20 BatchNorm layers" in outputs["07_other_lab.py"]
     assert (w / "model_B_tuned.nnp").is_file() and "domain check:" in outputs["07_other_lab.py"]
+    assert "judgement pending: " in outputs["07_other_lab.py"]
 
 
 @pytest.mark.slow
