@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_DEMO
-from wbc_nnabla import classes, fileio, pipeline
+from wbc_nnabla import classes, fileio, pipeline, predictions
 
 
 def test_presets_and_overrides(tmp_path):
@@ -324,3 +324,20 @@ def test_item10_interrupted_training_resumes_only_from_the_same_inputs(tiny_demo
     assert "skip (complete): predict B" in caplog.text       # the same model.nnp: nothing after it runs again
     assert again["accuracy6_mean_B"] == summary["accuracy6_mean_B"]
     assert json.loads((copy / "stages.json").read_text())["train_B"]["done"]
+
+
+@pytest.mark.slow
+def test_a_predict_stage_stopped_before_its_record_resumes_and_writes_its_run_json(tiny_demo_run, tmp_path):
+    out, summary = tiny_demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    config = predictions.read_run_config(copy / "predictions_B.csv")     # the CSV's run JSON, as `predict` writes
+    assert config["model"].endswith("model.nnp") and config[predictions.CALIBRATION_KEY]["labels"]
+    records = json.loads((copy / "stages.json").read_text())
+    for tag in ("A", "B"):   # stopped after the CSVs were written, before the records were finished
+        records[f"predict_{tag}"]["done"] = False
+    (copy / "stages.json").write_text(json.dumps(records))
+    again = pipeline.demo(copy, progress=False, **TINY_DEMO)
+    assert again["accuracy6_mean_B"] == summary["accuracy6_mean_B"]
+    assert json.loads((copy / "stages.json").read_text())["predict_B"]["done"] is True
+    assert predictions.read_run_config(copy / "predictions_A.csv")["cells"].startswith(str(copy))

@@ -8,7 +8,7 @@ Stages (:data:`STAGES`; each writes its own output under ``OUT``)::
     dataset_inference/  the inference set (crop, resize, no augmentation)
     model_A/            WBC Model A (training.train, pretrained or scratch)
     model_B/            WBC Model B (fine-tuned from Model A)
-    predictions_A.csv, predictions_B.csv                         (predictor.predict)
+    predictions_A.csv, predictions_B.csv (+ .json run files)     (predictor.predict)
     score_A/, score_B/, compare/                                 (scoring.score / compare)
     gradcam/            Grad-CAM of the disagreement examples    (gradcam.GradCAM)
     report.html, report.md, figures/, summary.json, config.json
@@ -282,8 +282,10 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           ("dataset_inference/manifest.csv", "dataset_inference/cells.csv")),
     Stage("train_A", "train A", ("model_A",), _TRAIN + ("epochs_a", "pretrained"), ("model_A/model.nnp",)),
     Stage("train_B", "train B", ("model_B",), _TRAIN + ("epochs_b",), ("model_B/model.nnp",)),
-    Stage("predict_A", "predict A", ("predictions_A.csv", "adapted_A.nnp"), _PREDICT, ("predictions_A.csv",)),
-    Stage("predict_B", "predict B", ("predictions_B.csv", "adapted_B.nnp"), _PREDICT, ("predictions_B.csv",)),
+    Stage("predict_A", "predict A", ("predictions_A.csv", "adapted_A.nnp", "predictions_A.json"), _PREDICT,
+          ("predictions_A.csv",)),
+    Stage("predict_B", "predict B", ("predictions_B.csv", "adapted_B.nnp", "predictions_B.json"), _PREDICT,
+          ("predictions_B.csv",)),
     Stage("score_A", "score A", ("score_A",), _SCORE, ("score_A/summary.json",)),
     Stage("score_B", "score B", ("score_B",), _SCORE, ("score_B/summary.json",)),
     Stage("compare", "compare", ("compare",), ("pending_threshold",), ("compare/comparison.json",)),
@@ -601,7 +603,11 @@ def _predict_stage(run: _Run, tag: str, model: Path) -> Path:
             df = infer.predict(model, cells, size=run.cfg.infer_size, batch_size=run.cfg.batch_size,
                                backend=run.cfg.backend, expected_classes=classes.CLASSES6, progress=run.progress,
                                tta=run.cfg.tta)
-            predictions.write_predictions(df, path)
+            # the CSV and its run JSON (as `wbc-nnabla predict` writes them, so `score --pending-threshold
+            # model` reads the model's calibration cells); an earlier CSV here is this stage's own, left by
+            # a run stopped before its record was finished (is_complete checked the record)
+            predictions.write_predictions(df, path, overwrite=True,
+                                          config=infer.run_config(df, model, cells, run.cfg.batch_size))
     return path
 
 
