@@ -651,14 +651,12 @@ def _cutoff(text: str):
 
 
 def _add_pending_flags(p, model_cutoff: bool = False) -> None:
+    """The judgement-pending flags; ``model_cutoff``: ``--pending-threshold`` also takes ``model`` (score)."""
+    text = "hold cells whose top probability is below T for a human ('judgement pending')"
     if model_cutoff:
-        p.add_argument("--pending-threshold", type=_cutoff, metavar="T",
-                       help="hold cells whose top probability is below T for a human ('judgement pending'); "
-                            "'model': the cut-off set on the model's own validation cells for --target-accuracy "
-                            "(default 0.99; five classes; docs/scoring.md)")
-    else:
-        p.add_argument("--pending-threshold", type=_fraction, metavar="T",
-                       help="hold cells whose top probability is below T for a human ('judgement pending')")
+        text += ("; 'model': the cut-off set on the model's own validation cells for --target-accuracy "
+                 "(default 0.99; five classes; docs/scoring.md)")
+    p.add_argument("--pending-threshold", type=_cutoff if model_cutoff else _fraction, metavar="T", help=text)
     p.add_argument("--pending-margin", type=_fraction, metavar="M",
                    help="also hold Band/Segment and Lymph/Mono calls whose pair probabilities differ by less than M")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
