@@ -458,3 +458,81 @@ def test_groupnorm_resume_reaches_same_parameters(tiny, tmp_path):
     assert set(a) == set(b) and models.norm_of(a) == "group"
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ----------------------------------------------------------------------------- weight averaging (--average-epochs)
+
+
+def test_weight_average_is_the_running_mean_of_what_it_is_given():
+    rng = np.random.RandomState(0)
+    steps = [rng.randn(3, 4).astype(np.float32) for _ in range(5)]
+    avg = training.WeightAverage(first_epoch=7)
+    for w in steps:
+        avg.add({"conv/W": nn.Variable.from_numpy_array(w)})
+    assert avg.updates == 5
+    np.testing.assert_allclose(avg.mean["conv/W"], np.mean(steps, axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_average_epochs_exports_the_mean_of_every_update_with_its_own_bn_statistics(tiny, tmp_path, monkeypatch):
+    """3 epochs of 2 updates, the last 2 averaged: model.nnp = the mean of the 4 weights after each update."""
+    seen = []
+    add = training.WeightAverage.add
+
+    def recording_add(self, params):
+        seen.append({k: v.d.copy() for k, v in params.items()})
+        add(self, params)
+
+    monkeypatch.setattr(training.WeightAverage, "add", recording_add)
+    out = tmp_path / "swa"
+    s = training.train(tiny, out, TrainConfig(epochs=3, average_epochs=2, **FAST))
+    assert len(seen) == 4                                       # epochs 2 and 3, 2 updates each
+    assert s["best"]["averaged_epochs"] == [2, 3] and s["best"]["averaged_updates"] == 4
+    assert s["config"]["average_epochs"] == 2
+    assert modelfile.read_meta(out / "model.nnp")["training"]["averaged_epochs"] == [2, 3]
+    exported = modelfile.load_parameters(out / "model.nnp")
+    raw = modelfile.load_parameters(out / "checkpoints" / "epoch0003" / "params.h5")
+    for k in seen[0]:
+        np.testing.assert_allclose(exported[k], np.mean([w[k] for w in seen], axis=0), rtol=1e-5, atol=1e-6,
+                                   err_msg=k)
+    assert any(not np.allclose(exported[k], raw[k]) for k in seen[0])
+    # BatchNorm running mean/var are not averaged: re-estimated for the mean weights, so not the raw run's
+    stats = [k for k in exported if k.endswith(("/mean", "/var"))]
+    assert stats and not set(stats) & set(seen[0])
+    assert any(not np.allclose(exported[k], raw[k]) for k in stats)
+    fixed = set(exported) - set(stats) - set(seen[0])           # the input's fixed scale and bias
+    assert all(np.array_equal(exported[k], raw[k]) for k in fixed)
+    # the stored validation cells are the exported (averaged) model's own, as `predict` gives them
+    from wbc_nnabla import predictions, predictor
+    cal = modelfile.read_meta(out / "model.nnp")[predictions.CALIBRATION_KEY]
+    assert "averaged over epochs 2-3" in cal["source"]
+    _, probs, _ = predictions.read_calibration(cal, "model.nnp")
+    df = predictor.predict(out / "model.nnp", tiny / "valid.csv", progress=False)
+    np.testing.assert_allclose(df[[predictions.PROB_PREFIX + c for c in classes.CLASSES6]].to_numpy(), probs,
+                               atol=1e-4)
+
+
+def test_average_epochs_resumes_exactly_and_refuses_a_moved_window(tiny, tmp_path):
+    straight, split, late = tmp_path / "straight", tmp_path / "split", tmp_path / "late"
+    training.train(tiny, straight, TrainConfig(epochs=3, average_epochs=2, **FAST))
+    training.train(tiny, split, TrainConfig(epochs=2, average_epochs=1, **FAST))    # the window starts at epoch 2
+    training.train(tiny, split, TrainConfig(epochs=3, average_epochs=2, **FAST), resume=True)
+    a, b = (modelfile.load_parameters(d / "model.nnp") for d in (straight, split))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    with pytest.raises(training.TrainingError, match="weight averaging began at epoch 2"):
+        training.train(tiny, split, TrainConfig(epochs=4, average_epochs=1, **FAST), resume=True)
+    training.train(tiny, late, TrainConfig(epochs=2, **FAST))
+    with pytest.raises(training.TrainingError, match="cannot resume with average_epochs 2"):
+        training.train(tiny, late, TrainConfig(epochs=3, average_epochs=2, **FAST), resume=True)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(epochs=3, average_epochs=4), r"average_epochs must be in \[0, epochs = 3\], got 4"),
+    (dict(epochs=3, average_epochs=-1), "average_epochs must be in"),
+    (dict(epochs=3, average_epochs=2, bn_recalibration=0), "needs bn_recalibration > 0"),
+])
+def test_average_epochs_out_of_range_is_refused(settings, message, tiny, tmp_path):
+    with pytest.raises(training.TrainingError, match=message):
+        training.train(tiny, tmp_path / "x", TrainConfig(**dict(FAST, **settings)))
+    assert not (tmp_path / "x").exists()

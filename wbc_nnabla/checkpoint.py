@@ -5,6 +5,7 @@ Layout in the run's output folder::
     checkpoints/epochNNNN/params.h5    every parameter (nnabla ``save_parameters``)
     checkpoints/epochNNNN/solver.h5    the solver's state (``Solver.save_states``)
     checkpoints/epochNNNN/state.json   epoch, curve history, best epoch, NumPy generator state
+    checkpoints/epochNNNN/average.h5   the running weight mean (``average_epochs``), once its window began
     checkpoint.json                    {"epoch": N, "dir": "checkpoints/epochNNNN"}: the last complete one
 
 The role of nnabla-examples' ``_checkpoint_nnp_util.py``, per epoch instead of per
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import nnabla as nn
 import numpy as np
@@ -25,12 +26,15 @@ from .recipe import Augmentation, TrainingError
 
 #: The pointer file naming the last complete checkpoint.
 POINTER = "checkpoint.json"
+#: The running weight mean in a checkpoint folder (``TrainConfig.average_epochs``).
+AVERAGE_FILE = "average.h5"
 
 #: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
 RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
                "bn_sample", "weight_init", "norm")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch"}
+# (``average_epochs`` is checked against the checkpoint's own weight mean: training.resumed_average.)
 # Augmentation fields added later (colour terms, blur, MixStyle): an older config had them at their defaults (off).
 _AUGMENTATION_DEFAULTS = {k: getattr(Augmentation(), k)
                           for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
@@ -42,8 +46,11 @@ def pointer(out_dir: Path) -> Path:
     return Path(out_dir) / POINTER
 
 
-def save_checkpoint(out_dir: Path, epoch: int, params: Dict[str, nn.Variable], solver, state: dict) -> Path:
+def save_checkpoint(out_dir: Path, epoch: int, params: Dict[str, nn.Variable], solver, state: dict,
+                    average: Optional[Dict[str, np.ndarray]] = None) -> Path:
     """Write ``checkpoints/epochNNNN/`` (params.h5, solver.h5, state.json) then point ``checkpoint.json`` at it.
+
+    average: the run's weight mean ``{name: ndarray}``, written as :data:`AVERAGE_FILE` (None: none).
 
     The pointer is replaced atomically after the folder is complete, and older
     folders are removed only afterwards, so a crash at any moment leaves the
@@ -55,6 +62,9 @@ def save_checkpoint(out_dir: Path, epoch: int, params: Dict[str, nn.Variable], s
     with outputs.atomic_dir(final, overwrite=True) as tmp:
         nn.save_parameters(str(tmp / "params.h5"), params, extension=".h5")
         solver.save_states(str(tmp / "solver.h5"))
+        if average is not None:
+            nn.save_parameters(str(tmp / AVERAGE_FILE), {k: nn.Variable.from_numpy_array(v)
+                                                          for k, v in average.items()}, extension=".h5")
         outputs.write_json(tmp / "state.json", state)
     outputs.write_json(pointer(out_dir), {"epoch": epoch, "dir": f"checkpoints/{name}"})
     for old in (out_dir / "checkpoints").iterdir():

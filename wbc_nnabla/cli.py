@@ -184,10 +184,13 @@ def _cmd_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, size=args.size, seed=args.seed, pretrained=args.pretrained,
         init=args.init, arch=args.arch, solver=solver, augmentation=aug, context=args.context,
         train_eval_limit=args.train_eval_limit, export_size=args.export_size, progress=not args.no_progress,
-        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init, norm=args.norm)
+        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init, norm=args.norm,
+        average_epochs=args.average_epochs)
     s = training.train(args.dataset, args.out, config, resume=args.resume)
     b = s["best"]
-    print(f"best epoch {b['epoch']}: Validation Error {b['validation_error']:.4f}, "
+    which = (f"weights averaged over epochs {b['averaged_epochs'][0]}-{b['averaged_epochs'][1]}"
+             if "averaged_epochs" in b else f"best epoch {b['epoch']}")
+    print(f"{which}: Validation Error {b['validation_error']:.4f}, "
           f"misclassification {b.get('validation_misclassification', float('nan')):.3f}")
     print(f"model: {Path(args.out) / 'model.nnp'}  learning curve: {Path(args.out) / 'learning_curve.png'}")
     return 0

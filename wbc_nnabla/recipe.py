@@ -237,6 +237,11 @@ class TrainConfig:
         nothing depends on the training site's batch statistics; docs/training.md, "Normalisation").
         A GroupNorm network has no running statistics: ``bn_recalibration`` is then a no-op
         (recorded as such in ``config.json``).
+    average_epochs: weight averaging (SWA, Izmailov et al. 2018, averaged after every update as
+        SWAD, Cha et al. 2021): the exported model is the mean of the weights after each update of
+        the last ``average_epochs`` epochs, its BatchNorm statistics re-estimated as above
+        (``config.json`` ``best["averaged_epochs"]``); 0 (default, the paper's): the epoch with the
+        lowest Validation Error. Not in the paper; docs/training.md, "Weight averaging".
     """
     epochs: int = PAPER.epochs
     batch_size: int = BATCH_SIZE
@@ -258,10 +263,13 @@ class TrainConfig:
     weight_init: str = "glorot"
     norm: str = setting("batch", "normalisation after every convolution: batch (BatchNorm, the paper's) or "
                                  "group (GroupNorm, 32 groups; see docs/training.md)", choices=NORM_NAMES)
+    average_epochs: int = setting(0, "export the mean of the weights over every update of the last N epochs, "
+                                     "BatchNorm statistics re-estimated (SWA; 0: off, the best epoch as the "
+                                     "paper; see docs/training.md)", metavar="N")
 
     def validate(self) -> None:
         """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count, colour share,
-        blur weight or MixStyle probability out of range."""
+        blur weight, MixStyle probability or averaging window out of range."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
         if self.norm not in NORM_NAMES:
@@ -277,6 +285,11 @@ class TrainConfig:
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
             raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")
+        if not 0 <= self.average_epochs <= self.epochs:
+            raise TrainingError(f"average_epochs must be in [0, epochs = {self.epochs}], got {self.average_epochs}")
+        if self.average_epochs and self.norm == "batch" and not self.bn_recalibration:
+            raise TrainingError("average_epochs needs bn_recalibration > 0 with BatchNorm: averaged weights need "
+                                "BatchNorm statistics of their own")
 
 
 @dataclasses.dataclass

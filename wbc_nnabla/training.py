@@ -480,7 +480,8 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
                 context=cfg.context, train_eval_limit=cfg.train_eval_limit,
                 export_size=cfg.export_size or cfg.size, n_train=len(data.train), n_valid=len(data.valid),
                 max_iterations=cfg.max_iterations, bn_recalibration=bn_recalibration_images(cfg), **skipped,
-                weight_init=cfg.weight_init, norm=cfg.norm, wbc_share=data.wbc_share,
+                weight_init=cfg.weight_init, norm=cfg.norm, average_epochs=cfg.average_epochs,
+                wbc_share=data.wbc_share,
                 bn_sample=_describe_rows(data.bn_rows, data.train.labels),
                 train_eval_sample=_describe_rows(data.eval_rows, data.train.labels))
 
@@ -709,6 +710,37 @@ def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict, n
         nn.save_parameters(str(tmp), params, extension=".h5")
 
 
+# ----------------------------------------------------------------------------- weight averaging
+
+
+@dataclasses.dataclass
+class WeightAverage:
+    """The running mean of the trainable weights over every update since ``first_epoch`` (SWA / SWAD).
+
+    Written here because nnabla has no weight-averaging utility (as PyTorch's ``swa_utils``);
+    BatchNorm's running statistics are not averaged but re-estimated for the mean weights
+    (:func:`export_average`).
+    """
+
+    first_epoch: int                   # 0-based epoch whose first update starts the mean
+    updates: int = 0                   # updates averaged so far
+    mean: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def add(self, params: Dict[str, nn.Variable]) -> None:
+        """Fold the current weights in: ``mean += (w - mean) / updates``."""
+        self.updates += 1
+        for k, v in params.items():
+            if self.updates == 1:
+                self.mean[k] = v.d.copy()
+            else:
+                self.mean[k] += (v.d - self.mean[k]) / self.updates
+
+
+def average_start(cfg: TrainConfig) -> Optional[int]:
+    """The 0-based epoch where weight averaging starts, or None when ``cfg.average_epochs`` is 0."""
+    return cfg.epochs - cfg.average_epochs if cfg.average_epochs else None
+
+
 # ----------------------------------------------------------------------------- a run
 
 
@@ -725,6 +757,7 @@ class RunState:
     best: dict = dataclasses.field(default_factory=lambda: {"epoch": None, "validation_error": float("inf")})
     domain_ref: Optional[dict] = None  # the training cells' domain reference, stored in model.nnp
     calibration: Optional[dict] = None  # the last epoch's validation probabilities (predictions.calibration_record)
+    average: Optional[WeightAverage] = None  # the running weight mean (``average_epochs``), from its first epoch
 
 
 def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
@@ -753,7 +786,28 @@ def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
     solver.load_states(str(ck_dir / "solver.h5"))
     checkpoint.set_rng_state(rng, state["numpy_rng"])
     return RunState(params, solver, rng, saved.get("initialisation", ""), state["epoch"], state["history"],
-                    state["best"])
+                    state["best"], average=resumed_average(cfg, ck_dir, state))
+
+
+def resumed_average(cfg: TrainConfig, ck_dir: Path, state: dict) -> Optional[WeightAverage]:
+    """The weight mean a checkpoint holds, after checking it fits ``cfg``'s averaging window.
+
+    A run may be resumed with more ``epochs``, but not once that would move a window already begun.
+    """
+    saved = state.get("average")
+    start = average_start(cfg)
+    if saved is None:
+        if start is not None and start < state["epoch"]:
+            raise TrainingError(f"{ck_dir}: cannot resume with average_epochs {cfg.average_epochs}: the window "
+                                f"would start at epoch {start + 1}, before this checkpoint (epoch "
+                                f"{state['epoch']}), and the weights of those updates are gone")
+        return None
+    if saved["first_epoch"] != start:
+        raise TrainingError(f"{ck_dir}: weight averaging began at epoch {saved['first_epoch'] + 1}; resume with "
+                            f"epochs and average_epochs that start it there (got epochs {cfg.epochs}, "
+                            f"average_epochs {cfg.average_epochs})")
+    return WeightAverage(saved["first_epoch"], saved["updates"],
+                         modelfile.load_parameters(ck_dir / checkpoint.AVERAGE_FILE))
 
 
 def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, epoch: int, mon: Monitors,
@@ -782,6 +836,8 @@ def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, 
             if cfg.solver.weight_decay:
                 run.solver.weight_decay(cfg.solver.weight_decay)
             run.solver.update()
+            if run.average is not None:
+                run.average.add(run.solver.get_parameters())
             compute += time.perf_counter() - c0
             costs.append(cost)
             if i == 0 and cfg.tile_every and epoch % cfg.tile_every == 0:
@@ -799,6 +855,8 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     # draw exactly the same augmentations.
     graph = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, aug=cfg.augmentation,
                         aug_seed=_derive_seed(cfg.seed, epoch, 1), norm=cfg.norm)
+    if epoch == average_start(cfg) and run.average is None:
+        run.average = WeightAverage(epoch)
     t0 = time.perf_counter()
     costs, compute = train_epoch(graph, run, data, cfg, epoch, mon, out_dir)
     train_time = time.perf_counter() - t0
@@ -835,8 +893,42 @@ def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Mo
                      seed=cfg.seed), norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref,
                 calibration=run.calibration)
     mon.add_epoch(row, run.history)
-    checkpoint.save_checkpoint(out_dir, run.epoch, run.params, run.solver, dict(
-        epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng)))
+    state = dict(epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng))
+    avg = run.average
+    if avg is not None:
+        state["average"] = dict(first_epoch=avg.first_epoch, updates=avg.updates)
+    checkpoint.save_checkpoint(out_dir, run.epoch, run.params, run.solver, state,
+                               average=avg.mean if avg is not None else None)
+
+
+def export_average(out_dir: Path, cfg: TrainConfig, data: TrainData, run: RunState,
+                   wbc_share: Optional[dict] = None) -> None:
+    """Export the weight mean of the last ``cfg.average_epochs`` epochs as ``model.nnp`` (SWA).
+
+    The mean replaces the run's weights, its BatchNorm statistics are re-estimated on the run's
+    BN sample (:func:`recalibrate_bn`; averaged weights need their own), then its Validation Error
+    and validation cells are measured and stored as the exported model's (``run.best``).
+    Called after the last epoch's checkpoint, so a resumed or repeated call gives the same model.
+    """
+    avg, n_classes = run.average, len(classes.CLASSES6)
+    _load_into(run.params, avg.mean, "the weight mean", strict=False)
+    if data.bn_rows is not None:
+        recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size), data.train, cfg.batch_size,
+                       data.bn_rows)
+    test = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True, norm=cfg.norm)
+    va_loss, va_mis, va_probs = evaluate(test, data.valid, cfg.batch_size)
+    first = avg.first_epoch + 1
+    run.best = {"epoch": cfg.epochs, "validation_error": va_loss, "validation_misclassification": va_mis,
+                "averaged_epochs": [first, cfg.epochs], "averaged_updates": avg.updates}
+    calibration = predictions.calibration_record(
+        data.valid.labels, va_probs, classes.CLASSES6,
+        f"valid.csv of the training dataset, weights averaged over epochs {first}-{cfg.epochs}"
+    ) if np.isfinite(va_probs).all() else None
+    log.info("weights averaged over epochs %d-%d (%d updates): Validation Error %.4f, misclassification %.3f",
+             first, cfg.epochs, avg.updates, va_loss, va_mis)
+    _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
+            dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info, seed=cfg.seed),
+            norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref, calibration=calibration)
 
 
 # ----------------------------------------------------------------------------- training
@@ -889,6 +981,8 @@ def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool
         mon = Monitors(out_dir, run.history)
         for epoch in range(run.epoch, cfg.epochs):
             end_epoch(out_dir, cfg, run, run_epoch(epoch, cfg, data, run, mon, out_dir), mon, data.wbc_share)
+        if run.average is not None and run.epoch == cfg.epochs:
+            export_average(out_dir, cfg, data, run, data.wbc_share)
     summary.update(best=run.best, history=run.history)
     outputs.write_json(out_dir / "config.json", summary)
     return summary
