@@ -1,4 +1,4 @@
-"""The slight blur of the training graph: ``training.blur_augment`` (docs/training.md, docs/cross_site.md).
+"""The slight blur of the training graph: ``augmentation.blur_augment`` (docs/training.md, docs/cross_site.md).
 
 Every image comes out as ``x + w (G * x - x)`` with one fixed 5x5 Gaussian ``G`` (sigma 1 px,
 mirrored borders) and its own weight ``w`` in ``[0, blur]``; off, the graph has no blur; it is
@@ -13,7 +13,7 @@ from scipy import ndimage
 nn = pytest.importorskip("nnabla")
 
 from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
-from wbc_nnabla import models, training  # noqa: E402
+from wbc_nnabla import augmentation, models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
 BLUR_FUNCTIONS = {"DepthwiseConvolution", "Pad"}      # what the blur adds; the ResNet has neither
@@ -28,7 +28,7 @@ def _weights(x, out):
     """Each image's ``w`` by least squares of ``out - x = w (G * x - x)``, and the largest residual.
 
     ``G * x`` from scipy: ``mode="mirror"`` is nnabla's ``reflect`` (the edge pixel not repeated)."""
-    g = training.gaussian_kernel()
+    g = augmentation.gaussian_kernel()
     blurred = np.stack([[ndimage.convolve(c, g, mode="mirror") for c in img] for img in x.astype(np.float64)])
     d, delta = (blurred - x).reshape(len(x), -1), (out - x).reshape(len(x), -1)
     w = (d * delta).sum(axis=1) / (d * d).sum(axis=1)
@@ -36,16 +36,16 @@ def _weights(x, out):
 
 
 def _blur(x, weight, seed=5):
-    y = training.blur_augment(nn.Variable.from_numpy_array(x), weight, seed=seed)
+    y = augmentation.blur_augment(nn.Variable.from_numpy_array(x), weight, seed=seed)
     y.forward()
     return y.d.copy()
 
 
 def test_kernel_is_a_normalised_gaussian_of_sigma_one_pixel():
-    g = training.gaussian_kernel()
-    assert g.shape == (training.BLUR_KERNEL,) * 2 == (5, 5)
+    g = augmentation.gaussian_kernel()
+    assert g.shape == (augmentation.BLUR_KERNEL,) * 2 == (5, 5)
     assert g.sum() == pytest.approx(1.0) and g[2, 2] == g.max()
-    np.testing.assert_allclose(g[2, 1] / g[2, 2], np.exp(-0.5 / training.BLUR_SIGMA ** 2), rtol=1e-6)
+    np.testing.assert_allclose(g[2, 1] / g[2, 2], np.exp(-0.5 / augmentation.BLUR_SIGMA ** 2), rtol=1e-6)
 
 
 @pytest.mark.parametrize("weight", [1.0, 0.4])
@@ -69,7 +69,7 @@ def test_blur_smooths_and_keeps_the_mean_of_a_flat_image():
 
 def test_draws_are_new_at_each_forward_and_reproducible_by_seed():
     x = _images(16)
-    y = training.blur_augment(nn.Variable.from_numpy_array(x), 1.0, seed=9)
+    y = augmentation.blur_augment(nn.Variable.from_numpy_array(x), 1.0, seed=9)
     y.forward()
     first = y.d.copy()
     y.forward()

@@ -1,4 +1,4 @@
-"""Colour (stain/camera) augmentation of the training graph: ``training.color_augment`` (docs/training.md).
+"""Colour (stain/camera) augmentation of the training graph: ``augmentation.color_augment`` (docs/training.md).
 
 Each term alone on a constant-colour batch follows its documented range; all
 terms off leave the training graph and the trained parameters as NNC's.
@@ -11,7 +11,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 
 from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
-from wbc_nnabla import models, training  # noqa: E402
+from wbc_nnabla import augmentation, models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def _constant_batch():
 
 def _colour(seed=5, **terms):
     x = _constant_batch()
-    y = training.color_augment(x, Augmentation(**terms), seed=seed)
+    y = augmentation.color_augment(x, Augmentation(**terms), seed=seed)
     y.forward()
     out = y.d
     assert out.shape == x.shape and np.all((out >= 0) & (out <= 1))
@@ -36,7 +36,7 @@ def _colour(seed=5, **terms):
 
 
 def _od(v):
-    return -np.log(v + training.OD_EPS)
+    return -np.log(v + augmentation.OD_EPS)
 
 
 def test_od_scale_per_image_and_channel():
@@ -65,7 +65,7 @@ def test_gamma_per_image():
     out = _colour(log_gamma=0.4)
     gamma = np.ones_like(out)
     for _ in range(30):                                 # solve out = (x + eps) ** g - eps ** g for g
-        gamma = np.log(out + training.OD_EPS ** gamma) / np.log(RGB + training.OD_EPS)
+        gamma = np.log(out + augmentation.OD_EPS ** gamma) / np.log(RGB + augmentation.OD_EPS)
     assert np.allclose(gamma, gamma[:, :1], rtol=1e-3)                  # one gamma per image
     lg = np.log(gamma[:, 0])
     assert np.all(np.abs(lg) <= 0.4 + 1e-2) and lg.std() > 0.05
@@ -74,7 +74,7 @@ def test_gamma_per_image():
 def test_clipped_to_unit_range_and_reproducible():
     x = nn.Variable.from_numpy_array(np.random.RandomState(0).rand(8, 3, 8, 8).astype(np.float32))
     aug = Augmentation(od_scale=0.5, od_shift=0.5, saturation=1.0, log_gamma=0.7)
-    a, b = (training.color_augment(x, aug, seed=3) for _ in range(2))
+    a, b = (augmentation.color_augment(x, aug, seed=3) for _ in range(2))
     a.forward(), b.forward()
     assert np.all((a.d >= 0) & (a.d <= 1)) and np.array_equal(a.d, b.d)
     first = a.d.copy()
@@ -139,7 +139,7 @@ def test_hue_is_a_colour_term():
 def test_color_prob_keeps_that_share_of_images_unchanged():
     """``color_prob`` p: each image gets the colour terms with probability p, else passes as it came."""
     x = nn.Variable.from_numpy_array(np.broadcast_to(RGB[None, :, None, None], (400, 3, 2, 2)).copy())
-    y = training.color_augment(x, Augmentation(od_scale=0.4, hue=30, color_prob=0.25), seed=7)
+    y = augmentation.color_augment(x, Augmentation(od_scale=0.4, hue=30, color_prob=0.25), seed=7)
     shares = []
     for _ in range(3):                                                  # a new draw of who is coloured each forward
         y.forward()
@@ -147,7 +147,7 @@ def test_color_prob_keeps_that_share_of_images_unchanged():
         shares.append(kept.mean())
         assert np.all(np.abs(y.d[~kept] - x.d[~kept]).max(axis=(1, 2)) > 1e-3)
     assert all(0.65 < s < 0.85 for s in shares) and len(set(shares)) > 1    # binomial(400, 0.75): sd 0.02
-    full = training.color_augment(x, Augmentation(od_scale=0.4, hue=30), seed=7)
+    full = augmentation.color_augment(x, Augmentation(od_scale=0.4, hue=30), seed=7)
     full.forward()
     assert not np.any(np.all(np.abs(full.d - x.d) < 1e-6, axis=(1, 2, 3)))   # default 1: every image
 
@@ -158,3 +158,10 @@ def test_color_prob_outside_zero_one_is_refused():
         with pytest.raises(TrainingError, match="color_prob"):
             TrainConfig(augmentation=Augmentation(hue=10, color_prob=p)).validate()
     TrainConfig(augmentation=Augmentation(hue=10, color_prob=0.5)).validate()
+
+
+def test_augmentation_names_stay_importable_from_training():
+    """0.2 moved the training graph's augmentation to its own module; notebooks using training.NAME keep working."""
+    for name in ("augment", "color_augment", "blur_augment", "mixstyle", "mixstyle_hook", "gaussian_kernel", "OD_EPS",
+                 "BLUR_KERNEL", "BLUR_SIGMA", "MIXSTYLE_STAGES"):
+        assert getattr(training, name) is getattr(augmentation, name), name

@@ -1,4 +1,4 @@
-"""MixStyle in the training graph: ``training.mixstyle`` (docs/training.md, docs/cross_site.md).
+"""MixStyle in the training graph: ``augmentation.mixstyle`` (docs/training.md, docs/cross_site.md).
 
 On features whose images differ only in their per-channel statistics, MixStyle turns
 each image's statistics into a mix of two images' and keeps its normalised pattern;
@@ -12,7 +12,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 
 from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
-from wbc_nnabla import models, training  # noqa: E402
+from wbc_nnabla import augmentation, models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -32,14 +32,14 @@ def _features(seed=0):
 
 def test_off_passes_features_through():
     h, *_ = _features()
-    y = training.mixstyle(nn.Variable.from_numpy_array(h), 0.0, seed=3)
+    y = augmentation.mixstyle(nn.Variable.from_numpy_array(h), 0.0, seed=3)
     y.forward()
     assert np.allclose(y.d, h, atol=1e-4)
 
 
 def test_on_mixes_two_images_statistics_and_keeps_the_pattern():
     h, mu, sigma, pattern = _features()
-    y = training.mixstyle(nn.Variable.from_numpy_array(h), 1.0, seed=3)
+    y = augmentation.mixstyle(nn.Variable.from_numpy_array(h), 1.0, seed=3)
     y.forward()
     out_mu, out_sigma = y.d.mean(axis=(2, 3)), y.d.std(axis=(2, 3))
     assert np.allclose((y.d - out_mu[:, :, None, None]) / out_sigma[:, :, None, None], pattern, atol=1e-3)
@@ -62,7 +62,7 @@ def test_statistics_carry_no_gradient():
     """Detached statistics: dy/dh = sigma_mix / sigma per image and channel, nothing through mu, sigma."""
     h, *_ = _features()
     x = nn.Variable.from_numpy_array(h, need_grad=True)
-    y = training.mixstyle(x, 1.0, seed=3)
+    y = augmentation.mixstyle(x, 1.0, seed=3)
     r = np.random.RandomState(1).randn(*h.shape).astype(np.float32)
     loss = nn.functions.sum(y * nn.Variable.from_numpy_array(r))
     loss.forward()
@@ -75,8 +75,8 @@ def test_statistics_carry_no_gradient():
 
 def test_new_draws_each_forward_and_reproducible_by_seed():
     h, *_ = _features()
-    a = training.mixstyle(nn.Variable.from_numpy_array(h), 1.0, seed=11)
-    b = training.mixstyle(nn.Variable.from_numpy_array(h), 1.0, seed=11)
+    a = augmentation.mixstyle(nn.Variable.from_numpy_array(h), 1.0, seed=11)
+    b = augmentation.mixstyle(nn.Variable.from_numpy_array(h), 1.0, seed=11)
     a.forward(), b.forward()
     first = a.d.copy()
     assert np.array_equal(first, b.d)
@@ -89,7 +89,7 @@ def test_only_in_training_graph_after_three_stages(tiny_model):
     on = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(mixstyle=0.5), aug_seed=0)
     off = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(), aug_seed=0)
     test = training.build_graph("resnet18", 6, 4, 32, test=True, aug=Augmentation(mixstyle=0.5))
-    assert function_names(on.loss).count("RandBeta") == len(training.MIXSTYLE_STAGES) == 3
+    assert function_names(on.loss).count("RandBeta") == len(augmentation.MIXSTYLE_STAGES) == 3
     assert not MIX_FUNCTIONS & set(function_names(off.loss))
     assert not MIX_FUNCTIONS & set(function_names(test.losses))
     disabled = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(mixstyle=0.5, enabled=False))

@@ -17,7 +17,7 @@ nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
 from helpers import TINY_TRAIN as FAST, demo_nnc_dataset, function_names, nnp_text  # noqa: E402
-from wbc_nnabla import checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
+from wbc_nnabla import augmentation, checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -105,12 +105,12 @@ def test_augmentation_semantics_brightness_contrast():
     rng = np.random.RandomState(0)
     x = nn.Variable.from_numpy_array(rng.rand(8, 3, 16, 16).astype(np.float32))
     none = dict(min_scale=1.0, max_scale=1.0, angle=0.0, flip_lr=False, flip_ud=False)
-    y = training.augment(x, training.Augmentation(brightness=0.2, contrast=1.0, **none), seed=3)
+    y = augmentation.augment(x, training.Augmentation(brightness=0.2, contrast=1.0, **none), seed=3)
     y.forward()
     shift = (y.d - x.d).reshape(8, -1)
     assert np.allclose(shift, shift[:, :1], atol=1e-5)                  # one shift per image
     assert np.all(np.abs(shift[:, 0]) <= 0.2 + 1e-6) and shift[:, 0].std() > 0.01
-    y = training.augment(x, training.Augmentation(brightness=0.0, contrast=1.5, contrast_center=0.5, **none), 3)
+    y = augmentation.augment(x, training.Augmentation(brightness=0.0, contrast=1.5, contrast_center=0.5, **none), 3)
     y.forward()
     d_in, d_out = (x.d - 0.5).reshape(8, -1), (y.d - 0.5).reshape(8, -1)
     factor = np.array([np.median(o[np.abs(i) > 0.05] / i[np.abs(i) > 0.05]) for i, o in zip(d_in, d_out)])

@@ -281,7 +281,7 @@ def _arch(arch: str):
 
 
 #: A training-graph step on the output of a residual stage: ``(features, stage 1-4) -> features``
-#: of the same shape (MixStyle, :func:`wbc_nnabla.training.mixstyle`).
+#: of the same shape (MixStyle, :func:`wbc_nnabla.augmentation.mixstyle`).
 StageHook = Callable[[nn.Variable, int], nn.Variable]
 
 

@@ -129,14 +129,14 @@ class Augmentation:
 
     * ``blur``: a slight, per-image blur ``x' = x + w (G * x - x)``, ``G * x`` the image convolved
       with one fixed 5x5 Gaussian of sigma 1 input pixel (mirrored borders), ``w`` uniform in
-      ``[0, blur]`` per image and iteration (``blur`` <= 1; :func:`wbc_nnabla.training.blur_augment`).
+      ``[0, blur]`` per image and iteration (``blur`` <= 1; :func:`wbc_nnabla.augmentation.blur_augment`).
 
     Feature-style term, not in NNC nor the paper, 0.0 = off (the default):
 
     * ``mixstyle``: MixStyle (Zhou et al., ICLR 2021) after residual stages 1-3, each with
       probability ``mixstyle`` per iteration: every image's per-channel feature mean and standard
       deviation become a Beta(0.1, 0.1) mix of its own and another image's of the batch
-      (:func:`wbc_nnabla.training.mixstyle`; docs/training.md).
+      (:func:`wbc_nnabla.augmentation.mixstyle`; docs/training.md).
     """
     contrast: float = setting(1.2, "factor in [1/c, c]")
     contrast_center: float = setting(0.5)

@@ -54,3 +54,8 @@ def shuffled_sample(labels: Sequence, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(int(seed))
     pick = stratified_pick(labels, n, rng)
     return pick[rng.permutation(len(pick))]
+
+
+def derive_seed(*keys: int) -> int:
+    """A 31-bit seed from (run seed, epoch, stream, ...); independent streams per key."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] % (2 ** 31 - 1))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -47,6 +46,9 @@ from scipy.special import softmax
 from tqdm import tqdm
 
 from . import checkpoint, classes, domain, fileio, framing, modelfile, models, outputs, predictions, sampling
+# The training graph's augmentation lives in its own module since 0.2; its names stay importable from here.
+from .augmentation import (BLUR_KERNEL, BLUR_SIGMA, MIXSTYLE_ALPHA, MIXSTYLE_EPS, MIXSTYLE_STAGES,  # noqa: F401
+                           OD_EPS, augment, blur_augment, color_augment, gaussian_kernel, mixstyle, mixstyle_hook)
 from .errors import InputError
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
@@ -63,181 +65,6 @@ DOMAIN_SAMPLE = 1000
 
 
 # ----------------------------------------------------------------------------- graph pieces
-
-
-#: Added to pixel values before the logarithm of the colour step (optical density of black: -log(1e-3) = 6.9).
-OD_EPS = 1e-3
-
-
-def _uniform(half_width: float, shape: Tuple[int, ...], seed: int, center: float = 0.0):
-    """``F.rand`` uniform in ``[center - half_width, center + half_width]``, one draw per forward."""
-    return F.rand(center - half_width, center + half_width, shape, seed=seed)
-
-
-def _graph_seeds(seed: int, n: int) -> List[int]:
-    """``n`` seeds for the random functions of one graph step: -1 each (nnabla's global seed) when
-    ``seed`` < 0, else drawn from ``seed`` (reproducible)."""
-    return [-1] * n if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, n)]
-
-
-def _stream_seed(seed: int, *keys: int) -> int:
-    """The seed of one graph step's own stream ``keys`` of the augmentation seed ``seed``
-    (:func:`_derive_seed`), or -1 (nnabla's global seed) when ``seed`` < 0."""
-    return -1 if seed < 0 else _derive_seed(seed, *keys)
-
-
-def color_augment(x, aug: Augmentation, seed: int = -1):
-    """The colour (stain/camera) step of :class:`Augmentation` on a [0, 1] batch ``(N, 3, H, W)``.
-
-    Optical density scale and shift per channel, saturation, gamma, hue (formulas in
-    :class:`Augmentation`); only the terms that are non-zero are built. Every draw
-    is per image (``(N, 1, 1, 1)``) or per image and channel (``(N, 3, 1, 1)``) and
-    renewed at each forward. With ``color_prob < 1`` each image keeps its input colours
-    with probability ``1 - color_prob``. ``seed`` >= 0 seeds each ``F.rand`` with its own
-    value derived from it (reproducible, like :func:`augment`); -1 uses nnabla's global seed.
-    """
-    n = x.shape[0]
-    seeds = _graph_seeds(seed, 6)
-    coloured = _colour_terms(x, aug, seeds)
-    if aug.color_prob >= 1.0:
-        return coloured
-    chosen = F.less_scalar(F.rand(0.0, 1.0, (n, 1, 1, 1), seed=seeds[5]), aug.color_prob)   # 1: coloured
-    return x + (coloured - x) * chosen
-
-
-def _colour_terms(x, aug: Augmentation, seeds):
-    """The colour terms of :func:`color_augment` on every image of ``x``; ``seeds``: one per term."""
-    n = x.shape[0]
-    if aug.od_scale or aug.od_shift:
-        od = -F.log(x + OD_EPS)
-        if aug.od_scale:
-            od = od * _uniform(aug.od_scale, (n, 3, 1, 1), seeds[0], center=1.0)
-        if aug.od_shift:
-            od = od + _uniform(aug.od_shift, (n, 3, 1, 1), seeds[1])
-        x = F.clip_by_value(F.exp(-od) - OD_EPS, 0.0, 1.0)
-    if aug.saturation:
-        grey = F.mean(x, axis=1, keepdims=True)
-        x = F.clip_by_value(grey + (x - grey) * _uniform(aug.saturation, (n, 1, 1, 1), seeds[2], center=1.0),
-                            0.0, 1.0)
-    if aug.log_gamma:
-        gamma = F.exp(_uniform(aug.log_gamma, (n, 1, 1, 1), seeds[3]))
-        x = F.clip_by_value(F.exp(F.log(x + OD_EPS) * gamma) - OD_EPS ** gamma, 0.0, 1.0)
-    if aug.hue:
-        x = F.clip_by_value(_hue_turn(x, _uniform(math.radians(aug.hue), (n, 1, 1, 1), seeds[4])), 0.0, 1.0)
-    return x
-
-
-def _hue_turn(x, theta):
-    """Turn the colour of ``x`` ``(N, 3, H, W)`` by ``theta`` ``(N, 1, 1, 1)`` radians about the grey axis.
-
-    Rodrigues' rotation about ``k = (1, 1, 1) / sqrt(3)``: ``(k . x) k`` is the per-pixel grey
-    and ``k x x = (b - g, r - b, g - r) / sqrt(3)``. nnabla has no hue function, hence by hand.
-    """
-    r, g, b = (F.slice(x, start=(0, c, 0, 0), stop=(x.shape[0], c + 1) + x.shape[2:]) for c in range(3))
-    cross = F.concatenate(b - g, r - b, g - r, axis=1) / math.sqrt(3.0)
-    grey = F.mean(x, axis=1, keepdims=True)
-    return x * F.cos(theta) + cross * F.sin(theta) + grey * (1.0 - F.cos(theta))
-
-
-#: Side (pixels) and sigma (input pixels) of the one Gaussian kernel of :func:`blur_augment`: a
-#: slight blur, fixed before any foreign-site result (docs/cross_site.md).
-BLUR_KERNEL = 5
-BLUR_SIGMA = 1.0
-# Stream key of the blur weight's seed in _derive_seed(augmentation seed, key): any constant; fixed
-# so that runs stay reproducible and the other terms' draws do not change when blur is turned on.
-_BLUR_STREAM = 6151
-
-
-def gaussian_kernel(side: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> np.ndarray:
-    """The normalised 2-D Gaussian ``(side, side)`` (sums to 1), ``sigma`` in pixels."""
-    r = np.arange(side) - (side - 1) / 2.0
-    g = np.exp(-r ** 2 / (2.0 * sigma ** 2))
-    kernel = np.outer(g, g)
-    return kernel / kernel.sum()
-
-
-def blur_augment(x, weight: float, seed: int = -1):
-    """A slight, per-image blur of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
-
-    ``x' = x + w (G * x - x)``: ``G * x`` is every channel convolved with :func:`gaussian_kernel`
-    (mirrored borders, so no dark frame); ``w`` uniform in ``[0, weight]`` per image,
-    renewed at each forward. One fixed kernel and a random weight stand in for a random blur
-    width, which no single convolution in a static graph can draw.
-    """
-    n, c = x.shape[:2]
-    half = BLUR_KERNEL // 2
-    kernel = nn.Variable.from_numpy_array(np.repeat(gaussian_kernel()[None], c, axis=0).astype(np.float32),
-                                          need_grad=False)
-    blurred = F.depthwise_convolution(F.pad(x, (half, half, half, half), mode="reflect"), kernel)
-    return x + (blurred - x) * _uniform(weight / 2.0, (n, 1, 1, 1), seed, center=weight / 2.0)
-
-
-#: MixStyle's Beta(alpha, alpha) parameter, the residual stages it follows and the epsilon added to
-#: each variance: the defaults of the authors' Dassl code for ResNet-18 classification
-#: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/cross_site.md).
-MIXSTYLE_ALPHA = 0.1
-MIXSTYLE_STAGES = (1, 2, 3)
-MIXSTYLE_EPS = 1e-6
-# Stream key of MixStyle's seeds in _derive_seed(augmentation seed, key, stage): any constant; kept
-# fixed so that runs stay reproducible.
-_MIXSTYLE_STREAM = 7919
-
-
-def mixstyle(h, p: float, seed: int = -1, alpha: float = MIXSTYLE_ALPHA, eps: float = MIXSTYLE_EPS):
-    """MixStyle (Zhou et al., ICLR 2021) on training features ``h`` ``(N, C, H, W)`` (same shape out).
-
-    With probability ``p`` (one draw per call and forward, for the whole batch, as the authors'
-    code), every image's per-channel mean ``mu`` and standard deviation ``sigma`` over H, W are
-    replaced by ``lam * own + (1 - lam) * another image's`` (a random permutation of the batch;
-    ``lam ~ Beta(alpha, alpha)`` per image): ``y = (h - mu) / sigma * sigma_mix + mu_mix``.
-    ``mu`` and ``sigma`` carry no gradient, as in the authors' code. Otherwise ``y = h`` (up to
-    rounding). Population variance here, unbiased there: the factor cancels in
-    ``sigma_mix / sigma``. nnabla has no MixStyle function, hence by hand.
-    """
-    n = h.shape[0]
-    seeds = _graph_seeds(seed, 3)
-    mu = F.mean(h, axis=(2, 3), keepdims=True)
-    sigma = (F.mean((h - mu) ** 2, axis=(2, 3), keepdims=True) + eps) ** 0.5
-    mu.need_grad = sigma.need_grad = False                              # detached, as .detach() there
-    other = F.sort(F.rand(0.0, 1.0, (n,), seed=seeds[0]), only_index=True)   # a random permutation
-    on = F.less_scalar(F.rand(0.0, 1.0, (1, 1, 1, 1), seed=seeds[1]), p)
-    lam = 1.0 - on * (1.0 - F.rand_beta(alpha, alpha, (n, 1, 1, 1), seed=seeds[2]))   # off: lam = 1
-    mu_mix = mu * lam + F.gather(mu, other, axis=0) * (1.0 - lam)
-    sigma_mix = sigma * lam + F.gather(sigma, other, axis=0) * (1.0 - lam)
-    return (h - mu) / sigma * sigma_mix + mu_mix
-
-
-def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[models.StageHook]:
-    """The ``after_stage`` step of a training graph: :func:`mixstyle` after :data:`MIXSTYLE_STAGES`
-    when ``aug.mixstyle`` > 0 (each stage seeded with its own value derived from ``seed``), else ``None``."""
-    if aug is None or not aug.enabled or not aug.mixstyle:
-        return None
-
-    def hook(h, stage):
-        if stage not in MIXSTYLE_STAGES:
-            return h
-        return mixstyle(h, aug.mixstyle, _stream_seed(seed, _MIXSTYLE_STREAM, stage))
-    return hook
-
-
-def augment(x, aug: Augmentation, seed: int = -1):
-    """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
-
-    :func:`color_augment` when :attr:`Augmentation.color`, :func:`blur_augment` when
-    ``aug.blur``, then NNC's ImageAugmentation. ``seed`` >= 0 gives each random function its
-    own Mersenne Twister seeded at graph construction (reproducible; :func:`train` builds a
-    new one per epoch).
-    """
-    if aug.color:
-        x = color_augment(x, aug, seed)
-    if aug.blur:
-        x = blur_augment(x, aug.blur, _stream_seed(seed, _BLUR_STREAM))
-    return F.image_augmentation(
-        x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
-        angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,
-        flip_lr=aug.flip_lr, flip_ud=aug.flip_ud, brightness=aug.brightness, brightness_each=False,
-        contrast=aug.contrast, contrast_center=aug.contrast_center, contrast_each=False,
-        noise=0.0, seed=int(seed))
 
 
 Graph = collections.namedtuple("Graph", "x t x_aug logits losses loss")
@@ -394,11 +221,6 @@ def batches(loader: ImageLoader, batch_size: int, n_batches: int, shuffle: bool,
         it.close()
 
 
-def _derive_seed(*keys: int) -> int:
-    """A 31-bit seed from (run seed, epoch, stream); independent streams per key."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] % (2 ** 31 - 1))
-
-
 def sample_rows(labels: np.ndarray, n: int, batch_size: int, seed: int) -> np.ndarray:
     """Rows of a split for BatchNorm re-estimation or a Training Error subset, whatever the CSV order.
 
@@ -435,16 +257,16 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
     if len(train_paths) < cfg.batch_size:
         raise TrainingError(f"{dataset_dir / 'train.csv'}: {len(train_paths)} images, fewer than "
                             f"batch_size {cfg.batch_size}; lower --batch-size")
-    bn_rows = sample_rows(train_y, cfg.bn_recalibration, cfg.batch_size, _derive_seed(cfg.seed, 0, 5)) \
+    bn_rows = sample_rows(train_y, cfg.bn_recalibration, cfg.batch_size, sampling.derive_seed(cfg.seed, 0, 5)) \
         if bn_recalibration_images(cfg) else None
     limit = cfg.train_eval_limit
     eval_rows = None if limit is None or limit >= len(train_y) else \
-        sampling.shuffled_sample(train_y, limit, _derive_seed(cfg.seed, 0, 6))
+        sampling.shuffled_sample(train_y, limit, sampling.derive_seed(cfg.seed, 0, 6))
     iters = len(train_paths) // cfg.batch_size
     return TrainData(ImageLoader(train_paths, train_y, cfg.size, cfg.cache_images),
                      ImageLoader(valid_paths, valid_y, cfg.size, cfg.cache_images), bn_rows, eval_rows,
                      min(iters, cfg.max_iterations) if cfg.max_iterations else iters,
-                     measure_scale(train_paths, _derive_seed(cfg.seed, 0, 8)))
+                     measure_scale(train_paths, sampling.derive_seed(cfg.seed, 0, 8)))
 
 
 def measure_scale(paths: Sequence[str], seed: int) -> Optional[dict]:
@@ -769,11 +591,11 @@ def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
     models.clear_scope(SCOPE)
     # Parameter initialisers draw from nnabla's process-wide generator (nnabla.random.prng):
     # nnabla offers no local generator for them, so it is seeded here, once per run.
-    nnabla.random.set_parameter_seed(_derive_seed(cfg.seed, 0, 0))
-    nnabla.random.seed(_derive_seed(cfg.seed, 0, 3))
+    nnabla.random.set_parameter_seed(sampling.derive_seed(cfg.seed, 0, 0))
+    nnabla.random.seed(sampling.derive_seed(cfg.seed, 0, 3))
     # The run's own NumPy stream (never NumPy's global state). No step draws from it today:
-    # each draws from its own (seed, epoch, stream) seed, see _derive_seed.
-    rng = np.random.RandomState(_derive_seed(cfg.seed, 0, 4))
+    # each draws from its own (seed, epoch, stream) seed, see sampling.derive_seed.
+    rng = np.random.RandomState(sampling.derive_seed(cfg.seed, 0, 4))
     build_graph(cfg.arch, len(classes.CLASSES6), cfg.batch_size, cfg.size,   # creates the parameters
                 weight_init=cfg.weight_init, norm=cfg.norm)
     params = parameters()
@@ -818,7 +640,7 @@ def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, 
     A non-finite Cost stops the run before the update (the last checkpoint stays good).
     """
     compute, costs = 0.0, []
-    stream = batches(data.train, cfg.batch_size, data.iters, True, _derive_seed(cfg.seed, epoch, 2))
+    stream = batches(data.train, cfg.batch_size, data.iters, True, sampling.derive_seed(cfg.seed, epoch, 2))
     with tqdm(total=data.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=outputs.bar_disabled(cfg.progress),
               leave=False) as bar:
         for i, (xb, yb, _) in enumerate(stream):
@@ -854,7 +676,7 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     # saved: a new function seeded from (seed, epoch) per epoch makes a resumed run
     # draw exactly the same augmentations.
     graph = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, aug=cfg.augmentation,
-                        aug_seed=_derive_seed(cfg.seed, epoch, 1), norm=cfg.norm)
+                        aug_seed=sampling.derive_seed(cfg.seed, epoch, 1), norm=cfg.norm)
     if epoch == average_start(cfg) and run.average is None:
         run.average = WeightAverage(epoch)
     t0 = time.perf_counter()
@@ -972,7 +794,7 @@ def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool
         previous = None
     with nn.context_scope(get_context(cfg.context)):
         run = start_run(cfg, previous)
-        run.domain_ref = domain_reference(data.train, _derive_seed(cfg.seed, 0, 7))
+        run.domain_ref = domain_reference(data.train, sampling.derive_seed(cfg.seed, 0, 7))
         if previous:
             log.info("resuming %s after epoch %d", out_dir, run.epoch)
         out_dir.mkdir(parents=True, exist_ok=True)

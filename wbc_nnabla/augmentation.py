@@ -1,0 +1,196 @@
+"""The training graph's augmentation (paper section II.4; docs/training.md, "ImageAugmentation").
+
+:func:`augment` is what a training graph puts before the network: the colour terms
+(:func:`color_augment`), a slight blur (:func:`blur_augment`), then Neural Network
+Console's ImageAugmentation (``nnabla.functions.image_augmentation``: Contrast, Brightness,
+Magnification, Angle, flips). :func:`mixstyle_hook` adds MixStyle inside the network.
+Each is built in the training graph only, never in a test graph or an exported ``.nnp``.
+Every range is a field of :class:`~wbc_nnabla.recipe.Augmentation`; every random draw is
+seeded from the augmentation seed, so a resumed run draws the same images.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import nnabla as nn
+import nnabla.functions as F
+import numpy as np
+
+from . import models
+from .recipe import Augmentation
+from .sampling import derive_seed
+
+#: Added to pixel values before the logarithm of the colour step (optical density of black: -log(1e-3) = 6.9).
+OD_EPS = 1e-3
+
+
+def _uniform(half_width: float, shape: Tuple[int, ...], seed: int, center: float = 0.0):
+    """``F.rand`` uniform in ``[center - half_width, center + half_width]``, one draw per forward."""
+    return F.rand(center - half_width, center + half_width, shape, seed=seed)
+
+
+def _graph_seeds(seed: int, n: int) -> List[int]:
+    """``n`` seeds for the random functions of one graph step: -1 each (nnabla's global seed) when
+    ``seed`` < 0, else drawn from ``seed`` (reproducible)."""
+    return [-1] * n if seed < 0 else [int(v) for v in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, n)]
+
+
+def _stream_seed(seed: int, *keys: int) -> int:
+    """The seed of one graph step's own stream ``keys`` of the augmentation seed ``seed``
+    (:func:`~wbc_nnabla.sampling.derive_seed`), or -1 (nnabla's global seed) when ``seed`` < 0."""
+    return -1 if seed < 0 else derive_seed(seed, *keys)
+
+
+def color_augment(x, aug: Augmentation, seed: int = -1):
+    """The colour (stain/camera) step of :class:`Augmentation` on a [0, 1] batch ``(N, 3, H, W)``.
+
+    Optical density scale and shift per channel, saturation, gamma, hue (formulas in
+    :class:`Augmentation`); only the terms that are non-zero are built. Every draw
+    is per image (``(N, 1, 1, 1)``) or per image and channel (``(N, 3, 1, 1)``) and
+    renewed at each forward. With ``color_prob < 1`` each image keeps its input colours
+    with probability ``1 - color_prob``. ``seed`` >= 0 seeds each ``F.rand`` with its own
+    value derived from it (reproducible, like :func:`augment`); -1 uses nnabla's global seed.
+    """
+    n = x.shape[0]
+    seeds = _graph_seeds(seed, 6)
+    coloured = _colour_terms(x, aug, seeds)
+    if aug.color_prob >= 1.0:
+        return coloured
+    chosen = F.less_scalar(F.rand(0.0, 1.0, (n, 1, 1, 1), seed=seeds[5]), aug.color_prob)   # 1: coloured
+    return x + (coloured - x) * chosen
+
+
+def _colour_terms(x, aug: Augmentation, seeds):
+    """The colour terms of :func:`color_augment` on every image of ``x``; ``seeds``: one per term."""
+    n = x.shape[0]
+    if aug.od_scale or aug.od_shift:
+        od = -F.log(x + OD_EPS)
+        if aug.od_scale:
+            od = od * _uniform(aug.od_scale, (n, 3, 1, 1), seeds[0], center=1.0)
+        if aug.od_shift:
+            od = od + _uniform(aug.od_shift, (n, 3, 1, 1), seeds[1])
+        x = F.clip_by_value(F.exp(-od) - OD_EPS, 0.0, 1.0)
+    if aug.saturation:
+        grey = F.mean(x, axis=1, keepdims=True)
+        x = F.clip_by_value(grey + (x - grey) * _uniform(aug.saturation, (n, 1, 1, 1), seeds[2], center=1.0),
+                            0.0, 1.0)
+    if aug.log_gamma:
+        gamma = F.exp(_uniform(aug.log_gamma, (n, 1, 1, 1), seeds[3]))
+        x = F.clip_by_value(F.exp(F.log(x + OD_EPS) * gamma) - OD_EPS ** gamma, 0.0, 1.0)
+    if aug.hue:
+        x = F.clip_by_value(_hue_turn(x, _uniform(math.radians(aug.hue), (n, 1, 1, 1), seeds[4])), 0.0, 1.0)
+    return x
+
+
+def _hue_turn(x, theta):
+    """Turn the colour of ``x`` ``(N, 3, H, W)`` by ``theta`` ``(N, 1, 1, 1)`` radians about the grey axis.
+
+    Rodrigues' rotation about ``k = (1, 1, 1) / sqrt(3)``: ``(k . x) k`` is the per-pixel grey
+    and ``k x x = (b - g, r - b, g - r) / sqrt(3)``. nnabla has no hue function, hence by hand.
+    """
+    r, g, b = (F.slice(x, start=(0, c, 0, 0), stop=(x.shape[0], c + 1) + x.shape[2:]) for c in range(3))
+    cross = F.concatenate(b - g, r - b, g - r, axis=1) / math.sqrt(3.0)
+    grey = F.mean(x, axis=1, keepdims=True)
+    return x * F.cos(theta) + cross * F.sin(theta) + grey * (1.0 - F.cos(theta))
+
+
+#: Side (pixels) and sigma (input pixels) of the one Gaussian kernel of :func:`blur_augment`: a
+#: slight blur, fixed before any foreign-site result (docs/cross_site.md).
+BLUR_KERNEL = 5
+BLUR_SIGMA = 1.0
+# Stream key of the blur weight's seed in derive_seed(augmentation seed, key): any constant; fixed
+# so that runs stay reproducible and the other terms' draws do not change when blur is turned on.
+_BLUR_STREAM = 6151
+
+
+def gaussian_kernel(side: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> np.ndarray:
+    """The normalised 2-D Gaussian ``(side, side)`` (sums to 1), ``sigma`` in pixels."""
+    r = np.arange(side) - (side - 1) / 2.0
+    g = np.exp(-r ** 2 / (2.0 * sigma ** 2))
+    kernel = np.outer(g, g)
+    return kernel / kernel.sum()
+
+
+def blur_augment(x, weight: float, seed: int = -1):
+    """A slight, per-image blur of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
+
+    ``x' = x + w (G * x - x)``: ``G * x`` is every channel convolved with :func:`gaussian_kernel`
+    (mirrored borders, so no dark frame); ``w`` uniform in ``[0, weight]`` per image,
+    renewed at each forward. One fixed kernel and a random weight stand in for a random blur
+    width, which no single convolution in a static graph can draw.
+    """
+    n, c = x.shape[:2]
+    half = BLUR_KERNEL // 2
+    kernel = nn.Variable.from_numpy_array(np.repeat(gaussian_kernel()[None], c, axis=0).astype(np.float32),
+                                          need_grad=False)
+    blurred = F.depthwise_convolution(F.pad(x, (half, half, half, half), mode="reflect"), kernel)
+    return x + (blurred - x) * _uniform(weight / 2.0, (n, 1, 1, 1), seed, center=weight / 2.0)
+
+
+#: MixStyle's Beta(alpha, alpha) parameter, the residual stages it follows and the epsilon added to
+#: each variance: the defaults of the authors' Dassl code for ResNet-18 classification
+#: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/cross_site.md).
+MIXSTYLE_ALPHA = 0.1
+MIXSTYLE_STAGES = (1, 2, 3)
+MIXSTYLE_EPS = 1e-6
+# Stream key of MixStyle's seeds in derive_seed(augmentation seed, key, stage): any constant; kept
+# fixed so that runs stay reproducible.
+_MIXSTYLE_STREAM = 7919
+
+
+def mixstyle(h, p: float, seed: int = -1, alpha: float = MIXSTYLE_ALPHA, eps: float = MIXSTYLE_EPS):
+    """MixStyle (Zhou et al., ICLR 2021) on training features ``h`` ``(N, C, H, W)`` (same shape out).
+
+    With probability ``p`` (one draw per call and forward, for the whole batch, as the authors'
+    code), every image's per-channel mean ``mu`` and standard deviation ``sigma`` over H, W are
+    replaced by ``lam * own + (1 - lam) * another image's`` (a random permutation of the batch;
+    ``lam ~ Beta(alpha, alpha)`` per image): ``y = (h - mu) / sigma * sigma_mix + mu_mix``.
+    ``mu`` and ``sigma`` carry no gradient, as in the authors' code. Otherwise ``y = h`` (up to
+    rounding). Population variance here, unbiased there: the factor cancels in
+    ``sigma_mix / sigma``. nnabla has no MixStyle function, hence by hand.
+    """
+    n = h.shape[0]
+    seeds = _graph_seeds(seed, 3)
+    mu = F.mean(h, axis=(2, 3), keepdims=True)
+    sigma = (F.mean((h - mu) ** 2, axis=(2, 3), keepdims=True) + eps) ** 0.5
+    mu.need_grad = sigma.need_grad = False                              # detached, as .detach() there
+    other = F.sort(F.rand(0.0, 1.0, (n,), seed=seeds[0]), only_index=True)   # a random permutation
+    on = F.less_scalar(F.rand(0.0, 1.0, (1, 1, 1, 1), seed=seeds[1]), p)
+    lam = 1.0 - on * (1.0 - F.rand_beta(alpha, alpha, (n, 1, 1, 1), seed=seeds[2]))   # off: lam = 1
+    mu_mix = mu * lam + F.gather(mu, other, axis=0) * (1.0 - lam)
+    sigma_mix = sigma * lam + F.gather(sigma, other, axis=0) * (1.0 - lam)
+    return (h - mu) / sigma * sigma_mix + mu_mix
+
+
+def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[models.StageHook]:
+    """The ``after_stage`` step of a training graph: :func:`mixstyle` after :data:`MIXSTYLE_STAGES`
+    when ``aug.mixstyle`` > 0 (each stage seeded with its own value derived from ``seed``), else ``None``."""
+    if aug is None or not aug.enabled or not aug.mixstyle:
+        return None
+
+    def hook(h, stage):
+        if stage not in MIXSTYLE_STAGES:
+            return h
+        return mixstyle(h, aug.mixstyle, _stream_seed(seed, _MIXSTYLE_STREAM, stage))
+    return hook
+
+
+def augment(x, aug: Augmentation, seed: int = -1):
+    """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
+
+    :func:`color_augment` when :attr:`Augmentation.color`, :func:`blur_augment` when
+    ``aug.blur``, then NNC's ImageAugmentation. ``seed`` >= 0 gives each random function its
+    own Mersenne Twister seeded at graph construction (reproducible; :func:`train` builds a
+    new one per epoch).
+    """
+    if aug.color:
+        x = color_augment(x, aug, seed)
+    if aug.blur:
+        x = blur_augment(x, aug.blur, _stream_seed(seed, _BLUR_STREAM))
+    return F.image_augmentation(
+        x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
+        angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,
+        flip_lr=aug.flip_lr, flip_ud=aug.flip_ud, brightness=aug.brightness, brightness_each=False,
+        contrast=aug.contrast, contrast_center=aug.contrast_center, contrast_each=False,
+        noise=0.0, seed=int(seed))
