@@ -75,3 +75,19 @@ def test_train_flags_build_the_settings(monkeypatch, capsys):
     assert given[2].augmentation == Augmentation(od_scale=0.2, saturation=0.3, log_gamma=0.1, color_prob=0.5)
     assert given[2].augmentation.color and not given[0].augmentation.color
     assert "best epoch 1" in capsys.readouterr().out
+    assert given[0].average_epochs == 0
+
+
+def test_train_average_epochs_reaches_the_config_and_the_summary_line(monkeypatch, capsys):
+    from wbc_nnabla import training
+    given = []
+
+    def train(dataset, out, config, resume=False):
+        given.append(config)
+        return {"best": {"epoch": 10, "validation_error": 0.5, "validation_misclassification": 0.2,
+                         "averaged_epochs": [8, 10], "averaged_updates": 180}}
+
+    monkeypatch.setattr(training, "train", train)
+    assert cli.main(["train", "DS", "OUT", "--epochs", "10", "--average-epochs", "3"]) == 0
+    assert given[0].average_epochs == 3
+    assert "weights averaged over epochs 8-10: Validation Error 0.5000" in capsys.readouterr().out
