@@ -161,7 +161,7 @@ def test_color_prob_outside_zero_one_is_refused():
 
 
 def test_augmentation_names_stay_importable_from_training():
-    """0.2 moved the training graph's augmentation to its own module; notebooks using training.NAME keep working."""
+    """The training graph's augmentation moved to its own module after 0.1.0; training.NAME keeps working."""
     for name in ("augment", "color_augment", "blur_augment", "mixstyle", "mixstyle_hook", "gaussian_kernel", "OD_EPS",
                  "BLUR_KERNEL", "BLUR_SIGMA", "MIXSTYLE_STAGES"):
         assert getattr(training, name) is getattr(augmentation, name), name

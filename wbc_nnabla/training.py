@@ -11,7 +11,8 @@ graph only. Every epoch reports NNC's three curves:
 * **Validation Error**: loss of the validation network over the validation set;
 
 plus the misclassification rates of the last two. Outputs in ``out_dir``:
-``model.nnp`` (best Validation Error, :func:`wbc_nnabla.modelfile.save_nnp`),
+``model.nnp`` (best Validation Error, or with ``average_epochs`` the weight mean of the last
+epochs, :func:`export_average`; :func:`wbc_nnabla.modelfile.save_nnp`),
 ``model.h5``, ``config.json``, ``learning_curve.csv``/``.png``,
 ``monitor/`` (nnabla ``MonitorSeries`` files and ``MonitorImageTile`` tiles of
 augmented batches) and ``checkpoints/`` (+ ``checkpoint.json``, see
@@ -19,7 +20,8 @@ augmented batches) and ``checkpoints/`` (+ ``checkpoint.json``, see
 
 :func:`train` orchestrates, as nnabla-examples' ``image-classification/imagenet``
 does: :func:`load_data`, :func:`start_run`, then per epoch :func:`train_epoch`,
-:func:`recalibrate_bn`, :func:`evaluate` and a checkpoint. Every setting is a
+:func:`recalibrate_bn`, :func:`evaluate` and a checkpoint. The training graph's augmentation
+is built by :mod:`wbc_nnabla.augmentation`. Every setting is a
 field of :class:`~wbc_nnabla.recipe.TrainConfig`.
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ from scipy.special import softmax
 from tqdm import tqdm
 
 from . import checkpoint, classes, domain, fileio, framing, modelfile, models, outputs, predictions, sampling
-# The training graph's augmentation lives in its own module since 0.2; its names stay importable from here.
+# The training graph's augmentation moved to its own module after 0.1.0; its names stay importable here.
 from .augmentation import (BLUR_KERNEL, BLUR_SIGMA, MIXSTYLE_ALPHA, MIXSTYLE_EPS, MIXSTYLE_STAGES,  # noqa: F401
                            OD_EPS, augment, blur_augment, color_augment, gaussian_kernel, mixstyle, mixstyle_hook)
 from .errors import InputError
