@@ -29,12 +29,12 @@ POINTER = "checkpoint.json"
 #: The running weight mean in a checkpoint folder (``TrainConfig.average_epochs``).
 AVERAGE_FILE = "average.h5"
 
-#: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change).
+#: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change; ``average_epochs``
+#: is checked against the checkpoint's own weight mean, ``training.resumed_average``).
 RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
                "bn_sample", "weight_init", "norm")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch"}
-# (``average_epochs`` is checked against the checkpoint's own weight mean: training.resumed_average.)
 # Augmentation fields added later (colour terms, blur, MixStyle): an older config had them at their defaults (off).
 _AUGMENTATION_DEFAULTS = {k: getattr(Augmentation(), k)
                           for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",

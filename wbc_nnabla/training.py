@@ -671,6 +671,33 @@ def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, 
     return costs, compute
 
 
+def test_graph(cfg: TrainConfig, data: TrainData) -> Graph:
+    """The test-mode graph of the current weights, after precise BN on the run's BN sample (when on)."""
+    n_classes = len(classes.CLASSES6)
+    if data.bn_rows is not None:        # None for GroupNorm (nothing to re-estimate) or when off
+        recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size), data.train, cfg.batch_size,
+                       data.bn_rows)
+    return build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True, norm=cfg.norm)
+
+
+def validation_cells(data: TrainData, probs: np.ndarray, which: str) -> Optional[dict]:
+    """The validation cells stored with an exported model (:func:`wbc_nnabla.predictions.calibration_record`),
+    ``which``: the weights they were measured with; None when the network gives non-finite outputs
+    (the next update stops the run)."""
+    if not np.isfinite(probs).all():
+        return None
+    return predictions.calibration_record(data.valid.labels, probs, classes.CLASSES6,
+                                          f"valid.csv of the training dataset, {which}")
+
+
+def export_run(out_dir: Path, cfg: TrainConfig, run: RunState, calibration: Optional[dict],
+               wbc_share: Optional[dict] = None) -> None:
+    """Export the run's current weights as the model of ``run.best`` (:func:`_export`)."""
+    _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
+            dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info, seed=cfg.seed),
+            norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref, calibration=calibration)
+
+
 def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon: Monitors, out_dir: Path) -> dict:
     """One epoch: :func:`train_epoch`, precise BN, then NNC's errors; returns its learning-curve row."""
     n_classes = len(classes.CLASSES6)
@@ -684,17 +711,11 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     t0 = time.perf_counter()
     costs, compute = train_epoch(graph, run, data, cfg, epoch, mon, out_dir)
     train_time = time.perf_counter() - t0
-    if data.bn_rows is not None:        # None for GroupNorm (nothing to re-estimate) or when off
-        recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size), data.train, cfg.batch_size,
-                       data.bn_rows)
-    test = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True, norm=cfg.norm)
+    test = test_graph(cfg, data)
     tr_loss, tr_mis, _ = evaluate(test, data.train, cfg.batch_size, data.eval_rows)
     va_loss, va_mis, va_probs = evaluate(test, data.valid, cfg.batch_size)
     # stored with the model if this epoch is exported: the cut-off of `score --pending-threshold model`
-    # (none when the network already gives non-finite outputs; the next update stops the run)
-    run.calibration = predictions.calibration_record(
-        data.valid.labels, va_probs, classes.CLASSES6, f"valid.csv of the training dataset, epoch {epoch + 1}"
-    ) if np.isfinite(va_probs).all() else None
+    run.calibration = validation_cells(data, va_probs, f"epoch {epoch + 1}")
     return dict(epoch=epoch + 1, cost=float(np.mean(costs)), training_error=tr_loss, validation_error=va_loss,
                 training_misclassification=tr_mis, validation_misclassification=va_mis,
                 seconds=time.perf_counter() - t0, images_per_s=data.iters * cfg.batch_size / train_time,
@@ -712,10 +733,7 @@ def end_epoch(out_dir: Path, cfg: TrainConfig, run: RunState, row: dict, mon: Mo
     if row["validation_error"] < run.best["validation_error"]:
         run.best = {"epoch": row["epoch"], "validation_error": row["validation_error"],
                     "validation_misclassification": row["validation_misclassification"]}
-        _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
-                dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info,
-                     seed=cfg.seed), norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref,
-                calibration=run.calibration)
+        export_run(out_dir, cfg, run, run.calibration, wbc_share)
     mon.add_epoch(row, run.history)
     state = dict(epoch=run.epoch, history=run.history, best=run.best, numpy_rng=checkpoint.rng_state(run.rng))
     avg = run.average
@@ -734,25 +752,16 @@ def export_average(out_dir: Path, cfg: TrainConfig, data: TrainData, run: RunSta
     and validation cells are measured and stored as the exported model's (``run.best``).
     Called after the last epoch's checkpoint, so a resumed or repeated call gives the same model.
     """
-    avg, n_classes = run.average, len(classes.CLASSES6)
+    avg = run.average
     _load_into(run.params, avg.mean, "the weight mean", strict=False)
-    if data.bn_rows is not None:
-        recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size), data.train, cfg.batch_size,
-                       data.bn_rows)
-    test = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True, norm=cfg.norm)
-    va_loss, va_mis, va_probs = evaluate(test, data.valid, cfg.batch_size)
+    va_loss, va_mis, va_probs = evaluate(test_graph(cfg, data), data.valid, cfg.batch_size)
     first = avg.first_epoch + 1
     run.best = {"epoch": cfg.epochs, "validation_error": va_loss, "validation_misclassification": va_mis,
                 "averaged_epochs": [first, cfg.epochs], "averaged_updates": avg.updates}
-    calibration = predictions.calibration_record(
-        data.valid.labels, va_probs, classes.CLASSES6,
-        f"valid.csv of the training dataset, weights averaged over epochs {first}-{cfg.epochs}"
-    ) if np.isfinite(va_probs).all() else None
     log.info("weights averaged over epochs %d-%d (%d updates): Validation Error %.4f, misclassification %.3f",
              first, cfg.epochs, avg.updates, va_loss, va_mis)
-    _export(out_dir, run.params, cfg.arch, cfg.export_size or cfg.size,
-            dict(run.best, trained_size=cfg.size, epochs=cfg.epochs, initialisation=run.init_info, seed=cfg.seed),
-            norm=cfg.norm, wbc_share=wbc_share, domain_ref=run.domain_ref, calibration=calibration)
+    cells = validation_cells(data, va_probs, f"weights averaged over epochs {first}-{cfg.epochs}")
+    export_run(out_dir, cfg, run, cells, wbc_share)
 
 
 # ----------------------------------------------------------------------------- training
