@@ -90,6 +90,7 @@ VARIANTS = {
     "robust_half": ["--recipe", "robust", "--color-prob", "0.5"],   # half of the images keep their colours
     "robust96": ["--recipe", "robust", "--size", "96"],      # a larger input (its own 96-px dataset)
     "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
+    "robust_randconv": ["--recipe", "robust", "--randconv", "0.5"],   # + random convolutions (RandConv)
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
     "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
     "robust_swa": ["--recipe", "robust", "--average-epochs", "3"],   # + weights averaged over the last 3 epochs

@@ -1,7 +1,8 @@
 """The training graph's augmentation (paper section II.4; docs/training.md, "ImageAugmentation").
 
 :func:`augment` is what a training graph puts before the network: the colour terms
-(:func:`color_augment`), a slight blur (:func:`blur_augment`), then Neural Network
+(:func:`color_augment`), a slight blur (:func:`blur_augment`), random convolutions
+(:func:`randconv_augment`), then Neural Network
 Console's ImageAugmentation (``nnabla.functions.image_augmentation``: Contrast, Brightness,
 Magnification, Angle, flips). :func:`mixstyle_hook` adds MixStyle inside the network.
 Each is built in the training graph only, never in a test graph or an exported ``.nnp``.
@@ -128,6 +129,55 @@ def blur_augment(x, weight: float, seed: int = -1):
     return x + (blurred - x) * _uniform(weight / 2.0, (n, 1, 1, 1), seed, center=weight / 2.0)
 
 
+#: Kernel sides of :func:`randconv_kernels`, drawn uniformly per image: the multi-scale set of
+#: RandConv (Xu et al., ICLR 2021), fixed before any foreign-site result (docs/cross_site.md).
+RANDCONV_SIDES = (1, 3, 5, 7)
+# Stream key of RandConv's seeds in derive_seed(augmentation seed, key): any constant; fixed so that
+# runs stay reproducible and the other terms' draws do not change when RandConv is turned on.
+_RANDCONV_STREAM = 8623
+
+
+def randconv_kernels(n: int, seed: int = -1):
+    """``n`` random 3 -> 3 convolution kernels as one grouped weight ``(n * 3, 3, 7, 7)``.
+
+    Image ``i``'s kernel is rows ``3 i .. 3 i + 2``: a side ``k`` drawn uniformly from
+    :data:`RANDCONV_SIDES`, weights normal with standard deviation ``1 / sqrt(3 k^2)`` (Kaiming,
+    fan-in) inside the centred ``k x k`` square and 0 outside it, renewed at each forward. One
+    7 x 7 shape with a random support stands in for a random side, which no static graph can draw.
+    """
+    seeds = _graph_seeds(seed, 2)
+    largest = max(RANDCONV_SIDES)
+    ring = np.abs(np.arange(largest) - largest // 2)
+    distance = nn.Variable.from_numpy_array(np.maximum.outer(ring, ring).astype(np.float32)[None, None, None],
+                                            need_grad=False)       # Chebyshev distance from the centre
+    half = F.floor(F.rand(0.0, float(len(RANDCONV_SIDES)), (n, 1, 1, 1, 1), seed=seeds[0]))   # (k - 1) / 2
+    inside = F.less_scalar(distance - half, 0.5)
+    std = 1.0 / (math.sqrt(3.0) * (2.0 * half + 1.0))
+    weights = F.randn(0.0, 1.0, (n, 3, 3, largest, largest), seed=seeds[1]) * inside * std
+    return F.reshape(weights, (n * 3, 3, largest, largest))
+
+
+def randconv_augment(x, p: float, seed: int = -1):
+    """RandConv (Xu et al., ICLR 2021, "RC_mix") on a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
+
+    With probability ``p`` per image and forward, ``x' = a x + (1 - a) conv(x)``: ``conv`` that
+    image's own kernel of :func:`randconv_kernels` (mirrored borders, no bias), ``a`` uniform in
+    ``[0, 1]`` per image; otherwise ``x' = x``. Not clipped, as the authors' mix: the network sees
+    random local colour and texture, and the cell's shapes. nnabla has no random-convolution
+    function, hence by hand (a grouped convolution, one group per image).
+    """
+    n, c, h, w = x.shape
+    seeds = _graph_seeds(seed, 3)
+    kernels = randconv_kernels(n, seeds[0])
+    half = kernels.shape[-1] // 2
+    padded = F.pad(x, (half, half, half, half), mode="reflect")
+    conv = F.reshape(F.convolution(F.reshape(padded, (1, n * c) + padded.shape[2:]), kernels, group=n),
+                     (n, c, h, w))
+    on = F.less_scalar(F.rand(0.0, 1.0, (n, 1, 1, 1), seed=seeds[1]), p)
+    keep = F.rand(0.0, 1.0, (n, 1, 1, 1), seed=seeds[2])              # a: the share of the input kept
+    return x + (conv - x) * (1.0 - keep) * on
+
+
 #: MixStyle's Beta(alpha, alpha) parameter, the residual stages it follows and the epsilon added to
 #: each variance: the defaults of the authors' Dassl code for ResNet-18 classification
 #: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/cross_site.md).
@@ -180,7 +230,8 @@ def augment(x, aug: Augmentation, seed: int = -1):
     """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
 
     :func:`color_augment` when :attr:`Augmentation.color`, :func:`blur_augment` when
-    ``aug.blur``, then NNC's ImageAugmentation. ``seed`` >= 0 gives each random function its
+    ``aug.blur``, :func:`randconv_augment` when ``aug.randconv``, then NNC's ImageAugmentation.
+    ``seed`` >= 0 gives each random function its
     own Mersenne Twister seeded at graph construction (reproducible; :func:`train` builds a
     new one per epoch).
     """
@@ -188,6 +239,8 @@ def augment(x, aug: Augmentation, seed: int = -1):
         x = color_augment(x, aug, seed)
     if aug.blur:
         x = blur_augment(x, aug.blur, _stream_seed(seed, _BLUR_STREAM))
+    if aug.randconv:
+        x = randconv_augment(x, aug.randconv, _stream_seed(seed, _RANDCONV_STREAM))
     return F.image_augmentation(
         x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
         angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,

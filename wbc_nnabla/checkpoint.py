@@ -35,10 +35,10 @@ RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "
                "bn_sample", "weight_init", "norm")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch"}
-# Augmentation fields added later (colour terms, blur, MixStyle): an older config had them at their defaults (off).
+# Augmentation fields added later (colour terms, blur, RandConv, MixStyle): an older config had them at their defaults (off).
 _AUGMENTATION_DEFAULTS = {k: getattr(Augmentation(), k)
                           for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
-                                    "blur", "mixstyle")}
+                                    "blur", "randconv", "mixstyle")}
 
 
 def pointer(out_dir: Path) -> Path:

@@ -124,12 +124,17 @@ class Augmentation:
       unchanged with probability ``1 - color_prob`` (drawn per image and iteration), so that
       part of every batch shows the training lab's own colours (1 = every image, the default).
 
-    Optical term, not in NNC nor the paper, 0.0 = off (the default); after the colour terms, before
-    ImageAugmentation, on every image (``color_prob`` does not apply):
+    Optical and texture terms, not in NNC nor the paper, 0.0 = off (the default); after the colour
+    terms, before ImageAugmentation (``color_prob`` does not apply):
 
     * ``blur``: a slight, per-image blur ``x' = x + w (G * x - x)``, ``G * x`` the image convolved
       with one fixed 5x5 Gaussian of sigma 1 input pixel (mirrored borders), ``w`` uniform in
-      ``[0, blur]`` per image and iteration (``blur`` <= 1; :func:`wbc_nnabla.augmentation.blur_augment`).
+      ``[0, blur]`` per image and iteration (``blur`` <= 1; :func:`wbc_nnabla.augmentation.blur_augment`);
+    * ``randconv``: random convolutions (RandConv, Xu et al., ICLR 2021), after the blur: with
+      probability ``randconv`` per image and iteration, ``x' = a x + (1 - a) conv(x)``, ``conv`` a
+      random 3 -> 3 kernel of side 1, 3, 5 or 7 (weights normal, standard deviation
+      ``1 / sqrt(3 k^2)``), ``a`` uniform in [0, 1]; not clipped
+      (:func:`wbc_nnabla.augmentation.randconv_augment`).
 
     Feature-style term, not in NNC nor the paper, 0.0 = off (the default):
 
@@ -155,6 +160,8 @@ class Augmentation:
     color_prob: float = setting(1.0, "colour: share of images given the colour terms, drawn per image (1: all)")
     blur: float = setting(0.0, "optics: the image mixed with its 5x5 Gaussian blur (sigma 1 px) by a weight "
                                 "in [0, b] per image (0: off; b <= 1)")
+    randconv: float = setting(0.0, "texture: with this probability per image, a mix of the image and a random "
+                                    "convolution of it (RandConv; 0: off)")
     mixstyle: float = setting(0.0, "features: MixStyle after residual stages 1-3, with this probability per "
                                     "stage and iteration (0: off)")
 
@@ -269,7 +276,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count, colour share,
-        blur weight, MixStyle probability or averaging window out of range."""
+        blur weight, RandConv or MixStyle probability or averaging window out of range."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
         if self.norm not in NORM_NAMES:
@@ -278,6 +285,7 @@ class TrainConfig:
             raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
         for name, meaning in (("color_prob", "a share of images"),
                               ("blur", "the largest weight of the blurred image"),
+                              ("randconv", "a probability per image and iteration"),
                               ("mixstyle", "a probability per stage and iteration")):
             value = getattr(self.augmentation, name)
             if not 0.0 <= value <= 1.0:
