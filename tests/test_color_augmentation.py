@@ -109,12 +109,12 @@ def test_colour_training_exports_plain_model_and_off_is_bit_identical(tiny_datas
 
 
 def test_resume_of_a_run_saved_before_the_colour_terms(tiny_dataset, tiny_model, tmp_path):
-    """A config.json without the colour (or blur, MixStyle) fields had them off: such a run resumes with the defaults."""
+    """A config.json without the colour (or blur, RandConv, MixStyle) fields had them off: such a run resumes with the defaults."""
     import shutil
     out = tmp_path / "old"
     shutil.copytree(tiny_model, out)
     cfg = json.loads((out / "config.json").read_text())
-    for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob", "blur", "mixstyle"):
+    for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob", "blur", "randconv", "mixstyle"):
         del cfg["config"]["augmentation"][k]
     (out / "config.json").write_text(json.dumps(cfg))
     s = training.train(tiny_dataset, out, TrainConfig(epochs=3, **dict(FAST, max_iterations=1)), resume=True)
