@@ -35,11 +35,10 @@ print(f"adapt: {record['layers']} BatchNorm layers on {record['n_cells']} site c
       f"scale: {record['scale']['zoom'] if record['scale'] else 'not adapted (no training scale stored)'}")
 
 # without labels: keep the calls above the cut-off set on the model's own validation cells
-batch = 16
-site_preds = predictor.predict(adapted, work / "site_cells.csv", batch_size=batch, prior="normal", progress=False)
+site_preds = predictor.predict(adapted, work / "site_cells.csv", prior="normal", progress=False)
 site_csv = work / "site_predictions.csv"
 predictions.write_predictions(site_preds, site_csv, overwrite=True,
-                              config=predictor.run_config(site_preds, adapted, work / "site_cells.csv", batch))
+                              config=predictor.run_config(site_preds, adapted, work / "site_cells.csv"))
 try:
     held = scoring.score(site_csv, pending_threshold="model")
     cut = held.summary["pending_threshold_from"]

@@ -119,6 +119,13 @@ def test_adapt_keeps_the_reference(trained, tmp_path):
     assert modelfile.read_meta(out)[domain.META_KEY] == modelfile.read_meta(model)[domain.META_KEY]
 
 
+def test_run_config_records_the_batch_size_predict_used(trained):
+    _, model, cells, _ = trained
+    df = predictor.predict(model, cells, backend="nnabla", batch_size=8, progress=False)
+    assert df.attrs["batch_size"] == 8 and predictor.run_config(df, model, cells)["batch_size"] == 8
+    assert predictor.run_config(df, model, cells, 4)["batch_size"] == 4       # an explicit size wins
+
+
 def test_predictions_csv_round_trip_and_bad_values(trained, tmp_path):
     _, model, cells, _ = trained
     df = predictor.predict(model, cells, backend="nnabla", progress=False)

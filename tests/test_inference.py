@@ -237,13 +237,14 @@ def test_predict_refuses_tiny_and_corrupt_images_or_skips_them(tiny, tmp_path, c
     assert cli.main(["predict", str(tiny), str(listing), str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert ("one_pixel.png: image too small" in err or "cut.jpg: corrupt JPEG" in err) and not out.exists()
-    assert cli.main(["predict", str(tiny), str(listing), str(out), "--no-progress", "--skip-bad"]) == 0
+    assert cli.main(["predict", str(tiny), str(listing), str(out), "--no-progress", "--skip-bad",
+                     "--batch-size", "3"]) == 0
     printed = capsys.readouterr().out
     assert "one_pixel.png: image too small" in printed and "cut.jpg: corrupt JPEG data" in printed
     df = pd.read_csv(out)
     assert len(df) == len(cells) and not df["path"].str.contains("one_pixel|cut").any()
     run = json.loads(out.with_suffix(".json").read_text())
-    assert len(run["skipped"]) == 2
+    assert len(run["skipped"]) == 2 and run["batch_size"] == 3
 
 
 def test_other_class_set_and_expected_classes(tmp_path):

@@ -279,7 +279,7 @@ def _cmd_predict(args) -> int:
                                tta=args.tta)
     except (ModelError, ValueError) as e:
         raise CLIError(str(e)) from None
-    predictions.write_predictions(df, out, config=predictor.run_config(df, args.model, args.cells, args.batch_size),
+    predictions.write_predictions(df, out, config=predictor.run_config(df, args.model, args.cells),
                                   overwrite=args.overwrite, inputs=inputs)
     rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
     print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "

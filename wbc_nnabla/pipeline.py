@@ -607,7 +607,7 @@ def _predict_stage(run: _Run, tag: str, model: Path) -> Path:
             # model` reads the model's calibration cells); an earlier CSV here is this stage's own, left by
             # a run stopped before its record was finished (is_complete checked the record)
             predictions.write_predictions(df, path, overwrite=True,
-                                          config=infer.run_config(df, model, cells, run.cfg.batch_size))
+                                          config=infer.run_config(df, model, cells))
     return path
 
 

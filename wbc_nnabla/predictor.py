@@ -433,7 +433,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
-    none), ``seconds``, ``arch``, ``norm`` (``batch``/``group``), ``skipped``, ``stain``, ``zoom``,
+    none), ``batch_size``, ``seconds``, ``arch``, ``norm`` (``batch``/``group``), ``skipped``, ``stain``, ``zoom``,
     ``prior``, ``prior_estimated`` (``--prior estimate``: per smear, the shares, cells and
     iterations) and ``tta``.
     """
@@ -464,7 +464,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
                             "on these cells (docs/inference.md)", smear, ", ".join(est["collapsed"]),
                             PRIOR_COLLAPSED)
     out = predictions_table(cells_kept, probs, engine.class_names)
-    out.attrs.update(backend=engine.name, size=size, train_size=train_size,
+    out.attrs.update(backend=engine.name, size=size, train_size=train_size, batch_size=batch_size,
                      seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
                      norm=engine.meta.get("norm") or "batch", skipped=skipped,
                      stain=stain, zoom=float(engine.meta.get("zoom", 1.0)),
@@ -531,10 +531,13 @@ def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int
     return size, train_size
 
 
-def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: int) -> dict:
-    """The effective configuration of a predict run (saved beside the CSV by the CLI)."""
-    return dict(stage="predict", model=str(model), cells=str(cells), batch_size=batch_size,
-                n_cells=len(df), environment=outputs.environment(), **df.attrs)
+def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: Optional[int] = None) -> dict:
+    """The effective configuration of a predict run (saved beside the CSV by the CLI): ``df.attrs``
+    plus the model, the cells and the machine. ``batch_size``: default the one :func:`predict` recorded."""
+    attrs = dict(df.attrs)
+    attrs["batch_size"] = attrs.get("batch_size") if batch_size is None else batch_size
+    return dict(stage="predict", model=str(model), cells=str(cells), n_cells=len(df),
+                environment=outputs.environment(), **attrs)
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
