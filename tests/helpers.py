@@ -37,6 +37,45 @@ def nnp_text(path) -> str:
         return "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".nntxt"))
 
 
+def check_redrawn_and_seeded(term, x: np.ndarray) -> None:
+    """Assert that ``term(variable, seed)``, a random augmentation step of the training graph, draws anew
+    at each forward and that a new graph with the same seed draws the first forward's values again
+    (what makes a resumed run exact)."""
+    import nnabla as nn
+    y = term(nn.Variable.from_numpy_array(x), 9)
+    y.forward()
+    first = y.d.copy()
+    y.forward()
+    assert not np.array_equal(first, y.d)
+    again = term(nn.Variable.from_numpy_array(x), 9)
+    again.forward()
+    np.testing.assert_array_equal(first, again.d)
+
+
+def augmentation_graph_functions(**fields) -> tuple:
+    """The function type names (:func:`function_names`) of three 32-px ResNet-18 graphs: a training graph
+    with ``Augmentation(**fields)``, one with the default augmentation, and a test graph."""
+    from wbc_nnabla import models, training
+    from wbc_nnabla.recipe import Augmentation
+    models.clear_scope(training.SCOPE)
+    graphs = (training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(**fields), aug_seed=0),
+              training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(), aug_seed=0),
+              training.build_graph("resnet18", 6, 4, 32, test=True))
+    return tuple(function_names(g.loss) for g in graphs)
+
+
+def train_with_augmentation(dataset: Path, out: Path, forbidden, **fields) -> dict:
+    """One tiny epoch (:data:`TINY_TRAIN`) with ``Augmentation(**fields)``; asserts that the exported
+    ``model.nnp`` has none of the ``forbidden`` function types, and returns ``config.json``'s augmentation."""
+    import json
+    from wbc_nnabla import training
+    from wbc_nnabla.recipe import Augmentation, TrainConfig
+    training.train(dataset, out, TrainConfig(epochs=1, augmentation=Augmentation(**fields), **TINY_TRAIN))
+    nntxt = nnp_text(Path(out) / "model.nnp")
+    assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in forbidden)
+    return json.loads((Path(out) / "config.json").read_text())["config"]["augmentation"]
+
+
 # ----------------------------------------------------------------------------- files
 
 

@@ -4,16 +4,14 @@ Every image comes out as ``x + w (G * x - x)`` with one fixed 5x5 Gaussian ``G``
 mirrored borders) and its own weight ``w`` in ``[0, blur]``; off, the graph has no blur; it is
 never in a test graph nor an ``.nnp``.
 """
-import json
-
 import numpy as np
 import pytest
 from scipy import ndimage
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
-from wbc_nnabla import augmentation, models, training  # noqa: E402
+from helpers import augmentation_graph_functions, check_redrawn_and_seeded, train_with_augmentation  # noqa: E402
+from wbc_nnabla import augmentation  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
 BLUR_FUNCTIONS = {"DepthwiseConvolution", "Pad"}      # what the blur adds; the ResNet has neither
@@ -68,30 +66,19 @@ def test_blur_smooths_and_keeps_the_mean_of_a_flat_image():
 
 
 def test_draws_are_new_at_each_forward_and_reproducible_by_seed():
-    x = _images(16)
-    y = augmentation.blur_augment(nn.Variable.from_numpy_array(x), 1.0, seed=9)
-    y.forward()
-    first = y.d.copy()
-    y.forward()
-    assert not np.array_equal(first, y.d)
-    np.testing.assert_array_equal(first, _blur(x, 1.0, seed=9))
+    check_redrawn_and_seeded(lambda v, seed: augmentation.blur_augment(v, 1.0, seed=seed), _images(16))
 
 
 @pytest.mark.slow
 def test_in_the_training_graph_only_when_on():
-    models.clear_scope(training.SCOPE)
-    on = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(blur=1.0), aug_seed=0)
-    off = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(), aug_seed=0)
-    assert function_names(on.loss).count("DepthwiseConvolution") == 1
-    assert not BLUR_FUNCTIONS & set(function_names(off.loss))
+    on, off, test = augmentation_graph_functions(blur=1.0)
+    assert on.count("DepthwiseConvolution") == 1
+    assert not BLUR_FUNCTIONS & set(off + test)
 
 
 @pytest.mark.slow
-def test_blur_training_exports_plain_model(tiny_dataset, tiny_model, tmp_path):
-    training.train(tiny_dataset, tmp_path / "b", TrainConfig(epochs=1, augmentation=Augmentation(blur=1.0), **FAST))
-    nntxt = nnp_text(tmp_path / "b" / "model.nnp")
-    assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in BLUR_FUNCTIONS)
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["config"]["augmentation"]["blur"] == 1.0
+def test_blur_training_exports_plain_model(tiny_dataset, tmp_path):
+    assert train_with_augmentation(tiny_dataset, tmp_path / "b", BLUR_FUNCTIONS, blur=1.0)["blur"] == 1.0
 
 
 @pytest.mark.parametrize("b", [-0.1, 1.5])

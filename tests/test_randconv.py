@@ -5,15 +5,13 @@ With probability ``p`` per image, ``x' = a x + (1 - a) conv(x)``: ``conv`` the i
 borders, ``a`` uniform in [0, 1]; else ``x' = x``. Off, the graph has none of it; it is never in a
 test graph nor an ``.nnp``.
 """
-import json
-
 import numpy as np
 import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST, function_names, nnp_text  # noqa: E402
-from wbc_nnabla import augmentation, models, training  # noqa: E402
+from helpers import augmentation_graph_functions, check_redrawn_and_seeded, train_with_augmentation  # noqa: E402
+from wbc_nnabla import augmentation  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
 RANDCONV_FUNCTIONS = {"Randn", "Floor"}      # what RandConv adds; the ResNet and the other terms have neither
@@ -83,31 +81,19 @@ def test_not_clipped_as_the_authors_mix():
 
 
 def test_draws_are_new_at_each_forward_and_reproducible_by_seed():
-    x = _images(16)
-    y = augmentation.randconv_augment(nn.Variable.from_numpy_array(x), 1.0, seed=9)
-    y.forward()
-    first = y.d.copy()
-    y.forward()
-    assert not np.array_equal(first, y.d)
-    np.testing.assert_array_equal(first, _randconv(x, 1.0, seed=9))
+    check_redrawn_and_seeded(lambda v, seed: augmentation.randconv_augment(v, 1.0, seed=seed), _images(16))
 
 
 @pytest.mark.slow
 def test_in_the_training_graph_only_when_on():
-    models.clear_scope(training.SCOPE)
-    on = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(randconv=0.5), aug_seed=0)
-    off = training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(), aug_seed=0)
-    test = training.build_graph("resnet18", 6, 4, 32, test=True)
-    assert RANDCONV_FUNCTIONS <= set(function_names(on.loss))
-    assert not RANDCONV_FUNCTIONS & (set(function_names(off.loss)) | set(function_names(test.loss)))
+    on, off, test = augmentation_graph_functions(randconv=0.5)
+    assert RANDCONV_FUNCTIONS <= set(on)
+    assert not RANDCONV_FUNCTIONS & set(off + test)
 
 
 @pytest.mark.slow
 def test_randconv_training_exports_plain_model(tiny_dataset, tmp_path):
-    training.train(tiny_dataset, tmp_path / "r", TrainConfig(epochs=1, augmentation=Augmentation(randconv=0.5), **FAST))
-    nntxt = nnp_text(tmp_path / "r" / "model.nnp")
-    assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in RANDCONV_FUNCTIONS)
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["augmentation"]["randconv"] == 0.5
+    assert train_with_augmentation(tiny_dataset, tmp_path / "r", RANDCONV_FUNCTIONS, randconv=0.5)["randconv"] == 0.5
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.5])
