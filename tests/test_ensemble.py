@@ -7,7 +7,7 @@ import pytest
 
 from wbc_nnabla import cli, classes, predictions
 from wbc_nnabla.ensemble import combine, ensemble
-from wbc_nnabla.predictions import PROB_COLUMNS, PredictionsError, predictions_table, read_predictions
+from wbc_nnabla.predictions import PROB_COLUMNS, predictions_table, read_predictions
 
 
 def _member(folder, name, probs, labels, order=None, prior="none", domain=None):

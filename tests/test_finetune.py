@@ -5,7 +5,6 @@ The session's tiny model (32 px) is fine-tuned for a few iterations on labelled 
 and ``preprocess`` are copied byte for byte, the weights move, the record says what was used,
 ``predict`` reads the result, and bad input is refused naming the file with nothing written.
 """
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

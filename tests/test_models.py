@@ -65,7 +65,7 @@ def _shapes(params):
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
 def test_topology_consumers_agree(arch):
     """The nnabla graph, the ONNX graph and the nnabla-examples name map see the same layers."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from wbc_nnabla import export
     params = _graph_params(arch)
     graph = _shapes(params)
