@@ -459,6 +459,24 @@ def test_environment_records_the_cpus_vector_instructions():
         assert env["cpu_simd"] in ("avx512f", "avx2")
 
 
+def test_environment_records_the_cpu_model(tmp_path, monkeypatch):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                   "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n\n"
+                   "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: other\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd\n\nHardware\t: BCM2835\n")
+    read = outputs.cpuinfo
+    monkeypatch.setattr(outputs, "cpuinfo", lambda: read(x86))
+    assert outputs.cpu_model() == "AMD EPYC, family 25 model 17"      # the first processor's, not the second's
+    assert outputs.cpu_simd() == "avx512f"
+    assert outputs.environment()["cpu_model"] == "AMD EPYC, family 25 model 17"
+    monkeypatch.setattr(outputs, "cpuinfo", lambda: read(arm))
+    assert (outputs.cpu_model(), outputs.cpu_simd()) == ("BCM2835", "asimd")
+    monkeypatch.setattr(outputs, "cpuinfo", lambda: read(tmp_path / "absent"))
+    assert (outputs.cpu_model(), outputs.cpu_simd()) == ("unknown", "unknown")
+
+
 def test_names_moved_from_fileio_still_work_with_a_warning():
     for name in sorted(fileio.MOVED_TO_OUTPUTS):
         assert name not in vars(fileio), name  # defined in outputs only

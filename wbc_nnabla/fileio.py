@@ -682,7 +682,7 @@ MOVED_TO_OUTPUTS = frozenset({
     "atomic_path", "atomic_dir", "atomic_files", "folder_lock", "remove_stale_temporaries",
     "output_of_temporary", "OUTPUT_MARKER", "write_marker", "marker_command", "check_output",
     "check_output_folder", "check_not_inside", "write_text", "json_text", "write_json", "SIMD_LEVELS",
-    "cpu_simd", "environment", "bar_disabled"})
+    "cpu_simd", "environment", "bar_disabled"})  # cpuinfo and cpu_model came after the move: outputs only
 
 
 def __getattr__(name: str):

@@ -315,23 +315,49 @@ def write_json(path: PathLike, obj) -> Path:
 SIMD_LEVELS = ("avx512f", "avx2", "avx", "sse4_2", "sse2", "asimd", "neon")
 
 
+def cpuinfo(path: PathLike = "/proc/cpuinfo") -> dict:
+    """The fields of ``/proc/cpuinfo`` (Linux), lower-case keys, each key's first value; ``{}`` elsewhere.
+
+    Read by hand: neither numpy nor the standard library gives the CPU's flags or model through a
+    public function.
+    """
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
 def cpu_simd() -> str:
     """The widest vector instruction set of this CPU (e.g. ``avx512f``, ``avx2``), or ``unknown``.
 
     Kept with every run because it changes results: the CPU kernels pick their code by it, and the
     float rounding differs, so the same seed on an AVX-512 and an AVX2 machine trains a slightly
-    different model (docs/benchmarks.md). Read from ``/proc/cpuinfo`` (Linux); neither numpy nor the
-    standard library gives it through a public function.
+    different model (docs/benchmarks.md).
     """
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return "unknown"
-    flags = set()
-    for line in text.splitlines():
-        if line.split(":")[0].strip().lower() in ("flags", "features"):
-            flags.update(line.split(":", 1)[1].split())
+    info = cpuinfo()
+    flags = set((info.get("flags") or info.get("features") or "").split())
     return next((level for level in SIMD_LEVELS if level in flags), "unknown")
+
+
+def cpu_model() -> str:
+    """This CPU's name, family and model number (e.g. ``AMD EPYC, family 25 model 17``), or ``unknown``.
+
+    Kept with every run beside :func:`cpu_simd`: two machines with the same vector instruction set
+    but different CPU models have trained different models from the same seed (docs/benchmarks.md).
+    """
+    info = cpuinfo()
+    name = info.get("model name") or info.get("cpu model") or info.get("hardware")
+    if not name:
+        return "unknown"
+    if "cpu family" in info and "model" in info:
+        return f"{name}, family {info['cpu family']} model {info['model']}"
+    return name
 
 
 def environment() -> dict:
@@ -344,7 +370,7 @@ def environment() -> dict:
 
     from . import __version__
     out = {"wbc_nnabla": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-           "cpu_simd": cpu_simd()}
+           "cpu_simd": cpu_simd(), "cpu_model": cpu_model()}
     for dist in ("nnabla", "nnabla-ext-cuda116", "nnabla-ext-cuda120", "numpy", "opencv-python-headless",
                  "scipy", "pandas", "matplotlib", "onnx", "onnxruntime"):
         try:
