@@ -42,8 +42,7 @@ def dataset(root: Path, per_class: int) -> Path:
 
 
 def bench(size: int, batch: int, iterations: int, tmp: Path, augmentation=None) -> dict:
-    per_class = max(2, -(-batch * iterations // 6))
-    ds = dataset(tmp / f"ds{size}", per_class)
+    ds = dataset(tmp / f"ds{size}", max(2, -(-batch * iterations // 6)))
     t0 = time.time()
     extra = {} if augmentation is None else {"augmentation": augmentation}
     s = training.train(ds, tmp / f"out{size}", TrainConfig(epochs=2, batch_size=batch, size=size, pretrained="none",

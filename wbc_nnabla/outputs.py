@@ -333,25 +333,26 @@ def cpuinfo(path: PathLike = "/proc/cpuinfo") -> dict:
     return fields
 
 
-def cpu_simd() -> str:
+def cpu_simd(info: Optional[dict] = None) -> str:
     """The widest vector instruction set of this CPU (e.g. ``avx512f``, ``avx2``), or ``unknown``.
 
     Kept with every run because it changes results: the CPU kernels pick their code by it, and the
     float rounding differs, so the same seed on an AVX-512 and an AVX2 machine trains a slightly
-    different model (docs/benchmarks.md).
+    different model (docs/benchmarks.md). ``info``: :func:`cpuinfo`'s fields, read when not given.
     """
-    info = cpuinfo()
+    info = cpuinfo() if info is None else info
     flags = set((info.get("flags") or info.get("features") or "").split())
     return next((level for level in SIMD_LEVELS if level in flags), "unknown")
 
 
-def cpu_model() -> str:
+def cpu_model(info: Optional[dict] = None) -> str:
     """This CPU's name, family and model number (e.g. ``AMD EPYC, family 25 model 17``), or ``unknown``.
 
     Kept with every run beside :func:`cpu_simd`: two machines with the same vector instruction set
     but different CPU models have trained different models from the same seed (docs/benchmarks.md).
+    ``info``: :func:`cpuinfo`'s fields, read when not given.
     """
-    info = cpuinfo()
+    info = cpuinfo() if info is None else info
     name = info.get("model name") or info.get("cpu model") or info.get("hardware")
     if not name:
         return "unknown"
@@ -369,8 +370,9 @@ def environment() -> dict:
     from importlib import metadata
 
     from . import __version__
+    info = cpuinfo()
     out = {"wbc_nnabla": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-           "cpu_simd": cpu_simd(), "cpu_model": cpu_model()}
+           "cpu_simd": cpu_simd(info), "cpu_model": cpu_model(info)}
     for dist in ("nnabla", "nnabla-ext-cuda116", "nnabla-ext-cuda120", "numpy", "opencv-python-headless",
                  "scipy", "pandas", "matplotlib", "onnx", "onnxruntime"):
         try:
