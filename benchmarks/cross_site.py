@@ -91,6 +91,7 @@ VARIANTS = {
     "robust96": ["--recipe", "robust", "--size", "96"],      # a larger input (its own 96-px dataset)
     "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
     "robust_randconv": ["--recipe", "robust", "--randconv", "0.5"],   # + random convolutions (RandConv)
+    "robust_fourier": ["--recipe", "robust", "--fourier", "0.5"],   # + d1's low-frequency amplitude (FDA), VARIANT_STYLE
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
     "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
     "robust_swa": ["--recipe", "robust", "--average-epochs", "3"],   # + weights averaged over the last 3 epochs
@@ -105,6 +106,9 @@ VARIANT_BACKGROUND = {"robust_rm": "remove"}
 #: Variants that start from another variant's model of the same seed (``train --init``): the paper's
 #: Model B, which fine-tunes Model A on dataset ② (section II.4), as ``reproduce`` trains it.
 VARIANT_INIT = {"robust_AB": "robust_rm"}
+#: Variants trained with style cells (``train --style-cells``): d1's cells without their labels
+#: (``OUT/d1_unlabelled.csv``), the cells `adapt` sees; the labels are never read.
+VARIANT_STYLE = {"robust_fourier": "d1_unlabelled.csv"}
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
 CURVE_REPEATS = 3
@@ -193,10 +197,11 @@ def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list) -
         if not a.exists():
             sys.exit(f"{variant} starts from {a}: run --variant {VARIANT_INIT[variant]} --seed {seed} first")
         init = ["--init", a]
+    style = ["--style-cells", out / VARIANT_STYLE[variant]] if variant in VARIANT_STYLE else []
     cfg = run / "config.json"
     if not (cfg.exists() and "best" in json.loads(cfg.read_text())):
         resume = ["--resume"] if (run / "checkpoint.json").exists() else []
-        wbc("train", data, run, *COMMON, "--seed", seed, *resume, *VARIANTS[variant], *init, *extra)
+        wbc("train", data, run, *COMMON, "--seed", seed, *resume, *VARIANTS[variant], *init, *style, *extra)
     return run
 
 

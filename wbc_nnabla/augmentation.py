@@ -1,6 +1,7 @@
 """The training graph's augmentation (paper section II.4; docs/training.md, "ImageAugmentation").
 
-:func:`augment` is what a training graph puts before the network: the colour terms
+:func:`augment` is what a training graph puts before the network: another lab's low-frequency
+amplitude spectrum (:func:`fourier_augment`, from style cells), the colour terms
 (:func:`color_augment`), a slight blur (:func:`blur_augment`), random convolutions
 (:func:`randconv_augment`), then Neural Network
 Console's ImageAugmentation (``nnabla.functions.image_augmentation``: Contrast, Brightness,
@@ -178,6 +179,89 @@ def randconv_augment(x, p: float, seed: int = -1):
     return x + (conv - x) * (1.0 - keep) * on
 
 
+#: Half-width of the low-frequency band of :func:`fourier_augment`, as a share of the image side
+#: (FDA's ``beta``, Yang & Soatto, CVPR 2020: its middle value of 0.01, 0.05, 0.09): frequencies
+#: ``-b .. b`` cycles per image on each axis, ``b = max(1, floor(beta * side))`` (3 at 64 px). Fixed
+#: before any foreign-site result (docs/cross_site.md).
+FOURIER_BETA = 0.05
+#: Floor of an amplitude a ratio divides by (a frequency of zero amplitude keeps its zero).
+FOURIER_EPS = 1e-6
+# Stream key of the Fourier step's seeds in derive_seed(augmentation seed, key): any constant; fixed
+# so that runs stay reproducible and the other terms' draws do not change when it is turned on.
+_FOURIER_STREAM = 6451
+
+
+def fourier_half_band(side: int, beta: float = FOURIER_BETA) -> int:
+    """``b`` of :data:`FOURIER_BETA` for an image of ``side`` pixels: the band is ``-b .. b`` cycles per image."""
+    return max(1, int(math.floor(beta * side)))
+
+
+def fourier_matrices(side: int, b: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each ``(2b + 1, side)``: row ``k`` (frequency ``k - b``) of the discrete Fourier
+    transform, ``exp(-2 pi i f n / side) = cos - i sin``. Only the band's rows: the step needs no
+    other frequency, so it costs ``O(side^2 b)`` per channel instead of a full transform."""
+    angle = 2.0 * np.pi * np.outer(np.arange(-b, b + 1), np.arange(side)) / side
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def low_band_amplitudes(images: np.ndarray, beta: float = FOURIER_BETA) -> np.ndarray:
+    """Amplitude spectrum ``(N, 3, 2b+1, 2b+1)`` of ``images`` ``(N, 3, S, S)`` ([0, 1]) at frequencies
+    ``-b .. b`` of each axis (:func:`fourier_half_band`), by ``numpy.fft.fft2`` (the style bank of
+    :func:`fourier_augment`)."""
+    side = images.shape[-1]
+    b = fourier_half_band(side, beta)
+    spectrum = np.fft.fft2(images.astype(np.float64), axes=(-2, -1))
+    band = np.r_[np.arange(side - b, side), np.arange(0, b + 1)]          # frequencies -b .. b
+    return np.abs(spectrum[:, :, band][:, :, :, band]).astype(np.float32)
+
+
+def _matmul(a, b):
+    """``a @ b`` over the last two axes of a batch ``a`` ``(M, P, Q)`` and a constant ``b`` ``(Q, R)``."""
+    return F.reshape(F.affine(F.reshape(a, (-1, a.shape[-1])), b), a.shape[:-1] + (b.shape[-1],))
+
+
+def _left(m, a):
+    """``m @ a`` for a constant ``m`` ``(P, Q)`` and each ``a`` ``(Q, R)`` of a batch ``(M, Q, R)``."""
+    return F.transpose(_matmul(F.transpose(a, (0, 2, 1)), F.transpose(m, (1, 0))), (0, 2, 1))
+
+
+def fourier_augment(x, bank: np.ndarray, p: float, seed: int = -1, beta: float = FOURIER_BETA):
+    """Low-frequency amplitude mixing with style cells (FDA, Yang & Soatto, CVPR 2020; the mix ratio
+    of FACT, Xu et al., CVPR 2021) on a [0, 1] batch ``(N, 3, S, S)`` (same shape out).
+
+    bank: :func:`low_band_amplitudes` of the style cells, ``(K, 3, 2b+1, 2b+1)`` at this ``S``.
+    With probability ``p`` per image and forward, one style cell drawn uniformly from the bank and
+    ``lam`` uniform in [0, 1]: each channel's amplitude ``A`` at frequencies ``-b .. b`` of both axes
+    becomes ``(1 - lam) A + lam A_style``, its phase kept, every other frequency unchanged; the
+    result is clipped to [0, 1]. ``lam = 1`` is FDA's swap. The cell's shape (the phase and the
+    high frequencies) stays; the style cell's overall colour, stain contrast and illumination come in.
+    nnabla has no Fourier transform on CPU ("FFT forward not implemented in CPU yet", 1.39), so
+    the band's transform is written out: two small matrix products per axis (:func:`fourier_matrices`).
+    """
+    n, c, h, w = x.shape
+    if h != w or bank.shape[-1] != 2 * fourier_half_band(h, beta) + 1:
+        raise ValueError(f"fourier_augment: the bank {bank.shape} does not match square {h} x {w} images")
+    seeds = _graph_seeds(seed, 3)
+    cos, sin = (nn.Variable.from_numpy_array(m, need_grad=False) for m in fourier_matrices(h, (bank.shape[-1] - 1) // 2))
+    k = bank.shape[-1]
+    planes = F.reshape(x, (n * c, h, w))
+    # X = (C - iS) x (C - iS)^T over the band: P = x (C - iS)^T, X = (C - iS) P
+    pr, pi = _matmul(planes, F.transpose(cos, (1, 0))), -_matmul(planes, F.transpose(sin, (1, 0)))
+    xr = _left(cos, pr) + _left(sin, pi)
+    xi = _left(cos, pi) - _left(sin, pr)
+    amp = F.reshape((xr ** 2 + xi ** 2) ** 0.5, (n, c, k, k))
+    styles = nn.Variable.from_numpy_array(bank.reshape(len(bank), -1), need_grad=False)
+    chosen = F.reshape(F.embed(F.randint(0, len(bank), (n,), seed=seeds[0]), styles), (n, c, k, k))
+    on = F.less_scalar(F.rand(0.0, 1.0, (n, 1, 1, 1), seed=seeds[1]), p)
+    lam = F.rand(0.0, 1.0, (n, 1, 1, 1), seed=seeds[2]) * on
+    gain = F.reshape((amp + (chosen - amp) * lam) / F.maximum_scalar(amp, FOURIER_EPS) - 1.0, (n * c, k, k))
+    dr, di = xr * gain, xi * gain                                      # the change of the band's spectrum
+    # back: x' - x = Re((C + iS)^T dX (C + iS)) / (h w)
+    qr, qi = _matmul(dr, cos) - _matmul(di, sin), _matmul(dr, sin) + _matmul(di, cos)
+    change = (_left(F.transpose(cos, (1, 0)), qr) - _left(F.transpose(sin, (1, 0)), qi)) * (1.0 / (h * w))
+    return F.clip_by_value(x + F.reshape(change, (n, c, h, w)), 0.0, 1.0)
+
+
 #: MixStyle's Beta(alpha, alpha) parameter, the residual stages it follows and the epsilon added to
 #: each variance: the defaults of the authors' Dassl code for ResNet-18 classification
 #: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/cross_site.md).
@@ -226,15 +310,21 @@ def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[model
     return hook
 
 
-def augment(x, aug: Augmentation, seed: int = -1):
+def augment(x, aug: Augmentation, seed: int = -1, styles: Optional[np.ndarray] = None):
     """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
 
-    :func:`color_augment` when :attr:`Augmentation.color`, :func:`blur_augment` when
+    :func:`fourier_augment` with the style bank ``styles`` when ``aug.fourier`` (first: it brings in
+    another lab's look, which the colour terms then vary), :func:`color_augment` when
+    :attr:`Augmentation.color`, :func:`blur_augment` when
     ``aug.blur``, :func:`randconv_augment` when ``aug.randconv``, then NNC's ImageAugmentation.
     ``seed`` >= 0 gives each random function its
     own Mersenne Twister seeded at graph construction (reproducible; :func:`train` builds a
     new one per epoch).
     """
+    if aug.fourier:
+        if styles is None:
+            raise ValueError("Augmentation.fourier needs the style bank (TrainConfig.style_cells)")
+        x = fourier_augment(x, styles, aug.fourier, _stream_seed(seed, _FOURIER_STREAM))
     if aug.color:
         x = color_augment(x, aug, seed)
     if aug.blur:

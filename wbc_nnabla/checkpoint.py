@@ -32,13 +32,14 @@ AVERAGE_FILE = "average.h5"
 #: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change; ``average_epochs``
 #: is checked against the checkpoint's own weight mean, ``training.resumed_average``).
 RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
-               "bn_sample", "weight_init", "norm")
+               "bn_sample", "weight_init", "norm", "style_cells")
 # Keys added after runs were already written: a config without the key had this value.
-_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch"}
-# Augmentation fields added later (colour terms, blur, RandConv, MixStyle): an older config had them at their defaults (off).
+_RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch", "style_cells": None}
+# Augmentation fields added later (colour terms, blur, RandConv, MixStyle, Fourier): an older config had them at
+# their defaults (off).
 _AUGMENTATION_DEFAULTS = {k: getattr(Augmentation(), k)
                           for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
-                                    "blur", "randconv", "mixstyle")}
+                                    "blur", "randconv", "mixstyle", "fourier")}
 
 
 def pointer(out_dir: Path) -> Path:

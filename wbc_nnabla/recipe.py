@@ -136,6 +136,15 @@ class Augmentation:
       ``1 / sqrt(3 k^2)``), ``a`` uniform in [0, 1]; not clipped
       (:func:`wbc_nnabla.augmentation.randconv_augment`).
 
+    Another lab's look, not in NNC nor the paper, 0.0 = off (the default); first of all terms, and
+    only with style cells (:attr:`TrainConfig.style_cells`, e.g. the new lab's unlabelled cells):
+
+    * ``fourier``: with probability ``fourier`` per image and iteration, the amplitude spectrum of
+      each channel at the lowest frequencies (``-b .. b`` cycles per image, ``b = floor(0.05 S)``,
+      3 at 64 px) becomes ``(1 - lam) A + lam A_style``, ``A_style`` a style cell's drawn at random,
+      ``lam`` uniform in [0, 1]; the phase and every other frequency are kept (FDA, Yang & Soatto,
+      CVPR 2020; :func:`wbc_nnabla.augmentation.fourier_augment`; docs/training.md).
+
     Feature-style term, not in NNC nor the paper, 0.0 = off (the default):
 
     * ``mixstyle``: MixStyle (Zhou et al., ICLR 2021) after residual stages 1-3, each with
@@ -164,6 +173,8 @@ class Augmentation:
                                     "convolution of it (RandConv; 0: off)")
     mixstyle: float = setting(0.0, "features: MixStyle after residual stages 1-3, with this probability per "
                                     "stage and iteration (0: off)")
+    fourier: float = setting(0.0, "another lab's look: with this probability per image, the lowest frequencies' "
+                                   "amplitude mixed with a style cell's (FDA; needs --style-cells; 0: off)")
 
     @property
     def color(self) -> bool:
@@ -249,6 +260,10 @@ class TrainConfig:
         the last ``average_epochs`` epochs, its BatchNorm statistics re-estimated as above
         (``config.json`` ``best["averaged_epochs"]``); 0 (default, the paper's): the epoch with the
         lowest Validation Error. Not in the paper; docs/training.md, "Weight averaging".
+    style_cells: cells of another lab (any source :func:`wbc_nnabla.fileio.read_cells` reads; labels
+        ignored), whose low-frequency amplitude spectra :attr:`Augmentation.fourier` mixes into the
+        training images; read only, at most :data:`wbc_nnabla.training.MAX_STYLE_CELLS`, recorded in
+        ``config.json`` (``style_cells``). Required by ``fourier`` > 0 and refused without it.
     """
     epochs: int = PAPER.epochs
     batch_size: int = BATCH_SIZE
@@ -273,10 +288,14 @@ class TrainConfig:
     average_epochs: int = setting(0, "export the mean of the weights over every update of the last N epochs, "
                                      "BatchNorm statistics re-estimated (SWA; 0: off, the best epoch as the "
                                      "paper; see docs/training.md)", metavar="N")
+    style_cells: Optional[Union[str, Path]] = setting(
+        None, "another lab's cells (a folder or cell CSV; labels ignored) whose look --fourier mixes in "
+              "(e.g. the new lab's unlabelled cells; see docs/training.md)", metavar="CELLS")
 
     def validate(self) -> None:
         """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count, colour share,
-        blur weight, RandConv or MixStyle probability or averaging window out of range."""
+        blur weight, RandConv, MixStyle or Fourier probability or averaging window out of range, and
+        ``fourier`` without ``style_cells`` or the reverse."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
         if self.norm not in NORM_NAMES:
@@ -286,7 +305,8 @@ class TrainConfig:
         for name, meaning in (("color_prob", "a share of images"),
                               ("blur", "the largest weight of the blurred image"),
                               ("randconv", "a probability per image and iteration"),
-                              ("mixstyle", "a probability per stage and iteration")):
+                              ("mixstyle", "a probability per stage and iteration"),
+                              ("fourier", "a probability per image and iteration")):
             value = getattr(self.augmentation, name)
             if not 0.0 <= value <= 1.0:
                 raise TrainingError(f"{name} must be in [0, 1] ({meaning}), got {value}")
@@ -295,6 +315,10 @@ class TrainConfig:
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")
         if not 0 <= self.average_epochs <= self.epochs:
             raise TrainingError(f"average_epochs must be in [0, epochs = {self.epochs}], got {self.average_epochs}")
+        if bool(self.augmentation.fourier) != (self.style_cells is not None):
+            raise TrainingError("fourier (--fourier) and style_cells (--style-cells) go together: the Fourier step "
+                                "mixes in the style cells' spectra, and style cells are read for nothing without it "
+                                f"(got fourier {self.augmentation.fourier}, style_cells {self.style_cells})")
         if self.average_epochs and self.norm == "batch" and not self.bn_recalibration:
             raise TrainingError("average_epochs needs bn_recalibration > 0 with BatchNorm: averaged weights need "
                                 "BatchNorm statistics of their own")

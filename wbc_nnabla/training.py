@@ -50,7 +50,8 @@ from tqdm import tqdm
 from . import checkpoint, classes, domain, fileio, framing, modelfile, models, outputs, predictions, sampling
 # The training graph's augmentation moved to its own module after 0.1.0; its names stay importable here.
 from .augmentation import (BLUR_KERNEL, BLUR_SIGMA, MIXSTYLE_ALPHA, MIXSTYLE_EPS, MIXSTYLE_STAGES,  # noqa: F401
-                           OD_EPS, augment, blur_augment, color_augment, gaussian_kernel, mixstyle, mixstyle_hook)
+                           OD_EPS, augment, blur_augment, color_augment, gaussian_kernel, low_band_amplitudes,
+                           mixstyle, mixstyle_hook)
 from .errors import InputError
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 SCOPE = "wbc_train"
 #: Training images (seeded, class-stratified) the stored domain reference is computed on.
 DOMAIN_SAMPLE = 1000
+#: Most style cells (:attr:`TrainConfig.style_cells`) read, a seeded sample of a larger source, and
+#: fewest accepted: the Fourier step draws one per image, and a handful would stand for no lab.
+MAX_STYLE_CELLS = 500
+MIN_STYLE_CELLS = 8
 
 
 # ----------------------------------------------------------------------------- graph pieces
@@ -83,11 +88,12 @@ loss: their mean ``()``.
 
 def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: bool = False,
                 aug: Optional[Augmentation] = None, aug_seed: int = -1, weight_init: str = "glorot",
-                norm: str = "batch") -> Graph:
+                norm: str = "batch", styles: Optional[np.ndarray] = None) -> Graph:
     """A ResNet graph sharing the parameters of :data:`SCOPE`, built for one use.
 
     * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``; MixStyle when
-      ``aug.mixstyle``), batch-statistics BN;
+      ``aug.mixstyle``; the Fourier step with the style bank ``styles``, :func:`style_bank`,
+      when ``aug.fourier``), batch-statistics BN;
     * test (validation, Training Error): ``test=True``, running-statistics BN, no augmentation;
     * clean batch statistics (precise BN, :func:`recalibrate_bn`): neither.
 
@@ -98,7 +104,7 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
     with nn.parameter_scope(SCOPE):
         x = nn.Variable(models.input_shape(batch_size, size))
         t = nn.Variable((batch_size, 1))
-        h = augment(x, aug, aug_seed) if aug is not None and aug.enabled else x
+        h = augment(x, aug, aug_seed, styles) if aug is not None and aug.enabled else x
         h.persistent = True             # kept for the augmentation monitor
         logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm,
                                after_stage=None if test else mixstyle_hook(aug, aug_seed))
@@ -244,6 +250,8 @@ class TrainData:
     eval_rows: Optional[np.ndarray]  # Training Error sample; None: every training image
     iters: int                       # iterations per epoch
     wbc_share: Optional[dict] = None  # median WBC share of the training crops (:func:`measure_scale`)
+    styles: Optional[np.ndarray] = None  # the Fourier step's style bank (:func:`style_bank`)
+    style_record: Optional[dict] = None  # what it was read from, for config.json
 
 
 def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
@@ -253,7 +261,7 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
         if not (dataset_dir / n).is_file():
             raise TrainingError(f"{dataset_dir}: no {n} (expected an NNC dataset folder with train.csv "
                                 f"and valid.csv, e.g. from `wbc-nnabla build-dataset`)")
-    outputs.check_not_inside(out_dir, [dataset_dir])
+    outputs.check_not_inside(out_dir, [dataset_dir] + ([Path(cfg.style_cells)] if cfg.style_cells else []))
     train_paths, train_y = read_split(dataset_dir / "train.csv")
     valid_paths, valid_y = read_split(dataset_dir / "valid.csv")
     if len(train_paths) < cfg.batch_size:
@@ -265,10 +273,39 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
     eval_rows = None if limit is None or limit >= len(train_y) else \
         sampling.shuffled_sample(train_y, limit, sampling.derive_seed(cfg.seed, 0, 6))
     iters = len(train_paths) // cfg.batch_size
+    styles, style_record = style_bank(cfg.style_cells, cfg.size, sampling.derive_seed(cfg.seed, 0, 9)) \
+        if cfg.style_cells else (None, None)
     return TrainData(ImageLoader(train_paths, train_y, cfg.size, cfg.cache_images),
                      ImageLoader(valid_paths, valid_y, cfg.size, cfg.cache_images), bn_rows, eval_rows,
                      min(iters, cfg.max_iterations) if cfg.max_iterations else iters,
-                     measure_scale(train_paths, sampling.derive_seed(cfg.seed, 0, 8)))
+                     measure_scale(train_paths, sampling.derive_seed(cfg.seed, 0, 8)), styles, style_record)
+
+
+def style_bank(source, size: int, seed: int) -> Tuple[np.ndarray, dict]:
+    """(bank, record): the low-frequency amplitude spectra ``(K, 3, 2b+1, 2b+1)``
+    (:func:`~wbc_nnabla.augmentation.low_band_amplitudes`) of the cells of ``source`` resized to
+    ``size`` px as training images are, and what they were read from (``config.json``'s ``style_cells``).
+
+    A seeded sample of at most :data:`MAX_STYLE_CELLS` cells; labels are ignored. An unreadable cell
+    or fewer than :data:`MIN_STYLE_CELLS` is a :class:`TrainingError` naming the file.
+    """
+    source = Path(source)
+    table = fileio.read_cells(source, dedupe_flag=None)
+    if len(table) < MIN_STYLE_CELLS:
+        raise TrainingError(f"{source}: {len(table)} style cells (--style-cells); the Fourier step needs at "
+                            f"least {MIN_STYLE_CELLS}: a handful of cells stands for no lab")
+    paths = list(table["path"])
+    rows = np.sort(np.random.RandomState(seed).permutation(len(paths))[:MAX_STYLE_CELLS])
+    loader = ImageLoader([paths[i] for i in rows], np.zeros(len(rows), np.int32), size, cache=False)
+    images = []
+    for i in range(len(loader)):
+        try:
+            images.append(loader.image(i))
+        except Exception as e:
+            raise TrainingError(f"{loader.paths[i]}: style cell (--style-cells {source}) unreadable: {e}") from e
+    bank = low_band_amplitudes(np.stack(images).astype(np.float32) / 255.0)
+    return bank, dict(source=str(source.resolve()), n_cells=len(loader), n_listed=len(paths),
+                      cells_sha256=modelfile.paths_sha256(loader.paths), half_band=(bank.shape[-1] - 1) // 2)
 
 
 def measure_scale(paths: Sequence[str], seed: int) -> Optional[dict]:
@@ -305,7 +342,7 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
                 export_size=cfg.export_size or cfg.size, n_train=len(data.train), n_valid=len(data.valid),
                 max_iterations=cfg.max_iterations, bn_recalibration=bn_recalibration_images(cfg), **skipped,
                 weight_init=cfg.weight_init, norm=cfg.norm, average_epochs=cfg.average_epochs,
-                wbc_share=data.wbc_share,
+                wbc_share=data.wbc_share, style_cells=data.style_record,
                 bn_sample=_describe_rows(data.bn_rows, data.train.labels),
                 train_eval_sample=_describe_rows(data.eval_rows, data.train.labels))
 
@@ -705,7 +742,7 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     # saved: a new function seeded from (seed, epoch) per epoch makes a resumed run
     # draw exactly the same augmentations.
     graph = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, aug=cfg.augmentation,
-                        aug_seed=sampling.derive_seed(cfg.seed, epoch, 1), norm=cfg.norm)
+                        aug_seed=sampling.derive_seed(cfg.seed, epoch, 1), norm=cfg.norm, styles=data.styles)
     if epoch == average_start(cfg) and run.average is None:
         run.average = WeightAverage(epoch)
     t0 = time.perf_counter()
