@@ -7,11 +7,12 @@ JPEGs through the background data iterator; epoch 2 hits the in-memory cache) at
 (~360 px JPEGs, resized on load). F.image_augmentation runs inside the graph and is
 counted as compute. Also times the precise-BN recalibration (a forward pass of the
 batch-statistics graph over clean training images, done before every evaluation by
-default) and checks the 320x320 inference graph shape. ``--recipe robust --randconv P`` times a
-variant's augmentation (``--only-64``: the 64 px case alone, as the cross-site benchmark trains).
+default) and checks the 320x320 inference graph shape. ``--recipe robust --randconv P`` (or
+``--fourier P``, with the demo cells as style cells) times a variant's augmentation
+(``--only-64``: the 64 px case alone, as the cross-site benchmark trains).
 
     nice -n 5 .venv/bin/python benchmarks/bench_training.py [--iterations 3]
-    nice -n 5 .venv/bin/python benchmarks/bench_training.py --only-64 --recipe robust [--randconv 0.5]
+    nice -n 5 .venv/bin/python benchmarks/bench_training.py --only-64 --recipe robust [--randconv 0.5 | --fourier 0.5]
 """
 from __future__ import annotations
 
@@ -41,13 +42,13 @@ def dataset(root: Path, per_class: int) -> Path:
     return root
 
 
-def bench(size: int, batch: int, iterations: int, tmp: Path, augmentation=None) -> dict:
+def bench(size: int, batch: int, iterations: int, tmp: Path, augmentation=None, style_cells=None) -> dict:
     ds = dataset(tmp / f"ds{size}", max(2, -(-batch * iterations // 6)))
     t0 = time.time()
     extra = {} if augmentation is None else {"augmentation": augmentation}
     s = training.train(ds, tmp / f"out{size}", TrainConfig(epochs=2, batch_size=batch, size=size, pretrained="none",
                                                          progress=False, max_iterations=iterations,
-                                                         train_eval_limit=4, **extra))
+                                                         train_eval_limit=4, style_cells=style_cells, **extra))
     h = s["history"]
     return dict(size=size, batch_size=batch, iterations_per_epoch=iterations,
                 cold_images_per_s=h[0]["images_per_s"], cold_outside_share=h[0]["outside_share"],
@@ -74,9 +75,12 @@ def main():
     ap.add_argument("--iterations-64", type=int, default=6, help="iterations per epoch at 64 px")
     ap.add_argument("--recipe", choices=("paper", "robust"), default="paper", help="the augmentation recipe")
     ap.add_argument("--randconv", type=float, default=None, help="train --randconv P on top of the recipe")
+    ap.add_argument("--fourier", type=float, default=None,
+                    help="train --fourier P --style-cells DEMO on top of the recipe (the demo cells as style cells)")
     ap.add_argument("--only-64", action="store_true", help="time the 64 px case only")
     a = ap.parse_args()
-    overrides = {} if a.randconv is None else {"randconv": a.randconv}
+    overrides = {k: v for k, v in (("randconv", a.randconv), ("fourier", a.fourier)) if v is not None}
+    styles = fileio.demo_data() if a.fourier else None
     aug = recipe_augmentation(a.recipe, **overrides)
     import nnabla as nn
     x = nn.Variable((1, 3, 320, 320))
@@ -89,8 +93,8 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         cases = ((480, 4, a.iterations), (64, 32, a.iterations_64))
         for size, batch, it in cases[1:] if a.only_64 else cases:
-            r = bench(size, batch, it, Path(d), aug)
-            r.update(recipe=a.recipe, randconv=aug.randconv)
+            r = bench(size, batch, it, Path(d), aug, styles)
+            r.update(recipe=a.recipe, randconv=aug.randconv, fourier=aug.fourier)
             print(json.dumps(r, indent=1), flush=True)
 
 

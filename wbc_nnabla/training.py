@@ -104,7 +104,7 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
     with nn.parameter_scope(SCOPE):
         x = nn.Variable(models.input_shape(batch_size, size))
         t = nn.Variable((batch_size, 1))
-        h = augment(x, aug, aug_seed, styles) if aug is not None and aug.enabled else x
+        h = augment(x, aug, aug_seed, styles) if aug is not None and aug.enabled and not test else x
         h.persistent = True             # kept for the augmentation monitor
         logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm,
                                after_stage=None if test else mixstyle_hook(aug, aug_seed))
