@@ -162,3 +162,14 @@ def test_too_few_or_unreadable_style_cells_are_named_and_nothing_is_written(tiny
     with pytest.raises(TrainingError, match="broken.png: style cell"):
         training.train(tiny_dataset, tmp_path / "o", TrainConfig(style_cells=listed, **cfg))
     assert not (tmp_path / "o").exists()
+
+
+def test_the_cli_passes_style_cells_and_refuses_fourier_alone(tiny_dataset, tmp_path, capsys):
+    from wbc_nnabla import cli
+    common = [str(tiny_dataset), str(tmp_path / "o"), "--epochs", "1", "--size", "32", "--batch-size", "4",
+              "--pretrained", "none", "--no-progress", "--train-eval-limit", "4"]
+    assert cli.main(["train", *common, "--fourier", "0.5"]) == 2
+    assert "--style-cells" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert cli.main(["train", *common, "--fourier", "0.5", "--style-cells", str(fileio.demo_data())]) == 0
+    rec = json.loads((tmp_path / "o" / "config.json").read_text())["config"]
+    assert rec["style_cells"]["source"] == str(fileio.demo_data().resolve())
