@@ -94,7 +94,8 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
     * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``; MixStyle when
       ``aug.mixstyle``; the Fourier step with the style bank ``styles``, :func:`style_bank`,
       when ``aug.fourier``), batch-statistics BN;
-    * test (validation, Training Error): ``test=True``, running-statistics BN, no augmentation;
+    * test (validation, Training Error): ``test=True``, running-statistics BN, no ``aug``
+      (``finetune`` gives ``aug`` with ``test=True``: augmented, BatchNorm frozen);
     * clean batch statistics (precise BN, :func:`recalibrate_bn`): neither.
 
     The first graph built after the scope is cleared creates the parameters, new
@@ -104,7 +105,7 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
     with nn.parameter_scope(SCOPE):
         x = nn.Variable(models.input_shape(batch_size, size))
         t = nn.Variable((batch_size, 1))
-        h = augment(x, aug, aug_seed, styles) if aug is not None and aug.enabled and not test else x
+        h = augment(x, aug, aug_seed, styles) if aug is not None and aug.enabled else x
         h.persistent = True             # kept for the augmentation monitor
         logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm,
                                after_stage=None if test else mixstyle_hook(aug, aug_seed))
