@@ -91,7 +91,7 @@ VARIANTS = {
     "robust96": ["--recipe", "robust", "--size", "96"],      # a larger input (its own 96-px dataset)
     "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
     "robust_randconv": ["--recipe", "robust", "--randconv", "0.5"],   # + random convolutions (RandConv)
-    "robust_fourier": ["--recipe", "robust", "--fourier", "0.5"],   # + d1's low-frequency amplitude (FDA), VARIANT_STYLE
+    "robust_fourier": ["--recipe", "robust", "--fourier", "0.5"],   # + d1's look (FDA; VARIANT_STYLE)
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
     "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
     "robust_swa": ["--recipe", "robust", "--average-epochs", "3"],   # + weights averaged over the last 3 epochs

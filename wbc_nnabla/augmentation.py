@@ -242,8 +242,8 @@ def fourier_augment(x, bank: np.ndarray, p: float, seed: int = -1, beta: float =
     if h != w or bank.shape[-1] != 2 * fourier_half_band(h, beta) + 1:
         raise ValueError(f"fourier_augment: the bank {bank.shape} does not match square {h} x {w} images")
     seeds = _graph_seeds(seed, 3)
-    cos, sin = (nn.Variable.from_numpy_array(m, need_grad=False) for m in fourier_matrices(h, (bank.shape[-1] - 1) // 2))
     k = bank.shape[-1]
+    cos, sin = (nn.Variable.from_numpy_array(m, need_grad=False) for m in fourier_matrices(h, (k - 1) // 2))
     planes = F.reshape(x, (n * c, h, w))
     # X = (C - iS) x (C - iS)^T over the band: P = x (C - iS)^T, X = (C - iS) P
     pr, pi = _matmul(planes, F.transpose(cos, (1, 0))), -_matmul(planes, F.transpose(sin, (1, 0)))
