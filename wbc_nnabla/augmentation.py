@@ -220,9 +220,10 @@ def _matmul(a, b):
     return F.reshape(F.affine(F.reshape(a, (-1, a.shape[-1])), b), a.shape[:-1] + (b.shape[-1],))
 
 
-def _left(m, a):
-    """``m @ a`` for a constant ``m`` ``(P, Q)`` and each ``a`` ``(Q, R)`` of a batch ``(M, Q, R)``."""
-    return F.transpose(_matmul(F.transpose(a, (0, 2, 1)), F.transpose(m, (1, 0))), (0, 2, 1))
+def _left(m_t, a):
+    """``m @ a`` for a constant ``m`` given as its transpose ``m_t`` ``(Q, P)`` and each ``a`` ``(Q, R)``
+    of a batch ``(M, Q, R)``: ``(a^T m^T)^T``."""
+    return F.transpose(_matmul(F.transpose(a, (0, 2, 1)), m_t), (0, 2, 1))
 
 
 def fourier_augment(x, bank: np.ndarray, p: float, seed: int = -1, beta: float = FOURIER_BETA):
@@ -243,12 +244,14 @@ def fourier_augment(x, bank: np.ndarray, p: float, seed: int = -1, beta: float =
         raise ValueError(f"fourier_augment: the bank {bank.shape} does not match square {h} x {w} images")
     seeds = _graph_seeds(seed, 3)
     k = bank.shape[-1]
-    cos, sin = (nn.Variable.from_numpy_array(m, need_grad=False) for m in fourier_matrices(h, (k - 1) // 2))
+    c_band, s_band = fourier_matrices(h, (k - 1) // 2)
+    cos, sin, cos_t, sin_t = (nn.Variable.from_numpy_array(np.ascontiguousarray(m), need_grad=False)
+                              for m in (c_band, s_band, c_band.T, s_band.T))
     planes = F.reshape(x, (n * c, h, w))
     # X = (C - iS) x (C - iS)^T over the band: P = x (C - iS)^T, X = (C - iS) P
-    pr, pi = _matmul(planes, F.transpose(cos, (1, 0))), -_matmul(planes, F.transpose(sin, (1, 0)))
-    xr = _left(cos, pr) + _left(sin, pi)
-    xi = _left(cos, pi) - _left(sin, pr)
+    pr, pi = _matmul(planes, cos_t), -_matmul(planes, sin_t)
+    xr = _left(cos_t, pr) + _left(sin_t, pi)
+    xi = _left(cos_t, pi) - _left(sin_t, pr)
     amp = F.reshape((xr ** 2 + xi ** 2) ** 0.5, (n, c, k, k))
     styles = nn.Variable.from_numpy_array(bank.reshape(len(bank), -1), need_grad=False)
     chosen = F.reshape(F.embed(F.randint(0, len(bank), (n,), seed=seeds[0]), styles), (n, c, k, k))
@@ -258,7 +261,7 @@ def fourier_augment(x, bank: np.ndarray, p: float, seed: int = -1, beta: float =
     dr, di = xr * gain, xi * gain                                      # the change of the band's spectrum
     # back: x' - x = Re((C + iS)^T dX (C + iS)) / (h w)
     qr, qi = _matmul(dr, cos) - _matmul(di, sin), _matmul(dr, sin) + _matmul(di, cos)
-    change = (_left(F.transpose(cos, (1, 0)), qr) - _left(F.transpose(sin, (1, 0)), qi)) * (1.0 / (h * w))
+    change = (_left(cos, qr) - _left(sin, qi)) * (1.0 / (h * w))
     return F.clip_by_value(x + F.reshape(change, (n, c, h, w)), 0.0, 1.0)
 
 
