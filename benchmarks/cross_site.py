@@ -31,7 +31,8 @@ the same on the pbc6 validation cells from the model as exported (a same-lab che
 ``--background remove``, and is measured on ``OUT/d1_rm``, d1 with its background removed:
 ``wbc-nnabla build-dataset OUT/d1.csv OUT/d1_rm --inference --background remove --size 64``;
 ``robust_AB`` is the paper's Model B of that Model A: ``train OUT/data_sS OUT/robust_AB_sS ... --init
-OUT/robust_rm_sS/model.nnp``, measured on d1 as the lab gives it);
+OUT/robust_rm_sS/model.nnp``, measured on d1 as the lab gives it; ``robust_fourier_bccd`` takes its
+style cells from a third lab, ``wbc-nnabla build-dataset BCCD OUT/bccd --inference --crop 310 --size 64``);
 with ``--ensembles``, the predictions of every variant's seeds averaged at each stage and along the fine-tuning curve:
 
     wbc-nnabla ensemble OUT/VARIANT_s0/pred_STAGE.csv OUT/VARIANT_s1/pred_STAGE.csv ... OUT/ensembles/VARIANT_s01/pred_STAGE.csv
@@ -92,6 +93,7 @@ VARIANTS = {
     "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
     "robust_randconv": ["--recipe", "robust", "--randconv", "0.5"],   # + random convolutions (RandConv)
     "robust_fourier": ["--recipe", "robust", "--fourier", "0.5"],   # + d1's look (FDA; VARIANT_STYLE)
+    "robust_fourier_bccd": ["--recipe", "robust", "--fourier", "0.5"],   # + a third lab's look (BCCD; no d1)
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
     "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
     "robust_swa": ["--recipe", "robust", "--average-epochs", "3"],   # + weights averaged over the last 3 epochs
@@ -107,8 +109,12 @@ VARIANT_BACKGROUND = {"robust_rm": "remove"}
 #: Model B, which fine-tunes Model A on dataset ② (section II.4), as ``reproduce`` trains it.
 VARIANT_INIT = {"robust_AB": "robust_rm"}
 #: Variants trained with style cells (``train --style-cells``): d1's cells without their labels
-#: (``OUT/d1_unlabelled.csv``), the cells `adapt` sees; the labels are never read.
-VARIANT_STYLE = {"robust_fourier": "d1_unlabelled.csv"}
+#: (``OUT/d1_unlabelled.csv``), the cells `adapt` sees, the labels never read; or the WBCs of a third
+#: lab, ``bccd-fields`` (``OUT/bccd/cells.csv``, :func:`bccd_cells`), with nothing of d1.
+VARIANT_STYLE = {"robust_fourier": "d1_unlabelled.csv", "robust_fourier_bccd": "bccd/cells.csv"}
+#: Crop side (px) of the BCCD WBCs: 1.5 x the median longer side of the VOC WBC boxes (207 px), the
+#: factor of ``bench_domain.py``'s BCCD crops; fixed before any run with them (docs/cross_site.md).
+BCCD_CROP = 310
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)
 CURVE_REPEATS = 3
@@ -186,7 +192,16 @@ def d1_sets(out: Path, variant: str) -> tuple:
     return d1 / "cells.csv", d1 / "cells.csv"          # adapt ignores the labels
 
 
-def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list) -> Path:
+def bccd_cells(out: Path, bccd: Path) -> Path:
+    """``OUT/bccd/cells.csv``: one unlabelled crop per WBC box of the VOC folder ``bccd``
+    (`build-dataset --inference --crop BCCD_CROP --size 64`), built once."""
+    cells = out / "bccd" / "cells.csv"
+    if not cells.exists():
+        wbc("build-dataset", bccd, cells.parent, "--inference", "--crop", BCCD_CROP, "--size", 64, "--no-progress")
+    return cells
+
+
+def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list, bccd: Path) -> Path:
     data, run = data_dir(out, variant, seed), out / f"{variant}_s{seed}"
     if not (data / "valid.csv").exists():
         wbc("build-dataset", pbc6, data, "--background", VARIANT_BACKGROUND.get(variant, "keep"), "--total", 2400,
@@ -197,6 +212,8 @@ def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list) -
         if not a.exists():
             sys.exit(f"{variant} starts from {a}: run --variant {VARIANT_INIT[variant]} --seed {seed} first")
         init = ["--init", a]
+    if VARIANT_STYLE.get(variant) == "bccd/cells.csv":
+        bccd_cells(out, bccd)
     style = ["--style-cells", out / VARIANT_STYLE[variant]] if variant in VARIANT_STYLE else []
     cfg = run / "config.json"
     if not (cfg.exists() and "best" in json.loads(cfg.read_text())):
@@ -583,6 +600,8 @@ def main():
     ap.add_argument("--seed", type=int, action="append", default=[])
     ap.add_argument("--pbc6", type=Path, default=SHARED / "pbc6")
     ap.add_argument("--d1", type=Path, default=SHARED / "zheng2018-d1")
+    ap.add_argument("--bccd", type=Path, default=SHARED / "bccd-fields",
+                    help="VOC folder whose WBCs are robust_fourier_bccd's style cells")
     ap.add_argument("--no-stain", action="store_true", help="skip the colour-standardisation measurements")
     ap.add_argument("--no-self-train", action="store_true", help="skip the self-training measurement")
     ap.add_argument("--finetune-curve", metavar="VARIANT", choices=sorted(VARIANTS), default=None)
@@ -614,7 +633,7 @@ def main():
         d1_sources(a.out, a.d1)
     for seed in a.seed or [0]:
         for variant in a.variant:
-            train_variant(a.out, a.pbc6, variant, seed, extra)
+            train_variant(a.out, a.pbc6, variant, seed, extra, a.bccd)
             r = evaluate(a.out, variant, seed, stain=not a.no_stain, self_train=not a.no_self_train)
             print(json.dumps({k: r[k] for k in r if k not in ("flags",)}, indent=1, default=str)[:2000])
         if a.infomax:
