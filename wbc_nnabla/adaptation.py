@@ -10,7 +10,7 @@ copied byte for byte. The estimate is :func:`wbc_nnabla.training.recalibrate_bn`
 training images.
 
 :func:`adapt_batchnorm` reads a model file (:func:`wbc_nnabla.modelfile.read_model`)
-and a cell source of any kind (:func:`wbc_nnabla.fileio.read_cells`) and writes
+and a source of whole single-cell images (:func:`wbc_nnabla.fileio.read_cell_images`) and writes
 a new self-describing ``.nnp`` whose ``wbc_nnabla.json`` records what the
 adaptation used (``adaptation``). CLI: ``wbc-nnabla adapt``.
 
@@ -108,7 +108,7 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
     """
     training_share = meta.get("wbc_share")
     if train_cells is not None:
-        training_share = framing.median_share(list(fileio.read_cells(train_cells, dedupe_flag=None)["path"]), seed=seed)
+        training_share = framing.median_share(list(fileio.read_cell_images(train_cells, dedupe_flag=None)["path"]), seed=seed)
     if not training_share:
         return None
     try:
@@ -126,7 +126,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     """Write ``out``: ``model`` with every BatchNorm's running mean/var re-estimated on ``cells`` (AdaBN).
 
     model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`).
-    cells: the new site's cells, any source :func:`wbc_nnabla.fileio.read_cells` reads;
+    cells: the new site's cells, any source :func:`wbc_nnabla.fileio.read_cell_images` reads;
         labels are ignored. A seeded random sample (``seed``) of at most ``max_images``
         readable cells, rounded down to whole batches of ``batch_size``, is used.
     out: the adapted ``.nnp`` to write (not the model, not inside the cells folder;
@@ -156,7 +156,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     if not bn_statistics(params):
         raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
     size = _input_size(model, meta, size)
-    table = fileio.read_cells(cells, dedupe_flag=None)
+    table = fileio.read_cell_images(cells, dedupe_flag=None)
     loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
     readable, skipped = _draw(loader, max_images, seed, skip_bad)
     rows = readable[:len(readable) // batch_size * batch_size]          # whole batches only
@@ -260,7 +260,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
     Best run on a model ``adapt`` made first (its site zoom is applied to each crop).
 
     model: a ``.nnp``/``.h5`` model file. cells: the site's cells, any source
-        :func:`wbc_nnabla.fileio.read_cells` reads; labels are ignored. A seeded sample of at
+        :func:`wbc_nnabla.fileio.read_cell_images` reads; labels are ignored. A seeded sample of at
         most ``max_images`` readable cells is used (at least :data:`MIN_ADAPT_IMAGES` and
         one batch). out: the ``.nnp`` to write (not the model, not inside the cells folder;
         an existing file only with ``overwrite``). skip_bad: leave out unreadable cells.
@@ -283,7 +283,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
         shares = prior_shares(meta["class_names"], cfg.prior)
     except predictions.PredictionsError as e:
         raise AdaptationError(f"{model}: --prior {cfg.prior}: {e}") from None
-    table = fileio.read_cells(cells, dedupe_flag=None)
+    table = fileio.read_cell_images(cells, dedupe_flag=None)
     loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size,
                                   transform=framing.model_view(meta))
     readable, skipped = _draw(loader, max_images, cfg.seed, skip_bad)

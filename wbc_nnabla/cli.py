@@ -331,7 +331,7 @@ def _stain_reference(method: str, source) -> Optional[dict]:
             raise CLIError("--stain-reference is given but --stain is none")
         return None
     from . import fileio, stain
-    return stain.reference(list(fileio.read_cells(source, dedupe_flag=None)["path"]))
+    return stain.reference(list(fileio.read_cell_images(source, dedupe_flag=None)["path"]))
 
 
 def _add_inference(sub) -> None:

@@ -538,6 +538,32 @@ def read_cells(source: PathLike, dedupe: bool = False, by_content: bool = False,
     return drop_duplicates(table, dedupe, by_content=by_content, dedupe_flag=dedupe_flag)
 
 
+def read_cell_images(source: PathLike, dedupe: bool = False, by_content: bool = False,
+                     dedupe_flag: Optional[str] = "--dedupe") -> pd.DataFrame:
+    """:func:`read_cells` for a command that takes each image whole as one cell (``predict``,
+    ``adapt``, ``finetune``, ``--style-cells``, ...); see :func:`check_whole_images`."""
+    table = read_cells(source, dedupe=dedupe, by_content=by_content, dedupe_flag=dedupe_flag)
+    return check_whole_images(table, source)
+
+
+def check_whole_images(table: pd.DataFrame, source) -> pd.DataFrame:
+    """``table``, or a :class:`SourceError` naming its first row that gives a cell centre ``x, y``
+    in a larger image (a VOC folder, a CSV with ``x,y``): read whole, the field would stand for that
+    cell. Such cells are cropped first, by ``build-dataset SOURCE OUT --inference --crop PX``, whose
+    ``OUT/cells.csv`` lists one whole image per cell."""
+    xy = [c for c in ("x", "y") if c in table.columns]
+    centred = table[xy].notna().any(axis=1) if xy else pd.Series(False, index=table.index)
+    if centred.any():
+        row = table[centred].iloc[0]
+        where = row.get("source") or f"{source}: cell {int(np.flatnonzero(centred)[0]) + 1}"
+        raise SourceError(f"{where}: gives a cell centre (x {row.get('x', np.nan):g}, y {row.get('y', np.nan):g}) "
+                          f"in {row['path']} ({int(centred.sum())} of {len(table)} cells do); this command reads "
+                          f"each image whole as one cell, so the whole field would stand for it. Crop the cells "
+                          f"first: wbc-nnabla build-dataset {source} OUT --inference --crop PX (PX: the crop side "
+                          f"in the field's pixels), then give OUT/cells.csv")
+    return table
+
+
 def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read ``chunk`` bytes at a time."""
     h = hashlib.sha256()

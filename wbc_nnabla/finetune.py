@@ -83,7 +83,7 @@ def read_labelled(cells: Path, class_names: Sequence[str]) -> Tuple[List[str], n
     Raises :class:`FinetuneError` naming the source and row for a missing label or one the
     model cannot learn, and for too few cells or classes.
     """
-    table = fileio.read_cells(cells, by_content=True, dedupe_flag=None)   # --select splits them into folds
+    table = fileio.read_cell_images(cells, by_content=True, dedupe_flag=None)   # --select splits them into folds
     names, _ = target_groups(class_names)
     if len(table) < MIN_FINETUNE_CELLS:
         raise FinetuneError(f"{cells}: {len(table)} cells; fine-tuning needs at least {MIN_FINETUNE_CELLS} "
@@ -302,7 +302,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
 
     model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`), best
         one adapted to the site first (:func:`wbc_nnabla.adaptation.adapt_batchnorm`).
-    cells: labelled cells, any source :func:`wbc_nnabla.fileio.read_cells` reads
+    cells: labelled cells, any source :func:`wbc_nnabla.fileio.read_cell_images` reads
         (at least :data:`MIN_FINETUNE_CELLS` and :data:`MIN_FINETUNE_CLASSES` classes;
         labels: the model's classes, or ``Neutrophil`` for Band/Segment).
     out: the fine-tuned ``.nnp`` (not the model, not inside the cells folder; an existing

@@ -295,7 +295,7 @@ def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
     """The cells to predict: a cell table (see :mod:`wbc_nnabla.fileio`), labels optional.
 
     source: a cell table DataFrame (needs ``path``), or any cell source
-        :func:`wbc_nnabla.fileio.read_cells` reads (class-folder tree, ``path,label[,smear]``
+        :func:`wbc_nnabla.fileio.read_cell_images` reads (class-folder tree, ``path,label[,smear]``
         CSV, NNC dataset CSV or folder, an inference dataset folder, a folder of
         images, or a folder of smear sub-folders: the paper's inference set is 57
         smears).
@@ -307,8 +307,8 @@ def read_inputs(source, dedupe: bool = False) -> pd.DataFrame:
         df = source.copy()
         for col in ("label", "smear"):
             df[col] = df[col].fillna("").astype(str) if col in df.columns else ""
-        return df
-    return fileio.read_cells(source, dedupe=dedupe, dedupe_flag=None)
+        return fileio.check_whole_images(df, "cell table")
+    return fileio.read_cell_images(source, dedupe=dedupe, dedupe_flag=None)
 
 
 def _load_or_skip(path: str, size: int, skip_bad: bool,

@@ -260,7 +260,7 @@ class TrainConfig:
         the last ``average_epochs`` epochs, its BatchNorm statistics re-estimated as above
         (``config.json`` ``best["averaged_epochs"]``); 0 (default, the paper's): the epoch with the
         lowest Validation Error. Not in the paper; docs/training.md, "Weight averaging".
-    style_cells: cells of another lab (any source :func:`wbc_nnabla.fileio.read_cells` reads; labels
+    style_cells: cells of another lab (any source :func:`wbc_nnabla.fileio.read_cell_images` reads; labels
         ignored), whose low-frequency amplitude spectra :attr:`Augmentation.fourier` mixes into the
         training images; read only, at most :data:`wbc_nnabla.training.MAX_STYLE_CELLS`, recorded in
         ``config.json`` (``style_cells``). Required by ``fourier`` > 0 and refused without it.

@@ -111,7 +111,7 @@ def self_train(model, cells, out, config: Optional[SelfTrainConfig] = None, over
 
     model: a ``.nnp``/``.h5`` model file, best one adapted to the site first
         (:func:`wbc_nnabla.adaptation.adapt_batchnorm`).
-    cells: the site's cells, any source :func:`wbc_nnabla.fileio.read_cells` reads; labels
+    cells: the site's cells, any source :func:`wbc_nnabla.fileio.read_cell_images` reads; labels
         are ignored.
     out: the self-trained ``.nnp`` (not the model, not inside the cells folder; an
         existing file only with ``overwrite``). Its ``wbc_nnabla.json`` records each

@@ -291,7 +291,7 @@ def style_bank(source, size: int, seed: int) -> Tuple[np.ndarray, dict]:
     or fewer than :data:`MIN_STYLE_CELLS` is a :class:`TrainingError` naming the file.
     """
     source = Path(source)
-    table = fileio.read_cells(source, dedupe_flag=None)
+    table = fileio.read_cell_images(source, dedupe_flag=None)
     if len(table) < MIN_STYLE_CELLS:
         raise TrainingError(f"{source}: {len(table)} style cells (--style-cells); the Fourier step needs at "
                             f"least {MIN_STYLE_CELLS}: a handful of cells stands for no lab")
