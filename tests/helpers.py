@@ -1,4 +1,4 @@
-"""Test data built once, here: demo-cell subsets, the tiny NNC dataset and model, synthetic predictions.
+"""Test data built once, here: demo-cell subsets, a VOC annotation, the tiny NNC dataset and model, synthetic predictions.
 
 Not part of the library. Test modules import it by name (``from helpers import
 ...``; pytest puts ``tests/`` on ``sys.path``); the session-scoped fixtures of
@@ -89,6 +89,13 @@ def file_hashes(*paths) -> dict:
 
 
 # ----------------------------------------------------------------------------- demo cells
+
+
+#: A Pascal VOC annotation of field ``f1.jpg``: one WBC box (centre 30, 40) and one RBC box.
+VOC = """<annotation><filename>f1.jpg</filename>
+<object><name>WBC</name><bndbox><xmin>10</xmin><ymin>20</ymin><xmax>50</xmax><ymax>60</ymax></bndbox></object>
+<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object>
+</annotation>"""
 
 
 def demo_cells(per_class: int = 2) -> pd.DataFrame:

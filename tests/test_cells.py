@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
+from helpers import VOC
 from wbc_nnabla import cli, fileio, outputs, segmentation
 
 CREAM, CYTO, NUCLEUS, PINK = (250, 230, 200), (200, 180, 220), (80, 30, 140), (220, 160, 170)
@@ -138,12 +139,6 @@ def test_locate_synthetic_field():
     for x, y in truth:
         assert np.min(np.hypot(found[:, 0] - x, found[:, 1] - y)) < 4
     assert segmentation.locate_wbcs(np.full((50, 60, 3), CREAM, np.uint8)).shape == (0, 2)
-
-
-VOC = """<annotation><filename>f1.jpg</filename>
-<object><name>WBC</name><bndbox><xmin>10</xmin><ymin>20</ymin><xmax>50</xmax><ymax>60</ymax></bndbox></object>
-<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object>
-</annotation>"""
 
 
 def test_read_voc(tmp_path):

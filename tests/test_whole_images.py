@@ -6,10 +6,12 @@ cells as centres in larger field images: read whole, the field would stand for e
 (a silent, wrong result). They are refused with the row and the way out (``build-dataset
 --inference``, which crops them); ``build-dataset`` itself still reads them.
 """
+import shutil
+
 import pandas as pd
 import pytest
 
-from helpers import demo_cells
+from helpers import VOC, demo_cells
 from wbc_nnabla import fileio
 
 nn = pytest.importorskip("nnabla")
@@ -54,10 +56,8 @@ def test_a_voc_folder_is_refused(tmp_path):
     voc = tmp_path / "voc"
     (voc / "Annotations").mkdir(parents=True)
     (voc / "JPEGImages").mkdir()
-    (voc / "JPEGImages" / "f1.jpg").write_bytes(open(cell, "rb").read())
-    (voc / "Annotations" / "f1.xml").write_text(
-        "<annotation><filename>f1.jpg</filename><object><name>WBC</name><bndbox><xmin>10</xmin><ymin>20</ymin>"
-        "<xmax>50</xmax><ymax>60</ymax></bndbox></object></annotation>")
+    shutil.copy(cell, voc / "JPEGImages" / "f1.jpg")
+    (voc / "Annotations" / "f1.xml").write_text(VOC)
     with pytest.raises(fileio.SourceError, match=r"f1.xml:1: gives a cell centre \(x 30, y 40\) in .*f1.jpg"):
         fileio.read_cell_images(voc)
 
