@@ -196,7 +196,7 @@ def test_cli_adapts_and_skips_bad_cells(site, model, hostile, capsys, tmp_path):
     out = tmp_path / "adapted.nnp"
     global_before = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
     rc = cli.main(["adapt", str(model), str(hostile["bad"]), str(out), "--skip-bad", "--max-images", "48",
-                   "--seed", "1"])
+                   "--seed", "1", "--pad", "replicate"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and out.is_file()
     assert lines[0].startswith("skipped:") and "zz_corrupt.jpg" in lines[0]
@@ -204,6 +204,7 @@ def test_cli_adapts_and_skips_bad_cells(site, model, hostile, capsys, tmp_path):
     assert lines[-1] == "scale: not adapted (the model stores no training WBC scale; give --train-cells)"
     a = modelfile.read_meta(out)["adaptation"]
     assert a["n_cells"] == 32 and a["n_skipped"] == 1 and a["n_listed"] == N_SITE + 1
+    assert a["pad"] == modelfile.read_meta(out)["pad"] == "replicate"          # --pad is stored as given
     after = nn.get_parameters(grad_only=False)           # nnabla's global parameters untouched
     assert set(after) == set(global_before) and all(np.array_equal(after[k].d, global_before[k]) for k in after)
 

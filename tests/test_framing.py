@@ -6,7 +6,7 @@ known re-framing, and that ``adapt`` stores the site's zoom and ``predict`` appl
 import numpy as np
 import pytest
 
-from wbc_nnabla import fileio, framing, stain
+from wbc_nnabla import fileio, framing, recipe, stain
 from wbc_nnabla.errors import InputError
 
 
@@ -101,6 +101,47 @@ def test_reframe_pads_or_crops_around_the_centre():
         framing.reframe(img, 0.0)
 
 
+def _tight(side=60, bg=(235, 225, 215), fg=(90, 40, 120)) -> np.ndarray:
+    """A crop that hugs its cell: a disc of diameter ``side`` touching the four sides."""
+    yy, xx = np.mgrid[:side, :side]
+    img = np.empty((side, side, 3), np.uint8)
+    img[:] = bg
+    img[(yy - (side - 1) / 2) ** 2 + (xx - (side - 1) / 2) ** 2 <= (side / 2) ** 2] = fg
+    return img
+
+
+def _cell_pixels(img, fg=(90, 40, 120)) -> int:
+    return int((img == np.array(fg, np.uint8)).all(axis=2).sum())
+
+
+def test_reframe_fills_the_band_as_pad_says():
+    """Zooming a tight crop out: ``reflect`` mirrors the cell into the band (more cell pixels than
+    the crop holds), ``replicate`` smears its edge pixels, ``background`` adds only the crop's
+    slide-background colour; the crop itself sits unchanged in the middle each time."""
+    img = _tight()
+    inside = _cell_pixels(img)
+    out = {pad: framing.reframe(img, 2.0, pad) for pad in recipe.PADS}
+    for pad, wide in out.items():
+        assert wide.shape == (120, 120, 3), pad
+        np.testing.assert_array_equal(wide[30:90, 30:90], img, err_msg=pad)
+    assert _cell_pixels(out["reflect"]) > 3 * inside                  # the cell mirrored around itself
+    assert inside < _cell_pixels(out["replicate"]) < 2 * inside       # streaks from where it touches the sides
+    band = np.ones((120, 120), bool)
+    band[30:90, 30:90] = False
+    assert _cell_pixels(out["background"]) == inside
+    np.testing.assert_array_equal(out["background"][band], np.broadcast_to(np.uint8((235, 225, 215)), (band.sum(), 3)))
+    with pytest.raises(InputError, match="pad must be one of reflect, replicate, background"):
+        framing.reframe(img, 2.0, "mirror")
+
+
+def test_model_view_applies_the_stored_pad_and_older_models_reflect():
+    img = _tight()
+    np.testing.assert_array_equal(framing.model_view(dict(zoom=2.0, pad="background"))(img),
+                                  framing.reframe(img, 2.0, "background"))
+    np.testing.assert_array_equal(framing.model_view(dict(zoom=2.0))(img), framing.reframe(img, 2.0, "reflect"))
+    assert framing.model_view(dict(pad="background")) is None          # zoom 1: crops as they are
+
+
 def test_wbc_share_follows_a_known_reframing():
     """Demo cells viewed 1.5x wider: the median WBC share falls by 1.5 (within 10 %)."""
     paths = list(fileio.read_cells(fileio.demo_data())["path"][:30])
@@ -137,11 +178,17 @@ def test_adapt_stores_the_site_zoom_and_predict_applies_it(tmp_path, tiny_model)
                                    train_cells=train_csv)
     zoom = modelfile.read_meta(tmp_path / "a.nnp")["zoom"]
     assert r["scale"]["zoom"] == zoom and 0.55 < zoom < 0.8, zoom
+    assert modelfile.read_meta(tmp_path / "a.nnp")["pad"] == recipe.DEFAULT_PAD
     df = predictor.predict(tmp_path / "a.nnp", site, backend="nnabla", progress=False)
     assert df.attrs["zoom"] == zoom
     plain = adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "b.nnp", max_images=32,
                                        scale=False)
     assert plain["scale"] is None and modelfile.read_meta(tmp_path / "b.nnp")["zoom"] == 1.0
+    assert modelfile.read_meta(tmp_path / "b.nnp")["pad"] == recipe.LEGACY_PAD   # no scale: the model's own
+    with pytest.raises(InputError, match="pad must be one of"):
+        adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "c.nnp", max_images=32,
+                                   train_cells=train_csv, pad="mirror")
+    assert not (tmp_path / "c.nnp").exists()
 
 
 @pytest.mark.slow

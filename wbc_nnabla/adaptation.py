@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from . import fileio, framing, modelfile, outputs, predictions, sampling, training
 from .errors import InputError, WBCError
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
-from .recipe import (ADABN_BATCH, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, AdaBoundConfig, Augmentation,  # noqa: F401
-                     InfoMaxConfig)
+from .recipe import (ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PADS,  # noqa: F401
+                     AdaBoundConfig, Augmentation, InfoMaxConfig)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
 def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = ADABN_BATCH,
                     max_images: int = MAX_ADAPT_IMAGES, seed: int = 0, min_images: int = MIN_ADAPT_IMAGES,
                     overwrite: bool = False, skip_bad: bool = False, scale: bool = True,
-                    train_cells=None) -> dict:
+                    train_cells=None, pad: Optional[str] = None) -> dict:
     """Write ``out``: ``model`` with every BatchNorm's running mean/var re-estimated on ``cells`` (AdaBN).
 
     model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`).
@@ -138,6 +138,9 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     scale: also re-frame the site's crops to the training cells' WBC scale (:func:`site_scale`;
         the factor is stored as the output's ``zoom``, which ``predict`` applies) when the model
         stores the training scale or ``train_cells`` is given; ``False``: statistics only.
+    pad: how a crop zoomed out is filled around (:data:`wbc_nnabla.recipe.PADS`), stored as the
+        output's ``pad``; default :data:`wbc_nnabla.recipe.DEFAULT_PAD` when the scale is measured,
+        else the model's own.
 
     Every other parameter is copied unchanged. Raises :class:`AdaptationError` (or
     another :class:`~wbc_nnabla.errors.WBCError` naming the file) before writing anything.
@@ -168,17 +171,21 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     paths = [loader.paths[i] for i in rows]
     scaling = site_scale(meta, paths, seed, train_cells, str(cells)) if scale else None
     zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))
+    if pad is None:
+        pad = DEFAULT_PAD if scaling else meta.get("pad", LEGACY_PAD)
+    if pad not in PADS:
+        raise InputError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
     if zoom != 1.0:      # the cells read so far (and cached) are unframed: read them again re-framed
         loader = training.ImageLoader(loader.paths, loader.labels, size,
-                                      transform=lambda rgb: framing.reframe(rgb, zoom))
+                                      transform=lambda rgb: framing.reframe(rgb, zoom, pad))
     stats = _estimate(params, meta, loader, rows, batch_size, size)
     record = dict(method="AdaBN", model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
                   source=str(cells.resolve()), n_cells=len(rows), n_listed=len(table), n_skipped=len(skipped),
                   cells_sha256=modelfile.paths_sha256(paths), seed=int(seed), batch_size=int(batch_size), size=size,
-                  max_images=int(max_images), layers=len(stats) // 2, scale=scaling,
+                  max_images=int(max_images), layers=len(stats) // 2, scale=scaling, pad=pad,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     new_meta = modelfile.derived_meta(meta, size, "adaptation", record)
-    new_meta["zoom"] = zoom                     # what predict applies to each crop (framing.reframe)
+    new_meta["zoom"], new_meta["pad"] = zoom, pad      # what predict applies to each crop (framing.reframe)
     modelfile.save_nnp(out, {**params, **stats}, new_meta)
     log.info("adapted %d BatchNorm layers of %s on %d cells of %s -> %s", len(stats) // 2, model, len(rows),
              cells, out)

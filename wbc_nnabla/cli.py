@@ -19,9 +19,9 @@ from typing import List, Optional
 from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
-from .recipe import (ADABN_BATCH, ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, FLAG, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES,
-                     PAPER, RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig,
-                     InfoMaxConfig, SelfTrainConfig, TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
+from .recipe import (ADABN_BATCH, ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, DEFAULT_PAD, FLAG, MAX_ADAPT_IMAGES,
+                     MIN_ADAPT_IMAGES, PADS, PAPER, RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS, AdaBoundConfig,
+                     Augmentation, FinetuneConfig, InfoMaxConfig, SelfTrainConfig, TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
 
 
 class CLIError(WBCError):
@@ -413,7 +413,7 @@ def _cmd_adapt(args) -> int:
     from .adaptation import adapt_batchnorm
     r = adapt_batchnorm(args.model, args.site_cells, args.out, size=args.size, batch_size=args.batch_size,
                         max_images=args.max_images, seed=args.seed, overwrite=args.overwrite, skip_bad=args.skip_bad,
-                        scale=not args.no_scale, train_cells=args.train_cells)
+                        scale=not args.no_scale, train_cells=args.train_cells, pad=args.pad)
     for why in r["skipped"]:
         print(f"skipped: {why}")
     print(f"AdaBN: {r['layers']} BatchNorm layers of {args.model} re-estimated on {r['n_cells']} of "
@@ -421,7 +421,8 @@ def _cmd_adapt(args) -> int:
     if r["scale"]:
         s = r["scale"]
         print(f"scale: median WBC share {s['site']['median']:.3f} of the crop here, {s['training']['median']:.3f} "
-              f"in training: every crop is viewed {s['zoom']:.2f}x wider (stored as the model's zoom)")
+              f"in training: every crop is viewed {s['zoom']:.2f}x wider (stored as the model's zoom"
+              + (f"; the band around a crop filled by {args.pad or DEFAULT_PAD})" if s["zoom"] > 1 else ")"))
     elif not args.no_scale:
         print("scale: not adapted (the model stores no training WBC scale; give --train-cells)")
     return 0
@@ -449,6 +450,10 @@ def _add_adaptation(sub) -> None:
     p.add_argument("--train-cells", default=None, metavar="CELLS",
                    help="training cells (e.g. the dataset's train.csv) to measure the training WBC scale of a "
                         "model that stores none")
+    p.add_argument("--pad", choices=PADS, default=None,
+                   help="when the scale zooms the crops out, fill the band around each crop with the crop "
+                        "mirrored (reflect), its edge pixels repeated (replicate) or its slide-background "
+                        f"colour (background); default {DEFAULT_PAD}")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")

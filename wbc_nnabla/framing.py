@@ -21,6 +21,7 @@ import numpy as np
 
 from . import fileio, sampling, segmentation
 from .errors import InputError
+from .recipe import DEFAULT_PAD, LEGACY_PAD, PADS
 
 #: Cells :func:`median_share` segments at most (a seeded sample).
 SHARE_SAMPLE = 200
@@ -63,18 +64,24 @@ def median_share(paths: Sequence[str], n: int = SHARE_SAMPLE, seed: int = 0) -> 
                 n=int(len(shares)), found=int(len(found)))
 
 
-def reframe(rgb: np.ndarray, zoom: float) -> np.ndarray:
+def reframe(rgb: np.ndarray, zoom: float, pad: str = DEFAULT_PAD) -> np.ndarray:
     """The crop ``rgb`` (uint8 ``(H, W, 3)``) seen ``zoom`` times wider around its centre.
 
-    zoom > 1: the square of side ``zoom * max(H, W)`` centred on the crop, padded by
-    mirroring (as ``build-dataset`` pads, :func:`wbc_nnabla.segmentation.crop_square`);
-    the cell then fills ``1 / zoom`` of what it did. zoom < 1: a centred square crop.
+    zoom > 1: the square of side ``zoom * max(H, W)`` centred on the crop, the band outside the
+    crop filled as ``pad`` says (:data:`wbc_nnabla.recipe.PADS`); the cell then fills ``1 / zoom`` of what it did.
+    On a crop that hugs its cell, ``reflect`` mirrors the cell itself into the band.
+    zoom < 1: a centred square crop (``pad`` plays no part).
     """
     if not (np.isfinite(zoom) and zoom > 0):
         raise InputError(f"zoom must be a positive number, got {zoom!r}")
+    if pad not in PADS:
+        raise InputError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
     h, w = rgb.shape[:2]
     side = max(1, int(round(max(h, w) * float(zoom))))
-    return segmentation.crop_square(rgb, w / 2.0, h / 2.0, side, pad_mode="reflect")[0]
+    if pad == "background":
+        fill = np.round(segmentation.background_rgb(rgb)).astype(int)
+        return segmentation.crop_square(rgb, w / 2.0, h / 2.0, side, pad_mode="constant", fill=fill)[0]
+    return segmentation.crop_square(rgb, w / 2.0, h / 2.0, side, pad_mode=pad)[0]
 
 
 def site_zoom(site: Dict[str, float], training: Dict[str, float]) -> float:
@@ -83,7 +90,8 @@ def site_zoom(site: Dict[str, float], training: Dict[str, float]) -> float:
 
 
 def model_view(meta: dict) -> Optional[Callable]:
-    """The re-framing a model asks of each crop (``meta['zoom']``, set by ``adapt``) as a function
-    uint8 ``(H, W, 3)`` -> same, or None when the model takes crops as they are."""
+    """The re-framing a model asks of each crop (``meta['zoom']`` and ``meta['pad']``, set by ``adapt``)
+    as a function uint8 ``(H, W, 3)`` -> same, or None when the model takes crops as they are."""
     zoom = float(meta.get("zoom", 1.0))
-    return None if zoom == 1.0 else (lambda rgb: reframe(rgb, zoom))
+    pad = meta.get("pad", LEGACY_PAD)
+    return None if zoom == 1.0 else (lambda rgb: reframe(rgb, zoom, pad))

@@ -69,6 +69,17 @@ MIN_ADAPT_IMAGES = 32
 MAX_ADAPT_IMAGES = BN_RECALIBRATION_IMAGES
 #: Cells per batch statistic of AdaBN (``adapt``'s default, and the re-estimation that ends ``infomax``).
 ADABN_BATCH = 16
+#: How ``adapt``'s re-framing (:func:`wbc_nnabla.framing.reframe`) fills the band it adds around a
+#: crop it zooms out: the crop mirrored (``reflect``, what ``build-dataset`` does where a crop
+#: leaves its field), its edge pixels repeated (``replicate``, what nnabla's ImageAugmentation fills
+#: with when the training graph's Magnification zooms out) or its own slide-background colour
+#: (``background``).
+PADS = ("reflect", "replicate", "background")
+#: The padding of a model adapted before ``adapt --pad`` existed (its metadata has no ``pad``).
+LEGACY_PAD = "reflect"
+#: The padding ``adapt`` stores when it measures a site's scale (docs/cross_site.md, "How each
+#: constant was chosen").
+DEFAULT_PAD = "background"
 
 #: Key of a dataclass field's metadata that makes the field a command-line flag (see :func:`setting`).
 FLAG = "flag"

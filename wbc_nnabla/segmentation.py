@@ -55,13 +55,14 @@ def crop_size_px(crop_px: int = PAPER.crop, crop_um: Optional[float] = None,
 
 
 def crop_square(rgb: np.ndarray, cx: float, cy: float, size: int,
-                pad_mode: str = "reflect") -> Tuple[np.ndarray, dict]:
+                pad_mode: str = "reflect", fill: Sequence[int] = (255, 255, 255)) -> Tuple[np.ndarray, dict]:
     """Square ``size`` x ``size`` crop centred on pixel ``(cx, cy)`` (section II.3).
 
     rgb: RGB uint8 ``(H, W, 3)``.
     pad_mode: how the square is padded where it leaves the image (:func:`cv2.copyMakeBorder`):
-        ``"reflect"`` (mirror without repeating the edge pixel), ``"constant"`` (white,
-        like a slide background) or ``"replicate"``.
+        ``"reflect"`` (mirror without repeating the edge pixel), ``"constant"`` (``fill``;
+        white by default, like a slide background) or ``"replicate"``.
+    fill: RGB colour of ``"constant"`` padding.
 
     Returns ``(crop, info)``: crop ``(size, size, 3)`` uint8 and ``info`` with
     ``box`` = ``(x0, y0, x1, y1)`` in source pixels (x1, y1 exclusive, may lie
@@ -94,7 +95,7 @@ def crop_square(rgb: np.ndarray, cx: float, cy: float, size: int,
                                   or left >= sub.shape[1] or right >= sub.shape[1]):
             mode = "replicate"
         crop = cv2.copyMakeBorder(np.ascontiguousarray(sub), top, bottom, left, right,
-                                  PAD_MODES[mode], value=(255, 255, 255))
+                                  PAD_MODES[mode], value=tuple(int(v) for v in fill))
     else:
         crop = sub.copy()
     info = {"box": (x0, y0, x1, y1), "pad": (top, bottom, left, right), "pad_mode": pad_mode,
@@ -142,7 +143,7 @@ RBC_QUALITY, RBC_NUCLEAR = 0.75, 0.3
 MIN_SOLIDITY, CUT_WIDEN, CUT_CLEAR, CUT_SMALLER = 0.9, 0.1, 0.4, 0.9
 
 
-def _background_rgb(rgb: np.ndarray) -> np.ndarray:
+def background_rgb(rgb: np.ndarray) -> np.ndarray:
     """Slide background colour (float32 (3,)): median of the brightest 20% of pixels."""
     f = rgb.reshape(-1, 3).astype(np.float32)
     lum = f.sum(1)
@@ -157,7 +158,7 @@ def darkness(rgb: np.ndarray, background: Optional[np.ndarray] = None) -> np.nda
     background (0) < red cells and cytoplasm (0.2-0.5) < nuclei (0.6-0.9),
     whatever the tint of the background (cream, yellow, white).
     """
-    bg = _background_rgb(rgb) if background is None else background
+    bg = background_rgb(rgb) if background is None else background
     g = cv2.GaussianBlur(rgb[..., 1].astype(np.float32), (0, 0), 1.0)
     return np.clip(1.0 - g / max(float(bg[1]), 1.0), 0.0, 1.0)
 
@@ -171,7 +172,7 @@ def violet(rgb: np.ndarray, background: Optional[np.ndarray] = None) -> np.ndarr
     darker than red cells); blue alone fails on stains with purple-red nuclei
     (Zheng et al.'s rapid stain). The sum separates both.
     """
-    bg = _background_rgb(rgb) if background is None else background
+    bg = background_rgb(rgb) if background is None else background
     f = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
     blue = np.clip(((f[..., 2] - f[..., 0]) - (bg[2] - bg[0])) / 255.0, 0.0, 1.0)
     return 0.5 * (darkness(rgb, bg) + blue)
@@ -206,7 +207,7 @@ def optical_density(rgb: np.ndarray, background: Optional[np.ndarray] = None) ->
     (Beer-Lambert: proportional to the amount of each dye). Relative to the image's
     own background, so independent of the illumination and of the background tint.
     """
-    bg = _background_rgb(rgb) if background is None else background
+    bg = background_rgb(rgb) if background is None else background
     f = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
     return np.clip(np.log((np.asarray(bg, np.float32) + 1.0) / (f + 1.0)), 0.0, None)
 
@@ -227,7 +228,7 @@ def stained_mask(rgb: np.ndarray, nucleus: Optional[np.ndarray] = None,
     the plasma halo round a basophil at 0.03-0.07 (3 cells); Zheng d1 cytoplasm 0.18-0.32
     (2 cells).
     """
-    bg = _background_rgb(rgb) if background is None else background
+    bg = background_rgb(rgb) if background is None else background
     odn = np.sqrt((optical_density(rgb, bg) ** 2).sum(-1))
     lum = rgb.astype(np.float32).sum(-1)
     plasma = odn[lum >= np.percentile(lum, 80)]
@@ -372,7 +373,7 @@ def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, 
             nuc_w = cv2.resize(nuc.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
     else:
         img, s_w, nuc_w = rgb, s, nuc
-    m = _working_mask(img, s_w, (t_low, t_high), nuc_w, _background_rgb(rgb))
+    m = _working_mask(img, s_w, (t_low, t_high), nuc_w, background_rgb(rgb))
     if f < 1.0:
         m = cv2.resize(m.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) > 127
         m = _largest(m)
