@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wbc_nnabla import classes, cli, domain, fileio, predictions, report, scoring
+from wbc_nnabla import classes, cli, domain, fileio, framing, predictions, report, scoring
 from wbc_nnabla.errors import WBCError
 
 nn = pytest.importorskip("nnabla")
@@ -76,6 +76,24 @@ def test_demo_cells_inside_recoloured_copy_outside(trained, caplog):
     assert r["median_distance"] > 3 * s["run"]["median_distance"], (r, s["run"])
     assert outside["outside_domain"].mean() == r["share_outside"]
     assert any(domain.WARNING in m for m in caplog.messages)
+    assert outside.attrs["domain"]["scale"] is None              # another stain, the same WBC scale
+
+
+def test_cells_seen_larger_are_outside_and_named_with_the_way_out(trained, tmp_path, capsys):
+    """The held-out cells cropped to half their side (the WBC twice as large, a lab that crops
+    tight): outside, and predict names the scale and `adapt`."""
+    _, model, cells, _ = trained
+    (tmp_path / "tight").mkdir()
+    for i, p in enumerate(cells["path"]):
+        fileio.write_image(tmp_path / "tight" / f"cell_{i:03d}.png", framing.reframe(fileio.read_rgb(p), 0.5))
+    rc = cli.main(["predict", str(model), str(tmp_path / "tight"), str(tmp_path / "p.csv"), "--backend", "nnabla",
+                   "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and domain.WARNING in out, out
+    scale = [line for line in out.splitlines() if line.startswith("scale: the WBC fills a median")]
+    assert len(scale) == 1 and "wbc-nnabla adapt" in scale[0], out
+    hint = predictions.read_run_config(tmp_path / "p.csv")["domain"]["scale"]     # the run's JSON keeps it
+    assert 1.7 < hint["zoom"] < 2.3, hint
 
 
 def test_onnx_backends_measure_the_same_distances(trained, tmp_path):

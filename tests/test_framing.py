@@ -154,6 +154,27 @@ def test_wbc_share_follows_a_known_reframing():
     assert 0.2 < np.median(shares[ok]) < 0.6                       # a PBC cell: about 0.38 of the crop
 
 
+def test_scale_hint_names_only_a_scale_other_than_the_models(tmp_path):
+    """Demo cells against their own median share: no hint; the same cells cropped to half their side
+    (the WBC twice as large): a hint with zoom about 2; none for a model already re-framed by
+    ``adapt``, one that stores no scale, or crops without WBCs."""
+    paths = list(fileio.read_cells(fileio.demo_data())["path"][:framing.HINT_SAMPLE])
+    meta = dict(wbc_share=framing.median_share(paths))
+    assert framing.scale_hint(meta, paths) is None
+    tight = []
+    for i, p in enumerate(paths):
+        tight.append(str(tmp_path / f"t{i:02d}.png"))
+        fileio.write_image(tight[-1], framing.reframe(fileio.read_rgb(p), 0.5))
+    hint = framing.scale_hint(meta, tight)
+    assert hint is not None and 1.7 < hint["zoom"] < 2.3, hint
+    assert hint["training"] == meta["wbc_share"] and hint["site"]["n"] == framing.HINT_SAMPLE
+    assert framing.scale_hint(dict(meta, zoom=hint["zoom"]), tight) is None
+    assert framing.scale_hint({}, tight) is None
+    blank = tmp_path / "blank.png"
+    fileio.write_image(blank, np.full((64, 64, 3), 230, np.uint8))
+    assert framing.scale_hint(meta, [str(blank)] * 30) is None
+
+
 def test_median_share_refuses_too_few_cells(tmp_path):
     blank = tmp_path / "blank.png"
     fileio.write_image(blank, np.full((64, 64, 3), 230, np.uint8))

@@ -21,7 +21,8 @@ from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
 from .recipe import (ADABN_BATCH, ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, DEFAULT_PAD, FLAG, MAX_ADAPT_IMAGES,
                      MIN_ADAPT_IMAGES, PADS, PAPER, RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS, AdaBoundConfig,
-                     Augmentation, FinetuneConfig, InfoMaxConfig, SelfTrainConfig, TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
+                     Augmentation, FinetuneConfig, InfoMaxConfig, SelfTrainConfig, TrainConfig, WEIGHT_INIT_NAMES,
+                     recipe_augmentation)
 
 
 class CLIError(WBCError):
@@ -306,6 +307,8 @@ def _domain_line(summary: dict) -> str:
             f"{summary['cell_threshold']:.2f})")
     if run["outside_domain"] or bad:
         text += f"; WARNING {domain.WARNING}" + (f" (smears: {', '.join(bad)})" if bad else "")
+    if summary.get("scale"):
+        text += f"\nscale: {domain.scale_warning(summary['scale'])}"
     return text
 
 
@@ -422,7 +425,7 @@ def _cmd_adapt(args) -> int:
         s = r["scale"]
         print(f"scale: median WBC share {s['site']['median']:.3f} of the crop here, {s['training']['median']:.3f} "
               f"in training: every crop is viewed {s['zoom']:.2f}x wider (stored as the model's zoom"
-              + (f"; the band around a crop filled by {args.pad or DEFAULT_PAD})" if s["zoom"] > 1 else ")"))
+              + (f"; the band around a crop filled by {r['pad']})" if s["zoom"] > 1 else ")"))
     elif not args.no_scale:
         print("scale: not adapted (the model stores no training WBC scale; give --train-cells)")
     return 0

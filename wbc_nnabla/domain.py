@@ -259,6 +259,15 @@ def unavailable(reason: str) -> dict:
     return dict(available=False, reason=reason)
 
 
+def scale_warning(scale: dict) -> str:
+    """The sentence ``predict`` prints when its cells' WBC scale is not the model's
+    (:func:`wbc_nnabla.framing.scale_hint`)."""
+    site, training = scale["site"]["median"], scale["training"]["median"]
+    return (f"the WBC fills a median {site:.2f} of the crop's side here, {training:.2f} in the training cells "
+            f"({site / training:.1f}x): run `wbc-nnabla adapt MODEL CELLS OUT.nnp` on these cells, which "
+            f"re-frames them to the training scale (docs/inference.md)")
+
+
 def outside_smears(summary: dict) -> List[str]:
     """Names of the smears a :func:`summarise` result flags as outside the training domain (cells without a
     smear name, ``""``, are in no named smear: the run's own flag covers them)."""

@@ -29,6 +29,12 @@ SHARE_SAMPLE = 200
 MEASURE_SIDE = 128
 #: Fewest cells with a WBC found for a median share to count.
 MIN_SHARE_CELLS = 20
+#: Cells ``predict`` measures for :func:`scale_hint` (a seeded sample; about 1 s).
+HINT_SAMPLE = 50
+#: :func:`scale_hint` names the scale when the site's median WBC share and the training cells'
+#: differ by more than this factor: the paper's Magnification (up to 1.1) times the spread of the
+#: median between seeded 50-cell samples of one lab (pbc6, 20 samples: 0.363-0.394, x1.08).
+HINT_RATIO = 1.2
 
 
 def wbc_share(rgb: np.ndarray) -> float:
@@ -68,8 +74,8 @@ def reframe(rgb: np.ndarray, zoom: float, pad: str = DEFAULT_PAD) -> np.ndarray:
     """The crop ``rgb`` (uint8 ``(H, W, 3)``) seen ``zoom`` times wider around its centre.
 
     zoom > 1: the square of side ``zoom * max(H, W)`` centred on the crop, the band outside the
-    crop filled as ``pad`` says (:data:`wbc_nnabla.recipe.PADS`); the cell then fills ``1 / zoom`` of what it did.
-    On a crop that hugs its cell, ``reflect`` mirrors the cell itself into the band.
+    crop filled as ``pad`` says (:data:`wbc_nnabla.recipe.PADS`); the cell then fills ``1 / zoom``
+    of what it did. On a crop that hugs its cell, ``reflect`` mirrors the cell itself into the band.
     zoom < 1: a centred square crop (``pad`` plays no part).
     """
     if not (np.isfinite(zoom) and zoom > 0):
@@ -95,3 +101,23 @@ def model_view(meta: dict) -> Optional[Callable]:
     zoom = float(meta.get("zoom", 1.0))
     pad = meta.get("pad", LEGACY_PAD)
     return None if zoom == 1.0 else (lambda rgb: reframe(rgb, zoom, pad))
+
+
+def scale_hint(meta: dict, paths: Sequence[str], seed: int = 0) -> Optional[Dict[str, object]]:
+    """The WBC scale of crops a model meets, when it is not the model's: for ``predict``'s warning.
+
+    meta: the model's description (``wbc_share`` stored by training, ``zoom`` by ``adapt``); paths:
+    the cells' image files. Returns ``training``, ``site`` (:func:`median_share` records of at most
+    :data:`HINT_SAMPLE` cells) and ``zoom`` (what ``adapt`` would apply) when the model takes crops
+    as they are (zoom 1) and the two medians differ by more than :data:`HINT_RATIO`; else None
+    (also when the model stores no scale or too few WBCs are found to measure one).
+    """
+    training = meta.get("wbc_share")
+    if not training or float(meta.get("zoom", 1.0)) != 1.0 or not len(paths):
+        return None
+    try:
+        site = median_share(list(paths), n=HINT_SAMPLE, seed=seed)
+    except InputError:
+        return None
+    zoom = site_zoom(site, training)
+    return dict(training=training, site=site, zoom=zoom) if max(zoom, 1.0 / zoom) > HINT_RATIO else None

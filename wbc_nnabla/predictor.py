@@ -43,7 +43,7 @@ from .modelfile import ModelError, network_size, read_model
 from .predictions import (CALIBRATION_KEY, PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors,
                           parse_prior, predictions_table, prior_weights)
 from .recipe import BACKEND_NAMES
-from .framing import model_view
+from .framing import model_view, scale_hint
 from .stain import standardiser
 
 log = logging.getLogger(__name__)
@@ -485,7 +485,9 @@ def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) ->
     ``outside_domain`` (0/1: outside the training cells and every fine-tuning site's labelled cells,
     :func:`wbc_nnabla.domain.outside_all`) and ``out.attrs["domain"]`` (:func:`wbc_nnabla.domain.summarise`
     plus ``site_references``: their sources), and logs a warning per run or smear outside; without one,
-    ``attrs["domain"]`` says the check is unavailable and no column is added.
+    ``attrs["domain"]`` says the check is unavailable and no column is added. When the run is
+    outside, ``attrs["domain"]["scale"]`` is :func:`wbc_nnabla.framing.scale_hint` of its cells (None
+    when their WBC scale is the training cells'), and a warning names it.
     """
     ref = meta.get(domain.META_KEY)
     if not ref:
@@ -505,6 +507,9 @@ def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) ->
     if summary["run"]["outside_domain"]:
         log.warning("%.0f%% of the %d cells are outside the training domain of %s: %s",
                     100 * summary["run"]["share_outside"], len(out), where, domain.WARNING)
+        summary["scale"] = scale_hint(meta, list(out["path"]))
+        if summary["scale"]:
+            log.warning("%s", domain.scale_warning(summary["scale"]))
     for s in domain.outside_smears(summary):
         if len(summary["smears"]) > 1:
             log.warning("smear %s: %.0f%% of its cells %s", s, 100 * summary["smears"][s]["share_outside"],
