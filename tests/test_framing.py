@@ -10,12 +10,13 @@ from wbc_nnabla import fileio, framing, recipe, stain
 from wbc_nnabla.errors import InputError
 
 
-def _field(bg=(200, 220, 180), fg=(90, 40, 120), side=96) -> np.ndarray:
-    """A flat background with a dark disc of radius side/4 in the middle, uint8 (side, side, 3)."""
+def _field(bg=(200, 220, 180), fg=(90, 40, 120), side=96, radius=None) -> np.ndarray:
+    """A flat background with a dark disc of ``radius`` (default side/4) in the middle, uint8 (side, side, 3)."""
+    radius = side / 4 if radius is None else radius
     yy, xx = np.mgrid[:side, :side]
     img = np.empty((side, side, 3), np.uint8)
     img[:] = bg
-    img[(yy - side / 2) ** 2 + (xx - side / 2) ** 2 < (side / 4) ** 2] = fg
+    img[(yy - side / 2) ** 2 + (xx - side / 2) ** 2 < radius ** 2] = fg
     return img
 
 
@@ -101,13 +102,9 @@ def test_reframe_pads_or_crops_around_the_centre():
         framing.reframe(img, 0.0)
 
 
-def _tight(side=60, bg=(235, 225, 215), fg=(90, 40, 120)) -> np.ndarray:
-    """A crop that hugs its cell: a disc of diameter ``side`` touching the four sides."""
-    yy, xx = np.mgrid[:side, :side]
-    img = np.empty((side, side, 3), np.uint8)
-    img[:] = bg
-    img[(yy - (side - 1) / 2) ** 2 + (xx - (side - 1) / 2) ** 2 <= (side / 2) ** 2] = fg
-    return img
+def _tight(side=60) -> np.ndarray:
+    """A crop that hugs its cell: a disc of diameter ``side``, reaching the crop's sides."""
+    return _field(bg=(235, 225, 215), side=side, radius=side / 2)
 
 
 def _cell_pixels(img, fg=(90, 40, 120)) -> int:
