@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import fileio, framing, modelfile, outputs, predictions, sampling, training
 from .errors import InputError, WBCError
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
-from .recipe import (ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PADS,  # noqa: F401
+from .recipe import (ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES,  # noqa: F401
                      AdaBoundConfig, Augmentation, InfoMaxConfig)
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))
     if pad is None:
         pad = DEFAULT_PAD if scaling else meta.get("pad", LEGACY_PAD)
-    if pad not in PADS:
-        raise InputError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
+    framing.check_pad(pad)             # before any estimate: with zoom 1 reframe never sees it
     if zoom != 1.0:      # the cells read so far (and cached) are unframed: read them again re-framed
         loader = training.ImageLoader(loader.paths, loader.labels, size,
                                       transform=lambda rgb: framing.reframe(rgb, zoom, pad))

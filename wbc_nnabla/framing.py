@@ -70,6 +70,13 @@ def median_share(paths: Sequence[str], n: int = SHARE_SAMPLE, seed: int = 0) -> 
                 n=int(len(shares)), found=int(len(found)))
 
 
+def check_pad(pad: str) -> str:
+    """``pad`` if it is one of :data:`wbc_nnabla.recipe.PADS`, else an :class:`InputError` naming them."""
+    if pad not in PADS:
+        raise InputError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
+    return pad
+
+
 def reframe(rgb: np.ndarray, zoom: float, pad: str = DEFAULT_PAD) -> np.ndarray:
     """The crop ``rgb`` (uint8 ``(H, W, 3)``) seen ``zoom`` times wider around its centre.
 
@@ -80,8 +87,7 @@ def reframe(rgb: np.ndarray, zoom: float, pad: str = DEFAULT_PAD) -> np.ndarray:
     """
     if not (np.isfinite(zoom) and zoom > 0):
         raise InputError(f"zoom must be a positive number, got {zoom!r}")
-    if pad not in PADS:
-        raise InputError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
+    check_pad(pad)
     h, w = rgb.shape[:2]
     side = max(1, int(round(max(h, w) * float(zoom))))
     if pad == "background":
