@@ -96,6 +96,7 @@ VARIANTS = {
     "robust_fourier_bccd": ["--recipe", "robust", "--fourier", "0.5"],   # + a third lab's look (BCCD; no d1)
     "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
     "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
+    "robust_bgfill": ["--recipe", "robust", "--fill", "background"],   # zoom-out band: background, not edge streaks
     "robust_swa": ["--recipe", "robust", "--average-epochs", "3"],   # + weights averaged over the last 3 epochs
     "robust_rm": ["--recipe", "robust"],    # on dataset ① (background removed), d1 with its background removed
     "robust_AB": ["--recipe", "robust"],    # Model B: robust_rm_sS (Model A) fine-tuned on dataset ②, as reproduce

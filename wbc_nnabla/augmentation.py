@@ -3,8 +3,8 @@
 :func:`augment` is what a training graph puts before the network: another lab's low-frequency
 amplitude spectrum (:func:`fourier_augment`, from style cells), the colour terms
 (:func:`color_augment`), a slight blur (:func:`blur_augment`), random convolutions
-(:func:`randconv_augment`), then Neural Network
-Console's ImageAugmentation (``nnabla.functions.image_augmentation``: Contrast, Brightness,
+(:func:`randconv_augment`), the background colour at the border (:func:`background_fill`), then
+Neural Network Console's ImageAugmentation (``nnabla.functions.image_augmentation``: Contrast, Brightness,
 Magnification, Angle, flips). :func:`mixstyle_hook` adds MixStyle inside the network.
 Each is built in the training graph only, never in a test graph or an exported ``.nnp``.
 Every range is a field of :class:`~wbc_nnabla.recipe.Augmentation`; every random draw is
@@ -313,13 +313,39 @@ def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[model
     return hook
 
 
+#: The quantile of each channel's pixels taken as an image's background colour by :func:`background_fill`.
+BACKGROUND_QUANTILE = 0.9
+
+
+def background_fill(x, quantile: float = BACKGROUND_QUANTILE):
+    """The batch ``(N, C, H, W)`` with its outermost ring of pixels set to each image's background colour.
+
+    NNC's ImageAugmentation fills what comes from outside the image (Magnification < 1, Angle) by
+    repeating the border; after this step the border it repeats is the background colour, so the
+    band matches what ``adapt --pad background`` puts around a site's crop it zooms out. The
+    colour is, per image and channel, the ``quantile`` of the pixels (0.9: the middle of the
+    brightest 20 %, about :func:`wbc_nnabla.segmentation.background_rgb` taken per channel).
+    The ring is 1 px, inside the image: at Magnification >= 1 without a turn it is cut off or
+    stays the outermost pixel.
+    """
+    n, c, h, w = x.shape
+    ranked = F.sort(F.reshape(x, (n, c, h * w)), axis=2)
+    k = int(round(quantile * (h * w - 1)))
+    colour = F.reshape(F.slice(ranked, start=(0, 0, k), stop=(n, c, k + 1)), (n, c, 1, 1))
+    ring = np.ones((1, 1, h, w), np.float32)
+    ring[..., 1:-1, 1:-1] = 0.0
+    ring = nn.Variable.from_numpy_array(ring)
+    return x + (colour - x) * ring
+
+
 def augment(x, aug: Augmentation, seed: int = -1, styles: Optional[np.ndarray] = None):
     """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
 
     :func:`fourier_augment` with the style bank ``styles`` when ``aug.fourier`` (first: it brings in
     another lab's look, which the colour terms then vary), :func:`color_augment` when
     :attr:`Augmentation.color`, :func:`blur_augment` when
-    ``aug.blur``, :func:`randconv_augment` when ``aug.randconv``, then NNC's ImageAugmentation.
+    ``aug.blur``, :func:`randconv_augment` when ``aug.randconv``, :func:`background_fill` when
+    ``aug.fill`` is ``background``, then NNC's ImageAugmentation.
     ``seed`` >= 0 gives each random function its
     own Mersenne Twister seeded at graph construction (reproducible; :func:`train` builds a
     new one per epoch).
@@ -334,6 +360,8 @@ def augment(x, aug: Augmentation, seed: int = -1, styles: Optional[np.ndarray] =
         x = blur_augment(x, aug.blur, _stream_seed(seed, _BLUR_STREAM))
     if aug.randconv:
         x = randconv_augment(x, aug.randconv, _stream_seed(seed, _RANDCONV_STREAM))
+    if aug.fill == "background":
+        x = background_fill(x)
     return F.image_augmentation(
         x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
         angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,

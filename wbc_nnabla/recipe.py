@@ -80,6 +80,10 @@ LEGACY_PAD = "reflect"
 #: The padding ``adapt`` stores when it measures a site's scale (docs/cross_site.md, "How each
 #: constant was chosen").
 DEFAULT_PAD = "background"
+#: What the training graph's ImageAugmentation fills the area from outside an image with when it
+#: zooms out or turns (:attr:`Augmentation.fill`): the border repeated (``edge``, NNC's) or the
+#: image's background colour (``background``, like ``adapt --pad background``).
+FILLS = ("edge", "background")
 
 #: Key of a dataclass field's metadata that makes the field a command-line flag (see :func:`setting`).
 FLAG = "flag"
@@ -110,7 +114,12 @@ class Augmentation:
     * ``brightness``: additive shift ``b`` uniform in ``[-brightness, brightness]`` (same units as x);
     * ``min_scale``/``max_scale`` (Magnification): zoom factor, log-uniform; >1 zooms in;
     * ``angle``: rotation uniform in ``[-angle, angle]`` **degrees** here (nnabla takes
-      radians; converted); pixels from outside the image repeat the border;
+      radians; converted);
+    * ``fill``: what the area from outside the image holds when Magnification zooms out or Angle
+      turns: ``edge`` (NNC's: the border pixels repeated, streaks of whatever touches the edge) or
+      ``background`` (each image's slide-background colour, per channel the 90th percentile of its
+      pixels after the colour terms, :func:`wbc_nnabla.augmentation.background_fill`; what
+      ``adapt --pad background`` puts around a crop it zooms out);
     * ``flip_lr``/``flip_ud``: random mirror (cells have no orientation; not in the paper).
 
     Colour (stain/camera) terms, not in NNC nor the paper, all 0.0 = off (the default:
@@ -169,6 +178,9 @@ class Augmentation:
     min_scale: float = setting(0.9, "Magnification minimum")
     max_scale: float = setting(1.1, "Magnification maximum")
     angle: float = setting(45.0, "rotation in [-angle, angle] degrees")
+    fill: str = setting("edge", "what fills the area from outside the image when Magnification zooms out or "
+                                "Angle turns: edge (NNC's: the border repeated) or background (the image's "
+                                "background colour)", choices=FILLS)
     flip_lr: bool = True
     flip_ud: bool = True
     enabled: bool = True
@@ -321,6 +333,8 @@ class TrainConfig:
             value = getattr(self.augmentation, name)
             if not 0.0 <= value <= 1.0:
                 raise TrainingError(f"{name} must be in [0, 1] ({meaning}), got {value}")
+        if self.augmentation.fill not in FILLS:
+            raise TrainingError(f"fill {self.augmentation.fill!r}: choose one of {', '.join(FILLS)}")
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
             raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")
