@@ -316,9 +316,9 @@ class TrainConfig:
               "(e.g. the new lab's unlabelled cells; see docs/training.md)", metavar="CELLS")
 
     def validate(self) -> None:
-        """Raise :class:`TrainingError` for an unknown arch, norm, a size, batch size, epoch count, colour share,
-        blur weight, RandConv, MixStyle or Fourier probability or averaging window out of range, and
-        ``fourier`` without ``style_cells`` or the reverse."""
+        """Raise :class:`TrainingError` for an unknown arch, norm or fill, a size, batch size, epoch count,
+        colour share, blur weight, RandConv, MixStyle or Fourier probability or averaging window out of
+        range, and ``fourier`` without ``style_cells`` or the reverse."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
         if self.norm not in NORM_NAMES:
