@@ -86,9 +86,11 @@ def summarize(out: Path) -> None:
             cells = [f"{np.mean(r[name][str(n)]):.3f} [{min(r[name][str(n)]):.3f}-{max(r[name][str(n)]):.3f}]"
                      for n in SIZES]
             print(f"| {r['variant']} | {r['seed']} | " + " | ".join(cells) + f" | {r[name]['all']:.3f} |")
-        means = [np.mean([np.mean(r[name][str(n)]) for r in rows]) for n in SIZES]
-        print("| mean | | " + " | ".join(f"{m:.3f}" for m in means)
-              + f" | {np.mean([r[name]['all'] for r in rows]):.3f} |")
+        for variant in sorted({r["variant"] for r in rows}):
+            mine = [r for r in rows if r["variant"] == variant]
+            means = [np.mean([np.mean(r[name][str(n)]) for r in mine]) for n in SIZES]
+            print(f"| {variant} | mean | " + " | ".join(f"{m:.3f}" for m in means)
+                  + f" | {np.mean([r[name]['all'] for r in mine]):.3f} |")
 
 
 def main():
