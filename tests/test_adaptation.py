@@ -200,13 +200,21 @@ def test_cli_adapts_and_skips_bad_cells(site, model, hostile, capsys, tmp_path):
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and out.is_file()
     assert lines[0].startswith("skipped:") and "zz_corrupt.jpg" in lines[0]
-    assert lines[-2].startswith("AdaBN: 20 BatchNorm layers") and str(out) in lines[-2]
+    assert lines[-3].startswith("AdaBN: 20 BatchNorm layers") and str(out) in lines[-3]
+    assert lines[-2].startswith("cells: 32 used; with fewer than 128 ")          # more cells would be safer
     assert lines[-1] == "scale: not adapted (the model stores no training WBC scale; give --train-cells)"
     a = modelfile.read_meta(out)["adaptation"]
     assert a["n_cells"] == 32 and a["n_skipped"] == 1 and a["n_listed"] == N_SITE + 1
     assert a["pad"] == modelfile.read_meta(out)["pad"] == "replicate"          # --pad is stored as given
     after = nn.get_parameters(grad_only=False)           # nnabla's global parameters untouched
     assert set(after) == set(global_before) and all(np.array_equal(after[k].d, global_before[k]) for k in after)
+
+
+def test_cli_says_nothing_of_the_number_of_cells_at_the_advised_number(site, model, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "ADVISED_ADAPT_IMAGES", 32)
+    rc = cli.main(["adapt", str(model), str(site[1]), str(tmp_path / "a.nnp"), "--max-images", "32"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and lines[0].startswith("AdaBN: ") and not any(line.startswith("cells:") for line in lines)
 
 
 @pytest.mark.parametrize("name", ["model.nnp", "model.h5"])

@@ -65,6 +65,10 @@ BN_RECALIBRATION_IMAGES = 960
 #: handful of cells they reflect which cells happened to be drawn (noise), yet would replace
 #: the training site's estimates made from hundreds of images.
 MIN_ADAPT_IMAGES = 32
+#: Site cells below which ``adapt`` says that more would be safer: on average 32 cells gave within
+#: 0.02 of all of a site's cells, but one draw of 32 up to 0.06 less, of 128 at most 0.033 less
+#: (docs/cross_site.md, "How many cells `adapt` needs").
+ADVISED_ADAPT_IMAGES = 128
 #: Site cells AdaBN draws by default (60 batches of 16, as many as precise BN uses in training).
 MAX_ADAPT_IMAGES = BN_RECALIBRATION_IMAGES
 #: Cells per batch statistic of AdaBN (``adapt``'s default, and the re-estimation that ends ``infomax``).
