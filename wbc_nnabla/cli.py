@@ -19,10 +19,10 @@ from typing import List, Optional
 from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
-from .recipe import (ADABN_BATCH, ADVISED_ADAPT_IMAGES, ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, DEFAULT_PAD, FLAG, MAX_ADAPT_IMAGES,
-                     MIN_ADAPT_IMAGES, PADS, PAPER, RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS, AdaBoundConfig,
-                     Augmentation, FinetuneConfig, InfoMaxConfig, SelfTrainConfig, TrainConfig, WEIGHT_INIT_NAMES,
-                     recipe_augmentation)
+from .recipe import (ADABN_BATCH, ADVISED_ADAPT_IMAGES, ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, DEFAULT_PAD, FLAG,
+                     MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PADS, PAPER, RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS,
+                     AdaBoundConfig, Augmentation, FinetuneConfig, InfoMaxConfig, SelfTrainConfig, TrainConfig,
+                     WEIGHT_INIT_NAMES, recipe_augmentation)
 
 
 class CLIError(WBCError):
