@@ -26,7 +26,6 @@ are kept. Results: ``OUT/adapt_cells/VARIANT_sS.json``; ``--summarize`` prints t
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -94,16 +93,7 @@ def summarize(out: Path) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="the cross-site benchmark's OUT (models, data_sS, d1.csv)")
-    ap.add_argument("--variant", default="robust")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--summarize", action="store_true", help="print the tables of every run in OUT/adapt_cells")
-    a = ap.parse_args()
-    if a.summarize:
-        summarize(a.out)
-        return
-    print(json.dumps(measure(a.out, a.variant, a.seed)))
+    tc.bench_main(__doc__, measure, summarize, "adapt_cells")
 
 
 if __name__ == "__main__":

@@ -106,18 +106,25 @@ def summarize(out: Path) -> None:
               + " | ".join(f"{r['d1_' + p]['acc5']:.3f}" for p in PADS) + f" | {r['d1_' + PADS[0]]['zoom']:.2f} |")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_main(doc: str, measure, summarize, results: str, brief=lambda r: r) -> None:
+    """The command line of a benchmark over the cross-site benchmark's models (this one and
+    ``adapt_cells.py``): ``--out --variant --seed`` print ``brief(measure(out, variant, seed))`` as
+    JSON; ``--summarize`` runs ``summarize(out)`` over every run in ``OUT/results``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="the cross-site benchmark's OUT (models, data_sS, d1.csv)")
     ap.add_argument("--variant", default="robust")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--summarize", action="store_true", help="print the table of every run in OUT/tight")
+    ap.add_argument("--summarize", action="store_true", help=f"print the tables of every run in OUT/{results}")
     a = ap.parse_args()
     if a.summarize:
         summarize(a.out)
         return
-    r = measure(a.out, a.variant, a.seed)
-    print(json.dumps({k: (v.get("acc6", v.get("acc5")) if isinstance(v, dict) else v) for k, v in r.items()}))
+    print(json.dumps(brief(measure(a.out, a.variant, a.seed))))
+
+
+def main():
+    bench_main(__doc__, measure, summarize, "tight", brief=lambda r: {
+        k: (v.get("acc6", v.get("acc5")) if isinstance(v, dict) else v) for k, v in r.items()})
 
 
 if __name__ == "__main__":
