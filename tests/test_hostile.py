@@ -224,6 +224,49 @@ CASES = [
      "list the same cell"),
     ("reproduce-missing", ["reproduce", "{I}/nowhere", "{O}/rep", "--preset", "demo"], "nowhere"),
 ]
+#: Settings outside their range (a Magnification of 0 was a segmentation fault inside nnabla; a
+#: negative step or hue trained without a word; a huge size or thread count was a traceback).
+CASES += [
+    ("train-magnification-zero", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--min-scale", "0"],
+     "min_scale must be > 0"),
+    ("train-negative-step", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--alpha", "-1"],
+     "alpha must be a finite number > 0, got -1.0"),
+    ("train-negative-hue", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--hue", "-1"],
+     "hue must be in [0, 180] (degrees), got -1.0"),
+    ("train-export-size-zero", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--export-size", "0"],
+     "export_size must be in [32, 2048] px"),
+    ("finetune-negative-step", ["finetune", "{I}/models/model.nnp", "{I}/csv/good.csv", "{O}/f.nnp", "--alpha", "-1"],
+     "alpha must be a finite number > 0"),
+    ("predict-size-zero", ["predict", "{I}/models/model.nnp", "{I}/csv/good.csv", "{O}/p.csv", "--size", "0"],
+     "size 0: the ResNet needs at least 32x32 pixels"),
+    ("predict-huge-size", ["predict", "{I}/models/model.nnp", "{I}/csv/good.csv", "{O}/p.csv", "--size", "100000"],
+     "size 100000: at most 2048 pixels"),
+    ("predict-threads-zero", ["predict", "{I}/models/model.nnp", "{I}/csv/good.csv", "{O}/p.csv", "--threads", "0"],
+     "threads must be in [1, 1024]"),
+    ("build-huge-size", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--size", "100000"],
+     "size must be in [1, 2048] pixels, got 100000"),
+    ("segment-negative-gallery", ["segment", "{I}/good/Band", "--out", "{O}/seg", "--gallery", "-1"],
+     "gallery must be >= 0 cells (0: none), got -1"),
+    ("build-huge-total", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--total",
+                          "1000000000"], "total must be in [1, 1,000,000] images, got 1000000000"),
+    ("export-unknown-opset", ["export", "{I}/models/model.nnp", "--onnx", "{O}/m.onnx", "--opset", "1000"],
+     "opset 1000: at least 13 is needed"),
+]
+#: Every command with a --seed, given one that NumPy and nnabla cannot take (was a traceback, and
+#: reproduce left OUT/config.json behind).
+SEED_COMMANDS = [
+    ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--size", "32"],
+    ["train", "{I}/dataset", "{O}/m", "--size", "32", "--pretrained", "none"],
+    ["adapt", "{I}/models/model.nnp", "{I}/good", "{O}/a.nnp"],
+    ["finetune", "{I}/models/model.nnp", "{I}/csv/good.csv", "{O}/f.nnp"],
+    ["self-train", "{I}/models/model.nnp", "{I}/good", "{O}/s.nnp"],
+    ["infomax", "{I}/models/model.nnp", "{I}/good", "{O}/i.nnp"],
+    ["domain-reference", "{I}/models/model.nnp", "{I}/dataset", "{O}/d.nnp"],
+    ["reproduce", "{I}/csv/good.csv", "{O}/rep", "--preset", "demo"],
+]
+CASES += [(f"{argv[0]}-seed-{seed}", argv + ["--seed", seed], f"argument --seed: expected an integer in [0, 2**31 - 1], "
+                                                               f"got '{seed}'")
+          for argv in SEED_COMMANDS for seed in ("-1", "2147483648")]
 
 
 @pytest.mark.parametrize("case,argv,expected", CASES, ids=[c[0] for c in CASES])

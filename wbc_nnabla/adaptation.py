@@ -38,7 +38,7 @@ from . import fileio, framing, modelfile, outputs, predictions, sampling, traini
 from .errors import InputError, WBCError
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
 from .recipe import (ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES,  # noqa: F401
-                     AdaBoundConfig, Augmentation, InfoMaxConfig)
+                     AdaBoundConfig, Augmentation, InfoMaxConfig, check_step)
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     model, cells, out = Path(model), Path(cells), Path(out)
     if batch_size < 1 or max_images < 1:
         raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
+    seed = sampling.check_seed(seed)
     modelfile.check_derived_output(model, cells, out, overwrite, "adapt", "adapted", AdaptationError)
     params, meta = modelfile.read_model(model)
     if meta.get("norm") == "group":
@@ -283,6 +284,8 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
     if cfg.iterations < 1 or cfg.batch_size < 2 or max_images < 1 or cfg.weight < 0:
         raise InputError(f"iterations and max_images must be >= 1, batch_size >= 2 (a mean prediction) and "
                          f"weight >= 0; got {cfg.iterations}, {max_images}, {cfg.batch_size} and {cfg.weight}")
+    sampling.check_seed(cfg.seed)
+    check_step(cfg, InputError)
     params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "infomax", "adapted",
                                                     AdaptationError, cfg.size)
     try:

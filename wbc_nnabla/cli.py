@@ -130,7 +130,7 @@ def _cmd_build_dataset(args) -> int:
         print(f"dropped {report['duplicates_dropped']} repeated cell(s) of the source (--dedupe)")
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} bad image(s), listed in {out / 'build_report.md'}")
-    print(f"dataset: {out}")
+    print(f"dataset: {out.path}")
     return 0
 
 
@@ -156,7 +156,7 @@ def _add_datasets(sub) -> None:
     p.add_argument("--total", type=int, default=None,
                    help=f"images in train+valid (default {PAPER.total_a} for remove, {PAPER.total_b} for keep)")
     p.add_argument("--valid-fraction", type=float, default=0.2, help="share of images in valid.csv (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and variant choice (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the split and variant choice (default 0)")
     p.add_argument("--inference", action="store_true",
                    help="inference set: crop and resize only (cells.csv + test.csv), no split or augmentation")
     p.add_argument("--locate", action="store_true",
@@ -210,7 +210,7 @@ def _add_training(sub) -> None:
     p.add_argument("--size", type=int, default=t.size,
                    help=f"training input size in pixels (paper: {PAPER.train_size})")
     p.add_argument("--export-size", type=int, default=t.export_size, help="input size of model.nnp (default --size)")
-    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--seed", type=_seed, default=t.seed)
     p.add_argument("--arch", default=t.arch, choices=ARCH_NAMES)
     p.add_argument("--pretrained", default=t.pretrained,
                    help="imagenet (file cached in ~/nnabla_data/nnp_models/imagenet/), a .nnp/.h5 path, or none")
@@ -352,7 +352,8 @@ def _add_inference(sub) -> None:
     p.add_argument("--classes", default="auto",
                    help="expected model classes: 'six' (the paper's), a comma list, or 'auto' (accept the "
                         "model's; default)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for opencv/onnxruntime (default: all)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for opencv/onnxruntime, 1-1024 (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the .json beside it) if it exists")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
@@ -450,7 +451,7 @@ def _add_adaptation(sub) -> None:
     p.add_argument("--max-images", type=int, default=MAX_ADAPT_IMAGES,
                    help=f"site cells drawn, a seeded sample (default %(default)s; at least {MIN_ADAPT_IMAGES} "
                         f"readable cells are required)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cell sample (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the cell sample (default 0)")
     p.add_argument("--no-scale", action="store_true",
                    help="BatchNorm statistics only: do not re-frame the site's crops to the training WBC scale")
     p.add_argument("--train-cells", default=None, metavar="CELLS",
@@ -583,6 +584,15 @@ def _add_self_train(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- scoring, report
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer in [0, :data:`~wbc_nnabla.sampling.MAX_SEED`] (argparse names the flag)."""
+    from .sampling import check_seed
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**31 - 1], got {text!r}") from None
 
 
 def _fraction(text: str) -> float:
@@ -813,7 +823,7 @@ def _add_settings(group, cls, defaults: bool) -> None:
     other argparse keywords come from the field's metadata. With ``defaults``
     the field's default is the flag's; without, the flag defaults to None
     ("not given", e.g. so that a preset decides). Field types: int, float, str or an Optional of one,
-    or bool (a switch: given means True).
+    or bool (a switch: given means True); a field named ``seed`` is checked by :func:`_seed`.
     """
     hints = typing.get_type_hints(cls)
     for f in _setting_fields(cls):
@@ -824,8 +834,8 @@ def _add_settings(group, cls, defaults: bool) -> None:
             group.add_argument("--" + f.name.replace("_", "-"), action="store_true",
                                default=f.default if defaults else None, **f.metadata[FLAG])
             continue
-        group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default if defaults else None,
-                           **f.metadata[FLAG])
+        group.add_argument("--" + f.name.replace("_", "-"), type=_seed if f.name == "seed" else kind,
+                           default=f.default if defaults else None, **f.metadata[FLAG])
 
 
 def _settings(cls, args, **more):
@@ -852,7 +862,7 @@ def _add_domain(sub) -> None:
     p.add_argument("dataset", help="the NNC dataset folder the model was trained on (train.csv is read)")
     p.add_argument("out", help="model .nnp to write (the same parameters, with the reference)")
     p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the model's size)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image sample (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the image sample (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
     p.set_defaults(func=_cmd_domain_reference)
 

@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import classes, fileio, outputs, segmentation
+from . import classes, fileio, outputs, sampling, segmentation
 from .errors import InputError
-from .recipe import PAPER
+from .recipe import MAX_INPUT_SIZE, PAPER
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ DIHEDRAL_NAMES = ("rot0", "rot90", "rot180", "rot270", "flip", "flip_rot90", "fl
 BACKGROUNDS = ("remove", "keep")
 #: Dataset sizes of the paper (section II.3): ① background removed, ② background kept.
 DEFAULT_TOTAL = {"remove": PAPER.total_a, "keep": PAPER.total_b}
+#: Most images a dataset may list (``total``): the paper's have 2,385 and 3,284. Each listing is a CSV
+#: row; a billion, asked by mistake, would fill the disk with rows of the same 8 variants per cell.
+MAX_TOTAL = 1_000_000
 DEFAULT_SIZE = PAPER.train_size
 DEFAULT_INFERENCE_SIZE = PAPER.infer_size
 SPLITS = ("train", "valid")
@@ -343,6 +346,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     t0 = time.time()
     background = background or ("keep" if inference else "remove")
     size, total = _check_settings(background, pad_mode, size, total, valid_fraction, inference)
+    seed = sampling.check_seed(seed)
     crop_px = segmentation.crop_size_px(crop, crop_um, pixel_um)
     source, out = Path(source), Path(out)
     table = fileio.read_cells(source, dedupe=dedupe, by_content=not inference)   # copies would straddle the split
@@ -382,13 +386,16 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
 class BuiltDataset:
     """What :func:`build_dataset` made: the dataset folder and its build report.
 
-    Path-like (``os.fspath(built)``, ``built / "train.csv"``), so it can be passed
+    Path-like (``os.fspath(built)``, ``str(built)``, ``built / "train.csv"``), so it can be passed
     wherever the folder is expected; ``report`` is what ``build_report.json`` holds.
     """
     path: Path
     report: dict
 
     def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
         return str(self.path)
 
     def __truediv__(self, other) -> Path:
@@ -437,13 +444,14 @@ def _check_settings(background: str, pad_mode: str, size: Optional[int], total: 
     if pad_mode not in segmentation.PAD_MODES:
         raise InputError(f"pad_mode must be one of {', '.join(sorted(segmentation.PAD_MODES))}, got {pad_mode!r}")
     size = int(size) if size is not None else (DEFAULT_INFERENCE_SIZE if inference else DEFAULT_SIZE)
-    if size < 1:
-        raise InputError(f"size must be at least 1 pixel, got {size}")
+    if not 1 <= size <= MAX_INPUT_SIZE:
+        raise InputError(f"size must be in [1, {MAX_INPUT_SIZE}] pixels, got {size}")
     if inference and total is not None:
         raise InputError("total (--total) has no meaning for an inference set (no augmentation)")
     total = int(total) if total is not None else DEFAULT_TOTAL[background]
-    if not inference and total < 1:
-        raise InputError(f"total must be at least 1 image, got {total}")
+    if not inference and not 1 <= total <= MAX_TOTAL:
+        raise InputError(f"total must be in [1, {MAX_TOTAL:,}] images, got {total} (beyond the 8 variants of "
+                         f"each cell, images are only listed again)")
     if not 0.0 <= float(valid_fraction) < 1.0:
         raise InputError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
     return size, total

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from . import domain, modelfile, outputs, training
+from . import domain, modelfile, outputs, sampling, training
 from .errors import InputError
 
 PathLike = Union[str, os.PathLike]
@@ -33,6 +33,7 @@ def add_domain_reference(model: PathLike, dataset_dir: PathLike, out: PathLike, 
     Raises a :class:`~wbc_nnabla.errors.WBCError` naming the file before writing anything.
     """
     model, dataset_dir, out = Path(model), Path(dataset_dir), Path(out)
+    seed = sampling.check_seed(seed)
     if out.suffix.lower() != ".nnp":
         raise InputError(f"{out}: the model with its domain reference must be written as a .nnp")
     if out.resolve() == model.resolve():

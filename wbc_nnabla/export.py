@@ -155,8 +155,10 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
     from onnx import TensorProto, helper
 
     from . import models
-    if opset < 13:
-        raise InputError(f"opset {opset}: at least 13 is needed (Softmax over one axis)")
+    from onnx.defs import onnx_opset_version
+    if not 13 <= opset <= onnx_opset_version():
+        raise InputError(f"opset {opset}: at least 13 is needed (Softmax over one axis), and the installed onnx "
+                         f"knows opsets up to {onnx_opset_version()}")
     g = _Graph(params, models.BN_EPS, meta.get("norm") or "batch", models.GN_GROUPS, models.GN_EPS)
     h = g.node("Mul", ["x", g.const("preprocess/scale", params["preprocess/scale"])], "scale")
     h = g.node("Add", [h, g.const("preprocess/bias", params["preprocess/bias"])], "bias")

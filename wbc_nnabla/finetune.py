@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import classes, domain, fileio, framing, modelfile, outputs, training
+from . import classes, domain, fileio, framing, modelfile, outputs, sampling, training
 from .errors import WBCError
-from .recipe import SELECT_FOLDS, AdaBoundConfig, Augmentation, FinetuneConfig, select_candidates
+from .recipe import SELECT_FOLDS, AdaBoundConfig, Augmentation, FinetuneConfig, check_step, select_candidates
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +327,8 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     model, cells, out = Path(model), Path(cells), Path(out)
     if cfg.iterations < 1 or cfg.batch_size < 1:
         raise FinetuneError(f"iterations and batch_size must be >= 1, got {cfg.iterations} and {cfg.batch_size}")
+    sampling.check_seed(cfg.seed)
+    check_step(cfg, FinetuneError)
     params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "finetune", "fine-tuned",
                                                     FinetuneError, cfg.size)
     paths, labels, names = read_labelled(cells, meta["class_names"])

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import classes, fileio, outputs, predictions
 from .errors import InputError, WBCError
+from .recipe import MAX_INPUT_SIZE
 
 PathLike = Union[str, os.PathLike]
 #: Zip member of an ``.nnp`` holding the wbc_nnabla model description.
@@ -266,15 +267,17 @@ def network_size(meta: dict, size: Optional[int], path: PathLike) -> int:
     size: the caller's size, or None for the model's training size.
     path: the model file, named in the errors.
     Raises :class:`ModelError` when neither is known (a bare ``.h5``: no size is
-    guessed) and :class:`~wbc_nnabla.errors.InputError` below 32 px.
+    guessed) and :class:`~wbc_nnabla.errors.InputError` outside [32, ``MAX_INPUT_SIZE``] px.
     """
     if size is None and not meta.get("input_size"):
         raise ModelError(f"{path}: the model stores no training input size (a bare .h5 parameter file); "
                          f"pass --size / size=N, the side it was trained at: a wrong size gives "
                          f"confident wrong predictions")
-    size = int(size or meta["input_size"])
+    size = int(meta["input_size"] if size is None else size)
     if size < 32:
         raise InputError(f"size {size}: the ResNet needs at least 32x32 pixels")
+    if size > MAX_INPUT_SIZE:
+        raise InputError(f"size {size}: at most {MAX_INPUT_SIZE} pixels (larger inputs only exhaust memory)")
     return size
 
 

@@ -50,8 +50,9 @@ import pandas as pd
 # Stages that import nnabla (models, training, inference, gradcam) are imported inside the
 # functions that run them: the CLI builds its reproduce flags from Config without loading nnabla.
 from . import classes, fileio, outputs, sampling
-from .recipe import (ARCH_NAMES, BACKEND_NAMES, BATCH_SIZE, BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, PAPER,
-                     RECIPE_NAMES, TrainConfig, recipe_augmentation, setting)
+from .errors import InputError
+from .recipe import (ARCH_NAMES, BACKEND_NAMES, BATCH_SIZE, BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, MAX_INPUT_SIZE,
+                     PAPER, RECIPE_NAMES, TrainConfig, check_ranges, recipe_augmentation, setting)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,43 @@ def make_config(preset: str = "paper", config_file: Optional[str] = None, **over
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return Config(**values)
+    cfg = Config(**values)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Config) -> None:
+    """Raise a :class:`~wbc_nnabla.errors.WBCError` naming the first setting of ``cfg`` out of its range.
+
+    Run before ``reproduce`` writes anything: the settings of both training runs
+    (:meth:`~wbc_nnabla.recipe.TrainConfig.validate` of :func:`train_config`) and those of the
+    other stages, which would otherwise fail only when their stage is reached, hours in.
+    """
+    sampling.check_seed(cfg.seed)
+    for name, value, names in (("backend", cfg.backend, BACKEND_NAMES), ("context", cfg.context, CONTEXT_NAMES)):
+        if value not in names:
+            raise InputError(f"{name} {value!r}: choose one of {', '.join(names)}")
+    check_ranges([
+        ("crop", cfg.crop, cfg.crop >= 1, ">= 1 pixel"),
+        ("train_size", cfg.train_size, 32 <= cfg.train_size <= MAX_INPUT_SIZE, f"in [32, {MAX_INPUT_SIZE}] pixels"),
+        ("infer_size", cfg.infer_size, 32 <= cfg.infer_size <= MAX_INPUT_SIZE, f"in [32, {MAX_INPUT_SIZE}] pixels"),
+        ("epochs_a", cfg.epochs_a, cfg.epochs_a >= 1, ">= 1"),
+        ("epochs_b", cfg.epochs_b, cfg.epochs_b >= 1, ">= 1"),
+        ("batch_size", cfg.batch_size, cfg.batch_size >= 1, ">= 1 image"),
+        ("total_a", cfg.total_a, cfg.total_a >= 1, ">= 1 image"),
+        ("total_b", cfg.total_b, cfg.total_b >= 1, ">= 1 image"),
+        ("valid_fraction", cfg.valid_fraction, 0.0 <= cfg.valid_fraction < 1.0, "in [0, 1)"),
+        ("inference_fraction", cfg.inference_fraction, 0.0 <= cfg.inference_fraction < 1.0, "in [0, 1)"),
+        ("pseudo_smears", cfg.pseudo_smears, cfg.pseudo_smears is None or cfg.pseudo_smears >= 1, ">= 1 (or None)"),
+        ("cells_per_smear", cfg.cells_per_smear, cfg.cells_per_smear is None or cfg.cells_per_smear >= 1,
+         ">= 1 (or None)"),
+        ("pending_threshold", cfg.pending_threshold,
+         cfg.pending_threshold is None or 0.0 <= cfg.pending_threshold <= 1.0, "in [0, 1] (or None)"),
+        ("target_accuracy", cfg.target_accuracy, 0.0 < cfg.target_accuracy <= 1.0, "in (0, 1]"),
+        ("gradcam_examples", cfg.gradcam_examples, cfg.gradcam_examples >= 0, ">= 0 cells"),
+    ], InputError)
+    for epochs in (cfg.epochs_a, cfg.epochs_b):
+        train_config(cfg, epochs).validate()
 
 
 # ----------------------------------------------------------------------------- stage 0: split
@@ -581,12 +618,18 @@ def _train_stage(run: _Run, name: str, dataset: Path, epochs: int, pretrained: s
     with run.recording(stage, made_from):
         if folder.exists() and not resume:
             shutil.rmtree(folder)  # this stage's own earlier output: is_complete checked its record
-        training.train(dataset, folder, TrainConfig(
-            epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size, seed=cfg.seed, pretrained=pretrained,
-            init=init, arch=cfg.arch, context=cfg.context, train_eval_limit=cfg.train_eval_limit,
-            progress=run.progress, bn_recalibration=cfg.bn_recalibration,
-            augmentation=recipe_augmentation(cfg.recipe)), resume=resume)
+        training.train(dataset, folder, train_config(cfg, epochs, pretrained, init, run.progress), resume=resume)
     return folder / "model.nnp"
+
+
+def train_config(cfg: Config, epochs: int, pretrained: str = "none", init: Optional[Path] = None,
+                 progress: bool = True) -> TrainConfig:
+    """The :class:`~wbc_nnabla.recipe.TrainConfig` of one model of a run: Model A and Model B differ in
+    ``epochs``, ``pretrained`` and ``init`` (Model A's ``model.nnp``) only."""
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, size=cfg.train_size, seed=cfg.seed,
+                       pretrained=pretrained, init=init, arch=cfg.arch, context=cfg.context,
+                       train_eval_limit=cfg.train_eval_limit, progress=progress,
+                       bn_recalibration=cfg.bn_recalibration, augmentation=recipe_augmentation(cfg.recipe))
 
 
 def _predict_stage(run: _Run, tag: str, model: Path) -> Path:

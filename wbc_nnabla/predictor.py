@@ -53,6 +53,9 @@ BACKENDS = BACKEND_NAMES
 #: CPU backends in the order ``auto`` tries them (fastest first, measured in
 #: docs/benchmarks.md on a 2-core AVX-512 machine).
 CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
+#: Most CPU threads ``threads`` may ask of OpenCV or onnxruntime: beyond the cores, threads only
+#: cost memory (OpenCV allocates per thread; a billion was a bad_alloc deep inside it).
+MAX_THREADS = 1024
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -259,6 +262,8 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise InputError(f"threads must be in [1, {MAX_THREADS}] (default: every core), got {threads}")
     path = Path(model)
     kind = _model_kind(path)
     if backend == "auto":

@@ -13,10 +13,12 @@ uses and re-exports the training settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import List, Optional, Union
 
 from .errors import WBCError
+from .sampling import check_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +91,11 @@ DEFAULT_PAD = "background"
 #: image's background colour (``background``, like ``adapt --pad background``).
 FILLS = ("edge", "background")
 
+#: Largest input side (pixels) of the network and of a dataset's images: four times the paper's
+#: 480 px. A ResNet-18 at 2048 px already needs about a GiB of activations per image; larger sides
+#: only exhaust memory, deep inside nnabla or OpenCV, instead of failing with a message.
+MAX_INPUT_SIZE = 2048
+
 #: Key of a dataclass field's metadata that makes the field a command-line flag (see :func:`setting`).
 FLAG = "flag"
 
@@ -105,6 +112,28 @@ def setting(default, help: Optional[str] = None, **flag):
 
 class TrainingError(WBCError, ValueError):
     """A training run that cannot start or continue (bad dataset, config, diverged loss)."""
+
+
+def check_ranges(checks, error=TrainingError) -> None:
+    """Raise ``error`` naming the first setting outside its range.
+
+    checks: ``(name, value, holds, rule)`` tuples; ``holds`` is the range test (written so that
+    NaN fails it), ``rule`` what the range is, e.g. ``"in [0, 1] (a share of images)"``.
+    """
+    for name, value, holds, rule in checks:
+        if not holds:
+            raise error(f"{name} must be {rule}, got {value}")
+
+
+def positive(value) -> bool:
+    """Whether ``value`` is a finite number > 0 (False for NaN and infinities)."""
+    return math.isfinite(value) and value > 0
+
+
+def check_step(cfg, error=TrainingError) -> None:
+    """Raise ``error`` unless ``cfg.alpha`` and ``cfg.final_lr`` (AdaBound's steps) are finite and > 0."""
+    check_ranges([(name, getattr(cfg, name), positive(getattr(cfg, name)), "a finite number > 0")
+                  for name in ("alpha", "final_lr")], error)
 
 
 @dataclasses.dataclass
@@ -208,6 +237,35 @@ class Augmentation:
         """Whether any colour term is on (the colour step is in the training graph)."""
         return any((self.od_scale, self.od_shift, self.saturation, self.log_gamma, self.hue))
 
+    def validate(self) -> None:
+        """Raise :class:`TrainingError` naming the first field outside the range its formula above
+        allows (e.g. a Magnification of 0, which crashes nnabla, or a negative colour range)."""
+        if self.fill not in FILLS:
+            raise TrainingError(f"fill {self.fill!r}: choose one of {', '.join(FILLS)}")
+        unit = "in [0, 1]"
+        check_ranges([
+            ("contrast", self.contrast, 1.0 <= self.contrast < math.inf, ">= 1 (a factor in [1/contrast, contrast]; "
+                                                                          "1: off)"),
+            ("contrast_center", self.contrast_center, 0.0 <= self.contrast_center <= 1.0, f"{unit} (a pixel value)"),
+            ("brightness", self.brightness, 0.0 <= self.brightness <= 1.0, f"{unit} (a shift of [0, 1] pixels)"),
+            ("min_scale", self.min_scale, positive(self.min_scale), "> 0 (Magnification, a zoom factor)"),
+            ("max_scale", self.max_scale, self.min_scale <= self.max_scale < math.inf,
+             f">= min_scale = {self.min_scale} (Magnification, a zoom factor)"),
+            ("angle", self.angle, 0.0 <= self.angle <= 180.0, "in [0, 180] (degrees)"),
+            ("od_scale", self.od_scale, 0.0 <= self.od_scale <= 1.0,
+             f"{unit} (optical density x [1-s, 1+s]: never negative)"),
+            ("od_shift", self.od_shift, 0.0 <= self.od_shift < math.inf, ">= 0 (optical density units)"),
+            ("saturation", self.saturation, 0.0 <= self.saturation <= 1.0,
+             f"{unit} (the chroma x [1-s, 1+s]: never inverted)"),
+            ("log_gamma", self.log_gamma, 0.0 <= self.log_gamma < math.inf, ">= 0 (natural log of gamma)"),
+            ("hue", self.hue, 0.0 <= self.hue <= 180.0, "in [0, 180] (degrees)"),
+            ("color_prob", self.color_prob, 0.0 <= self.color_prob <= 1.0, f"{unit} (a share of images)"),
+            ("blur", self.blur, 0.0 <= self.blur <= 1.0, f"{unit} (the largest weight of the blurred image)"),
+            ("randconv", self.randconv, 0.0 <= self.randconv <= 1.0, f"{unit} (a probability per image and iteration)"),
+            ("mixstyle", self.mixstyle, 0.0 <= self.mixstyle <= 1.0, f"{unit} (a probability per stage and iteration)"),
+            ("fourier", self.fourier, 0.0 <= self.fourier <= 1.0, f"{unit} (a probability per image and iteration)"),
+        ])
+
 
 #: ``train --recipe`` names: ``paper`` (the paper's ImageAugmentation, no colour term) and
 #: ``robust`` (for cells from other labs; docs/cross_site.md).
@@ -245,6 +303,15 @@ class AdaBoundConfig:
     beta2: float = setting(0.999)
     eps: float = setting(1e-8)
     weight_decay: float = setting(0.0, "L2 added to gradients")
+
+    def validate(self) -> None:
+        """Raise :class:`TrainingError` naming the first hyper-parameter outside AdaBound's range (Luo et
+        al. 2019: steps and the bounds' speed > 0, betas in [0, 1), eps > 0, weight decay >= 0)."""
+        check_ranges([(name, getattr(self, name), positive(getattr(self, name)), "a finite number > 0")
+                      for name in ("alpha", "final_lr", "gamma", "eps")]
+                     + [(name, getattr(self, name), 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
+                        for name in ("beta1", "beta2")]
+                     + [("weight_decay", self.weight_decay, 0.0 <= self.weight_decay < math.inf, ">= 0")])
 
 
 @dataclasses.dataclass
@@ -320,28 +387,36 @@ class TrainConfig:
               "(e.g. the new lab's unlabelled cells; see docs/training.md)", metavar="CELLS")
 
     def validate(self) -> None:
-        """Raise :class:`TrainingError` for an unknown arch, norm or fill, a size, batch size, epoch count,
-        colour share, blur weight, RandConv, MixStyle or Fourier probability or averaging window out of
-        range, and ``fourier`` without ``style_cells`` or the reverse."""
+        """Raise :class:`TrainingError` for an unknown arch or norm, a setting out of range (seed, sizes,
+        batch size, epochs, samples, averaging window, :meth:`Augmentation.validate`,
+        :meth:`AdaBoundConfig.validate`), and ``fourier`` without ``style_cells`` or the reverse."""
         if self.arch not in ARCH_NAMES:
             raise TrainingError(f"arch {self.arch!r}: choose one of {', '.join(ARCH_NAMES)}")
+        try:
+            check_seed(self.seed)
+        except WBCError as e:
+            raise TrainingError(str(e)) from None
         if self.norm not in NORM_NAMES:
             raise TrainingError(f"norm {self.norm!r}: choose one of {', '.join(NORM_NAMES)}")
         if self.weight_init not in WEIGHT_INIT_NAMES:
             raise TrainingError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_NAMES)}")
-        for name, meaning in (("color_prob", "a share of images"),
-                              ("blur", "the largest weight of the blurred image"),
-                              ("randconv", "a probability per image and iteration"),
-                              ("mixstyle", "a probability per stage and iteration"),
-                              ("fourier", "a probability per image and iteration")):
-            value = getattr(self.augmentation, name)
-            if not 0.0 <= value <= 1.0:
-                raise TrainingError(f"{name} must be in [0, 1] ({meaning}), got {value}")
-        if self.augmentation.fill not in FILLS:
-            raise TrainingError(f"fill {self.augmentation.fill!r}: choose one of {', '.join(FILLS)}")
+        self.augmentation.validate()
+        self.solver.validate()
         if self.size < 32 or self.batch_size < 1 or self.epochs < 1:
             raise TrainingError(f"size must be >= 32 px, batch_size and epochs >= 1 "
                                 f"(got {self.size}, {self.batch_size}, {self.epochs})")
+        sizes = f"in [32, {MAX_INPUT_SIZE}] px"
+        check_ranges([
+            ("size", self.size, self.size <= MAX_INPUT_SIZE, sizes),
+            ("export_size", self.export_size, self.export_size is None or 32 <= self.export_size <= MAX_INPUT_SIZE,
+             f"{sizes} (or None: size)"),
+            ("train_eval_limit", self.train_eval_limit, self.train_eval_limit is None or self.train_eval_limit >= 1,
+             ">= 1 image (or None: all)"),
+            ("bn_recalibration", self.bn_recalibration, self.bn_recalibration >= 0, ">= 0 images (0: off)"),
+            ("tile_every", self.tile_every, self.tile_every >= 0, ">= 0 epochs (0: never)"),
+            ("max_iterations", self.max_iterations, self.max_iterations is None or self.max_iterations >= 1,
+             ">= 1 (or None: whole epochs)"),
+        ])
         if not 0 <= self.average_epochs <= self.epochs:
             raise TrainingError(f"average_epochs must be in [0, epochs = {self.epochs}], got {self.average_epochs}")
         if bool(self.augmentation.fourier) != (self.style_cells is not None):

@@ -12,6 +12,19 @@ from typing import Dict, Sequence
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+
+#: Largest seed accepted: nnabla's random functions take a C ``int`` seed, and NumPy's legacy
+#: ``RandomState`` at most 2**32 - 1; a seed must be valid for both.
+MAX_SEED = 2 ** 31 - 1
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` as an ``int`` in ``[0, MAX_SEED]``; :class:`~wbc_nnabla.errors.InputError` naming ``what`` otherwise."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{what} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    return int(seed)
+
 
 def class_quota(labels: Sequence, n: int) -> Dict[object, int]:
     """Items per class for a sample of ``n``: in proportion to the class sizes (largest remainders).

@@ -735,6 +735,8 @@ def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = F
     (None without one) and the number of cells it shows.
     """
     out = Path(out)
+    if gallery < 0:
+        raise InputError(f"gallery must be >= 0 cells (0: none), got {gallery}")
     paths = fileio.image_files(inputs)
     outputs.check_not_inside(out, fileio.image_folders(inputs))
     _unique_stems(paths)

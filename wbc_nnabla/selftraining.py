@@ -31,9 +31,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import classes, finetune, modelfile, predictions, predictor
+from . import classes, finetune, modelfile, predictions, predictor, sampling
 from .errors import WBCError
-from .recipe import SelfTrainConfig
+from .recipe import SelfTrainConfig, check_step
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def _check(cfg: SelfTrainConfig) -> None:
     if not (0 < cfg.portion <= 1) or cfg.portion_step < 0:
         raise SelfTrainError(f"portion must be in (0, 1] and portion_step >= 0, got {cfg.portion} and "
                              f"{cfg.portion_step}")
+    sampling.check_seed(cfg.seed)
+    check_step(cfg, SelfTrainError)
 
 
 def _round(current: Path, cells: Path, params: dict, meta: dict, cfg: SelfTrainConfig, r: int, size: int,
