@@ -249,6 +249,11 @@ CASES += [
      "gallery must be >= 0 cells (0: none), got -1"),
     ("build-huge-total", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--total",
                           "1000000000"], "total must be in [1, 1,000,000] images, got 1000000000"),
+    ("adapt-max-images-below-the-floor", ["adapt", "{I}/models/model.nnp", "{I}/good", "{O}/a.nnp", "--max-images",
+                                         "10"], "max_images 10: AdaBN needs at least 32 cells"),
+    ("adapt-batch-larger-than-the-cells", ["adapt", "{I}/models/model.nnp", "{I}/good", "{O}/a.nnp", "--batch-size",
+                                           "64", "--max-images", "64"], "give 0 in whole batches of 64; AdaBN needs at "
+                                                                         "least 64: lower --batch-size"),
     ("export-unknown-opset", ["export", "{I}/models/model.nnp", "--onnx", "{O}/m.onnx", "--opset", "1000"],
      "opset 1000: at least 13 is needed"),
 ]

@@ -131,7 +131,8 @@ def test_site_steps_and_sizes_are_refused_before_reading(tmp_path):
 BAD_REPRODUCE = [(dict(epochs_b=0), "epochs_b"), (dict(infer_size=0), "infer_size"),
                  (dict(gradcam_examples=-1), "gradcam_examples"), (dict(inference_fraction=2.0), "inference_fraction"),
                  (dict(train_eval_limit=0), "train_eval_limit"), (dict(bn_recalibration=-1), "bn_recalibration"),
-                 (dict(target_accuracy=0.0), "target_accuracy"), (dict(backend="gpu"), "backend")]
+                 (dict(target_accuracy=0.0), "target_accuracy"), (dict(backend="gpu"), "backend"),
+                 (dict(valid_fraction=0.0), "valid_fraction")]
 
 
 def test_every_reproduce_preset_is_in_range():
@@ -144,3 +145,26 @@ def test_reproduce_refuses_a_setting_out_of_range_before_writing(tmp_path, bad, 
     with pytest.raises(WBCError, match=rf"^{name} "):
         pipeline.reproduce(fileio.demo_data(), tmp_path / "rep", preset="demo", progress=False, **bad)
     assert list(tmp_path.iterdir()) == []
+
+
+#: A ``--config`` JSON with a wrong type (a string, null, true or a fraction for an epoch count) was
+#: a TypeError traceback, or ran for minutes before failing; each value is named with the file.
+BAD_CONFIG_FILES = [('{"epochs_a": "ten"}', "epochs_a must be an integer, got 'ten'"),
+                    ('{"crop": null}', "crop must be an integer, got None"),
+                    ('{"pseudo_smears": 2.5}', "pseudo_smears must be an integer or null, got 2.5"),
+                    ('{"epochs_b": true}', "epochs_b must be an integer, got True"),
+                    ('{"valid_fraction": "0.2"}', "valid_fraction must be a number, got '0.2'"),
+                    ('{"adapt": "yes"}', "adapt must be true or false, got 'yes'"),
+                    ('[1, 2]', "expected a JSON object of settings")]
+
+
+@pytest.mark.parametrize("text,message", BAD_CONFIG_FILES, ids=[t for t, _ in BAD_CONFIG_FILES])
+def test_reproduce_config_file_of_the_wrong_type_is_refused_by_name(tmp_path, text, message):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(text)
+    with pytest.raises(WBCError) as e:
+        pipeline.reproduce(fileio.demo_data(), tmp_path / "rep", preset="demo", config_file=str(cfg), progress=False)
+    assert str(e.value).startswith(f"{cfg}: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
+    good = dict(epochs_a=2, valid_fraction=0.25, pseudo_smears=None, adapt=True)     # int for a float field too
+    assert pipeline.make_config("demo", **good).valid_fraction == 0.25

@@ -150,6 +150,10 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     model, cells, out = Path(model), Path(cells), Path(out)
     if batch_size < 1 or max_images < 1:
         raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
+    need = max(int(min_images), batch_size)
+    if max_images < need:
+        raise InputError(f"max_images {max_images}: AdaBN needs at least {need} cells (at least {int(min_images)}, "
+                         f"and one whole batch of batch_size {batch_size})")
     seed = sampling.check_seed(seed)
     modelfile.check_derived_output(model, cells, out, overwrite, "adapt", "adapted", AdaptationError)
     params, meta = modelfile.read_model(model)
@@ -164,11 +168,12 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
     readable, skipped = _draw(loader, max_images, seed, skip_bad)
     rows = readable[:len(readable) // batch_size * batch_size]          # whole batches only
-    need = max(int(min_images), batch_size)
     if len(rows) < need:
+        hint = "lower --batch-size" if batch_size > len(readable) else \
+            "batch statistics of a handful of cells are noise"
         raise AdaptationError(f"{cells}: {len(readable)} readable cells ({len(table)} listed, {len(skipped)} "
                               f"unreadable) give {len(rows)} in whole batches of {batch_size}; AdaBN needs at "
-                              f"least {need}: batch statistics of a handful of cells are noise")
+                              f"least {need}: {hint}")
     paths = [loader.paths[i] for i in rows]
     scaling = site_scale(meta, paths, seed, train_cells, str(cells)) if scale else None
     zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))

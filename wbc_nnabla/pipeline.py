@@ -41,6 +41,7 @@ import json
 import logging
 import shutil
 import time
+import typing
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional, Tuple
 
@@ -123,15 +124,43 @@ def make_config(preset: str = "paper", config_file: Optional[str] = None, **over
             loaded = json.loads(Path(config_file).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{config_file}: not a readable JSON config ({e})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{config_file}: expected a JSON object of settings ({{\"epochs_a\": 300, ...}}), "
+                             f"got a {type(loaded).__name__}")
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    hints = typing.get_type_hints(Config)
+    for name, value in values.items():
+        if not _has_type(value, hints[name]):
+            where = f"{config_file}: " if config_file and name in loaded else ""
+            raise InputError(f"{where}{name} must be {_type_name(hints[name])}, got {value!r}")
     cfg = Config(**values)
     check_config(cfg)
     return cfg
+
+
+def _has_type(value, kind) -> bool:
+    """Whether a setting's ``value`` fits its field type ``kind`` (int, float, str, bool or an Optional of
+    one; an int fits a float field, a bool fits only a bool field: JSON's ``true`` is no epoch count)."""
+    if typing.get_origin(kind) is typing.Union:                  # Optional[X]
+        return value is None or any(_has_type(value, k) for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _type_name(kind) -> str:
+    """``int`` -> "an integer", ``Optional[int]`` -> "an integer or null", ..."""
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if typing.get_origin(kind) is typing.Union:
+        return " or ".join(words[k] for k in typing.get_args(kind) if k is not type(None)) + " or null"
+    return words[kind]
 
 
 def check_config(cfg: Config) -> None:
@@ -154,7 +183,8 @@ def check_config(cfg: Config) -> None:
         ("batch_size", cfg.batch_size, cfg.batch_size >= 1, ">= 1 image"),
         ("total_a", cfg.total_a, cfg.total_a >= 1, ">= 1 image"),
         ("total_b", cfg.total_b, cfg.total_b >= 1, ">= 1 image"),
-        ("valid_fraction", cfg.valid_fraction, 0.0 <= cfg.valid_fraction < 1.0, "in [0, 1)"),
+        ("valid_fraction", cfg.valid_fraction, 0.0 < cfg.valid_fraction < 1.0, "in (0, 1): training needs "
+                                                                               "validation images"),
         ("inference_fraction", cfg.inference_fraction, 0.0 <= cfg.inference_fraction < 1.0, "in [0, 1)"),
         ("pseudo_smears", cfg.pseudo_smears, cfg.pseudo_smears is None or cfg.pseudo_smears >= 1, ">= 1 (or None)"),
         ("cells_per_smear", cfg.cells_per_smear, cfg.cells_per_smear is None or cfg.cells_per_smear >= 1,
