@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import fileio, framing, modelfile, outputs, predictions, sampling, training
 from .errors import InputError, WBCError
+from .stain import standardiser
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
 from .recipe import (ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES,  # noqa: F401
                      AdaBoundConfig, Augmentation, InfoMaxConfig, check_step)
@@ -122,7 +123,8 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
 def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = ADABN_BATCH,
                     max_images: int = MAX_ADAPT_IMAGES, seed: int = 0, min_images: int = MIN_ADAPT_IMAGES,
                     overwrite: bool = False, skip_bad: bool = False, scale: bool = True,
-                    train_cells=None, pad: Optional[str] = None) -> dict:
+                    train_cells=None, pad: Optional[str] = None, stain: str = "none",
+                    stain_reference: Optional[dict] = None) -> dict:
     """Write ``out``: ``model`` with every BatchNorm's running mean/var re-estimated on ``cells`` (AdaBN).
 
     model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`).
@@ -141,6 +143,11 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     pad: how a crop zoomed out is filled around (:data:`wbc_nnabla.recipe.PADS`), stored as the
         output's ``pad``; default :data:`wbc_nnabla.recipe.DEFAULT_PAD` when the scale is measured,
         else the model's own.
+    stain, stain_reference: a colour standardisation of each cell after the re-framing
+        (:func:`wbc_nnabla.stain.standardiser`; e.g. ``reinhard`` towards the model's training
+        cells' :func:`wbc_nnabla.stain.reference`): the statistics are estimated on the cells so
+        standardised, and the method and reference are stored as the output's ``stain``, which
+        ``predict`` applies to every cell (it then refuses a ``--stain`` of its own).
 
     Every other parameter is copied unchanged. Raises :class:`AdaptationError` (or
     another :class:`~wbc_nnabla.errors.WBCError` naming the file) before writing anything.
@@ -164,6 +171,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     if not bn_statistics(params):
         raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
     size = _input_size(model, meta, size)
+    colour = standardiser(stain, stain_reference)
     table = fileio.read_cell_images(cells, dedupe_flag=None)
     loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
     readable, skipped = _draw(loader, max_images, seed, skip_bad)
@@ -180,17 +188,18 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     if pad is None:
         pad = DEFAULT_PAD if scaling else meta.get("pad", LEGACY_PAD)
     framing.check_pad(pad)             # before any estimate: with zoom 1 reframe never sees it
-    if zoom != 1.0:      # the cells read so far (and cached) are unframed: read them again re-framed
-        loader = training.ImageLoader(loader.paths, loader.labels, size,
-                                      transform=lambda rgb: framing.reframe(rgb, zoom, pad))
+    view = framing.then(None if zoom == 1.0 else (lambda rgb: framing.reframe(rgb, zoom, pad)), colour)
+    if view is not None:       # the cells read so far (and cached) are as given: read them again as the model sees them
+        loader = training.ImageLoader(loader.paths, loader.labels, size, transform=view)
     stats = _estimate(params, meta, loader, rows, batch_size, size)
     record = dict(method="AdaBN", model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
                   source=str(cells.resolve()), n_cells=len(rows), n_listed=len(table), n_skipped=len(skipped),
                   cells_sha256=modelfile.paths_sha256(paths), seed=int(seed), batch_size=int(batch_size), size=size,
-                  max_images=int(max_images), layers=len(stats) // 2, scale=scaling, pad=pad,
+                  max_images=int(max_images), layers=len(stats) // 2, scale=scaling, pad=pad, stain=stain,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     new_meta = modelfile.derived_meta(meta, size, "adaptation", record)
-    new_meta["zoom"], new_meta["pad"] = zoom, pad      # what predict applies to each crop (framing.reframe)
+    new_meta["zoom"], new_meta["pad"] = zoom, pad      # what predict applies to each crop (framing.model_view)
+    new_meta["stain"] = None if colour is None else dict(method=stain, reference=stain_reference)
     modelfile.save_nnp(out, {**params, **stats}, new_meta)
     log.info("adapted %d BatchNorm layers of %s on %d cells of %s -> %s", len(stats) // 2, model, len(rows),
              cells, out)

@@ -337,6 +337,17 @@ def _stain_reference(method: str, source) -> Optional[dict]:
     return stain.reference(list(fileio.read_cell_images(source, dedupe_flag=None)["path"]))
 
 
+def _add_stain_arguments(p, note: str) -> None:
+    """``--stain`` and ``--stain-reference`` of ``predict`` and ``adapt``; ``note`` ends the first's help."""
+    p.add_argument("--stain", choices=STAIN_METHODS, default="none",
+                   help="colour standardisation of each cell towards --stain-reference: white-balance "
+                        "(background gains), reinhard (L*a*b* mean/std) or macenko (stain separation); default "
+                        f"none {note}. See docs/cross_site.md")
+    p.add_argument("--stain-reference", default=None, metavar="CELLS",
+                   help="cells whose colours are the target of --stain: the model's training cells, e.g. "
+                        "its dataset's train.csv")
+
+
 def _add_inference(sub) -> None:
     p = sub.add_parser("predict", help="predict cell classes with a trained model (predictions CSV)")
     p.add_argument("model", help="model .nnp / .h5, or an .onnx exported by `wbc-nnabla export`")
@@ -357,12 +368,7 @@ def _add_inference(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the .json beside it) if it exists")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
-    p.add_argument("--stain", choices=STAIN_METHODS, default="none",
-                   help="colour standardisation of each cell towards --stain-reference: white-balance "
-                        "(background gains) or reinhard (L*a*b* mean/std); default none. See docs/cross_site.md")
-    p.add_argument("--stain-reference", default=None, metavar="CELLS",
-                   help="cells whose colours are the target of --stain: the model's training cells, e.g. "
-                        "its dataset's train.csv")
+    _add_stain_arguments(p, "(not with a model adapt made: adapt --stain instead)")
     p.add_argument("--prior", default="none", metavar="PRIOR",
                    help="correct the probabilities from the balanced training classes to a smear's expected "
                         "differential: none (default), normal (a healthy adult's), estimate (each smear's "
@@ -417,11 +423,15 @@ def _cmd_adapt(args) -> int:
     from .adaptation import adapt_batchnorm
     r = adapt_batchnorm(args.model, args.site_cells, args.out, size=args.size, batch_size=args.batch_size,
                         max_images=args.max_images, seed=args.seed, overwrite=args.overwrite, skip_bad=args.skip_bad,
-                        scale=not args.no_scale, train_cells=args.train_cells, pad=args.pad)
+                        scale=not args.no_scale, train_cells=args.train_cells, pad=args.pad, stain=args.stain,
+                        stain_reference=_stain_reference(args.stain, args.stain_reference))
     for why in r["skipped"]:
         print(f"skipped: {why}")
     print(f"AdaBN: {r['layers']} BatchNorm layers of {args.model} re-estimated on {r['n_cells']} of "
           f"{r['n_listed']} cells of {args.site_cells} at {r['size']} px (seed {r['seed']}) -> {r['out']}")
+    if r["stain"] != "none":
+        print(f"colour: {r['stain']} towards {args.stain_reference} (the statistics are estimated on the cells so "
+              f"standardised; predict applies it to every cell)")
     if r["n_cells"] < ADVISED_ADAPT_IMAGES:
         print(f"cells: {r['n_cells']} used; with fewer than {ADVISED_ADAPT_IMAGES} one sample's accuracy was up to "
               f"0.06 lower than with all of a site's cells (docs/inference.md): give adapt more if the site has them")
@@ -461,6 +471,8 @@ def _add_adaptation(sub) -> None:
                    help="when the scale zooms the crops out, fill the band around each crop with the crop "
                         "mirrored (reflect), its edge pixels repeated (replicate) or its slide-background "
                         f"colour (background); default {DEFAULT_PAD}")
+    _add_stain_arguments(p, "(the statistics are estimated on the cells so standardised, and predict applies it "
+                            "to every cell)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")

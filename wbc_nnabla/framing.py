@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional, Sequence
 import cv2
 import numpy as np
 
-from . import fileio, sampling, segmentation
+from . import fileio, sampling, segmentation, stain
 from .errors import InputError
 from .recipe import DEFAULT_PAD, LEGACY_PAD, PADS
 
@@ -102,11 +102,22 @@ def site_zoom(site: Dict[str, float], training: Dict[str, float]) -> float:
 
 
 def model_view(meta: dict) -> Optional[Callable]:
-    """The re-framing a model asks of each crop (``meta['zoom']`` and ``meta['pad']``, set by ``adapt``)
-    as a function uint8 ``(H, W, 3)`` -> same, or None when the model takes crops as they are."""
+    """What a model asks of each crop, as ``adapt`` set it: the re-framing to the training scale
+    (``meta['zoom']``, ``meta['pad']``), then the colour standardisation the model was adapted with
+    (``meta['stain']``: ``method`` and ``reference``, :func:`wbc_nnabla.stain.standardiser`), as a
+    function uint8 ``(H, W, 3)`` -> same; None when the model takes crops as they are."""
     zoom = float(meta.get("zoom", 1.0))
     pad = meta.get("pad", LEGACY_PAD)
-    return None if zoom == 1.0 else (lambda rgb: reframe(rgb, zoom, pad))
+    frame = None if zoom == 1.0 else (lambda rgb: reframe(rgb, zoom, pad))
+    stored = meta.get("stain")
+    return then(frame, stain.standardiser(stored["method"], stored["reference"]) if stored else None)
+
+
+def then(first: Optional[Callable], second: Optional[Callable]) -> Optional[Callable]:
+    """``second(first(x))`` as one function; either may be None (skipped); None when both are."""
+    if first is None or second is None:
+        return first or second
+    return lambda rgb: second(first(rgb))
 
 
 def scale_hint(meta: dict, paths: Sequence[str], seed: int = 0) -> Optional[Dict[str, object]]:

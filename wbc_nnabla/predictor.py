@@ -43,7 +43,7 @@ from .modelfile import ModelError, network_size, read_model
 from .predictions import (CALIBRATION_KEY, PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors,
                           parse_prior, predictions_table, prior_weights)
 from .recipe import BACKEND_NAMES
-from .framing import model_view, scale_hint
+from .framing import model_view, scale_hint, then
 from .stain import standardiser
 
 log = logging.getLogger(__name__)
@@ -523,12 +523,21 @@ def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) ->
 
 
 def cell_transform(meta: dict, stain: str = "none", stain_reference: Optional[dict] = None) -> Optional[Callable]:
-    """What happens to each cell image before :func:`preprocess`: the model's re-framing to the training
-    scale (:func:`wbc_nnabla.framing.model_view`, set by ``adapt``), then ``stain``."""
-    view, colour = model_view(meta), standardiser(stain, stain_reference)
-    if view is None or colour is None:
-        return view or colour
-    return lambda rgb: colour(view(rgb))
+    """What happens to each cell image before :func:`preprocess`: the model's own view (its re-framing to
+    the training scale and colour standardisation, :func:`wbc_nnabla.framing.model_view`, set by
+    ``adapt``), then ``stain``.
+
+    Raises :class:`~wbc_nnabla.errors.InputError` for a ``stain`` on a model ``adapt`` made: its
+    BatchNorm statistics were estimated on the site's cells as ``adapt`` saw them, and a
+    standardisation after the fact would show it cells of other statistics (``adapt --stain`` instead).
+    """
+    if stain != "none" and meta.get("stain"):
+        raise InputError(f"--stain {stain}: the model applies its own colour standardisation "
+                         f"({meta['stain']['method']}, set by adapt --stain); predict without --stain")
+    if stain != "none" and meta.get("adaptation"):
+        raise InputError(f"--stain {stain}: the model's BatchNorm statistics were estimated by adapt on cells "
+                         f"without it; adapt with --stain {stain} --stain-reference CELLS and predict without --stain")
+    return then(model_view(meta), standardiser(stain, stain_reference))
 
 
 def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int]]:
