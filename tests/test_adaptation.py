@@ -15,6 +15,7 @@ nn = pytest.importorskip("nnabla")
 from helpers import file_hashes  # noqa: E402
 
 from wbc_nnabla import adaptation, cli, fileio, modelfile, models  # noqa: E402
+from wbc_nnabla.errors import InputError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -71,14 +72,12 @@ def test_only_batchnorm_statistics_change(model, adapted):
     assert r["layers"] == len(stats) // 2 == 20          # ResNet-18: bn1, 16 block BNs, 3 projections
 
 
-def test_statistics_equal_an_independent_computation(model, adapted):
-    """bn1's new mean/var = the mean over the two batches of conv1's per-channel batch mean/unbiased variance."""
+def _bn1_statistics(model, paths, view=lambda rgb: rgb, bs=16, size=32):
+    """conv1's per-channel batch mean and unbiased variance, averaged over whole batches of ``paths``
+    (each image ``view``-ed, then resized): what AdaBN should store as bn1's mean/var."""
     import nnabla.parametric_functions as PF
 
-    out, r = adapted
-    assert r["n_cells"] == len(r["paths"]) == 32
     params = modelfile.load_parameters(model)
-    bs, size = 16, 32
     with nn.parameter_scope("", {}):
         x = nn.Variable((bs, 3, size, size))
         h = PF.convolution(models.normalize(x), 64, (7, 7), pad=(3, 3), stride=(2, 2), with_bias=False,
@@ -86,15 +85,60 @@ def test_statistics_equal_an_independent_computation(model, adapted):
         for k, v in nn.get_parameters(grad_only=False).items():
             v.d = params[k]
         means, vars_ = [], []
-        for i in range(0, 32, bs):
-            imgs = [fileio.resize_square(fileio.read_rgb(p), size).transpose(2, 0, 1) for p in r["paths"][i:i + bs]]
+        for i in range(0, len(paths) // bs * bs, bs):
+            imgs = [fileio.resize_square(view(fileio.read_rgb(p)), size).transpose(2, 0, 1) for p in paths[i:i + bs]]
             x.d = np.stack(imgs).astype(np.float32) / 255
             h.forward()
             means.append(h.d.mean(axis=(0, 2, 3)))
             vars_.append(h.d.var(axis=(0, 2, 3), ddof=1))
+    return np.mean(means, axis=0), np.mean(vars_, axis=0)
+
+
+def test_statistics_equal_an_independent_computation(model, adapted):
+    """bn1's new mean/var = the mean over the two batches of conv1's per-channel batch mean/unbiased variance."""
+    out, r = adapted
+    assert r["n_cells"] == len(r["paths"]) == 32
+    mean, var = _bn1_statistics(model, r["paths"])
     new = modelfile.load_parameters(out)
-    np.testing.assert_allclose(new["bn1/bn/mean"].reshape(-1), np.mean(means, axis=0), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(new["bn1/bn/var"].reshape(-1), np.mean(vars_, axis=0), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(new["bn1/bn/mean"].reshape(-1), mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(new["bn1/bn/var"].reshape(-1), var, rtol=1e-3, atol=1e-4)
+
+
+def test_adapt_with_stain_estimates_on_standardised_cells_and_predict_applies_it(site, model, tmp_path, capsys):
+    """``adapt --stain``: the statistics are those of the standardised cells, the model carries the
+    standardisation (``framing.model_view``), and ``predict`` refuses a second one, or one after a
+    plain ``adapt``; each refusal writes nothing."""
+    from wbc_nnabla import framing, stain
+    _, cells, recoloured = site
+    ref = stain.reference(sorted(str(p) for p in cells.iterdir()))
+    target = np.asarray(ref["lab"], np.float32)
+    out = tmp_path / "stained.nnp"
+    r = adaptation.adapt_batchnorm(model, recoloured, out, max_images=32, batch_size=16, seed=3, scale=False,
+                                   stain="reinhard", stain_reference=ref)
+    assert r["stain"] == "reinhard"
+    mean, var = _bn1_statistics(model, r["paths"], lambda rgb: stain.reinhard(rgb, target))
+    plain, _ = _bn1_statistics(model, r["paths"])
+    new = modelfile.load_parameters(out)
+    np.testing.assert_allclose(new["bn1/bn/mean"].reshape(-1), mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(new["bn1/bn/var"].reshape(-1), var, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(mean, plain, rtol=1e-2)               # the standardisation mattered
+    meta = modelfile.read_meta(out)
+    assert meta["stain"] == {"method": "reinhard", "reference": ref}
+    rgb = fileio.read_rgb(r["paths"][0])
+    assert np.array_equal(framing.model_view(meta)(rgb), stain.reinhard(rgb, target))
+    plain_out = tmp_path / "plain.nnp"
+    adaptation.adapt_batchnorm(model, recoloured, plain_out, max_images=32, seed=3, scale=False)
+    assert modelfile.read_meta(plain_out)["stain"] is None and framing.model_view(modelfile.read_meta(plain_out)) is None
+    for m, expected in ((out, "the model applies its own colour standardisation (reinhard, set by adapt --stain)"),
+                        (plain_out, "BatchNorm statistics were estimated by adapt on cells without it")):
+        rc = cli.main(["predict", str(m), str(recoloured), str(tmp_path / "p.csv"), "--stain", "reinhard",
+                       "--stain-reference", str(cells), "--no-progress"])
+        assert rc == 2 and expected in capsys.readouterr().err.strip().splitlines()[-1]
+        assert not list(tmp_path.glob("p.*"))
+    assert cli.main(["predict", str(out), str(recoloured), str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    with pytest.raises(InputError, match="--stain reinhard needs a reference"):
+        adaptation.adapt_batchnorm(model, recoloured, tmp_path / "no_ref.nnp", max_images=32, stain="reinhard")
+    assert not (tmp_path / "no_ref.nnp").exists()
 
 
 def test_metadata_records_the_adaptation(site, model, adapted):
