@@ -120,6 +120,18 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
     return dict(training=training_share, site=site, zoom=framing.site_zoom(site, training_share))
 
 
+def _cells_needed(batch_size: int, max_images: int, min_images: int) -> int:
+    """The fewest readable cells ``adapt`` accepts: ``min_images`` and one whole batch; an
+    :class:`~wbc_nnabla.errors.InputError` when ``max_images`` could never give them."""
+    if batch_size < 1 or max_images < 1:
+        raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
+    need = max(int(min_images), batch_size)
+    if max_images < need:
+        raise InputError(f"max_images {max_images}: AdaBN needs at least {need} cells (at least {int(min_images)}, "
+                         f"and one whole batch of batch_size {batch_size})")
+    return need
+
+
 def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = ADABN_BATCH,
                     max_images: int = MAX_ADAPT_IMAGES, seed: int = 0, min_images: int = MIN_ADAPT_IMAGES,
                     overwrite: bool = False, skip_bad: bool = False, scale: bool = True,
@@ -155,12 +167,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     ``paths`` (the cells used, in batch order) and ``skipped`` (reasons).
     """
     model, cells, out = Path(model), Path(cells), Path(out)
-    if batch_size < 1 or max_images < 1:
-        raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
-    need = max(int(min_images), batch_size)
-    if max_images < need:
-        raise InputError(f"max_images {max_images}: AdaBN needs at least {need} cells (at least {int(min_images)}, "
-                         f"and one whole batch of batch_size {batch_size})")
+    need = _cells_needed(batch_size, max_images, min_images)
     seed = sampling.check_seed(seed)
     modelfile.check_derived_output(model, cells, out, overwrite, "adapt", "adapted", AdaptationError)
     params, meta = modelfile.read_model(model)
@@ -189,7 +196,7 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
         pad = DEFAULT_PAD if scaling else meta.get("pad", LEGACY_PAD)
     framing.check_pad(pad)             # before any estimate: with zoom 1 reframe never sees it
     view = framing.then(None if zoom == 1.0 else (lambda rgb: framing.reframe(rgb, zoom, pad)), colour)
-    if view is not None:       # the cells read so far (and cached) are as given: read them again as the model sees them
+    if view is not None:        # the cells read so far (and cached) are as given: read them again as the model sees
         loader = training.ImageLoader(loader.paths, loader.labels, size, transform=view)
     stats = _estimate(params, meta, loader, rows, batch_size, size)
     record = dict(method="AdaBN", model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
