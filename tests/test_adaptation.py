@@ -136,6 +136,15 @@ def test_adapt_with_stain_estimates_on_standardised_cells_and_predict_applies_it
         assert rc == 2 and expected in capsys.readouterr().err.strip().splitlines()[-1]
         assert not list(tmp_path.glob("p.*"))
     assert cli.main(["predict", str(out), str(recoloured), str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    # Grad-CAM explains what predict showed the model: the standardised cell, with predict's call
+    import pandas as pd
+    from wbc_nnabla import gradcam
+    pred = pd.read_csv(tmp_path / "p.csv").set_index("path")
+    first = str(sorted(recoloured.iterdir())[0])
+    (res,) = gradcam.GradCAM(out).explain([first])
+    assert np.array_equal(res.image, stain.reinhard(fileio.read_rgb(first), target))
+    assert res.cam.shape == res.image.shape[:2] and res.predicted_name == pred.loc[first, "pred6"]
+    assert abs(res.probability - pred.loc[first, f"prob_{res.predicted_name}"]) < 1e-4
     with pytest.raises(InputError, match="--stain reinhard needs a reference"):
         adaptation.adapt_batchnorm(model, recoloured, tmp_path / "no_ref.nnp", max_images=32, stain="reinhard")
     assert not (tmp_path / "no_ref.nnp").exists()

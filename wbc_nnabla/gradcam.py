@@ -36,6 +36,7 @@ import numpy as np
 from . import classes, fileio, models, outputs
 from .errors import InputError
 from .predictor import preprocess
+from .framing import model_view
 from .modelfile import network_size, read_model
 
 ImageLike = Union[str, Path, np.ndarray]
@@ -45,7 +46,7 @@ ImageLike = Union[str, Path, np.ndarray]
 class CamResult:
     """Grad-CAM of one image.
 
-    cam: float32 ``(H, W)`` in [0, 1], the map at the input image's size.
+    cam: float32 ``(H, W)`` in [0, 1], the map at the size of ``image``.
     raw: float32 ``(h, w)``, the un-normalised map at the ``layer4`` resolution
         (``ReLU(sum_k alpha_k A^k)``; all zeros when nothing supports the class).
     class_index: index of the class the map explains.
@@ -54,6 +55,9 @@ class CamResult:
     predicted_name: name of the model's top class.
     probability: softmax probability of the model's top class.
     class_probability: softmax probability of the explained class.
+    image: uint8 ``(H, W, 3)``, the image as the model sees it, which the map is drawn on: the
+        input itself, or, for a model ``adapt`` made, the input re-framed to the training scale
+        and colour-standardised as ``predict`` shows it (:func:`wbc_nnabla.framing.model_view`).
     """
 
     cam: np.ndarray
@@ -64,6 +68,7 @@ class CamResult:
     predicted_name: str
     probability: float
     class_probability: float
+    image: Optional[np.ndarray] = None
 
 
 def _as_rgb(image: ImageLike, i: int) -> np.ndarray:
@@ -102,6 +107,8 @@ class GradCAM:
         # and never computes parameter gradients.
         self._scope = models.private_scope(params)
         self._graphs: Dict[int, tuple] = {}
+        # a model adapt made sees every crop re-framed (and standardised): explain what it sees
+        self._view = model_view(meta) or (lambda rgb: rgb)
 
     # ------------------------------------------------------------------ classes
 
@@ -179,7 +186,7 @@ class GradCAM:
                 cam=upsample_map(raw[i], rgb.shape[:2], self.size), raw=raw[i],
                 class_index=int(used[i]), class_name=self.class_names[used[i]],
                 predicted_index=int(pred[i]), predicted_name=self.class_names[pred[i]],
-                probability=float(probs[i, pred[i]]), class_probability=float(probs[i, used[i]])))
+                probability=float(probs[i, pred[i]]), class_probability=float(probs[i, used[i]]), image=rgb))
         return out
 
     # ------------------------------------------------------------------ API
@@ -191,7 +198,7 @@ class GradCAM:
         images: RGB uint8 ``(H, W, 3)`` arrays and/or image paths, any sizes.
 
         Returns one :class:`CamResult` per image, in order; each ``cam`` has the
-        image's ``(H, W)``.
+        ``(H, W)`` of its ``image``: the input, or what a model ``adapt`` made sees of it.
         """
         target = None if class_name is None else self.class_index(class_name)
         images = list(images)
@@ -201,7 +208,7 @@ class GradCAM:
             chunks = tqdm(chunks, desc="gradcam", unit="batch")
         out: List[CamResult] = []
         for s in chunks:
-            rgbs = [_as_rgb(im, s + j) for j, im in enumerate(images[s:s + self.batch_size])]
+            rgbs = [self._view(_as_rgb(im, s + j)) for j, im in enumerate(images[s:s + self.batch_size])]
             out.extend(self._batch(rgbs, target))
         return out
 
@@ -384,8 +391,8 @@ def write_overlays(explainer: Union["GradCAM", str, Path], images: Sequence[Unio
                   disable=outputs.bar_disabled(progress)):
         chunk = paths[s:s + g.batch_size]
         rgbs = [fileio.read_rgb(p) for p in chunk]
-        for p, stem, rgb, r in zip(chunk, stems[s:], rgbs, g.explain(rgbs, class_name)):
-            fileio.write_image(folder / f"{stem}_gradcam.png", _picture(rgb, r.cam, alpha, side_by_side, min_side))
+        for p, stem, r in zip(chunk, stems[s:], g.explain(rgbs, class_name)):
+            fileio.write_image(folder / f"{stem}_gradcam.png", _picture(r.image, r.cam, alpha, side_by_side, min_side))
             record = dict(path=str(p.resolve()), overlay=f"{stem}_gradcam.png")
             if cams:
                 with outputs.atomic_path(folder / f"{stem}_cam.npy") as tmp, open(tmp, "wb") as f:
