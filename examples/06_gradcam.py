@@ -21,7 +21,8 @@ wrong = preds[(preds["label"] != "") & (preds["label"] != preds["pred6"])]
 cells = (wrong if len(wrong) else preds).head(args.n)
 images = [fileio.read_rgb(p) for p in cells["path"]]
 explainer = gradcam.GradCAM(work / "model_B" / "model.nnp")
-for (_, row), img, res in zip(cells.iterrows(), images, explainer.explain(images)):
+for (_, row), res in zip(cells.iterrows(), explainer.explain(images)):
     out = work / "gradcam" / f"{Path(row['path']).stem}.png"
-    fileio.write_image(out, np.hstack([img, gradcam.overlay(img, res.cam)]))
+    # res.image: the cell as the model sees it (re-framed and standardised if the model was adapted)
+    fileio.write_image(out, np.hstack([res.image, gradcam.overlay(res.image, res.cam)]))
     print(f"{out}: human {row['label'] or '?'}, AI {row['pred6']}")
