@@ -71,3 +71,6 @@ def test_recommended_preset_trains_robust_and_adapts(tmp_path):
         saved = pd.read_csv(out / f"predictions_{tag}.csv")
         probs = [c for c in saved.columns if c.startswith("prob_")]
         assert (abs(saved[probs].to_numpy() - again[probs].to_numpy()) < 1e-5).all()
+    # Grad-CAM explains the model that made Model B's predictions: the adapted one
+    explained = json.loads((out / "stages.json").read_text())["gradcam"]["made_from"]["inputs"]
+    assert "adapted_B.nnp" in explained and "model_B/model.nnp" not in explained

@@ -551,7 +551,7 @@ def reproduce(source, out, preset: str = "paper", inference=None, config_file: O
     model_b = _train_stage(run, "train_B", run.out / "dataset_B", cfg.epochs_b, init=model_a)
     preds = {"A": _predict_stage(run, "A", model_a), "B": _predict_stage(run, "B", model_b)}
     results, comparison = _score_stages(run, preds)
-    cams = _gradcam_stage(run, model_b, preds["B"], results["B"])
+    cams = _gradcam_stage(run, _predicting_model(run, "B", model_b), preds["B"], results["B"])
     return _report_stage(run, split, results, comparison, cams)
 
 
@@ -682,6 +682,13 @@ def _predict_stage(run: _Run, tag: str, model: Path) -> Path:
             predictions.write_predictions(df, path, overwrite=True,
                                           config=infer.run_config(df, model, cells))
     return path
+
+
+def _predicting_model(run: _Run, tag: str, model: Path) -> Path:
+    """The model whose calls ``predictions_TAG.csv`` holds: with ``adapt``, the one :func:`_adapt` wrote
+    (what Grad-CAM must explain for its calls to be the predictions'), else ``model``."""
+    adapted = run.out / STAGES[f"predict_{tag}"].outputs[1]
+    return adapted if run.cfg.adapt and adapted.is_file() else model
 
 
 def _adapt(model: Path, cells: Path, out: Path, cfg: Config) -> Path:
