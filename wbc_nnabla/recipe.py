@@ -130,10 +130,14 @@ def positive(value) -> bool:
     return math.isfinite(value) and value > 0
 
 
+def positive_fields(obj, names) -> list:
+    """:func:`check_ranges` tuples requiring each field ``names`` of ``obj`` to be finite and > 0."""
+    return [(name, getattr(obj, name), positive(getattr(obj, name)), "a finite number > 0") for name in names]
+
+
 def check_step(cfg, error=TrainingError) -> None:
     """Raise ``error`` unless ``cfg.alpha`` and ``cfg.final_lr`` (AdaBound's steps) are finite and > 0."""
-    check_ranges([(name, getattr(cfg, name), positive(getattr(cfg, name)), "a finite number > 0")
-                  for name in ("alpha", "final_lr")], error)
+    check_ranges(positive_fields(cfg, ("alpha", "final_lr")), error)
 
 
 @dataclasses.dataclass
@@ -307,8 +311,7 @@ class AdaBoundConfig:
     def validate(self) -> None:
         """Raise :class:`TrainingError` naming the first hyper-parameter outside AdaBound's range (Luo et
         al. 2019: steps and the bounds' speed > 0, betas in [0, 1), eps > 0, weight decay >= 0)."""
-        check_ranges([(name, getattr(self, name), positive(getattr(self, name)), "a finite number > 0")
-                      for name in ("alpha", "final_lr", "gamma", "eps")]
+        check_ranges(positive_fields(self, ("alpha", "final_lr", "gamma", "eps"))
                      + [(name, getattr(self, name), 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
                         for name in ("beta1", "beta2")]
                      + [("weight_decay", self.weight_decay, 0.0 <= self.weight_decay < math.inf, ">= 0")])
