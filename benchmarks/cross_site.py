@@ -100,6 +100,7 @@ VARIANTS = {
     "robust_swa": ["--recipe", "robust", "--average-epochs", "3"],   # + weights averaged over the last 3 epochs
     "robust_rm": ["--recipe", "robust"],    # on dataset ① (background removed), d1 with its background removed
     "robust_AB": ["--recipe", "robust"],    # Model B: robust_rm_sS (Model A) fine-tuned on dataset ②, as reproduce
+    "robust_ibn": ["--recipe", "robust", "--norm", "ibn"],   # IBN-a: instance norm in half of early channels
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}
@@ -224,8 +225,9 @@ def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list, b
 
 
 def is_batchnorm(model: Path) -> bool:
+    """The model has BatchNorm running statistics for `adapt` (BatchNorm or IBN-a, not GroupNorm)."""
     from wbc_nnabla import modelfile
-    return modelfile.read_model(model)[1].get("norm", "batch") == "batch"
+    return modelfile.read_model(model)[1].get("norm", "batch") != "group"
 
 
 def evaluate(out: Path, variant: str, seed: int, stain: bool, self_train: bool = True) -> dict:

@@ -149,7 +149,7 @@ TINY_TRAIN = dict(size=32, batch_size=4, pretrained="none", progress=False, max_
 def tiny_model(dataset: Path, out: Path, epochs: int = 2, norm: str = "batch") -> Path:
     """``training.train`` of a ResNet-18 from scratch on ``dataset`` with :data:`TINY_TRAIN`; returns ``out``.
 
-    norm: ``batch`` (the paper's BatchNorm) or ``group`` (GroupNorm, ``--norm group``).
+    norm: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm, ``--norm group``) or ``ibn`` (IBN-a).
 
     ``out`` holds what training writes (``model.nnp`` at 32 px, ``model.h5``,
     ``config.json``, ``monitor/``, ``checkpoints/``...). Seconds on a CPU.

@@ -249,6 +249,49 @@ def test_groupnorm_nnp_round_trip(nnp18_gn):
 
 
 @pytest.mark.parametrize("arch,num_classes", [("resnet18", 6), ("resnet50", 3)])
+def test_ibn_nnp_round_trip_and_onnx_parity(arch, num_classes, tmp_path):
+    """IBN-a (--norm ibn): the .nnp stores norm 'ibn' and its inference graph (NnpLoader) holds instance
+    normalisation; the ONNX export (instance half per image, BatchNorm half folded) matches nnabla to
+    1e-4 on onnxruntime and OpenCV at several batch and input sizes, and differs from the same weights
+    with every layer BatchNorm (so the instance half is really exported)."""
+    from nnabla.utils.nnp_graph import NnpLoader
+    params = random_bn_params(arch, num_classes, seed=7, norm="ibn")
+    assert models.norm_of(params) == "ibn" and any("/instance_normalization/" in k for k in params)
+    names = list(CLASSES6) if num_classes == 6 else ["a", "b", "c"]
+    path = tmp_path / "ibn.nnp"
+    modelfile.save_nnp(path, params, modelfile.model_meta(arch, names, 32, norm="ibn"))
+    got, meta = read_model(path)
+    assert meta["norm"] == "ibn" and all(np.array_equal(got[k], params[k]) for k in params)
+    early_blocks = sum(b.stage in models.IBN_STAGES for b in models.stages(arch))   # 6 for ResNet-18
+    assert nnp_text(path).count('type: "InstanceNormalization"') == early_blocks
+    out = export_onnx(path, tmp_path / "ibn.onnx")
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert read_onnx_meta(out)["norm"] == "ibn"
+    assert not [n for n in model.graph.node if n.op_type in ("BatchNormalization", "Shape", "Split")]
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    net = cv2.dnn.readNetFromONNX(str(out))
+    rng = np.random.RandomState(8)
+    for n, size in ((1, 32), (3, 32), (2, 48)):
+        x = rng.rand(n, 3, size, size).astype(np.float32)
+        ref = nnabla_probs(params, arch, num_classes, x, norm="ibn")
+        if size == 32:                                   # the .nnp's graph has the size it was saved at
+            with nn.parameter_scope("", {}):
+                loaded = NnpLoader(str(path)).get_network("inference", batch_size=n)
+                loaded.inputs["x"].d = x
+                loaded.outputs["y"].forward()
+                assert np.abs(loaded.outputs["y"].d - ref).max() < 1e-5
+        got_ort = sess.run(["y"], {"x": x})[0]
+        net.setInput(x)
+        got_cv = net.forward()
+        assert got_ort.shape == ref.shape == got_cv.shape == (n, num_classes)
+        assert np.abs(got_ort - ref).max() < 1e-4 and np.abs(got_cv - ref).max() < 1e-4
+        assert ref.std(axis=1).max() > 1e-3
+    as_bn = {k: v for k, v in params.items() if "/instance_normalization/" not in k}
+    assert models.norm_of(as_bn) == "batch"
+
+
+@pytest.mark.parametrize("arch,num_classes", [("resnet18", 6), ("resnet50", 3)])
 def test_groupnorm_onnx_parity_onnxruntime_opencv_vs_nnabla(arch, num_classes, tmp_path):
     """GroupNorm exported with opset-13 operators: parity 1e-4 with nnabla on onnxruntime and OpenCV,
     dynamic batch and input size; BatchNorm-folded export of the same weights would differ."""

@@ -536,3 +536,35 @@ def test_average_epochs_out_of_range_is_refused(settings, message, tiny, tmp_pat
     with pytest.raises(training.TrainingError, match=message):
         training.train(tiny, tmp_path / "x", TrainConfig(**dict(FAST, **settings)))
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- IBN-a (--norm ibn)
+
+
+def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
+    """A tiny ``--norm ibn`` run: instance normalisation beside BatchNorm in the first normalisation of
+    each early block, ``norm`` in the model; ``predict`` through ONNX (the default CPU backend) gives the
+    recorded Validation Error; ``adapt`` re-estimates only BatchNorm mean/var, the BatchNorm half of
+    every IBN layer included, and leaves the instance-normalisation scale and shift alone."""
+    from helpers import tiny_model
+
+    from wbc_nnabla import adaptation, predictor
+    run = tiny_model(tiny, tmp_path / "ibn", norm="ibn")
+    s = json.loads((run / "config.json").read_text())
+    params, meta = modelfile.read_model(run / "model.nnp")
+    assert s["config"]["norm"] == "ibn" == meta["norm"] == modelfile.read_model(run / "model.h5")[1]["norm"]
+    assert params["layer1/0/bn1/instance_normalization/gamma"].shape == (1, 32, 1, 1)
+    assert params["layer1/0/bn1/bn/mean"].shape == (1, 32, 1, 1)
+    assert "layer4/0/bn1/instance_normalization/gamma" not in params and "layer1/0/bn2/bn/mean" in params
+    df = predictor.predict(run / "model.nnp", tiny / "valid.csv", backend="auto", progress=False)
+    probs = df[[f"prob_{c}" for c in classes.CLASSES6]].to_numpy()
+    y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
+    assert float(-np.log(probs[np.arange(len(y)), y]).mean()) == pytest.approx(
+        s["best"]["validation_error"], rel=1e-3)
+    out = tmp_path / "adapted.nnp"
+    adaptation.adapt_batchnorm(run / "model.nnp", tiny / "valid.csv", out, max_images=6, min_images=4,
+                               batch_size=2, scale=False)
+    after = modelfile.load_parameters(out)
+    changed = {k for k in params if params[k].tobytes() != after[k].tobytes()}
+    assert "layer1/0/bn1/bn/mean" in changed and "layer2/1/bn1/bn/var" in changed
+    assert changed and all(k.endswith("/bn/mean") or k.endswith("/bn/var") for k in changed)

@@ -92,7 +92,8 @@ def _estimate(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageL
     by :func:`wbc_nnabla.training.recalibrate_bn`.
     """
     with nn.parameter_scope("", {}):
-        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), batch_size, size)
+        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), batch_size, size,
+                                     norm=meta.get("norm") or "batch")
         variables = training.parameters()
         for k, v in variables.items():
             v.d = params[k]

@@ -8,14 +8,15 @@ several times faster than nnabla's single-threaded CPU backend.
 
 Why a hand-written exporter: ``nnabla-converter`` pins TensorFlow and an old
 ``onnx``, which would break this environment (see ``docs/inference.md``). Our
-network family is small (convolution, test-mode BatchNorm or GroupNorm, ReLU,
+network family is small (convolution, test-mode BatchNorm, GroupNorm or IBN-a, ReLU,
 max pool, residual add, global average pool, affine, softmax), so the graph is
 emitted here with ``onnx.helper`` from the parameters, walking
 :func:`wbc_nnabla.models.stages`, with BatchNorm folded into the convolution
 weights (in float64, then cast to float32).
 
-GroupNorm (``norm='group'``) depends on each image, so it cannot be folded; it
-is written with opset-13 operators every backend here runs (:meth:`_Graph.group_norm`):
+GroupNorm (``norm='group'``) and the instance-normalised half of an IBN-a layer
+(``norm='ibn'``) depend on each image, so they cannot be folded; they are written
+with opset-13 operators every backend here runs (:meth:`_Graph.group_norm`, :meth:`_Graph.ibn`):
 ONNX's own ``GroupNormalization`` (opset 18) takes a scale per group, which
 OpenCV 4.11 rejects (it wants one per channel, the opset-21 form), and the
 usual Reshape + InstanceNormalization + Reshape needs a ``Shape`` of the
@@ -54,7 +55,7 @@ class _Graph:
 
     params: ``{name: ndarray}`` of the network.
     bn_eps: the BatchNorm epsilon (``models.BN_EPS``).
-    norm: ``batch`` or ``group`` (``models.NORMS``).
+    norm: ``batch``, ``group`` or ``ibn`` (``models.NORMS``).
     gn_groups, gn_eps: GroupNorm's groups and epsilon (``models.GN_GROUPS``, ``models.GN_EPS``).
     """
 
@@ -91,14 +92,23 @@ class _Graph:
             self._consts[name] = self.const(name, array)
         return self._consts[name]
 
+    def affine_norm(self, x: str, stem: str, mean, eps: float, gamma: np.ndarray, beta: np.ndarray) -> str:
+        """``(x - mu) / sqrt(var + eps) * gamma + beta`` with ``mu = mean(x)``, ``var = mean((x - mu)^2)``
+        (two passes), ``mean`` a function of an ONNX tensor name giving ``(N, C, 1, 1)``."""
+        d = self.node("Sub", [x, mean(x)], f"{stem}_centre")
+        var = mean(self.node("Mul", [d, d], f"{stem}_square"))
+        sd = self.node("Sqrt", [self.node("Add", [var, self.shared(f"norm_eps_{eps:g}", np.full((1, 1, 1, 1), eps))],
+                                          f"{stem}_eps")], f"{stem}_sd")
+        k = self.node("Div", [self.const(f"{stem}/gamma", gamma), sd], f"{stem}_k")
+        return self.node("Add", [self.node("Mul", [d, k], f"{stem}_scale"), self.const(f"{stem}/beta", beta)], stem)
+
     def group_norm(self, x: str, spec, groups: int, eps: float) -> str:
-        """GroupNorm of ``x`` ``(N, C, H, W)`` in scope ``spec.bn``: ``(x - mu_g) / sqrt(var_g + eps) * gamma + beta``.
+        """GroupNorm of ``x`` ``(N, C, H, W)`` in scope ``spec.bn`` (:meth:`affine_norm`).
 
         mu_g and var_g, per image and group of ``C / groups`` channels, are averages of
         per-channel averages: GlobalAveragePool (over H, W) then a grouped 1x1 Conv whose
         weights are ``groups / C`` (over the group's channels; every channel has H x W
-        pixels, so this is the group's mean). The variance is the mean of squared
-        deviations (two passes). Works for any N, H, W.
+        pixels, so this is the group's mean). Works for any N, H, W.
         """
         c = spec.out_channels
         avg = self.shared(f"gn_group_mean_{c}", np.full((c, c // groups, 1, 1), groups / c))
@@ -108,32 +118,51 @@ class _Graph:
             return self.node("Conv", [self.node("GlobalAveragePool", [v], "gap"), avg], f"{stem}_mean",
                              kernel_shape=[1, 1], group=groups)
 
-        d = self.node("Sub", [x, group_mean(x)], f"{stem}_centre")
-        var = group_mean(self.node("Mul", [d, d], f"{stem}_square"))
-        sd = self.node("Sqrt", [self.node("Add", [var, self.shared("gn_eps", np.full((1, 1, 1, 1), eps))],
-                                          f"{stem}_eps")], f"{stem}_sd")
         scope = f"{spec.bn}/{self.norm_scope}"
-        k = self.node("Div", [self.const(f"{spec.bn}/gamma", self.params[f"{scope}/gamma"]), sd], f"{stem}_k")
-        return self.node("Add", [self.node("Mul", [d, k], f"{stem}_scale"),
-                                 self.const(f"{spec.bn}/beta", self.params[f"{scope}/beta"])], stem)
+        return self.affine_norm(x, stem, group_mean, eps, self.params[f"{scope}/gamma"], self.params[f"{scope}/beta"])
 
-    def conv_bn(self, x: str, spec, relu: bool) -> str:
-        """Conv ``spec`` (a ``models.ConvBN``, no bias) + test-mode BN folded into one Conv with bias,
-        (or + :meth:`group_norm` for a GroupNorm network), then ReLU."""
-        conv, bn, ks, stride = spec.conv, spec.bn, spec.kernel, spec.stride
-        if self.norm == "group":
-            h = self.node("Conv", [x, self.const(f"{conv}/W", self.params[f"{conv}/conv/W"])], conv.replace("/", "_"),
-                          kernel_shape=[ks, ks], strides=[stride, stride], pads=[ks // 2] * 4)
-            h = self.group_norm(h, spec, self.gn_groups, self.gn_eps)
-            return self.node("Relu", [h], "relu") if relu else h
-        w = self.params[f"{conv}/conv/W"].astype(np.float64)
-        gamma, beta, mean, var = (self.params[f"{bn}/bn/{n}"].astype(np.float64).reshape(-1)
+    def conv(self, x: str, spec, w: np.ndarray, b: Optional[np.ndarray], stem: str) -> str:
+        """Conv of ``spec``'s kernel, stride and padding with weights ``w`` (and bias ``b``)."""
+        ks, stride = spec.kernel, spec.stride
+        inputs = [x, self.const(f"{stem}/W", w)] + ([self.const(f"{stem}/b", b)] if b is not None else [])
+        return self.node("Conv", inputs, stem.replace("/", "_"),
+                         kernel_shape=[ks, ks], strides=[stride, stride], pads=[ks // 2] * 4)
+
+    def folded(self, spec, channels: slice) -> tuple:
+        """(weights, bias) of ``spec``'s convolution restricted to ``channels``, test-mode BatchNorm
+        folded in (float64, then the float32 of :meth:`const`)."""
+        w = self.params[f"{spec.conv}/conv/W"].astype(np.float64)[channels]
+        gamma, beta, mean, var = (self.params[f"{spec.bn}/bn/{n}"].astype(np.float64).reshape(-1)
                                   for n in ("gamma", "beta", "mean", "var"))
         k = gamma / np.sqrt(var + self.bn_eps)
-        wf = w * k[:, None, None, None]
-        bf = beta - mean * k
-        h = self.node("Conv", [x, self.const(f"{conv}/W", wf), self.const(f"{conv}/b", bf)], conv.replace("/", "_"),
-                      kernel_shape=[ks, ks], strides=[stride, stride], pads=[ks // 2] * 4)
+        return w * k[:, None, None, None], beta - mean * k
+
+    def ibn(self, x: str, spec, half: int) -> str:
+        """IBN-a after ``spec`` (``models.ibn_channels``): instance normalisation of the first ``half``
+        output channels (per image and channel: GlobalAveragePool is the mean), BatchNorm folded into
+        the convolution of the rest; two Convs and a Concat, so no Split (OpenCV's importer and
+        every backend here run these opset-13 operators)."""
+        stem = spec.bn.replace("/", "_")
+        w = self.params[f"{spec.conv}/conv/W"][:half]
+        inst = self.affine_norm(self.conv(x, spec, w, None, f"{spec.conv}/instance"), f"{stem}_in",
+                                lambda v: self.node("GlobalAveragePool", [v], "gap"), self.gn_eps,
+                                self.params[f"{spec.bn}/instance_normalization/gamma"],
+                                self.params[f"{spec.bn}/instance_normalization/beta"])
+        batch = self.conv(x, spec, *self.folded(spec, slice(half, None)), f"{spec.conv}/batch")
+        return self.node("Concat", [inst, batch], f"{stem}_concat", axis=1)
+
+    def conv_bn(self, x: str, spec, relu: bool) -> str:
+        """Conv ``spec`` (a ``models.ConvBN``, no bias) + test-mode BN folded into one Conv with bias
+        (or + :meth:`group_norm` for a GroupNorm network, :meth:`ibn` for an IBN-a layer), then ReLU."""
+        from . import models
+        half = models.ibn_channels(spec, self.norm)
+        if self.norm == "group":
+            h = self.group_norm(self.conv(x, spec, self.params[f"{spec.conv}/conv/W"], None, spec.conv), spec,
+                                self.gn_groups, self.gn_eps)
+        elif half:
+            h = self.ibn(x, spec, half)
+        else:
+            h = self.conv(x, spec, *self.folded(spec, slice(None)), spec.conv)
         return self.node("Relu", [h], "relu") if relu else h
 
     def block(self, x: str, block) -> str:

@@ -15,8 +15,11 @@ Normalisation (``norm``, :data:`NORMS`): ``batch`` is the paper's BatchNorm
 :data:`GN_GROUPS` groups, ``PF.group_normalization``) in the same places, under
 the same torchvision scope names with nnabla's own parameter scope
 (``<bn>/group_normalization/{beta,gamma}``, no running statistics), as
-torchvision keeps ``bn1`` when given ``norm_layer=GroupNorm``. The parameter
-names alone tell the two apart (:func:`norm_of`).
+torchvision keeps ``bn1`` when given ``norm_layer=GroupNorm``; ``ibn`` is IBN-Net's
+IBN-a (Pan et al. 2018, :func:`ibn_channels`): the first normalisation of every block of
+stages 1-3 instance-normalises half its channels (``<bn>/instance_normalization/{beta,gamma}``)
+and batch-normalises the rest (``<bn>/bn/...``), every other one is BatchNorm. The parameter
+names alone tell the three apart (:func:`norm_of`).
 
 Input convention: ``x`` is float32 ``(N, 3, H, W)``, RGB scaled to [0, 1]
 (what ``data_iterator_csv_dataset(..., normalize=True)`` yields); the graph
@@ -27,6 +30,7 @@ trains at 480x480 and infers at 320x320).
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -46,11 +50,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_DECAY = 0.9
 #: BatchNorm epsilon added to the variance (nnabla's default).
 BN_EPS = 1e-5
-#: GroupNorm epsilon added to each group's variance (nnabla's default; ``y = (x - mu) / sqrt(var + eps)``).
+#: GroupNorm (and IBN's instance normalisation) epsilon added to each group's variance (nnabla's
+#: default; ``y = (x - mu) / sqrt(var + eps)``).
 GN_EPS = 1e-5
 #: Normalisation layers (``norm``) and the nnabla parameter scope of each under a ``ConvBN.bn`` scope.
-NORMS = {"batch": "bn", "group": "group_normalization"}
+NORMS = {"batch": "bn", "group": "group_normalization", "ibn": "instance_normalization"}
 assert tuple(NORMS) == NORM_NAMES, "recipe.NORM_NAMES (the nnabla-free registry) lists these layers"
+#: IBN-a: the residual stages whose blocks' first normalisation is an IBN layer, and the share of
+#: its channels instance-normalised (IBN-Net's ``ratio``; Pan et al. 2018, section 3.2).
+IBN_STAGES = (1, 2, 3)
+IBN_RATIO = 0.5
 #: Convolution weight initialisers: ``glorot`` (nnabla's default, uniform) or ``he``
 #: (Kaiming normal, fan_out, as torchvision's ResNet).
 WEIGHT_INITS = WEIGHT_INIT_NAMES
@@ -200,6 +209,30 @@ def conv_initializer(spec: ConvBN, weight_init: str = "glorot") -> I.BaseInitial
     raise InputError(f"weight_init {weight_init!r}: choose one of {', '.join(WEIGHT_INITS)}")
 
 
+def channels(h: nn.Variable, start: int, stop: int) -> nn.Variable:
+    """Channels ``start:stop`` of ``h`` ``(N, C, H, W)``, every image and pixel.
+
+    ``h[:, start:stop]`` would store the build-time N, H and W as the slice's stops in a saved
+    ``.nnp``, so that the graph loaded at another batch size or input size would cut the batch;
+    stops past the end are clamped, so these stay valid at any N, H, W.
+    """
+    whole = 2 ** 30
+    return F.slice(h, (0, start, 0, 0), (whole, stop, whole, whole))
+
+
+def ibn_channels(spec: ConvBN, norm: str) -> int:
+    """How many of the first channels after ``spec`` IBN-a instance-normalises: ``IBN_RATIO`` of them
+    after the first convolution of each block of :data:`IBN_STAGES` when ``norm`` is ``ibn``, else 0.
+
+    IBN-Net puts instance normalisation in the shallow stages, where appearance (stain, camera)
+    lives, and keeps BatchNorm in the rest and in layer4, where the class lives (Pan et al. 2018).
+    """
+    stages_ = "".join(str(s) for s in IBN_STAGES)
+    if norm == "ibn" and re.fullmatch(rf"layer[{stages_}]/\d+/conv1", spec.conv):
+        return int(spec.out_channels * IBN_RATIO)
+    return 0
+
+
 def norm_layer(h: nn.Variable, spec: ConvBN, test: bool, norm: str = "batch") -> nn.Variable:
     """The normalisation after convolution ``spec``, in scope ``spec.bn`` (same shape out).
 
@@ -207,12 +240,21 @@ def norm_layer(h: nn.Variable, spec: ConvBN, test: bool, norm: str = "batch") ->
         updating them).
     group: ``PF.group_normalization`` with :data:`GN_GROUPS` groups of ``C / 32`` channels,
         statistics per image and group in training and test alike (``test`` changes nothing).
+    ibn: BatchNorm, except where :func:`ibn_channels` is > 0: ``PF.instance_normalization`` of
+        those first channels (per image and channel, ``test`` changes nothing) beside BatchNorm
+        of the rest, concatenated (IBN-a).
     """
-    if norm == "batch":
-        return PF.batch_normalization(h, decay_rate=BN_DECAY, eps=BN_EPS, batch_stat=not test, name=spec.bn)
+    if norm not in NORMS:
+        raise InputError(f"norm {norm!r}: choose one of {', '.join(NORMS)}")
     if norm == "group":
         return PF.group_normalization(h, GN_GROUPS, eps=GN_EPS, name=spec.bn)
-    raise InputError(f"norm {norm!r}: choose one of {', '.join(NORMS)}")
+    half = ibn_channels(spec, norm)
+    if half:
+        inst = PF.instance_normalization(channels(h, 0, half), eps=GN_EPS, name=spec.bn)
+        batch = PF.batch_normalization(channels(h, half, h.shape[1]), decay_rate=BN_DECAY, eps=BN_EPS,
+                                       batch_stat=not test, name=spec.bn)
+        return F.concatenate(inst, batch, axis=1)
+    return PF.batch_normalization(h, decay_rate=BN_DECAY, eps=BN_EPS, batch_stat=not test, name=spec.bn)
 
 
 def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot",
@@ -221,7 +263,7 @@ def conv_bn(x: nn.Variable, spec: ConvBN, test: bool, weight_init: str = "glorot
 
     x: ``(N, spec.in_channels, H, W)``.
     test: BatchNorm uses its running statistics (else batch statistics, updating them).
-    norm: ``batch`` or ``group`` (:data:`NORMS`).
+    norm: ``batch``, ``group`` or ``ibn`` (:data:`NORMS`).
 
     Returns ``(N, spec.out_channels, H / stride, W / stride)``.
     """
@@ -293,7 +335,7 @@ def backbone(x: nn.Variable, arch: str = "resnet18", test: bool = False,
     x: [0, 1] RGB ``(N, 3, H, W)``.
     test: use BatchNorm running statistics (validation/inference graphs).
     weight_init: initialiser of new convolution weights (:data:`WEIGHT_INITS`).
-    norm: ``batch`` (the paper's BatchNorm) or ``group`` (GroupNorm; :data:`NORMS`).
+    norm: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm) or ``ibn`` (IBN-a; :data:`NORMS`).
     after_stage: applied to the output of each residual stage, ``after_stage(h, stage)``
         (training graphs only; ``None``: the plain network every ``.nnp`` holds).
 
@@ -334,7 +376,7 @@ def resnet(x: nn.Variable, arch: str = "resnet18", num_classes: int = 6, test: b
     arch: ``resnet18`` (the paper's), ``resnet34`` or ``resnet50``.
     test: use BatchNorm running statistics (validation/inference graphs).
     weight_init: ``glorot`` (default, nnabla's) or ``he`` for new convolution weights.
-    norm: ``batch`` (default, the paper's BatchNorm) or ``group`` (GroupNorm, 32 groups).
+    norm: ``batch`` (default, the paper's BatchNorm), ``group`` (GroupNorm, 32 groups) or ``ibn`` (IBN-a).
     after_stage: training-graph step after each residual stage (:func:`backbone`).
     """
     return head(backbone(x, arch, test, weight_init, norm, after_stage), num_classes)
@@ -417,11 +459,12 @@ def arch_of(params: Sequence[str]) -> str:
 def norm_of(params: Sequence[str]) -> str:
     """The normalisation (:data:`NORMS` key) of a parameter dict, from its names.
 
-    ``group`` when any name has the GroupNorm scope (``.../group_normalization/...``), else
-    ``batch``; a dict holding both is no network of this module (InputError).
+    ``group`` when any name has the GroupNorm scope (``.../group_normalization/...``), ``ibn``
+    when any has the instance-normalisation scope (beside BatchNorm), else ``batch``; GroupNorm
+    beside either other kind is no network of this module (InputError).
     """
     found = {norm for norm, scope in NORMS.items() if any(f"/{scope}/" in n for n in params)}
-    if len(found) > 1:
-        raise InputError("parameters hold both BatchNorm (*/bn/*) and GroupNorm (*/group_normalization/*) "
-                         "layers; a network of models.py has one kind")
-    return found.pop() if found else "batch"
+    if "group" in found and len(found) > 1:
+        raise InputError("parameters hold both BatchNorm (*/bn/*, or IBN's */instance_normalization/*) and "
+                         "GroupNorm (*/group_normalization/*) layers; a network of models.py has one kind")
+    return "ibn" if "ibn" in found else (found.pop() if found else "batch")

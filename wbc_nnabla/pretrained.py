@@ -235,11 +235,16 @@ def load_imagenet(path, arch: str = "resnet18", norm: str = "batch") -> dict:
     except ``fc`` (and, for ``.h5`` files, ``preprocess``: nnabla-examples normalise
     with the same ImageNet mean/std as this graph). With ``norm='group'`` only the
     convolution weights ``*/conv/W`` and ``preprocess/*`` (the ImageNet files hold
-    BatchNorm layers, which a GroupNorm network does not have).
+    BatchNorm layers, which a GroupNorm network does not have). With ``norm='ibn'`` every
+    BatchNorm but those of the IBN layers (:func:`wbc_nnabla.models.ibn_channels`), whose halves
+    start afresh (gamma 1, beta 0, statistics 0 / 1).
     """
     params = _load_imagenet(path, arch)
     if norm == "group":
         return {k: v for k, v in params.items() if k.endswith("/conv/W") or k.startswith("preprocess/")}
+    if norm == "ibn":
+        ibn = {f"{spec.bn}/" for spec in models.conv_layers(arch) if models.ibn_channels(spec, norm)}
+        return {k: v for k, v in params.items() if not any(k.startswith(p) for p in ibn)}
     return params
 
 

@@ -45,8 +45,10 @@ ARCH_NAMES = ("resnet18", "resnet34", "resnet50")
 #: Initialisers of new convolution weights (:func:`wbc_nnabla.models.conv_initializer`).
 WEIGHT_INIT_NAMES = ("glorot", "he")
 #: Normalisation layer after every convolution (:func:`wbc_nnabla.models.norm_layer`): ``batch``
-#: (BatchNorm, the paper's ResNet) or ``group`` (GroupNorm, Wu & He 2018, :data:`GN_GROUPS` groups).
-NORM_NAMES = ("batch", "group")
+#: (BatchNorm, the paper's ResNet), ``group`` (GroupNorm, Wu & He 2018, :data:`GN_GROUPS` groups) or
+#: ``ibn`` (IBN-Net's IBN-a, Pan et al. 2018: half the channels of the first normalisation of each
+#: block of stages 1-3 instance-normalised, the rest BatchNorm).
+NORM_NAMES = ("batch", "group", "ibn")
 #: Groups of every GroupNorm layer: 32, as Wu & He (2018) recommend for ResNets and
 #: Tsutsui et al. (2023) use; every ResNet width (64..2048 channels) is a multiple of it.
 GN_GROUPS = 32
@@ -348,8 +350,10 @@ class TrainConfig:
         ``glorot`` (nnabla's default, uniform) or ``he`` (Kaiming normal, fan_out, as torchvision);
         :func:`wbc_nnabla.models.conv_initializer`.
     norm: normalisation after every convolution (:data:`NORM_NAMES`): ``batch`` (BatchNorm, the
-        paper's) or ``group`` (GroupNorm with :data:`GN_GROUPS` groups: per-image statistics, so
-        nothing depends on the training site's batch statistics; docs/training.md, "Normalisation").
+        paper's), ``group`` (GroupNorm with :data:`GN_GROUPS` groups: per-image statistics, so
+        nothing depends on the training site's batch statistics; docs/training.md, "Normalisation")
+        or ``ibn`` (IBN-a: instance normalisation on half the channels of the first normalisation
+        of each block of stages 1-3, BatchNorm elsewhere).
         A GroupNorm network has no running statistics: ``bn_recalibration`` is then a no-op
         (recorded as such in ``config.json``).
     average_epochs: weight averaging (SWA, Izmailov et al. 2018, averaged after every update as
@@ -380,8 +384,9 @@ class TrainConfig:
     max_iterations: Optional[int] = None
     bn_recalibration: int = BN_RECALIBRATION_IMAGES
     weight_init: str = "glorot"
-    norm: str = setting("batch", "normalisation after every convolution: batch (BatchNorm, the paper's) or "
-                                 "group (GroupNorm, 32 groups; see docs/training.md)", choices=NORM_NAMES)
+    norm: str = setting("batch", "normalisation after every convolution: batch (BatchNorm, the paper's), "
+                                 "group (GroupNorm, 32 groups) or ibn (IBN-a: half the channels of each early "
+                                 "block's first normalisation per image; see docs/training.md)", choices=NORM_NAMES)
     average_epochs: int = setting(0, "export the mean of the weights over every update of the last N epochs, "
                                      "BatchNorm statistics re-estimated (SWA; 0: off, the best epoch as the "
                                      "paper; see docs/training.md)", metavar="N")
@@ -426,7 +431,7 @@ class TrainConfig:
             raise TrainingError("fourier (--fourier) and style_cells (--style-cells) go together: the Fourier step "
                                 "mixes in the style cells' spectra, and style cells are read for nothing without it "
                                 f"(got fourier {self.augmentation.fourier}, style_cells {self.style_cells})")
-        if self.average_epochs and self.norm == "batch" and not self.bn_recalibration:
+        if self.average_epochs and self.norm != "group" and not self.bn_recalibration:
             raise TrainingError("average_epochs needs bn_recalibration > 0 with BatchNorm: averaged weights need "
                                 "BatchNorm statistics of their own")
 

@@ -100,7 +100,8 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
 
     The first graph built after the scope is cleared creates the parameters, new
     convolution weights drawn by ``weight_init`` (:func:`wbc_nnabla.models.conv_initializer`).
-    ``norm``: ``batch`` or ``group`` (GroupNorm: per-image statistics whatever ``test``).
+    ``norm``: ``batch``, ``group`` (GroupNorm: per-image statistics whatever ``test``) or ``ibn``
+    (IBN-a, :func:`wbc_nnabla.models.ibn_channels`).
     """
     with nn.parameter_scope(SCOPE):
         x = nn.Variable(models.input_shape(batch_size, size))
@@ -527,6 +528,8 @@ def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "r
     loaded = _load_into(params, load_imagenet(path, arch, norm), f"--pretrained {path}", strict=False)
     if norm == "group":
         return f"ImageNet {path} ({len(loaded)} tensors: convolutions only, GroupNorm gamma 1 beta 0; new head fc)"
+    if norm == "ibn":
+        return f"ImageNet {path} ({len(loaded)} tensors: IBN layers start afresh; new head fc)"
     return f"ImageNet {path} ({len(loaded)} tensors; new head fc)"
 
 
@@ -713,8 +716,8 @@ def test_graph(cfg: TrainConfig, data: TrainData) -> Graph:
     """The test-mode graph of the current weights, after precise BN on the run's BN sample (when on)."""
     n_classes = len(classes.CLASSES6)
     if data.bn_rows is not None:        # None for GroupNorm (nothing to re-estimate) or when off
-        recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size), data.train, cfg.batch_size,
-                       data.bn_rows)
+        recalibrate_bn(build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, norm=cfg.norm), data.train,
+                       cfg.batch_size, data.bn_rows)
     return build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, test=True, norm=cfg.norm)
 
 
