@@ -355,3 +355,74 @@ def test_imagenet_weights_for_groupnorm_are_the_convolutions_only(tmp_path):
     assert (params["layer3/1/bn2/group_normalization/gamma"].d == 1).all()
     assert (params["layer3/1/bn2/group_normalization/beta"].d == 0).all()
     models.clear_scope(training.SCOPE)
+
+
+# ----------------------------------------------------------------------------- IBN-a (norm='ibn')
+
+
+def test_ibn_layers_sit_in_the_first_normalisation_of_each_early_block():
+    """IBN-a: half the channels after conv1 of every block of stages 1-3, nowhere else (not the stem,
+    not the second convolution, not a projection, not layer4); the names give the norm back."""
+    where = {spec.bn: models.ibn_channels(spec, "ibn") for spec in models.conv_layers("resnet18")}
+    assert {k: v for k, v in where.items() if v} == {
+        "layer1/0/bn1": 32, "layer1/1/bn1": 32, "layer2/0/bn1": 64, "layer2/1/bn1": 64,
+        "layer3/0/bn1": 128, "layer3/1/bn1": 128}
+    assert not any(models.ibn_channels(spec, "batch") for spec in models.conv_layers("resnet50"))
+    assert sum(bool(models.ibn_channels(s, "ibn")) for s in models.conv_layers("resnet50")) == 13
+    bn = {k: tuple(v.shape) for k, v in _graph_params("resnet18").items()}
+    with nn.parameter_scope("", {}):
+        models.resnet(nn.Variable((1, 3, 32, 32)), "resnet18", 6, norm="ibn")
+        ibn = {k: tuple(v.shape) for k, v in nn.get_parameters(grad_only=False).items()}
+        assert models.count_parameters() == 11_179_590     # the same trainable beta/gamma, split in two
+    assert ibn["layer2/0/bn1/instance_normalization/gamma"] == ibn["layer2/0/bn1/bn/mean"] == (1, 64, 1, 1)
+    assert ibn["layer4/0/bn1/bn/mean"] == bn["layer4/0/bn1/bn/mean"] == (1, 512, 1, 1)
+    assert models.norm_of(ibn) == "ibn" and models.norm_of(bn) == "batch" and models.arch_of(ibn) == "resnet18"
+
+
+def test_ibn_layer_is_instance_norm_on_half_and_batchnorm_on_the_rest():
+    """norm_layer('ibn') after an IBN conv: the first half per image and channel (a NumPy reference),
+    the same in training and test mode; the second half is BatchNorm (batch statistics in training,
+    running statistics in test mode)."""
+    rng = np.random.RandomState(1)
+    x_np = (rng.randn(4, 64, 5, 5) * 2 + 0.5).astype(np.float32)
+    spec = models.ConvBN("layer1/0/conv1", "layer1/0/bn1", 3, 64, 64, 1)
+    with nn.parameter_scope("", {}):
+        x = nn.Variable(x_np.shape)
+        y_train, y_test = (models.norm_layer(x, spec, test, "ibn") for test in (False, True))
+        p = nn.get_parameters(grad_only=False)
+        p["layer1/0/bn1/instance_normalization/gamma"].d = rng.rand(1, 32, 1, 1) + 0.5
+        p["layer1/0/bn1/bn/mean"].d, p["layer1/0/bn1/bn/var"].d = rng.randn(1, 32, 1, 1), rng.rand(1, 32, 1, 1) + 1
+        x.d = x_np
+        F.sink(y_train, y_test).forward()
+        a = x_np[:, :32].astype(np.float64)
+        z = (a - a.mean((2, 3), keepdims=True)) / np.sqrt(a.var((2, 3), keepdims=True) + models.GN_EPS)
+        want = z * p["layer1/0/bn1/instance_normalization/gamma"].d
+        np.testing.assert_allclose(y_train.d[:, :32], want, atol=1e-4)
+        np.testing.assert_allclose(y_test.d[:, :32], y_train.d[:, :32], atol=1e-6)
+        b = x_np[:, 32:].astype(np.float64)
+        batch = (b - b.mean((0, 2, 3), keepdims=True)) / np.sqrt(b.var((0, 2, 3), keepdims=True) + models.BN_EPS)
+        np.testing.assert_allclose(y_train.d[:, 32:], batch, atol=1e-4)
+        running = (b - p["layer1/0/bn1/bn/mean"].d) / np.sqrt(p["layer1/0/bn1/bn/var"].d + models.BN_EPS)
+        np.testing.assert_allclose(y_test.d[:, 32:], running, atol=1e-4)
+
+
+def test_imagenet_weights_for_ibn_skip_the_ibn_layers_only(tmp_path):
+    """An IBN-a network takes every ImageNet tensor but the BatchNorm of its six IBN layers, whose
+    halves start afresh (gamma 1, beta 0)."""
+    path = tmp_path / "rn18-nhwc.h5"
+    _examples_h5(path)
+    full = pretrained.load_imagenet(path, "resnet18")
+    ibn = pretrained.load_imagenet(path, "resnet18", norm="ibn")
+    assert set(full) - set(ibn) == {f"layer{s}/{i}/bn1/bn/{n}" for s in (1, 2, 3) for i in (0, 1)
+                                    for n in ("beta", "gamma", "mean", "var")}
+    from wbc_nnabla import training
+    models.clear_scope(training.SCOPE)
+    training.build_graph("resnet18", 6, 1, 32, norm="ibn")
+    params = training.parameters()
+    info = training.initialise(params, str(path), None, "resnet18", "ibn")
+    assert f"{len(ibn)} tensors: IBN layers start afresh" in info
+    np.testing.assert_array_equal(params["layer1/0/conv1/conv/W"].d, full["layer1/0/conv1/conv/W"])
+    np.testing.assert_array_equal(params["layer4/0/bn1/bn/mean"].d, full["layer4/0/bn1/bn/mean"])
+    assert (params["layer1/0/bn1/instance_normalization/gamma"].d == 1).all()
+    assert (params["layer1/0/bn1/bn/gamma"].d == 1).all()
+    models.clear_scope(training.SCOPE)
