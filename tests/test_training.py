@@ -544,11 +544,12 @@ def test_average_epochs_out_of_range_is_refused(settings, message, tiny, tmp_pat
 def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
     """A tiny ``--norm ibn`` run: instance normalisation beside BatchNorm in the first normalisation of
     each early block, ``norm`` in the model; ``predict`` through ONNX (the default CPU backend) gives the
-    recorded Validation Error; ``adapt`` re-estimates only BatchNorm mean/var, the BatchNorm half of
-    every IBN layer included, and leaves the instance-normalisation scale and shift alone."""
+    recorded Validation Error and Grad-CAM (which rebuilds the network in nnabla) the same calls;
+    ``adapt`` re-estimates only BatchNorm mean/var, the BatchNorm half of every IBN layer included, and
+    leaves the instance-normalisation scale and shift alone."""
     from helpers import tiny_model
 
-    from wbc_nnabla import adaptation, predictor
+    from wbc_nnabla import adaptation, gradcam, predictor
     run = tiny_model(tiny, tmp_path / "ibn", norm="ibn")
     s = json.loads((run / "config.json").read_text())
     params, meta = modelfile.read_model(run / "model.nnp")
@@ -561,6 +562,9 @@ def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
     y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
     assert float(-np.log(probs[np.arange(len(y)), y]).mean()) == pytest.approx(
         s["best"]["validation_error"], rel=1e-3)
+    for r, (_, row) in zip(gradcam.GradCAM(run / "model.nnp").explain(list(df["path"][:2])), df.iterrows()):
+        assert r.predicted_name == row["pred6"] and r.probability == pytest.approx(row[f"prob_{row['pred6']}"],
+                                                                                    abs=1e-4)
     out = tmp_path / "adapted.nnp"
     adaptation.adapt_batchnorm(run / "model.nnp", tiny / "valid.csv", out, max_images=6, min_images=4,
                                batch_size=2, scale=False)
