@@ -544,7 +544,8 @@ def test_average_epochs_out_of_range_is_refused(settings, message, tiny, tmp_pat
 def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
     """A tiny ``--norm ibn`` run: instance normalisation beside BatchNorm in the first normalisation of
     each early block, ``norm`` in the model; ``predict`` through ONNX (the default CPU backend) gives the
-    recorded Validation Error and Grad-CAM (which rebuilds the network in nnabla) the same calls;
+    recorded Validation Error, Grad-CAM (which rebuilds the network in nnabla) the same calls and
+    ``nnabla_cli infer`` the same probabilities;
     ``adapt`` re-estimates only BatchNorm mean/var, the BatchNorm half of every IBN layer included, and
     leaves the instance-normalisation scale and shift alone."""
     from helpers import tiny_model
@@ -565,6 +566,13 @@ def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
     for r, (_, row) in zip(gradcam.GradCAM(run / "model.nnp").explain(list(df["path"][:2])), df.iterrows()):
         assert r.predicted_name == row["pred6"] and r.probability == pytest.approx(row[f"prob_{row['pred6']}"],
                                                                                     abs=1e-4)
+    nnabla_cli = Path(sys.executable).with_name("nnabla_cli")     # nnabla's own runtime runs the .nnp too
+    if nnabla_cli.exists():
+        predictor.load_input(df["path"][0], 32)[None].tofile(tmp_path / "x.bin")
+        r = subprocess.run([str(nnabla_cli), "infer", "-c", str(run / "model.nnp"), "-o", str(tmp_path / "y"),
+                            "-b", "1", str(tmp_path / "x.bin")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        np.testing.assert_allclose(np.fromfile(tmp_path / "y_0.bin", np.float32), probs[0], rtol=1e-4, atol=1e-5)
     out = tmp_path / "adapted.nnp"
     adaptation.adapt_batchnorm(run / "model.nnp", tiny / "valid.csv", out, max_images=6, min_images=4,
                                batch_size=2, scale=False)
