@@ -49,6 +49,35 @@ def nnabla_probs(params, arch, num_classes, x, norm="batch"):
     return y.d.copy()
 
 
+def assert_onnx_parity(onnx_path, params, arch, num_classes, sizes, seed, norm="batch", nnp=None):
+    """The ONNX ``onnx_path`` gives nnabla's probabilities (:func:`nnabla_probs`) to 1e-4, with the same
+    top class, on onnxruntime and OpenCV for random batches of each ``(n, size)``, whose probabilities
+    must discriminate. With ``nnp`` (saved at the first batch's size) its own graph through
+    ``NnpLoader`` gives them too, to 1e-5, at every batch of that size."""
+    from nnabla.utils.nnp_graph import NnpLoader
+    rng = np.random.RandomState(seed)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    net = cv2.dnn.readNetFromONNX(str(onnx_path))
+    for n, size in sizes:
+        x = rng.rand(n, 3, size, size).astype(np.float32)
+        ref = nnabla_probs(params, arch, num_classes, x, norm=norm)
+        if nnp is not None and size == sizes[0][1]:      # the .nnp's graph has the size it was saved at
+            with nn.parameter_scope("", {}):
+                loaded = NnpLoader(str(nnp)).get_network("inference", batch_size=n)
+                loaded.inputs["x"].d = x
+                loaded.outputs["y"].forward()
+                assert np.abs(loaded.outputs["y"].d - ref).max() < 1e-5
+        got = sess.run(["y"], {"x": x})[0]
+        net.setInput(x)
+        got_cv = net.forward()
+        assert got.shape == ref.shape == got_cv.shape == (n, num_classes)
+        assert np.abs(got - ref).max() < 1e-4
+        assert np.abs(got_cv - ref).max() < 1e-4
+        assert (got.argmax(1) == ref.argmax(1)).all() and (got_cv.argmax(1) == ref.argmax(1)).all()
+        # the inputs must discriminate: probabilities are not uniform
+        assert ref.std(axis=1).max() > 1e-3
+
+
 @pytest.fixture(scope="module")
 def nnp18(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "m18.nnp"
@@ -79,21 +108,8 @@ def test_export_checker_dynamic_batch_and_metadata(nnp18, tmp_path):
 def test_parity_onnxruntime_opencv_vs_nnabla(nnp18, tmp_path):
     path, params = nnp18
     out = export_onnx(path, tmp_path / "m.onnx")
-    rng = np.random.RandomState(1)
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    net = cv2.dnn.readNetFromONNX(str(out))
-    for n, size in ((1, 48), (3, 48), (2, 64)):       # dynamic batch, and another input size
-        x = rng.rand(n, 3, size, size).astype(np.float32)
-        ref = nnabla_probs(params, "resnet18", 6, x)
-        got = sess.run(["y"], {"x": x})[0]
-        net.setInput(x)
-        got_cv = net.forward()
-        assert got.shape == ref.shape == got_cv.shape == (n, 6)
-        assert np.abs(got - ref).max() < 1e-4
-        assert np.abs(got_cv - ref).max() < 1e-4
-        assert (got.argmax(1) == ref.argmax(1)).all() and (got_cv.argmax(1) == ref.argmax(1)).all()
-        # the inputs must discriminate: probabilities are not uniform
-        assert ref.std(axis=1).max() > 1e-3
+    # dynamic batch, and another input size
+    assert_onnx_parity(out, params, "resnet18", 6, ((1, 48), (3, 48), (2, 64)), seed=1)
 
 
 def test_bottleneck_resnet50_and_other_class_count(tmp_path):
@@ -252,9 +268,8 @@ def test_groupnorm_nnp_round_trip(nnp18_gn):
 def test_ibn_nnp_round_trip_and_onnx_parity(arch, num_classes, tmp_path):
     """IBN-a (--norm ibn): the .nnp stores norm 'ibn' and its inference graph (NnpLoader) holds instance
     normalisation; the ONNX export (instance half per image, BatchNorm half folded) matches nnabla to
-    1e-4 on onnxruntime and OpenCV at several batch and input sizes, and differs from the same weights
-    with every layer BatchNorm (so the instance half is really exported)."""
-    from nnabla.utils.nnp_graph import NnpLoader
+    1e-4 on onnxruntime and OpenCV at several batch and input sizes, with one Concat per IBN layer (the
+    instance half is computed per image, not folded)."""
     params = random_bn_params(arch, num_classes, seed=7, norm="ibn")
     assert models.norm_of(params) == "ibn" and any("/instance_normalization/" in k for k in params)
     names = list(CLASSES6) if num_classes == 6 else ["a", "b", "c"]
@@ -269,24 +284,8 @@ def test_ibn_nnp_round_trip_and_onnx_parity(arch, num_classes, tmp_path):
     onnx.checker.check_model(model, full_check=True)
     assert read_onnx_meta(out)["norm"] == "ibn"
     assert not [n for n in model.graph.node if n.op_type in ("BatchNormalization", "Shape", "Split")]
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    net = cv2.dnn.readNetFromONNX(str(out))
-    rng = np.random.RandomState(8)
-    for n, size in ((1, 32), (3, 32), (2, 48)):
-        x = rng.rand(n, 3, size, size).astype(np.float32)
-        ref = nnabla_probs(params, arch, num_classes, x, norm="ibn")
-        if size == 32:                                   # the .nnp's graph has the size it was saved at
-            with nn.parameter_scope("", {}):
-                loaded = NnpLoader(str(path)).get_network("inference", batch_size=n)
-                loaded.inputs["x"].d = x
-                loaded.outputs["y"].forward()
-                assert np.abs(loaded.outputs["y"].d - ref).max() < 1e-5
-        got_ort = sess.run(["y"], {"x": x})[0]
-        net.setInput(x)
-        got_cv = net.forward()
-        assert got_ort.shape == ref.shape == got_cv.shape == (n, num_classes)
-        assert np.abs(got_ort - ref).max() < 1e-4 and np.abs(got_cv - ref).max() < 1e-4
-        assert ref.std(axis=1).max() > 1e-3
+    assert sum(n.op_type == "Concat" for n in model.graph.node) == early_blocks
+    assert_onnx_parity(out, params, arch, num_classes, ((1, 32), (3, 32), (2, 48)), seed=8, norm="ibn", nnp=path)
     as_bn = {k: v for k, v in params.items() if "/instance_normalization/" not in k}
     assert models.norm_of(as_bn) == "batch"
 
@@ -304,18 +303,7 @@ def test_groupnorm_onnx_parity_onnxruntime_opencv_vs_nnabla(arch, num_classes, t
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 13 and read_onnx_meta(out)["norm"] == "group"
     assert not [n for n in model.graph.node if n.op_type in ("BatchNormalization", "Shape")]
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    net = cv2.dnn.readNetFromONNX(str(out))
-    rng = np.random.RandomState(6)
-    for n, size in ((1, 32), (3, 32), (2, 48)):
-        x = rng.rand(n, 3, size, size).astype(np.float32)
-        ref = nnabla_probs(params, arch, num_classes, x, norm="group")
-        got = sess.run(["y"], {"x": x})[0]
-        net.setInput(x)
-        got_cv = net.forward()
-        assert got.shape == ref.shape == got_cv.shape == (n, num_classes)
-        assert np.abs(got - ref).max() < 1e-4 and np.abs(got_cv - ref).max() < 1e-4
-        assert ref.std(axis=1).max() > 1e-3
+    assert_onnx_parity(out, params, arch, num_classes, ((1, 32), (3, 32), (2, 48)), seed=6, norm="group")
 
 
 def test_groupnorm_description_must_agree_with_parameters(nnp18_gn, nnp18, tmp_path):
