@@ -101,6 +101,7 @@ VARIANTS = {
     "robust_rm": ["--recipe", "robust"],    # on dataset ① (background removed), d1 with its background removed
     "robust_AB": ["--recipe", "robust"],    # Model B: robust_rm_sS (Model A) fine-tuned on dataset ②, as reproduce
     "robust_ibn": ["--recipe", "robust", "--norm", "ibn"],   # IBN-a: instance norm in half of early channels
+    "robust_cosine": ["--recipe", "robust", "--schedule", "cosine"],   # AdaBound's step falls along a cosine
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}

@@ -580,3 +580,60 @@ def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
     changed = {k for k in params if params[k].tobytes() != after[k].tobytes()}
     assert "layer1/0/bn1/bn/mean" in changed and "layer2/1/bn1/bn/var" in changed
     assert changed and all(k.endswith("/bn/mean") or k.endswith("/bn/var") for k in changed)
+
+
+# ----------------------------------------------------------------------------- step-size schedule (--schedule)
+
+
+def test_cosine_step_size_falls_from_alpha_towards_zero():
+    from wbc_nnabla.recipe import AdaBoundConfig, step_size
+    cos = AdaBoundConfig(alpha=2e-3, schedule="cosine")
+    steps = [step_size(cos, i, 10) for i in range(10)]
+    assert steps[0] == pytest.approx(2e-3) and steps[5] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(steps, steps[1:])) and 0 < steps[-1] < 2e-3 * 0.03
+    assert [step_size(AdaBoundConfig(alpha=2e-3), i, 10) for i in (0, 9)] == [2e-3, 2e-3]
+    with pytest.raises(training.TrainingError, match="schedule 'step': choose one of constant, cosine"):
+        TrainConfig(solver=AdaBoundConfig(schedule="step")).validate()
+
+
+def test_cosine_schedule_runs_over_every_update_of_the_run_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+    """2 epochs of 2 updates: each update's step is set from its place in the run's 4 updates; the
+    run records the schedule, differs from the constant step, resumes exactly and refuses other epochs."""
+    from wbc_nnabla.recipe import AdaBoundConfig
+    asked = []
+    real = training.step_size
+
+    def recording(cfg, done, total):
+        asked.append((done, total))
+        return real(cfg, done, total)
+
+    monkeypatch.setattr(training, "step_size", recording)
+    cos = AdaBoundConfig(schedule="cosine")
+    straight, split, const = tmp_path / "straight", tmp_path / "split", tmp_path / "constant"
+    s = training.train(tiny, straight, TrainConfig(epochs=2, solver=cos, **FAST))
+    assert asked == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert s["config"]["solver"]["schedule"] == "cosine"
+    training.train(tiny, const, TrainConfig(epochs=2, **FAST))
+    assert len(asked) == 4                                      # the constant step is never set
+    a, c = (modelfile.load_parameters(d / "checkpoints" / "epoch0002" / "params.h5") for d in (straight, const))
+    assert any(not np.allclose(a[k], c[k]) for k in a)
+    with pytest.raises(training.TrainingError, match="cannot resume with a different solver"):
+        training.train(tiny, const, TrainConfig(epochs=3, solver=cos, **FAST), resume=True)
+    real_epoch = training.train_epoch
+
+    def stopped_in_epoch_2(graph, run, data, cfg, epoch, *rest):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(graph, run, data, cfg, epoch, *rest)
+
+    monkeypatch.setattr(training, "train_epoch", stopped_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny, split, TrainConfig(epochs=2, solver=cos, **FAST))
+    monkeypatch.setattr(training, "train_epoch", real_epoch)
+    training.train(tiny, split, TrainConfig(epochs=2, solver=cos, **FAST), resume=True)
+    b = modelfile.load_parameters(split / "checkpoints" / "epoch0002" / "params.h5")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    with pytest.raises(training.TrainingError, match="cannot resume a cosine schedule with epochs 3: the run "
+                                                     "was scheduled over 2 epochs"):
+        training.train(tiny, split, TrainConfig(epochs=3, solver=cos, **FAST), resume=True)

@@ -41,6 +41,9 @@ _AUGMENTATION_DEFAULTS = {k: getattr(Augmentation(), k)
                           for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
                                     "blur", "randconv", "mixstyle", "fourier")}
 
+# AdaBound fields added later (the step-size schedule): an older config had the constant step.
+_SOLVER_DEFAULTS = {"schedule": "constant"}
+
 
 def pointer(out_dir: Path) -> Path:
     """The ``checkpoint.json`` of a run folder."""
@@ -108,6 +111,8 @@ def check_resume(out_dir: Path, config: dict) -> Tuple[Path, dict, dict]:
     old = {k: saved["config"].get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in RESUME_KEYS}
     if isinstance(old["augmentation"], dict):
         old["augmentation"] = {**_AUGMENTATION_DEFAULTS, **old["augmentation"]}
+    if isinstance(old["solver"], dict):
+        old["solver"] = {**_SOLVER_DEFAULTS, **old["solver"]}
     diff = [k for k in RESUME_KEYS if old[k] != config.get(k)]
     if diff:
         raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "

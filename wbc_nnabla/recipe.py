@@ -49,6 +49,9 @@ WEIGHT_INIT_NAMES = ("glorot", "he")
 #: ``ibn`` (IBN-Net's IBN-a, Pan et al. 2018: half the channels of the first normalisation of each
 #: block of stages 1-3 instance-normalised, the rest BatchNorm).
 NORM_NAMES = ("batch", "group", "ibn")
+#: How AdaBound's step size moves over a run (:attr:`AdaBoundConfig.schedule`): ``constant`` (the
+#: paper's: Neural Network Console keeps it fixed) or ``cosine`` (:func:`step_size`).
+SCHEDULE_NAMES = ("constant", "cosine")
 #: Groups of every GroupNorm layer: 32, as Wu & He (2018) recommend for ResNets and
 #: Tsutsui et al. (2023) use; every ResNet width (64..2048 channels) is a multiple of it.
 GN_GROUPS = 32
@@ -309,14 +312,33 @@ class AdaBoundConfig:
     beta2: float = setting(0.999)
     eps: float = setting(1e-8)
     weight_decay: float = setting(0.0, "L2 added to gradients")
+    schedule: str = setting("constant", "step size over the run: constant (the paper's) or cosine (alpha and "
+                                        "final_lr fall to 0 along a half cosine over every iteration of the run; "
+                                        "see docs/training.md)", choices=SCHEDULE_NAMES)
 
     def validate(self) -> None:
         """Raise :class:`TrainingError` naming the first hyper-parameter outside AdaBound's range (Luo et
-        al. 2019: steps and the bounds' speed > 0, betas in [0, 1), eps > 0, weight decay >= 0)."""
+        al. 2019: steps and the bounds' speed > 0, betas in [0, 1), eps > 0, weight decay >= 0) or an
+        unknown ``schedule``."""
+        if self.schedule not in SCHEDULE_NAMES:
+            raise TrainingError(f"schedule {self.schedule!r}: choose one of {', '.join(SCHEDULE_NAMES)}")
         check_ranges(positive_fields(self, ("alpha", "final_lr", "gamma", "eps"))
                      + [(name, getattr(self, name), 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
                         for name in ("beta1", "beta2")]
                      + [("weight_decay", self.weight_decay, 0.0 <= self.weight_decay < math.inf, ">= 0")])
+
+
+def step_size(cfg: AdaBoundConfig, done: int, total: int) -> float:
+    """AdaBound's step size ``alpha`` for the update after ``done`` of a run's ``total`` updates.
+
+    ``constant``: ``cfg.alpha`` throughout. ``cosine`` (Loshchilov & Hutter 2017, without restarts):
+    ``alpha / 2 * (1 + cos(pi * done / total))``, from ``alpha`` at the first update towards 0 at the
+    last. nnabla's AdaBound scales ``final_lr`` (its SGD bounds) by the same factor when the step is
+    set (``Solver.set_learning_rate``), so both fall together.
+    """
+    if cfg.schedule == "constant":
+        return cfg.alpha
+    return 0.5 * cfg.alpha * (1.0 + math.cos(math.pi * done / total))
 
 
 @dataclasses.dataclass

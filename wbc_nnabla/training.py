@@ -57,7 +57,7 @@ from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
 # without importing nnabla; they are re-exported here as part of this stage's API.
 from .recipe import (BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, AdaBoundConfig, Augmentation,  # noqa: F401
-                     TrainConfig, TrainingError)
+                     TrainConfig, TrainingError, step_size)
 
 log = logging.getLogger(__name__)
 
@@ -646,12 +646,22 @@ def start_run(cfg: TrainConfig, previous: Optional[tuple] = None) -> RunState:
         init_info = initialise(params, cfg.pretrained, cfg.init, cfg.arch, cfg.norm)
         return RunState(params, make_solver(cfg.solver), rng, init_info)
     ck_dir, state, saved = previous
+    check_schedule(cfg, ck_dir, saved["config"])
     _load_into(params, modelfile.load_parameters(ck_dir / "params.h5"), str(ck_dir / "params.h5"))
     solver = make_solver(cfg.solver)
     solver.load_states(str(ck_dir / "solver.h5"))
     checkpoint.set_rng_state(rng, state["numpy_rng"])
     return RunState(params, solver, rng, saved.get("initialisation", ""), state["epoch"], state["history"],
                     state["best"], average=resumed_average(cfg, ck_dir, state))
+
+
+def check_schedule(cfg: TrainConfig, ck_dir: Path, saved: dict) -> None:
+    """Refuse to resume a ``cosine`` run with other ``epochs``: its step size depends on the run's
+    length, so the updates already made followed another schedule than the one asked for."""
+    if cfg.solver.schedule != "constant" and saved.get("epochs") != cfg.epochs:
+        raise TrainingError(f"{ck_dir}: cannot resume a {cfg.solver.schedule} schedule with epochs {cfg.epochs}: "
+                            f"the run was scheduled over {saved.get('epochs')} epochs, and its step size so far "
+                            f"followed that length")
 
 
 def resumed_average(cfg: TrainConfig, ck_dir: Path, state: dict) -> Optional[WeightAverage]:
@@ -696,6 +706,8 @@ def train_epoch(graph: Graph, run: RunState, data: TrainData, cfg: TrainConfig, 
                                     f"training stopped; last good checkpoint kept: "
                                     f"{checkpoint.last_checkpoint(out_dir)} "
                                     f"(lower --alpha/--final-lr or check the images)")
+            if cfg.solver.schedule != "constant":
+                run.solver.set_learning_rate(step_size(cfg.solver, epoch * data.iters + i, cfg.epochs * data.iters))
             run.solver.zero_grad()
             graph.loss.backward(clear_buffer=True)
             if cfg.solver.weight_decay:
