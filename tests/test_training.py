@@ -637,3 +637,17 @@ def test_cosine_schedule_runs_over_every_update_of_the_run_and_resumes_exactly(t
     with pytest.raises(training.TrainingError, match="cannot resume a cosine schedule with epochs 3: the run "
                                                      "was scheduled over 2 epochs"):
         training.train(tiny, split, TrainConfig(epochs=3, solver=cos, **FAST), resume=True)
+
+
+def test_resume_of_a_run_saved_before_the_schedule(model_a, tiny, tmp_path):
+    """A config.json whose solver has no ``schedule`` had the constant step: it resumes with it, not with cosine."""
+    from wbc_nnabla.recipe import AdaBoundConfig
+    out = tmp_path / "old"
+    shutil.copytree(model_a, out)
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["config"]["solver"]["schedule"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(training.TrainingError, match="cannot resume with a different solver"):
+        training.train(tiny, out, TrainConfig(epochs=3, solver=AdaBoundConfig(schedule="cosine"), **FAST), resume=True)
+    s = training.train(tiny, out, TrainConfig(epochs=3, **FAST), resume=True)
+    assert len(s["history"]) == 3

@@ -22,7 +22,7 @@ import nnabla as nn
 import numpy as np
 
 from . import outputs
-from .recipe import Augmentation, TrainingError
+from .recipe import AdaBoundConfig, Augmentation, TrainingError
 
 #: The pointer file naming the last complete checkpoint.
 POINTER = "checkpoint.json"
@@ -35,14 +35,14 @@ RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "
                "bn_sample", "weight_init", "norm", "style_cells")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch", "style_cells": None}
-# Augmentation fields added later (colour terms, blur, RandConv, MixStyle, Fourier): an older config had them at
-# their defaults (off).
-_AUGMENTATION_DEFAULTS = {k: getattr(Augmentation(), k)
-                          for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
-                                    "blur", "randconv", "mixstyle", "fourier")}
-
-# AdaBound fields added later (the step-size schedule): an older config had the constant step.
-_SOLVER_DEFAULTS = {"schedule": "constant"}
+# Fields of a nested setting added later: an older config had them at their defaults (off). Augmentation: the
+# colour terms, blur, RandConv, MixStyle, Fourier; solver: the step-size schedule (constant).
+_FIELD_DEFAULTS = {
+    "augmentation": {k: getattr(Augmentation(), k)
+                     for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
+                               "blur", "randconv", "mixstyle", "fourier")},
+    "solver": {"schedule": AdaBoundConfig().schedule},
+}
 
 
 def pointer(out_dir: Path) -> Path:
@@ -109,10 +109,9 @@ def check_resume(out_dir: Path, config: dict) -> Tuple[Path, dict, dict]:
     ck_dir, state = load_checkpoint(out_dir)
     saved = json.loads((Path(out_dir) / "config.json").read_text())
     old = {k: saved["config"].get(k, _RESUME_KEY_DEFAULTS.get(k)) for k in RESUME_KEYS}
-    if isinstance(old["augmentation"], dict):
-        old["augmentation"] = {**_AUGMENTATION_DEFAULTS, **old["augmentation"]}
-    if isinstance(old["solver"], dict):
-        old["solver"] = {**_SOLVER_DEFAULTS, **old["solver"]}
+    for key, defaults in _FIELD_DEFAULTS.items():
+        if isinstance(old[key], dict):
+            old[key] = {**defaults, **old[key]}
     diff = [k for k in RESUME_KEYS if old[k] != config.get(k)]
     if diff:
         raise TrainingError(f"{out_dir}: cannot resume with a different {', '.join(diff)} "
