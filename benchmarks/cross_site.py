@@ -102,6 +102,7 @@ VARIANTS = {
     "robust_AB": ["--recipe", "robust"],    # Model B: robust_rm_sS (Model A) fine-tuned on dataset ②, as reproduce
     "robust_ibn": ["--recipe", "robust", "--norm", "ibn"],   # IBN-a: instance norm in half of early channels
     "robust_cosine": ["--recipe", "robust", "--schedule", "cosine"],   # AdaBound's step falls along a cosine
+    "robust_ls": ["--recipe", "robust", "--label-smoothing", "0.1"],   # label smoothing (Szegedy et al. 2016)
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}

@@ -651,3 +651,57 @@ def test_resume_of_a_run_saved_before_the_schedule(model_a, tiny, tmp_path):
         training.train(tiny, out, TrainConfig(epochs=3, solver=AdaBoundConfig(schedule="cosine"), **FAST), resume=True)
     s = training.train(tiny, out, TrainConfig(epochs=3, **FAST), resume=True)
     assert len(s["history"]) == 3
+
+
+# ----------------------------------------------------------------------------- label smoothing
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_smoothed_cross_entropy_is_the_cross_entropy_against_the_smoothed_target(eps):
+    """Per image: -sum_c q_c log p_c with q = (1 - eps) one-hot + eps / C (Szegedy et al. 2016)."""
+    rng = np.random.RandomState(0)
+    z = (rng.randn(5, 6) * 3).astype(np.float32)
+    y = np.array([0, 5, 2, 2, 3])
+    logits, t = nn.Variable.from_numpy_array(z), nn.Variable.from_numpy_array(y[:, None])
+    loss = training.smoothed_cross_entropy(logits, t, eps)
+    loss.forward()
+    log_p = z - z.max(1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+    q = np.full(z.shape, eps / 6) + (1 - eps) * np.eye(6)[y]
+    assert loss.shape == (5, 1)
+    np.testing.assert_allclose(loss.d[:, 0], -(q * log_p).sum(1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("eps", [1.0, -0.1, float("nan")])
+def test_label_smoothing_out_of_range_is_refused(eps, tiny, tmp_path):
+    with pytest.raises(training.TrainingError, match=r"label_smoothing must be in \[0, 1\)"):
+        training.train(tiny, tmp_path / "run", TrainConfig(epochs=1, label_smoothing=eps, **FAST))
+    assert not (tmp_path / "run").exists()
+
+
+def test_label_smoothing_changes_training_only_and_is_guarded_on_resume(model_a, tiny, tmp_path):
+    """The smoothed run is recorded and trains other weights than the same seed without it; its
+    Validation Error is still the plain cross-entropy (recomputed from ``predict``); resume refuses
+    another value, and a config.json written before the setting resumes as 0."""
+    smooth, plain = tmp_path / "smooth", tmp_path / "plain"
+    s = training.train(tiny, smooth, TrainConfig(epochs=1, label_smoothing=0.3, **FAST))
+    p = training.train(tiny, plain, TrainConfig(epochs=1, **FAST))
+    assert s["config"]["label_smoothing"] == 0.3 and p["config"]["label_smoothing"] == 0.0
+    a, b = (modelfile.load_parameters(d / "checkpoints" / "epoch0001" / "params.h5") for d in (smooth, plain))
+    assert any(not np.allclose(a[k], b[k]) for k in a)
+    from wbc_nnabla import predictor
+    df = predictor.predict(smooth / "model.nnp", tiny / "valid.csv", backend="nnabla", progress=False)
+    probs = df[[f"prob_{c}" for c in classes.CLASSES6]].to_numpy()
+    y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
+    plain_ce = float(-np.log(probs[np.arange(len(y)), y]).mean())
+    assert plain_ce == pytest.approx(s["best"]["validation_error"], rel=1e-4)   # not the smoothed loss
+    with pytest.raises(training.TrainingError, match="cannot resume with a different label_smoothing"):
+        training.train(tiny, smooth, TrainConfig(epochs=2, **FAST), resume=True)
+    old = tmp_path / "old"
+    shutil.copytree(model_a, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["config"]["label_smoothing"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(training.TrainingError, match="cannot resume with a different label_smoothing"):
+        training.train(tiny, old, TrainConfig(epochs=3, label_smoothing=0.1, **FAST), resume=True)
+    assert len(training.train(tiny, old, TrainConfig(epochs=3, **FAST), resume=True)["history"]) == 3

@@ -186,7 +186,7 @@ def _cmd_train(args) -> int:
         init=args.init, arch=args.arch, solver=solver, augmentation=aug, context=args.context,
         train_eval_limit=args.train_eval_limit, export_size=args.export_size, progress=not args.no_progress,
         bn_recalibration=args.bn_recalibration, weight_init=args.weight_init, norm=args.norm,
-        average_epochs=args.average_epochs, style_cells=args.style_cells)
+        average_epochs=args.average_epochs, style_cells=args.style_cells, label_smoothing=args.label_smoothing)
     s = training.train(args.dataset, args.out, config, resume=args.resume)
     b = s["best"]
     which = (f"weights averaged over epochs {b['averaged_epochs'][0]}-{b['averaged_epochs'][1]}"

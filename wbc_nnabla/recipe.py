@@ -383,6 +383,10 @@ class TrainConfig:
         the last ``average_epochs`` epochs, its BatchNorm statistics re-estimated as above
         (``config.json`` ``best["averaged_epochs"]``); 0 (default, the paper's): the epoch with the
         lowest Validation Error. Not in the paper; docs/training.md, "Weight averaging".
+    label_smoothing: share ``eps`` of each training target spread evenly over the classes (Szegedy et al.
+        2016): the training graph's per-image loss is ``(1 - eps) * CE(t) + eps * mean_c(-log p_c)``, so
+        Cost includes it; the test graph's (Training Error, Validation Error) stays the plain cross-entropy.
+        0 (default): the paper's loss. Not in the paper; docs/training.md, "Label smoothing".
     style_cells: cells of another lab (any source :func:`wbc_nnabla.fileio.read_cell_images` reads; labels
         ignored), whose low-frequency amplitude spectra :attr:`Augmentation.fourier` mixes into the
         training images; read only, at most :data:`wbc_nnabla.training.MAX_STYLE_CELLS`, recorded in
@@ -412,6 +416,9 @@ class TrainConfig:
     average_epochs: int = setting(0, "export the mean of the weights over every update of the last N epochs, "
                                      "BatchNorm statistics re-estimated (SWA; 0: off, the best epoch as the "
                                      "paper; see docs/training.md)", metavar="N")
+    label_smoothing: float = setting(0.0, "share of each training target spread evenly over the classes (0: off, "
+                                          "the paper's loss; Cost includes it, Training/Validation Error do not; see "
+                                          "docs/training.md)", metavar="EPS")
     style_cells: Optional[Union[str, Path]] = setting(
         None, "another lab's cells (a folder or cell CSV; labels ignored) whose look --fourier mixes in "
               "(e.g. the new lab's unlabelled cells; see docs/training.md)", metavar="CELLS")
@@ -446,6 +453,8 @@ class TrainConfig:
             ("tile_every", self.tile_every, self.tile_every >= 0, ">= 0 epochs (0: never)"),
             ("max_iterations", self.max_iterations, self.max_iterations is None or self.max_iterations >= 1,
              ">= 1 (or None: whole epochs)"),
+            ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0,
+             "in [0, 1) (a share of each target)"),
         ])
         if not 0 <= self.average_epochs <= self.epochs:
             raise TrainingError(f"average_epochs must be in [0, epochs = {self.epochs}], got {self.average_epochs}")

@@ -81,14 +81,14 @@ x: input ``(B, 3, S, S)`` RGB in [0, 1].
 t: labels ``(B, 1)`` int.
 x_aug: the network's input after augmentation (``x`` without).
 logits: ``(B, C)``.
-losses: per-sample softmax cross-entropy ``(B, 1)``.
+losses: per-sample softmax cross-entropy ``(B, 1)`` (with ``label_smoothing``, the smoothed one).
 loss: their mean ``()``.
 """
 
 
 def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: bool = False,
                 aug: Optional[Augmentation] = None, aug_seed: int = -1, weight_init: str = "glorot",
-                norm: str = "batch", styles: Optional[np.ndarray] = None) -> Graph:
+                norm: str = "batch", styles: Optional[np.ndarray] = None, label_smoothing: float = 0.0) -> Graph:
     """A ResNet graph sharing the parameters of :data:`SCOPE`, built for one use.
 
     * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``; MixStyle when
@@ -102,6 +102,7 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
     convolution weights drawn by ``weight_init`` (:func:`wbc_nnabla.models.conv_initializer`).
     ``norm``: ``batch``, ``group`` (GroupNorm: per-image statistics whatever ``test``) or ``ibn``
     (IBN-a, :func:`wbc_nnabla.models.ibn_channels`).
+    ``label_smoothing``: the loss of :func:`smoothed_cross_entropy` (training graphs only).
     """
     with nn.parameter_scope(SCOPE):
         x = nn.Variable(models.input_shape(batch_size, size))
@@ -111,8 +112,22 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
         logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm,
                                after_stage=None if test else mixstyle_hook(aug, aug_seed))
         logits.persistent = True        # read after forward(clear_buffer=True) of the losses
-        losses = F.softmax_cross_entropy(logits, t)
+        losses = smoothed_cross_entropy(logits, t, label_smoothing)
         return Graph(x, t, h, logits, losses, F.mean(losses))
+
+
+def smoothed_cross_entropy(logits: nn.Variable, t: nn.Variable, eps: float) -> nn.Variable:
+    """Per-image loss ``(B, 1)`` of logits ``(B, C)`` for labels ``t`` ``(B, 1)`` with label smoothing ``eps``.
+
+    ``(1 - eps) * CE(t) + eps * mean_c(-log softmax_c)``: the cross-entropy against a target of
+    ``1 - eps + eps / C`` on the label and ``eps / C`` elsewhere (Szegedy et al. 2016, section 7).
+    ``eps`` 0 is ``F.softmax_cross_entropy`` itself. nnabla has no smoothed variant of it.
+    """
+    ce = F.softmax_cross_entropy(logits, t)
+    if not eps:
+        return ce
+    uniform = -F.mean(F.log_softmax(logits, axis=1), axis=1, keepdims=True)
+    return (1.0 - eps) * ce + eps * uniform
 
 
 def parameters(grad_only: bool = False) -> Dict[str, nn.Variable]:
@@ -344,6 +359,7 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
                 export_size=cfg.export_size or cfg.size, n_train=len(data.train), n_valid=len(data.valid),
                 max_iterations=cfg.max_iterations, bn_recalibration=bn_recalibration_images(cfg), **skipped,
                 weight_init=cfg.weight_init, norm=cfg.norm, average_epochs=cfg.average_epochs,
+                label_smoothing=cfg.label_smoothing,
                 wbc_share=data.wbc_share, style_cells=data.style_record,
                 bn_sample=_describe_rows(data.bn_rows, data.train.labels),
                 train_eval_sample=_describe_rows(data.eval_rows, data.train.labels))
@@ -758,7 +774,8 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     # saved: a new function seeded from (seed, epoch) per epoch makes a resumed run
     # draw exactly the same augmentations.
     graph = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, aug=cfg.augmentation,
-                        aug_seed=sampling.derive_seed(cfg.seed, epoch, 1), norm=cfg.norm, styles=data.styles)
+                        aug_seed=sampling.derive_seed(cfg.seed, epoch, 1), norm=cfg.norm, styles=data.styles,
+                        label_smoothing=cfg.label_smoothing)
     if epoch == average_start(cfg) and run.average is None:
         run.average = WeightAverage(epoch)
     t0 = time.perf_counter()
