@@ -79,6 +79,14 @@ def train_with_augmentation(dataset: Path, out: Path, forbidden, **fields) -> di
 # ----------------------------------------------------------------------------- files
 
 
+def cross_entropy_of(df: pd.DataFrame) -> float:
+    """Mean cross-entropy of a predictions frame's ``prob_*`` columns against its ``label`` column: a
+    model's Validation Error recomputed from what ``predict`` wrote."""
+    probs = df[list(PROB_COLUMNS)].to_numpy()
+    y = np.array([CLASSES6.index(v) for v in df["label"]])
+    return float(-np.log(probs[np.arange(len(y)), y]).mean())
+
+
 def file_hashes(*paths) -> dict:
     """``{path: SHA-256}`` of each file given and of every file under each folder given (sources
     a command must only read are compared before and after it)."""

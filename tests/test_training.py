@@ -16,7 +16,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
-from helpers import TINY_TRAIN as FAST, demo_nnc_dataset, function_names, nnp_text  # noqa: E402
+from helpers import TINY_TRAIN as FAST, cross_entropy_of, demo_nnc_dataset, function_names, nnp_text  # noqa: E402
 from wbc_nnabla import augmentation, checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
@@ -414,9 +414,7 @@ def test_groupnorm_nnp_reproduces_the_validation_error_through_predict(tiny_gn_m
     s = json.loads((tiny_gn_model / "config.json").read_text())
     df = predictor.predict(tiny_gn_model / "model.nnp", tiny / "valid.csv", backend="nnabla", progress=False)
     probs = df[[f"prob_{c}" for c in classes.CLASSES6]].to_numpy()
-    y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
-    loss = float(-np.log(probs[np.arange(len(y)), y]).mean())
-    assert len(df) == 6 and loss == pytest.approx(s["best"]["validation_error"], rel=1e-4)
+    assert len(df) == 6 and cross_entropy_of(df) == pytest.approx(s["best"]["validation_error"], rel=1e-4)
     # nnabla's own command-line runtime runs the GroupNorm .nnp too, to the same probabilities
     cli = Path(sys.executable).with_name("nnabla_cli")
     if not cli.exists():
@@ -559,10 +557,7 @@ def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
     assert params["layer1/0/bn1/bn/mean"].shape == (1, 32, 1, 1)
     assert "layer4/0/bn1/instance_normalization/gamma" not in params and "layer1/0/bn2/bn/mean" in params
     df = predictor.predict(run / "model.nnp", tiny / "valid.csv", backend="auto", progress=False)
-    probs = df[[f"prob_{c}" for c in classes.CLASSES6]].to_numpy()
-    y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
-    assert float(-np.log(probs[np.arange(len(y)), y]).mean()) == pytest.approx(
-        s["best"]["validation_error"], rel=1e-3)
+    assert cross_entropy_of(df) == pytest.approx(s["best"]["validation_error"], rel=1e-3)
     for r, (_, row) in zip(gradcam.GradCAM(run / "model.nnp").explain(list(df["path"][:2])), df.iterrows()):
         assert r.predicted_name == row["pred6"] and r.probability == pytest.approx(row[f"prob_{row['pred6']}"],
                                                                                     abs=1e-4)
@@ -572,7 +567,8 @@ def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
         r = subprocess.run([str(nnabla_cli), "infer", "-c", str(run / "model.nnp"), "-o", str(tmp_path / "y"),
                             "-b", "1", str(tmp_path / "x.bin")], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
-        np.testing.assert_allclose(np.fromfile(tmp_path / "y_0.bin", np.float32), probs[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.fromfile(tmp_path / "y_0.bin", np.float32),
+                                   df[[f"prob_{c}" for c in classes.CLASSES6]].to_numpy()[0], rtol=1e-4, atol=1e-5)
     out = tmp_path / "adapted.nnp"
     adaptation.adapt_batchnorm(run / "model.nnp", tiny / "valid.csv", out, max_images=6, min_images=4,
                                batch_size=2, scale=False)
@@ -691,10 +687,7 @@ def test_label_smoothing_changes_training_only_and_is_guarded_on_resume(model_a,
     assert any(not np.allclose(a[k], b[k]) for k in a)
     from wbc_nnabla import predictor
     df = predictor.predict(smooth / "model.nnp", tiny / "valid.csv", backend="nnabla", progress=False)
-    probs = df[[f"prob_{c}" for c in classes.CLASSES6]].to_numpy()
-    y = np.array([classes.CLASSES6.index(v) for v in df["label"]])
-    plain_ce = float(-np.log(probs[np.arange(len(y)), y]).mean())
-    assert plain_ce == pytest.approx(s["best"]["validation_error"], rel=1e-4)   # not the smoothed loss
+    assert cross_entropy_of(df) == pytest.approx(s["best"]["validation_error"], rel=1e-4)   # not the smoothed loss
     with pytest.raises(training.TrainingError, match="cannot resume with a different label_smoothing"):
         training.train(tiny, smooth, TrainConfig(epochs=2, **FAST), resume=True)
     old = tmp_path / "old"
