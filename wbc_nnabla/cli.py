@@ -181,12 +181,12 @@ def _cmd_train(args) -> int:
     given = {f.name: getattr(args, f.name) for f in _setting_fields(Augmentation) if getattr(args, f.name) is not None}
     aug = recipe_augmentation(args.recipe, **given, flip_lr=not args.no_flip, flip_ud=not args.no_flip,
                               enabled=not args.no_augmentation)
-    config = TrainConfig(
+    config = _settings(      # TrainConfig's setting fields (norm, label_smoothing, ...) from their flags
+        TrainConfig, args,
         epochs=args.epochs, batch_size=args.batch_size, size=args.size, seed=args.seed, pretrained=args.pretrained,
         init=args.init, arch=args.arch, solver=solver, augmentation=aug, context=args.context,
         train_eval_limit=args.train_eval_limit, export_size=args.export_size, progress=not args.no_progress,
-        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init, norm=args.norm,
-        average_epochs=args.average_epochs, style_cells=args.style_cells, label_smoothing=args.label_smoothing)
+        bn_recalibration=args.bn_recalibration, weight_init=args.weight_init)
     s = training.train(args.dataset, args.out, config, resume=args.resume)
     b = s["best"]
     which = (f"weights averaged over epochs {b['averaged_epochs'][0]}-{b['averaged_epochs'][1]}"
