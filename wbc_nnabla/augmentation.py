@@ -313,6 +313,26 @@ def mixstyle_hook(aug: Optional[Augmentation], seed: int = -1) -> Optional[model
     return hook
 
 
+# Stream key of mixup's seed in derive_seed(augmentation seed, key): any constant; fixed so that
+# runs stay reproducible.
+MIXUP_STREAM = 6133
+
+
+def mixup(x, alpha: float, seed: int = -1):
+    """Mixup (Zhang et al., ICLR 2018) of a training batch ``x`` ``(N, C, H, W)``: ``(mixed, lam)``.
+
+    Image ``i`` becomes ``lam_i * x_i + (1 - lam_i) * x_(N-1-i)``, ``lam`` ``(N, 1)`` drawn from
+    Beta(``alpha``, ``alpha``) anew at each forward, from the stream :data:`MIXUP_STREAM` of the
+    augmentation seed ``seed`` (reproducible; -1: nnabla's global seed). The partner is the image at the mirrored place
+    of the (shuffled) batch, as in fastai's and timm's batch mixup. The caller mixes the loss with
+    the same ``lam`` (:func:`wbc_nnabla.training.build_graph`). nnabla has no mixup function.
+    """
+    n = x.shape[0]
+    lam = F.rand_beta(alpha, alpha, (n, 1), seed=_stream_seed(seed, MIXUP_STREAM))
+    w = F.reshape(lam, (n, 1, 1, 1))
+    return w * x + (1.0 - w) * F.flip(x, axes=(0,)), lam
+
+
 #: The quantile of each channel's pixels taken as an image's background colour by :func:`background_fill`.
 BACKGROUND_QUANTILE = 0.9
 

@@ -32,10 +32,10 @@ AVERAGE_FILE = "average.h5"
 #: Config keys that must match for ``resume`` (the rest, e.g. ``epochs``, may change; ``average_epochs``
 #: is checked against the checkpoint's own weight mean, ``training.resumed_average``).
 RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "dataset_dir", "bn_recalibration",
-               "bn_sample", "weight_init", "norm", "style_cells", "label_smoothing")
+               "bn_sample", "weight_init", "norm", "style_cells", "label_smoothing", "mixup")
 # Keys added after runs were already written: a config without the key had this value.
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch", "style_cells": None,
-                        "label_smoothing": 0.0}
+                        "label_smoothing": 0.0, "mixup": 0.0}
 # Fields of a nested setting added later: an older config had them at their defaults (off). Augmentation: the
 # colour terms, blur, RandConv, MixStyle, Fourier; solver: the step-size schedule (constant).
 _FIELD_DEFAULTS = {

@@ -387,6 +387,11 @@ class TrainConfig:
         2016): the training graph's per-image loss is ``(1 - eps) * CE(t) + eps * mean_c(-log p_c)``, so
         Cost includes it; the test graph's (Training Error, Validation Error) stays the plain cross-entropy.
         0 (default): the paper's loss. Not in the paper; docs/training.md, "Label smoothing".
+    mixup: Beta parameter ``alpha`` of mixup (Zhang et al. 2018): each augmented training image is
+        mixed with its partner in the batch, ``lam * x_i + (1 - lam) * x_j`` with ``lam ~ Beta(alpha,
+        alpha)`` per image, and its loss with the same weights; Cost includes it, Training Error and
+        Validation Error do not (their graph has no mixup). 0 (default): off, the paper's training.
+        Not in the paper; docs/training.md, "Mixup".
     style_cells: cells of another lab (any source :func:`wbc_nnabla.fileio.read_cell_images` reads; labels
         ignored), whose low-frequency amplitude spectra :attr:`Augmentation.fourier` mixes into the
         training images; read only, at most :data:`wbc_nnabla.training.MAX_STYLE_CELLS`, recorded in
@@ -419,6 +424,9 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "share of each training target spread evenly over the classes (0: off, "
                                           "the paper's loss; Cost includes it, Training/Validation Error do not; see "
                                           "docs/training.md)", metavar="EPS")
+    mixup: float = setting(0.0, "mix each training image with another of its batch, weight ~ Beta(ALPHA, ALPHA), "
+                                "and their losses alike (mixup; 0: off, the paper's training; see "
+                                "docs/training.md)", metavar="ALPHA")
     style_cells: Optional[Union[str, Path]] = setting(
         None, "another lab's cells (a folder or cell CSV; labels ignored) whose look --fourier mixes in "
               "(e.g. the new lab's unlabelled cells; see docs/training.md)", metavar="CELLS")
@@ -455,6 +463,8 @@ class TrainConfig:
              ">= 1 (or None: whole epochs)"),
             ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0,
              "in [0, 1) (a share of each target)"),
+            ("mixup", self.mixup, math.isfinite(self.mixup) and self.mixup >= 0.0,
+             "a finite number >= 0 (0: off; Beta's alpha)"),
         ])
         if not 0 <= self.average_epochs <= self.epochs:
             raise TrainingError(f"average_epochs must be in [0, epochs = {self.epochs}], got {self.average_epochs}")

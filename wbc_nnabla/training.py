@@ -51,7 +51,7 @@ from . import checkpoint, classes, domain, fileio, framing, modelfile, models, o
 # The training graph's augmentation moved to its own module after 0.1.0; its names stay importable here.
 from .augmentation import (BLUR_KERNEL, BLUR_SIGMA, MIXSTYLE_ALPHA, MIXSTYLE_EPS, MIXSTYLE_STAGES,  # noqa: F401
                            OD_EPS, augment, blur_augment, color_augment, gaussian_kernel, low_band_amplitudes,
-                           mixstyle, mixstyle_hook)
+                           mixstyle, mixstyle_hook, mixup as mix_batch)
 from .errors import InputError
 from .pretrained import find_pretrained, load_imagenet
 # The settings live in an nnabla-free module so the CLI can show their defaults
@@ -79,16 +79,18 @@ Graph.__doc__ = """One network on the parameters of scope :data:`SCOPE` (:func:`
 
 x: input ``(B, 3, S, S)`` RGB in [0, 1].
 t: labels ``(B, 1)`` int.
-x_aug: the network's input after augmentation (``x`` without).
+x_aug: the network's input after augmentation and mixup (``x`` without).
 logits: ``(B, C)``.
-losses: per-sample softmax cross-entropy ``(B, 1)`` (with ``label_smoothing``, the smoothed one).
+losses: per-sample softmax cross-entropy ``(B, 1)`` (with ``label_smoothing``, the smoothed one; with
+    ``mixup``, the mix of the two images' losses).
 loss: their mean ``()``.
 """
 
 
 def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: bool = False,
                 aug: Optional[Augmentation] = None, aug_seed: int = -1, weight_init: str = "glorot",
-                norm: str = "batch", styles: Optional[np.ndarray] = None, label_smoothing: float = 0.0) -> Graph:
+                norm: str = "batch", styles: Optional[np.ndarray] = None, label_smoothing: float = 0.0,
+                mixup: float = 0.0) -> Graph:
     """A ResNet graph sharing the parameters of :data:`SCOPE`, built for one use.
 
     * training: ``aug`` given (ImageAugmentation seeded with ``aug_seed``; MixStyle when
@@ -103,16 +105,24 @@ def build_graph(arch: str, num_classes: int, batch_size: int, size: int, test: b
     ``norm``: ``batch``, ``group`` (GroupNorm: per-image statistics whatever ``test``) or ``ibn``
     (IBN-a, :func:`wbc_nnabla.models.ibn_channels`).
     ``label_smoothing``: the loss of :func:`smoothed_cross_entropy` (training graphs only).
+    ``mixup``: Beta's ``alpha`` of :func:`wbc_nnabla.augmentation.mixup`, which mixes each augmented
+    image with another of its batch; the loss is mixed with the same weights (training graphs only).
     """
     with nn.parameter_scope(SCOPE):
         x = nn.Variable(models.input_shape(batch_size, size))
         t = nn.Variable((batch_size, 1))
         h = augment(x, aug, aug_seed, styles) if aug is not None and aug.enabled else x
+        lam = None
+        if mixup and aug is not None and not test:
+            h, lam = mix_batch(h, mixup, aug_seed)
         h.persistent = True             # kept for the augmentation monitor
         logits = models.resnet(h, arch, num_classes, test=test, weight_init=weight_init, norm=norm,
                                after_stage=None if test else mixstyle_hook(aug, aug_seed))
         logits.persistent = True        # read after forward(clear_buffer=True) of the losses
         losses = smoothed_cross_entropy(logits, t, label_smoothing)
+        if lam is not None:
+            losses = lam * losses + (1.0 - lam) * smoothed_cross_entropy(logits, F.flip(t, axes=(0,)),
+                                                                         label_smoothing)
         return Graph(x, t, h, logits, losses, F.mean(losses))
 
 
@@ -359,7 +369,7 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
                 export_size=cfg.export_size or cfg.size, n_train=len(data.train), n_valid=len(data.valid),
                 max_iterations=cfg.max_iterations, bn_recalibration=bn_recalibration_images(cfg), **skipped,
                 weight_init=cfg.weight_init, norm=cfg.norm, average_epochs=cfg.average_epochs,
-                label_smoothing=cfg.label_smoothing,
+                label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
                 wbc_share=data.wbc_share, style_cells=data.style_record,
                 bn_sample=_describe_rows(data.bn_rows, data.train.labels),
                 train_eval_sample=_describe_rows(data.eval_rows, data.train.labels))
@@ -775,7 +785,7 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     # draw exactly the same augmentations.
     graph = build_graph(cfg.arch, n_classes, cfg.batch_size, cfg.size, aug=cfg.augmentation,
                         aug_seed=sampling.derive_seed(cfg.seed, epoch, 1), norm=cfg.norm, styles=data.styles,
-                        label_smoothing=cfg.label_smoothing)
+                        label_smoothing=cfg.label_smoothing, mixup=cfg.mixup)
     if epoch == average_start(cfg) and run.average is None:
         run.average = WeightAverage(epoch)
     t0 = time.perf_counter()
