@@ -4,16 +4,13 @@ Each augmented image is mixed with the image at the mirrored place of its batch,
 drawn from Beta(alpha, alpha) at every forward, and its loss with the same weight; the test
 graph (Training Error, Validation Error) and the ``.nnp`` have no mixup.
 """
-import json
-import shutil
-
 import numpy as np
 import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from helpers import TINY_TRAIN as FAST, check_redrawn_and_seeded, cross_entropy_of, nnp_text  # noqa: E402
-from wbc_nnabla import augmentation, cli, modelfile, models, training  # noqa: E402
+from helpers import TINY_TRAIN as FAST, check_redrawn_and_seeded, check_training_loss_setting, nnp_text  # noqa: E402
+from wbc_nnabla import augmentation, cli, models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -93,24 +90,6 @@ def test_mixup_changes_training_only_and_is_guarded_on_resume(tiny_model, tiny_d
     """The mixup run is recorded, trains other weights than the same seed without it, exports no Beta draw
     or mirror, and its Validation Error is the plain cross-entropy (recomputed from ``predict``); resume
     refuses another value, and a config.json written before the setting resumes as 0."""
-    mixed, plain = tmp_path / "mixed", tmp_path / "plain"
-    s = training.train(tiny_dataset, mixed, TrainConfig(epochs=1, mixup=0.4, **FAST))
-    p = training.train(tiny_dataset, plain, TrainConfig(epochs=1, **FAST))
-    assert s["config"]["mixup"] == 0.4 and p["config"]["mixup"] == 0.0
-    a, b = (modelfile.load_parameters(d / "checkpoints" / "epoch0001" / "params.h5") for d in (mixed, plain))
-    assert any(not np.allclose(a[k], b[k]) for k in a)
+    mixed = check_training_loss_setting(tiny_dataset, tiny_model, tmp_path, "mixup", 0.4, 0.2)
     text = nnp_text(mixed / "model.nnp")
     assert "Convolution" in text and 'type: "RandBeta"' not in text and 'type: "Flip"' not in text
-    from wbc_nnabla import predictor
-    df = predictor.predict(mixed / "model.nnp", tiny_dataset / "valid.csv", backend="nnabla", progress=False)
-    assert cross_entropy_of(df) == pytest.approx(s["best"]["validation_error"], rel=1e-4)
-    with pytest.raises(training.TrainingError, match="cannot resume with a different mixup"):
-        training.train(tiny_dataset, mixed, TrainConfig(epochs=2, **FAST), resume=True)
-    old = tmp_path / "old"
-    shutil.copytree(tiny_model, old)
-    cfg = json.loads((old / "config.json").read_text())
-    del cfg["config"]["mixup"]
-    (old / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(training.TrainingError, match="cannot resume with a different mixup"):
-        training.train(tiny_dataset, old, TrainConfig(epochs=3, mixup=0.2, **FAST), resume=True)
-    assert len(training.train(tiny_dataset, old, TrainConfig(epochs=3, **FAST), resume=True)["history"]) == 3

@@ -16,7 +16,8 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
-from helpers import TINY_TRAIN as FAST, cross_entropy_of, demo_nnc_dataset, function_names, nnp_text  # noqa: E402
+from helpers import (TINY_TRAIN as FAST, check_training_loss_setting, cross_entropy_of,  # noqa: E402
+                     demo_nnc_dataset, function_names, nnp_text)
 from wbc_nnabla import augmentation, checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
@@ -679,22 +680,4 @@ def test_label_smoothing_changes_training_only_and_is_guarded_on_resume(model_a,
     """The smoothed run is recorded and trains other weights than the same seed without it; its
     Validation Error is still the plain cross-entropy (recomputed from ``predict``); resume refuses
     another value, and a config.json written before the setting resumes as 0."""
-    smooth, plain = tmp_path / "smooth", tmp_path / "plain"
-    s = training.train(tiny, smooth, TrainConfig(epochs=1, label_smoothing=0.3, **FAST))
-    p = training.train(tiny, plain, TrainConfig(epochs=1, **FAST))
-    assert s["config"]["label_smoothing"] == 0.3 and p["config"]["label_smoothing"] == 0.0
-    a, b = (modelfile.load_parameters(d / "checkpoints" / "epoch0001" / "params.h5") for d in (smooth, plain))
-    assert any(not np.allclose(a[k], b[k]) for k in a)
-    from wbc_nnabla import predictor
-    df = predictor.predict(smooth / "model.nnp", tiny / "valid.csv", backend="nnabla", progress=False)
-    assert cross_entropy_of(df) == pytest.approx(s["best"]["validation_error"], rel=1e-4)   # not the smoothed loss
-    with pytest.raises(training.TrainingError, match="cannot resume with a different label_smoothing"):
-        training.train(tiny, smooth, TrainConfig(epochs=2, **FAST), resume=True)
-    old = tmp_path / "old"
-    shutil.copytree(model_a, old)
-    cfg = json.loads((old / "config.json").read_text())
-    del cfg["config"]["label_smoothing"]
-    (old / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(training.TrainingError, match="cannot resume with a different label_smoothing"):
-        training.train(tiny, old, TrainConfig(epochs=3, label_smoothing=0.1, **FAST), resume=True)
-    assert len(training.train(tiny, old, TrainConfig(epochs=3, **FAST), resume=True)["history"]) == 3
+    check_training_loss_setting(tiny, model_a, tmp_path, "label_smoothing", 0.3, 0.1)
