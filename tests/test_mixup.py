@@ -80,10 +80,17 @@ def test_mixup_out_of_range_is_refused(alpha, tiny_dataset, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_flag_reaches_the_config():
-    parse = cli.build_parser().parse_args
-    assert cli._settings(TrainConfig, parse(["train", "D", "O", "--mixup", "0.2"])).mixup == 0.2
-    assert cli._settings(TrainConfig, parse(["train", "D", "O"])).mixup == 0.0          # the paper's training
+def test_cli_flag_reaches_the_config(monkeypatch):
+    given = []
+
+    def train(dataset, out, config, resume=False):
+        given.append(config)
+        return {"best": {"epoch": 1, "validation_error": 0.5}}
+
+    monkeypatch.setattr(training, "train", train)
+    assert cli.main(["train", "D", "O", "--mixup", "0.2"]) == 0
+    assert cli.main(["train", "D", "O"]) == 0
+    assert [c.mixup for c in given] == [0.2, 0.0]          # 0: the paper's training
 
 
 def test_mixup_changes_training_only_and_is_guarded_on_resume(tiny_model, tiny_dataset, tmp_path):
