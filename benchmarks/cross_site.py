@@ -104,6 +104,7 @@ VARIANTS = {
     "robust_cosine": ["--recipe", "robust", "--schedule", "cosine"],   # AdaBound's step falls along a cosine
     "robust_ls": ["--recipe", "robust", "--label-smoothing", "0.1"],   # label smoothing (Szegedy et al. 2016)
     "robust_mixup": ["--recipe", "robust", "--mixup", "0.2"],   # mixup (Zhang et al. 2018; alpha of their ImageNet runs)
+    "robust20_mixup": ["--recipe", "robust", "--epochs", "20", "--mixup", "0.2"],   # mixup, twice the training
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}
