@@ -28,7 +28,7 @@ VOLATILE = {"environment", "seconds", "created", "started", "finished", "elapsed
 
 
 def _demo() -> Path:
-    out = subprocess.run(CLI[:2] + ["-c", "from wbc_nnabla import fileio; print(fileio.demo_data())"],
+    out = subprocess.run([sys.executable, "-c", "from wbc_nnabla import fileio; print(fileio.demo_data())"],
                          capture_output=True, text=True, check=True)
     return Path(out.stdout.strip())
 
