@@ -60,7 +60,7 @@ def commands(w: Path, demo: Path, bccd: Path):
     yield "predict-A-tta-prior", ["predict", str(w / "A/model.nnp"), cells, str(w / "predA_tta.csv"), "--backend",
                                   "nnabla", "--tta", "--prior", "normal", "--no-progress"]
     yield "predict-A-stain", ["predict", str(w / "A/model.nnp"), cells, str(w / "predA_stain.csv"), "--backend",
-                              "nnabla", "--stain", "white-balance", "--no-progress"]
+                              "nnabla", "--stain", "white-balance", "--stain-reference", str(w / "dsA" / "train.csv"), "--no-progress"]
     yield "export", ["export", str(w / "A/model.nnp"), "--onnx", str(w / "A.onnx")]
     yield "ensemble", ["ensemble", str(w / "predA.csv"), str(w / "predB.csv"), str(w / "ens.csv")]
     yield "adapt", ["adapt", str(w / "A/model.nnp"), str(demo), str(w / "A_site.nnp"), "--seed", "0"]
