@@ -12,6 +12,7 @@ seeded from the augmentation seed, so a resumed run draws the same images.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import List, Optional, Tuple
 
@@ -19,7 +20,7 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from . import models
+from . import models, settings
 from .recipe import Augmentation
 from .sampling import derive_seed
 
@@ -358,33 +359,140 @@ def background_fill(x, quantile: float = BACKGROUND_QUANTILE):
     return x + (colour - x) * ring
 
 
-def augment(x, aug: Augmentation, seed: int = -1, styles: Optional[np.ndarray] = None):
-    """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out).
+# ----------------------------------------------------------------------------- the terms
 
-    :func:`fourier_augment` with the style bank ``styles`` when ``aug.fourier`` (first: it brings in
-    another lab's look, which the colour terms then vary), :func:`color_augment` when
-    :attr:`Augmentation.color`, :func:`blur_augment` when
-    ``aug.blur``, :func:`randconv_augment` when ``aug.randconv``, :func:`background_fill` when
-    ``aug.fill`` is ``background``, then NNC's ImageAugmentation.
-    ``seed`` >= 0 gives each random function its
-    own Mersenne Twister seeded at graph construction (reproducible; :func:`train` builds a
-    new one per epoch).
-    """
-    if aug.fourier:
+
+class Term:
+    """One term of the training graph's augmentation: the :class:`~wbc_nnabla.recipe.Augmentation` settings
+    it reads (``fields``; their ranges are declared there), its own random stream (``stream``: the key of
+    ``derive_seed(augmentation seed, stream)``, fixed so that turning another term on never changes this
+    one's draws; None: it takes the augmentation seed as given), whether it is on, and its call on a
+    [0, 1] batch ``(N, 3, H, W)`` (same shape out). Built in training graphs only."""
+
+    name = ""
+    fields: Tuple[str, ...] = ()
+    stream: Optional[int] = None
+
+    def on(self, aug: Augmentation) -> bool:
+        """Whether the term is in the graph: its first setting is non-zero."""
+        return bool(getattr(aug, self.fields[0]))
+
+    def seed(self, seed: int) -> int:
+        """The seed of the term's random functions, from the augmentation seed (-1: nnabla's global seed)."""
+        return seed if self.stream is None else _stream_seed(seed, self.stream)
+
+    def validate(self, aug: Augmentation) -> None:
+        """Raise :class:`~wbc_nnabla.recipe.TrainingError` naming the first of the term's settings out of range."""
+        from .recipe import TrainingError
+        for f in dataclasses.fields(aug):
+            d = settings.declared(f)
+            if f.name in self.fields and d is not None and d.rule is not None and not d.rule.holds(getattr(aug, f.name)):
+                raise TrainingError(f"{f.name} must be {d.rule.text}, got {getattr(aug, f.name)}")
+
+    def __call__(self, x, aug: Augmentation, seed: int, styles: Optional[np.ndarray] = None):
+        raise NotImplementedError
+
+
+class FourierTerm(Term):
+    """Another lab's look, first of all terms (:func:`fourier_augment`, FDA): with probability ``fourier`` per
+    image, the lowest frequencies' amplitude mixed with a style cell's (``TrainConfig.style_cells``)."""
+    name, fields, stream = "fourier", ("fourier",), _FOURIER_STREAM
+
+    def __call__(self, x, aug, seed, styles=None):
         if styles is None:
             raise ValueError("Augmentation.fourier needs the style bank (TrainConfig.style_cells)")
-        x = fourier_augment(x, styles, aug.fourier, _stream_seed(seed, _FOURIER_STREAM))
-    if aug.color:
-        x = color_augment(x, aug, seed)
-    if aug.blur:
-        x = blur_augment(x, aug.blur, _stream_seed(seed, _BLUR_STREAM))
-    if aug.randconv:
-        x = randconv_augment(x, aug.randconv, _stream_seed(seed, _RANDCONV_STREAM))
-    if aug.fill == "background":
-        x = background_fill(x)
-    return F.image_augmentation(
-        x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
-        angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,
-        flip_lr=aug.flip_lr, flip_ud=aug.flip_ud, brightness=aug.brightness, brightness_each=False,
-        contrast=aug.contrast, contrast_center=aug.contrast_center, contrast_each=False,
-        noise=0.0, seed=int(seed))
+        return fourier_augment(x, styles, aug.fourier, self.seed(seed))
+
+
+class ColourTerm(Term):
+    """Stain and camera (:func:`color_augment`): per image (and channel) and iteration, optical density
+    ``OD = -log(x + 1e-3)`` scaled by ``[1-od_scale, 1+od_scale]`` and shifted by ``[-od_shift, od_shift]``
+    per channel, saturation ``grey + (x - grey) f``, ``f`` in ``[1-saturation, 1+saturation]``, gamma
+    ``x ** g``, ``ln g`` in ``[-log_gamma, log_gamma]``, hue turned by ``[-hue, hue]`` degrees about the grey
+    axis (Rodrigues' formula), each step clipped to [0, 1]; each image keeps its colours with probability
+    ``1 - color_prob``. Its six random functions draw from the augmentation seed's own generator."""
+    name, fields = "colour", ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob")
+
+    def on(self, aug):
+        return aug.color
+
+    def __call__(self, x, aug, seed, styles=None):
+        return color_augment(x, aug, seed)
+
+
+class BlurTerm(Term):
+    """Optics (:func:`blur_augment`): ``x + w (G * x - x)``, ``G`` a fixed 5x5 Gaussian of sigma 1 px,
+    ``w`` uniform in ``[0, blur]`` per image and iteration."""
+    name, fields, stream = "blur", ("blur",), _BLUR_STREAM
+
+    def __call__(self, x, aug, seed, styles=None):
+        return blur_augment(x, aug.blur, self.seed(seed))
+
+
+class RandConvTerm(Term):
+    """Texture (:func:`randconv_augment`, RandConv): with probability ``randconv`` per image, a mix of the
+    image and a random convolution of it (a 3 -> 3 kernel of side 1, 3, 5 or 7)."""
+    name, fields, stream = "randconv", ("randconv",), _RANDCONV_STREAM
+
+    def __call__(self, x, aug, seed, styles=None):
+        return randconv_augment(x, aug.randconv, self.seed(seed))
+
+
+class BackgroundFillTerm(Term):
+    """What fills the area from outside the image (:func:`background_fill`): with ``fill`` = ``background``,
+    each image's background colour instead of NNC's repeated border."""
+    name, fields = "fill", ("fill",)
+
+    def on(self, aug):
+        return aug.fill == "background"
+
+    def __call__(self, x, aug, seed, styles=None):
+        return background_fill(x)
+
+
+class ImageAugmentationTerm(Term):
+    """Neural Network Console's ImageAugmentation, the paper's (section II.4; ``F.image_augmentation``, input
+    RGB in [0, 1]): Contrast, a factor log-uniform in ``[1/contrast, contrast]`` around ``contrast_center``
+    (``y = (x + b - center) c + center``); Brightness, ``b`` uniform in ``[-brightness, brightness]``;
+    Magnification, a zoom log-uniform in ``[min_scale, max_scale]`` (> 1 zooms in); Angle, uniform in
+    ``[-angle, angle]`` degrees (nnabla takes radians); random left-right and up-down mirrors
+    (``flip_lr``, ``flip_ud``: not in the paper; cells have no orientation). Always on; its generator
+    lives inside the C++ function, seeded with the augmentation seed itself."""
+    name, fields = "image_augmentation", ("contrast", "contrast_center", "brightness", "min_scale", "max_scale",
+                                          "angle", "flip_lr", "flip_ud")
+
+    def on(self, aug):
+        return True
+
+    def __call__(self, x, aug, seed, styles=None):
+        return F.image_augmentation(
+            x, shape=x.shape[1:], pad=(0, 0), min_scale=aug.min_scale, max_scale=aug.max_scale,
+            angle=math.radians(aug.angle), aspect_ratio=1.0, distortion=0.0,
+            flip_lr=aug.flip_lr, flip_ud=aug.flip_ud, brightness=aug.brightness, brightness_each=False,
+            contrast=aug.contrast, contrast_center=aug.contrast_center, contrast_each=False,
+            noise=0.0, seed=int(seed))
+
+
+#: The input terms in the order the training graph applies them: another lab's look first (which the
+#: colour terms then vary), the colour, optical and texture terms, the border, then NNC's ImageAugmentation.
+TERMS: Tuple[Term, ...] = (FourierTerm(), ColourTerm(), BlurTerm(), RandConvTerm(), BackgroundFillTerm(),
+                           ImageAugmentationTerm())
+
+
+def active_terms(aug: Augmentation) -> List[str]:
+    """The names of the terms ``aug`` turns on, in graph order (MixStyle and mixup act inside the network
+    and on the loss: :func:`mixstyle_hook`, :func:`mixup`)."""
+    return [t.name for t in TERMS if aug.enabled and t.on(aug)] + (["mixstyle"] if aug.enabled and aug.mixstyle else [])
+
+
+def augment(x, aug: Augmentation, seed: int = -1, styles: Optional[np.ndarray] = None):
+    """The training graph's augmentation of a [0, 1] batch ``(N, 3, H, W)`` (same shape out): every term of
+    :data:`TERMS` that ``aug`` turns on, in order. ``styles``: the style bank of the Fourier term.
+
+    ``seed`` >= 0 gives each random function its own Mersenne Twister seeded at graph construction
+    (reproducible; training builds a new graph per epoch).
+    """
+    for term in TERMS:
+        if term.on(aug):
+            x = term(x, aug, seed, styles)
+    return x

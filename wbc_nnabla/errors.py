@@ -6,7 +6,14 @@ out of range, a malformed predictions CSV) is a :class:`WBCError`, and keeps
 its standard base too (``ValueError`` or ``OSError``), so ``except WBCError``
 catches them all and older ``except ValueError`` code still works. The
 command line turns each into one line naming the file, row or flag.
+
+Also the package's one path type, :data:`PathLike`.
 """
+import os
+from typing import Union
+
+#: Anything the package accepts as a file or folder path.
+PathLike = Union[str, os.PathLike]
 
 
 class WBCError(Exception):

@@ -39,12 +39,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, PathLike
 from .modelfile import ModelError, file_sha256, read_model
 
-PathLike = Union[str, os.PathLike]
 ONNX_META_KEY = "wbc_nnabla"
-MODEL_SUFFIXES = (".nnp", ".h5", ".onnx")
 
 
 # ----------------------------------------------------------------------------- the ONNX graph

@@ -35,8 +35,7 @@ import numpy as np
 
 from . import classes, fileio, models, outputs
 from .errors import InputError
-from .predictor import preprocess
-from .framing import model_view
+from .predictor import cell_view, preprocess
 from .modelfile import network_size, read_model
 
 ImageLike = Union[str, Path, np.ndarray]
@@ -57,7 +56,7 @@ class CamResult:
     class_probability: softmax probability of the explained class.
     image: uint8 ``(H, W, 3)``, the image as the model sees it, which the map is drawn on: the
         input itself, or, for a model ``adapt`` made, the input re-framed to the training scale
-        and colour-standardised as ``predict`` shows it (:func:`wbc_nnabla.framing.model_view`).
+        and colour-standardised as ``predict`` shows it (:func:`wbc_nnabla.predictor.cell_view`).
     """
 
     cam: np.ndarray
@@ -108,7 +107,7 @@ class GradCAM:
         self._scope = models.private_scope(params)
         self._graphs: Dict[int, tuple] = {}
         # a model adapt made sees every crop re-framed (and standardised): explain what it sees
-        self._view = model_view(meta) or (lambda rgb: rgb)
+        self._view = cell_view(meta) or (lambda rgb: rgb)
 
     # ------------------------------------------------------------------ classes
 

@@ -30,13 +30,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import classes, fileio, outputs, predictions
-from .errors import InputError, WBCError
+from .errors import InputError, PathLike, WBCError
 from .recipe import MAX_INPUT_SIZE
 
-PathLike = Union[str, os.PathLike]
 #: Zip member of an ``.nnp`` holding the wbc_nnabla model description.
 META_NAME = "wbc_nnabla.json"
 
+
+#: Model files wbc_nnabla reads and writes (nnabla's): a self-describing ``.nnp``, or bare parameters ``.h5``.
+MODEL_SUFFIXES = (".nnp", ".h5")
+#: An exported model (:mod:`wbc_nnabla.export`), which the CPU backends run.
+ONNX_SUFFIX = ".onnx"
 
 class ModelError(WBCError, ValueError):
     """A model file that is missing, unreadable or not a supported network."""
@@ -227,7 +231,7 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"{p}: no such model file (expected a .nnp or .h5 written by wbc_nnabla/nnabla)")
-    if p.suffix.lower() not in (".nnp", ".h5"):
+    if p.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{p}: unsupported model file type {p.suffix!r} (expected .nnp or .h5)")
     params, meta = _read_file(p)
     try:

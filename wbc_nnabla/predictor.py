@@ -36,18 +36,16 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import domain, fileio, outputs
-from .errors import InputError
+from . import fileio, outputs
+from .errors import InputError, PathLike
 from .export import cached_onnx, read_onnx_meta
-from .modelfile import ModelError, network_size, read_model
+from .modelfile import MODEL_SUFFIXES, ONNX_SUFFIX, ModelError, network_size, read_model
 from .predictions import (CALIBRATION_KEY, PRIOR_COLLAPSED, PRIOR_ESTIMATE, apply_prior, apply_smear_priors,
                           parse_prior, predictions_table, prior_weights)
 from .recipe import BACKEND_NAMES
-from .framing import model_view, scale_hint, then
-from .stain import standardiser
+from .sites import seams
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
 
 BACKENDS = BACKEND_NAMES
 #: CPU backends in the order ``auto`` tries them (fastest first, measured in
@@ -245,7 +243,7 @@ def _model_kind(path: Path) -> str:
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (expected .nnp, .h5 or an exported .onnx)")
     suffix = path.suffix.lower()
-    if suffix not in (".nnp", ".h5", ".onnx"):
+    if suffix not in MODEL_SUFFIXES + (ONNX_SUFFIX,):
         raise ModelError(f"{path}: unsupported model file type {suffix!r} (expected .nnp, .h5 or .onnx)")
     return suffix[1:]
 
@@ -371,12 +369,12 @@ def run_views(engine: Backend, x: np.ndarray) -> np.ndarray:
 
 
 def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, skip_bad: bool,
-             progress: bool, transform: Optional[Callable] = None, tta: bool = False
-             ) -> Tuple[np.ndarray, np.ndarray, List[str], np.ndarray]:
-    """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones,
-    their :func:`wbc_nnabla.domain.descriptors`); ``tta``: averaged over :data:`TTA_VIEWS`."""
+             progress: bool, transform: Optional[Callable] = None, tta: bool = False,
+             observe: Optional[Callable[[np.ndarray], None]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """(probabilities of the readable cells, mask of readable cells, reasons of the skipped ones);
+    ``tta``: averaged over :data:`TTA_VIEWS`; ``observe``: called with each batch of network inputs."""
     from tqdm.auto import tqdm
-    chunks, keep, skipped, desc = [], [], [], []
+    chunks, keep, skipped = [], [], []
     with tqdm(total=len(paths), unit="cell", desc=f"predict [{engine.name}]",
               disable=outputs.bar_disabled(progress)) as bar:
         for batch in _prefetch(list(paths), size, batch_size, min(4, cpu_count() + 1), skip_bad, transform):
@@ -386,11 +384,11 @@ def _run_all(engine: Backend, paths: Sequence[str], size: int, batch_size: int, 
             if good:
                 x = np.stack(good)
                 chunks.append(run_views(engine, x) if tta else engine.run(x))
-                desc.append(domain.descriptors(x))
+                if observe is not None:
+                    observe(x)
             bar.update(len(batch))
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(engine.class_names)), np.float32)
-    desc_all = np.concatenate(desc) if desc else np.zeros((0, len(domain.DESCRIPTORS)))
-    return probs, np.array(keep, dtype=bool), skipped, desc_all
+    return probs, np.array(keep, dtype=bool), skipped
 
 
 # ----------------------------------------------------------------------------- predict
@@ -449,13 +447,13 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     shares = None if estimate else parse_prior(prior)
     engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
-    transform = cell_transform(engine.meta, stain, stain_reference)
+    hooks = seams.prediction_hooks(engine.meta, str(engine.model_path), stain, stain_reference)
     size, train_size = _input_size(engine, size)
     log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
              engine.meta.get("arch"))
     t0 = time.perf_counter()
-    probs, keep, skipped, desc = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, transform,
-                                          tta)
+    probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, hooks.view, tta,
+                                    hooks.observe)
     cells_kept = table[keep].reset_index(drop=True)
     estimated = None
     if shares:
@@ -478,66 +476,14 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     out.attrs[CALIBRATION_KEY] = engine.meta.get(CALIBRATION_KEY)
     if estimated is not None:
         out.attrs["prior_estimated"] = estimated
-    return domain_check(out, engine.meta, desc, str(engine.model_path))
+    return hooks.finish(out)
 
 
-def domain_check(out: pd.DataFrame, meta: dict, desc: np.ndarray, where: str) -> pd.DataFrame:
-    """Add the domain-shift check to a predictions table (docs/inference.md, "Domain-shift warning").
-
-    out: the predictions table; meta: the model's description; desc: the cells'
-    :func:`wbc_nnabla.domain.descriptors` ``(N, D)`` in table order; where: the model file, for messages.
-    With a reference in ``meta`` adds the columns ``domain_distance`` (to the training cells) and
-    ``outside_domain`` (0/1: outside the training cells and every fine-tuning site's labelled cells,
-    :func:`wbc_nnabla.domain.outside_all`) and ``out.attrs["domain"]`` (:func:`wbc_nnabla.domain.summarise`
-    plus ``site_references``: their sources), and logs a warning per run or smear outside; without one,
-    ``attrs["domain"]`` says the check is unavailable and no column is added. When the run is
-    outside, ``attrs["domain"]["scale"]`` is :func:`wbc_nnabla.framing.scale_hint` of its cells (None
-    when their WBC scale is the training cells'), and a warning names it.
-    """
-    ref = meta.get(domain.META_KEY)
-    if not ref:
-        out.attrs["domain"] = domain.unavailable(f"{where} stores no domain reference (trained before the "
-                                                 f"check existed; add one with `wbc-nnabla domain-reference`)")
-        log.info("domain-shift check unavailable: %s stores no domain reference", where)
-        return out
-    domain.check_reference(ref, f"{where}: {domain.META_KEY}")
-    sites = domain.site_references(meta, where)
-    dist = domain.distance(ref, desc)
-    flags = domain.outside_all(ref, dist, sites, desc)
-    out["domain_distance"] = dist
-    out["outside_domain"] = flags.astype(np.int64)
-    summary = dict(domain.summarise(dist, flags, out["smear"], ref["cell_threshold"]),
-                   site_references=[site["source"] for site in sites])
-    out.attrs["domain"] = summary
-    if summary["run"]["outside_domain"]:
-        log.warning("%.0f%% of the %d cells are outside the training domain of %s: %s",
-                    100 * summary["run"]["share_outside"], len(out), where, domain.WARNING)
-        summary["scale"] = scale_hint(meta, list(out["path"]))
-        if summary["scale"]:
-            log.warning("%s", domain.scale_warning(summary["scale"]))
-    for s in domain.outside_smears(summary):
-        if len(summary["smears"]) > 1:
-            log.warning("smear %s: %.0f%% of its cells %s", s, 100 * summary["smears"][s]["share_outside"],
-                        domain.WARNING)
-    return out
-
-
-def cell_transform(meta: dict, stain: str = "none", stain_reference: Optional[dict] = None) -> Optional[Callable]:
-    """What happens to each cell image before :func:`preprocess`: the model's own view (its re-framing to
-    the training scale and colour standardisation, :func:`wbc_nnabla.framing.model_view`, set by
-    ``adapt``), then ``stain``.
-
-    Raises :class:`~wbc_nnabla.errors.InputError` for a ``stain`` on a model ``adapt`` made: its
-    BatchNorm statistics were estimated on the site's cells as ``adapt`` saw them, and a
-    standardisation after the fact would show it cells of other statistics (``adapt --stain`` instead).
-    """
-    if stain != "none" and meta.get("stain"):
-        raise InputError(f"--stain {stain}: the model applies its own colour standardisation "
-                         f"({meta['stain']['method']}, set by adapt --stain); predict without --stain")
-    if stain != "none" and meta.get("adaptation"):
-        raise InputError(f"--stain {stain}: the model's BatchNorm statistics were estimated by adapt on cells "
-                         f"without it; adapt with --stain {stain} --stain-reference CELLS and predict without --stain")
-    return then(model_view(meta), standardiser(stain, stain_reference))
+def cell_view(meta: dict) -> Optional[Callable]:
+    """How the model described by ``meta`` sees a cell image: the view ``adapt`` stored in it (re-framing
+    to the training scale, colour standardisation), uint8 ``(H, W, 3)`` RGB in and out; None for a model
+    that stores none. What :func:`predict` applies before :func:`preprocess` (Grad-CAM shows the same)."""
+    return seams.cell_transform(meta)
 
 
 def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int]]:
@@ -560,5 +506,5 @@ def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: Optional[in
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
-           "TTA_VIEWS", "available_backends", "check_classes", "dihedral_view", "domain_check", "load_backend",
+           "TTA_VIEWS", "available_backends", "cell_view", "check_classes", "dihedral_view", "load_backend",
            "predict", "preprocess", "read_inputs", "run_views"]

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import domain, fileio, outputs, scoring
+from . import fileio, outputs, scoring
+from .sites import domain
 from .classes import DIFF_CLASSES
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-
-#: Largest seed accepted: nnabla's random functions take a C ``int`` seed, and NumPy's legacy
-#: ``RandomState`` at most 2**32 - 1; a seed must be valid for both.
-MAX_SEED = 2 ** 31 - 1
+from .settings import MAX_SEED  # noqa: F401  (the one range of seeds; read here by every consumer)
 
 
 def check_seed(seed, what: str = "seed") -> int:

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import classes, domain
+from . import classes
+from .sites import domain
 from .errors import InputError
 from .classes import CLASSES5, CLASSES6, DIFF_CLASSES, NEUTROPHIL
 from .predictions import (CALIBRATION_KEY, PRIOR_ESTIMATE, PROB_COLUMNS, PathOrFrame, PredictionsError,

@@ -5,7 +5,7 @@ shift of its internal feature statistics. AdaBN re-estimates every
 BatchNorm layer's running mean and variance on the new site's cells (labels
 are neither needed nor read) and changes nothing else: convolution and
 classifier weights, BatchNorm scale/shift and the ``preprocess`` constants are
-copied byte for byte. The estimate is :func:`wbc_nnabla.training.recalibrate_bn`
+copied byte for byte. The estimate is :func:`wbc_nnabla.engine.recalibrate_bn`
 (the "precise BN" step of training) run on the site's cells instead of the
 training images.
 
@@ -14,12 +14,7 @@ and a source of whole single-cell images (:func:`wbc_nnabla.fileio.read_cell_ima
 a new self-describing ``.nnp`` whose ``wbc_nnabla.json`` records what the
 adaptation used (``adaptation``). CLI: ``wbc-nnabla adapt``.
 
-:func:`infomax` goes one step further on the same unlabelled cells, after AdaBN:
-information maximisation (SHOT-IM, Liang et al., ICML 2020) trains every parameter but
-the classifier so that each cell's prediction is sure (low entropy) while the mean
-prediction over a batch stays near a class prior (a healthy differential by default;
-SHOT's uniform one with ``prior="none"``), so the sure answers cannot all be one
-class. CLI: ``wbc-nnabla infomax``.
+Information maximisation on the same cells, after AdaBN: :mod:`wbc_nnabla.sites.infomax`.
 """
 from __future__ import annotations
 
@@ -32,14 +27,14 @@ from typing import Dict, List, Optional, Tuple
 import nnabla as nn
 import nnabla.functions as F
 import numpy as np
-from tqdm.auto import tqdm
 
-from . import fileio, framing, modelfile, outputs, predictions, sampling, training
-from .errors import InputError, WBCError
+from .. import engine, fileio, modelfile, sampling
+from ..errors import InputError, WBCError
+from ..loader import ImageLoader
+from . import framing
 from .stain import standardiser
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
-from .recipe import (ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES,  # noqa: F401
-                     AdaBoundConfig, Augmentation, InfoMaxConfig, check_step)
+from .settings import ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +56,7 @@ def _input_size(model: Path, meta: dict, size: Optional[int]) -> int:
         raise AdaptationError(str(e)) from None
 
 
-def _draw(loader: training.ImageLoader, n_max: int, seed: int, skip_bad: bool) -> Tuple[np.ndarray, List[str]]:
+def draw_cells(loader: ImageLoader, n_max: int, seed: int, skip_bad: bool) -> Tuple[np.ndarray, List[str]]:
     """(rows of readable cells in a seeded random order, reasons of skipped cells).
 
     Cells are read (and cached by ``loader``) in the seeded order until ``n_max``
@@ -83,21 +78,19 @@ def _draw(loader: training.ImageLoader, n_max: int, seed: int, skip_bad: bool) -
     return np.array(rows, dtype=int), skipped
 
 
-def _estimate(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, rows: np.ndarray,
+def estimate_statistics(params: Dict[str, np.ndarray], meta: dict, loader: ImageLoader, rows: np.ndarray,
               batch_size: int, size: int) -> Dict[str, np.ndarray]:
     """New running statistics ``{name: float32 array}`` of every BatchNorm over ``loader``'s ``rows``.
 
     The batch-statistics graph is built in a parameter dict of its own (nnabla's
     global parameters are not touched), loaded with ``params``, and re-estimated
-    by :func:`wbc_nnabla.training.recalibrate_bn`.
+    by :func:`wbc_nnabla.engine.recalibrate_bn`.
     """
     with nn.parameter_scope("", {}):
-        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), batch_size, size,
+        graph = engine.build_graph(meta["arch"], int(meta["num_classes"]), batch_size, size,
                                      norm=meta.get("norm") or "batch")
-        variables = training.parameters()
-        for k, v in variables.items():
-            v.d = params[k]
-        training.recalibrate_bn(graph, loader, batch_size, rows)
+        variables = engine.set_parameters(params)
+        engine.recalibrate_bn(graph, loader, batch_size, rows)
         return {k: variables[k].d.copy() for k in bn_statistics(params)}
 
 
@@ -181,8 +174,8 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     size = _input_size(model, meta, size)
     colour = standardiser(stain, stain_reference)
     table = fileio.read_cell_images(cells, dedupe_flag=None)
-    loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
-    readable, skipped = _draw(loader, max_images, seed, skip_bad)
+    loader = ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
+    readable, skipped = draw_cells(loader, max_images, seed, skip_bad)
     rows = readable[:len(readable) // batch_size * batch_size]          # whole batches only
     if len(rows) < need:
         hint = "lower --batch-size" if batch_size > len(readable) else \
@@ -198,8 +191,8 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     framing.check_pad(pad)             # before any estimate: with zoom 1 reframe never sees it
     view = framing.then(None if zoom == 1.0 else (lambda rgb: framing.reframe(rgb, zoom, pad)), colour)
     if view is not None:        # the cells read so far (and cached) are as given: read them again as the model sees
-        loader = training.ImageLoader(loader.paths, loader.labels, size, transform=view)
-    stats = _estimate(params, meta, loader, rows, batch_size, size)
+        loader = ImageLoader(loader.paths, loader.labels, size, transform=view)
+    stats = estimate_statistics(params, meta, loader, rows, batch_size, size)
     record = dict(method="AdaBN", model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
                   source=str(cells.resolve()), n_cells=len(rows), n_listed=len(table), n_skipped=len(skipped),
                   cells_sha256=modelfile.paths_sha256(paths), seed=int(seed), batch_size=int(batch_size), size=size,
@@ -212,133 +205,3 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     log.info("adapted %d BatchNorm layers of %s on %d cells of %s -> %s", len(stats) // 2, model, len(rows),
              cells, out)
     return dict(record, out=str(out), paths=paths, skipped=skipped)
-
-
-def prior_shares(class_names: List[str], prior: str) -> np.ndarray:
-    """Target share ``(C,)`` of each of ``class_names`` (sums to 1) for :func:`infomax`'s prior term.
-
-    prior: ``none`` (equal shares), ``normal`` or ``Class=share,...``
-    (:func:`wbc_nnabla.predictions.parse_prior`; ``Neutrophil`` for Band + Segment).
-    """
-    shares = predictions.parse_prior(prior)
-    if shares is None:
-        return np.full(len(class_names), 1.0 / len(class_names))
-    w = predictions.prior_weights(class_names, shares)            # target share x C (balanced training)
-    return w / w.sum()
-
-
-def infomax_loss(logits: nn.Variable, shares: np.ndarray, weight: float) -> Tuple[nn.Variable, nn.Variable,
-                                                                                  nn.Variable]:
-    """(loss, mean entropy, KL) of information maximisation on a batch of logits ``(B, C)``.
-
-    Mean entropy: ``mean_i -sum_c p_ic log p_ic`` (nats), low when each cell's call is sure.
-    KL: ``sum_c m_c log(m_c / s_c)`` of the batch-mean prediction ``m`` from ``shares`` ``(C,)``;
-    with equal shares it is ``log C`` minus SHOT's diversity term. Loss: entropy + ``weight`` x KL.
-    """
-    p = F.softmax(logits, axis=1)
-    entropy = F.mean(-F.sum(p * F.log_softmax(logits, axis=1), axis=1))
-    m = F.mean(p, axis=0)
-    log_s = nn.Variable.from_numpy_array(np.log(np.asarray(shares, np.float32)))
-    kl = F.sum(m * (F.log(m + 1e-7) - log_s))
-    return entropy + weight * kl, entropy, kl
-
-
-def _maximise(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, cfg: InfoMaxConfig,
-              size: int, shares: np.ndarray, progress: bool) -> Tuple[Dict[str, np.ndarray], List[dict]]:
-    """(parameters after ``cfg.iterations`` updates, per-update ``loss``/``entropy``/``kl``).
-
-    BatchNorm runs on batch statistics (the site's), with the paper's geometric augmentation;
-    the classifier ``fc``, BatchNorm running statistics and ``preprocess`` stay fixed.
-    ``meta``: as :func:`wbc_nnabla.modelfile.read_model` returns it (``norm`` always set).
-    """
-    with nn.parameter_scope("", {}):
-        nn.random.seed(cfg.seed)
-        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), cfg.batch_size, size,
-                                     aug=Augmentation(), aug_seed=cfg.seed, norm=meta["norm"])
-        loss, entropy, kl = infomax_loss(graph.logits, shares, cfg.weight)
-        entropy.persistent = kl.persistent = True          # read after backward(clear_buffer=True)
-        variables = training.parameters()
-        for k, v in variables.items():
-            v.d = params[k]
-            v.need_grad = not (k.startswith("fc/") or k.startswith("preprocess/") or k.endswith("/mean")
-                               or k.endswith("/var"))
-        solver = training.make_solver(AdaBoundConfig(alpha=cfg.alpha, final_lr=cfg.final_lr))
-        history = []
-        stream = training.batches(loader, cfg.batch_size, cfg.iterations, True, cfg.seed)
-        for xb, _, _ in tqdm(stream, total=cfg.iterations, desc="infomax", disable=outputs.bar_disabled(progress)):
-            graph.x.d = xb
-            loss.forward(clear_no_need_grad=True)
-            solver.zero_grad()
-            loss.backward(clear_buffer=True)
-            solver.update()
-            history.append(dict(loss=float(loss.d), entropy=float(entropy.d), kl=float(kl.d)))
-        tuned = {k: v.d.copy() for k, v in variables.items()}
-    for k in bn_statistics(params):      # the forward passes moved them; they are re-estimated after
-        tuned[k] = params[k]
-    return tuned, history
-
-
-def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite: bool = False,
-            progress: bool = True, skip_bad: bool = False, max_images: int = MAX_ADAPT_IMAGES) -> dict:
-    """Write ``out``: ``model`` adapted to the unlabelled ``cells`` by information maximisation.
-
-    SHOT-IM (Liang et al., ICML 2020) with a class prior: every parameter but the
-    classifier ``fc`` is trained (AdaBound, :class:`~wbc_nnabla.recipe.InfoMaxConfig`) to
-    lower :func:`infomax_loss` on batches of the site's cells; then, for a BatchNorm
-    model, every BatchNorm's running statistics are re-estimated on the same cells (AdaBN).
-    Best run on a model ``adapt`` made first (its site zoom is applied to each crop).
-
-    model: a ``.nnp``/``.h5`` model file. cells: the site's cells, any source
-        :func:`wbc_nnabla.fileio.read_cell_images` reads; labels are ignored. A seeded sample of at
-        most ``max_images`` readable cells is used (at least :data:`MIN_ADAPT_IMAGES` and
-        one batch). out: the ``.nnp`` to write (not the model, not inside the cells folder;
-        an existing file only with ``overwrite``). skip_bad: leave out unreadable cells.
-
-    Pseudo-labels are not used, yet the same caution holds as for ``self-train``: a class the
-    model confuses on this site with high confidence is learnt more firmly; check the result on
-    some labelled cells of the site. Raises :class:`AdaptationError` (or another
-    :class:`~wbc_nnabla.errors.WBCError` naming the file) before writing anything. Returns the
-    ``infomax`` record stored in the output's metadata, plus ``out``, ``history`` (``loss``,
-    ``entropy`` and ``kl`` per update) and ``skipped`` (reasons).
-    """
-    cfg = config or InfoMaxConfig()
-    model, cells, out = Path(model), Path(cells), Path(out)
-    if cfg.iterations < 1 or cfg.batch_size < 2 or max_images < 1 or cfg.weight < 0:
-        raise InputError(f"iterations and max_images must be >= 1, batch_size >= 2 (a mean prediction) and "
-                         f"weight >= 0; got {cfg.iterations}, {max_images}, {cfg.batch_size} and {cfg.weight}")
-    sampling.check_seed(cfg.seed)
-    check_step(cfg, InputError)
-    params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "infomax", "adapted",
-                                                    AdaptationError, cfg.size)
-    try:
-        shares = prior_shares(meta["class_names"], cfg.prior)
-    except predictions.PredictionsError as e:
-        raise AdaptationError(f"{model}: --prior {cfg.prior}: {e}") from None
-    table = fileio.read_cell_images(cells, dedupe_flag=None)
-    loader = training.ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size,
-                                  transform=framing.model_view(meta))
-    readable, skipped = _draw(loader, max_images, cfg.seed, skip_bad)
-    need = max(int(MIN_ADAPT_IMAGES), cfg.batch_size)
-    if len(readable) < need:
-        raise AdaptationError(f"{cells}: {len(readable)} readable cells ({len(table)} listed, {len(skipped)} "
-                              f"unreadable); infomax needs at least {need} (the mean prediction of a batch)")
-    paths = [loader.paths[i] for i in readable]
-    site = training.ImageLoader(paths, np.zeros(len(paths), np.int32), size, transform=framing.model_view(meta))
-    site.cache = {j: loader.image(int(i)) for j, i in enumerate(readable)}   # read once, by _draw
-    tuned, history = _maximise(params, meta, site, cfg, size, shares, progress)
-    if bn_statistics(params):
-        rows = np.arange(len(paths) // ADABN_BATCH * ADABN_BATCH)
-        tuned.update(_estimate(tuned, meta, site, rows, ADABN_BATCH, size))
-    record = dict(method="information maximisation (SHOT-IM) with a class prior, then AdaBN",
-                  model=str(model.resolve()), model_sha256=modelfile.file_sha256(model),
-                  source=str(cells.resolve()), n_cells=len(paths), n_listed=len(table), n_skipped=len(skipped),
-                  cells_sha256=modelfile.paths_sha256(paths), prior_shares=dict(zip(meta["class_names"],
-                                                                                   shares.round(4).tolist())),
-                  settings=dict(dataclasses.asdict(cfg), size=size, max_images=int(max_images)),
-                  first=history[0], last=history[-1],
-                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "infomax", record, tuned=True))
-    log.info("infomax on %d cells of %s (%d updates; entropy %.3f -> %.3f, KL %.3f -> %.3f) -> %s", len(paths),
-             cells, cfg.iterations, history[0]["entropy"], history[-1]["entropy"], history[0]["kl"],
-             history[-1]["kl"], out)
-    return dict(record, out=str(out), history=history, skipped=skipped)

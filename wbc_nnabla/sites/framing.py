@@ -19,9 +19,10 @@ from typing import Callable, Dict, Optional, Sequence
 import cv2
 import numpy as np
 
-from . import fileio, sampling, segmentation, stain
-from .errors import InputError
-from .recipe import DEFAULT_PAD, LEGACY_PAD, PADS
+from .. import fileio, sampling, segmentation
+from ..errors import InputError
+from . import stain
+from .settings import DEFAULT_PAD, LEGACY_PAD, PADS
 
 #: Cells :func:`median_share` segments at most (a seeded sample).
 SHARE_SAMPLE = 200

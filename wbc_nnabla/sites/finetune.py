@@ -41,9 +41,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import classes, domain, fileio, framing, modelfile, outputs, sampling, training
-from .errors import WBCError
-from .recipe import SELECT_FOLDS, AdaBoundConfig, Augmentation, FinetuneConfig, check_step, select_candidates
+from .. import classes, engine, fileio, modelfile, outputs, sampling, settings
+from ..errors import WBCError
+from ..loader import ImageLoader, batches
+from ..recipe import AdaBoundConfig, Augmentation
+from . import domain, framing, reference
+from .settings import SELECT_FOLDS, FinetuneConfig, select_candidates
 
 log = logging.getLogger(__name__)
 
@@ -109,56 +112,48 @@ def _grouped_loss(logits: nn.Variable, t: nn.Variable, member: np.ndarray) -> nn
     return F.mean(-F.log(F.sum(probs * onehot, axis=1) + 1e-7))
 
 
-def _accuracy(graph: training.Graph, loader: training.ImageLoader, member: np.ndarray) -> float:
+def _accuracy(graph: engine.Graph, loader: ImageLoader, member: np.ndarray) -> float:
     """Share of ``loader``'s cells whose predicted class belongs to their label (a test-mode ``graph``)."""
-    n, batch = len(loader), graph.x.shape[0]
-    right = []
-    for xb, yb, k in training.batches(loader, batch, -(-n // batch), shuffle=False, seed=0):
-        graph.x.d = xb
-        graph.logits.forward(clear_buffer=True)
-        right.append(member[graph.logits.d[:k].argmax(1), yb[:k, 0]] > 0)
-    return float(np.concatenate(right).mean())
+    logits = engine.forward_logits(graph, loader)
+    return float((member[logits.argmax(1), np.asarray(loader.labels)] > 0).mean())
 
 
-def _fit(params: Dict[str, np.ndarray], meta: dict, loader: training.ImageLoader, member: np.ndarray,
-         cfg: FinetuneConfig, size: int, progress: bool, held_out: Optional[training.ImageLoader] = None,
+def _fit(params: Dict[str, np.ndarray], meta: dict, loader: ImageLoader, member: np.ndarray,
+         cfg: FinetuneConfig, size: int, progress: bool, held_out: Optional[ImageLoader] = None,
          checkpoints: Sequence[int] = ()) -> Tuple[Dict[str, np.ndarray], List[float], Dict[int, float]]:
-    """(the fine-tuned parameters, Cost per iteration, {iteration: accuracy on ``held_out``}).
+    """(the fine-tuned parameters, Cost per iteration, {iteration: accuracy on ``held_out``}): the loss
+    :func:`_grouped_loss` and the engine's loop (:func:`wbc_nnabla.engine.fit`).
 
     Runs in a parameter scope of its own. With ``held_out``, the cells are scored by a
     test-mode graph sharing the parameters after each of the ``checkpoints`` updates.
     """
     batch = min(cfg.batch_size, len(loader))
+    norm = meta.get("norm") or "batch"
     with nn.parameter_scope("", {}):
         nn.random.seed(cfg.seed)
         # the training graph with the paper's augmentation, BatchNorm in running-statistics mode
-        graph = training.build_graph(meta["arch"], int(meta["num_classes"]), batch, size, test=True,
-                                     aug=Augmentation(), aug_seed=cfg.seed, norm=meta.get("norm") or "batch")
-        x, t, loss = graph.x, graph.t, _grouped_loss(graph.logits, graph.t, member)
-        variables = training.parameters()
-        missing = set(params) ^ set(variables)
+        graph = engine.build_graph(meta["arch"], int(meta["num_classes"]), batch, size, test=True,
+                                   aug=Augmentation(), aug_seed=cfg.seed, norm=norm)
+        loss = _grouped_loss(graph.logits, graph.t, member)
+        missing = set(params) ^ set(engine.parameters())
         if missing:
             raise FinetuneError(f"parameters {', '.join(sorted(missing)[:4])} differ between the model and "
                                 f"its {meta['arch']} graph")
-        for k, v in variables.items():
-            v.d = params[k]
-            v.need_grad = not (k.endswith("/mean") or k.endswith("/var") or k.startswith("preprocess/"))
-        solver = training.make_solver(AdaBoundConfig(alpha=cfg.alpha, final_lr=cfg.final_lr))
-        scorer = None
+        variables = engine.set_parameters(params, lambda k: not engine.is_fixed(k))
+        solver = engine.make_solver(AdaBoundConfig(alpha=cfg.alpha, final_lr=cfg.final_lr))
+        scores: Dict[int, float] = {}
+        after = []
         if held_out is not None:
-            scorer = training.build_graph(meta["arch"], int(meta["num_classes"]), min(32, len(held_out)), size,
-                                          test=True, norm=meta.get("norm") or "batch")
-        costs, scores = [], {}
-        stream = training.batches(loader, batch, cfg.iterations, True, cfg.seed)
-        for xb, yb, _ in tqdm(stream, total=cfg.iterations, desc="finetune", disable=outputs.bar_disabled(progress)):
-            x.d, t.d = xb, yb
-            loss.forward(clear_no_need_grad=True)
-            solver.zero_grad()
-            loss.backward(clear_buffer=True)
-            solver.update()
-            costs.append(float(loss.d))
-            if scorer is not None and len(costs) in checkpoints:
-                scores[len(costs)] = _accuracy(scorer, held_out, member)
+            scorer = engine.build_graph(meta["arch"], int(meta["num_classes"]), min(32, len(held_out)), size,
+                                        test=True, norm=norm)
+            after.append(lambda i, cost: scores.update({i + 1: _accuracy(scorer, held_out, member)})
+                         if i + 1 in checkpoints else None)
+
+        def feed(xb, yb):
+            graph.x.d, graph.t.d = xb, yb
+
+        costs = engine.fit(loss, solver, batches(loader, batch, cfg.iterations, True, cfg.seed), feed,
+                           cfg.iterations, "finetune", progress, after=after).costs
         return {k: v.d.copy() for k, v in variables.items()}, costs, scores
 
 
@@ -175,9 +170,9 @@ def tune(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[str], labels
     return tuned, costs
 
 
-def _loader(meta: dict, paths: Sequence[str], labels: np.ndarray, size: int) -> training.ImageLoader:
+def _loader(meta: dict, paths: Sequence[str], labels: np.ndarray, size: int) -> ImageLoader:
     """The cells as the model sees them (the site's zoom), every image read now (a bad one named)."""
-    loader = training.ImageLoader(list(paths), np.asarray(labels, np.int32), size,
+    loader = ImageLoader(list(paths), np.asarray(labels, np.int32), size,
                                   transform=framing.model_view(meta))
     for i in range(len(loader)):
         loader.image(i)
@@ -279,9 +274,9 @@ def _too_few_for_reference(n: int) -> bool:
     return False
 
 
-def _site_reference(loader: training.ImageLoader, source: Path, seed: int) -> dict:
+def _site_reference(loader: ImageLoader, source: Path, seed: int) -> dict:
     """:func:`site_reference` of labelled cells already read (``loader``: as the model sees them)."""
-    return training.domain_reference(loader, seed, source=f"{len(loader)} labelled cells of {source} (finetune)")
+    return reference.domain_reference(loader, seed, source=f"{len(loader)} labelled cells of {source} (finetune)")
 
 
 def _select(params: Dict[str, np.ndarray], meta: dict, paths: List[str], labels: np.ndarray, cells: Path,
@@ -325,10 +320,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     """
     cfg = config or FinetuneConfig()
     model, cells, out = Path(model), Path(cells), Path(out)
-    if cfg.iterations < 1 or cfg.batch_size < 1:
-        raise FinetuneError(f"iterations and batch_size must be >= 1, got {cfg.iterations} and {cfg.batch_size}")
-    sampling.check_seed(cfg.seed)
-    check_step(cfg, FinetuneError)
+    settings.check(cfg, FinetuneError)
     params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "finetune", "fine-tuned",
                                                     FinetuneError, cfg.size)
     paths, labels, names = read_labelled(cells, meta["class_names"])

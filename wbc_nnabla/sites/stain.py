@@ -24,9 +24,9 @@ from typing import Dict, Optional, Sequence
 import cv2
 import numpy as np
 
-from . import fileio, sampling
-from .errors import InputError
-from .recipe import STAIN_METHODS
+from .. import fileio, sampling
+from ..errors import InputError
+from .settings import STAIN_METHODS
 
 #: Share of the brightest pixels (by grey level) taken as background.
 BACKGROUND_SHARE = 0.25

@@ -8,7 +8,7 @@ small step, the paper's geometric augmentation), and labels the cells again, for
 few rounds. The pick is class-balanced (Zou et al., ECCV 2018, "CBST"): per predicted
 class the most confident ``portion`` of that class's cells, so the class the model
 over-predicts on a new site does not fill the pseudo-labels alone; the portion grows
-each round (:class:`~wbc_nnabla.recipe.SelfTrainConfig`).
+each round (:class:`~wbc_nnabla.sites.settings.SelfTrainConfig`).
 
 A six-class model's Band and Segment are pseudo-labelled together as ``Neutrophil``
 (the grouped loss of :mod:`wbc_nnabla.finetune`): the Japanese Band/Segment line is
@@ -31,9 +31,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import classes, finetune, modelfile, predictions, predictor, sampling
-from .errors import WBCError
-from .recipe import SelfTrainConfig, check_step
+from .. import classes, modelfile, predictions, predictor, sampling, settings
+from ..errors import WBCError
+from . import finetune
+from .settings import SelfTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +76,6 @@ def pseudo_labels(probs: np.ndarray, class_names: Sequence[str], portion: float
     return rows, np.asarray(cols)[best[rows]].astype(np.int32), conf[rows]
 
 
-def _check(cfg: SelfTrainConfig) -> None:
-    if cfg.rounds < 1 or cfg.iterations < 1 or cfg.batch_size < 1:
-        raise SelfTrainError(f"rounds, iterations and batch_size must be >= 1, got {cfg.rounds}, "
-                             f"{cfg.iterations} and {cfg.batch_size}")
-    if not (0 < cfg.portion <= 1) or cfg.portion_step < 0:
-        raise SelfTrainError(f"portion must be in (0, 1] and portion_step >= 0, got {cfg.portion} and "
-                             f"{cfg.portion_step}")
-    sampling.check_seed(cfg.seed)
-    check_step(cfg, SelfTrainError)
-
-
 def _round(current: Path, cells: Path, params: dict, meta: dict, cfg: SelfTrainConfig, r: int, size: int,
            skip_bad: bool, progress: bool) -> Tuple[dict, dict]:
     """One round: label the site's cells with the model file ``current``, fine-tune ``params`` on the sure ones."""
@@ -118,14 +108,14 @@ def self_train(model, cells, out, config: Optional[SelfTrainConfig] = None, over
     out: the self-trained ``.nnp`` (not the model, not inside the cells folder; an
         existing file only with ``overwrite``). Its ``wbc_nnabla.json`` records each
         round under ``self_training``.
-    config: :class:`~wbc_nnabla.recipe.SelfTrainConfig`.
+    config: :class:`~wbc_nnabla.sites.settings.SelfTrainConfig`.
     skip_bad: leave out unreadable cells instead of stopping at the first.
 
     Raises :class:`SelfTrainError` (or another :class:`~wbc_nnabla.errors.WBCError` naming
     the file) before writing anything. Returns the record, plus ``out``.
     """
     cfg = config or SelfTrainConfig()
-    _check(cfg)
+    settings.check(cfg, SelfTrainError)
     model, cells, out = Path(model), Path(cells), Path(out)
     params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "self-train", "self-trained",
                                                     SelfTrainError, cfg.size)

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .errors import WBCError
+from ..errors import WBCError
 
 #: Key of the reference in a model's description (``wbc_nnabla.json`` of the ``.nnp``, ONNX metadata).
 META_KEY = "domain_reference"

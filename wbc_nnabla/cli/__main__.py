@@ -1,0 +1,6 @@
+"""``python -m wbc_nnabla.cli``: the ``wbc-nnabla`` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
