@@ -74,7 +74,7 @@ BN_RECALIBRATION_IMAGES = 960
 MIN_ADAPT_IMAGES = 32
 #: Site cells below which ``adapt`` says that more would be safer: on average 32 cells gave within
 #: 0.02 of all of a site's cells, but one draw of 32 up to 0.06 less, of 128 at most 0.033 less
-#: (docs/cross_site.md, "How many cells `adapt` needs").
+#: (docs/research/cross_site_log.md, "How many cells `adapt` needs").
 ADVISED_ADAPT_IMAGES = 128
 #: Site cells AdaBN draws by default (60 batches of 16, as many as precise BN uses in training).
 MAX_ADAPT_IMAGES = BN_RECALIBRATION_IMAGES
@@ -88,7 +88,7 @@ ADABN_BATCH = 16
 PADS = ("reflect", "replicate", "background")
 #: The padding of a model adapted before ``adapt --pad`` existed (its metadata has no ``pad``).
 LEGACY_PAD = "reflect"
-#: The padding ``adapt`` stores when it measures a site's scale (docs/cross_site.md, "How each
+#: The padding ``adapt`` stores when it measures a site's scale (docs/research/cross_site_log.md, "How each
 #: constant was chosen").
 DEFAULT_PAD = "background"
 #: What the training graph's ImageAugmentation fills the area from outside an image with when it
@@ -283,7 +283,7 @@ RECIPE_NAMES = ("paper", "robust")
 #: channel, saturation x0.6-1.4, gamma e^+-0.3, hue +-30 degrees) and a wide Magnification (0.6-1.6).
 #: Chosen before any foreign-site result, to cover with margin the stain shifts of docs/cells.md's
 #: robustness table (hue +-15 degrees: twice it) and the 1.6x scale difference measured between PBC
-#: and Zheng 2018 crops by their WBC masks; the hue term was added by the rule in docs/cross_site.md.
+#: and Zheng 2018 crops by their WBC masks; the hue term was added by the rule in docs/research/cross_site_log.md.
 ROBUST_AUGMENTATION = dict(od_scale=0.4, od_shift=0.15, saturation=0.4, log_gamma=0.3, hue=30.0,
                            min_scale=0.6, max_scale=1.6)
 
@@ -481,7 +481,7 @@ class TrainConfig:
 class FinetuneConfig:
     """Settings of :func:`wbc_nnabla.finetune.finetune` (units: iterations, images, pixels).
 
-    Chosen before any foreign-site result (docs/cross_site.md): 100 iterations of 8 cells
+    Chosen before any foreign-site result (docs/research/cross_site_log.md): 100 iterations of 8 cells
     show each of 100 cells 8 times; AdaBound's step 1e-4 is a tenth of the training default
     (the usual fine-tuning rule), ``final_lr`` likewise.
     """
@@ -495,7 +495,7 @@ class FinetuneConfig:
 
 #: ``finetune --select``: the (AdaBound step, final_lr) pairs and update counts compared by
 #: cross-validation inside the lab's labelled cells, and the number of folds. Fixed before any
-#: run (docs/cross_site.md): the fine-tuning default (1e-4) and the training default (1e-3),
+#: run (docs/research/cross_site_log.md): the fine-tuning default (1e-4) and the training default (1e-3),
 #: each with final_lr at 100 times the step as in :class:`FinetuneConfig`, at 100 and 200 updates.
 SELECT_STEPS = ((1e-4, 0.01), (1e-3, 0.1))
 SELECT_ITERATIONS = (100, 200)
@@ -515,7 +515,7 @@ class SelfTrainConfig(FinetuneConfig):
     Class-balanced self-training (Zou et al., ECCV 2018, "CBST"): each round keeps, per
     predicted class, the ``portion`` most confident of the cells the model gives that class,
     and that portion grows by ``portion_step`` each round. CBST's schedule: from 20 % up to
-    50 %, chosen before any foreign-site result (docs/cross_site.md).
+    50 %, chosen before any foreign-site result (docs/research/cross_site_log.md).
     """
     rounds: int = setting(3, "rounds of pseudo-labelling and fine-tuning")
     portion: float = setting(0.2, "first round: share of each predicted class kept (most confident first)")
@@ -526,7 +526,7 @@ class SelfTrainConfig(FinetuneConfig):
 class InfoMaxConfig:
     """Settings of :func:`wbc_nnabla.adaptation.infomax` (units: updates, cells, pixels).
 
-    Chosen before any foreign-site result (docs/cross_site.md): the step of
+    Chosen before any foreign-site result (docs/research/cross_site_log.md): the step of
     :class:`FinetuneConfig`; SHOT's weight 1 of the prior term (Liang et al., ICML 2020); a
     batch of 32 cells, over which the mean prediction is compared with the prior.
     """
