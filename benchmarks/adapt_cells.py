@@ -18,7 +18,7 @@ For each model (the cross-site benchmark's ``VARIANT_sS/model.nnp``) and set::
 "all" is ``tight_crops.py``'s own ``adapt`` with every cell (``OUT/tight/VARIANT_sS/adapted[_d1]_background.nnp``,
 the default pad), which must exist (run ``tight_crops.py`` first). The cells adapted on are among the
 cells scored, as with ``adapt`` on a whole site. The rule that reads the result is in
-docs/cross_site.md ("How each constant was chosen", the number of cells `adapt` needs). Finished steps
+docs/research/cross_site_log.md ("How each constant was chosen", the number of cells `adapt` needs). Finished steps
 are kept. Results: ``OUT/adapt_cells/VARIANT_sS.json``; ``--summarize`` prints the table.
 
     .venv/bin/python benchmarks/adapt_cells.py --out /work/runs/cross --variant robust --seed 0

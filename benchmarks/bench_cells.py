@@ -4,7 +4,7 @@ Run from the repository root:
 
     nice -n 10 .venv/bin/python benchmarks/bench_cells.py [--data ../shared/data] [--per-class 100]
 
-Prints (and records in docs/benchmarks.md by hand):
+Prints (and records in docs/research/benchmarks_log.md by hand):
 * Zheng et al. 2018 dataset 1: IoU of wbc_mask against the expert masks (mask > 0),
   mean, median, per class (labels.csv: 1 neutrophil ... 5 basophil), share < 0.6.
 * pbc6: share of cells whose mask is only the nucleus or includes a red cell

@@ -50,8 +50,8 @@ and, with ``--finetune-curve VARIANT``, few-shot fine-tuning on N labelled d1 ce
     wbc-nnabla predict OUT/ft/nN_rR/model.nnp OUT/ft/nN_rR/rest.csv ...
 
 zheng2018-d1 is the only labelled foreign set: it is a test set here. Every variant run is
-reported (``--summarize`` prints the table of docs/cross_site.md), and no constant is chosen by
-its d1 result alone (docs/cross_site.md says how each was chosen). Finished steps are kept, an
+reported (``--summarize`` prints the table of docs/research/cross_site_log.md), and no constant is chosen by
+its d1 result alone (docs/research/cross_site_log.md says how each was chosen). Finished steps are kept, an
 interrupted training resumes.
 
     nice -n 5 .venv/bin/python benchmarks/cross_site.py --out /work/runs/cross --variant color --seed 0
@@ -79,7 +79,7 @@ CLI = [sys.executable, "-c", "import sys; from wbc_nnabla.cli import main; sys.e
 D1_CLASSES = {1: "Neutrophil", 2: "Lymph", 3: "Mono", 4: "Eosinophil", 5: "Basophil"}
 COLOUR = ["--od-scale", "0.4", "--od-shift", "0.15", "--saturation", "0.4", "--log-gamma", "0.3"]
 WIDE_MAG = ["--min-scale", "0.6", "--max-scale", "1.6"]
-#: Train flags of each variant (added to the common CPU recipe). docs/cross_site.md explains each.
+#: Train flags of each variant (added to the common CPU recipe). docs/research/cross_site_log.md explains each.
 VARIANTS = {
     "baseline": [],
     "color": COLOUR,
@@ -119,7 +119,7 @@ VARIANT_INIT = {"robust_AB": "robust_rm"}
 #: lab, ``bccd-fields`` (``OUT/bccd/cells.csv``, :func:`bccd_cells`), with nothing of d1.
 VARIANT_STYLE = {"robust_fourier": "d1_unlabelled.csv", "robust_fourier_bccd": "bccd/cells.csv"}
 #: Crop side (px) of the BCCD WBCs: 1.5 x the median longer side of the VOC WBC boxes (207 px), the
-#: factor of ``bench_domain.py``'s BCCD crops; fixed before any run with them (docs/cross_site.md).
+#: factor of ``bench_domain.py``'s BCCD crops; fixed before any run with them (docs/research/cross_site_log.md).
 BCCD_CROP = 310
 COMMON = ["--size", "64", "--epochs", "10", "--batch-size", "32", "--pretrained", "none", "--no-progress"]
 CURVE_N = (10, 25, 50, 100)

@@ -1,4 +1,4 @@
-"""Does the "judgement pending" cut-off carry to another lab? (not a test): docs/cross_site.md.
+"""Does the "judgement pending" cut-off carry to another lab? (not a test): docs/research/cross_site_log.md.
 
 The paper (section IV) asks for a cut-off that holds boundary cells for a human. A lab would
 calibrate it where the model was trained: ``score --target-accuracy A`` on the model's own
@@ -24,7 +24,7 @@ Every figure comes from ``wbc-nnabla score`` (summary.json), the command a lab r
 
     nice -n 5 .venv/bin/python benchmarks/pending_check.py --out /work/runs/cross --variant robust --seed 0 --seed 1
 
-Results: OUT/pending_check.json and the table printed (docs/cross_site.md's format).
+Results: OUT/pending_check.json and the table printed (docs/research/cross_site_log.md's format).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`predict --prior estimate` against `none` and `normal` (not a test): the measurements of docs/cross_site.md.
+"""`predict --prior estimate` against `none` and `normal` (not a test): the measurements of
+docs/research/cross_site_log.md.
 
 On the robust recipe's seeds trained by ``benchmarks/cross_site.py --variant robust`` (OUT/robust_sS):
 

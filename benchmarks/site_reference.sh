@@ -1,5 +1,5 @@
 #!/bin/bash
-# The domain-shift check after `finetune` on a site's labelled cells (docs/benchmarks.md,
+# The domain-shift check after `finetune` on a site's labelled cells (docs/research/benchmarks_log.md,
 # "After finetune on a site's labelled cells"), through the user's commands: finetune, predict.
 # Needs the cross-site benchmark's robust runs (benchmarks/cross_site.py --variant robust --seed S
 # and --finetune-curve robust --seed S --curve-n 100) in CROSS.

@@ -11,7 +11,7 @@ cells and stores the standardisation for `predict`. For each model of the cross-
         --stain M --stain-reference OUT/data_sS/train.csv          # M: white-balance, reinhard, macenko
     wbc-nnabla predict OUT/stain_adapt/VARIANT_sS/adapted_M.nnp OUT/d1.csv .../pred_M.csv [--prior normal]
 
-The rule that reads the result is in docs/cross_site.md ("How each constant was chosen", colour
+The rule that reads the result is in docs/research/cross_site_log.md ("How each constant was chosen", colour
 standardisation after `adapt`). Finished steps are kept. Results: ``OUT/stain_adapt/VARIANT_sS.json``;
 ``--summarize`` prints the table.
 

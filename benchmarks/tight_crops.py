@@ -19,7 +19,7 @@ and for each model (the cross-site benchmark's ``VARIANT_sS/model.nnp``, trained
         --train-cells OUT/data_sS/train.csv
     wbc-nnabla predict OUT/tight/VARIANT_sS/adapted_d1_PAD.nnp OUT/d1.csv OUT/tight/VARIANT_sS/pred_d1_PAD.csv
 
-The rule that reads the result is in docs/cross_site.md ("How each constant was chosen", `adapt`'s
+The rule that reads the result is in docs/research/cross_site_log.md ("How each constant was chosen", `adapt`'s
 padding). Finished steps are kept. Results: ``OUT/tight/VARIANT_sS.json``; ``--summarize`` prints
 the table.
 

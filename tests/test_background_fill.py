@@ -1,5 +1,5 @@
 """What the training graph's ImageAugmentation fills a zoomed-out image's band with: ``Augmentation.fill``
-(``train --fill``; ``augmentation.background_fill``; docs/training.md, docs/cross_site.md).
+(``train --fill``; ``augmentation.background_fill``; docs/training.md, docs/research/cross_site_log.md).
 
 ``edge`` (the default, NNC's) repeats the image's border; ``background`` first sets a 1-px ring to each
 image's background colour (per channel the 90th percentile of its pixels), so the band is that flat

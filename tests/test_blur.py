@@ -1,4 +1,5 @@
-"""The slight blur of the training graph: ``augmentation.blur_augment`` (docs/training.md, docs/cross_site.md).
+"""The slight blur of the training graph: ``augmentation.blur_augment`` (docs/training.md,
+docs/research/cross_site_log.md).
 
 Every image comes out as ``x + w (G * x - x)`` with one fixed 5x5 Gaussian ``G`` (sigma 1 px,
 mirrored borders) and its own weight ``w`` in ``[0, blur]``; off, the graph has no blur; it is

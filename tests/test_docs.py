@@ -1,6 +1,9 @@
-"""The generated references stay in step with the code."""
+"""The generated references stay in step with the code; the short answers stay short; every link resolves."""
 import importlib.util
+import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +31,63 @@ def test_readme_names_the_two_commands_and_docs_exist():
     assert "make demo" in readme and "make test" in readme
     for link in ("docs/method.md", "docs/formats.md", "docs/cli.md", "docs/api.md", "docs/benchmarks.md"):
         assert link in readme and (ROOT / link).is_file(), link
+
+
+#: The short answers a lab reads (issue 46, item 6); their research logs live in docs/research/.
+SHORT_ANSWERS = ("docs/benchmarks.md", "docs/cross_site.md")
+MAX_SHORT_ANSWER_LINES = 250
+
+
+@pytest.mark.parametrize("name", SHORT_ANSWERS)
+def test_short_answer_is_short_and_links_its_research_log_once(name):
+    text = (ROOT / name).read_text()
+    assert len(text.splitlines()) <= MAX_SHORT_ANSWER_LINES, f"{name}: {len(text.splitlines())} lines"
+    links = re.findall(r"\]\((research/[^)#\s]+)", text)
+    assert len(links) == 1 and text.count("research/") == 1, f"{name}: link docs/research/ exactly once"
+    assert (ROOT / "docs" / links[0]).is_file(), f"{name}: {links[0]} does not exist"
+
+
+def _markdown_files():
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _slug(heading):
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path):
+    """Every heading anchor of a markdown file (fenced code skipped; repeats get -1, -2, ...)."""
+    anchors, fenced = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            slug = _slug(line.lstrip("#"))
+            base, n = slug, 0
+            while slug in anchors:
+                n += 1
+                slug = f"{base}-{n}"
+            anchors.add(slug)
+    return anchors
+
+
+def _link_errors(md):
+    text, errors = md.read_text(), []
+    for target, anchor in re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]*))?\)", text):
+        if target.startswith(("http://", "https://", "mailto:")) or not (target.endswith(".md") or not target):
+            continue
+        path = (md.parent / target).resolve() if target else md
+        if not path.is_file():
+            errors.append(f"{md.relative_to(ROOT)}: link to missing {target}")
+        elif anchor and anchor not in _anchors(path):
+            errors.append(f"{md.relative_to(ROOT)}: no heading #{anchor} in {target or md.name}")
+    for named in re.findall(r"\bdocs/[\w./-]*?\.md\b", text):
+        if not (ROOT / named).is_file():
+            errors.append(f"{md.relative_to(ROOT)}: names missing {named}")
+    return errors
+
+
+def test_every_markdown_link_and_named_docs_file_exists():
+    errors = [e for md in _markdown_files() for e in _link_errors(md)]
+    assert errors == [], "\n".join(errors)

@@ -1,5 +1,5 @@
 """Another lab's look in the training graph: ``augmentation.fourier_augment`` and ``train --style-cells``
-(docs/training.md, docs/cross_site.md).
+(docs/training.md, docs/research/cross_site_log.md).
 
 With probability ``p`` per image, each channel's amplitude spectrum at frequencies ``-b .. b`` of both
 axes becomes ``(1 - lam) A + lam A_style`` (one style cell of the bank, ``lam`` uniform in [0, 1]); the

@@ -1,4 +1,4 @@
-"""MixStyle in the training graph: ``augmentation.mixstyle`` (docs/training.md, docs/cross_site.md).
+"""MixStyle in the training graph: ``augmentation.mixstyle`` (docs/training.md, docs/research/cross_site_log.md).
 
 On features whose images differ only in their per-channel statistics, MixStyle turns
 each image's statistics into a mix of two images' and keeps its normalised pattern;

@@ -1,4 +1,4 @@
-"""Mixup in the training graph: ``TrainConfig.mixup`` (docs/training.md, "Mixup"; docs/cross_site.md).
+"""Mixup in the training graph: ``TrainConfig.mixup`` (docs/training.md, "Mixup"; docs/research/cross_site_log.md).
 
 Each augmented image is mixed with the image at the mirrored place of its batch, with a weight
 drawn from Beta(alpha, alpha) at every forward, and its loss with the same weight; the test

@@ -1,4 +1,5 @@
-"""Random convolutions in the training graph: ``augmentation.randconv_augment`` (docs/training.md, docs/cross_site.md).
+"""Random convolutions in the training graph: ``augmentation.randconv_augment`` (docs/training.md,
+docs/research/cross_site_log.md).
 
 With probability ``p`` per image, ``x' = a x + (1 - a) conv(x)``: ``conv`` the image's own random
 3 -> 3 kernel of side 1, 3, 5 or 7 (weights normal, standard deviation ``1 / sqrt(3 k^2)``), mirrored

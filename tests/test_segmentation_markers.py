@@ -170,7 +170,7 @@ def test_optical_density_is_zero_on_the_background_and_grows_with_stain():
 
 def test_pbc6_red_cells_touching_the_wbc_stay_out(pbc6):
     # cells whose mask took in a touching red cell before the markers and the cut
-    # (solidity < 0.9; see docs/benchmarks.md)
+    # (solidity < 0.9; see docs/research/benchmarks_log.md)
     for name in ("Band/BNE_204774", "Segment/SNE_736225", "Segment/SNE_798289", "Mono/MO_344440"):
         rgb = fileio.read_rgb(pbc6 / f"{name}.jpg")
         m, nuc = segmentation.segment_wbc(rgb)

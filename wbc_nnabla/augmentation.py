@@ -99,7 +99,7 @@ def _hue_turn(x, theta):
 
 
 #: Side (pixels) and sigma (input pixels) of the one Gaussian kernel of :func:`blur_augment`: a
-#: slight blur, fixed before any foreign-site result (docs/cross_site.md).
+#: slight blur, fixed before any foreign-site result (docs/research/cross_site_log.md).
 BLUR_KERNEL = 5
 BLUR_SIGMA = 1.0
 # Stream key of the blur weight's seed in derive_seed(augmentation seed, key): any constant; fixed
@@ -132,7 +132,7 @@ def blur_augment(x, weight: float, seed: int = -1):
 
 
 #: Kernel sides of :func:`randconv_kernels`, drawn uniformly per image: the multi-scale set of
-#: RandConv (Xu et al., ICLR 2021), fixed before any foreign-site result (docs/cross_site.md).
+#: RandConv (Xu et al., ICLR 2021), fixed before any foreign-site result (docs/research/cross_site_log.md).
 RANDCONV_SIDES = (1, 3, 5, 7)
 # Stream key of RandConv's seeds in derive_seed(augmentation seed, key): any constant; fixed so that
 # runs stay reproducible and the other terms' draws do not change when RandConv is turned on.
@@ -183,7 +183,7 @@ def randconv_augment(x, p: float, seed: int = -1):
 #: Half-width of the low-frequency band of :func:`fourier_augment`, as a share of the image side
 #: (FDA's ``beta``, Yang & Soatto, CVPR 2020: its middle value of 0.01, 0.05, 0.09): frequencies
 #: ``-b .. b`` cycles per image on each axis, ``b = max(1, floor(beta * side))`` (3 at 64 px). Fixed
-#: before any foreign-site result (docs/cross_site.md).
+#: before any foreign-site result (docs/research/cross_site_log.md).
 FOURIER_BETA = 0.05
 #: Floor of an amplitude a ratio divides by (a frequency of zero amplitude keeps its zero).
 FOURIER_EPS = 1e-6
@@ -268,7 +268,7 @@ def fourier_augment(x, bank: np.ndarray, p: float, seed: int = -1, beta: float =
 
 #: MixStyle's Beta(alpha, alpha) parameter, the residual stages it follows and the epsilon added to
 #: each variance: the defaults of the authors' Dassl code for ResNet-18 classification
-#: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/cross_site.md).
+#: (``resnet18_ms_l123``), fixed before any foreign-site result (docs/research/cross_site_log.md).
 MIXSTYLE_ALPHA = 0.1
 MIXSTYLE_STAGES = (1, 2, 3)
 MIXSTYLE_EPS = 1e-6

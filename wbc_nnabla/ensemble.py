@@ -4,7 +4,7 @@ A stage between inference and scoring (predictions CSVs in, a predictions CSV
 out): each cell's class probabilities are averaged over the models and the
 class of highest mean probability is its prediction. Models trained with other
 seeds disagree on another lab's cells far more than on their own (the seed
-spread of docs/cross_site.md); the mean of their probabilities is steadier than
+spread of docs/research/cross_site_log.md); the mean of their probabilities is steadier than
 any one of them. nnabla-free, like :mod:`wbc_nnabla.predictions`.
 
     wbc-nnabla predict seed0.nnp cells/ p0.csv

@@ -60,7 +60,7 @@ def model_meta(arch: str, class_names: Sequence[str], size: int, norm: str = "ba
 #: Description keys that hold only for the exact weights they were measured with: a model whose
 #: weights are tuned (``finetune``, ``infomax``, ``self-train``) is written without them. ``adapt``
 #: keeps them: it re-estimates BatchNorm statistics only, and the judgement-pending cut-off of the
-#: calibration cells was measured to carry across that (docs/cross_site.md).
+#: calibration cells was measured to carry across that (docs/research/cross_site_log.md).
 WEIGHT_BOUND_KEYS = (predictions.CALIBRATION_KEY,)
 
 

@@ -338,7 +338,7 @@ def cpu_simd(info: Optional[dict] = None) -> str:
 
     Kept with every run because it changes results: the CPU kernels pick their code by it, and the
     float rounding differs, so the same seed on an AVX-512 and an AVX2 machine trains a slightly
-    different model (docs/benchmarks.md). ``info``: :func:`cpuinfo`'s fields, read when not given.
+    different model (docs/research/benchmarks_log.md). ``info``: :func:`cpuinfo`'s fields, read when not given.
     """
     info = cpuinfo() if info is None else info
     flags = set((info.get("flags") or info.get("features") or "").split())
@@ -349,7 +349,7 @@ def cpu_model(info: Optional[dict] = None) -> str:
     """This CPU's name, family and model number (e.g. ``AMD EPYC, family 25 model 17``), or ``unknown``.
 
     Kept with every run beside :func:`cpu_simd`: two machines with the same vector instruction set
-    but different CPU models have trained different models from the same seed (docs/benchmarks.md).
+    but different CPU models have trained different models from the same seed (docs/research/benchmarks_log.md).
     ``info``: :func:`cpuinfo`'s fields, read when not given.
     """
     info = cpuinfo() if info is None else info

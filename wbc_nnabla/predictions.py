@@ -66,12 +66,12 @@ PRIOR_EM_MAX_ITER = 1000
 #: 150-200 cells, section III; a handful of cells gives no differential to estimate).
 PRIOR_MIN_CELLS = 50
 #: An estimated share below this is reported as collapsed: the smear will (almost) never be given
-#: that class. EM drives a class the model under-calls there (docs/cross_site.md: Band, every time).
+#: that class. EM drives a class the model under-calls there (docs/research/cross_site_log.md: Band, every time).
 PRIOR_COLLAPSED = 1e-3
 #: A healthy adult's differential as shares of all WBCs, ``--prior normal``: the rounded middle of
 #: the usual reference intervals (neutrophils 40-75 %, of them a few per cent bands; lymphocytes
 #: 20-45 %; monocytes 2-10 %; eosinophils 1-6 %; basophils 0-1 %). Set from those intervals before
-#: any foreign-site result and not changed after (docs/cross_site.md).
+#: any foreign-site result and not changed after (docs/research/cross_site_log.md).
 NORMAL_DIFFERENTIAL: Dict[str, float] = {"Band": 0.03, "Segment": 0.57, "Lymph": 0.30, "Mono": 0.06,
                                          "Eosinophil": 0.03, "Basophil": 0.01}
 

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = BACKEND_NAMES
 #: CPU backends in the order ``auto`` tries them (fastest first, measured in
-#: docs/benchmarks.md on a 2-core AVX-512 machine).
+#: docs/research/benchmarks_log.md on a 2-core AVX-512 machine).
 CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
 #: Most CPU threads ``threads`` may ask of OpenCV or onnxruntime: beyond the cores, threads only
 #: cost memory (OpenCV allocates per thread; a billion was a bad_alloc deep inside it).
@@ -217,10 +217,10 @@ class OnnxRuntimeBackend(OnnxBackend):
         so.intra_op_num_threads = threads or cpu_count()
         so.inter_op_num_threads = 1
         # EXTENDED, not ALL: ALL adds the NCHWc layout rewrite, measured slower
-        # for this network here (docs/benchmarks.md).
+        # for this network here (docs/research/benchmarks_log.md).
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         # idle worker threads sleep instead of spinning: on a shared CPU spinning
-        # burned ~20% more CPU per image for no gain (docs/benchmarks.md)
+        # burned ~20% more CPU per image for no gain (docs/research/benchmarks_log.md)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 

@@ -160,7 +160,7 @@ def calibrated_cutoff(record: dict, target: float, prior=None, where: str = "cal
     record: :func:`wbc_nnabla.predictions.calibration_record` (the training run's validation cells
         as the exported model predicted them).
     target: accuracy the kept calibration cells must reach, in the five-class view (the view
-        measured across labs: docs/cross_site.md, "Judgement pending across labs").
+        measured across labs: docs/research/cross_site_log.md, "Judgement pending across labs").
     prior: the class shares the cells to be scored were predicted with (``predict --prior``, a
         dict; None or ``"none"``: none); the calibration cells get the same prior, so that the
         cut-off and the probabilities it is applied to are on one scale.
@@ -193,7 +193,7 @@ def model_cutoff(predictions, target: Optional[float] = None) -> dict:
         calibration cells and the prior the cells were predicted with.
     target: default :data:`DEFAULT_TARGET_ACCURACY`.
     The cut-off is set where the model was trained; on another lab's cells it held only after
-    ``adapt`` and ``predict --prior normal`` (docs/cross_site.md). Adds ``tta`` (True when the
+    ``adapt`` and ``predict --prior normal`` (docs/research/cross_site_log.md). Adds ``tta`` (True when the
     predictions averaged views, which the calibration cells did not).
     """
     if isinstance(predictions, pd.DataFrame):

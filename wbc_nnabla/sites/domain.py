@@ -20,7 +20,7 @@ Not in Sasaki et al. (2020), whose model is used in the lab that trained it.
 * :func:`summarise`: per run and per smear, the median distance and the share
   of cells outside; a smear is outside the training domain when that share
   exceeds :data:`SMEAR_SHARE` (measured by ``benchmarks/bench_domain.py``,
-  docs/benchmarks.md).
+  docs/research/benchmarks_log.md).
 
 nnabla-free (NumPy and OpenCV only): it works for every backend and is read by
 scoring and the reports.
@@ -50,7 +50,7 @@ DESCRIPTORS = ("od_mean_R", "od_mean_G", "od_mean_B", "od_sd_R", "od_sd_G", "od_
 #: A cell is outside when its distance exceeds this quantile of the training cells' distances.
 CELL_QUANTILE = 0.99
 #: A smear (or run) is outside the training domain when more than this share of its cells is
-#: outside. Measured by benchmarks/bench_domain.py (docs/benchmarks.md): in-domain pbc6
+#: outside. Measured by benchmarks/bench_domain.py (docs/research/benchmarks_log.md): in-domain pbc6
 #: validation cells in random smears of 150 stay below it, foreign labs' cells are far above.
 SMEAR_SHARE = 0.15
 #: Ridge added to each descriptor's variance (as a share of it) before the covariance is inverted.

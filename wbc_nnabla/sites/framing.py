@@ -2,7 +2,7 @@
 
 Labs crop their cells differently and photograph them at other magnifications: a
 neutrophil fills a median 0.38 of the side of a PBC crop but 0.60 of a Zheng 2018 crop
-(measured with :func:`wbc_share`; docs/cross_site.md), so the same cell reaches the
+(measured with :func:`wbc_share`; docs/research/cross_site_log.md), so the same cell reaches the
 network 1.6 times larger. The paper's crop is fixed in pixels (750 px at 100x oil,
 section II.3), so within one lab the scale is constant; across labs it is not.
 
