@@ -164,7 +164,7 @@ def tiny_model(dataset: Path, out: Path, epochs: int = 2, norm: str = "batch") -
     """
     from wbc_nnabla import training
     from wbc_nnabla.recipe import TrainConfig
-    training.train(dataset, out, TrainConfig(epochs=epochs, norm=norm, **TINY_TRAIN))
+    training.train(dataset, out, TrainConfig(epochs=epochs, norm=norm, site_record=True, **TINY_TRAIN))
     return Path(out)
 
 

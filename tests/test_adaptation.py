@@ -14,7 +14,8 @@ nn = pytest.importorskip("nnabla")
 
 from helpers import file_hashes  # noqa: E402
 
-from wbc_nnabla import adaptation, cli, fileio, modelfile, models  # noqa: E402
+from wbc_nnabla import cli, fileio, modelfile, models  # noqa: E402
+from wbc_nnabla.sites import adaptation
 from wbc_nnabla.errors import InputError  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -108,7 +109,7 @@ def test_adapt_with_stain_estimates_on_standardised_cells_and_predict_applies_it
     """``adapt --stain``: the statistics are those of the standardised cells, the model carries the
     standardisation (``framing.model_view``), and ``predict`` refuses a second one, or one after a
     plain ``adapt``; each refusal writes nothing."""
-    from wbc_nnabla import framing, stain
+    from wbc_nnabla.sites import framing, stain
     _, cells, recoloured = site
     ref = stain.reference(sorted(str(p) for p in cells.iterdir()))
     target = np.asarray(ref["lab"], np.float32)

@@ -1,9 +1,10 @@
 """Module boundaries of the package, read from the source with ``ast`` (nothing is imported).
 
 Every import of a package module counts, function-local ones included: no
-import cycle; scoring, reporting, the predictions file and the classes never
-reach nnabla; the predictions CSV has one reader. The tests themselves use
-only public names of the package.
+import cycle; the paper's core reaches the cross-lab wing (``sites``) only at its
+two declared seams; scoring, reporting, the predictions file, the classes and the
+settings never reach nnabla; the predictions CSV has one reader; no function over
+60 lines and no module over 600. The tests themselves use only public names of the package.
 """
 import ast
 import graphlib
@@ -12,8 +13,17 @@ from typing import Dict, Set
 
 PACKAGE = "wbc_nnabla"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
-#: Modules that must work without nnabla: they read predictions of any model or tool.
-NNABLA_FREE = ("scoring", "report", "predictions", "ensemble", "classes", "domain", "framing", "stain")
+#: Modules that must work without nnabla: they read predictions of any model or tool, or show settings.
+NNABLA_FREE = ("scoring", "report", "predictions", "ensemble", "classes", "settings", "recipe", "presets", "predictor",
+               "cli", "sites.domain", "sites.framing", "sites.stain", "sites.settings", "sites.seams")
+#: The wing, and the only core modules that may import it: each at its declared seam (module -> wing module).
+#: The command line and ``reproduce`` (the faces over the API) may import the wing freely.
+WING = f"{PACKAGE}.sites"
+SEAMS = {f"{PACKAGE}.predictor": f"{WING}.seams", f"{PACKAGE}.training": f"{WING}.seams"}
+FACES = (f"{PACKAGE}.cli", f"{PACKAGE}.pipeline")
+#: Size rules of the code's shape (../shared/DESIGN.md): small functions, modules of one job.
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 600
 
 
 def _module_name(path: Path) -> str:
@@ -63,18 +73,30 @@ def _external(node: ast.AST) -> Set[str]:
     return set()
 
 
-def _graph():
-    """``(edges, externals)``: package modules each module imports, and third-party top-level names."""
+def _graph(top_level: bool = False):
+    """``(edges, externals)``: package modules each module imports, and third-party top-level names
+    (``top_level``: only the imports run when the module is imported, not those inside functions)."""
     sources = _sources()
     known = set(sources)
     init = {_module_name(p) for p in ROOT.rglob("__init__.py")}
     edges, externals = {}, {}
     for module, tree in sources.items():
-        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        nodes = _module_level(tree) if top_level else ast.walk(tree)
+        imports = [n for n in nodes if isinstance(n, (ast.Import, ast.ImportFrom))]
         targets = set().union(*(_targets(n, module, module in init, known) for n in imports)) if imports else set()
         edges[module] = targets - {module}
         externals[module] = set().union(*(_external(n) for n in imports)) if imports else set()
     return edges, externals
+
+
+def _module_level(tree: ast.Module):
+    """The nodes of a module outside every function body (what runs when it is imported)."""
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo.extend(ast.iter_child_nodes(node))
 
 
 def _reach(edges, start: str) -> Dict[str, str]:
@@ -93,7 +115,7 @@ def _reach(edges, start: str) -> Dict[str, str]:
 def test_the_graph_sees_local_imports():
     edges, externals = _graph()
     assert f"{PACKAGE}.scoring" in edges[f"{PACKAGE}.report"]
-    assert f"{PACKAGE}.pipeline" in edges[f"{PACKAGE}.cli"]  # imported inside a function
+    assert f"{PACKAGE}.pipeline" in edges[f"{PACKAGE}.cli.run"]  # imported inside a function
     assert "nnabla" in externals[f"{PACKAGE}.training"]
 
 
@@ -112,7 +134,9 @@ def test_scoring_never_imports_report():
 
 
 def test_scoring_report_predictions_classes_never_import_nnabla():
-    edges, externals = _graph()
+    """At import time: a module-level import chain from these never loads nnabla (a function may import it
+    where it runs a network, as the predictor's nnabla backend does)."""
+    edges, externals = _graph(top_level=True)
     for name in NNABLA_FREE:
         assert f"{PACKAGE}.{name}" in edges, f"no module {PACKAGE}.{name}"
         for module, chain in _reach(edges, f"{PACKAGE}.{name}").items():
@@ -134,6 +158,8 @@ def test_every_error_class_of_the_package_is_a_wbc_error():
     from wbc_nnabla.errors import WBCError
     found = []
     for module in _sources():
+        if module.endswith("__main__"):         # runs the command line when imported
+            continue
         mod = importlib.import_module(module)
         for name, obj in vars(mod).items():
             if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module:
@@ -142,12 +168,42 @@ def test_every_error_class_of_the_package_is_a_wbc_error():
     assert len(found) >= 9
 
 
-def test_no_function_over_80_lines():
+def test_no_function_over_60_lines():
     too_long = [f"{module}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
                 for module, tree in _sources().items() for node in ast.walk(tree)
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                and node.end_lineno - node.lineno + 1 > 80]
+                and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not too_long, too_long
+
+
+def test_no_module_over_600_lines():
+    too_long = {p.relative_to(ROOT).as_posix(): n for p in sorted(ROOT.rglob("*.py"))
+                if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not too_long, too_long
+
+
+def _in_wing(module: str) -> bool:
+    return module == WING or module.startswith(WING + ".")
+
+
+def test_the_core_reaches_the_wing_only_at_its_seams():
+    """No core module imports ``sites`` but at a declared seam; a seam imports only the seam module."""
+    edges, _ = _graph()
+    assert set(SEAMS) <= set(edges) and set(SEAMS.values()) <= set(edges), "a seam module is missing"
+    crossings = {(m, t) for m, targets in edges.items() for t in targets
+                 if not _in_wing(m) and _in_wing(t) and not m.startswith(FACES)}
+    assert crossings == set(SEAMS.items()), sorted(crossings - set(SEAMS.items()))
+
+
+def test_a_paper_run_needs_no_wing_module_but_the_seams():
+    """From the training run and the predictor, the wing is reached only through the seam module, and the
+    seam reaches the wing's nnabla-free modules (the reference's reading is imported where it is used)."""
+    edges, _ = _graph()
+    for start in SEAMS:
+        for module, chain in _reach(edges, start).items():
+            if _in_wing(module):
+                assert module in (f"{WING}.seams", f"{WING}.domain", f"{WING}.framing", f"{WING}.stain",
+                                  f"{WING}.settings", f"{WING}.reference", WING), chain
 
 
 # ----------------------------------------------------------------------------- tests use the public API

@@ -6,7 +6,10 @@ import pandas as pd
 import pytest
 
 from wbc_nnabla import cli, fileio, pipeline
-from wbc_nnabla.recipe import PAPER, ROBUST_AUGMENTATION, Augmentation, TrainingError, recipe_augmentation
+from wbc_nnabla.recipe import PAPER, Augmentation, TrainingError, load_recipe, recipe_augmentation
+
+ROBUST_AUGMENTATION = {k: v for k, v in load_recipe('robust')['augmentation'].items()
+                       if v != load_recipe('paper')['augmentation'].get(k)}
 
 
 def test_recipes():

@@ -12,13 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wbc_nnabla import classes, cli, domain, fileio, framing, predictions, report, scoring
+from wbc_nnabla import classes, cli, fileio, predictions, report, scoring
+from wbc_nnabla.sites import domain, framing
 from wbc_nnabla.errors import WBCError
 
 nn = pytest.importorskip("nnabla")
 
-from wbc_nnabla import adaptation, domain_model, export, finetune, modelfile, predictor, training  # noqa: E402
-from wbc_nnabla.recipe import FinetuneConfig, TrainConfig  # noqa: E402
+from wbc_nnabla import export, modelfile, predictor, training  # noqa: E402
+from wbc_nnabla.sites import adaptation, reference as domain_model, finetune
+from wbc_nnabla.recipe import TrainConfig  # noqa: E402
+from wbc_nnabla.sites.settings import FinetuneConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

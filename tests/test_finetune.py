@@ -14,8 +14,9 @@ nn = pytest.importorskip("nnabla")
 
 from helpers import file_hashes  # noqa: E402
 
-from wbc_nnabla import cli, classes, fileio, finetune, modelfile, predictor  # noqa: E402
-from wbc_nnabla.recipe import FinetuneConfig  # noqa: E402
+from wbc_nnabla import cli, classes, fileio, modelfile, predictor  # noqa: E402
+from wbc_nnabla.sites import finetune
+from wbc_nnabla.sites.settings import FinetuneConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 
 from helpers import TINY_TRAIN, check_redrawn_and_seeded, file_hashes, function_names, nnp_text  # noqa: E402
-from wbc_nnabla import augmentation, fileio, models, training  # noqa: E402
+from wbc_nnabla import loader, augmentation, fileio, models, training  # noqa: E402
 from wbc_nnabla.recipe import Augmentation, TrainConfig, TrainingError  # noqa: E402
 
 SIDE = 32
@@ -118,7 +118,7 @@ def test_training_with_style_cells_records_them_and_exports_no_fourier_step(tiny
     rec = json.loads((out / "config.json").read_text())["config"]
     n = len(fileio.read_cells(styles))
     assert rec["augmentation"]["fourier"] == 0.5
-    assert rec["style_cells"]["n_cells"] == min(n, training.MAX_STYLE_CELLS) and rec["style_cells"]["half_band"] == B
+    assert rec["style_cells"]["n_cells"] == min(n, loader.MAX_STYLE_CELLS) and rec["style_cells"]["half_band"] == B
     nntxt = nnp_text(out / "model.nnp")
     assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in FOURIER_FUNCTIONS)
     # other style cells on resume: refused, the run is kept

@@ -6,8 +6,10 @@ known re-framing, and that ``adapt`` stores the site's zoom and ``predict`` appl
 import numpy as np
 import pytest
 
-from wbc_nnabla import fileio, framing, recipe, stain
+from wbc_nnabla import fileio, recipe
+from wbc_nnabla.sites import framing, stain
 from wbc_nnabla.errors import InputError
+from wbc_nnabla.sites import settings as site_settings
 
 
 def _field(bg=(200, 220, 180), fg=(90, 40, 120), side=96, radius=None) -> np.ndarray:
@@ -117,7 +119,7 @@ def test_reframe_fills_the_band_as_pad_says():
     slide-background colour; the crop itself sits unchanged in the middle each time."""
     img = _tight()
     inside = _cell_pixels(img)
-    out = {pad: framing.reframe(img, 2.0, pad) for pad in recipe.PADS}
+    out = {pad: framing.reframe(img, 2.0, pad) for pad in site_settings.PADS}
     for pad, wide in out.items():
         assert wide.shape == (120, 120, 3), pad
         np.testing.assert_array_equal(wide[30:90, 30:90], img, err_msg=pad)
@@ -184,7 +186,8 @@ def test_adapt_stores_the_site_zoom_and_predict_applies_it(tmp_path, tiny_model)
     """Site crops = demo cells viewed 1.5x wider: adapt measures zoom ~ 1/1.5 against the demo cells
     as training cells, stores it, and predict on the site crops then sees the training framing."""
     pytest.importorskip("nnabla")
-    from wbc_nnabla import adaptation, modelfile, predictor
+    from wbc_nnabla import modelfile, predictor
+    from wbc_nnabla.sites import adaptation
     demo = fileio.read_cells(fileio.demo_data())
     site = tmp_path / "site"
     site.mkdir()
@@ -196,13 +199,13 @@ def test_adapt_stores_the_site_zoom_and_predict_applies_it(tmp_path, tiny_model)
                                    train_cells=train_csv)
     zoom = modelfile.read_meta(tmp_path / "a.nnp")["zoom"]
     assert r["scale"]["zoom"] == zoom and 0.55 < zoom < 0.8, zoom
-    assert modelfile.read_meta(tmp_path / "a.nnp")["pad"] == recipe.DEFAULT_PAD
+    assert modelfile.read_meta(tmp_path / "a.nnp")["pad"] == site_settings.DEFAULT_PAD
     df = predictor.predict(tmp_path / "a.nnp", site, backend="nnabla", progress=False)
     assert df.attrs["zoom"] == zoom
     plain = adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "b.nnp", max_images=32,
                                        scale=False)
     assert plain["scale"] is None and modelfile.read_meta(tmp_path / "b.nnp")["zoom"] == 1.0
-    assert modelfile.read_meta(tmp_path / "b.nnp")["pad"] == recipe.LEGACY_PAD   # no scale: the model's own
+    assert modelfile.read_meta(tmp_path / "b.nnp")["pad"] == site_settings.LEGACY_PAD   # no scale: the model's own
     with pytest.raises(InputError, match="pad must be one of"):
         adaptation.adapt_batchnorm(tiny_model / "model.nnp", site, tmp_path / "c.nnp", max_images=32,
                                    train_cells=train_csv, pad="mirror")
@@ -214,7 +217,7 @@ def test_adapt_scale_on_cells_without_wbcs_is_refused_with_the_way_out(tmp_path,
     """A site whose crops show no WBC cannot give a scale: a clear error naming the cells and
     --no-scale, nothing written; with scale=False the statistics are still adapted."""
     pytest.importorskip("nnabla")
-    from wbc_nnabla import adaptation
+    from wbc_nnabla.sites import adaptation
     site = tmp_path / "blank"
     site.mkdir()
     for i in range(32):

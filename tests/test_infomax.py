@@ -12,8 +12,9 @@ nn = pytest.importorskip("nnabla")
 
 from helpers import file_hashes  # noqa: E402
 
-from wbc_nnabla import adaptation, cli, fileio, modelfile, predictions  # noqa: E402
-from wbc_nnabla.recipe import InfoMaxConfig  # noqa: E402
+from wbc_nnabla import cli, fileio, modelfile, predictions  # noqa: E402
+from wbc_nnabla.sites import adaptation, infomax
+from wbc_nnabla.sites.settings import InfoMaxConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ QUICK = InfoMaxConfig(iterations=3, batch_size=16)
 def _loss(logits: np.ndarray, shares: np.ndarray, weight: float = 1.0):
     with nn.parameter_scope("", {}):
         x = nn.Variable.from_numpy_array(logits.astype(np.float32))
-        loss, entropy, kl = adaptation.infomax_loss(x, shares, weight)
+        loss, entropy, kl = infomax.infomax_loss(x, shares, weight)
         nn.forward_all([loss, entropy, kl])
         return float(loss.d), float(entropy.d), float(kl.d)
 
@@ -55,11 +56,11 @@ def test_loss_limits():
 
 def test_prior_shares():
     names = ["Band", "Segment", "Eosinophil", "Basophil", "Mono", "Lymph"]
-    np.testing.assert_allclose(adaptation.prior_shares(names, "none"), np.full(6, 1 / 6))
-    normal = adaptation.prior_shares(names, "normal")
+    np.testing.assert_allclose(infomax.prior_shares(names, "none"), np.full(6, 1 / 6))
+    normal = infomax.prior_shares(names, "normal")
     want = np.array([predictions.NORMAL_DIFFERENTIAL[c] for c in names])
     np.testing.assert_allclose(normal, want / want.sum())
-    five = adaptation.prior_shares(["Neutrophil", "Lymph"], "Segment=3,Band=1,Lymph=4")
+    five = infomax.prior_shares(["Neutrophil", "Lymph"], "Segment=3,Band=1,Lymph=4")
     np.testing.assert_allclose(five, [0.5, 0.5])
 
 
@@ -81,7 +82,7 @@ def tuned(site):
     root, model, cells = site
     before = file_hashes(model, cells)
     global_before = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
-    r = adaptation.infomax(model, cells, root / "out" / "im.nnp", QUICK, progress=False)
+    r = infomax.infomax(model, cells, root / "out" / "im.nnp", QUICK, progress=False)
     assert file_hashes(model, cells) == before                      # sources only read
     after = nn.get_parameters(grad_only=False)                       # nnabla's global parameters untouched
     assert set(after) == set(global_before) and all(np.array_equal(after[k].d, global_before[k]) for k in after)
@@ -119,7 +120,7 @@ def test_metadata_records_the_run(site, tuned):
 def test_same_seed_same_model(site, tuned, tmp_path):
     root, model, cells = site
     out, _ = tuned
-    adaptation.infomax(model, cells, tmp_path / "again.nnp", QUICK, progress=False)
+    infomax.infomax(model, cells, tmp_path / "again.nnp", QUICK, progress=False)
     a, b = modelfile.load_parameters(out), modelfile.load_parameters(tmp_path / "again.nnp")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -128,7 +129,7 @@ def test_groupnorm_model_trains_without_statistics(site, tiny_gn_model, tmp_path
     _, _, cells = site
     gn = tmp_path / "gn.nnp"
     gn.write_bytes((tiny_gn_model / "model.nnp").read_bytes())
-    adaptation.infomax(gn, cells, tmp_path / "out.nnp", QUICK, progress=False)
+    infomax.infomax(gn, cells, tmp_path / "out.nnp", QUICK, progress=False)
     a, b = modelfile.load_parameters(gn), modelfile.load_parameters(tmp_path / "out.nnp")
     assert a["fc/affine/W"].tobytes() == b["fc/affine/W"].tobytes()
     assert not np.array_equal(a["conv1/conv/W"], b["conv1/conv/W"])
@@ -183,7 +184,7 @@ def test_another_class_set_takes_its_share_of_the_prior(site, tiny_model, tmp_pa
     """A Lymph/Mono model learns towards the normal differential's Lymph : Mono = 0.30 : 0.06."""
     _, _, cells = site
     two = _two_class_model(tiny_model, tmp_path / "two.nnp", ["Lymph", "Mono"])
-    adaptation.infomax(two, cells, tmp_path / "out.nnp", QUICK, progress=False)
+    infomax.infomax(two, cells, tmp_path / "out.nnp", QUICK, progress=False)
     shares = modelfile.read_meta(tmp_path / "out.nnp")["infomax"]["prior_shares"]
     assert shares == pytest.approx({"Lymph": 0.3 / 0.36, "Mono": 0.06 / 0.36}, abs=1e-4)
 

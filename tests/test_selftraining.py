@@ -8,8 +8,9 @@ written.
 import numpy as np
 import pytest
 
-from wbc_nnabla import classes, selftraining
-from wbc_nnabla.recipe import SelfTrainConfig
+from wbc_nnabla import classes
+from wbc_nnabla.sites import selftraining
+from wbc_nnabla.sites.settings import SelfTrainConfig
 
 
 def _probs(rows):

@@ -47,14 +47,15 @@ def _nothing_written(tmp_path, call):
 
 def test_library_functions_refuse_a_bad_seed_before_writing(tmp_path):
     pytest.importorskip("nnabla")                   # the model stages import it
-    from wbc_nnabla import adaptation, datasets, domain_model, finetune, selftraining
-    from wbc_nnabla.recipe import FinetuneConfig, InfoMaxConfig, SelfTrainConfig
+    from wbc_nnabla import datasets
+    from wbc_nnabla.sites import adaptation, infomax, reference as domain_model, finetune, selftraining
+    from wbc_nnabla.sites.settings import FinetuneConfig, InfoMaxConfig, SelfTrainConfig
     cells = sampling.__file__                       # never read: the seed is checked first
     model = tmp_path / "model.nnp"
     _nothing_written(tmp_path, lambda: datasets.build_dataset(fileio.demo_data(), tmp_path / "ds", background="keep",
                                                               size=32, seed=-1, progress=False))
     _nothing_written(tmp_path, lambda: adaptation.adapt_batchnorm(model, cells, tmp_path / "a.nnp", seed=-1))
-    _nothing_written(tmp_path, lambda: adaptation.infomax(model, cells, tmp_path / "i.nnp",
+    _nothing_written(tmp_path, lambda: infomax.infomax(model, cells, tmp_path / "i.nnp",
                                                           config=InfoMaxConfig(seed=-1)))
     _nothing_written(tmp_path, lambda: finetune.finetune(model, cells, tmp_path / "f.nnp",
                                                          config=FinetuneConfig(seed=-1)))
@@ -107,11 +108,12 @@ def test_training_setting_out_of_range_is_refused_by_name(field, value):
 
 def test_site_steps_and_sizes_are_refused_before_reading(tmp_path):
     pytest.importorskip("nnabla")
-    from wbc_nnabla import adaptation, finetune, modelfile, predictor, selftraining
-    from wbc_nnabla.recipe import FinetuneConfig, InfoMaxConfig, SelfTrainConfig
+    from wbc_nnabla import modelfile, predictor
+    from wbc_nnabla.sites import finetune, infomax, selftraining
+    from wbc_nnabla.sites.settings import FinetuneConfig, InfoMaxConfig, SelfTrainConfig
     model, cells = tmp_path / "model.nnp", tmp_path / "cells"          # neither exists: never read
     for call in (lambda: finetune.finetune(model, cells, tmp_path / "f.nnp", config=FinetuneConfig(alpha=-1e-4)),
-                 lambda: adaptation.infomax(model, cells, tmp_path / "i.nnp", config=InfoMaxConfig(final_lr=0.0)),
+                 lambda: infomax.infomax(model, cells, tmp_path / "i.nnp", config=InfoMaxConfig(final_lr=0.0)),
                  lambda: selftraining.self_train(model, cells, tmp_path / "s.nnp",
                                                  config=SelfTrainConfig(alpha=math.nan))):
         with pytest.raises(WBCError, match=r"^(alpha|final_lr) must be a finite number > 0"):

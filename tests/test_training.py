@@ -549,7 +549,8 @@ def test_ibn_trains_predicts_and_adapts_only_its_batchnorm_half(tiny, tmp_path):
     leaves the instance-normalisation scale and shift alone."""
     from helpers import tiny_model
 
-    from wbc_nnabla import adaptation, gradcam, predictor
+    from wbc_nnabla import gradcam, predictor
+    from wbc_nnabla.sites import adaptation
     run = tiny_model(tiny, tmp_path / "ibn", norm="ibn")
     s = json.loads((run / "config.json").read_text())
     params, meta = modelfile.read_model(run / "model.nnp")

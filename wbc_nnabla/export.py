@@ -40,7 +40,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .errors import InputError, PathLike
-from .modelfile import ModelError, file_sha256, read_model
+from .modelfile import ModelDescription, ModelError, describe, file_sha256, read_model
 
 ONNX_META_KEY = "wbc_nnabla"
 
@@ -173,12 +173,13 @@ class _Graph:
         return self.node("Relu", [self.node("Add", [h, short], "add")], "relu")
 
 
-def build_onnx(params: dict, meta: dict, opset: int = 13):
+def build_onnx(params: dict, meta: ModelDescription, opset: int = 13):
     """The ``onnx.ModelProto`` of a ResNet of models.py (same graph as the ``.nnp``'s "inference").
 
     params: ``{name: ndarray}`` as from :func:`wbc_nnabla.modelfile.read_model`.
     meta: its description (``arch``, ``num_classes``, ``norm``: ``batch`` when absent).
     """
+    meta = describe(meta)
     from onnx import TensorProto, helper
 
     from . import models
@@ -186,20 +187,20 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
     if not 13 <= opset <= onnx_opset_version():
         raise InputError(f"opset {opset}: at least 13 is needed (Softmax over one axis), and the installed onnx "
                          f"knows opsets up to {onnx_opset_version()}")
-    g = _Graph(params, models.BN_EPS, meta.get("norm") or "batch", models.GN_GROUPS, models.GN_EPS)
+    g = _Graph(params, models.BN_EPS, meta.norm, models.GN_GROUPS, models.GN_EPS)
     h = g.node("Mul", ["x", g.const("preprocess/scale", params["preprocess/scale"])], "scale")
     h = g.node("Add", [h, g.const("preprocess/bias", params["preprocess/bias"])], "bias")
     h = g.conv_bn(h, models.STEM, True)
     h = g.node("MaxPool", [h], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    for block in models.stages(meta["arch"]):
+    for block in models.stages(meta.arch):
         h = g.block(h, block)
     h = g.node("GlobalAveragePool", [h], "gap")
     h = g.node("Flatten", [h], "flatten", axis=1)
     h = g.node("Gemm", [h, g.const("fc/W", params["fc/affine/W"]), g.const("fc/b", params["fc/affine/b"])], "fc")
     g.nodes.append(helper.make_node("Softmax", [h], ["y"], name="softmax", axis=1))
-    n = int(meta["num_classes"])
+    n = meta.num_classes
     graph = helper.make_graph(
-        g.nodes, f"wbc_nnabla_{meta['arch']}",
+        g.nodes, f"wbc_nnabla_{meta.arch}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
@@ -211,10 +212,10 @@ def build_onnx(params: dict, meta: dict, opset: int = 13):
     onnx_meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, list, dict))}
     helper.set_model_props(model, {
         ONNX_META_KEY: json.dumps(onnx_meta),
-        "class_names": json.dumps(list(meta["class_names"])),
-        "input_size": str(int(meta["input_size"])) if meta.get("input_size") else "",   # "": not stored
-        "arch": meta["arch"],
-        "norm": meta.get("norm") or "batch",
+        "class_names": json.dumps(meta.class_names),
+        "input_size": str(meta.input_size) if meta.input_size else "",   # "": not stored
+        "arch": meta.arch,
+        "norm": meta.norm,
     })
     return model
 
@@ -233,7 +234,7 @@ def export_onnx(model_path: PathLike, onnx_path: PathLike, opset: int = 13, over
     from .outputs import atomic_path, check_output
     check_output(onnx_path, "export", overwrite, [model_path], folder=False)
     params, meta = read_model(model_path)
-    meta = dict(meta, source_sha256=file_sha256(model_path), source=Path(model_path).name)
+    meta = ModelDescription(dict(meta, source_sha256=file_sha256(model_path), source=Path(model_path).name))
     model = build_onnx(params, meta, opset)
     onnx.checker.check_model(model, full_check=True)
     out = Path(onnx_path)
@@ -242,7 +243,7 @@ def export_onnx(model_path: PathLike, onnx_path: PathLike, opset: int = 13, over
     return out
 
 
-def read_onnx_meta(path: PathLike) -> dict:
+def read_onnx_meta(path: PathLike) -> ModelDescription:
     """The wbc_nnabla description stored in an exported ONNX (``class_names``, ``input_size``, ``arch``).
 
     Raises :class:`ModelError` when the file is not ONNX or was not exported by
@@ -267,7 +268,7 @@ def read_onnx_meta(path: PathLike) -> dict:
     outputs = [o.name for o in model.graph.output]
     if inputs[:1] != ["x"] or outputs != ["y"]:
         raise ModelError(f"{p}: expected input 'x' and output 'y', found {inputs} -> {outputs}")
-    return meta
+    return ModelDescription(meta)
 
 
 # ----------------------------------------------------------------------------- cache

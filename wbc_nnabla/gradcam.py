@@ -94,9 +94,9 @@ class GradCAM:
         self.path = Path(model)
         params, meta = read_model(self.path)
         self.meta = meta
-        self.arch = meta["arch"]
-        self.num_classes = int(meta["num_classes"])
-        self.class_names: Tuple[str, ...] = tuple(meta["class_names"])
+        self.arch = meta.arch
+        self.num_classes = meta.num_classes
+        self.class_names: Tuple[str, ...] = tuple(meta.class_names)
         self.size = network_size(meta, size, self.path)
         if batch_size < 1:
             raise InputError(f"batch_size {batch_size}: expected >= 1")
@@ -152,7 +152,7 @@ class GradCAM:
             with nn.parameter_scope("", self._scope), nn.no_grad():
                 x = nn.Variable(models.input_shape(n, self.size))
                 logits, feats = models.resnet_features(x, self.arch, self.num_classes, test=True,
-                                                       norm=self.meta["norm"])
+                                                       norm=self.meta.norm)
             # Gradients are wanted at the layer4 output only: backward starts at
             # the logits and stops here (parameters and x do not need gradients).
             feats.need_grad = True

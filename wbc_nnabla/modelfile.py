@@ -20,6 +20,8 @@ model's description through this module and must run where nnabla is not loaded.
 """
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,6 +48,57 @@ class ModelError(WBCError, ValueError):
     """A model file that is missing, unreadable or not a supported network."""
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelDescription(collections.abc.Mapping):
+    """What a model file says of itself, read once (:func:`read_model`, :func:`wbc_nnabla.export.read_onnx_meta`).
+
+    Typed attributes for what the core reads: ``arch``, ``norm`` (``batch``, ``group``, ``ibn``),
+    ``class_names``, ``num_classes``, ``input_size`` (pixels; None when the file stores none),
+    ``calibration`` (the validation cells stored at export). Every stored key, those the cross-lab
+    wing writes included (``zoom``, ``pad``, ``stain``, ``adaptation``, ``domain_reference``...),
+    through the read-only ``Mapping`` interface, as written in the file's ``wbc_nnabla.json``.
+    """
+    stored: collections.abc.Mapping
+
+    @property
+    def arch(self) -> str:
+        return self.stored["arch"]
+
+    @property
+    def norm(self) -> str:
+        return self.stored.get("norm") or "batch"
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.stored["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.stored["num_classes"])
+
+    @property
+    def input_size(self) -> Optional[int]:
+        return int(self.stored["input_size"]) if self.stored.get("input_size") else None
+
+    @property
+    def calibration(self) -> Optional[dict]:
+        return self.stored.get(predictions.CALIBRATION_KEY)
+
+    def __getitem__(self, key):
+        return self.stored[key]
+
+    def __iter__(self):
+        return iter(self.stored)
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+
+def describe(meta: collections.abc.Mapping) -> ModelDescription:
+    """``meta`` as a :class:`ModelDescription` (itself when it is one already)."""
+    return meta if isinstance(meta, ModelDescription) else ModelDescription(dict(meta))
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -57,62 +110,9 @@ def model_meta(arch: str, class_names: Sequence[str], size: int, norm: str = "ba
                 num_classes=len(class_names), input_size=int(size), wbc_nnabla=__version__, **extra)
 
 
-#: Description keys that hold only for the exact weights they were measured with: a model whose
-#: weights are tuned (``finetune``, ``infomax``, ``self-train``) is written without them. ``adapt``
-#: keeps them: it re-estimates BatchNorm statistics only, and the judgement-pending cut-off of the
-#: calibration cells was measured to carry across that (docs/research/cross_site_log.md).
-WEIGHT_BOUND_KEYS = (predictions.CALIBRATION_KEY,)
-
-
-def derived_meta(meta: dict, size: int, key: str, record: dict, tuned: bool = False) -> dict:
-    """The description of a model derived from ``meta``'s (adapted, fine-tuned): the same, with
-    ``input_size`` = ``size`` and ``record`` under ``key``; an earlier record under ``key`` is kept
-    as ``record['previous']`` (a model adapted twice keeps its history). ``tuned``: the weights
-    changed, so :data:`WEIGHT_BOUND_KEYS` are dropped."""
-    base = ("format", "arch", "class_names", "num_classes", "input_size", "wbc_nnabla", "assumed", key)
-    base += WEIGHT_BOUND_KEYS if tuned else ()
-    extra = {k: v for k, v in meta.items() if k not in base}
-    if meta.get(key):
-        record = dict(record, previous=meta[key])
-    return model_meta(meta["arch"], meta["class_names"], size, **extra, **{key: record})
-
-
 def paths_sha256(paths) -> str:
     """SHA-256 of the sorted paths, one per line (identifies a cell set, whatever its order)."""
     return hashlib.sha256("\n".join(sorted(str(p) for p in paths)).encode("utf-8")).hexdigest()
-
-
-def check_derived_output(model: Path, cells: Path, out: Path, overwrite: bool, command: str, verb: str,
-                         error: type) -> None:
-    """Refuse (``error``) the output of a command that derives a model from ``model`` and ``cells``
-    (``adapt``, ``finetune``): no ``.nnp``, the model itself, inside the cells folder, or an existing
-    file without ``overwrite`` (:func:`wbc_nnabla.outputs.check_output`). ``verb``: "adapted", "fine-tuned"."""
-    if out.suffix.lower() != ".nnp":
-        raise error(f"{out}: the {verb} model must be written as a .nnp")
-    if out.resolve() == model.resolve():
-        raise error(f"{out}: is the model itself; write the {verb} model to another file "
-                    f"(the input model is never replaced)")
-    if cells.is_dir():
-        outputs.check_not_inside(out, [cells])
-    try:
-        outputs.check_output(out, command, overwrite, [model, cells], folder=False)
-    except FileExistsError as e:
-        raise error(str(e)) from None
-
-
-def read_for_derived(model: Path, cells: Path, out: Path, overwrite: bool, command: str, verb: str, error: type,
-                     size: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], dict, int]:
-    """(parameters, description, input side in px) of ``model`` for a command deriving ``out`` from it.
-
-    :func:`check_derived_output` first, then :func:`read_model` and :func:`network_size`
-    (``size``: the caller's, or None for the model's); a missing size is raised as ``error``.
-    """
-    check_derived_output(model, cells, out, overwrite, command, verb, error)
-    params, meta = read_model(model)
-    try:
-        return params, meta, network_size(meta, size, model)
-    except ModelError as e:
-        raise error(str(e)) from None
 
 
 def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
@@ -212,10 +212,10 @@ def _read_file(p: Path) -> Tuple[Dict[str, np.ndarray], dict]:
     return params, meta
 
 
-def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
+def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], ModelDescription]:
     """Parameters and description of a ``.nnp`` or ``.h5`` model file.
 
-    Returns ``(params, meta)`` with ``meta`` holding at least ``arch``, ``norm``,
+    Returns ``(params, meta)`` with ``meta`` (a :class:`ModelDescription`) holding at least ``arch``, ``norm``,
     ``class_names``, ``num_classes`` and ``input_size`` (pixels). For a plain
     nnabla ``.nnp`` or an ``.h5`` parameter file (no stored description) the
     arch and the normalisation (BatchNorm ``*/bn/*`` or GroupNorm
@@ -261,10 +261,10 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], dict]:
     if assumed:
         meta["assumed"] = assumed
     _check_shapes(p, params, expected_shapes(arch, num_classes, norm))
-    return params, meta
+    return params, ModelDescription(meta)
 
 
-def network_size(meta: dict, size: Optional[int], path: PathLike) -> int:
+def network_size(meta: collections.abc.Mapping, size: Optional[int], path: PathLike) -> int:
     """The side (pixels) cells are resized to for the model ``meta`` describes: ``size``, else its stored size.
 
     meta: a description from :func:`read_model` (``input_size`` None when the file stores none).

@@ -199,14 +199,14 @@ def _predict_stage(run: Run, tag: str, model: Path) -> Path:
         with run.recording(stage, made_from):
             if run.cfg.adapt:
                 model = _adapt(model, cells, run.out / stage.outputs[1], run.cfg)
-            df = infer.predict(model, cells, size=run.cfg.infer_size, batch_size=run.cfg.batch_size,
-                               backend=run.cfg.backend, expected_classes=classes.CLASSES6, progress=run.progress,
-                               tta=run.cfg.tta)
+            result = infer.predict_run(model, cells, size=run.cfg.infer_size, batch_size=run.cfg.batch_size,
+                                       backend=run.cfg.backend, expected_classes=classes.CLASSES6,
+                                       progress=run.progress, tta=run.cfg.tta)
             # the CSV and its run JSON (as `wbc-nnabla predict` writes them, so `score --pending-threshold
             # model` reads the model's calibration cells); an earlier CSV here is this stage's own, left by
             # a run stopped before its record was finished (is_complete checked the record)
-            predictions.write_predictions(df, path, overwrite=True,
-                                          config=infer.run_config(df, model, cells))
+            predictions.write_predictions(result.table, path, overwrite=True,
+                                          config=infer.run_config(result, model, cells))
     return path
 
 

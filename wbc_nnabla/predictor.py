@@ -24,6 +24,7 @@ the network arithmetic differs between them:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import sys
@@ -126,7 +127,7 @@ class Backend:
 
     @property
     def class_names(self) -> List[str]:
-        return list(self.meta["class_names"])
+        return self.meta.class_names
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != 3:
@@ -403,6 +404,47 @@ def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]],
                          f"{', '.join(expected)}; predictions of one class set cannot fill another's schema")
 
 
+@dataclasses.dataclass
+class PredictRun:
+    """What one predict run was (the run JSON beside the predictions CSV, :func:`run_config`).
+
+    backend, size (px), train_size (px; None when the model stores none), batch_size, seconds, arch,
+    norm (``batch``/``group``/``ibn``), skipped (reasons of the images left out), stain, zoom (the site
+    view ``adapt`` stored), prior (``none``, the shares, or ``estimate``), tta, calibration (the model's
+    validation cells, for ``score --pending-threshold model``), prior_estimated (``--prior estimate``:
+    per smear, the shares, cells and iterations), domain (the domain-shift check's summary).
+    """
+    backend: str
+    size: int
+    train_size: Optional[int]
+    batch_size: int
+    seconds: float
+    arch: str
+    norm: str
+    skipped: List[str]
+    stain: str
+    zoom: float
+    prior: object
+    tta: bool
+    calibration: Optional[dict]
+    prior_estimated: Optional[dict] = None
+    domain: Optional[dict] = None
+
+    def to_dict(self) -> dict:
+        """The record as the run JSON holds it (``calibration`` under its key; ``prior_estimated`` only when set)."""
+        out = dataclasses.asdict(self)
+        out[CALIBRATION_KEY] = out.pop("calibration")
+        if out["prior_estimated"] is None:
+            del out["prior_estimated"]
+        if out["domain"] is None:
+            del out["domain"]
+        return out
+
+
+Prediction = collections.namedtuple("Prediction", "table run")
+Prediction.__doc__ = """What :func:`predict_run` returns: ``table`` (the predictions table) and ``run`` (:class:`PredictRun`)."""
+
+
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
             progress: bool = True, skip_bad: bool = False, stain: str = "none",
@@ -434,12 +476,21 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         (:func:`wbc_nnabla.predictions.apply_smear_priors`; at least 50 cells per smear).
     tta: test-time augmentation, the mean probability over the eight turned and mirrored views of
         each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
-    Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
-    ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
-    none), ``batch_size``, ``seconds``, ``arch``, ``norm`` (``batch``/``group``), ``skipped``, ``stain``, ``zoom``,
-    ``prior``, ``prior_estimated`` (``--prior estimate``: per smear, the shares, cells and
-    iterations) and ``tta``.
+    Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`) with the run's
+    record (:class:`PredictRun`, :meth:`PredictRun.to_dict`) in ``df.attrs``; :func:`predict_run` returns
+    the two apart, typed.
     """
+    table, run = predict_run(model, cells, size, batch_size, backend, expected_classes, threads, progress, skip_bad,
+                             stain, stain_reference, prior, tta)
+    table.attrs.update(run.to_dict())
+    return table
+
+
+def predict_run(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
+                expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
+                progress: bool = True, skip_bad: bool = False, stain: str = "none",
+                stain_reference: Optional[dict] = None, prior=None, tta: bool = False) -> Prediction:
+    """:func:`predict`, returning the predictions table and its :class:`PredictRun` apart (section III)."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
@@ -450,33 +501,35 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     hooks = seams.prediction_hooks(engine.meta, str(engine.model_path), stain, stain_reference)
     size, train_size = _input_size(engine, size)
     log.info("predicting %d cells at %dx%d with backend %s (%s)", len(table), size, size, engine.name,
-             engine.meta.get("arch"))
+             engine.meta.arch)
     t0 = time.perf_counter()
     probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, hooks.view, tta,
                                     hooks.observe)
     cells_kept = table[keep].reset_index(drop=True)
-    estimated = None
-    if shares:
-        probs = apply_prior(probs, prior_weights(engine.class_names, shares))
-    elif estimate:
-        probs, estimated = apply_smear_priors(probs, cells_kept["smear"], engine.class_names)
-        for smear, est in estimated.items():
-            if est["collapsed"]:
-                log.warning("--prior estimate: smear %s: the estimated share of %s is below %g, so its cells "
-                            "will hardly ever be called that; the model's probabilities may be miscalibrated "
-                            "on these cells (docs/inference.md)", smear, ", ".join(est["collapsed"]),
-                            PRIOR_COLLAPSED)
+    probs, estimated = _with_prior(probs, cells_kept["smear"], engine.class_names, shares, estimate)
     out = predictions_table(cells_kept, probs, engine.class_names)
-    out.attrs.update(backend=engine.name, size=size, train_size=train_size, batch_size=batch_size,
-                     seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
-                     norm=engine.meta.get("norm") or "batch", skipped=skipped,
-                     stain=stain, zoom=float(engine.meta.get("zoom", 1.0)),
-                     prior=PRIOR_ESTIMATE if estimate else (shares or "none"), tta=bool(tta))
-    # the model's calibration cells go into the run JSON, for `score --pending-threshold model`
-    out.attrs[CALIBRATION_KEY] = engine.meta.get(CALIBRATION_KEY)
-    if estimated is not None:
-        out.attrs["prior_estimated"] = estimated
-    return hooks.finish(out)
+    run = PredictRun(engine.name, size, train_size, batch_size, time.perf_counter() - t0, engine.meta.arch,
+                     engine.meta.norm, skipped, stain, float(engine.meta.get("zoom", 1.0)),
+                     PRIOR_ESTIMATE if estimate else (shares or "none"), bool(tta), engine.meta.calibration,
+                     estimated)
+    out, run.domain = hooks.finish(out)
+    return Prediction(out, run)
+
+
+def _with_prior(probs: np.ndarray, smears: pd.Series, class_names: Sequence[str], shares, estimate: bool
+                ) -> Tuple[np.ndarray, Optional[dict]]:
+    """(probabilities ``(N, C)`` corrected to the prior, the per-smear estimates of ``--prior estimate`` or None)."""
+    if shares:
+        return apply_prior(probs, prior_weights(class_names, shares)), None
+    if not estimate:
+        return probs, None
+    probs, estimated = apply_smear_priors(probs, smears, class_names)
+    for smear, est in estimated.items():
+        if est["collapsed"]:
+            log.warning("--prior estimate: smear %s: the estimated share of %s is below %g, so its cells "
+                        "will hardly ever be called that; the model's probabilities may be miscalibrated "
+                        "on these cells (docs/inference.md)", smear, ", ".join(est["collapsed"]), PRIOR_COLLAPSED)
+    return probs, estimated
 
 
 def cell_view(meta: dict) -> Optional[Callable]:
@@ -488,7 +541,7 @@ def cell_view(meta: dict) -> Optional[Callable]:
 
 def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int]]:
     """(inference size, training size or None): a model that stores no size needs ``size``."""
-    train_size = int(engine.meta["input_size"]) if engine.meta.get("input_size") else None
+    train_size = engine.meta.input_size
     size = network_size(engine.meta, size, engine.model_path)
     if train_size and size != train_size:
         log.warning("inferring at %d px with a model trained at %d px: cells look %.2fx their training "
@@ -496,15 +549,16 @@ def _input_size(engine: Backend, size: Optional[int]) -> Tuple[int, Optional[int
     return size, train_size
 
 
-def run_config(df: pd.DataFrame, model: PathLike, cells, batch_size: Optional[int] = None) -> dict:
-    """The effective configuration of a predict run (saved beside the CSV by the CLI): ``df.attrs``
-    plus the model, the cells and the machine. ``batch_size``: default the one :func:`predict` recorded."""
-    attrs = dict(df.attrs)
+def run_config(result, model: PathLike, cells, batch_size: Optional[int] = None) -> dict:
+    """The effective configuration of a predict run (saved beside the CSV by the CLI): the run's record
+    (a :class:`Prediction`, or a table :func:`predict` returned, whose ``attrs`` hold it) plus the model,
+    the cells and the machine. ``batch_size``: default the one the run recorded."""
+    table, attrs = (result.table, result.run.to_dict()) if isinstance(result, Prediction) else (result, dict(result.attrs))
     attrs["batch_size"] = attrs.get("batch_size") if batch_size is None else batch_size
-    return dict(stage="predict", model=str(model), cells=str(cells), n_cells=len(df),
+    return dict(stage="predict", model=str(model), cells=str(cells), n_cells=len(table),
                 environment=outputs.environment(), **attrs)
 
 
 __all__ = ["BACKENDS", "Backend", "ModelError", "NnablaBackend", "OnnxRuntimeBackend", "OpenCVBackend",
-           "TTA_VIEWS", "available_backends", "cell_view", "check_classes", "dihedral_view", "load_backend",
-           "predict", "preprocess", "read_inputs", "run_views"]
+           "TTA_VIEWS", "PredictRun", "Prediction", "available_backends", "cell_view", "check_classes",
+           "dihedral_view", "load_backend", "predict", "predict_run", "preprocess", "read_inputs", "run_views"]

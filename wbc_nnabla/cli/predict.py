@@ -32,26 +32,27 @@ def _cmd_predict(args) -> int:
         outputs.check_output(target, "predict", args.overwrite, inputs, folder=False)
     engine = predictor.load_backend(args.model, args.backend, args.threads)
     how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
-    print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}"
-          f"{' with GroupNorm' if engine.meta.get('norm') == 'group' else ''}, "
+    print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta.arch}"
+          f"{' with GroupNorm' if engine.meta.norm == 'group' else ''}, "
           f"classes {', '.join(engine.class_names)}, trained at "
-          f"{str(engine.meta['input_size']) + ' px' if engine.meta.get('input_size') else 'an unstored size'})")
-    df = predictor.predict(engine, args.cells, size=args.size, batch_size=args.batch_size,
-                           expected_classes=_expected_classes(args.classes), progress=not args.no_progress,
-                           skip_bad=args.skip_bad, stain=args.stain,
-                           stain_reference=stain_reference(args.stain, args.stain_reference), prior=args.prior,
-                           tta=args.tta)
-    predictions.write_predictions(df, out, config=predictor.run_config(df, args.model, args.cells),
+          f"{str(engine.meta.input_size) + ' px' if engine.meta.input_size else 'an unstored size'})")
+    result = predictor.predict_run(engine, args.cells, size=args.size, batch_size=args.batch_size,
+                                    expected_classes=_expected_classes(args.classes), progress=not args.no_progress,
+                                    skip_bad=args.skip_bad, stain=args.stain,
+                                    stain_reference=stain_reference(args.stain, args.stain_reference),
+                                    prior=args.prior, tta=args.tta)
+    df, run = result
+    predictions.write_predictions(df, out, config=predictor.run_config(result, args.model, args.cells),
                                   overwrite=args.overwrite, inputs=inputs)
-    rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
-    print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
+    rate = len(df) / run.seconds if run.seconds > 0 else float("nan")
+    print(f"{len(df)} cells at {run.size} px in {run.seconds:.1f} s ({rate:.1f} cells/s) "
           f"-> {out} (+ {out.with_suffix('.json').name})")
-    for why in df.attrs.get("skipped", ()):
+    for why in run.skipped:
         print(f"skipped: {why}")
-    for smear, est in list(df.attrs.get("prior_estimated", {}).items())[:3]:
+    for smear, est in list((run.prior_estimated or {}).items())[:3]:
         print(f"estimated prior of smear {smear} ({est['cells']} cells): "
               + ", ".join(f"{c} {v:.3f}" for c, v in est["shares"].items()))
-    print(domain_line(df.attrs.get("domain", {})))
+    print(domain_line(run.domain or {}))
     return 0
 
 
@@ -59,10 +60,10 @@ def _cmd_export(args) -> int:
     from ..export import export_onnx, read_onnx_meta
     path = export_onnx(args.model, args.onnx, opset=args.opset, overwrite=args.overwrite)
     meta = read_onnx_meta(path)
-    print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta['arch']}"
-          f"{' with GroupNorm' if meta.get('norm') == 'group' else ''}, input x (N,3,H,W) RGB [0,1], "
-          f"output y softmax over {', '.join(meta['class_names'])}; trained at "
-          f"{str(meta['input_size']) + ' px' if meta.get('input_size') else 'an unstored size'})")
+    print(f"{args.model} -> {path} (ONNX opset {args.opset}, {meta.arch}"
+          f"{' with GroupNorm' if meta.norm == 'group' else ''}, input x (N,3,H,W) RGB [0,1], "
+          f"output y softmax over {', '.join(meta.class_names)}; trained at "
+          f"{str(meta.input_size) + ' px' if meta.input_size else 'an unstored size'})")
     return 0
 
 

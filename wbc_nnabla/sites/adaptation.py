@@ -22,7 +22,7 @@ import dataclasses
 import datetime
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
@@ -31,15 +31,16 @@ import numpy as np
 from .. import engine, fileio, modelfile, sampling
 from ..errors import InputError, WBCError
 from ..loader import ImageLoader
-from . import framing
+from . import derived, framing
 from .stain import standardiser
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
+from .derived import SiteError
 from .settings import ADABN_BATCH, DEFAULT_PAD, LEGACY_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
-class AdaptationError(WBCError, ValueError):
+class AdaptationError(SiteError):
     """Adaptation refused: too few cells, nothing to adapt, or an output that would lose a file."""
 
 
@@ -126,6 +127,41 @@ def _cells_needed(batch_size: int, max_images: int, min_images: int) -> int:
     return need
 
 
+def _check_batchnorm(model: Path, meta, params: Dict[str, np.ndarray]) -> None:
+    """Refuse (:class:`AdaptationError`) a model with no BatchNorm running statistics to adapt."""
+    if meta.get("norm") == "group":
+        raise AdaptationError(f"{model}: is a GroupNorm model (--norm group): it has no BatchNorm running "
+                              f"statistics, so AdaBN has nothing to adapt (GroupNorm normalises each cell "
+                              f"by its own statistics already); use the model as it is")
+    if not bn_statistics(params):
+        raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
+
+
+def _whole_batches(loader: ImageLoader, cells: Path, n_listed: int, max_images: int, seed: int, skip_bad: bool,
+                   batch_size: int, need: int) -> Tuple[np.ndarray, List[str]]:
+    """(rows of readable cells in whole batches, reasons of the skipped ones); :class:`AdaptationError` under ``need``."""
+    readable, skipped = draw_cells(loader, max_images, seed, skip_bad)
+    rows = readable[:len(readable) // batch_size * batch_size]          # whole batches only
+    if len(rows) < need:
+        hint = "lower --batch-size" if batch_size > len(readable) else \
+            "batch statistics of a handful of cells are noise"
+        raise AdaptationError(f"{cells}: {len(readable)} readable cells ({n_listed} listed, {len(skipped)} "
+                              f"unreadable) give {len(rows)} in whole batches of {batch_size}; AdaBN needs at "
+                              f"least {need}: {hint}")
+    return rows, skipped
+
+
+def _view(meta, scaling: Optional[dict], pad: Optional[str], colour: Optional[Callable]
+          ) -> Tuple[float, str, Optional[Callable]]:
+    """(zoom, pad, per-crop view) of the adapted model: the measured scale's zoom (else the model's own),
+    the padding (:data:`DEFAULT_PAD` when the scale is measured, else the model's), then ``colour``."""
+    zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))
+    if pad is None:
+        pad = DEFAULT_PAD if scaling else meta.get("pad", LEGACY_PAD)
+    framing.check_pad(pad)             # before any estimate: with zoom 1 reframe never sees it
+    return zoom, pad, framing.then(None if zoom == 1.0 else (lambda rgb: framing.reframe(rgb, zoom, pad)), colour)
+
+
 def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: int = ADABN_BATCH,
                     max_images: int = MAX_ADAPT_IMAGES, seed: int = 0, min_images: int = MIN_ADAPT_IMAGES,
                     overwrite: bool = False, skip_bad: bool = False, scale: bool = True,
@@ -163,33 +199,17 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     model, cells, out = Path(model), Path(cells), Path(out)
     need = _cells_needed(batch_size, max_images, min_images)
     seed = sampling.check_seed(seed)
-    modelfile.check_derived_output(model, cells, out, overwrite, "adapt", "adapted", AdaptationError)
+    derived.check_derived_output(model, cells, out, overwrite, "adapt", "adapted")
     params, meta = modelfile.read_model(model)
-    if meta.get("norm") == "group":
-        raise AdaptationError(f"{model}: is a GroupNorm model (--norm group): it has no BatchNorm running "
-                              f"statistics, so AdaBN has nothing to adapt (GroupNorm normalises each cell "
-                              f"by its own statistics already); use the model as it is")
-    if not bn_statistics(params):
-        raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
+    _check_batchnorm(model, meta, params)
     size = _input_size(model, meta, size)
     colour = standardiser(stain, stain_reference)
     table = fileio.read_cell_images(cells, dedupe_flag=None)
     loader = ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
-    readable, skipped = draw_cells(loader, max_images, seed, skip_bad)
-    rows = readable[:len(readable) // batch_size * batch_size]          # whole batches only
-    if len(rows) < need:
-        hint = "lower --batch-size" if batch_size > len(readable) else \
-            "batch statistics of a handful of cells are noise"
-        raise AdaptationError(f"{cells}: {len(readable)} readable cells ({len(table)} listed, {len(skipped)} "
-                              f"unreadable) give {len(rows)} in whole batches of {batch_size}; AdaBN needs at "
-                              f"least {need}: {hint}")
+    rows, skipped = _whole_batches(loader, cells, len(table), max_images, seed, skip_bad, batch_size, need)
     paths = [loader.paths[i] for i in rows]
     scaling = site_scale(meta, paths, seed, train_cells, str(cells)) if scale else None
-    zoom = scaling["zoom"] if scaling else float(meta.get("zoom", 1.0))
-    if pad is None:
-        pad = DEFAULT_PAD if scaling else meta.get("pad", LEGACY_PAD)
-    framing.check_pad(pad)             # before any estimate: with zoom 1 reframe never sees it
-    view = framing.then(None if zoom == 1.0 else (lambda rgb: framing.reframe(rgb, zoom, pad)), colour)
+    zoom, pad, view = _view(meta, scaling, pad, colour)
     if view is not None:        # the cells read so far (and cached) are as given: read them again as the model sees
         loader = ImageLoader(loader.paths, loader.labels, size, transform=view)
     stats = estimate_statistics(params, meta, loader, rows, batch_size, size)
@@ -198,10 +218,8 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
                   cells_sha256=modelfile.paths_sha256(paths), seed=int(seed), batch_size=int(batch_size), size=size,
                   max_images=int(max_images), layers=len(stats) // 2, scale=scaling, pad=pad, stain=stain,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    new_meta = modelfile.derived_meta(meta, size, "adaptation", record)
-    new_meta["zoom"], new_meta["pad"] = zoom, pad      # what predict applies to each crop (framing.model_view)
-    new_meta["stain"] = None if colour is None else dict(method=stain, reference=stain_reference)
-    modelfile.save_nnp(out, {**params, **stats}, new_meta)
+    view = dict(zoom=zoom, pad=pad, stain=None if colour is None else dict(method=stain, reference=stain_reference))
+    modelfile.save_nnp(out, {**params, **stats}, dict(derived.derived_meta(meta, size, "adaptation", record), **view))
     log.info("adapted %d BatchNorm layers of %s on %d cells of %s -> %s", len(stats) // 2, model, len(rows),
              cells, out)
     return dict(record, out=str(out), paths=paths, skipped=skipped)

@@ -45,7 +45,8 @@ from .. import classes, engine, fileio, modelfile, outputs, sampling, settings
 from ..errors import WBCError
 from ..loader import ImageLoader, batches
 from ..recipe import AdaBoundConfig, Augmentation
-from . import domain, framing, reference
+from . import derived, domain, framing, reference
+from .derived import SiteError
 from .settings import SELECT_FOLDS, FinetuneConfig, select_candidates
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ MIN_SELECT_CELLS = 30
 NEUTROPHIL_SUBTYPES = tuple(c for c in classes.CLASSES6 if classes.to_class5(c) == classes.NEUTROPHIL)
 
 
-class FinetuneError(WBCError, ValueError):
+class FinetuneError(SiteError):
     """Fine-tuning refused: labels the model cannot learn, too few cells, or an output that would lose a file."""
 
 
@@ -321,8 +322,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     cfg = config or FinetuneConfig()
     model, cells, out = Path(model), Path(cells), Path(out)
     settings.check(cfg, FinetuneError)
-    params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "finetune", "fine-tuned",
-                                                    FinetuneError, cfg.size)
+    params, meta, size = derived.read_for_derived(model, cells, out, overwrite, "finetune", "fine-tuned", cfg.size)
     paths, labels, names = read_labelled(cells, meta["class_names"])
     selection = None
     if select:
@@ -335,7 +335,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     site = None if _too_few_for_reference(len(paths)) else _site_reference(loader, cells, cfg.seed)
     record = dict(_record(model, cells, labels, names, paths, cfg, size, costs), selection=selection,
                   site_domain_reference=site is not None)
-    tuned_meta = modelfile.derived_meta(meta, size, "finetune", record, tuned=True)
+    tuned_meta = derived.derived_meta(meta, size, "finetune", record, tuned=True)
     if site is not None:
         tuned_meta[domain.SITE_KEY] = list(meta.get(domain.SITE_KEY) or []) + [site]
     modelfile.save_nnp(out, tuned, tuned_meta)

@@ -23,7 +23,7 @@ from .. import engine, fileio, modelfile, predictions, settings
 from ..errors import InputError
 from ..loader import ImageLoader, batches
 from ..recipe import AdaBoundConfig, Augmentation
-from . import framing
+from . import derived, framing
 from .adaptation import AdaptationError, draw_cells, estimate_statistics, bn_statistics
 from .settings import ADABN_BATCH, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, InfoMaxConfig
 
@@ -133,8 +133,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
     settings.check(cfg, InputError)
     if not max_images >= 1:
         raise InputError(f"max_images must be >= 1, got {max_images}")
-    params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "infomax", "adapted",
-                                                    AdaptationError, cfg.size)
+    params, meta, size = derived.read_for_derived(model, cells, out, overwrite, "infomax", "adapted", cfg.size)
     try:
         shares = prior_shares(meta["class_names"], cfg.prior)
     except predictions.PredictionsError as e:
@@ -154,7 +153,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
         rows = np.arange(len(paths) // ADABN_BATCH * ADABN_BATCH)
         tuned.update(estimate_statistics(tuned, meta, site, rows, ADABN_BATCH, size))
     record = _record(model, cells, meta, paths, len(table), skipped, shares, cfg, size, max_images, history)
-    modelfile.save_nnp(out, tuned, modelfile.derived_meta(meta, size, "infomax", record, tuned=True))
+    modelfile.save_nnp(out, tuned, derived.derived_meta(meta, size, "infomax", record, tuned=True))
     log.info("infomax on %d cells of %s (%d updates; entropy %.3f -> %.3f, KL %.3f -> %.3f) -> %s", len(paths),
              cells, cfg.iterations, history[0]["entropy"], history[-1]["entropy"], history[0]["kl"],
              history[-1]["kl"], out)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -57,8 +57,8 @@ class DomainCheck:
 
     :meth:`observe` takes each batch of network inputs ``(N, 3, S, S)`` (descriptors are kept only
     when the model stores a reference); :meth:`finish` adds the columns ``domain_distance`` and
-    ``outside_domain`` to the predictions table, its summary under ``attrs["domain"]``, and logs a
-    warning per run or smear outside. Without a reference it says the check is unavailable.
+    ``outside_domain`` to the predictions table and returns its summary, and logs a warning per run
+    or smear outside. Without a reference it says the check is unavailable.
     """
 
     def __init__(self, meta: dict, where: str):
@@ -71,13 +71,12 @@ class DomainCheck:
         if self.ref:
             self.desc.append(domain.descriptors(x))
 
-    def finish(self, out: pd.DataFrame) -> pd.DataFrame:
-        """``out`` with the check's columns and ``attrs["domain"]`` (see the class docstring)."""
+    def finish(self, out: pd.DataFrame) -> Tuple[pd.DataFrame, dict]:
+        """(``out`` with the check's columns, the check's summary): see the class docstring."""
         if not self.ref:
-            out.attrs["domain"] = domain.unavailable(f"{self.where} stores no domain reference (trained without "
-                                                     f"one; add one with `wbc-nnabla domain-reference`)")
             log.info("domain-shift check unavailable: %s stores no domain reference", self.where)
-            return out
+            return out, domain.unavailable(f"{self.where} stores no domain reference (trained without one; add "
+                                           f"one with `wbc-nnabla domain-reference`)")
         desc = np.concatenate(self.desc) if self.desc else np.zeros((0, len(domain.DESCRIPTORS)))
         domain.check_reference(self.ref, f"{self.where}: {domain.META_KEY}")
         sites = domain.site_references(self.meta, self.where)
@@ -87,9 +86,8 @@ class DomainCheck:
         out["outside_domain"] = flags.astype(np.int64)
         summary = dict(domain.summarise(dist, flags, out["smear"], self.ref["cell_threshold"]),
                        site_references=[site["source"] for site in sites])
-        out.attrs["domain"] = summary
         self._warn(summary, out)
-        return out
+        return out, summary
 
     def _warn(self, summary: dict, out: pd.DataFrame) -> None:
         """Log the run and every smear outside the training domain, and the WBC scale when it differs."""
@@ -108,10 +106,11 @@ class DomainCheck:
 @dataclasses.dataclass
 class PredictionHooks:
     """What the predictor asks of the wing for one run: ``view`` (per crop, uint8 ``(H, W, 3)`` RGB in and
-    out, or None), ``observe`` (per batch of network inputs) and ``finish`` (the predictions table)."""
+    out, or None), ``observe`` (per batch of network inputs) and ``finish`` (the predictions table in,
+    the table with the check's columns and the check's summary out)."""
     view: Optional[Callable]
     observe: Callable[[np.ndarray], None]
-    finish: Callable[[pd.DataFrame], pd.DataFrame]
+    finish: Callable[[pd.DataFrame], Tuple[pd.DataFrame, dict]]
 
 
 def prediction_hooks(meta: dict, where: str, stain: str = "none",

@@ -33,13 +33,14 @@ import numpy as np
 
 from .. import classes, modelfile, predictions, predictor, sampling, settings
 from ..errors import WBCError
-from . import finetune
+from . import derived, finetune
+from .derived import SiteError
 from .settings import SelfTrainConfig
 
 log = logging.getLogger(__name__)
 
 
-class SelfTrainError(WBCError, ValueError):
+class SelfTrainError(SiteError):
     """Self-training refused: bad settings, too few confident cells, or an output that would lose a file."""
 
 
@@ -117,8 +118,7 @@ def self_train(model, cells, out, config: Optional[SelfTrainConfig] = None, over
     cfg = config or SelfTrainConfig()
     settings.check(cfg, SelfTrainError)
     model, cells, out = Path(model), Path(cells), Path(out)
-    params, meta, size = modelfile.read_for_derived(model, cells, out, overwrite, "self-train", "self-trained",
-                                                    SelfTrainError, cfg.size)
+    params, meta, size = derived.read_for_derived(model, cells, out, overwrite, "self-train", "self-trained", cfg.size)
     rounds, current = [], model
     with tempfile.TemporaryDirectory(prefix="wbc_self_train_") as tmp:
         for r in range(cfg.rounds):
@@ -133,6 +133,6 @@ def self_train(model, cells, out, config: Optional[SelfTrainConfig] = None, over
                   model_sha256=modelfile.file_sha256(model), source=str(cells.resolve()),
                   settings=dict(dataclasses.asdict(cfg), size=size), rounds=rounds,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    modelfile.save_nnp(out, params, modelfile.derived_meta(meta, size, "self_training", record, tuned=True))
+    modelfile.save_nnp(out, params, derived.derived_meta(meta, size, "self_training", record, tuned=True))
     log.info("self-trained %s on %s (%d rounds) -> %s", model, cells, cfg.rounds, out)
     return dict(record, out=str(out))
