@@ -11,16 +11,21 @@ keys that hold a run's time, machine or package version (``VOLATILE``); the prin
 the same, with times in seconds replaced by ``T``. Figures (PNG) are compared byte for byte.
 Everything goes through the ``wbc-nnabla`` command a user runs; nothing private is called.
 """
+import csv
 import hashlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "wbc_nnabla.cli"]
+#: Learning-curve columns that hold durations (``learning_curve.csv``).
+TIMED_COLUMNS = {"seconds", "images_per_s", "outside_share"}
 #: JSON keys whose values are a run's clock, machine, versions or durations.
 VOLATILE = {"environment", "seconds", "created", "started", "finished", "elapsed", "time", "duration",
             "images_per_s", "outside_share", "wall_seconds", "timings", "version", "package_version",
@@ -96,8 +101,9 @@ def run(w: Path) -> int:
 
 
 def _strip(obj):
+    # a .nnp's digest changes with its zip members' timestamps: its content is compared on its own
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE}
+        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE and not str(k).endswith(".nnp")}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
@@ -107,6 +113,20 @@ def _normal_text(text: str) -> str:
     return re.sub(r"\d+(\.\d+)? ?s\b", "T", text)
 
 
+def _normalised(p: Path, data: bytes):
+    """What of a file is behaviour: a zip's (``.nnp``) members without their timestamps, a learning curve
+    without its durations, a report without its run time; None for other files (bytes compared)."""
+    if p.suffix == ".nnp" and zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return b"".join(n.encode() + hashlib.sha256(z.read(n)).digest() for n in sorted(z.namelist()))
+    if p.name == "learning_curve.csv":
+        rows = list(csv.DictReader(io.StringIO(data.decode())))
+        return json.dumps([{k: v for k, v in r.items() if k not in TIMED_COLUMNS} for r in rows]).encode()
+    if p.suffix in (".html", ".md"):
+        return re.sub(rb"\d+(\.\d+)? ?s\b", b"T", data)
+    return None
+
+
 def manifest(w: Path) -> dict:
     files = {}
     for p in sorted(w.rglob("*")):
@@ -114,6 +134,9 @@ def manifest(w: Path) -> dict:
             continue
         data = p.read_bytes()
         entry = dict(sha256=hashlib.sha256(data).hexdigest())
+        content = _normalised(p, data)
+        if content is not None:
+            entry["normalised"] = hashlib.sha256(content).hexdigest()
         if p.suffix == ".json":
             try:
                 doc = json.loads(data)
