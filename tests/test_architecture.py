@@ -13,7 +13,8 @@ from typing import Dict, Set
 PACKAGE = "wbc_nnabla"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: Modules that must work without nnabla: they read predictions of any model or tool.
-NNABLA_FREE = ("scoring", "report", "predictions", "ensemble", "classes", "domain", "framing", "stain")
+NNABLA_FREE = ("scoring", "pending", "report", "report_blocks", "report_figures", "reproduce_report", "predictions",
+               "predictions_domain", "ensemble", "classes", "domain", "framing", "stain")
 
 
 def _module_name(path: Path) -> str:
@@ -109,6 +110,15 @@ def test_scoring_never_imports_report():
     edges, _ = _graph()
     chains = _reach(edges, f"{PACKAGE}.scoring")
     assert f"{PACKAGE}.report" not in chains, chains.get(f"{PACKAGE}.report")
+
+
+def test_scoring_and_reports_never_reach_the_domain_check():
+    """They read the predictions' domain columns through the file's owner (predictions_domain), not the
+    cross-lab domain check that computes them."""
+    edges, _ = _graph()
+    for name in ("scoring", "pending", "report", "report_blocks", "report_figures", "reproduce_report"):
+        chains = _reach(edges, f"{PACKAGE}.{name}")
+        assert f"{PACKAGE}.domain" not in chains, chains.get(f"{PACKAGE}.domain")
 
 
 def test_scoring_report_predictions_classes_never_import_nnabla():
