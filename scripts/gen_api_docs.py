@@ -10,8 +10,8 @@ from pathlib import Path
 
 MODULES = ["errors", "classes", "recipe", "sampling", "outputs", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
            "augmentation", "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "adaptation",
-           "finetune", "selftraining", "predictions", "ensemble", "scoring", "report", "gradcam",
-           "reproduce_report", "pipeline", "cli"]
+           "finetune", "selftraining", "predictions", "predictions_domain", "ensemble", "scoring", "pending", "report",
+           "report_blocks", "report_figures", "gradcam", "reproduce_report", "pipeline", "cli"]
 
 
 def first_paragraph(doc):

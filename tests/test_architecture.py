@@ -14,8 +14,9 @@ from typing import Dict, Set
 PACKAGE = "wbc_nnabla"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: Modules that must work without nnabla: they read predictions of any model or tool, or show settings.
-NNABLA_FREE = ("scoring", "report", "predictions", "ensemble", "classes", "settings", "recipe", "presets", "predictor",
-               "cli", "sites.domain", "sites.framing", "sites.stain", "sites.settings", "sites.seams")
+NNABLA_FREE = ("scoring", "pending", "report", "report_blocks", "report_figures", "reproduce_report", "predictions",
+               "predictions_domain", "ensemble", "classes", "settings", "recipe", "presets", "predictor", "cli",
+               "sites.domain", "sites.framing", "sites.stain", "sites.settings", "sites.seams")
 #: The wing, and the only core modules that may import it: each at its declared seam (module -> wing module).
 #: The command line and ``reproduce`` (the faces over the API) may import the wing freely.
 WING = f"{PACKAGE}.sites"
@@ -131,6 +132,15 @@ def test_scoring_never_imports_report():
     edges, _ = _graph()
     chains = _reach(edges, f"{PACKAGE}.scoring")
     assert f"{PACKAGE}.report" not in chains, chains.get(f"{PACKAGE}.report")
+
+
+def test_scoring_and_reports_never_reach_the_domain_check():
+    """They read the predictions' domain columns through the file's owner (predictions_domain), not the
+    cross-lab domain check that computes them."""
+    edges, _ = _graph()
+    for name in ("scoring", "pending", "report", "report_blocks", "report_figures", "reproduce_report"):
+        chains = _reach(edges, f"{PACKAGE}.{name}")
+        assert f"{WING}.domain" not in chains, chains.get(f"{WING}.domain")
 
 
 def test_scoring_report_predictions_classes_never_import_nnabla():

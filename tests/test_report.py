@@ -1,13 +1,15 @@
 """Tests of wbc_nnabla.report: tables, figures, gallery, self-contained reports."""
+import ast
 import base64
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from helpers import predictions_from_confusion, small_counts
-from wbc_nnabla import report, scoring
+from wbc_nnabla import domain, pending, predictions_domain, report, report_blocks, report_figures, scoring
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -78,7 +80,6 @@ def test_compare_report(tmp_path):
 
 def test_formats_doc_names_exactly_the_files_score_and_compare_write(tmp_path):
     """docs/formats.md's score/compare section lists each table and JSON written, and no other."""
-    from pathlib import Path
     doc = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
     part = doc.split("## Score and comparison folders")[1].split("\n## ")[0]
     named = set(re.findall(r"`([\w./]+\.(?:csv|json))`", part))
@@ -88,3 +89,16 @@ def test_formats_doc_names_exactly_the_files_score_and_compare_write(tmp_path):
                 report.write_compare(scoring.compare(scoring.score(a), scoring.score(a), name_b="B"), tmp_path / "c")):
         written |= {p.name for p in out.iterdir() if p.suffix in (".csv", ".json") and not p.name.startswith(".")}
     assert named == written, (sorted(named - written), sorted(written - named))
+
+
+@pytest.mark.parametrize("old, new", [
+    (report, report_blocks), (report, report_figures), (scoring, pending), (domain, predictions_domain)])
+def test_names_stay_importable_where_they_were(old, new):
+    """Every public name a split-off module defines keeps working from the module it was defined in before."""
+    tree = ast.parse(Path(new.__file__).read_text(encoding="utf-8"))
+    names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    names += [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    public = [n for n in names if not n.startswith("_")]
+    assert len(public) >= 5
+    assert [n for n in public if getattr(old, n, None) is not getattr(new, n)] == []

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from helpers import predictions_from_confusion
-from wbc_nnabla import cli, predictions, scoring
+from wbc_nnabla import cli, predictions, predictions_domain, scoring
 from wbc_nnabla.classes import CLASSES6
 
 # ----------------------------------------------------------------------------- Table 1 of the paper
@@ -46,15 +46,13 @@ B2_RECALL = {"Basophil": 1.000, "Eosinophil": 1.000, "Lymph": 0.991, "Mono": 0.9
 # simply the row of this construction (513/562 in both the 6- and the 5-class
 # view, as merging cannot change a Mono row's recall). Segment recall
 # 3762/5400 = 0.69667 = B's 0.80667 - 0.110; pooled 8057/9802 = 0.82197 -> 0.822;
-# 5 classes 9704/9802 = 0.99000 -> 0.990 (Neutrophil 5982/6000).
-A2 = np.array([
-    [60, 0, 0, 0, 0, 0],
-    [0, 280, 0, 0, 0, 0],
-    [1, 0, 2869, 27, 0, 3],
-    [0, 0, 44, 513, 1, 4],
-    [0, 0, 1, 2, 573, 24],
-    [0, 5, 4, 6, 1623, 3762],
-])
+# 5 classes 9704/9802 = 0.99000 -> 0.990 (Neutrophil 5982/6000). The Basophil and
+# Eosinophil rows are B's; the four rows below differ.
+A2 = B2.copy()
+A2[2:] = [[1, 0, 2869, 27, 0, 3],
+          [0, 0, 44, 513, 1, 4],
+          [0, 0, 1, 2, 573, 24],
+          [0, 5, 4, 6, 1623, 3762]]
 
 
 def close3(value, published):
@@ -92,6 +90,7 @@ def test_table1_b2_and_b1(b_csv):
 
 
 def test_table1_a2_a1_and_segment_change(a_csv, b_csv):
+    assert (A2.sum(axis=1) == B2.sum(axis=1)).all()     # the same cells as B
     ra = scoring.score(a_csv)
     assert close3(ra.summary["accuracy6_pooled"], 0.822)
     assert close3(ra.summary["accuracy5_pooled"], 0.990)
@@ -237,6 +236,29 @@ def test_single_cell_smear_and_no_label_smear():
     assert per.at["one", "accuracy6"] == 0.0 and np.isnan(per.at["nolab", "accuracy6"])
     assert r.summary["n_smears_scored6"] == 2 and r.summary["smears_without_scored_cells"] == ["nolab"]
     assert r.summary["accuracy6_mean"] == pytest.approx(0.5)
+
+
+def test_domain_columns_summarised_per_smear(caplog):
+    """The predictions' own domain columns, without nnabla: a smear is outside above SMEAR_SHARE of its cells."""
+    share = predictions_domain.SMEAR_SHARE
+    n = 40
+    k_in, k_out = int(share * n), int(share * n) + 1              # at the share (inside) and just above it
+    rows = cell_rows("at", [("Lymph", "Lymph")] * n) + cell_rows("above", [("Lymph", "Lymph")] * n)
+    df = pd.DataFrame(rows)
+    df["outside_domain"] = [1] * k_in + [0] * (n - k_in) + [1] * k_out + [0] * (n - k_out)
+    df["domain_distance"] = np.where(df["outside_domain"] == 1, 9.0, 1.0)
+    with caplog.at_level("WARNING"):
+        r = scoring.score(df)
+    s = r.summary
+    assert (s["domain_check"], s["smears_outside_domain"], s["domain_smear_share"]) == ("outside", ["above"], share)
+    assert s["domain_share_outside"] == pytest.approx((k_in + k_out) / (2 * n))
+    assert s["domain_median_distance"] == 1.0
+    per = r.per_smear.set_index("smear")
+    assert list(per["outside_domain"]) == [True, False] and per.at["at", "domain_share_outside"] == k_in / n
+    assert any("smear above" in m and predictions_domain.WARNING in m for m in caplog.messages)
+    assert not predictions_domain.smear_is_outside(share) and predictions_domain.smear_is_outside(share + 1e-9)
+    without = scoring.score(df.drop(columns=list(predictions.DOMAIN_COLUMNS))).summary
+    assert without["domain_check"] == "unavailable" and "no domain_distance" in without["domain_check_reason"]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -2,7 +2,9 @@
 
 It knows the pipeline's folder layout (``model_A/learning_curve.png``...;
 see :mod:`wbc_nnabla.pipeline`) and assembles its sections from the generic
-blocks of :mod:`wbc_nnabla.report`: learning curves (Figs. 5 and 7), Table 1
+blocks of :mod:`wbc_nnabla.report_blocks`, the figures of
+:mod:`wbc_nnabla.report_figures` and the score/compare sections of
+:mod:`wbc_nnabla.report`: learning curves (Figs. 5 and 7), Table 1
 A1/A2/B1/B2, Fig. 9, Fig. 10 with Grad-CAM, and the judgement-pending curve.
 Reads only files under the run folder and results already computed (never
 imports nnabla).
@@ -16,8 +18,9 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import report, scoring
-from .report import ReportFigure, Section, format_value, html_paragraph, html_table, markdown_table, section
+from . import report, report_figures, scoring
+from .report_blocks import (ReportFigure, Section, figure_png, format_value, html_paragraph, html_table,
+                            markdown_table, section, write_report)
 
 
 def _file_figures(figures: List[ReportFigure], items) -> Tuple[str, str]:
@@ -68,14 +71,14 @@ def _table1_section(score_a: "scoring.ScoreResult", score_b: "scoring.ScoreResul
 def _disagreement_section(figures: List[ReportFigure], score_b: "scoring.ScoreResult",
                           gradcams: Sequence[dict]) -> Section:
     """Fig. 10: the cells where Model B and the human disagree, the most frequent pairs, the Grad-CAM overlays."""
-    fig, _ = report.disagreement_gallery(score_b.cells, score_b.base_dir)
+    fig, _ = report_figures.disagreement_gallery(score_b.cells, score_b.base_dir)
     h, m = "", ""
     if fig is not None:
         g = ReportFigure("disagreements_B", "Model B: cells where AI and human disagree (Fig. 10 style)",
-                         report.figure_png(fig))
+                         figure_png(fig))
         figures.append(g)
         h, m = g.html(), g.markdown()
-    pairs = report.disagreement_pairs(score_b.cells).head(10)
+    pairs = report_figures.disagreement_pairs(score_b.cells).head(10)
     h += html_table(pairs, index=False)
     m += "\n\n" + markdown_table(pairs, index=False)
     hg, mg = _file_figures(figures, [(f"gradcam_{i}", f"Grad-CAM, Model B: human {c['human']}, AI {c['ai']} "
@@ -89,9 +92,9 @@ def _pending_section(figures: List[ReportFigure], score_b: "scoring.ScoreResult"
     if rc.empty:
         return []
     f = ReportFigure("risk_coverage_B", "Model B: coverage and accuracy of a judgement-pending cut-off",
-                     report.figure_png(report.risk_coverage_figure(score_b.risk_coverage6, score_b.risk_coverage5,
-                                                                   score_b.summary.get("target_accuracy"),
-                                                                   score_b.summary.get("pending_threshold"))))
+                     figure_png(report_figures.risk_coverage_figure(score_b.risk_coverage6, score_b.risk_coverage5,
+                                                                    score_b.summary.get("target_accuracy"),
+                                                                    score_b.summary.get("pending_threshold"))))
     figures.append(f)
     keep = rc.iloc[np.unique(np.linspace(0, len(rc) - 1, min(len(rc), 12)).round().astype(int))]
     text = ["Cells whose top probability is below a threshold are held for a human (the paper's "
@@ -127,8 +130,8 @@ def reproduce_sections(out: Path, config: dict, split: dict, score_a: "scoring.S
     # Fig. 9: box plots and tests.
     tests = {"5": comparison.summary["tests5"], "6": comparison.summary["tests6"]}
     box = ReportFigure("boxplots", "Per-smear accuracy, Model A vs Model B (Fig. 9 style)",
-                       report.figure_png(report.box_plots(comparison.per_smear, comparison.name_a,
-                                                          comparison.name_b, tests)))
+                       figure_png(report_figures.box_plots(comparison.per_smear, comparison.name_a,
+                                                           comparison.name_b, tests)))
     figures.append(box)
     sections.extend(report.compare_sections(comparison, [box])[:2])
     sections.append(_disagreement_section(figures, score_b, gradcams))
@@ -141,5 +144,5 @@ def write_reproduce_report(out: Union[str, os.PathLike], config: dict, split: di
     """Write ``OUT/report.html`` (self-contained), ``OUT/report.md`` and ``OUT/figures/``; returns the HTML path."""
     out = Path(out)
     sections, figures = reproduce_sections(out, config, split, score_a, score_b, comparison, gradcams, summary)
-    report.write_report(out, "WBC Model A and B: reproduction of Sasaki et al. (2020)", figures, sections)
+    write_report(out, "WBC Model A and B: reproduction of Sasaki et al. (2020)", figures, sections)
     return out / "report.html"

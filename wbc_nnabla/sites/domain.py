@@ -20,19 +20,26 @@ Not in Sasaki et al. (2020), whose model is used in the lab that trained it.
 * :func:`summarise`: per run and per smear, the median distance and the share
   of cells outside; a smear is outside the training domain when that share
   exceeds :data:`SMEAR_SHARE` (measured by ``benchmarks/bench_domain.py``,
-  docs/research/benchmarks_log.md).
+  docs/research/benchmarks_log.md). It describes the predictions CSV's own columns, so it is
+  defined by the file's owner, :mod:`wbc_nnabla.predictions_domain` (with
+  :func:`unavailable`, :func:`outside_smears`, :func:`smear_is_outside`,
+  :data:`SMEAR_SHARE`, :data:`WARNING`), and re-exported here: scoring and the
+  reports read it there, never this module.
 
-nnabla-free (NumPy and OpenCV only): it works for every backend and is read by
-scoring and the reports.
+nnabla-free (NumPy and OpenCV only): it works for every backend.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import List, Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import WBCError
+# The summary of the predictions CSV's domain columns belongs to the predictions file's owner;
+# re-exported here, where it was defined before.
+from ..predictions_domain import (SMEAR_SHARE, WARNING, outside_smears, smear_is_outside,  # noqa: F401
+                                 summarise, unavailable)
 
 #: Key of the reference in a model's description (``wbc_nnabla.json`` of the ``.nnp``, ONNX metadata).
 META_KEY = "domain_reference"
@@ -49,10 +56,6 @@ DESCRIPTORS = ("od_mean_R", "od_mean_G", "od_mean_B", "od_sd_R", "od_sd_G", "od_
                "bright_p90", "bright_p10", "stain_share_R", "stain_share_G")
 #: A cell is outside when its distance exceeds this quantile of the training cells' distances.
 CELL_QUANTILE = 0.99
-#: A smear (or run) is outside the training domain when more than this share of its cells is
-#: outside. Measured by benchmarks/bench_domain.py (docs/research/benchmarks_log.md): in-domain pbc6
-#: validation cells in random smears of 150 stay below it, foreign labs' cells are far above.
-SMEAR_SHARE = 0.15
 #: Ridge added to each descriptor's variance (as a share of it) before the covariance is inverted.
 RIDGE = 0.01
 #: Noise floor of every descriptor (its units: optical density, brightness in [0, 1], share):
@@ -62,8 +65,6 @@ RIDGE = 0.01
 FLOOR = 0.005
 #: Fewest training cells a reference is made from (training with fewer stores none).
 MIN_CELLS = 20
-#: The warning a report prints beside a smear outside the training domain.
-WARNING = "outside the training domain: do not trust these numbers without review"
 
 
 class DomainError(WBCError, ValueError):
@@ -224,39 +225,7 @@ def outside_all(ref: dict, dist: np.ndarray, sites: Sequence[dict], desc: np.nda
     return flags
 
 
-# ----------------------------------------------------------------------------- summaries
-
-
-def smear_is_outside(share_outside: float) -> bool:
-    """A smear (or run) is outside the training domain when more than :data:`SMEAR_SHARE` of its cells are."""
-    return bool(share_outside > SMEAR_SHARE)
-
-
-def _group(dist: np.ndarray, flags: np.ndarray) -> dict:
-    share = float(flags.mean()) if len(flags) else float("nan")
-    return dict(n_cells=int(len(dist)), median_distance=float(np.median(dist)) if len(dist) else float("nan"),
-                share_outside=share, outside_domain=smear_is_outside(share) if len(flags) else False)
-
-
-def summarise(dist: Sequence[float], flags: Sequence[bool], smears: Sequence[str],
-              threshold: Optional[float] = None) -> dict:
-    """Per-run and per-smear summary of per-cell distances and outside flags.
-
-    Returns ``available`` (True), ``cell_threshold``, ``smear_share``
-    (:data:`SMEAR_SHARE`), ``run`` (``n_cells``, ``median_distance``,
-    ``share_outside``, ``outside_domain``) and ``smears``: the same per smear
-    name, in sorted order.
-    """
-    dist, flags = np.asarray(dist, dtype=np.float64), np.asarray(flags, dtype=bool)
-    smears = np.asarray([str(s) for s in smears], dtype=object)
-    per: Dict[str, dict] = {str(s): _group(dist[smears == s], flags[smears == s]) for s in sorted(set(smears))}
-    return dict(available=True, cell_threshold=threshold, smear_share=SMEAR_SHARE, run=_group(dist, flags),
-                smears=per)
-
-
-def unavailable(reason: str) -> dict:
-    """The summary of a run whose model stores no reference (the check could not be made)."""
-    return dict(available=False, reason=reason)
+# ----------------------------------------------------------------------------- console text
 
 
 def scale_warning(scale: dict) -> str:
@@ -266,11 +235,3 @@ def scale_warning(scale: dict) -> str:
     return (f"the WBC fills a median {site:.2f} of the crop's side here, {training:.2f} in the training cells "
             f"({site / training:.1f}x): run `wbc-nnabla adapt MODEL CELLS OUT.nnp` on these cells, which "
             f"re-frames them to the training scale (docs/inference.md)")
-
-
-def outside_smears(summary: dict) -> List[str]:
-    """Names of the smears a :func:`summarise` result flags as outside the training domain (cells without a
-    smear name, ``""``, are in no named smear: the run's own flag covers them)."""
-    if not summary.get("available"):
-        return []
-    return [s for s, v in summary["smears"].items() if s and v["outside_domain"]]
