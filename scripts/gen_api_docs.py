@@ -8,10 +8,18 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["errors", "classes", "recipe", "sampling", "outputs", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
-           "augmentation", "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "adaptation",
-           "finetune", "selftraining", "predictions", "ensemble", "scoring", "report", "gradcam",
-           "reproduce_report", "pipeline", "cli"]
+#: Every module of the package (``wbc_nnabla.{name}``), by floor (docs/architecture.md): the paper's
+#: library, the orchestration, the command line, then the cross-lab wing. tests/test_docs.py checks
+#: that every module, sub-packages included, is listed.
+MODULES = ["errors", "classes", "settings", "recipe", "presets", "sampling",
+           "outputs", "fileio", "predictions", "segmentation", "datasets", "models", "pretrained", "modelfile",
+           "augmentation", "loader", "engine", "checkpoint", "training", "export", "predictor", "ensemble",
+           "scoring", "report", "gradcam",
+           "split", "stages", "reproduce_report", "pipeline",
+           "cli", "cli.common", "cli.data", "cli.train", "cli.predict", "cli.sites", "cli.score", "cli.run",
+           "sites", "sites.seams", "sites.settings", "sites.framing", "sites.stain", "sites.domain",
+           "sites.reference", "sites.derived", "sites.adaptation", "sites.infomax", "sites.finetune",
+           "sites.selftraining"]
 
 
 def first_paragraph(doc):
