@@ -432,7 +432,7 @@ def _summary_frame(summary: dict) -> pd.DataFrame:
 def domain_warnings(summary: dict) -> List[str]:
     """Warning lines of a score summary: one naming the smears outside the training domain (none inside).
 
-    From the ``domain_*`` keys :func:`wbc_nnabla.scoring.score` adds (see :mod:`wbc_nnabla.domain`).
+    From the ``domain_*`` keys :func:`wbc_nnabla.scoring.score` adds (see :mod:`wbc_nnabla.sites.domain`).
     """
     bad = summary.get("smears_outside_domain") or []
     if not bad:

@@ -340,12 +340,12 @@ def per_smear_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def domain_check(cells: pd.DataFrame) -> dict:
-    """The domain-shift check of read predictions (:func:`wbc_nnabla.domain.summarise`), per run and smear.
+    """The domain-shift check of read predictions (:func:`wbc_nnabla.sites.domain.summarise`), per run and smear.
 
     From the ``domain_distance``/``outside_domain`` columns ``predict`` writes for a
     model that stores a domain reference; without them ``available`` is False.
     A smear is outside the training domain when more than
-    :data:`wbc_nnabla.domain.SMEAR_SHARE` of its cells are outside.
+    :data:`wbc_nnabla.sites.domain.SMEAR_SHARE` of its cells are outside.
     """
     if "domain_distance" not in cells.columns:
         return domain.unavailable("the predictions have no domain_distance/outside_domain columns (a model "
