@@ -9,16 +9,19 @@
 3. ``finetune``: a few labelled cells of the site (``Neutrophil`` labels would train Band + Segment);
 4. ``predict`` the site's other cells and read the domain-shift check.
 
-Here "the other lab" is the inference set of step 1, so the example shows the calls, not
-the gain; on a real foreign set see the figures in docs/cross_site.md.
+``adapt`` (1) and the domain-shift check (4) read the training cells' WBC scale and domain
+reference, which examples/03_finetune_model_b.py stored in Model B (``TrainConfig(site_record=True)``).
+Here "the other lab" is the inference set of examples/01_build_datasets.py, so the example shows
+the calls, not the gain; on a real foreign set see the figures in docs/cross_site.md.
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
 
-from wbc_nnabla import adaptation, fileio, finetune, predictions, predictor, sampling, scoring
-from wbc_nnabla.recipe import FinetuneConfig
+from wbc_nnabla import fileio, predictions, predictor, sampling, scoring
+from wbc_nnabla.sites import adaptation, finetune
+from wbc_nnabla.sites.settings import FinetuneConfig
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
