@@ -78,8 +78,8 @@ def main() -> None:
             len(json.loads((run / "config.json").read_text()).get("history", [])) >= args.epochs
         if not done:
             training.train(ds, run, recipe.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                                         size=args.size, seed=args.seed, pretrained="none",
-                                                         augmentation=aug, progress=False),
+                                                       size=args.size, seed=args.seed, pretrained="none",
+                                                       augmentation=aug, progress=False),
                            resume=(run / "checkpoint.json").is_file())
         for s in sizes:
             pred = predictor.predict(run / "model.nnp", parts["test"], size=s, backend="nnabla", progress=False)

@@ -38,10 +38,10 @@ print(f"adapt: {record['layers']} BatchNorm layers on {record['n_cells']} site c
       f"scale: {record['scale']['zoom'] if record['scale'] else 'not adapted (no training scale stored)'}")
 
 # without labels: keep the calls above the cut-off set on the model's own validation cells
-site_preds = predictor.predict(adapted, work / "site_cells.csv", prior="normal", progress=False)
+site_run = predictor.predict_run(adapted, work / "site_cells.csv", prior="normal", progress=False)  # (table, run)
 site_csv = work / "site_predictions.csv"
-predictions.write_predictions(site_preds, site_csv, overwrite=True,
-                              config=predictor.run_config(site_preds, adapted, work / "site_cells.csv"))
+predictions.write_predictions(site_run.table, site_csv, overwrite=True,
+                              config=predictor.run_config(site_run, adapted, work / "site_cells.csv"))
 try:
     held = scoring.score(site_csv, pending_threshold="model")
     cut = held.summary["pending_threshold_from"]
@@ -57,8 +57,8 @@ tuned = finetune.finetune(adapted, work / "site_labelled.csv", work / "model_B_t
                           FinetuneConfig(iterations=args.iterations), overwrite=True, progress=False)
 print(f"finetune: {tuned['n_cells']} labelled cells, Cost {tuned['cost_first']:.3f} -> {tuned['cost_last']:.3f}")
 
-preds = predictor.predict(work / "model_B_tuned.nnp", rest, progress=False)
+preds, run = predictor.predict_run(work / "model_B_tuned.nnp", rest, progress=False)
 print(f"6-class accuracy on the other {len(preds)} site cells: {(preds['pred6'] == preds['label']).mean():.3f}")
-check = preds.attrs["domain"]
+check = run.domain                                # the domain-shift check's summary (PredictRun)
 print("domain check:", check.get("reason") or f"{100 * check['run']['share_outside']:.0f}% of the cells outside "
       f"the training domain")
