@@ -1,7 +1,7 @@
 """How many unlabelled cells a lab needs for `adapt` (not a test).
 
 `adapt` re-estimates BatchNorm's statistics and measures the WBC scale on a site's unlabelled cells;
-it refuses fewer than 32 (``recipe.MIN_ADAPT_IMAGES``). This measures, through the CLI, what a lab
+it refuses fewer than 32 (``sites.settings.MIN_ADAPT_IMAGES``). This measures, through the CLI, what a lab
 gets from a seeded sample of N of its cells (``adapt --max-images N --seed R``), N in :data:`SIZES`,
 :data:`DRAWS` draws each, against all of them, on two sets:
 

@@ -17,7 +17,7 @@ of cells outside the training domain and the median distance, per cell and over 
 * ``pbc6-exposure0.85``: the validation cells with RGB x 0.85 (a darker camera exposure).
 
 The per-cell threshold comes from the training cells (the 0.99 quantile of their own
-distances); the smear-level share (wbc_nnabla.domain.SMEAR_SHARE) is read off the
+distances); the smear-level share (wbc_nnabla.sites.domain.SMEAR_SHARE) is read off the
 in-domain rows of this table (the largest share among in-domain random smears, with a
 margin), never from d1 alone.
 
@@ -39,8 +39,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, domain, fileio, predictor, segmentation  # noqa: E402
-from wbc_nnabla.domain_model import add_domain_reference  # noqa: E402
+from wbc_nnabla import classes, fileio, predictor, segmentation  # noqa: E402
+from wbc_nnabla.sites import domain  # noqa: E402
+from wbc_nnabla.sites.reference import add_domain_reference  # noqa: E402
 
 DATA = ROOT.parent.parent / "shared" / "data" if (ROOT.parent.parent / "shared").is_dir() else Path("/work/shared/data")
 

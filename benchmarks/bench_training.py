@@ -7,9 +7,9 @@ JPEGs through the background data iterator; epoch 2 hits the in-memory cache) at
 (~360 px JPEGs, resized on load). F.image_augmentation runs inside the graph and is
 counted as compute. Also times the precise-BN recalibration (a forward pass of the
 batch-statistics graph over clean training images, done before every evaluation by
-default) and checks the 320x320 inference graph shape. ``--recipe robust --randconv P`` (or
-``--fourier P``, with the demo cells as style cells) times a variant's augmentation
-(``--only-64``: the 64 px case alone, as the cross-site benchmark trains).
+default) and checks the 320x320 inference graph shape. ``--recipe robust --randconv P`` (the
+config key ``randconv``; or ``--fourier P``, with the demo cells as ``style_cells``) times a
+variant's augmentation (``--only-64``: the 64 px case alone, as the cross-site benchmark trains).
 
     nice -n 5 .venv/bin/python benchmarks/bench_training.py [--iterations 3]
     nice -n 5 .venv/bin/python benchmarks/bench_training.py --only-64 --recipe robust [--randconv 0.5 | --fourier 0.5]
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from wbc_nnabla import classes, fileio, models, training  # noqa: E402
+from wbc_nnabla import classes, engine, fileio, loader, models, training  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig, recipe_augmentation  # noqa: E402
 
 
@@ -58,14 +58,14 @@ def bench(size: int, batch: int, iterations: int, tmp: Path, augmentation=None, 
 
 
 def recalibration_rate(ds: Path, size: int, batch: int) -> float:
-    """Images/s of :func:`training.recalibrate_bn` over the (cached) training images."""
-    models.clear_scope(training.SCOPE)
-    g = training.build_graph("resnet18", 6, batch, size)      # clean batch-statistics graph
-    paths, y = training.read_split(ds / "train.csv")
-    loader = training.ImageLoader(paths, y, size)
-    training.recalibrate_bn(g, loader, batch, np.arange(batch))  # warm the image cache and the graph
+    """Images/s of :func:`engine.recalibrate_bn` over the (cached) training images."""
+    models.clear_scope(engine.SCOPE)
+    g = engine.build_graph("resnet18", 6, batch, size)      # clean batch-statistics graph
+    paths, y = loader.read_split(ds / "train.csv")
+    images = loader.ImageLoader(paths, y, size)
+    engine.recalibrate_bn(g, images, batch, np.arange(batch))  # warm the image cache and the graph
     t = time.perf_counter()
-    n = training.recalibrate_bn(g, loader, batch, np.arange(len(loader))) * batch
+    n = engine.recalibrate_bn(g, images, batch, np.arange(len(images))) * batch
     return n / (time.perf_counter() - t)
 
 
@@ -74,9 +74,9 @@ def main():
     ap.add_argument("--iterations", type=int, default=3, help="iterations per epoch at 480 px")
     ap.add_argument("--iterations-64", type=int, default=6, help="iterations per epoch at 64 px")
     ap.add_argument("--recipe", choices=("paper", "robust"), default="paper", help="the augmentation recipe")
-    ap.add_argument("--randconv", type=float, default=None, help="train --randconv P on top of the recipe")
+    ap.add_argument("--randconv", type=float, default=None, help="train --set randconv=P on top of the recipe")
     ap.add_argument("--fourier", type=float, default=None,
-                    help="train --fourier P --style-cells DEMO on top of the recipe (the demo cells as style cells)")
+                    help="train --set fourier=P --set style_cells=DEMO on top of the recipe (the demo cells as style cells)")
     ap.add_argument("--only-64", action="store_true", help="time the 64 px case only")
     a = ap.parse_args()
     overrides = {k: v for k, v in (("randconv", a.randconv), ("fourier", a.fourier)) if v is not None}

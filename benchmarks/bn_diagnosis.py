@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import nnabla as nn  # noqa: E402
 
-from wbc_nnabla import modelfile, models, predictor, training  # noqa: E402
+from wbc_nnabla import engine, loader, modelfile, models, predictor  # noqa: E402
 
 B = 32
 
@@ -63,9 +63,9 @@ def main():
     a = ap.parse_args()
     ck = json.loads((a.run / "train" / "checkpoint.json").read_text())["dir"]
     params = modelfile.load_parameters(a.run / "train" / ck / "params.h5")
-    params = {k.split(training.SCOPE + "/", 1)[-1]: v for k, v in params.items()}
-    vp, vy = training.read_split(a.run / "dataset" / "valid.csv")
-    tp, _ = training.read_split(a.run / "dataset" / "train.csv")
+    params = {k.split(engine.SCOPE + "/", 1)[-1]: v for k, v in params.items()}
+    vp, vy = loader.read_split(a.run / "dataset" / "valid.csv")
+    tp, _ = loader.read_split(a.run / "dataset" / "train.csv")
     xv, xt = images(vp, a.size), images(tp[: a.recal_images], a.size)
     r = [accuracy(params, xv, vy, xt, a.size, True), accuracy(params, xv, vy, xt, a.size, False),
          accuracy(params, xv, vy, xt, a.size, True, recalibrate=True)]

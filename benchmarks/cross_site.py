@@ -77,34 +77,43 @@ SHARED = ROOT.parent / "shared" / "data"
 CLI = [sys.executable, "-c", "import sys; from wbc_nnabla.cli import main; sys.exit(main())"]
 #: Zheng et al. 2018 dataset 1 label codes.
 D1_CLASSES = {1: "Neutrophil", 2: "Lymph", 3: "Mono", 4: "Eosinophil", 5: "Basophil"}
-COLOUR = ["--od-scale", "0.4", "--od-shift", "0.15", "--saturation", "0.4", "--log-gamma", "0.3"]
+
+
+def sets(**values) -> list:
+    """``train`` arguments for research settings, which are config keys: ``--set KEY=VALUE`` each
+    (docs/training.md, "Settings")."""
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+COLOUR = sets(od_scale=0.4, od_shift=0.15, saturation=0.4, log_gamma=0.3)
 WIDE_MAG = ["--min-scale", "0.6", "--max-scale", "1.6"]
+ROBUST = ["--recipe", "robust"]
 #: Train flags of each variant (added to the common CPU recipe). docs/research/cross_site_log.md explains each.
 VARIANTS = {
     "baseline": [],
     "color": COLOUR,
     "colormag": COLOUR + WIDE_MAG,
-    "group_colormag": ["--norm", "group"] + COLOUR + WIDE_MAG,
-    "robust": ["--recipe", "robust"],       # = colormag + --hue 30 (colormag alone was the recipe before)
-    "robust20": ["--recipe", "robust", "--epochs", "20"],   # longer training (the issue's budget is 10)
-    "robust_sat": ["--recipe", "robust", "--saturation", "1.0"],   # greyscale to x2 saturation
-    "robust_half": ["--recipe", "robust", "--color-prob", "0.5"],   # half of the images keep their colours
-    "robust96": ["--recipe", "robust", "--size", "96"],      # a larger input (its own 96-px dataset)
-    "robust_mixstyle": ["--recipe", "robust", "--mixstyle", "0.5"],   # + MixStyle after stages 1-3
-    "robust_randconv": ["--recipe", "robust", "--randconv", "0.5"],   # + random convolutions (RandConv)
-    "robust_fourier": ["--recipe", "robust", "--fourier", "0.5"],   # + d1's look (FDA; VARIANT_STYLE)
-    "robust_fourier_bccd": ["--recipe", "robust", "--fourier", "0.5"],   # + a third lab's look (BCCD; no d1)
-    "robust_narrow": ["--recipe", "robust", "--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
-    "robust_blur": ["--recipe", "robust", "--blur", "1.0"],   # + a slight per-image blur
-    "robust_bgfill": ["--recipe", "robust", "--fill", "background"],   # zoom-out band: background, not edge streaks
-    "robust_swa": ["--recipe", "robust", "--average-epochs", "3"],   # + weights averaged over the last 3 epochs
-    "robust_rm": ["--recipe", "robust"],    # on dataset ① (background removed), d1 with its background removed
-    "robust_AB": ["--recipe", "robust"],    # Model B: robust_rm_sS (Model A) fine-tuned on dataset ②, as reproduce
-    "robust_ibn": ["--recipe", "robust", "--norm", "ibn"],   # IBN-a: instance norm in half of early channels
-    "robust_cosine": ["--recipe", "robust", "--schedule", "cosine"],   # AdaBound's step falls along a cosine
-    "robust_ls": ["--recipe", "robust", "--label-smoothing", "0.1"],   # label smoothing (Szegedy et al. 2016)
-    "robust_mixup": ["--recipe", "robust", "--mixup", "0.2"],   # mixup (Zhang et al. 2018; alpha of their ImageNet runs)
-    "robust20_mixup": ["--recipe", "robust", "--epochs", "20", "--mixup", "0.2"],   # mixup, twice the training
+    "group_colormag": sets(norm="group") + COLOUR + WIDE_MAG,
+    "robust": ROBUST,       # = colormag + hue 30 (colormag alone was the recipe before)
+    "robust20": ROBUST + ["--epochs", "20"],   # longer training (the issue's budget is 10)
+    "robust_sat": ROBUST + sets(saturation=1.0),   # greyscale to x2 saturation
+    "robust_half": ROBUST + sets(color_prob=0.5),   # half of the images keep their colours
+    "robust96": ROBUST + ["--size", "96"],      # a larger input (its own 96-px dataset)
+    "robust_mixstyle": ROBUST + sets(mixstyle=0.5),   # + MixStyle after stages 1-3
+    "robust_randconv": ROBUST + sets(randconv=0.5),   # + random convolutions (RandConv)
+    "robust_fourier": ROBUST + sets(fourier=0.5),   # + d1's look (FDA; VARIANT_STYLE)
+    "robust_fourier_bccd": ROBUST + sets(fourier=0.5),   # + a third lab's look (BCCD; no d1)
+    "robust_narrow": ROBUST + ["--min-scale", "0.9", "--max-scale", "1.1"],   # the paper's Magnification
+    "robust_blur": ROBUST + sets(blur=1.0),   # + a slight per-image blur
+    "robust_bgfill": ROBUST + sets(fill="background"),   # zoom-out band: background, not edge streaks
+    "robust_swa": ROBUST + sets(average_epochs=3),   # + weights averaged over the last 3 epochs
+    "robust_rm": ROBUST,    # on dataset ① (background removed), d1 with its background removed
+    "robust_AB": ROBUST,    # Model B: robust_rm_sS (Model A) fine-tuned on dataset ②, as reproduce
+    "robust_ibn": ROBUST + sets(norm="ibn"),   # IBN-a: instance norm in half of early channels
+    "robust_cosine": ROBUST + sets(schedule="cosine"),   # AdaBound's step falls along a cosine
+    "robust_ls": ROBUST + sets(label_smoothing=0.1),   # label smoothing (Szegedy et al. 2016)
+    "robust_mixup": ROBUST + sets(mixup=0.2),   # mixup (Zhang et al. 2018; alpha of their ImageNet runs)
+    "robust20_mixup": ROBUST + ["--epochs", "20"] + sets(mixup=0.2),   # mixup, twice the training
 }
 #: Input size of each variant (default 64, the issue's CPU recipe); another size gets its own dataset.
 VARIANT_SIZE = {"robust96": 96}
@@ -114,7 +123,7 @@ VARIANT_BACKGROUND = {"robust_rm": "remove"}
 #: Variants that start from another variant's model of the same seed (``train --init``): the paper's
 #: Model B, which fine-tunes Model A on dataset ② (section II.4), as ``reproduce`` trains it.
 VARIANT_INIT = {"robust_AB": "robust_rm"}
-#: Variants trained with style cells (``train --style-cells``): d1's cells without their labels
+#: Variants trained with style cells (``train --set style_cells=CELLS``): d1's cells without their labels
 #: (``OUT/d1_unlabelled.csv``), the cells `adapt` sees, the labels never read; or the WBCs of a third
 #: lab, ``bccd-fields`` (``OUT/bccd/cells.csv``, :func:`bccd_cells`), with nothing of d1.
 VARIANT_STYLE = {"robust_fourier": "d1_unlabelled.csv", "robust_fourier_bccd": "bccd/cells.csv"}
@@ -220,7 +229,7 @@ def train_variant(out: Path, pbc6: Path, variant: str, seed: int, extra: list, b
         init = ["--init", a]
     if VARIANT_STYLE.get(variant) == "bccd/cells.csv":
         bccd_cells(out, bccd)
-    style = ["--style-cells", out / VARIANT_STYLE[variant]] if variant in VARIANT_STYLE else []
+    style = sets(style_cells=out / VARIANT_STYLE[variant]) if variant in VARIANT_STYLE else []
     cfg = run / "config.json"
     if not (cfg.exists() and "best" in json.loads(cfg.read_text())):
         resume = ["--resume"] if (run / "checkpoint.json").exists() else []
@@ -295,7 +304,8 @@ def finetune_curve(out: Path, variant: str, seed: int, sizes=CURVE_N, select: bo
     labelled cells) at each N of at least ``finetune.MIN_SELECT_CELLS``. Points of earlier runs
     (other N) stay in ``finetune_curve.json``.
     """
-    from wbc_nnabla import finetune, modelfile, sampling
+    from wbc_nnabla import modelfile, sampling
+    from wbc_nnabla.sites import finetune
     run = out / f"{variant}_s{seed}"
     start = run / "adapted_d1.nnp" if is_batchnorm(run / "model.nnp") else run / "model.nnp"
     d1 = pd.read_csv(out / "d1.csv")

@@ -1,4 +1,4 @@
-"""GroupNorm (``train --norm group``) through every backend with realistic weights. Not part of the test suite.
+"""GroupNorm (``train --set norm=group``) through every backend with realistic weights. Not part of the test suite.
 
 A trained BatchNorm model's convolutions, BatchNorm scale/shift and classifier are
 put into the GroupNorm ResNet (``*/bn/{gamma,beta}`` -> ``*/group_normalization/{gamma,beta}``,

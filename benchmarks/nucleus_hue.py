@@ -1,8 +1,8 @@
 """Label-free stain measure (not a test): the hue of WBC nuclei on each site's unlabelled images.
 
-The basis of the ``--hue`` range of docs/research/cross_site_log.md. Per image, the darkest 8 % of the
+The basis of the ``hue`` range (``train --set hue=30``) of docs/research/cross_site_log.md. Per image, the darkest 8 % of the
 pixels (the nucleus, in a cell crop or a smear field) are taken, and the mean angle of their
-colour about the grey axis is measured (degrees; 0 = towards red, as the ``--hue`` turn).
+colour about the grey axis is measured (degrees; 0 = towards red, as the ``hue`` turn).
 No labels are read.
 
     .venv/bin/python benchmarks/nucleus_hue.py

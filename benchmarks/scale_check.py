@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, fileio, outputs, predictor, training  # noqa: E402
+from wbc_nnabla import classes, fileio, outputs, predictor, recipe, training  # noqa: E402
 
 
 def subset(pbc6: Path, per_train: int, per_valid: int, per_test: int, seed: int):
@@ -68,8 +68,8 @@ def main() -> None:
         t = parts[name]
         fileio.write_nnc_csv(ds / f"{name}.csv", list(t["path"]), [classes.index6(v) for v in t["label"]])
     sizes = sorted({max(32, int(round(args.size * float(f)))) for f in args.scales.split(",")})
-    runs = {"magnification 0.9-1.1 (default)": training.Augmentation(),
-            "magnification 0.6-1.1 (reaches 2/3)": training.Augmentation(min_scale=0.6)}
+    runs = {"magnification 0.9-1.1 (default)": recipe.Augmentation(),
+            "magnification 0.6-1.1 (reaches 2/3)": recipe.Augmentation(min_scale=0.6)}
     rows = []
     for i, (name, aug) in enumerate(runs.items()):
         run = args.out / f"run{i}"
@@ -77,9 +77,9 @@ def main() -> None:
         done = (run / "config.json").is_file() and \
             len(json.loads((run / "config.json").read_text()).get("history", [])) >= args.epochs
         if not done:
-            training.train(ds, run, training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                                         size=args.size, seed=args.seed, pretrained="none",
-                                                         augmentation=aug, progress=False),
+            training.train(ds, run, recipe.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                                                       size=args.size, seed=args.seed, pretrained="none",
+                                                       augmentation=aug, progress=False),
                            resume=(run / "checkpoint.json").is_file())
         for s in sizes:
             pred = predictor.predict(run / "model.nnp", parts["test"], size=s, backend="nnabla", progress=False)

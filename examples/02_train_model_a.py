@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from wbc_nnabla import training
+from wbc_nnabla.recipe import TrainConfig
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
@@ -21,8 +22,8 @@ ap.add_argument("--max-iterations", type=int, default=None, help="cap iterations
 args = ap.parse_args()
 work = Path(args.work)
 
-config = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, size=args.size,
-                              pretrained=args.pretrained, max_iterations=args.max_iterations)
+config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, size=args.size,
+                     pretrained=args.pretrained, max_iterations=args.max_iterations)
 summary = training.train(work / "dataset_A", work / "model_A", config)
 print("Model A:", work / "model_A" / "model.nnp")
 print("learning curve (Cost, Training Error, Validation Error):", work / "model_A" / "learning_curve.png")

@@ -2,12 +2,16 @@
 
     python examples/03_finetune_model_b.py --work WORK [--epochs 300]
 
-Model B starts from every parameter of Model A, classifier included.
+Model B starts from every parameter of Model A, classifier included. ``site_record=True`` also
+stores the training cells' WBC scale and domain reference in the model (as ``wbc-nnabla train``
+does), which examples/07_other_lab.py (``adapt``, the domain-shift check) reads; the paper's run
+needs neither.
 """
 import argparse
 from pathlib import Path
 
 from wbc_nnabla import training
+from wbc_nnabla.recipe import TrainConfig
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
@@ -19,6 +23,7 @@ args = ap.parse_args()
 work = Path(args.work)
 
 training.train(work / "dataset_B", work / "model_B",
-               training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, size=args.size,
-                                    init=work / "model_A" / "model.nnp", max_iterations=args.max_iterations))
+               TrainConfig(epochs=args.epochs, batch_size=args.batch_size, size=args.size,
+                           init=work / "model_A" / "model.nnp", max_iterations=args.max_iterations,
+                           site_record=True))
 print("Model B:", work / "model_B" / "model.nnp")

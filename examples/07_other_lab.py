@@ -9,16 +9,19 @@
 3. ``finetune``: a few labelled cells of the site (``Neutrophil`` labels would train Band + Segment);
 4. ``predict`` the site's other cells and read the domain-shift check.
 
-Here "the other lab" is the inference set of step 1, so the example shows the calls, not
-the gain; on a real foreign set see the figures in docs/cross_site.md.
+``adapt`` (1) and the domain-shift check (4) read the training cells' WBC scale and domain
+reference, which examples/03_finetune_model_b.py stored in Model B (``TrainConfig(site_record=True)``).
+Here "the other lab" is the inference set of examples/01_build_datasets.py, so the example shows
+the calls, not the gain; on a real foreign set see the figures in docs/cross_site.md.
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
 
-from wbc_nnabla import adaptation, fileio, finetune, predictions, predictor, sampling, scoring
-from wbc_nnabla.recipe import FinetuneConfig
+from wbc_nnabla import fileio, predictions, predictor, sampling, scoring
+from wbc_nnabla.sites import adaptation, finetune
+from wbc_nnabla.sites.settings import FinetuneConfig
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--work", default="work")
@@ -35,10 +38,10 @@ print(f"adapt: {record['layers']} BatchNorm layers on {record['n_cells']} site c
       f"scale: {record['scale']['zoom'] if record['scale'] else 'not adapted (no training scale stored)'}")
 
 # without labels: keep the calls above the cut-off set on the model's own validation cells
-site_preds = predictor.predict(adapted, work / "site_cells.csv", prior="normal", progress=False)
+site_run = predictor.predict_run(adapted, work / "site_cells.csv", prior="normal", progress=False)  # (table, run)
 site_csv = work / "site_predictions.csv"
-predictions.write_predictions(site_preds, site_csv, overwrite=True,
-                              config=predictor.run_config(site_preds, adapted, work / "site_cells.csv"))
+predictions.write_predictions(site_run.table, site_csv, overwrite=True,
+                              config=predictor.run_config(site_run, adapted, work / "site_cells.csv"))
 try:
     held = scoring.score(site_csv, pending_threshold="model")
     cut = held.summary["pending_threshold_from"]
@@ -54,8 +57,8 @@ tuned = finetune.finetune(adapted, work / "site_labelled.csv", work / "model_B_t
                           FinetuneConfig(iterations=args.iterations), overwrite=True, progress=False)
 print(f"finetune: {tuned['n_cells']} labelled cells, Cost {tuned['cost_first']:.3f} -> {tuned['cost_last']:.3f}")
 
-preds = predictor.predict(work / "model_B_tuned.nnp", rest, progress=False)
+preds, run = predictor.predict_run(work / "model_B_tuned.nnp", rest, progress=False)
 print(f"6-class accuracy on the other {len(preds)} site cells: {(preds['pred6'] == preds['label']).mean():.3f}")
-check = preds.attrs["domain"]
+check = run.domain                                # the domain-shift check's summary (PredictRun)
 print("domain check:", check.get("reason") or f"{100 * check['run']['share_outside']:.0f}% of the cells outside "
       f"the training domain")

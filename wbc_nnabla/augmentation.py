@@ -326,7 +326,7 @@ def mixup(x, alpha: float, seed: int = -1):
     Beta(``alpha``, ``alpha``) anew at each forward, from the stream :data:`MIXUP_STREAM` of the
     augmentation seed ``seed`` (reproducible; -1: nnabla's global seed). The partner is the image at the mirrored place
     of the (shuffled) batch, as in fastai's and timm's batch mixup. The caller mixes the loss with
-    the same ``lam`` (:func:`wbc_nnabla.training.build_graph`). nnabla has no mixup function.
+    the same ``lam`` (:func:`wbc_nnabla.engine.build_graph`). nnabla has no mixup function.
     """
     n = x.shape[0]
     lam = F.rand_beta(alpha, alpha, (n, 1), seed=_stream_seed(seed, MIXUP_STREAM))

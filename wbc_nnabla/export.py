@@ -208,7 +208,7 @@ def build_onnx(params: dict, meta: ModelDescription, opset: int = 13):
                                   "ResNet of Sasaki et al. (2020), Fig. 4. Input x: float32 (N,3,H,W) RGB in [0,1]; "
                                   "output y: softmax probabilities over class_names (metadata)."))
     model.ir_version = min(model.ir_version, 8)  # onnxruntime/OpenCV accept IR 8 with opset 13-17
-    # dicts too: the domain reference (wbc_nnabla.domain) must reach the ONNX backends
+    # dicts too: the domain reference (wbc_nnabla.sites.domain) must reach the ONNX backends
     onnx_meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, list, dict))}
     helper.set_model_props(model, {
         ONNX_META_KEY: json.dumps(onnx_meta),

@@ -541,7 +541,7 @@ def read_cells(source: PathLike, dedupe: bool = False, by_content: bool = False,
 def read_cell_images(source: PathLike, dedupe: bool = False, by_content: bool = False,
                      dedupe_flag: Optional[str] = "--dedupe") -> pd.DataFrame:
     """:func:`read_cells` for a command that takes each image whole as one cell (``predict``,
-    ``adapt``, ``finetune``, ``--style-cells``, ...); see :func:`check_whole_images`."""
+    ``adapt``, ``finetune``, ``train``'s ``style_cells``, ...); see :func:`check_whole_images`."""
     table = read_cells(source, dedupe=dedupe, by_content=by_content, dedupe_flag=dedupe_flag)
     return check_whole_images(table, source)
 

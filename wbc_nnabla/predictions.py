@@ -38,7 +38,7 @@ PROB_COLUMNS: Tuple[str, ...] = tuple(PROB_PREFIX + c for c in CLASSES6)
 SIX_COLUMNS: Tuple[str, ...] = ("path", "smear", "label", "pred6", "pred5") + PROB_COLUMNS
 REQUIRED_COLUMNS: Tuple[str, ...] = ("path", "pred6") + PROB_COLUMNS
 OPTIONAL_COLUMNS: Tuple[str, ...] = ("smear", "label", "pred5")
-#: Optional per-cell columns of the domain-shift check (:mod:`wbc_nnabla.domain`), written by
+#: Optional per-cell columns of the domain-shift check (:mod:`wbc_nnabla.sites.domain`), written by
 #: ``predict`` for a model that stores a domain reference; older files do not have them.
 DOMAIN_COLUMNS: Tuple[str, ...] = ("domain_distance", "outside_domain")
 #: Smear name given to every cell when no cell of the file names a smear.

@@ -79,7 +79,7 @@ def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
 def load_input(path: PathLike, size: int, transform: Optional[Callable] = None) -> np.ndarray:
     """:func:`preprocess` of the image file ``path`` (raises ``ImageReadError`` naming it).
 
-    transform: applied to the uint8 ``(H, W, 3)`` RGB image first (e.g. :func:`wbc_nnabla.stain.standardiser`).
+    transform: applied to the uint8 ``(H, W, 3)`` RGB image first (e.g. :func:`wbc_nnabla.sites.stain.standardiser`).
     """
     rgb = fileio.read_rgb(path)
     return preprocess(transform(rgb) if transform is not None else rgb, size)
@@ -465,8 +465,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     skip_bad: leave out images that cannot be read (missing, corrupt, smaller than
         :data:`wbc_nnabla.fileio.MIN_IMAGE_SIDE`) instead of stopping; they are listed in
         ``df.attrs["skipped"]``.
-    stain: colour standardisation of each cell before it is resized (:data:`wbc_nnabla.stain.STAIN_METHODS`;
-        default ``none``), towards ``stain_reference`` (:func:`wbc_nnabla.stain.reference` of the
+    stain: colour standardisation of each cell before it is resized (:data:`wbc_nnabla.sites.settings.STAIN_METHODS`;
+        default ``none``), towards ``stain_reference`` (:func:`wbc_nnabla.sites.stain.reference` of the
         model's training cells).
     prior: correct the probabilities from the training classes' balance to a smear's expected
         differential (:func:`wbc_nnabla.predictions.parse_prior`: ``"normal"`` for a healthy

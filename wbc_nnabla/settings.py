@@ -1,7 +1,7 @@
 """One settings system: each setting declared once, with its default, range or choices and help.
 
 A setting is a field of a dataclass (:class:`wbc_nnabla.recipe.TrainConfig`, the solver and
-augmentation settings inside it, :class:`wbc_nnabla.pipeline.Config`, the wing's
+augmentation settings inside it, :class:`wbc_nnabla.presets.Config`, the wing's
 :mod:`wbc_nnabla.sites.settings`) declared with :func:`setting`. From that one declaration:
 
 * :func:`check` validates an instance (every range and choice; nested settings too) and raises

@@ -8,7 +8,7 @@ from .common import CLIError, add_config_flags, add_setting_flags, add_stain_arg
 
 
 def domain_line(summary: dict) -> str:
-    """One console line of a predict run's domain-shift check (wbc_nnabla.domain)."""
+    """One console line of a predict run's domain-shift check (wbc_nnabla.sites.domain)."""
     from ..sites import domain
     if not summary.get("available"):
         return f"domain-shift check unavailable: {summary.get('reason', 'no reference')}"

@@ -96,7 +96,7 @@ def estimate_statistics(params: Dict[str, np.ndarray], meta: dict, loader: Image
 
 
 def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "site cells") -> Optional[dict]:
-    """The re-framing of a site's crops to the training scale (:mod:`wbc_nnabla.framing`), or None.
+    """The re-framing of a site's crops to the training scale (:mod:`wbc_nnabla.sites.framing`), or None.
 
     The training cells' median WBC share is the model's (``meta['wbc_share']``, stored by
     training) or measured on ``train_cells`` (a cell source) for a model that stores none.
@@ -182,12 +182,12 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     scale: also re-frame the site's crops to the training cells' WBC scale (:func:`site_scale`;
         the factor is stored as the output's ``zoom``, which ``predict`` applies) when the model
         stores the training scale or ``train_cells`` is given; ``False``: statistics only.
-    pad: how a crop zoomed out is filled around (:data:`wbc_nnabla.recipe.PADS`), stored as the
-        output's ``pad``; default :data:`wbc_nnabla.recipe.DEFAULT_PAD` when the scale is measured,
+    pad: how a crop zoomed out is filled around (:data:`wbc_nnabla.sites.settings.PADS`), stored as the
+        output's ``pad``; default :data:`wbc_nnabla.sites.settings.DEFAULT_PAD` when the scale is measured,
         else the model's own.
     stain, stain_reference: a colour standardisation of each cell after the re-framing
-        (:func:`wbc_nnabla.stain.standardiser`; e.g. ``reinhard`` towards the model's training
-        cells' :func:`wbc_nnabla.stain.reference`): the statistics are estimated on the cells so
+        (:func:`wbc_nnabla.sites.stain.standardiser`; e.g. ``reinhard`` towards the model's training
+        cells' :func:`wbc_nnabla.sites.stain.reference`): the statistics are estimated on the cells so
         standardised, and the method and reference are stored as the output's ``stain``, which
         ``predict`` applies to every cell (it then refuses a ``--stain`` of its own).
 

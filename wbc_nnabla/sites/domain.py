@@ -230,7 +230,7 @@ def outside_all(ref: dict, dist: np.ndarray, sites: Sequence[dict], desc: np.nda
 
 def scale_warning(scale: dict) -> str:
     """The sentence ``predict`` prints when its cells' WBC scale is not the model's
-    (:func:`wbc_nnabla.framing.scale_hint`)."""
+    (:func:`wbc_nnabla.sites.framing.scale_hint`)."""
     site, training = scale["site"]["median"], scale["training"]["median"]
     return (f"the WBC fills a median {site:.2f} of the crop's side here, {training:.2f} in the training cells "
             f"({site / training:.1f}x): run `wbc-nnabla adapt MODEL CELLS OUT.nnp` on these cells, which "

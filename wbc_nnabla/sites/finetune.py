@@ -20,7 +20,7 @@ at a small step, with the paper's geometric ImageAugmentation.
 
 The step and the number of updates can be chosen on the lab's own labelled cells
 (``select``, CLI ``--select``): :func:`cross_validate` scores each candidate of
-:func:`wbc_nnabla.recipe.select_candidates` on held-out folds of those cells and
+:func:`wbc_nnabla.sites.settings.select_candidates` on held-out folds of those cells and
 :func:`best_setting` picks one; no other cell is used.
 
 The labelled cells are training cells of the new model: their domain reference is stored
@@ -164,7 +164,7 @@ def tune(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[str], labels
 
     labels: ``(N,)`` int, indices into :func:`target_groups` of ``meta['class_names']``.
     Every image is read (and a bad one named) before any training; each crop is seen as
-    the model sees it (:func:`wbc_nnabla.framing.model_view`: the site's zoom).
+    the model sees it (:func:`wbc_nnabla.sites.framing.model_view`: the site's zoom).
     """
     _, member = target_groups(meta["class_names"])
     tuned, costs, _ = _fit(params, meta, _loader(meta, paths, labels, size), member, cfg, size, progress)
@@ -252,13 +252,13 @@ def _record(model: Path, cells: Path, labels: np.ndarray, names: List[str], path
 
 def site_reference(meta: dict, paths: Sequence[str], labels: np.ndarray, size: int, source: Path,
                    seed: int = 0) -> Optional[dict]:
-    """The domain reference (:func:`wbc_nnabla.domain.reference`) of a site's labelled cells, as the model
-    sees them, which :func:`finetune` stores under :data:`wbc_nnabla.domain.SITE_KEY`: the model has now
+    """The domain reference (:func:`wbc_nnabla.sites.domain.reference`) of a site's labelled cells, as the model
+    sees them, which :func:`finetune` stores under :data:`wbc_nnabla.sites.domain.SITE_KEY`: the model has now
     been trained on cells like them, so ``predict`` no longer flags them outside its domain.
 
     None (logged) under :data:`MIN_SITE_REFERENCE_CELLS` cells: the reference's threshold comes from
     each half of the cells measured against the other half, and a covariance of
-    ``len(wbc_nnabla.domain.DESCRIPTORS)`` = 10 descriptors fitted on a handful of cells would make
+    ``len(wbc_nnabla.sites.domain.DESCRIPTORS)`` = 10 descriptors fitted on a handful of cells would make
     it so wide that another lab's cells would pass as the site's.
     """
     if _too_few_for_reference(len(paths)):
@@ -282,7 +282,7 @@ def _site_reference(loader: ImageLoader, source: Path, seed: int) -> dict:
 
 def _select(params: Dict[str, np.ndarray], meta: dict, paths: List[str], labels: np.ndarray, cells: Path,
             cfg: FinetuneConfig, folds: int, size: int, progress: bool) -> pd.DataFrame:
-    """:func:`cross_validate` of :func:`~wbc_nnabla.recipe.select_candidates`, after checking the cells suffice."""
+    """:func:`cross_validate` of :func:`~wbc_nnabla.sites.settings.select_candidates`, after checking the cells suffice."""
     if folds < 2:
         raise FinetuneError(f"--folds must be >= 2 for --select, got {folds}")
     if len(paths) < max(MIN_SELECT_CELLS, MIN_FINETUNE_CELLS * folds):
@@ -297,7 +297,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
     """Write ``out``: ``model`` fine-tuned on the labelled ``cells`` of a new site.
 
     model: a ``.nnp``/``.h5`` model file (:func:`wbc_nnabla.modelfile.read_model`), best
-        one adapted to the site first (:func:`wbc_nnabla.adaptation.adapt_batchnorm`).
+        one adapted to the site first (:func:`wbc_nnabla.sites.adaptation.adapt_batchnorm`).
     cells: labelled cells, any source :func:`wbc_nnabla.fileio.read_cell_images` reads
         (at least :data:`MIN_FINETUNE_CELLS` and :data:`MIN_FINETUNE_CLASSES` classes;
         labels: the model's classes, or ``Neutrophil`` for Band/Segment).
@@ -305,7 +305,7 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
         file only with ``overwrite``).
     config: :class:`FinetuneConfig`.
     select: choose the step (``alpha``, ``final_lr``) and ``iterations`` among
-        :func:`wbc_nnabla.recipe.select_candidates` by ``folds``-fold cross-validation inside
+        :func:`wbc_nnabla.sites.settings.select_candidates` by ``folds``-fold cross-validation inside
         ``cells`` (:func:`cross_validate`, :func:`best_setting`), then fine-tune on every cell
         with the winner; ``config``'s step and iterations are replaced, its batch, seed and
         size kept. The table is stored in the record (``selection``). Needs

@@ -72,7 +72,7 @@ def median_share(paths: Sequence[str], n: int = SHARE_SAMPLE, seed: int = 0) -> 
 
 
 def check_pad(pad: str) -> str:
-    """``pad`` if it is one of :data:`wbc_nnabla.recipe.PADS`, else an :class:`InputError` naming them."""
+    """``pad`` if it is one of :data:`wbc_nnabla.sites.settings.PADS`, else an :class:`InputError` naming them."""
     if pad not in PADS:
         raise InputError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
     return pad
@@ -82,7 +82,7 @@ def reframe(rgb: np.ndarray, zoom: float, pad: str = DEFAULT_PAD) -> np.ndarray:
     """The crop ``rgb`` (uint8 ``(H, W, 3)``) seen ``zoom`` times wider around its centre.
 
     zoom > 1: the square of side ``zoom * max(H, W)`` centred on the crop, the band outside the
-    crop filled as ``pad`` says (:data:`wbc_nnabla.recipe.PADS`); the cell then fills ``1 / zoom``
+    crop filled as ``pad`` says (:data:`wbc_nnabla.sites.settings.PADS`); the cell then fills ``1 / zoom``
     of what it did. On a crop that hugs its cell, ``reflect`` mirrors the cell itself into the band.
     zoom < 1: a centred square crop (``pad`` plays no part).
     """
@@ -105,7 +105,7 @@ def site_zoom(site: Dict[str, float], training: Dict[str, float]) -> float:
 def model_view(meta: dict) -> Optional[Callable]:
     """What a model asks of each crop, as ``adapt`` set it: the re-framing to the training scale
     (``meta['zoom']``, ``meta['pad']``), then the colour standardisation the model was adapted with
-    (``meta['stain']``: ``method`` and ``reference``, :func:`wbc_nnabla.stain.standardiser`), as a
+    (``meta['stain']``: ``method`` and ``reference``, :func:`wbc_nnabla.sites.stain.standardiser`), as a
     function uint8 ``(H, W, 3)`` -> same; None when the model takes crops as they are."""
     zoom = float(meta.get("zoom", 1.0))
     pad = meta.get("pad", LEGACY_PAD)

@@ -110,7 +110,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
     """Write ``out``: ``model`` adapted to the unlabelled ``cells`` by information maximisation.
 
     SHOT-IM (Liang et al., ICML 2020) with a class prior: every parameter but the
-    classifier ``fc`` is trained (AdaBound, :class:`~wbc_nnabla.recipe.InfoMaxConfig`) to
+    classifier ``fc`` is trained (AdaBound, :class:`~wbc_nnabla.sites.settings.InfoMaxConfig`) to
     lower :func:`infomax_loss` on batches of the site's cells; then, for a BatchNorm
     model, every BatchNorm's running statistics are re-estimated on the same cells (AdaBN).
     Best run on a model ``adapt`` made first (its site zoom is applied to each crop).

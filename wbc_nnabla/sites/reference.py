@@ -26,12 +26,12 @@ DOMAIN_SAMPLE = 1000
 
 
 def domain_reference(loader: ImageLoader, seed: int, n: int = DOMAIN_SAMPLE, source: str = "") -> Optional[dict]:
-    """The domain reference (:func:`wbc_nnabla.domain.reference`) of a seeded class-stratified sample of ``loader``.
+    """The domain reference (:func:`wbc_nnabla.sites.domain.reference`) of a seeded class-stratified sample of ``loader``.
 
     loader: the clean (never augmented) training images, at the training size.
     n: images in the sample (all when fewer); read in chunks of 256, so memory
     stays small at any size. Stored in the exported model by :func:`train`.
-    None (logged) when ``loader`` has fewer than :data:`wbc_nnabla.domain.MIN_CELLS` images.
+    None (logged) when ``loader`` has fewer than :data:`wbc_nnabla.sites.domain.MIN_CELLS` images.
     """
     if len(loader) < domain.MIN_CELLS:
         log.warning("%d training images: fewer than %d, the model stores no domain reference (predict will "
@@ -56,7 +56,7 @@ def add_domain_reference(model: PathLike, dataset_dir: PathLike, out: PathLike, 
     size: side (pixels) the images are resized to; default the model's stored size.
     seed, n: the sample, as in training (:func:`domain_reference`; the
         run seed's derived stream is not reproduced: ``seed`` is used directly).
-    Returns the reference stored (under :data:`wbc_nnabla.domain.META_KEY`).
+    Returns the reference stored (under :data:`wbc_nnabla.sites.domain.META_KEY`).
     Raises a :class:`~wbc_nnabla.errors.WBCError` naming the file before writing anything.
     """
     model, dataset_dir, out = Path(model), Path(dataset_dir), Path(out)

@@ -3,7 +3,7 @@
 Sasaki et al. (2020, Discussion) propose semi-supervised learning to use the many
 cells nobody labelled. :func:`self_train` does it for a new site: the model labels
 the site's cells, keeps the ones it is most sure of as pseudo-labels, is fine-tuned
-on them (:func:`wbc_nnabla.finetune.tune`: BatchNorm statistics frozen, AdaBound at a
+on them (:func:`wbc_nnabla.sites.finetune.tune`: BatchNorm statistics frozen, AdaBound at a
 small step, the paper's geometric augmentation), and labels the cells again, for a
 few rounds. The pick is class-balanced (Zou et al., ECCV 2018, "CBST"): per predicted
 class the most confident ``portion`` of that class's cells, so the class the model
@@ -11,7 +11,7 @@ over-predicts on a new site does not fill the pseudo-labels alone; the portion g
 each round (:class:`~wbc_nnabla.sites.settings.SelfTrainConfig`).
 
 A six-class model's Band and Segment are pseudo-labelled together as ``Neutrophil``
-(the grouped loss of :mod:`wbc_nnabla.finetune`): the Japanese Band/Segment line is
+(the grouped loss of :mod:`wbc_nnabla.sites.finetune`): the Japanese Band/Segment line is
 the least sure call on any site, the five-class view of Table 1.
 
 Pseudo-labels repeat the model's own mistakes: a class the model confuses on this
@@ -47,7 +47,7 @@ class SelfTrainError(SiteError):
 def label_choices(class_names: Sequence[str]) -> Tuple[List[str], np.ndarray, List[int]]:
     """(label names, membership ``(C, K)``, the columns a pseudo-label may take) of a model's classes.
 
-    The names and membership are :func:`wbc_nnabla.finetune.target_groups`'; a model with
+    The names and membership are :func:`wbc_nnabla.sites.finetune.target_groups`'; a model with
     Band and Segment takes ``Neutrophil`` in their place.
     """
     names, member = finetune.target_groups(class_names)
@@ -103,7 +103,7 @@ def self_train(model, cells, out, config: Optional[SelfTrainConfig] = None, over
     """Write ``out``: ``model`` self-trained on the unlabelled ``cells`` of a new site.
 
     model: a ``.nnp``/``.h5`` model file, best one adapted to the site first
-        (:func:`wbc_nnabla.adaptation.adapt_batchnorm`).
+        (:func:`wbc_nnabla.sites.adaptation.adapt_batchnorm`).
     cells: the site's cells, any source :func:`wbc_nnabla.fileio.read_cell_images` reads; labels
         are ignored.
     out: the self-trained ``.nnp`` (not the model, not inside the cells folder; an

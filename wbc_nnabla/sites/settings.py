@@ -92,7 +92,7 @@ class SelfTrainConfig(FinetuneConfig):
 
 @dataclasses.dataclass
 class InfoMaxConfig:
-    """Settings of :func:`wbc_nnabla.sites.adaptation.infomax` (units: updates, cells, pixels).
+    """Settings of :func:`wbc_nnabla.sites.infomax.infomax` (units: updates, cells, pixels).
 
     Chosen before any foreign-site result: the step of :class:`FinetuneConfig`; SHOT's weight 1 of
     the prior term (Liang et al., ICML 2020); a batch of 32 cells, over which the mean prediction
