@@ -265,7 +265,8 @@ def test_cli_adapts_and_skips_bad_cells(site, model, hostile, capsys, tmp_path):
 
 
 def test_cli_says_nothing_of_the_number_of_cells_at_the_advised_number(site, model, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "ADVISED_ADAPT_IMAGES", 32)
+    from wbc_nnabla.cli import sites as site_commands
+    monkeypatch.setattr(site_commands, "ADVISED_ADAPT_IMAGES", 32)
     rc = cli.main(["adapt", str(model), str(site[1]), str(tmp_path / "a.nnp"), "--max-images", "32"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and lines[0].startswith("AdaBN: ") and not any(line.startswith("cells:") for line in lines)

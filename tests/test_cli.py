@@ -54,7 +54,7 @@ def test_docs_cli_reference_matches_help():
 
 
 def test_train_flags_build_the_settings(monkeypatch, capsys):
-    """The AdaBound and ImageAugmentation flags are made from the settings' fields, defaults included."""
+    """The paper's AdaBound and ImageAugmentation flags, and ``--set`` for the settings without a flag."""
     from wbc_nnabla import training
     from wbc_nnabla.recipe import AdaBoundConfig, Augmentation
     given = []
@@ -65,9 +65,9 @@ def test_train_flags_build_the_settings(monkeypatch, capsys):
 
     monkeypatch.setattr(training, "train", train)
     assert cli.main(["train", "DS", "OUT", "--alpha", "0.01", "--angle", "10"]) == 0
-    assert cli.main(["train", "DS", "OUT", "--angle", "10", "--no-flip"]) == 0
-    assert cli.main(["train", "DS", "OUT", "--od-scale", "0.2", "--saturation", "0.3", "--log-gamma", "0.1",
-                     "--color-prob", "0.5"]) == 0
+    assert cli.main(["train", "DS", "OUT", "--angle", "10", "--set", "flip_lr=false", "--set", "flip_ud=false"]) == 0
+    assert cli.main(["train", "DS", "OUT", "--set", "od_scale=0.2", "--set", "saturation=0.3", "--set",
+                     "augmentation.log_gamma=0.1", "--set", "color_prob=0.5"]) == 0
     assert given[0].solver == AdaBoundConfig(alpha=0.01)
     assert given[0].augmentation == Augmentation(angle=10.0)
     assert given[1].solver == AdaBoundConfig()
@@ -88,6 +88,6 @@ def test_train_average_epochs_reaches_the_config_and_the_summary_line(monkeypatc
                          "averaged_epochs": [8, 10], "averaged_updates": 180}}
 
     monkeypatch.setattr(training, "train", train)
-    assert cli.main(["train", "DS", "OUT", "--epochs", "10", "--average-epochs", "3"]) == 0
+    assert cli.main(["train", "DS", "OUT", "--epochs", "10", "--set", "average_epochs=3"]) == 0
     assert given[0].average_epochs == 3
     assert "weights averaged over epochs 8-10: Validation Error 0.5000" in capsys.readouterr().out

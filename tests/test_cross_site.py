@@ -19,7 +19,8 @@ def test_recipes():
     with pytest.raises(TrainingError, match="fancy"):
         recipe_augmentation("fancy")
     cfg = pipeline.make_config("recommended")
-    assert (cfg.recipe, cfg.adapt, cfg.infer_size) == ("robust", True, PAPER.train_size)
+    # issue 50: on three labs it was not tuned on, the paper's recipe with adapt beat robust's
+    assert (cfg.recipe, cfg.adapt, cfg.infer_size) == ("paper", True, PAPER.train_size)
     assert (pipeline.make_config("paper").recipe, pipeline.make_config("paper").adapt) == ("paper", False)
 
 
@@ -27,11 +28,11 @@ def test_recipes():
 def test_train_recipe_robust_with_an_override(tmp_path, tiny_dataset):
     pytest.importorskip("nnabla")
     out = tmp_path / "run"
-    assert cli.main(["train", str(tiny_dataset), str(out), "--recipe", "robust", "--od-scale", "0.2", "--epochs", "1",
+    assert cli.main(["train", str(tiny_dataset), str(out), "--recipe", "robust", "--set", "od_scale=0.2", "--epochs", "1",
                      "--size", "32", "--batch-size", "4", "--pretrained", "none", "--no-progress",
                      "--bn-recalibration", "0"]) == 0
     aug = json.loads((out / "config.json").read_text())["config"]["augmentation"]
-    assert aug["od_scale"] == 0.2                                    # the flag wins over the recipe
+    assert aug["od_scale"] == 0.2                                    # --set wins over the recipe
     for k in ("od_shift", "saturation", "log_gamma", "hue", "min_scale", "max_scale"):
         assert aug[k] == ROBUST_AUGMENTATION[k], k
 

@@ -5,6 +5,7 @@ training cells; the held-out demo cells are inside its domain, a recoloured copy
 density scaled per channel: another stain) is outside. The session's tiny model (12 training
 images, fewer than the reference needs) stands for a model without reference.
 """
+import json
 import logging
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def trained(tmp_path_factory):
     for name, rows in (("train.csv", tr), ("valid.csv", va)):
         fileio.write_nnc_csv(ds / name, demo.path[rows], [classes.index6(v) for v in demo.label[rows]])
     training.train(ds, root / "train", TrainConfig(epochs=1, size=32, batch_size=4, pretrained="none",
-                                                   progress=False, max_iterations=2, train_eval_limit=4))
+                                                   progress=False, max_iterations=2, train_eval_limit=4,
+                                                   site_record=True))
     cells = demo.loc[held, ["path", "label"]].reset_index(drop=True)
     (root / "recoloured").mkdir()
     paths = []
@@ -64,6 +66,24 @@ def test_training_stores_a_reference_of_its_training_cells(trained):
     ref = domain.check_reference(meta[domain.META_KEY])
     assert ref["n_cells"] == 6 * N_TRAIN and ref["descriptors"] == list(domain.DESCRIPTORS)
     assert ref["cell_quantile"] == domain.CELL_QUANTILE and ref["cell_threshold"] > 0
+
+
+def test_a_paper_run_records_nothing_for_the_wing_unless_asked(trained, tmp_path, monkeypatch):
+    """``TrainConfig()`` (the library's default) computes no domain reference nor WBC scale: the seam is not
+    called; predict then says the check is unavailable."""
+    root, _, cells, _ = trained
+    from wbc_nnabla.sites import seams
+    monkeypatch.setattr(seams, "training_record", lambda *a, **k: pytest.fail("the wing's seam was called"))
+    training.train(root / "dataset", tmp_path / "paper", TrainConfig(epochs=1, size=32, batch_size=4, pretrained="none",
+                                                                     progress=False, max_iterations=1,
+                                                                     train_eval_limit=4, bn_recalibration=0))
+    _, meta = modelfile.read_model(tmp_path / "paper" / "model.nnp")
+    assert domain.META_KEY not in meta and "wbc_share" not in meta
+    config = json.loads((tmp_path / "paper" / "config.json").read_text())["config"]
+    assert config["site_record"] is False and config["wbc_share"] is None
+    table, run = predictor.predict_run(tmp_path / "paper" / "model.nnp", cells.head(4), backend="nnabla",
+                                       progress=False)
+    assert run.domain["available"] is False and "domain_distance" not in table.columns
 
 
 def test_demo_cells_inside_recoloured_copy_outside(trained, caplog):

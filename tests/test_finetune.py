@@ -139,8 +139,8 @@ def test_cli_never_replaces_the_model_or_an_existing_file(tmp_path, tiny_model, 
 @pytest.fixture()
 def short_grid(monkeypatch):
     """The --select grid at 2 and 4 updates (the shipped 100 and 200 are for real fine-tuning)."""
-    from wbc_nnabla import recipe
-    monkeypatch.setattr(recipe, "SELECT_ITERATIONS", (2, 4))
+    from wbc_nnabla.sites import settings
+    monkeypatch.setattr(settings, "SELECT_ITERATIONS", (2, 4))
 
 
 @pytest.fixture(scope="module")

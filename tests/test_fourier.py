@@ -134,8 +134,8 @@ def test_training_with_style_cells_records_them_and_exports_no_fourier_step(tiny
 
 
 @pytest.mark.parametrize("fourier, style, match", [
-    (0.5, None, "--style-cells"),
-    (0.0, "demo", "--fourier"),
+    (0.5, None, "fourier and style_cells go together"),
+    (0.0, "demo", "fourier and style_cells go together"),
     (1.5, "demo", r"fourier must be in \[0, 1\]"),
 ])
 def test_fourier_and_style_cells_go_together(tiny_dataset, tmp_path, fourier, style, match):
@@ -168,8 +168,8 @@ def test_the_cli_passes_style_cells_and_refuses_fourier_alone(tiny_dataset, tmp_
     from wbc_nnabla import cli
     common = [str(tiny_dataset), str(tmp_path / "o"), "--epochs", "1", "--size", "32", "--batch-size", "4",
               "--pretrained", "none", "--no-progress", "--train-eval-limit", "4"]
-    assert cli.main(["train", *common, "--fourier", "0.5"]) == 2
-    assert "--style-cells" in capsys.readouterr().err and not (tmp_path / "o").exists()
-    assert cli.main(["train", *common, "--fourier", "0.5", "--style-cells", str(fileio.demo_data())]) == 0
+    assert cli.main(["train", *common, "--set", "fourier=0.5"]) == 2
+    assert "style_cells" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert cli.main(["train", *common, "--set", "fourier=0.5", "--set", f"style_cells={fileio.demo_data()}"]) == 0
     rec = json.loads((tmp_path / "o" / "config.json").read_text())["config"]
     assert rec["style_cells"]["source"] == str(fileio.demo_data().resolve())

@@ -139,7 +139,7 @@ def test_groupnorm_model_trains_without_statistics(site, tiny_gn_model, tmp_path
     ("few", "few: 20 readable cells"),
     ("empty", "empty: no images"),
     ("prior", "--prior"),
-    ("batch", "batch_size >= 2"),
+    ("batch", "batch_size must be >= 2"),
     ("existing", "existing.nnp: already exists"),
 ])
 def test_cli_refusals_one_line_nothing_written(site, capsys, tmp_path, case, expected):

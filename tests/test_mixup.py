@@ -88,7 +88,7 @@ def test_cli_flag_reaches_the_config(monkeypatch):
         return {"best": {"epoch": 1, "validation_error": 0.5}}
 
     monkeypatch.setattr(training, "train", train)
-    assert cli.main(["train", "D", "O", "--mixup", "0.2"]) == 0
+    assert cli.main(["train", "D", "O", "--set", "mixup=0.2"]) == 0
     assert cli.main(["train", "D", "O"]) == 0
     assert [c.mixup for c in given] == [0.2, 0.0]          # 0: the paper's training
 

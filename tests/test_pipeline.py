@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_DEMO
-from wbc_nnabla import classes, fileio, pipeline, predictions
+from wbc_nnabla import classes, fileio, pipeline, predictions, recipe
+from wbc_nnabla.cli import run as run_commands
 
 
 def test_presets_and_overrides(tmp_path):
@@ -90,9 +91,9 @@ def test_reproduce_flags_reach_the_config():
     from wbc_nnabla import cli
 
     args = cli.build_parser().parse_args(["reproduce", "SRC", "OUT", "--bn-recalibration", "0", "--seed", "4"])
-    cfg = pipeline.make_config("paper", **cli.config_overrides(args))
+    cfg = pipeline.make_config("paper", **run_commands.config_overrides(args))
     assert (cfg.bn_recalibration, cfg.seed) == (0, 4)
-    assert pipeline.make_config("paper").bn_recalibration == pipeline.BN_RECALIBRATION_IMAGES > 0
+    assert pipeline.make_config("paper").bn_recalibration == recipe.BN_RECALIBRATION_IMAGES > 0
 
 
 # ----------------------------------------------------------------------------- hostile inputs
@@ -182,9 +183,9 @@ def test_item4_reproduce_and_build_dataset_report_repeats_in_one_line_and_dedupe
                   "--train-size", "32", "--infer-size", "32", "--total-a", "60", "--total-b", "60"])
     assert json.loads((tmp_path / "run" / "split" / "split.json").read_text())["duplicates_dropped"] == 3
     args = cli.build_parser().parse_args(["reproduce", "SRC", "OUT", "--dedupe", "--skip-bad"])
-    cfg = pipeline.make_config("paper", **cli.config_overrides(args))
+    cfg = pipeline.make_config("paper", **run_commands.config_overrides(args))
     assert cfg.dedupe and cfg.skip_bad
-    assert not pipeline.make_config("paper", **cli.config_overrides(cli.build_parser().parse_args(
+    assert not pipeline.make_config("paper", **run_commands.config_overrides(cli.build_parser().parse_args(
         ["reproduce", "SRC", "OUT"]))).dedupe
 
 

@@ -19,6 +19,7 @@ import nnabla.solvers as S  # noqa: E402
 from helpers import (TINY_TRAIN as FAST, check_training_loss_setting, cross_entropy_of,  # noqa: E402
                      demo_nnc_dataset, function_names, nnp_text)
 from wbc_nnabla import augmentation, checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
+from wbc_nnabla.cli.train import train_settings
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -266,8 +267,8 @@ def test_weight_init_is_recorded_and_guarded_on_resume(model_a, tiny, tmp_path):
     assert len(training.train(tiny, old, TrainConfig(epochs=2, **FAST), resume=True)["history"]) == 2
     he = training.train(tiny, tmp_path / "he", TrainConfig(epochs=1, weight_init="he", **dict(FAST, max_iterations=1)))
     assert he["config"]["weight_init"] == "he"
-    assert cli.build_parser().parse_args(["train", "d", "o"]).weight_init == "glorot"
-    assert cli.build_parser().parse_args(["train", "d", "o", "--weight-init", "he"]).weight_init == "he"
+    assert train_settings(cli.build_parser().parse_args(["train", "d", "o"])).weight_init == "glorot"
+    assert train_settings(cli.build_parser().parse_args(["train", "d", "o", "--set", "weight_init=he"])).weight_init == "he"
 
 
 def test_tiny_training_on_real_crops_drops_loss(tmp_path):
@@ -396,7 +397,7 @@ def test_groupnorm_training_records_norm_and_skips_bn_recalibration(tiny_gn_mode
     s = json.loads((tiny_gn_model / "config.json").read_text())
     assert s["config"]["norm"] == "group" and s["config"]["bn_recalibration"] == 0
     assert s["config"]["bn_sample"] is None
-    assert "no-op with --norm group" in s["config"]["bn_recalibration_skipped"]
+    assert "no-op with norm group" in s["config"]["bn_recalibration_skipped"]
     assert [h["epoch"] for h in s["history"]] == [1, 2] and all(np.isfinite(h["cost"]) for h in s["history"])
     params, meta = modelfile.read_model(tiny_gn_model / "model.nnp")
     assert meta["norm"] == "group" and modelfile.read_meta(tiny_gn_model / "model.nnp")["norm"] == "group"
@@ -433,7 +434,7 @@ def test_groupnorm_is_guarded_on_resume_and_init(tiny_gn_model, model_a, tiny, t
         training.train(tiny, tmp_path / "x", TrainConfig(epochs=1, norm="layer", **FAST))
     with pytest.raises(training.TrainingError, match=r"different .*norm \(was .*'batch'\)"):
         training.train(tiny, model_a, TrainConfig(epochs=3, norm="group", **FAST), resume=True)
-    with pytest.raises(training.TrainingError, match="--init .*a --norm group model; this run has --norm batch"):
+    with pytest.raises(training.TrainingError, match="--init .*a norm group model; this run has norm batch"):
         training.train(tiny, tmp_path / "y", TrainConfig(epochs=1, init=tiny_gn_model / "model.nnp", **FAST))
     assert not (tmp_path / "y").exists()
     # fine-tuning a GroupNorm model with --norm group starts from its every parameter
@@ -441,8 +442,8 @@ def test_groupnorm_is_guarded_on_resume_and_init(tiny_gn_model, model_a, tiny, t
                                                          **dict(FAST, max_iterations=1)))
     assert s["initialisation"].startswith("init") and s["config"]["norm"] == "group"
     from wbc_nnabla import cli
-    assert cli.build_parser().parse_args(["train", "d", "o"]).norm == "batch"
-    assert cli.build_parser().parse_args(["train", "d", "o", "--norm", "group"]).norm == "group"
+    assert train_settings(cli.build_parser().parse_args(["train", "d", "o"])).norm == "batch"
+    assert train_settings(cli.build_parser().parse_args(["train", "d", "o", "--set", "norm=group"])).norm == "group"
 
 
 def test_groupnorm_resume_reaches_same_parameters(tiny, tmp_path):

@@ -71,7 +71,7 @@ def test_each_command_refuses_and_writes_nothing(command, fields, tiny_model, ti
             "self-train": ["self-train", model, fields, out],
             "infomax": ["infomax", model, fields, out],
             "style-cells": ["train", tiny_dataset, tmp_path / "run", "--epochs", "1", "--size", "32", "--batch-size", "4",
-                            "--pretrained", "none", "--no-progress", "--fourier", "0.5", "--style-cells", fields]}
+                            "--pretrained", "none", "--no-progress", "--set", "fourier=0.5", "--set", f"style_cells={fields}"]}
     assert cli.main(list(map(str, argv[command]))) != 0
     assert f"{fields}:3: gives a cell centre" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fields.csv"]

@@ -133,7 +133,7 @@ def style_bank(source, size: int, seed: int) -> Tuple[np.ndarray, dict]:
     source = Path(source)
     table = fileio.read_cell_images(source, dedupe_flag=None)
     if len(table) < MIN_STYLE_CELLS:
-        raise TrainingError(f"{source}: {len(table)} style cells (--style-cells); the Fourier step needs at "
+        raise TrainingError(f"{source}: {len(table)} style cells (style_cells); the Fourier step needs at "
                             f"least {MIN_STYLE_CELLS}: a handful of cells stands for no lab")
     paths = list(table["path"])
     rows = np.sort(np.random.RandomState(seed).permutation(len(paths))[:MAX_STYLE_CELLS])
@@ -143,7 +143,7 @@ def style_bank(source, size: int, seed: int) -> Tuple[np.ndarray, dict]:
         try:
             images.append(loader.image(i))
         except Exception as e:
-            raise TrainingError(f"{loader.paths[i]}: style cell (--style-cells {source}) unreadable: {e}") from e
+            raise TrainingError(f"{loader.paths[i]}: style cell (style_cells {source}) unreadable: {e}") from e
     bank = low_band_amplitudes(np.stack(images).astype(np.float32) / 255.0)
     return bank, dict(source=str(source.resolve()), n_cells=len(loader), n_listed=len(paths),
                       cells_sha256=modelfile.paths_sha256(loader.paths), half_band=(bank.shape[-1] - 1) // 2)

@@ -284,8 +284,9 @@ class TrainConfig:
                                      "(SWA; 0: the best epoch, as the paper)", flag=False)
     label_smoothing: float = setting(0.0, "share of each training target spread evenly over the classes (0: off)",
                                      rule=between(0, 1, "a share of each target", hi_open=True), flag=False)
-    mixup: float = setting(0.0, "mixup's Beta alpha (0: off)", rule=between(0, math.inf, "0: off; Beta's alpha"),
-                           flag=False)
+    mixup: float = setting(0.0, "mixup's Beta alpha (0: off)",
+                           rule=settings.Rule(lambda v: settings.finite(v) and v >= 0,
+                                              "a finite number >= 0 (0: off; Beta's alpha)"), flag=False)
     style_cells: Optional[Union[str, Path]] = setting(
         None, "another lab's cells whose look augmentation.fourier mixes in (labels ignored)", flag=False)
 

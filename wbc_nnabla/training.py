@@ -45,11 +45,17 @@ from nnabla.monitor import Monitor, MonitorImageTile, MonitorSeries
 from tqdm import tqdm
 
 from . import checkpoint, classes, modelfile, models, outputs, predictions, sampling
+# Names of earlier releases, still importable here: the augmentation (moved after 0.1.0), the graph, solver,
+# loop and evaluation (moved to engine in 0.2.0), the data loader (moved to loader) and the settings.
+from .augmentation import (BLUR_KERNEL, BLUR_SIGMA, MIXSTYLE_ALPHA, MIXSTYLE_EPS, MIXSTYLE_STAGES,  # noqa: F401
+                           OD_EPS, augment, blur_augment, color_augment, gaussian_kernel, low_band_amplitudes,
+                           mixstyle, mixstyle_hook)
 from .engine import (SCOPE, Graph, build_graph, evaluate, fit, get_context, load_values, make_solver,  # noqa: F401
                      parameters, recalibrate_bn, smoothed_cross_entropy)
 from .loader import ImageLoader, batches, read_split, sample_rows, style_bank  # noqa: F401
 from .pretrained import find_pretrained, load_imagenet
-from .recipe import AdaBoundConfig, Augmentation, TrainConfig, TrainingError, step_size  # noqa: F401
+from .recipe import (BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, AdaBoundConfig, Augmentation,  # noqa: F401
+                     TrainConfig, TrainingError, step_size)
 from .sites import seams
 
 log = logging.getLogger(__name__)
@@ -111,7 +117,7 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
     count also records ``bn_recalibration_skipped``, saying why it was a no-op.
     """
     skipped = {} if bn_recalibration_images(cfg) or not cfg.bn_recalibration else dict(bn_recalibration_skipped=(
-        f"--bn-recalibration {cfg.bn_recalibration} is a no-op with --norm group: GroupNorm has no "
+        f"--bn-recalibration {cfg.bn_recalibration} is a no-op with norm group: GroupNorm has no "
         f"running statistics to re-estimate"))
     return dict(dataset_dir=str(dataset_dir.resolve()), out_dir=str(out_dir.resolve()), epochs=cfg.epochs,
                 batch_size=cfg.batch_size, size=cfg.size, seed=cfg.seed, arch=cfg.arch,
@@ -218,8 +224,8 @@ def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "r
         except Exception as e:  # nnabla raises bare RuntimeErrors for unreadable files
             raise TrainingError(f"--init {init}: cannot read parameters ({type(e).__name__}: {e})") from None
         if init_norm != norm:
-            raise TrainingError(f"--init {init}: a --norm {init_norm} model; this run has --norm {norm} "
-                                f"(give --norm {init_norm}, or --pretrained instead of --init)")
+            raise TrainingError(f"--init {init}: a norm {init_norm} model; this run has norm {norm} "
+                                f"(give --set norm={init_norm}, or --pretrained instead of --init)")
         load_values(params, values, f"--init {init}")
         return f"init {init}"
     path = find_pretrained(pretrained, arch)

@@ -130,7 +130,7 @@ def _cells_needed(batch_size: int, max_images: int, min_images: int) -> int:
 def _check_batchnorm(model: Path, meta, params: Dict[str, np.ndarray]) -> None:
     """Refuse (:class:`AdaptationError`) a model with no BatchNorm running statistics to adapt."""
     if meta.get("norm") == "group":
-        raise AdaptationError(f"{model}: is a GroupNorm model (--norm group): it has no BatchNorm running "
+        raise AdaptationError(f"{model}: is a GroupNorm model (norm group): it has no BatchNorm running "
                               f"statistics, so AdaBN has nothing to adapt (GroupNorm normalises each cell "
                               f"by its own statistics already); use the model as it is")
     if not bn_statistics(params):
