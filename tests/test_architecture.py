@@ -13,7 +13,9 @@ from typing import Dict, Set
 PACKAGE = "wbc_nnabla"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: Modules that must work without nnabla: they read predictions of any model or tool.
-NNABLA_FREE = ("scoring", "report", "predictions", "ensemble", "classes", "domain", "framing", "stain")
+NNABLA_FREE = ("scoring", "report", "predictions", "ensemble", "classes", "domain", "framing", "stain",
+               "review", "review.db", "review.load", "review.labels", "review.order", "review.server",
+               "review.commands")
 
 
 def _module_name(path: Path) -> str:
