@@ -13,7 +13,7 @@ const $ = (sel) => document.querySelector(sel);
 const state = {
   smears: [], listCursor: 0,             // list view
   smear: null, cells: [], byId: new Map(), order: [], groupOf: new Map(),
-  cursor: null, anchor: null, selected: new Set(), busy: false,
+  cursor: null, anchor: null, selected: new Set(), inflight: 0,
 };
 
 function reviewer() { return localStorage.getItem("wbc_review_reviewer") || CONFIG.reviewer; }
@@ -127,7 +127,7 @@ function paintTile(el, c) {
     (c.decision ? `; review ${c.decision} (${c.decided_by})` : "");
 }
 
-async function showSmear(id) {
+async function showSmear(id, keep) {
   $("#list-view").hidden = true;
   $("#smear-view").hidden = false;
   delete document.body.dataset.ready;
@@ -159,7 +159,7 @@ async function showSmear(id) {
   $("#groups").replaceChildren(...sections);
   state.selected = new Set();
   const first = state.order.find((cid) => state.byId.get(cid).decision === null) ?? state.order[0];
-  setCursor(first ?? null, false);
+  setCursor(keep !== undefined && state.byId.has(keep) ? keep : first ?? null, false);
   updateSummary(data);
   window.reviewTimings = {fetch_ms: t1 - t0, render_ms: performance.now() - t1, cells: data.cells.length};
   document.body.dataset.ready = "smear";
@@ -305,16 +305,28 @@ function applyResult(result) {
   showCell(state.byId.get(state.cursor));
 }
 
-async function post(action, body) {
-  if (state.busy) return null;
-  state.busy = true;
-  try {
-    const result = await api("POST", `/api/smears/${state.smear.id}/${action}`, Object.assign({reviewer: reviewer()}, body));
-    if (result) applyResult(result);
-    return result;
-  } finally {
-    state.busy = false;
-  }
+// Actions run one after another in the order the keys were pressed (none is dropped while another is
+// on its way); a decision is shown at once and confirmed by the server's answer. When the server
+// refuses one, the page reloads the smear's state from the database.
+let queue = Promise.resolve();
+function inflight(delta) {
+  state.inflight = (state.inflight || 0) + delta;
+  document.body.dataset.inflight = state.inflight;
+}
+
+function post(action, body, done) {
+  const smear = state.smear;
+  inflight(1);
+  queue = queue.then(async () => {
+    const t0 = performance.now();
+    const result = await api("POST", `/api/smears/${smear.id}/${action}`, Object.assign({reviewer: reviewer()}, body));
+    (window.reviewActionMs = window.reviewActionMs || []).push(performance.now() - t0);
+    if (state.smear !== smear) return;
+    if (!result) { const msg = $("#status").textContent; await showSmear(smear.id, state.cursor); status(msg, "error"); return; }
+    applyResult(result);
+    if (done) done(result);
+  }).catch((err) => status(`error: ${err}`, "error")).finally(() => inflight(-1));
+  return queue;
 }
 
 function readOnly() {
@@ -323,46 +335,50 @@ function readOnly() {
   return true;
 }
 
-async function decide(decision) {
+function decide(decision) {
   if (!state.smear || readOnly() || state.cursor === null) return;
   const ids = state.order.filter((cid) => state.selected.has(cid));
   if (!ids.length) return;
-  const result = await post("decide", {cells: ids, decision});
-  if (!result) return;
+  for (const cid of ids) {                  // shown at once; the server's answer confirms it
+    const c = state.byId.get(cid);
+    c.decision = decision === "confirm" ? c.ai : decision;
+    paintTile(document.querySelector(`.tile[data-id="${cid}"]`), c);
+  }
   const what = decision === "confirm" ? "confirmed" : decision === CONFIG.unusable ? "out of the count" : decision;
-  status(`${ids.length} cell(s): ${what}`, "ok");
+  post("decide", {cells: ids, decision}, () => status(`${ids.length} cell(s): ${what}`, "ok"));
   const next = state.order[Math.min(state.order.length - 1, state.order.indexOf(ids[ids.length - 1]) + 1)];
   setCursor(next, false);
 }
 
-async function confirmGroup(key) {
+function confirmGroup(key) {
   if (!state.smear || readOnly()) return;
   key = key || state.groupOf.get(state.cursor);
   const ids = state.order.filter((cid) => state.groupOf.get(cid) === key && state.byId.get(cid).decision === null);
   if (!ids.length) { status("every cell of this group is decided", "ok"); return; }
-  const result = await post("decide", {cells: ids, decision: "confirm"});
-  if (result) status(`group ${key}: ${ids.length} cell(s) confirmed`, "ok");
+  for (const cid of ids) {
+    const c = state.byId.get(cid);
+    c.decision = c.ai;
+    paintTile(document.querySelector(`.tile[data-id="${cid}"]`), c);
+  }
+  post("decide", {cells: ids, decision: "confirm"}, () => status(`group ${key}: ${ids.length} cell(s) confirmed`, "ok"));
 }
 
-async function undo() {
+function undo() {
   if (!state.smear || readOnly()) return;
-  const result = await post("undo", {});
-  if (result) status(`undone: action ${result.undone} (${result.changed.length} cell(s))`, "ok");
+  post("undo", {}, (r) => status(`undone: action ${r.undone} (${r.changed.length} cell(s))`, "ok"));
 }
 
-async function sign() {
+function sign() {
   if (!state.smear || state.smear.signed_at) return;
   if (!window.confirm(`Sign the differential of smear ${state.smear.name} as ${reviewer()}?`)) return;
-  const result = await post("sign", {});
-  if (result) status(`signed by ${result.signed_by}`, "ok");
+  post("sign", {}, (r) => status(`signed by ${r.signed_by}`, "ok"));
 }
 
-async function reopen() {
+function reopen() {
   if (!state.smear || !state.smear.signed_at) return;
   const note = window.prompt(`Reopen smear ${state.smear.name}: why?`, "");
   if (note === null) return;
-  const result = await post("reopen", {note});
-  if (result) status(`reopened by ${result.reopened_by}`, "ok");
+  post("reopen", {note}, (r) => status(`reopened by ${r.reopened_by}`, "ok"));
 }
 
 async function showCam() {
