@@ -4,7 +4,12 @@ Not part of the library; the review test modules import it by name (``from revie
 The "AI" here is synthetic: each cell's probabilities favour its true class with a seeded noise, so
 some calls are wrong and some unsure (pending), as a real model's would be. No nnabla.
 """
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +53,59 @@ def decide_all(review, smear_id: int, reviewer: str = "tester") -> None:
     ids = [c["id"] for c in review.smear(smear_id)["cells"] if c["decision"] is None]
     if ids:
         review.decide(smear_id, ids, "confirm", reviewer)
+
+
+#: Chromium's flags: headless, and none of its own network traffic (this machine's network refuses it).
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000")
+
+
+def chromium(profile: Path):
+    """A Selenium driver of Debian's headless Chromium (``/usr/bin/chromium``, ``chromedriver``) with a fresh
+    profile folder; Selenium never downloads a browser or driver of its own here."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={profile}",):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+class ReviewServer:
+    """``wbc-nnabla review PRED --db DB --no-browser FLAGS...`` in a child process; :meth:`start` again after
+    :meth:`kill9` serves the same database on a new port with a new token."""
+
+    def __init__(self, pred: Path, db: Path, *flags: str):
+        self.pred, self.db, self.flags, self.proc, self.url = pred, db, flags, None, None
+
+    def start(self) -> "ReviewServer":
+        cmd = [sys.executable, "-m", "wbc_nnabla.cli", "review", str(self.pred), "--db", str(self.db),
+               "--no-browser", *self.flags]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            m = re.search(r"(http://\S+\?token=\S+)", line)
+            if m:
+                self.url = m.group(1)
+                return self
+        raise RuntimeError(f"wbc-nnabla review printed no address (exit {self.proc.wait()}): {''.join(lines)}")
+
+    @property
+    def base(self) -> str:
+        return self.url.split("/?token=")[0]
+
+    @property
+    def token(self) -> str:
+        return self.url.split("token=")[1]
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)

@@ -7,26 +7,20 @@ Screenshots for docs/review.md are written only when ``WBC_SCREENSHOTS=DIR`` is 
 """
 import json
 import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from review_helpers import write_predictions
+from review_helpers import ReviewServer, chromium, write_predictions
 from wbc_nnabla.review.db import ReviewDB
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 try:
     from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -38,58 +32,15 @@ pytestmark = pytest.mark.skipif(
     reason="the review page's browser tests need Chromium and its driver: apt-get install chromium "
            "chromium-driver (Debian), and pip install -e '.[test]' (selenium)")
 
-#: Chromium's flags: headless, and none of its own network traffic (this machine's network refuses it).
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1000")
 SHOTS = os.environ.get("WBC_SCREENSHOTS")
-
-
-class Server:
-    """``wbc-nnabla review`` in a child process; :meth:`start` again after a kill serves the same database."""
-
-    def __init__(self, pred: Path, db: Path):
-        self.pred, self.db, self.proc, self.url = pred, db, None, None
-
-    def start(self):
-        cmd = [sys.executable, "-m", "wbc_nnabla.cli", "review", str(self.pred), "--db", str(self.db),
-               "--pending-threshold", "0.6", "--no-browser", "--reviewer", "tester"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in self.proc.stdout:
-            m = re.search(r"(http://\S+\?token=\S+)", line)
-            if m:
-                self.url = m.group(1)
-                return self
-        raise AssertionError(f"wbc-nnabla review printed no address (exit {self.proc.wait()})")
-
-    @property
-    def base(self) -> str:
-        return self.url.split("/?token=")[0]
-
-    @property
-    def token(self) -> str:
-        return self.url.split("token=")[1]
-
-    def kill9(self):
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def setup():
     folder = Path(tempfile.mkdtemp(prefix="review_browser_"))
     pred = write_predictions(folder, per_class=5, smears=2, seed=3)
-    server = Server(pred, folder / "review.sqlite").start()
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={folder / 'chromium-profile'}",):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    server = ReviewServer(pred, folder / "review.sqlite", "--pending-threshold", "0.6", "--reviewer", "tester").start()
+    driver = chromium(folder / "chromium-profile")
     try:
         yield server, driver, folder
     finally:
