@@ -11,7 +11,8 @@ from pathlib import Path
 MODULES = ["errors", "classes", "recipe", "sampling", "outputs", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
            "augmentation", "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "adaptation",
            "finetune", "selftraining", "predictions", "ensemble", "scoring", "report", "gradcam",
-           "reproduce_report", "pipeline", "cli"]
+           "reproduce_report", "pipeline", "cli",
+           "review.db", "review.load", "review.server", "review.labels", "review.order", "review.commands"]
 
 
 def first_paragraph(doc):
