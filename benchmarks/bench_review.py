@@ -14,7 +14,8 @@ fine-tunes on smear 1's reviewed cells and scores smears 2 and 3 ("the rest"):
 
 The scripted reviewer works as a technologist would: in each group it moves to each cell whose AI
 call is wrong in five classes (right arrow), types the true class (a d1 "Neutrophil" the AI did not
-call Band or Segment becomes Segment), then confirms the rest of the group (g) and goes to the
+call Band or Segment becomes Segment), then confirms the rest of the group (g; first back one cell
+with the left arrow when the last correction moved the cursor into the next group) and goes to the
 next group (PageDown). Keystrokes per cell count every key. Also measured: the page's time to
 usable (the smear rendered and taking keys, from navigation start) and the round trip of each
 stored action, on the d1 smears and on a 2,000-cell smear of pbc6 cells with synthetic
@@ -25,7 +26,7 @@ probabilities (the page's speed does not depend on the model). Figures: OUT/resu
 """
 import argparse
 import json
-import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def d1_smears(out: Path, d1: Path) -> pd.DataFrame:
     return df
 
 
-def wait(driver, script: str, value, timeout: float = 30.0) -> None:
+def wait(driver, script: str, value, timeout: float = 300.0) -> None:
     t0 = time.time()
     while driver.execute_script(script) != value:
         if time.time() - t0 > timeout:
@@ -70,6 +71,7 @@ def wait(driver, script: str, value, timeout: float = 30.0) -> None:
 def open_smear(driver, url: str) -> dict:
     """Load the page on a smear; its timings once it takes keys (``ready_ms`` from navigation start) and
     when every thumbnail in the first screen has arrived (``first_screen_ms``)."""
+    driver.get("about:blank")          # a new document each time: a load from navigation start, not a hash change
     driver.get(url)
     wait(driver, "return document.body.dataset.ready", "smear")
     timings = driver.execute_script("return window.reviewTimings")
@@ -107,9 +109,12 @@ def walk(driver, truth: dict) -> int:
         undecided = driver.execute_script(f"const s = window.reviewState; return s.order.filter(id => "
                                           f"s.groupOf.get(id) === {json.dumps(g)} && s.byId.get(id).decision === null).length")
         if undecided:
+            if cursor > members[-1]:         # the last cell was corrected: the cursor moved on to the next group
+                keys(driver, Keys.ARROW_LEFT)
+                pressed, cursor = pressed + 1, members[-1]
             keys(driver, "g")
             pressed += 1
-    wait(driver, "return document.body.dataset.inflight", "0")
+    wait(driver, "return document.body.dataset.inflight || '0'", "0")
     return pressed
 
 
@@ -117,7 +122,7 @@ def sign(driver) -> None:
     from selenium.webdriver.common.by import By
     driver.find_element(By.ID, "sign").click()
     driver.switch_to.alert.accept()
-    wait(driver, "return document.body.dataset.inflight", "0")
+    wait(driver, "return document.body.dataset.inflight || '0'", "0")
     wait(driver, "return document.body.dataset.signed", "1")
 
 
@@ -133,7 +138,7 @@ def review_d1(out: Path, pred: Path, truth: dict, driver) -> dict:
             sign(driver)
             actions = driver.execute_script("return window.reviewActionMs")
             result["smears"][sid] = {"cells": n, "keys": pressed, "keys_per_cell": pressed / n, "timings": timings,
-                                     "action_ms": actions}
+                                     "action_ms": actions, "server_ms": driver.execute_script("return window.reviewServerMs")}
         from wbc_nnabla.review.db import ReviewDB
         decided = ReviewDB(out / "review.sqlite").cells()
         result["mismatches"] = sum(FIVE.get(c["decision"], c["decision"]) != truth[Path(c["path"]).name]
@@ -161,8 +166,9 @@ def big_smear(out: Path, pbc6: Path, driver) -> dict:
         loads = [open_smear(driver, f"{server.url}#/smear/1") for _ in range(3)]
         for k in "1234561234561234561234561234561234561234":
             keys(driver, Keys.ENTER if k == "1" else k)         # Enter (confirm) in place of every 1
-        wait(driver, "return document.body.dataset.inflight", "0")
-        return {"cells": loads[0]["cells"], "loads": loads, "action_ms": driver.execute_script("return window.reviewActionMs")}
+        wait(driver, "return document.body.dataset.inflight || '0'", "0")
+        return {"cells": loads[0]["cells"], "loads": loads, "action_ms": driver.execute_script("return window.reviewActionMs"),
+                "server_ms": driver.execute_script("return window.reviewServerMs")}
     finally:
         server.stop()
 
@@ -193,7 +199,8 @@ def summary_text(r: dict) -> str:
     keys_total = sum(s["keys"] for s in d1.values())
     cells = sum(s["cells"] for s in d1.values())
     actions = [a for s in d1.values() for a in s["action_ms"]]
-    big, a, ft = r["big"], r["agreement"], r["finetune"]
+    served = [a for s in d1.values() for a in s["server_ms"]]
+    big, a, ft = r["big"], r["agreement"], r["finetune"] or {}
     per_smear = ", ".join(f"{s['keys_per_cell']:.2f}" for s in d1.values())
     return "\n".join([
         f"machine load (uptime) at the start: {r['load']}; at the end: {r['load_end']}",
@@ -204,12 +211,15 @@ def summary_text(r: dict) -> str:
         f"{a['agreement5']:.3f} (5 classes); pending {a['n_pending']} ({a['share_pending']:.1%}): "
         f"{a['pending_confirmed']} confirmed, {a['pending_reclassified']} reclassified",
         f"d1 smears: time to usable {_ms(s['timings']['ready_ms'] for s in d1.values())} ms; stored action round "
-        f"trip median {statistics.median(actions):.1f} ms ({len(actions)} actions)",
+        f"trip median {statistics.median(actions):.1f} ms ({len(actions)} actions; in the server "
+        f"{statistics.median(served):.1f} ms)",
         f"{big['cells']}-cell smear: time to usable {_ms(x['ready_ms'] for x in big['loads'])} ms (3 loads; first "
         f"screen of thumbnails {_ms(x['first_screen_ms'] for x in big['loads'])} ms); stored action round trip "
-        f"median {statistics.median(big['action_ms']):.1f} ms ({len(big['action_ms'])} actions)",
+        f"median {statistics.median(big['action_ms']):.1f} ms ({len(big['action_ms'])} actions; in the server "
+        f"{statistics.median(big['server_ms']):.1f} ms)",
         f"fine-tuned on smear 1's {ft['n_labelled']} reviewed cells, scored on smears 2-3 ({ft['n_rest']} cells): "
-        f"five-class accuracy {ft['finetuned']:.3f} (adapted model before: {ft['adapted']:.3f})"])
+        f"five-class accuracy {ft['finetuned']:.3f} (adapted model before: {ft['adapted']:.3f})" if ft else
+        "fine-tuning not run (--no-finetune)"])
 
 
 def main(argv=None) -> int:
@@ -218,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--adapted", type=Path, default=Path("/work/runs/review_order/adapted.nnp"))
     ap.add_argument("--d1", type=Path, default=shared_data() / "zheng2018-d1")
     ap.add_argument("--pbc6", type=Path, default=shared_data() / "pbc6")
+    ap.add_argument("--no-finetune", action="store_true",
+                    help="the review, its agreement and the page's timings only (no fine-tuning)")
     args = ap.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +250,7 @@ def main(argv=None) -> int:
     wbc("score", out / "pred.csv", out / "score", "--reviewed", out / "review.sqlite", "--pending-threshold", "model",
         "--no-gallery", "--overwrite")
     result["agreement"] = json.loads((out / "score" / "review_agreement.json").read_text())
-    result["finetune"] = finetune_rest(out, args.adapted, cells[cells["smear"] != "d1-1"])
+    result["finetune"] = None if args.no_finetune else finetune_rest(out, args.adapted, cells[cells["smear"] != "d1-1"])
     result["load_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     text = summary_text(result)
@@ -248,5 +260,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # kill: close the browser and the server too
     sys.exit(main())

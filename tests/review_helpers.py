@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,8 @@ class ReviewServer:
             m = re.search(r"(http://\S+\?token=\S+)", line)
             if m:
                 self.url = m.group(1)
+                # keep reading what the server prints: a full pipe would block it
+                threading.Thread(target=lambda out: [None for _ in out], args=(self.proc.stdout,), daemon=True).start()
                 return self
         raise RuntimeError(f"wbc-nnabla review printed no address (exit {self.proc.wait()}): {''.join(lines)}")
 

@@ -50,6 +50,7 @@ def setup():
 
 
 def _open(driver, url, ready="smear"):
+    driver.get("about:blank")          # a new document: not a hash change on the old one
     driver.get(url)
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.body.dataset.ready") == ready)
 

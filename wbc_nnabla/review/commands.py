@@ -7,6 +7,7 @@ the CLI's. Nothing here imports nnabla: Grad-CAM reaches the page as a callable 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import secrets
 import sys
@@ -58,6 +59,7 @@ def review(predictions: PathLike, db: Optional[PathLike] = None, pending_thresho
     name = check_reviewer(reviewer if reviewer is not None else default_reviewer())
     token = secrets.token_urlsafe(24)
     app = server.create_app(review_db, token, name, order_ranks(review_db, how, seed), how, cam)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)     # no line per request on the terminal
     srv = server.make_server(app, host, port)
     url = server.page_url(srv, token)
     smears = review_db.smears()

@@ -268,6 +268,18 @@ class ReviewDB:
         return {"id": smear_id, "name": head["name"], "signed_by": head["signed_by"], "signed_at": head["signed_at"],
                 "can_undo": undo is not None and head["signed_at"] is None, "cells": cells}
 
+    def tally(self, smear_id: int) -> dict:
+        """The smear's state without its cells (what the page updates after an action, fast on 2,000 cells):
+        ``{id, name, signed_by, signed_at, can_undo, counts: [(ai, decision, pending, n)]}``."""
+        with self._read() as con:
+            head = self._smear_row(con, smear_id)
+            counts = [tuple(r) for r in con.execute(
+                "SELECT ai, decision, pending, COUNT(*) FROM cells WHERE smear_id = ? GROUP BY ai, decision, pending",
+                (smear_id,))]
+            undo = self._last_decision(con, smear_id)
+        return {"id": smear_id, "name": head["name"], "signed_by": head["signed_by"], "signed_at": head["signed_at"],
+                "can_undo": undo is not None and head["signed_at"] is None, "counts": counts}
+
     def cells(self) -> List[dict]:
         """Every cell with its smear's name and sign state: ``cell_id, smear, signed_at, path, listed_path, ai,
         probs (list), pending, pending_reason, decision, decided_by, decided_at`` (smear, position order)."""

@@ -22,11 +22,12 @@ import hashlib
 import hmac
 import ipaddress
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import cv2
-from flask import Flask, Response, abort, jsonify, render_template, request
+from flask import Flask, Response, abort, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from .. import fileio
@@ -98,12 +99,18 @@ def _check_token(token: str) -> None:
 
 
 def smear_summary(state: dict) -> dict:
-    """What the page updates after an action: counts, the live differential, undo and sign state."""
-    cells = state["cells"]
+    """What the page updates after an action: counts, the live differential, undo and sign state.
+
+    state: :meth:`ReviewDB.smear` (with ``cells``) or :meth:`ReviewDB.tally` (with ``counts``).
+    """
+    if "cells" in state:
+        rows = [(c["ai"], c["decision"], c["pending"]) for c in state["cells"]]
+    else:
+        rows = [(ai, d, p) for ai, d, p, n in state["counts"] for _ in range(n)]
     return {"id": state["id"], "name": state["name"], "signed_by": state["signed_by"],
             "signed_at": state["signed_at"], "can_undo": state["can_undo"],
-            "pending": sum(1 for c in cells if c["pending"] and c["decision"] is None),
-            "differential": live_differential([c["ai"] for c in cells], [c["decision"] for c in cells])}
+            "pending": sum(1 for _, d, p in rows if p and d is None),
+            "differential": live_differential([r[0] for r in rows], [r[1] for r in rows])}
 
 
 def create_app(review: ReviewDB, token: str, reviewer: str, ranks: Optional[Dict[int, int]] = None,
@@ -138,7 +145,15 @@ def _add_guards(app: Flask, token: str) -> None:
     """The token check before every request, and JSON errors (400 / 404 / 409 for a review error)."""
     @app.before_request
     def _token():
+        g.started = time.perf_counter()
         _check_token(token)
+
+    @app.after_request
+    def _timing(resp):
+        # the server's own time per request (the page records it beside the round trip)
+        if "started" in g:
+            resp.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - g.started):.1f}"
+        return resp
 
     @app.errorhandler(ReviewError)
     def _review_error(e):
@@ -169,7 +184,7 @@ def _add_smear_routes(app: Flask, review: ReviewDB, reviewer: str, ranks: Option
         return jsonify(audit=review.audit(review.smear(sid)["name"]))
 
     def after(sid: int, result: dict):
-        return jsonify(dict(result, smear=smear_summary(review.smear(sid))))
+        return jsonify(dict(result, smear=smear_summary(review.tally(sid))))
 
     @app.post("/api/smears/<int:sid>/decide")
     def decide(sid: int):

@@ -31,6 +31,10 @@ async function api(method, url, body) {
     opts.body = JSON.stringify(body);
   }
   const resp = await fetch(url, opts);
+  if (method === "POST") {                // the server's own time (Server-Timing), for benchmarks
+    const m = (resp.headers.get("Server-Timing") || "").match(/dur=([0-9.]+)/);
+    if (m) (window.reviewServerMs = window.reviewServerMs || []).push(Number(m[1]));
+  }
   const data = await resp.json().catch(() => ({error: `${resp.status} ${resp.statusText}`}));
   if (!resp.ok) { status(data.error || `error ${resp.status}`, "error"); return null; }
   return data;
@@ -131,6 +135,7 @@ async function showSmear(id, keep) {
   $("#list-view").hidden = true;
   $("#smear-view").hidden = false;
   delete document.body.dataset.ready;
+  state.smear = null;                       // no action reaches the smear that was shown before
   const t0 = performance.now();
   const data = await api("GET", `/api/smears/${id}`);
   if (!data) return;
