@@ -74,3 +74,18 @@ def test_review_export_on_the_command_line(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert cli.main(["review-export", str(pred), str(tmp_path / "x.csv")]) == 2  # not a review database
     assert "not a wbc_nnabla review database" in capsys.readouterr().err
+
+
+def test_grad_cam_on_demand_from_a_model(tmp_path, tiny_model):
+    """``review --model``: the page's Grad-CAM comes from the model, built by the CLI (the review package
+    never imports nnabla); the map of the AI's class over the cell, as a PNG of the cell's size."""
+    import cv2
+    import numpy as np
+    pred = write_predictions(tmp_path, per_class=1, smears=1)
+    review = open_review(pred)
+    app = server.create_app(review, "t", "tester", cam=cli.gradcam_png(str(tiny_model / "model.nnp")))
+    cell = review.smear(1)["cells"][0]
+    got = app.test_client().get(f"/api/cells/{cell['id']}/gradcam", headers={"X-Review-Token": "t"})
+    assert got.status_code == 200 and got.mimetype == "image/png"
+    picture = cv2.imdecode(np.frombuffer(got.data, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == cv2.imread(review.cell_path(cell["id"])).shape

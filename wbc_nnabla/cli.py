@@ -739,7 +739,7 @@ def _reviewed_agreement(result, reviewed):
     return labels.agreement(result.cells, reviewed)
 
 
-def _gradcam_png(model: str):
+def gradcam_png(model: str):
     """``cam(image_path, class_name) -> PNG bytes`` for the review page: Grad-CAM of ``model`` (loaded on
     first use) over the cell, for the AI's class. Built here so that the review package never imports nnabla."""
     if not Path(model).is_file():
@@ -760,7 +760,7 @@ def _gradcam_png(model: str):
 
 def _cmd_review(args) -> int:
     from .review import commands
-    cam = _gradcam_png(args.model) if args.model else None
+    cam = gradcam_png(args.model) if args.model else None
     return commands.review(args.predictions, db=args.db, pending_threshold=args.pending_threshold, how=args.order,
                            seed=args.seed, host=args.host, port=args.port, browser=not args.no_browser,
                            reviewer=args.reviewer, cam=cam)
