@@ -219,3 +219,23 @@ def test_8_token_traversal_and_unknown_class_over_http(setup):
         f"body: JSON.stringify({{cells: [{cell}], decision: 'Myelocyte'}})}}).then(r => done(r.status));")
     assert status == 400
     assert ReviewDB(server.db).audit() == before
+
+
+def test_9_two_tabs_see_each_others_decisions_after_a_reload(setup):
+    server, driver, _ = setup
+    _open(driver, server.url + "#/smear/2")
+    first = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    _open(driver, server.url + "#/smear/2")
+    second = driver.current_window_handle
+    undecided = [i for i, _, s, _ in _tiles(driver) if s == "undecided"]
+    driver.switch_to.window(first)
+    assert _cursor(driver) == undecided[0]                       # a smear opens on its first undecided cell
+    _keys(driver, "2")                                           # tab 1: Eosinophil
+    driver.switch_to.window(second)
+    assert dict((i, d) for i, _, _, d in _tiles(driver))[undecided[0]] == ""   # not yet: no reload
+    driver.refresh()
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.body.dataset.ready") == "smear")
+    assert dict((i, d) for i, _, _, d in _tiles(driver))[undecided[0]] == "Eosinophil"
+    driver.close()
+    driver.switch_to.window(first)
