@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from review_helpers import write_predictions
+from wbc_nnabla.classes import CLASSES6
 from wbc_nnabla.review import server
 from wbc_nnabla.review.load import open_review
 
@@ -127,7 +128,7 @@ def test_the_smear_state_carries_the_live_differential(app_review):
     rows = {r["class"]: r for r in state["differential"]["rows"]}
     cells = state["cells"]
     assert rows["Neutrophil"]["ai_n"] == rows["Band"]["ai_n"] + rows["Segment"]["ai_n"]
-    assert sum(rows[c]["ai_n"] for c in server.DECISIONS[:6]) == len(cells)
+    assert sum(rows[c]["ai_n"] for c in CLASSES6) == len(cells)
     assert state["pending"] == sum(c["pending"] for c in cells)
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 from .. import outputs
 from ..predictions import PROB_COLUMNS
 from . import labels, load, order, server
-from .db import ReviewDB, ReviewError
+from .db import ReviewDB, ReviewError, check_reviewer
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,7 +55,6 @@ def review(predictions: PathLike, db: Optional[PathLike] = None, pending_thresho
     warning = None if server.is_loopback(host) else (
         f"warning: --host {host} lets other machines reach this review; anyone with the token can change it")
     review_db = load.open_review(predictions, db, pending_threshold)
-    from .db import check_reviewer
     name = check_reviewer(reviewer if reviewer is not None else default_reviewer())
     token = secrets.token_urlsafe(24)
     app = server.create_app(review_db, token, name, order_ranks(review_db, how, seed), how, cam)

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
+from .. import outputs
 from ..classes import CLASSES6
 from ..errors import WBCError
 
@@ -172,7 +173,6 @@ def create(path: PathLike, smears: Sequence[str], cells: Iterable[dict], meta: D
     meta: text-valued facts about the review (JSON-encoded).
     The file is built under a temporary name and renamed when complete.
     """
-    from .. import outputs
     path = Path(path)
     with outputs.atomic_files([path]) as (tmp,):
         con = sqlite3.connect(str(tmp), isolation_level=None)

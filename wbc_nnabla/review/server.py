@@ -32,7 +32,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import fileio
 from ..classes import CLASSES6
-from .db import DECISIONS, UNUSABLE, Conflict, NotFound, ReviewDB, ReviewError
+from .db import UNUSABLE, Conflict, NotFound, ReviewDB, ReviewError
 from .labels import live_differential
 
 HERE = Path(__file__).resolve().parent
@@ -246,5 +246,3 @@ def page_url(server, token: str) -> str:
     host = server.host if ":" not in server.host else f"[{server.host}]"
     return f"http://{host}:{server.server_port}/?token={token}"
 
-
-__all__ = ["create_app", "make_server", "page_url", "is_loopback", "encode_image", "KEYS", "DECISIONS"]
