@@ -20,7 +20,9 @@ setup(
     # The demo data folders hold no Python; listing them as (namespace) packages
     # is how setuptools ships their files without "data directory" warnings.
     packages=find_namespace_packages(include=["wbc_nnabla", "wbc_nnabla.*"]),
-    package_data={"": ["*.jpg", "*.csv", "*.md", "*.json"]},
+    package_data={"": ["*.jpg", "*.csv", "*.md", "*.json"],
+                  # the review page: plain HTML/CSS/JS served by wbc-nnabla review (no build step, no CDN)
+                  "wbc_nnabla.review": ["templates/*.html", "static/*.js", "static/*.css"]},
     # nnabla 1.39 ships wheels for CPython 3.8-3.10 only.
     python_requires=">=3.8,<3.11",
     install_requires=[
@@ -35,12 +37,16 @@ setup(
         # ONNX export for the fast CPU backends; declared here (not installed later)
         # so the resolver keeps protobuf at the 3.20 line nnabla needs.
         "onnx>=1.14,<1.18",
+        # `wbc-nnabla review`'s local page (docs/review.md): a maintained WSGI micro-framework.
+        "flask>=2.3",
     ],
     extras_require={
         "cuda116": ["nnabla-ext-cuda116>=1.39,<1.40"],
         "cuda120": ["nnabla-ext-cuda120>=1.39,<1.40"],
         "onnxruntime": ["onnxruntime>=1.16"],
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "onnxruntime>=1.16", "nbformat", "nbconvert", "ipykernel"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "onnxruntime>=1.16", "nbformat", "nbconvert", "ipykernel",
+                 # the review page's browser tests drive Debian's chromium with its chromedriver (.ci/run)
+                 "selenium>=4.10"],
     },
     entry_points={"console_scripts": ["wbc-nnabla=wbc_nnabla.cli:main"]},
     classifiers=[

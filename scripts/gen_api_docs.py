@@ -17,10 +17,11 @@ MODULES = ["errors", "classes", "settings", "recipe", "presets", "sampling",
            "augmentation", "loader", "engine", "checkpoint", "training", "export", "predictor", "ensemble",
            "scoring", "pending", "report", "report_blocks", "report_figures", "gradcam",
            "split", "stages", "reproduce_report", "pipeline",
-           "cli", "cli.common", "cli.data", "cli.train", "cli.predict", "cli.sites", "cli.score", "cli.run",
+           "cli", "cli.common", "cli.data", "cli.train", "cli.predict", "cli.sites", "cli.score", "cli.review", "cli.run",
            "sites", "sites.seams", "sites.settings", "sites.framing", "sites.stain", "sites.domain",
            "sites.reference", "sites.derived", "sites.adaptation", "sites.infomax", "sites.finetune",
-           "sites.selftraining"]
+           "sites.selftraining",
+           "review", "review.db", "review.load", "review.labels", "review.order", "review.server", "review.commands"]
 
 
 def signature(obj) -> str:

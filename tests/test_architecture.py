@@ -16,7 +16,13 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: Modules that must work without nnabla: they read predictions of any model or tool, or show settings.
 NNABLA_FREE = ("scoring", "pending", "report", "report_blocks", "report_figures", "reproduce_report", "predictions",
                "predictions_domain", "ensemble", "classes", "settings", "recipe", "presets", "predictor", "cli",
-               "sites.domain", "sites.framing", "sites.stain", "sites.settings", "sites.seams")
+               "sites.domain", "sites.framing", "sites.stain", "sites.settings", "sites.seams",
+               "review", "review.db", "review.load", "review.labels", "review.order", "review.server",
+               "review.commands")
+#: The review loop may import only these floors of the package (../shared/DESIGN.md: predictions, fileio,
+#: classes, scoring, and what they stand on).
+REVIEW_MAY_IMPORT = ("predictions", "predictions_domain", "fileio", "classes", "scoring", "pending", "outputs",
+                     "errors", "settings", "sampling")
 #: The wing, and the only core modules that may import it: each at its declared seam (module -> wing module).
 #: The command line and ``reproduce`` (the faces over the API) may import the wing freely.
 WING = f"{PACKAGE}.sites"
@@ -203,6 +209,16 @@ def test_the_core_reaches_the_wing_only_at_its_seams():
     crossings = {(m, t) for m, targets in edges.items() for t in targets
                  if not _in_wing(m) and _in_wing(t) and not m.startswith(FACES)}
     assert crossings == set(SEAMS.items()), sorted(crossings - set(SEAMS.items()))
+
+
+def test_the_review_loop_imports_only_the_floors_it_reads():
+    """``review/`` reads predictions and cells and scores them; it never reaches a network, the wing or the CLI."""
+    edges, _ = _graph()
+    allowed = {f"{PACKAGE}.{m}" for m in REVIEW_MAY_IMPORT} | {PACKAGE}
+    for module, targets in edges.items():
+        if module.startswith(f"{PACKAGE}.review"):
+            bad = sorted(t for t in targets if not t.startswith(f"{PACKAGE}.review") and t not in allowed)
+            assert not bad, f"{module} imports {bad}"
 
 
 def test_a_paper_run_needs_no_wing_module_but_the_seams():

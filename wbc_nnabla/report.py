@@ -22,7 +22,7 @@ import html
 import math
 import os
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -183,12 +183,15 @@ def score_sections(result: "scoring.ScoreResult", figures: Sequence[ReportFigure
     return out
 
 
-def write_score_report(result: "scoring.ScoreResult", folder: Union[str, os.PathLike], gallery: bool = True) -> None:
-    """Write ``figures/*.png``, ``report.html`` (self-contained) and ``report.md`` of a score run into ``folder``."""
+def write_score_report(result: "scoring.ScoreResult", folder: Union[str, os.PathLike], gallery: bool = True,
+                       extra_sections: Sequence[Tuple[str, Sequence[str], Sequence[Tuple[pd.DataFrame, dict]]]] = ()
+                       ) -> None:
+    """Write ``figures/*.png``, ``report.html`` (self-contained) and ``report.md`` of a score run into ``folder``;
+    ``extra_sections`` (``(title, paragraphs, [(table, options)])``, e.g. a review's agreement) come last."""
     folder = Path(folder)
     figures, notes = score_figures(result, gallery=gallery)
     write_report(folder, "WBC differential scoring (Sasaki et al. 2020, section III)", figures,
-                  score_sections(result, figures, notes))
+                 score_sections(result, figures, notes) + [section(t, x, tb) for t, x, tb in extra_sections])
 
 
 def compare_sections(result: "scoring.CompareResult", figures: Sequence[ReportFigure] = (), level: int = 2,
@@ -282,7 +285,8 @@ def _check_output(out_dir: Path, command: str, overwrite: bool,
 
 
 def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike], figures: bool = True,
-                gallery: bool = True, overwrite: bool = False) -> Path:
+                gallery: bool = True, overwrite: bool = False, extra_sections=(),
+                extra_files: Optional[Dict[str, object]] = None) -> Path:
     """Write a :class:`~wbc_nnabla.scoring.ScoreResult` into ``out_dir`` (created atomically: a temp folder renamed at the end).
 
     Files: ``per_smear.csv``, ``confusion6.csv``, ``confusion5.csv``,
@@ -292,14 +296,21 @@ def write_score(result: "scoring.ScoreResult", out_dir: Union[str, os.PathLike],
     ``score`` output (:data:`wbc_nnabla.outputs.OUTPUT_MARKER`). Raises
     ``FileExistsError`` when ``out_dir`` exists and ``overwrite`` is false, or
     when it is not an earlier score output (nor empty); :class:`wbc_nnabla.fileio.SourceError`
-    when it is, or holds, the predictions CSV or an image it points to.
+    when it is, or holds, the predictions CSV or an image it points to. ``extra_sections`` and
+    ``extra_files`` (``{name: DataFrame (CSV) or dict (JSON)}``) add another stage's results, e.g.
+    ``score --reviewed``'s agreement (:meth:`wbc_nnabla.review.labels.Agreement.sections`, ``.files``).
     """
     out_dir = Path(out_dir)
     _check_output(out_dir, "score", overwrite, [result])
     with outputs.atomic_dir(out_dir, overwrite=overwrite, command="score") as tmp:
         write_score_files(result, tmp)
+        for name, obj in (extra_files or {}).items():
+            if isinstance(obj, pd.DataFrame):
+                obj.to_csv(tmp / name, index=not isinstance(obj.index, pd.RangeIndex), float_format="%.6g")
+            else:
+                outputs.write_json(tmp / name, _json_safe(obj))
         if figures:
-            write_score_report(result, tmp, gallery=gallery)
+            write_score_report(result, tmp, gallery=gallery, extra_sections=extra_sections)
     return out_dir
 
 

@@ -10,6 +10,7 @@ package's errors (:class:`~wbc_nnabla.errors.WBCError`) and prints each as one l
 * :mod:`~wbc_nnabla.cli.predict`: ``predict``, ``export``, ``ensemble``;
 * :mod:`~wbc_nnabla.cli.sites`: ``adapt``, ``infomax``, ``finetune``, ``self-train``, ``domain-reference``;
 * :mod:`~wbc_nnabla.cli.score`: ``score``, ``compare``, ``gradcam``;
+* :mod:`~wbc_nnabla.cli.review`: ``review``, ``review-export``, ``review-order``;
 * :mod:`~wbc_nnabla.cli.run`: ``reproduce``, ``demo``.
 """
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import List, Optional
 
 from .. import __version__
 from ..errors import WBCError
-from . import data, predict, run, score, sites, train
+from . import data, predict, review, run, score, sites, train
 from .common import CLIError  # noqa: F401  (the CLI's own error, re-exported)
 
 #: The command groups in the order ``--help`` lists them.
-GROUPS = (data, train, predict, sites, score, run)
+GROUPS = (data, train, predict, sites, score, review, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

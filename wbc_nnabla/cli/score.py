@@ -9,10 +9,17 @@ from .common import fraction, p_text
 
 def _cmd_score(args) -> int:
     from .. import report, scoring
+    from .review import reviewed_agreement
     result = scoring.score(args.predictions, pending_threshold=args.pending_threshold,
                            pending_margin=args.pending_margin, target_accuracy=args.target_accuracy)
+    reviewed = reviewed_agreement(result, args.reviewed)
     out = report.write_score(result, args.out_dir, figures=not args.no_figures,
-                             gallery=not args.no_gallery, overwrite=args.overwrite)
+                             gallery=not args.no_gallery, overwrite=args.overwrite,
+                             extra_sections=reviewed.sections() if reviewed else (),
+                             extra_files=reviewed.files() if reviewed else None)
+    if reviewed:
+        from ..review.commands import agreement_lines
+        print(agreement_lines(reviewed))
     s = result.summary
     print(f"{s['n_cells']} cells, {s['n_smears']} smears: accuracy 6 classes {s['accuracy6_mean']:.3f} "
           f"+- {s['accuracy6_sd']:.3f} (pooled {s['accuracy6_pooled']:.3f}), 5 classes "
@@ -58,7 +65,7 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-def _cutoff(text: str):
+def cutoff(text: str):
     """``--pending-threshold`` of ``score``: a number in [0, 1], or ``model`` (scoring.MODEL_CUTOFF)."""
     return "model" if text.strip().lower() == "model" else fraction(text)
 
@@ -69,7 +76,7 @@ def _add_pending_flags(p, model_cutoff: bool = False) -> None:
     if model_cutoff:
         text += ("; 'model': the cut-off set on the model's own validation cells for --target-accuracy "
                  "(default 0.99; five classes; docs/scoring.md)")
-    p.add_argument("--pending-threshold", type=_cutoff if model_cutoff else fraction, metavar="T", help=text)
+    p.add_argument("--pending-threshold", type=cutoff if model_cutoff else fraction, metavar="T", help=text)
     p.add_argument("--pending-margin", type=fraction, metavar="M",
                    help="also hold Band/Segment and Lymph/Mono calls whose pair probabilities differ by less than M")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
@@ -84,6 +91,10 @@ def _add_scoring(sub) -> None:
     p.add_argument("--target-accuracy", type=fraction, metavar="A",
                    help="report the lowest top-probability cut-off whose kept labeled cells reach accuracy A")
     p.add_argument("--no-gallery", action="store_true", help="skip the image gallery of disagreeing cells")
+    p.add_argument("--reviewed", metavar="REVIEW", default=None,
+                   help="also report AI-vs-reviewer agreement against a review database (wbc-nnabla review) or a "
+                        "labels CSV (review-export): per class, overall, the reviewed differential and what became "
+                        "of the pending cells (docs/review.md)")
     p.set_defaults(func=_cmd_score)
     p = sub.add_parser("compare", help="compare two models' per-smear accuracies on the same smears (Wilcoxon, Fig. 9)")
     p.add_argument("pred_a", metavar="PRED_A", help="predictions CSV of the first model")
