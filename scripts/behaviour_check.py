@@ -3,12 +3,16 @@ changed no behaviour.
 
     python scripts/behaviour_check.py run OUT_DIR            # every command, tiny settings, into OUT_DIR
     python scripts/behaviour_check.py manifest OUT_DIR       # sha256 of every output file -> OUT_DIR/manifest.json
-    python scripts/behaviour_check.py compare BEFORE AFTER   # the files that differ, and how
+    python scripts/behaviour_check.py compare BEFORE AFTER [ROOT_BEFORE ROOT_AFTER]   # the files that differ
+
+ROOT_BEFORE and ROOT_AFTER: the two checkouts' folders, which the outputs name (the embedded demo cells
+lie inside the package); each is read as ``ROOT``.
 
 Run it with the same OUT_DIR path before and after a change (outputs record absolute paths), from
 each checkout's own ``.venv``. ``compare`` hashes JSON files twice: as written, and without the
-keys that hold a run's time, machine or package version (``VOLATILE``); the printed command lines
-the same, with times in seconds replaced by ``T``. Figures (PNG) are compared byte for byte.
+keys that hold a run's time, machine or package version (``VOLATILE``); every text file (and the
+members of a ``.nnp``) with durations replaced by ``T`` and the checkout's folder by ``ROOT``.
+Figures (PNG) and parameters are compared byte for byte.
 Everything goes through the ``wbc-nnabla`` command a user runs; nothing private is called.
 """
 import csv
@@ -29,7 +33,7 @@ TIMED_COLUMNS = {"seconds", "images_per_s", "outside_share"}
 #: JSON keys whose values are a run's clock, machine, versions or durations.
 VOLATILE = {"environment", "seconds", "created", "started", "finished", "elapsed", "time", "duration",
             "images_per_s", "outside_share", "wall_seconds", "timings", "version", "package_version",
-            "wbc_nnabla_version"}
+            "wbc_nnabla_version", "date", "model_sha256", "source_sha256", "cells_sha256"}
 
 
 def _demo() -> Path:
@@ -109,50 +113,62 @@ def _strip(obj):
     return obj
 
 
-def _normal_text(text: str) -> str:
-    return re.sub(r"\d+(\.\d+)? ?s\b", "T", text)
+def _normal_text(text: str, root: str = "") -> str:
+    """Text without a run's durations and rates, and with the checkout's folder as ``ROOT``."""
+    if root:
+        text = text.replace(root.rstrip("/") + "/", "ROOT/")
+    return re.sub(r"\d+(\.\d+)? ?(s|cells/s)\b", "T", text)
 
 
-def _normalised(p: Path, data: bytes):
-    """What of a file is behaviour: a zip's (``.nnp``) members without their timestamps, a learning curve
-    without its durations, a report without its run time; None for other files (bytes compared)."""
-    if p.suffix == ".nnp" and zipfile.is_zipfile(io.BytesIO(data)):
+TEXT = {".csv", ".json", ".md", ".html", ".txt", ".nntxt"}
+
+
+def _content(name: str, data: bytes, root: str):
+    """What of a file is behaviour (None: its bytes): a text without durations and with the checkout's folder
+    as ROOT, a JSON without :data:`VOLATILE` keys, a zip's (``.nnp``) members without their timestamps, a
+    learning curve without its durations."""
+    suffix = Path(name).suffix
+    if suffix == ".onnx":
+        import onnx
+        model = onnx.load_from_string(data)
+        meta = {m.key: _content(m.key + ".json", m.value.encode(), root) if m.value.startswith("{") else m.value
+                for m in model.metadata_props}
+        return model.graph.SerializeToString() + repr(sorted(meta.items())).encode()
+    if suffix == ".nnp" and zipfile.is_zipfile(io.BytesIO(data)):
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            return b"".join(n.encode() + hashlib.sha256(z.read(n)).digest() for n in sorted(z.namelist()))
-    if p.name == "learning_curve.csv":
-        rows = list(csv.DictReader(io.StringIO(data.decode())))
+            return b"".join(m.encode() + hashlib.sha256(_content(m, z.read(m), root) or z.read(m)).digest()
+                            for m in sorted(z.namelist()))
+    if suffix not in TEXT:
+        return None
+    text = _normal_text(data.decode("utf-8", errors="replace"), root)
+    if Path(name).name == "learning_curve.csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
         return json.dumps([{k: v for k, v in r.items() if k not in TIMED_COLUMNS} for r in rows]).encode()
-    if p.suffix in (".html", ".md"):
-        return re.sub(rb"\d+(\.\d+)? ?s\b", b"T", data)
-    return None
+    if suffix == ".json":
+        try:
+            return json.dumps(_strip(json.loads(text)), sort_keys=True).encode()
+        except ValueError:
+            pass
+    return text.encode()
 
 
-def manifest(w: Path) -> dict:
+def manifest(w: Path, root: str = "") -> dict:
     files = {}
     for p in sorted(w.rglob("*")):
         if not p.is_file() or p.name == "manifest.json":
             continue
         data = p.read_bytes()
         entry = dict(sha256=hashlib.sha256(data).hexdigest())
-        content = _normalised(p, data)
+        content = _content(p.name, data, root)
         if content is not None:
             entry["normalised"] = hashlib.sha256(content).hexdigest()
-        if p.suffix == ".json":
-            try:
-                doc = json.loads(data)
-            except ValueError:
-                doc = None
-            if p.name == "commands.json" and doc is not None:
-                doc = {k: dict(v, stdout=_normal_text(v["stdout"])) for k, v in doc.items()}
-            if doc is not None:
-                entry["normalised"] = hashlib.sha256(json.dumps(_strip(doc), sort_keys=True).encode()).hexdigest()
         files[str(p.relative_to(w))] = entry
     (w / "manifest.json").write_text(json.dumps(files, indent=1, sort_keys=True))
     return files
 
 
-def compare(before: Path, after: Path) -> int:
-    a, b = manifest(before), manifest(after)
+def compare(before: Path, after: Path, roots=("", "")) -> int:
+    a, b = manifest(before, roots[0]), manifest(after, roots[1])
     same = sorted(k for k in a if k in b and a[k]["sha256"] == b[k]["sha256"])
     normal = sorted(k for k in a if k in b and k not in same and a[k].get("normalised")
                     and a[k].get("normalised") == b[k].get("normalised"))
@@ -173,4 +189,4 @@ if __name__ == "__main__":
     if verb == "manifest":
         manifest(Path(paths[0]))
         sys.exit(0)
-    sys.exit(compare(Path(paths[0]), Path(paths[1])))
+    sys.exit(compare(Path(paths[0]), Path(paths[1]), tuple(paths[2:4]) if len(paths) >= 4 else ("", "")))
