@@ -1,8 +1,10 @@
-"""Reading cell images and labeled cell lists; writing images and NNC dataset CSVs.
+"""Cell sources: reading labeled cell lists of every kind as one cell table; writing NNC dataset CSVs.
 
 Conventions (see ``docs/formats.md``):
 
-* Images inside the library are RGB ``uint8`` arrays of shape ``(H, W, 3)``.
+* Images inside the library are RGB ``uint8`` arrays of shape ``(H, W, 3)``, read by
+  :func:`~wbc_nnabla.images.read_rgb` (:mod:`~wbc_nnabla.images`, whose names this module
+  re-exports: ``fileio.read_rgb`` is the same function).
 * A *cell table* is a :class:`pandas.DataFrame` with one row per cell and the
   columns of :data:`CELL_COLUMNS`: ``path`` (absolute), ``label`` (six-class
   name, or ``Neutrophil`` when the subtype is unknown, or empty when
@@ -16,211 +18,28 @@ Conventions (see ``docs/formats.md``):
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
-import tempfile
-import threading
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from . import classes, outputs
-from .errors import InputError, SourceError, WBCError
+from .errors import InputError, SourceError, WBCError  # noqa: F401  (SourceError: public as fileio.SourceError)
+# the images' names, public here since 0.1.0 (fileio.read_rgb, fileio.ImageReadError, ...)
+from .images import (BACKGROUND_SIDE, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MAX_PIXELS_ENV,  # noqa: F401
+                     MIN_BACKGROUND, MIN_IMAGE_SIDE, ImageReadError, NoBackgroundError, background_rgb,
+                     check_background, check_rgb, file_sha256, image_files, image_folders, image_size,
+                     is_image_file, list_images, max_image_pixels, naming, read_rgb, resize_square, to_rgb_uint8,
+                     write_image)
 
 PathLike = Union[str, os.PathLike]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CELL_COLUMNS = ("path", "label", "category", "smear", "x", "y", "source")
 #: Header of a Neural Network Console dataset CSV as this library writes it.
 NNC_HEADER = ("x:image", "y:label")
-
-
-class ImageReadError(WBCError, OSError):
-    """An image file that is missing, empty, truncated or not an image."""
-
-
-# ----------------------------------------------------------------------------- images
-
-
-def _jpeg_is_complete(data: np.ndarray) -> bool:
-    # OpenCV decodes a truncated JPEG into a grey-filled image with only a
-    # warning on stderr, so a missing end-of-image marker (FF D9) is checked here.
-    tail = data[-4096:].tobytes()
-    return b"\xff\xd9" in tail
-
-
-def to_rgb_uint8(image: np.ndarray, name: str = "<array>") -> np.ndarray:
-    """Convert an OpenCV-decoded array (BGR/BGRA/gray, 8/16-bit or float) to RGB uint8.
-
-    image: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` BGR or ``(H, W, 4)`` BGRA.
-    16-bit values are scaled by 1/257 and floats in [0, 1] by 255; an alpha
-    channel is dropped (microscope images carry no meaningful transparency).
-    """
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
-    elif image.dtype.kind == "f":
-        image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageReadError(f"{name}: unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise ImageReadError(f"{name}: unsupported image shape {image.shape}")
-
-
-def check_rgb(rgb, what: str = "") -> np.ndarray:
-    """``rgb`` itself if it is an RGB uint8 array ``(H, W, 3)``, else ValueError (prefixed ``what: ``)."""
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InputError(f"{what + ': ' if what else ''}expected an RGB uint8 image (H, W, 3), got "
-                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
-    return rgb
-
-
-#: Smallest image side (pixels) accepted as a cell image: a 1x1 "cell" would become a
-#: one-pixel crop and still get a confident prediction. docs/formats.md, "Images".
-MIN_IMAGE_SIDE = 16
-
-# libjpeg reports damaged entropy-coded data (e.g. a cut file with its end marker
-# put back) only as a warning printed on the C stderr, then fills the rest grey;
-# OpenCV passes no flag back. The warning texts of libjpeg/libjpeg-turbo's jerror.h:
-_JPEG_CORRUPT_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG file", b"Invalid SOS parameters")
-_STDERR_LOCK = threading.Lock()
-
-
-def _decode_jpeg(data: np.ndarray, name: str) -> Optional[np.ndarray]:
-    """``cv2.imdecode`` of JPEG bytes with libjpeg's warnings caught from file descriptor 2.
-
-    No maintained Python API reports libjpeg's corrupt-data warnings, so stderr is
-    redirected to a temporary file around the decode (under a lock: the descriptor
-    is process-wide); anything else printed meanwhile is passed on to stderr.
-    """
-    with _STDERR_LOCK, tempfile.TemporaryFile() as caught:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(caught.fileno(), 2)
-        try:
-            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        caught.seek(0)
-        text = caught.read()
-    warning = next((w for w in _JPEG_CORRUPT_WARNINGS if w in text), None)
-    other = b"".join(line for line in text.splitlines(keepends=True)
-                     if not any(w in line for w in _JPEG_CORRUPT_WARNINGS))
-    if other:
-        os.write(2, other)
-    if warning is not None:
-        detail = next(line for line in text.splitlines() if warning in line).decode("utf-8", "replace").strip()
-        raise ImageReadError(f"{name}: corrupt JPEG data (libjpeg: {detail}); the decoded image "
-                             f"would be partly blank")
-    return image
-
-
-def read_rgb(path: PathLike, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
-    """Read an image file as RGB uint8 ``(H, W, 3)``, whatever it holds.
-
-    Accepts BMP, PNG, JPEG and TIFF; grayscale, RGBA and 16-bit images are
-    converted. Raises :class:`ImageReadError` naming the file when it is
-    missing, empty, truncated, corrupt (libjpeg's corrupt-data warnings), not an
-    image, or smaller than ``min_side`` pixels on a side: never returns None.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"{p}: no such image file")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    if data.size == 0:
-        raise ImageReadError(f"{p}: empty file, expected an image")
-    if data[:2].tobytes() == b"\xff\xd8":
-        if not _jpeg_is_complete(data):
-            raise ImageReadError(f"{p}: truncated JPEG (no end-of-image marker)")
-        image = _decode_jpeg(data, str(p))
-    else:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-    if image is None:
-        raise ImageReadError(f"{p}: not a readable image (expected BMP, PNG, JPEG or TIFF)")
-    if min(image.shape[:2]) < min_side:
-        raise ImageReadError(f"{p}: image too small ({image.shape[1]}x{image.shape[0]} px; a cell image "
-                             f"needs at least {min_side} px a side)")
-    return to_rgb_uint8(image, str(p))
-
-
-def write_image(path: PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Write an RGB uint8 ``(H, W, 3)`` (or gray ``(H, W)``) image atomically; format from the suffix."""
-    p = Path(path)
-    arr = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if p.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(p.suffix, arr, params)
-    if not ok:
-        raise OSError(f"{p}: OpenCV could not encode an image of shape {rgb.shape} as {p.suffix}")
-    with outputs.atomic_path(p) as tmp:
-        buf.tofile(str(tmp))
-
-
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize an image to ``size`` x ``size`` pixels, the one rule every stage uses.
-
-    ``cv2.INTER_AREA`` when shrinking (both sides larger than ``size``: no
-    aliasing), else ``cv2.INTER_LINEAR``. The paper resizes its 750x750 crops to
-    480 (training) and 320 (inference), section II.3. Returns a new array.
-    """
-    h, w = rgb.shape[:2]
-    if (h, w) == (size, size):
-        return rgb.copy()
-    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (int(size), int(size)), interpolation=interp)
-
-
-def is_image_file(path: PathLike) -> bool:
-    """True for a file whose suffix is one of :data:`IMAGE_EXTENSIONS`."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def list_images(folder: PathLike) -> list:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
-
-
-def image_files(items: Iterable[PathLike], recursive: bool = True) -> List[Path]:
-    """Image files named by ``items``: a file as given; a folder's images (searched recursively by default).
-
-    What ``segment``, ``locate`` and ``gradcam`` read. Folders give their image
-    files (:func:`is_image_file`) sorted by path; with ``recursive=False`` only
-    those directly inside (:func:`list_images`). A missing path, or a folder
-    holding no images, raises :class:`SourceError` naming it.
-    """
-    out: List[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = (sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)) if recursive
-                     else list_images(p))
-            if not found:
-                raise SourceError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise SourceError(f"{p}: no such image file or folder")
-    return out
-
-
-def image_folders(items: Iterable[PathLike]) -> List[Path]:
-    """The folders ``items`` (image files and/or folders) read from: a folder itself, a file's parent.
-
-    What an output must not lie inside (:func:`check_not_inside`).
-    """
-    return [Path(p) if Path(p).is_dir() else Path(p).parent for p in items]
 
 
 def read_image_folder(folder: PathLike, smear: str = "") -> pd.DataFrame:
@@ -563,14 +382,6 @@ def check_whole_images(table: pd.DataFrame, source) -> pd.DataFrame:
                           f"in the field's pixels), then give OUT/cells.csv")
     return table
 
-
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read ``chunk`` bytes at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def content_keys(paths: Sequence[str]) -> List[str]:
