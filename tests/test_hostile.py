@@ -244,7 +244,7 @@ CASES += [
     ("predict-threads-zero", ["predict", "{I}/models/model.nnp", "{I}/csv/good.csv", "{O}/p.csv", "--threads", "0"],
      "threads must be in [1, 1024]"),
     ("build-huge-size", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--size", "100000"],
-     "size must be in [1, 2048] pixels, got 100000"),
+     "size must be in [16, 2048] pixels, got 100000"),
     ("segment-negative-gallery", ["segment", "{I}/good/Band", "--out", "{O}/seg", "--gallery", "-1"],
      "gallery must be >= 0 cells (0: none), got -1"),
     ("build-huge-total", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--total",

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -198,58 +199,94 @@ def _check_labels(table: pd.DataFrame, inference: bool) -> None:
             f"inference set (--inference)")
 
 
-def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: bool,
-                  progress: bool, report: dict) -> pd.DataFrame:
+def _bad_image(e: fileio.ImageReadError, rec: dict, skip_bad: bool, report: dict) -> None:
+    """Raise a bad image's error naming its source row, or with ``skip_bad`` list it as skipped."""
+    if not skip_bad:
+        raise type(e)(f"{fileio.naming(e, rec['path'])} (listed at {rec['source']}); fix or remove it, or skip "
+                      f"bad images (--skip-bad)") from None
+    report["skipped"].append({"path": rec["path"], "source": rec["source"], "error": str(fileio.naming(e, rec["path"]))})
+
+
+def _cell_rows(rec: dict, shape: tuple, centres: Optional[np.ndarray], crop_px: int, report: dict) -> List[dict]:
+    """The cells of one source row: a given centre (field), located centres, or a single-cell crop."""
+    h, w = shape
+    base = dict(rec, img_w=w, img_h=h)
+    if not np.isnan(rec["x"]):
+        if not (0 <= rec["x"] < w and 0 <= rec["y"] < h):
+            raise fileio.SourceError(f"{rec['source']}: cell centre ({rec['x']:g}, {rec['y']:g}) lies outside "
+                                     f"the {w}x{h} image {rec['path']}")
+        return [dict(base, kind="field", cx=rec["x"], cy=rec["y"], crop_px=crop_px)]
+    if centres is not None:
+        if len(centres) == 0:
+            report["no_wbc_located"].append({"path": rec["path"], "source": rec["source"]})
+        return [dict(base, kind="located", cx=float(x), cy=float(y), crop_px=crop_px,
+                     source=f"{rec['source']}#wbc{j + 1}") for j, (x, y) in enumerate(centres)]
+    # a single-cell crop: a centred square of min(crop, shorter side), never padded
+    s = min(crop_px, w, h)
+    return [dict(base, kind="single", cx=(w - s) // 2 + s // 2, cy=(h - s) // 2 + s // 2, crop_px=s)]
+
+
+def _mask_png(rgb: np.ndarray, cell: dict, pad_mode: str) -> bytes:
+    """The WBC mask of a cell's crop (section II.3, dataset ①) as PNG bytes, kept for pass 2.
+
+    Made in pass 1 so that a crop without two sides (:class:`~wbc_nnabla.images.NoBackgroundError`)
+    is a bad image found before the split, skipped with ``--skip-bad`` like an unreadable one.
+    """
+    crop, _ = segmentation.crop_square(rgb, cell["cx"], cell["cy"], int(cell["crop_px"]), pad_mode=pad_mode)
+    ok, buf = cv2.imencode(".png", segmentation.wbc_mask(crop).astype(np.uint8) * 255)
+    return buf.tobytes()
+
+
+def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: bool, progress: bool, report: dict,
+                  background: str = "keep", pad_mode: str = "reflect", thumbs: Optional[dict] = None) -> pd.DataFrame:
     """Pass 1: read every image once; one row per cell with its centre and crop size.
 
-    Bad images raise (naming the file and the source row) or, with
-    ``skip_bad``, are listed in ``report["skipped"]``. Fields without centres
-    are searched with :func:`wbc_nnabla.segmentation.locate_wbcs` when ``locate``.
+    Bad images raise (naming the file and the source row) or, with ``skip_bad``,
+    are listed in ``report["skipped"]``. Fields without centres are searched with
+    :func:`wbc_nnabla.segmentation.locate_wbcs` when ``locate``. With ``background``
+    ``remove`` each cell's mask is made here (column ``mask_png``), so a crop without
+    two sides is a bad image of this pass. ``thumbs``, when given, receives
+    ``{path: fileio.thumbnail(image)}`` of each readable image.
     """
     out = []
     shapes: Dict[str, Optional[tuple]] = {}
-    located: Dict[str, np.ndarray] = {}
+    cached: Tuple[Optional[str], Optional[np.ndarray]] = (None, None)
     for rec in tqdm(table.to_dict("records"), desc="checking sources", unit="cell",
                     disable=outputs.bar_disabled(progress)):
         p = rec["path"]
-        rgb = None
-        if p not in shapes:
-            try:
-                rgb = fileio.read_rgb(p)
-            except fileio.ImageReadError as e:
-                if not skip_bad:
-                    raise fileio.ImageReadError(f"{e} (listed at {rec['source']}); "
-                                            f"fix or remove it, or skip bad images (--skip-bad)") from None
-                report["skipped"].append({"path": p, "source": rec["source"], "error": str(e)})
-                shapes[p] = None
-                continue
-            shapes[p] = rgb.shape[:2]
-        if shapes[p] is None:
-            report["skipped"].append({"path": p, "source": rec["source"], "error": "same bad image as above"})
+        try:
+            if shapes.get(p, ()) is None:
+                raise fileio.ImageReadError(f"{p}: same bad image as above")
+            rgb = cached[1] if cached[0] == p else fileio.read_rgb(p)
+            if thumbs is not None and p not in thumbs:
+                thumbs[p] = fileio.thumbnail(rgb)
+            cached, shapes[p] = (p, rgb), rgb.shape[:2]
+            centres = segmentation.locate_wbcs(rgb) if locate and np.isnan(rec["x"]) else None
+        except fileio.ImageReadError as e:
+            shapes[p] = None
+            _bad_image(e, rec, skip_bad, report)
             continue
-        if locate and np.isnan(rec["x"]) and p not in located:
-            located[p] = segmentation.locate_wbcs(rgb if rgb is not None else fileio.read_rgb(p))
-        h, w = shapes[p]
-        base = dict(rec, img_w=w, img_h=h)
-        if not np.isnan(rec["x"]):
-            if not (0 <= rec["x"] < w and 0 <= rec["y"] < h):
-                raise fileio.SourceError(f"{rec['source']}: cell centre ({rec['x']:g}, {rec['y']:g}) lies outside "
-                                     f"the {w}x{h} image {p}")
-            out.append(dict(base, kind="field", cx=rec["x"], cy=rec["y"], crop_px=crop_px))
-        elif locate:
-            cents = located[p]
-            if len(cents) == 0:
-                report["no_wbc_located"].append({"path": p, "source": rec["source"]})
-            for j, (x, y) in enumerate(cents):
-                out.append(dict(base, kind="located", cx=float(x), cy=float(y), crop_px=crop_px,
-                                source=f"{rec['source']}#wbc{j + 1}"))
-        else:
-            # a single-cell crop: a centred square of min(crop, shorter side), never padded
-            s = min(crop_px, w, h)
-            out.append(dict(base, kind="single", cx=(w - s) // 2 + s // 2, cy=(h - s) // 2 + s // 2, crop_px=s))
-    df = pd.DataFrame(out, columns=list(fileio.CELL_COLUMNS) + ["img_w", "img_h", "kind", "cx", "cy", "crop_px"])
+        for cell in _cell_rows(rec, shapes[p], centres, crop_px, report):
+            try:
+                out.append(dict(cell, mask_png=_mask_png(rgb, cell, pad_mode) if background == "remove" else None))
+            except fileio.ImageReadError as e:
+                _bad_image(e, cell, skip_bad, report)
+    df = pd.DataFrame(out, columns=list(fileio.CELL_COLUMNS) + ["img_w", "img_h", "kind", "cx", "cy", "crop_px",
+                                                                "mask_png"])
     df["cell_id"] = [f"c{i:05d}_{_stem(p)}" for i, p in enumerate(df["path"])]
     return df
+
+
+def _check_reencoded(thumbs: dict, table: pd.DataFrame) -> None:
+    """Refuse one photo listed twice in two formats (:func:`wbc_nnabla.fileio.reencoded_pairs`): its
+    two files could fall in training and validation at once, like byte-identical copies."""
+    pairs = fileio.reencoded_pairs(thumbs)
+    if pairs:
+        where = dict(zip(table["path"], table["source"]))
+        a, b = pairs[0]
+        raise fileio.SourceError(f"{where.get(a, a)} and {where.get(b, b)} list one photo saved twice ({a} and {b}: the "
+                                 f"same name and the same pixels up to re-encoding; {len(pairs)} such pair(s)): it "
+                                 f"would count twice and could fall on both sides of the split; keep one file")
 
 
 def _assign(cells_df: pd.DataFrame, split: np.ndarray, total: int, valid_fraction: float,
@@ -289,8 +326,8 @@ def _assign(cells_df: pd.DataFrame, split: np.ndarray, total: int, valid_fractio
 def _process(rgb: np.ndarray, row, background: str, size: int, pad_mode: str):
     crop, info = segmentation.crop_square(rgb, row.cx, row.cy, int(row.crop_px), pad_mode=pad_mode)
     info["wbc_fraction"] = ""
-    if background == "remove":
-        mask = segmentation.wbc_mask(crop)  # computed on the crop (section II.3, dataset ①)
+    if background == "remove":   # the crop's mask, made in pass 1 (section II.3, dataset ①)
+        mask = cv2.imdecode(np.frombuffer(row.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
         info["wbc_fraction"] = round(float(mask.mean()), 4)
         crop = segmentation.remove_background(crop, mask)
     return fileio.resize_square(crop, size), info
@@ -326,7 +363,8 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
         images without a centre get a centred square of min(crop, shorter side).
     crop_um: crop side in µm instead of ``crop``, at ``pixel_um``.
     pixel_um: µm per pixel, for ``crop_um``.
-    size: output side in pixels (default 480, or 320 with ``inference``).
+    size: output side in pixels (default 480, or 320 with ``inference``; at least
+        :data:`wbc_nnabla.images.MIN_IMAGE_SIDE`, the smallest image any reader accepts).
     total: images in train + valid (default 2,385 for remove, 3,284 for keep), balanced per
         class within each split.
     valid_fraction: share of the images in ``valid.csv``; the split is made
@@ -334,7 +372,8 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     inference: crop and resize only, no split or augmentation; writes
         ``cells.csv`` and ``test.csv``.
     locate: find WBCs in images that have no centre (:func:`wbc_nnabla.segmentation.locate_wbcs`).
-    skip_bad: skip and report unreadable (or too small, or corrupt) images instead of stopping.
+    skip_bad: skip and report bad images (unreadable, too small, corrupt, or without two sides:
+        blank, very dark, colour-inverted; :class:`~wbc_nnabla.images.NoBackgroundError`) instead of stopping.
     dedupe: drop cells the source lists twice with the same label (counted in
         the build report); without it a repeated cell is an error naming both rows,
         since its copies could fall in both splits.
@@ -355,7 +394,9 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     report = {"mode": "inference" if inference else "teacher", "background": background,
               "skipped": [], "no_wbc_located": [], "warnings": [],
               "duplicates_dropped": table.attrs.get("duplicates_dropped", 0)}
-    cdf = _expand_cells(table, crop_px, locate, skip_bad, progress, report)
+    thumbs = None if inference else {}
+    cdf = _expand_cells(table, crop_px, locate, skip_bad, progress, report, background, pad_mode, thumbs)
+    _check_reencoded(thumbs or {}, table)
     if len(cdf) == 0:
         raise fileio.SourceError(f"{source}: no usable cells (skipped {len(report['skipped'])} bad images, "
                              f"{len(report['no_wbc_located'])} fields without a located WBC)")
@@ -444,8 +485,9 @@ def _check_settings(background: str, pad_mode: str, size: Optional[int], total: 
     if pad_mode not in segmentation.PAD_MODES:
         raise InputError(f"pad_mode must be one of {', '.join(sorted(segmentation.PAD_MODES))}, got {pad_mode!r}")
     size = int(size) if size is not None else (DEFAULT_INFERENCE_SIZE if inference else DEFAULT_SIZE)
-    if not 1 <= size <= MAX_INPUT_SIZE:
-        raise InputError(f"size must be in [1, {MAX_INPUT_SIZE}] pixels, got {size}")
+    if not fileio.MIN_IMAGE_SIDE <= size <= MAX_INPUT_SIZE:
+        raise InputError(f"size must be in [{fileio.MIN_IMAGE_SIDE}, {MAX_INPUT_SIZE}] pixels, got {size} (train, "
+                         f"predict and every reader refuse images under {fileio.MIN_IMAGE_SIDE} px a side)")
     if inference and total is not None:
         raise InputError("total (--total) has no meaning for an inference set (no augmentation)")
     total = int(total) if total is not None else DEFAULT_TOTAL[background]

@@ -18,6 +18,7 @@ Conventions (see ``docs/formats.md``):
 """
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -30,6 +31,9 @@ import pandas as pd
 from . import classes, outputs
 from .errors import InputError, SourceError, WBCError  # noqa: F401  (SourceError: public as fileio.SourceError)
 # the images' names, public here since 0.1.0 (fileio.read_rgb, fileio.ImageReadError, ...)
+# the duplicate finders, public here since 0.1.0 (fileio.drop_duplicates, fileio.content_keys, ...)
+from .duplicates import (content_keys, copy_groups, drop_duplicates, reencoded_pairs,  # noqa: F401
+                         thumbnail)
 from .images import (BACKGROUND_SIDE, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MAX_PIXELS_ENV,  # noqa: F401
                      MIN_BACKGROUND, MIN_IMAGE_SIDE, ImageReadError, NoBackgroundError, background_rgb,
                      check_background, check_rgb, file_sha256, image_files, image_folders, image_size,
@@ -93,12 +97,29 @@ def read_class_folders(root: PathLike) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    """The CSV as text columns; :class:`SourceError` naming it when unreadable or a column name repeats."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), [])
     except FileNotFoundError:
         raise SourceError(f"{path}: no such CSV file") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
         raise SourceError(f"{path}: not a readable CSV ({e})") from None
+    _check_header(path, header)
+    return df
+
+
+def _check_header(path: Path, header: Sequence[str]) -> None:
+    """Refuse a header naming one column twice (case and spaces aside): pandas would rename the
+    second ``label.1`` and the reader would silently use the first."""
+    seen: dict = {}
+    for i, name in enumerate(header):
+        key = name.strip().lower()
+        if key in seen:
+            raise SourceError(f"{path}:1: column {name.strip()!r} appears twice in the header (columns "
+                              f"{seen[key] + 1} and {i + 1}); name each column once")
+        seen[key] = i
 
 
 def _resolve(csv_path: Path, rel: str) -> str:
@@ -382,89 +403,6 @@ def check_whole_images(table: pd.DataFrame, source) -> pd.DataFrame:
                           f"in the field's pixels), then give OUT/cells.csv")
     return table
 
-
-
-def content_keys(paths: Sequence[str]) -> List[str]:
-    """One key per path, equal for files with the same bytes: ``sha256:...`` or the path itself.
-
-    Only files whose size another file shares are read and hashed (a file of
-    unique size cannot be a copy); a path that cannot be read keeps its own
-    path as key (the stage that opens it reports it).
-    """
-    sizes = []
-    for p in paths:
-        try:
-            sizes.append(os.path.getsize(p))
-        except OSError:
-            sizes.append(None)
-    counts = pd.Series([s for s in sizes if s is not None]).value_counts()
-    keys = []
-    for p, size in zip(paths, sizes):
-        if size is None or counts.get(size, 0) < 2:
-            keys.append(str(p))
-            continue
-        try:
-            keys.append("sha256:" + file_sha256(p))
-        except OSError:
-            keys.append(str(p))
-    return keys
-
-
-def copy_groups(table: pd.DataFrame) -> List[List[int]]:
-    """Rows (positions in ``table``) whose files are byte-identical copies under different paths.
-
-    One list per image held by more than one path, rows in table order; the
-    same path listed twice is not a copy (:func:`drop_duplicates` reports it).
-    """
-    paths = table["path"].astype(str).tolist()
-    groups: dict = {}
-    for i, key in enumerate(content_keys(paths)):
-        groups.setdefault(key, []).append(i)
-    return [rows for rows in groups.values() if len({paths[i] for i in rows}) > 1]
-
-
-def _same_cell(a: pd.Series, b: pd.Series) -> str:
-    """How two rows repeat one cell, for an error message."""
-    if a["path"] == b["path"]:
-        return f"list the same cell {a['path']}"
-    return f"list byte-identical copies of one image ({a['path']} and {b['path']})"
-
-
-def drop_duplicates(table: pd.DataFrame, dedupe: bool = False,
-                    by_content: bool = False, dedupe_flag: Optional[str] = "--dedupe") -> pd.DataFrame:
-    """``table`` without repeated cells (same resolved ``path`` and centre), or :class:`SourceError`.
-
-    With ``by_content`` the image is identified by its bytes (:func:`content_keys`),
-    so a copy of a file under another name is a repeat as well. Repeats with
-    another label or smear are always an error naming both rows; exact repeats
-    are an error unless ``dedupe``, which keeps the first and records the count
-    dropped in ``attrs["duplicates_dropped"]``. The messages name both rows;
-    ``dedupe_flag`` is the flag they suggest (None: the caller has none).
-    """
-    image = pd.Series(content_keys(table["path"].astype(str).tolist()) if by_content else table["path"].astype(str),
-                      index=table.index)
-    key = image + "|" + table["x"].fillna(-1).astype(str) + "|" + table["y"].fillna(-1).astype(str)
-    dup = key.duplicated(keep=False)
-    out = table
-    if dup.any():
-        first = {}
-        for i in np.flatnonzero(dup.to_numpy()):
-            j = first.setdefault(key.iat[i], i)
-            if j == i:
-                continue
-            a, b = table.iloc[j], table.iloc[i]
-            if (a["label"], a["smear"]) != (b["label"], b["smear"]):
-                raise SourceError(f"{a['source']} and {b['source']} {_same_cell(a, b)} with "
-                                  f"different labels/smears ({a['label'] or 'unlabeled'}/{a['smear'] or '-'} vs "
-                                  f"{b['label'] or 'unlabeled'}/{b['smear'] or '-'}); a cell has one label")
-            if not dedupe:
-                fix = f"remove the repeat or pass {dedupe_flag} to drop exact repeats" if dedupe_flag \
-                    else "remove the repeat"
-                raise SourceError(f"{a['source']} and {b['source']} {_same_cell(a, b)} twice: a repeated "
-                                  f"cell counts twice and can fall on both sides of a split; {fix}")
-        out = table[~key.duplicated(keep="first")].reset_index(drop=True)
-    out.attrs["duplicates_dropped"] = int(len(table) - len(out))
-    return out
 
 
 # ----------------------------------------------------------------------------- NNC writer
