@@ -412,7 +412,7 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
                          seed=int(seed), inference=bool(inference), locate=bool(locate),
                          skip_bad=bool(skip_bad), dedupe=bool(dedupe), pad_mode=pad_mode,
                          environment=outputs.environment())
-    with outputs.atomic_dir(out, overwrite=overwrite) as tmp:
+    with outputs.atomic_dir(out, overwrite=overwrite, may_replace=_may_replace) as tmp:
         manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
         _write_tables(tmp, cdf, manifest, inference, seed)
         report.update(_build_counts(cdf, split, variants, manifest, inference, crop_px))
@@ -510,6 +510,11 @@ def _check_output_folder(out: Path, source: Path, table: pd.DataFrame, overwrite
             raise fileio.SourceError(f"output {out} contains the source folder {d}; choose another output "
                                  f"(sources are never written)")
     _check_out(out, overwrite)
+
+
+def _may_replace(found: Path) -> bool:
+    """What the final rename may replace, checked at that moment: an empty folder or a build-dataset output."""
+    return found.is_dir() and not found.is_symlink() and (is_dataset_folder(found) or not any(found.iterdir()))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
