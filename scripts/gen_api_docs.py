@@ -8,7 +8,8 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["errors", "classes", "recipe", "sampling", "outputs", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
+MODULES = ["errors", "classes", "recipe", "sampling", "outputs", "images", "duplicates", "fileio", "nuclei", "locating",
+           "segmentation", "balancing", "dataset_report", "datasets", "models", "pretrained", "modelfile",
            "augmentation", "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "adaptation",
            "finetune", "selftraining", "predictions", "ensemble", "scoring", "report", "gradcam",
            "reproduce_report", "pipeline", "cli"]

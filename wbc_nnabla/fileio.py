@@ -23,13 +23,13 @@ import os
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
 from . import classes, outputs
-from .errors import InputError, SourceError, WBCError  # noqa: F401  (SourceError: public as fileio.SourceError)
+from .errors import SourceError
 # the images' names, public here since 0.1.0 (fileio.read_rgb, fileio.ImageReadError, ...)
 # the duplicate finders, public here since 0.1.0 (fileio.drop_duplicates, fileio.content_keys, ...)
 from .duplicates import (content_keys, copy_groups, drop_duplicates, reencoded_pairs,  # noqa: F401
