@@ -203,12 +203,12 @@ def _taken(path: Path) -> FileExistsError:
 
 
 def place(tmp: PathLike, path: PathLike, expected: Optional[Tuple[int, int]],
-          may_replace: Callable[[Path], bool] = lambda p: True) -> None:
+          may_replace: Optional[Callable[[Path], bool]] = None) -> None:
     """Rename the finished ``tmp`` to ``path``, replacing only what was checked there and still may be.
 
     expected: :func:`identity` of ``path`` when the run checked it (None: nothing was there,
         so nothing may be replaced now). may_replace: asked, at this moment, of the thing at
-        ``path`` (e.g. "empty, or carries this command's marker").
+        ``path`` (e.g. "empty, or carries this command's marker"); None: the expected thing may be.
     Under :func:`folder_lock` on the parent (cooperating runs take turns). Nothing there: a
     rename that never replaces (:func:`rename_noreplace`). Something there: swapped with
     ``tmp`` atomically (``RENAME_EXCHANGE``), then checked, and swapped back unless it is the
@@ -217,6 +217,7 @@ def place(tmp: PathLike, path: PathLike, expected: Optional[Tuple[int, int]],
     ``path`` when it may not be replaced; it is then left exactly as it was.
     """
     tmp, path = Path(tmp), Path(path)
+    may_replace = may_replace or (lambda found: True)
     with folder_lock(path.parent):
         try:
             return rename_noreplace(tmp, path)
