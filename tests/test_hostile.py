@@ -128,6 +128,11 @@ def world(tmp_path_factory):
     ds_ok.mkdir()
     for split in ("train.csv", "valid.csv"):
         fileio.write_nnc_csv(ds_ok / split, [r[0] for r in rows], [classes.index6(r[1]) for r in rows])
+    ds_black = inp / "dataset_black"                     # an NNC dataset listing the black frame
+    ds_black.mkdir()
+    for split in ("train.csv", "valid.csv"):
+        fileio.write_nnc_csv(ds_black / split, [r[0] for r in rows] + [bad / "black.png"],
+                             [classes.index6(r[1]) for r in rows] + [4])
     (inp / "a_file").write_text("a regular file where a folder is expected\n")
     out.mkdir()
     return inp, out
@@ -317,6 +322,14 @@ CASES += [
         ("segment-only", lambda n: ["segment", f"{{I}}/bad/{n}.png", "--out", "{O}/seg"]))
 ]
 CASES += [
+    ("train-black", ["train", "{I}/dataset_black", "{O}/m", "--size", "32", "--batch-size", "4", "--epochs", "1",
+                     "--pretrained", "none", "--no-progress"], "black.png: no two sides"),
+    ("finetune-black", ["finetune", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/f.nnp"],
+     "black.png: no two sides"),
+    ("self-train-black", ["self-train", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/s.nnp"],
+     "black.png: no two sides"),
+    ("infomax-black", ["infomax", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/i.nnp"],
+     "black.png: no two sides"),
     ("build-remove-inverted", ["build-dataset", "{I}/csv/with_inverted.csv", "{O}/ds", "--size", "32", "--background",
                                "remove"], "inverted.png: no two sides"),
     ("segment-only-inverted", ["segment", "{I}/bad/inverted.png", "--out", "{O}/seg"], "inverted.png: no two sides"),
