@@ -33,6 +33,9 @@ setup(
         "scipy",
         "pandas",
         "matplotlib",
+        # read directly (images.image_size: an image's size from its header, before decoding);
+        # matplotlib depends on it too, so nothing new is installed.
+        "Pillow",
         "tqdm",
         # ONNX export for the fast CPU backends; declared here (not installed later)
         # so the resolver keeps protobuf at the 3.20 line nnabla needs.

@@ -54,7 +54,7 @@ def zheng_ious(root: Path, shift: Optional[Callable] = None, segment: Callable =
     rows = []
     for image_id, label in zip(labels.iloc[:, 0], labels.iloc[:, 1]):
         rgb = fileio.read_rgb(root / f"{int(image_id):03d}.bmp")
-        truth = fileio.read_rgb(root / f"{int(image_id):03d}.png")[..., 0] > 0
+        truth = fileio.read_rgb(root / f"{int(image_id):03d}.png", min_background=0)[..., 0] > 0   # a mask
         m = segment(shift(rgb) if shift else rgb)
         rows.append({"id": int(image_id), "class": ZHENG_NAMES.get(int(label), str(label)),
                      "iou": (m & truth).sum() / max(1, (m | truth).sum())})

@@ -165,7 +165,7 @@ def test_zheng_masks_iou(zheng):
     ious = []
     for i in (1, 2, 3, 5, 8, 13, 21, 34):
         rgb = fileio.read_rgb(zheng / f"{i:03d}.bmp")
-        truth = fileio.read_rgb(zheng / f"{i:03d}.png")[..., 0] > 0
+        truth = fileio.read_rgb(zheng / f"{i:03d}.png", min_background=0)[..., 0] > 0   # a mask, not a photo
         m = segmentation.wbc_mask(rgb)
         ious.append((m & truth).sum() / (m | truth).sum())
     assert np.median(ious) >= 0.9, ious
@@ -220,7 +220,7 @@ def test_segment_images_and_locate_images_api(tmp_path):
     fileio.write_image(src / "Lymph" / "a.png", img)
     fileio.write_image(src / "Mono" / "b.jpg", np.full((40, 40, 3), CREAM, np.uint8))
     s = segmentation.segment_images([src], tmp_path / "masks", gallery=1)
-    assert s == dict(out=tmp_path / "masks", images=2, empty=1, gallery=tmp_path / "masks" / "gallery.png",
+    assert s == dict(out=tmp_path / "masks", images=2, empty=1, failed=0, gallery=tmp_path / "masks" / "gallery.png",
                      gallery_images=1)
     assert cv2.imread(str(s["gallery"])).shape == (segmentation.GALLERY_TILE, segmentation.GALLERY_TILE * segmentation.GALLERY_COLUMNS, 3)
     assert sorted(p.name for p in s["out"].iterdir()) == [outputs.OUTPUT_MARKER, "a.png", "b.png", "gallery.png"]

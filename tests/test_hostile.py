@@ -6,8 +6,15 @@ sources or where no folder can be made). For each: exit status != 0, one
 line on stderr that names the file, row or flag, no traceback, every file
 of the inputs folder byte-identical afterwards (sha256), and nothing left in
 the outputs folder.
+
+Round two (issue 49) adds images without two sides (black, uniform red, very dark,
+colour-inverted), an oversized header, a CSV naming a column twice, one photo saved in two
+formats, a too-small dataset size, a --skip-bad run with no readable cell; and, in their own
+tests with the same assertions, the inputs a run handles (a bad image among good ones), a
+folder created under a running command, two concurrent writers and Ctrl-C.
 """
 import hashlib
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,7 +25,7 @@ import pytest
 
 nn = pytest.importorskip("nnabla")
 
-from wbc_nnabla import classes, cli, fileio, modelfile, models  # noqa: E402
+from wbc_nnabla import classes, cli, fileio, images, modelfile, models, outputs, segmentation  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -71,12 +78,22 @@ def world(tmp_path_factory):
     (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (bad / "corrupt.jpg").write_bytes(jpeg[: len(jpeg) // 3] + b"\xff\xd9")
     cv2.imwrite(str(bad / "one_pixel.png"), np.full((1, 1, 3), 200, np.uint8))
+    _two_sideless(bad, fileio.read_rgb(rows[0][0]))
     ok = "".join(f"{p},{c}\n" for p, c in rows)
     csvs = inp / "csv"
     csvs.mkdir()
     for name in ("empty", "fake", "truncated", "corrupt"):
         (csvs / f"with_{name}.csv").write_text(f"path,label\n{ok}{bad / (name + '.jpg')},Band\n")
     (csvs / "with_one_pixel.csv").write_text(f"path,label\n{ok}{bad / 'one_pixel.png'},Band\n")
+    for name in ("black", "red", "dark", "inverted", "huge"):
+        (csvs / f"with_{name}.csv").write_text(f"path,label\n{ok}{bad / (name + '.png')},Band\n")
+    (csvs / "only_bad.csv").write_text("path,label\n" + "".join(f"{bad / n},Band\n" for n in
+                                                                 ("black.png", "fake.jpg", "empty.jpg")))
+    (csvs / "two_label_columns.csv").write_text(f"path,label,label\n{rows[0][0]},Band,Segment\n")
+    reencoded = inp / "reencoded" / (rows[0][0].stem + ".png")   # the first cell's JPEG saved again as PNG
+    reencoded.parent.mkdir()
+    cv2.imwrite(str(reencoded), cv2.imread(str(rows[0][0])))
+    (csvs / "reencoded.csv").write_text(f"path,label\n{ok}{reencoded},{rows[0][1]}\n")
     (csvs / "duplicate.csv").write_text(f"path,label\n{ok}{rows[3][0]},{rows[3][1]}\n")
     (csvs / "two_labels.csv").write_text(f"path,label\n{ok}{rows[0][0]},Segment\n")
     (csvs / "no_path_column.csv").write_text("image,label\na.jpg,Band\n")
@@ -111,9 +128,38 @@ def world(tmp_path_factory):
     ds_ok.mkdir()
     for split in ("train.csv", "valid.csv"):
         fileio.write_nnc_csv(ds_ok / split, [r[0] for r in rows], [classes.index6(r[1]) for r in rows])
+    ds_black = inp / "dataset_black"                     # an NNC dataset listing the black frame
+    ds_black.mkdir()
+    for split in ("train.csv", "valid.csv"):
+        fileio.write_nnc_csv(ds_black / split, [r[0] for r in rows] + [bad / "black.png"],
+                             [classes.index6(r[1]) for r in rows] + [4])
     (inp / "a_file").write_text("a regular file where a folder is expected\n")
     out.mkdir()
     return inp, out
+
+
+def _two_sideless(bad: Path, cell: np.ndarray) -> None:
+    """Images without two sides, made here: black, uniform red, very dark (a cell at 3 % exposure),
+    colour-inverted (a cell and a field), and huge.png: a PNG whose header says 30000x30000 px."""
+    cv2.imwrite(str(bad / "black.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(bad / "red.png"), np.full((64, 64, 3), (0, 0, 200), np.uint8))          # BGR
+    cv2.imwrite(str(bad / "dark.png"), (cell[:, :, ::-1] * 0.03).astype(np.uint8))
+    cv2.imwrite(str(bad / "inverted.png"), 255 - cell[:, :, ::-1])
+    field = np.full((240, 320, 3), (250, 230, 200), np.uint8)
+    for x, y in ((80, 120), (230, 110)):
+        cv2.circle(field, (x, y), 24, (200, 180, 220), -1)
+        cv2.circle(field, (x, y), 13, (80, 30, 140), -1)
+    cv2.imwrite(str(bad / "inverted_field.png"), 255 - field[:, :, ::-1])
+    (bad / "huge.png").write_bytes(huge_png(30000, 30000, rows=1))
+
+
+def huge_png(width: int, height: int, rows: int) -> bytes:
+    """A PNG (8-bit RGB) whose header says ``width`` x ``height``, with ``rows`` black rows of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    idat = zlib.compress(b"\x00" * ((3 * width + 1) * rows), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _hashes(folder: Path) -> dict:
@@ -245,7 +291,7 @@ CASES += [
     ("predict-threads-zero", ["predict", "{I}/models/model.nnp", "{I}/csv/good.csv", "{O}/p.csv", "--threads", "0"],
      "threads must be in [1, 1024]"),
     ("build-huge-size", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--size", "100000"],
-     "size must be in [1, 2048] pixels, got 100000"),
+     "size must be in [16, 2048] pixels, got 100000"),
     ("segment-negative-gallery", ["segment", "{I}/good/Band", "--out", "{O}/seg", "--gallery", "-1"],
      "gallery must be >= 0 cells (0: none), got -1"),
     ("build-huge-total", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--total",
@@ -257,6 +303,50 @@ CASES += [
                                                                          "least 64: lower --batch-size"),
     ("export-unknown-opset", ["export", "{I}/models/model.nnp", "--onnx", "{O}/m.onnx", "--opset", "1000"],
      "opset 1000: at least 13 is needed"),
+]
+#: Images without two sides (issue 49, root cause 1), an oversized header (2), and the smaller
+#: items (6), in every command that reads images.
+CASES += [
+    (f"{cmd}-{name}", argv(name), f"{name}.png: {why}")
+    for name, why in (("black", "no two sides"), ("red", "no two sides"), ("dark", "no two sides"),
+                      ("huge", "image too large"))
+    for cmd, argv in (
+        ("build-keep", lambda n: ["build-dataset", f"{{I}}/csv/with_{n}.csv", "{O}/ds", "--size", "32", "--background",
+                                  "keep"]),
+        ("build-remove", lambda n: ["build-dataset", f"{{I}}/csv/with_{n}.csv", "{O}/ds", "--size", "32",
+                                    "--background", "remove"]),
+        ("predict", lambda n: ["predict", "{I}/models/model.nnp", f"{{I}}/csv/with_{n}.csv", "{O}/p.csv",
+                               "--no-progress", "--backend", "nnabla"]),
+        ("locate", lambda n: ["locate", f"{{I}}/bad/{n}.png", "--out", "{O}/c.csv"]),
+        ("gradcam", lambda n: ["gradcam", "{I}/models/model.nnp", f"{{I}}/bad/{n}.png", "--out", "{O}/cam"]),
+        ("adapt", lambda n: ["adapt", "{I}/models/model.nnp", f"{{I}}/csv/with_{n}.csv", "{O}/a.nnp"]),
+        ("segment-only", lambda n: ["segment", f"{{I}}/bad/{n}.png", "--out", "{O}/seg"]))
+]
+CASES += [
+    ("train-black", ["train", "{I}/dataset_black", "{O}/m", "--size", "32", "--batch-size", "4", "--epochs", "1",
+                     "--pretrained", "none", "--no-progress"], "black.png: no two sides"),
+    ("finetune-black", ["finetune", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/f.nnp"],
+     "black.png: no two sides"),
+    ("self-train-black", ["self-train", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/s.nnp"],
+     "black.png: no two sides"),
+    ("infomax-black", ["infomax", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/i.nnp"],
+     "black.png: no two sides"),
+    ("build-remove-inverted", ["build-dataset", "{I}/csv/with_inverted.csv", "{O}/ds", "--size", "32", "--background",
+                               "remove"], "inverted.png: no two sides"),
+    ("segment-only-inverted", ["segment", "{I}/bad/inverted.png", "--out", "{O}/seg"], "inverted.png: no two sides"),
+    ("locate-inverted-field", ["locate", "{I}/bad/inverted_field.png", "--out", "{O}/c.csv"],
+     "inverted_field.png: no two sides"),
+    ("predict-skip-bad-none-readable", ["predict", "{I}/models/model.nnp", "{I}/csv/only_bad.csv", "{O}/p.csv",
+                                        "--skip-bad", "--no-progress", "--backend", "nnabla"],
+     "only_bad.csv: no readable cells"),
+    ("build-size-below-the-readers", ["build-dataset", "{I}/csv/good.csv", "{O}/ds", "--background", "keep", "--size",
+                                      "8"], "size must be in [16, 2048] pixels, got 8"),
+    ("cells-column-twice", ["cells", "{I}/csv/two_label_columns.csv"], "two_label_columns.csv:1: column 'label' appears "
+                                                                         "twice"),
+    ("build-column-twice", ["build-dataset", "{I}/csv/two_label_columns.csv", "{O}/ds", "--background", "keep"],
+     "column 'label' appears twice"),
+    ("build-one-photo-in-two-formats", ["build-dataset", "{I}/csv/reencoded.csv", "{O}/ds", "--size", "32",
+                                        "--background", "keep"], "list one photo saved twice"),
 ]
 #: Every command with a --seed, given one that NumPy and nnabla cannot take (was a traceback, and
 #: reproduce left OUT/config.json behind).
@@ -294,3 +384,148 @@ def test_hostile_input_one_line_error_and_inputs_untouched(world, capsys, case, 
         assert "--dedupe" not in last, f"{case}: suggests a flag {args[0]} does not have"
     assert _hashes(inp) == before, f"{case}: an input file changed or disappeared"
     assert not list(out.iterdir()), f"{case}: a failed run left output behind: {list(out.iterdir())}"
+
+
+# ----------------------------------------------------------------------------- runs that must go on, races, Ctrl-C
+
+
+def _run(args, capsys):
+    """(exit status, stderr) of ``wbc-nnabla ARGS``."""
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err.strip()
+
+
+def _one_line_error(rc, err, expected):
+    """The hostile module's assertions on one failed run: exit status, one line naming it, no traceback."""
+    assert rc not in (0, None), "exit status 0 for bad input"
+    assert "Traceback" not in err
+    last = err.splitlines()[-1] if err else ""
+    assert expected in last and last.startswith("wbc-nnabla"), last
+
+
+def _no_temporaries(folder: Path) -> list:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def smear(world):
+    """inputs/smear: the twelve good cells and one black frame (blank.png), as one smear folder."""
+    inp, _ = world
+    folder = inp / "smear"
+    if not folder.exists():
+        folder.mkdir()
+        for p in sorted((inp / "good").rglob("*.jpg")):
+            (folder / p.name).write_bytes(p.read_bytes())
+        cv2.imwrite(str(folder / "blank.png"), np.zeros((64, 64, 3), np.uint8))
+    return folder
+
+
+def test_one_blank_frame_among_a_smears_cells_is_named_or_skipped(world, smear, tmp_path, capsys):
+    """predict names the blank frame (exit 2, nothing written), or with --skip-bad predicts the good cells."""
+    inp, out = world
+    before = _hashes(inp)
+    model = inp / "models" / "model.nnp"
+    rc, err = _run(["predict", model, smear, out / "p.csv", "--no-progress", "--backend", "nnabla"], capsys)
+    _one_line_error(rc, err, "blank.png: no two sides")
+    assert not list(out.iterdir())
+    rc, err = _run(["predict", model, smear, tmp_path / "p.csv", "--no-progress", "--backend", "nnabla",
+                    "--skip-bad"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert len(pred) == 12 and not pred["path"].str.endswith("blank.png").any()
+    assert _hashes(inp) == before
+
+
+def test_a_mask_that_fails_is_listed_and_the_others_are_made(world, smear, tmp_path, capsys):
+    """segment: a black and an inverted crop get no mask, are listed in failed.csv; the twelve cells get theirs.
+    build-dataset --background remove --skip-bad: the inverted crop is skipped and reported."""
+    inp, _ = world
+    before = _hashes(inp)
+    rc, err = _run(["segment", smear, inp / "bad" / "inverted.png", "--out", tmp_path / "seg", "--gallery", "0"],
+                   capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    failed = pd.read_csv(tmp_path / "seg" / "failed.csv")
+    assert [Path(p).name for p in failed["image"]] == ["blank.png", "inverted.png"]
+    assert failed["error"].str.contains("no two sides").all()
+    assert len(list((tmp_path / "seg").glob("*.png"))) == 12
+    rc, err = _run(["build-dataset", inp / "csv" / "with_inverted.csv", tmp_path / "ds", "--size", "32",
+                    "--background", "remove", "--skip-bad", "--no-progress", "--total", "24"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    report = (tmp_path / "ds" / "build_report.md").read_text()
+    assert "inverted.png" in report and "no two sides" in report
+    assert _hashes(inp) == before
+
+
+def _segment_args(inp, out):
+    return ["segment", inp / "good" / "Band", "--out", out, "--gallery", "0"]
+
+
+def test_a_folder_created_under_a_running_command_is_left_alone(world, monkeypatch, capsys):
+    """A user makes OUT (with a file) while segment writes OUT: the run fails naming OUT; the file stays."""
+    inp, out = world
+    before, target = _hashes(inp), out / "seg"
+    real = images.write_image
+
+    def user_makes_the_folder(path, rgb, *a, **k):
+        if not target.exists():
+            target.mkdir()
+            (target / "mine.txt").write_text("the user's file\n")
+        return real(path, rgb, *a, **k)
+
+    monkeypatch.setattr(images, "write_image", user_makes_the_folder)
+    rc, err = _run(_segment_args(inp, target), capsys)
+    _one_line_error(rc, err, f"{target}: created or changed meanwhile")
+    assert sorted(p.name for p in target.iterdir()) == ["mine.txt"]
+    assert (target / "mine.txt").read_text() == "the user's file\n"
+    assert _hashes(inp) == before and _no_temporaries(out) == []
+    (target / "mine.txt").unlink()
+    target.rmdir()
+
+
+def test_two_concurrent_writers_into_one_new_folder_one_wins_one_fails(world, monkeypatch, capsys):
+    """A second segment into the same new OUT finishes while the first runs: the first fails naming
+    OUT and leaves the second's complete output as it is (it used to replace it and exit 0)."""
+    inp, out = world
+    before, target = _hashes(inp), out / "seg"
+    real = images.write_image
+    inner = []
+
+    def second_run(path, rgb, *a, **k):
+        if not inner:
+            monkeypatch.setattr(images, "write_image", real)
+            inner.append(cli.main([str(a) for a in _segment_args(inp, target)]))
+        return real(path, rgb, *a, **k)
+
+    monkeypatch.setattr(images, "write_image", second_run)
+    rc, err = _run(_segment_args(inp, target), capsys)
+    assert inner == [0]
+    _one_line_error(rc, err, f"{target}: created or changed meanwhile")
+    written = sorted(p.name for p in target.iterdir())
+    assert written == sorted([outputs.OUTPUT_MARKER] + [p.stem + ".png" for p in (inp / "good" / "Band").iterdir()])
+    assert _hashes(inp) == before and _no_temporaries(out) == []
+    import shutil
+    shutil.rmtree(target)
+
+
+@pytest.mark.parametrize("command", ["segment", "build-dataset"])
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(world, monkeypatch, capsys, command):
+    inp, out = world
+    before = _hashes(inp)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    if command == "segment":
+        monkeypatch.setattr(segmentation, "segment_wbc", interrupted)
+        args = _segment_args(inp, out / "seg")
+    else:
+        monkeypatch.setattr(fileio, "write_image", interrupted)
+        args = ["build-dataset", inp / "csv" / "good.csv", out / "ds", "--size", "32", "--background", "keep",
+                "--no-progress"]
+    rc, err = _run(args, capsys)
+    assert rc == 130 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"wbc-nnabla {command}: interrupted")
+    assert _hashes(inp) == before and not list(out.iterdir())

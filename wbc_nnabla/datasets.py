@@ -13,7 +13,8 @@ Network Console (NNC) dataset folder (see ``docs/datasets.md`` for the
 layout, the manifest columns and the decisions taken where the paper is
 silent). The pure steps are exposed so they can be tested and reused alone:
 :func:`dihedral`, :func:`class_targets`, :func:`source_variants`,
-:func:`plan_variants`, :func:`split_cells`, :func:`read_source`.
+:func:`plan_variants`, :func:`split_cells` (in :mod:`~wbc_nnabla.balancing`, re-exported
+here); the build report is :mod:`~wbc_nnabla.dataset_report`.
 
 Images are RGB ``uint8`` ``(H, W, 3)``; coordinates are ``(x, y)`` pixels of
 the source image.
@@ -27,20 +28,23 @@ import re
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from . import classes, fileio, outputs, sampling, segmentation
+# the plan and the report, split off; public here as before (datasets.dihedral, datasets.split_cells, ...)
+from .balancing import (DIHEDRAL_NAMES, SPLITS, assign_variants, class_order, class_targets, dihedral,  # noqa: F401
+                        plan_variants, source_variants, split_cells)
+from .dataset_report import MIN_WBC_FRACTION, build_counts, report_markdown  # noqa: F401
 from .errors import InputError
 from .recipe import MAX_INPUT_SIZE, PAPER
 
 log = logging.getLogger(__name__)
 
-#: Names of the eight dihedral variants, index k of :func:`dihedral`.
-DIHEDRAL_NAMES = ("rot0", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
 BACKGROUNDS = ("remove", "keep")
 #: Dataset sizes of the paper (section II.3): ① background removed, ② background kept.
 DEFAULT_TOTAL = {"remove": PAPER.total_a, "keep": PAPER.total_b}
@@ -49,134 +53,10 @@ DEFAULT_TOTAL = {"remove": PAPER.total_a, "keep": PAPER.total_b}
 MAX_TOTAL = 1_000_000
 DEFAULT_SIZE = PAPER.train_size
 DEFAULT_INFERENCE_SIZE = PAPER.infer_size
-SPLITS = ("train", "valid")
 MANIFEST_COLUMNS = (
     "image", "split", "label", "y", "cell_id", "source_path", "source_row", "smear", "kind",
     "cell_x", "cell_y", "transform", "k", "repeat", "crop_px", "box_x0", "box_y0", "box_x1", "box_y1",
     "pad_top", "pad_bottom", "pad_left", "pad_right", "pad_mode", "background", "wbc_fraction", "size")
-#: A removed-background crop keeping less than this share of its pixels is reported (likely a failed mask).
-MIN_WBC_FRACTION = 0.01
-
-
-# ----------------------------------------------------------------------------- pure steps
-
-
-def dihedral(rgb: np.ndarray, k: int) -> np.ndarray:
-    """Variant ``k`` (0-7) of the dihedral group of the square (section II.3 augmentation).
-
-    k = 0..3: rotation by k x 90 degrees counter-clockwise (0 = identity);
-    k = 4..7: left-right flip, then rotation by (k - 4) x 90 degrees.
-    Names in :data:`DIHEDRAL_NAMES`. Works on any ``(H, W[, C])`` array and
-    returns a new contiguous array (lossless: pixels are only permuted).
-    """
-    if not (isinstance(k, (int, np.integer)) and 0 <= int(k) < 8):
-        raise InputError(f"dihedral variant k must be an integer 0-7, got {k!r}")
-    a = rgb[:, ::-1] if k >= 4 else rgb
-    return np.ascontiguousarray(np.rot90(a, int(k) % 4))
-
-
-def _class_order(names) -> List[str]:
-    """Class names in Table 1 order (six classes first), any other names after, sorted."""
-    names = set(names)
-    known = [c for c in classes.CLASSES6 if c in names]
-    return known + sorted(names - set(known))
-
-
-def class_targets(total: int, names: Sequence[str] = classes.CLASSES6) -> Dict[str, int]:
-    """Images per class so that the classes are equal and sum to ``total``.
-
-    ``total // n`` each; the remainder ``total % n`` goes one image each to
-    the first classes in Table 1 order (Basophil, Eosinophil, Lymph, Mono,
-    Band, Segment), so 2,385 gives 398 x 3 + 397 x 3. Deterministic.
-    """
-    order = _class_order(names)
-    if total < 0:
-        raise InputError(f"total must be >= 0, got {total}")
-    if not order:
-        return {}
-    base, rem = divmod(int(total), len(order))
-    return OrderedDict((c, base + (1 if i < rem else 0)) for i, c in enumerate(order))
-
-
-def source_variants(n_sources: int, target: int) -> List[List[int]]:
-    """Dihedral variants for each of ``n_sources`` cells of one class so the class has ``target`` images.
-
-    Each source gets ``target // n`` or ``target // n + 1`` images (the first
-    ``target % n`` sources one more), and a source's images cycle through all
-    eight variants (0, 1, ..., 7, 0, ...) before any repeats. When ``target <
-    n_sources`` the last sources get none (they are left unused). Returns one
-    list of k per source.
-    """
-    if n_sources < 0 or target < 0:
-        raise InputError(f"n_sources and target must be >= 0, got {n_sources}, {target}")
-    if n_sources == 0:
-        if target:
-            raise InputError(f"cannot make {target} images from 0 source cells")
-        return []
-    base, extra = divmod(int(target), int(n_sources))
-    return [[j % 8 for j in range(base + (1 if i < extra else 0))] for i in range(n_sources)]
-
-
-def plan_variants(counts: Mapping[str, int], total: int) -> Dict[str, List[List[int]]]:
-    """Dihedral variants per class and source so that the classes present are equal and sum to ``total``.
-
-    counts: ``{class: number of source cells}``; classes with 0 cells are left
-        out of the balance (and get ``[]``).
-
-    Returns ``{class: [[k, ...] per
-    source]}`` (see :func:`source_variants`); the per-class targets are those
-    of :func:`class_targets` over the present classes.
-    """
-    present = [c for c in _class_order(counts) if counts[c] > 0]
-    targets = class_targets(total, present)
-    plan = OrderedDict()
-    for c in _class_order(counts):
-        plan[c] = source_variants(int(counts[c]), targets.get(c, 0)) if counts[c] > 0 else []
-    return plan
-
-
-def split_cells(table: pd.DataFrame, valid_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
-    """Train/valid split of source cells, stratified by class and grouped by smear.
-
-    table: a cell table (columns ``label`` and ``smear``), one row per source
-        cell *before* augmentation, so no variant of a validation cell can be in training.
-
-    Cells with the same non-empty ``smear`` form one group (a smear
-    is wholly in one split); a cell without a smear is its own group.
-    Groups are visited in a seeded random order and each goes to ``valid``
-    when that brings the per-class valid counts closer to ``valid_fraction``
-    x the class counts (sum of absolute deviations), else to ``train``: exact
-    stratification (rounded) for ungrouped cells, the best greedy
-    approximation for smears. Returns an array of ``"train"``/``"valid"``.
-    """
-    vf = float(valid_fraction)
-    if not 0.0 <= vf < 1.0:
-        raise InputError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
-    n = len(table)
-    out = np.array(["train"] * n, dtype=object)
-    if n == 0 or vf == 0.0:
-        return out
-    labels = table["label"].astype(str).to_numpy()
-    names = _class_order(labels)
-    col = {c: i for i, c in enumerate(names)}
-    target = np.array([vf * np.sum(labels == c) for c in names], float)
-    smears = table["smear"].fillna("").astype(str).to_numpy() if "smear" in table else np.array([""] * n)
-    groups: "OrderedDict[str, List[int]]" = OrderedDict()
-    for i in range(n):
-        key = f"smear:{smears[i]}" if smears[i] != "" else f"cell:{i}"
-        groups.setdefault(key, []).append(i)
-    keys = list(groups)
-    valid = np.zeros(len(names), float)
-    for gi in np.random.RandomState(seed).permutation(len(keys)):
-        idx = groups[keys[gi]]
-        g = np.bincount([col[labels[i]] for i in idx], minlength=len(names))
-        if np.abs(valid + g - target).sum() < np.abs(valid - target).sum():
-            valid += g
-            out[idx] = "valid"
-    return out
-
-
-# ----------------------------------------------------------------------------- sources
 
 
 # ----------------------------------------------------------------------------- the build
@@ -198,99 +78,101 @@ def _check_labels(table: pd.DataFrame, inference: bool) -> None:
             f"inference set (--inference)")
 
 
-def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: bool,
-                  progress: bool, report: dict) -> pd.DataFrame:
+def _bad_image(e: fileio.ImageReadError, rec: dict, skip_bad: bool, report: dict) -> None:
+    """Raise a bad image's error naming its source row, or with ``skip_bad`` list it as skipped."""
+    if not skip_bad:
+        raise type(e)(f"{fileio.naming(e, rec['path'])} (listed at {rec['source']}); fix or remove it, or skip "
+                      f"bad images (--skip-bad)") from None
+    report["skipped"].append({"path": rec["path"], "source": rec["source"], "error": str(fileio.naming(e, rec["path"]))})
+
+
+def _cell_rows(rec: dict, shape: tuple, centres: Optional[np.ndarray], crop_px: int, report: dict) -> List[dict]:
+    """The cells of one source row: a given centre (field), located centres, or a single-cell crop."""
+    h, w = shape
+    base = dict(rec, img_w=w, img_h=h)
+    if not np.isnan(rec["x"]):
+        if not (0 <= rec["x"] < w and 0 <= rec["y"] < h):
+            raise fileio.SourceError(f"{rec['source']}: cell centre ({rec['x']:g}, {rec['y']:g}) lies outside "
+                                     f"the {w}x{h} image {rec['path']}")
+        return [dict(base, kind="field", cx=rec["x"], cy=rec["y"], crop_px=crop_px)]
+    if centres is not None:
+        if len(centres) == 0:
+            report["no_wbc_located"].append({"path": rec["path"], "source": rec["source"]})
+        return [dict(base, kind="located", cx=float(x), cy=float(y), crop_px=crop_px,
+                     source=f"{rec['source']}#wbc{j + 1}") for j, (x, y) in enumerate(centres)]
+    # a single-cell crop: a centred square of min(crop, shorter side), never padded
+    s = min(crop_px, w, h)
+    return [dict(base, kind="single", cx=(w - s) // 2 + s // 2, cy=(h - s) // 2 + s // 2, crop_px=s)]
+
+
+def _mask_png(rgb: np.ndarray, cell: dict, pad_mode: str) -> bytes:
+    """The WBC mask of a cell's crop (section II.3, dataset ①) as PNG bytes, kept for pass 2.
+
+    Made in pass 1 so that a crop without two sides (:class:`~wbc_nnabla.images.NoBackgroundError`)
+    is a bad image found before the split, skipped with ``--skip-bad`` like an unreadable one.
+    """
+    crop, _ = segmentation.crop_square(rgb, cell["cx"], cell["cy"], int(cell["crop_px"]), pad_mode=pad_mode)
+    ok, buf = cv2.imencode(".png", segmentation.wbc_mask(crop).astype(np.uint8) * 255)
+    return buf.tobytes()
+
+
+def _expand_cells(table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: bool, progress: bool, report: dict,
+                  background: str = "keep", pad_mode: str = "reflect", thumbs: Optional[dict] = None) -> pd.DataFrame:
     """Pass 1: read every image once; one row per cell with its centre and crop size.
 
-    Bad images raise (naming the file and the source row) or, with
-    ``skip_bad``, are listed in ``report["skipped"]``. Fields without centres
-    are searched with :func:`wbc_nnabla.segmentation.locate_wbcs` when ``locate``.
+    Bad images raise (naming the file and the source row) or, with ``skip_bad``,
+    are listed in ``report["skipped"]``. Fields without centres are searched with
+    :func:`wbc_nnabla.segmentation.locate_wbcs` when ``locate``. With ``background``
+    ``remove`` each cell's mask is made here (column ``mask_png``), so a crop without
+    two sides is a bad image of this pass. ``thumbs``, when given, receives
+    ``{path: fileio.thumbnail(image)}`` of each readable image.
     """
     out = []
     shapes: Dict[str, Optional[tuple]] = {}
-    located: Dict[str, np.ndarray] = {}
+    cached: Tuple[Optional[str], Optional[np.ndarray]] = (None, None)
     for rec in tqdm(table.to_dict("records"), desc="checking sources", unit="cell",
                     disable=outputs.bar_disabled(progress)):
         p = rec["path"]
-        rgb = None
-        if p not in shapes:
-            try:
-                rgb = fileio.read_rgb(p)
-            except fileio.ImageReadError as e:
-                if not skip_bad:
-                    raise fileio.ImageReadError(f"{e} (listed at {rec['source']}); "
-                                            f"fix or remove it, or skip bad images (--skip-bad)") from None
-                report["skipped"].append({"path": p, "source": rec["source"], "error": str(e)})
-                shapes[p] = None
-                continue
-            shapes[p] = rgb.shape[:2]
-        if shapes[p] is None:
-            report["skipped"].append({"path": p, "source": rec["source"], "error": "same bad image as above"})
+        try:
+            if shapes.get(p, ()) is None:
+                raise fileio.ImageReadError(f"{p}: same bad image as above")
+            rgb = cached[1] if cached[0] == p else fileio.read_rgb(p)
+            if thumbs is not None and p not in thumbs:
+                thumbs[p] = fileio.thumbnail(rgb)
+            cached, shapes[p] = (p, rgb), rgb.shape[:2]
+            centres = segmentation.locate_wbcs(rgb) if locate and np.isnan(rec["x"]) else None
+        except fileio.ImageReadError as e:
+            shapes[p] = None
+            _bad_image(e, rec, skip_bad, report)
             continue
-        if locate and np.isnan(rec["x"]) and p not in located:
-            located[p] = segmentation.locate_wbcs(rgb if rgb is not None else fileio.read_rgb(p))
-        h, w = shapes[p]
-        base = dict(rec, img_w=w, img_h=h)
-        if not np.isnan(rec["x"]):
-            if not (0 <= rec["x"] < w and 0 <= rec["y"] < h):
-                raise fileio.SourceError(f"{rec['source']}: cell centre ({rec['x']:g}, {rec['y']:g}) lies outside "
-                                     f"the {w}x{h} image {p}")
-            out.append(dict(base, kind="field", cx=rec["x"], cy=rec["y"], crop_px=crop_px))
-        elif locate:
-            cents = located[p]
-            if len(cents) == 0:
-                report["no_wbc_located"].append({"path": p, "source": rec["source"]})
-            for j, (x, y) in enumerate(cents):
-                out.append(dict(base, kind="located", cx=float(x), cy=float(y), crop_px=crop_px,
-                                source=f"{rec['source']}#wbc{j + 1}"))
-        else:
-            # a single-cell crop: a centred square of min(crop, shorter side), never padded
-            s = min(crop_px, w, h)
-            out.append(dict(base, kind="single", cx=(w - s) // 2 + s // 2, cy=(h - s) // 2 + s // 2, crop_px=s))
-    df = pd.DataFrame(out, columns=list(fileio.CELL_COLUMNS) + ["img_w", "img_h", "kind", "cx", "cy", "crop_px"])
+        for cell in _cell_rows(rec, shapes[p], centres, crop_px, report):
+            try:
+                out.append(dict(cell, mask_png=_mask_png(rgb, cell, pad_mode) if background == "remove" else None))
+            except fileio.ImageReadError as e:
+                _bad_image(e, cell, skip_bad, report)
+    df = pd.DataFrame(out, columns=list(fileio.CELL_COLUMNS) + ["img_w", "img_h", "kind", "cx", "cy", "crop_px",
+                                                                "mask_png"])
     df["cell_id"] = [f"c{i:05d}_{_stem(p)}" for i, p in enumerate(df["path"])]
     return df
 
 
-def _assign(cells_df: pd.DataFrame, split: np.ndarray, total: int, valid_fraction: float,
-            seed: int, report: dict) -> List[List[int]]:
-    """Variants per cell (one list of k per row): each split balanced by :func:`plan_variants`."""
-    variants: List[List[int]] = [[] for _ in range(len(cells_df))]
-    has_valid = bool((split == "valid").any())
-    split_total = {"valid": int(round(total * valid_fraction)) if has_valid else 0}
-    split_total["train"] = total - split_total["valid"]
-    if valid_fraction > 0 and not has_valid:
-        report["warnings"].append(f"valid fraction {valid_fraction} but no source cell went to validation "
-                                  f"(classes or smears too few): no valid.csv")
-    labels = cells_df["label"].to_numpy()
-    all_classes = _class_order(labels)
-    rng = np.random.RandomState(seed)
-    for s in SPLITS:
-        idx = np.nonzero(split == s)[0]
-        counts = OrderedDict((c, int(np.sum(labels[idx] == c))) for c in all_classes)
-        if split_total[s] and not any(counts.values()):
-            report["warnings"].append(f"{s}: no source cells (all went to the other split); "
-                                      f"{split_total[s]} planned {s} images were not made")
-            continue
-        missing = [c for c, n in counts.items() if n == 0]
-        if missing and split_total[s]:
-            report["warnings"].append(
-                f"{s}: no source cell of {', '.join(missing)}; the {s} images are balanced over the "
-                f"other classes only")
-        plan = plan_variants(counts, split_total[s])
-        for c in all_classes:
-            members = idx[labels[idx] == c]
-            # which sources get one extra variant (or are left unused) is a seeded choice
-            for i, v in zip(rng.permutation(members), plan[c]):
-                variants[i] = v
-    return variants
+def _check_reencoded(thumbs: dict, table: pd.DataFrame) -> None:
+    """Refuse one photo listed twice in two formats (:func:`wbc_nnabla.fileio.reencoded_pairs`): its
+    two files could fall in training and validation at once, like byte-identical copies."""
+    pairs = fileio.reencoded_pairs(thumbs)
+    if pairs:
+        where = dict(zip(table["path"], table["source"]))
+        a, b = pairs[0]
+        raise fileio.SourceError(f"{where.get(a, a)} and {where.get(b, b)} list one photo saved twice ({a} and {b}: the "
+                                 f"same name and the same pixels up to re-encoding; {len(pairs)} such pair(s)): it "
+                                 f"would count twice and could fall on both sides of the split; keep one file")
 
 
 def _process(rgb: np.ndarray, row, background: str, size: int, pad_mode: str):
     crop, info = segmentation.crop_square(rgb, row.cx, row.cy, int(row.crop_px), pad_mode=pad_mode)
     info["wbc_fraction"] = ""
-    if background == "remove":
-        mask = segmentation.wbc_mask(crop)  # computed on the crop (section II.3, dataset ①)
+    if background == "remove":   # the crop's mask, made in pass 1 (section II.3, dataset ①)
+        mask = cv2.imdecode(np.frombuffer(row.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
         info["wbc_fraction"] = round(float(mask.mean()), 4)
         crop = segmentation.remove_background(crop, mask)
     return fileio.resize_square(crop, size), info
@@ -326,7 +208,8 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
         images without a centre get a centred square of min(crop, shorter side).
     crop_um: crop side in µm instead of ``crop``, at ``pixel_um``.
     pixel_um: µm per pixel, for ``crop_um``.
-    size: output side in pixels (default 480, or 320 with ``inference``).
+    size: output side in pixels (default 480, or 320 with ``inference``; at least
+        :data:`wbc_nnabla.images.MIN_IMAGE_SIDE`, the smallest image any reader accepts).
     total: images in train + valid (default 2,385 for remove, 3,284 for keep), balanced per
         class within each split.
     valid_fraction: share of the images in ``valid.csv``; the split is made
@@ -334,7 +217,8 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     inference: crop and resize only, no split or augmentation; writes
         ``cells.csv`` and ``test.csv``.
     locate: find WBCs in images that have no centre (:func:`wbc_nnabla.segmentation.locate_wbcs`).
-    skip_bad: skip and report unreadable (or too small, or corrupt) images instead of stopping.
+    skip_bad: skip and report bad images (unreadable, too small, corrupt, or without two sides:
+        blank, very dark, colour-inverted; :class:`~wbc_nnabla.images.NoBackgroundError`) instead of stopping.
     dedupe: drop cells the source lists twice with the same label (counted in
         the build report); without it a repeated cell is an error naming both rows,
         since its copies could fall in both splits.
@@ -352,34 +236,59 @@ def build_dataset(source, out, background: Optional[str] = None, crop: int = PAP
     table = fileio.read_cells(source, dedupe=dedupe, by_content=not inference)   # copies would straddle the split
     _check_output_folder(out, source, table, overwrite)
     _check_labels(table, inference)
-    report = {"mode": "inference" if inference else "teacher", "background": background,
-              "skipped": [], "no_wbc_located": [], "warnings": [],
-              "duplicates_dropped": table.attrs.get("duplicates_dropped", 0)}
-    cdf = _expand_cells(table, crop_px, locate, skip_bad, progress, report)
-    if len(cdf) == 0:
-        raise fileio.SourceError(f"{source}: no usable cells (skipped {len(report['skipped'])} bad images, "
-                             f"{len(report['no_wbc_located'])} fields without a located WBC)")
-    if inference:
-        split = np.array(["test"] * len(cdf), dtype=object)
-        variants = [[0] for _ in range(len(cdf))]
-    else:
-        split = split_cells(cdf, valid_fraction, seed)
-        variants = _assign(cdf, split, total, float(valid_fraction), seed, report)
+    cdf, report = _pass_one(source, table, crop_px, locate, skip_bad, progress, background, pad_mode, inference)
+    split, variants = _plan(cdf, inference, total, valid_fraction, seed, report)
     config = OrderedDict(command="build-dataset", source=str(source.resolve()), background=background,
                          crop=crop, crop_um=crop_um, pixel_um=pixel_um, crop_px=crop_px, size=size,
                          total=None if inference else total, valid_fraction=float(valid_fraction),
                          seed=int(seed), inference=bool(inference), locate=bool(locate),
                          skip_bad=bool(skip_bad), dedupe=bool(dedupe), pad_mode=pad_mode,
                          environment=outputs.environment())
-    with outputs.atomic_dir(out, overwrite=overwrite) as tmp:
-        manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
-        _write_tables(tmp, cdf, manifest, inference, seed)
-        report.update(_build_counts(cdf, split, variants, manifest, inference, crop_px))
-        outputs.write_json(tmp / "build_report.json", report)
-        outputs.write_text(tmp / "build_report.md", _report_md(report, config))
-        outputs.write_json(tmp / "config.json", config)
+    _write_dataset(out, overwrite, cdf, (split, variants), config, report, progress)
     log.info("built %s in %.1f s", out, time.time() - t0)
     return BuiltDataset(out, report)
+
+
+def _pass_one(source: Path, table: pd.DataFrame, crop_px: int, locate: bool, skip_bad: bool, progress: bool,
+              background: str, pad_mode: str, inference: bool) -> Tuple[pd.DataFrame, dict]:
+    """(cells, report so far): :func:`_expand_cells`, then the checks that need every image read (one
+    photo in two formats, for a teacher set; no usable cell)."""
+    report = {"mode": "inference" if inference else "teacher", "background": background,
+              "skipped": [], "no_wbc_located": [], "warnings": [],
+              "duplicates_dropped": table.attrs.get("duplicates_dropped", 0)}
+    thumbs = None if inference else {}
+    cdf = _expand_cells(table, crop_px, locate, skip_bad, progress, report, background, pad_mode, thumbs)
+    _check_reencoded(thumbs or {}, table)
+    if len(cdf) == 0:
+        raise fileio.SourceError(f"{source}: no usable cells (skipped {len(report['skipped'])} bad images, "
+                                 f"{len(report['no_wbc_located'])} fields without a located WBC)")
+    return cdf, report
+
+
+def _write_dataset(out: Path, overwrite: bool, cdf: pd.DataFrame, plan: tuple, config: dict, report: dict,
+                   progress: bool) -> None:
+    """Pass 2 into a temporary folder renamed to ``out`` (:func:`wbc_nnabla.outputs.atomic_dir`): the
+    images, the tables, ``build_report.json``/``.md`` and ``config.json``; ``plan``: (split, variants)."""
+    split, variants = plan
+    background, size, pad_mode = config["background"], config["size"], config["pad_mode"]
+    inference, seed = config["inference"], config["seed"]
+    with outputs.atomic_dir(out, overwrite=overwrite, may_replace=_may_replace) as tmp:
+        manifest = _write_images(tmp, cdf, split, variants, background, size, pad_mode, progress, inference)
+        _write_tables(tmp, cdf, manifest, inference, seed)
+        report.update(build_counts(cdf, split, variants, manifest, inference, config["crop_px"]))
+        outputs.write_json(tmp / "build_report.json", report)
+        outputs.write_text(tmp / "build_report.md", report_markdown(report, config))
+        outputs.write_json(tmp / "config.json", config)
+
+
+def _plan(cdf: pd.DataFrame, inference: bool, total: int, valid_fraction: float, seed: int,
+          report: dict) -> Tuple[np.ndarray, List[List[int]]]:
+    """(split per cell, variants per cell): ``test`` and the identity for an inference set, else
+    :func:`split_cells` and :func:`assign_variants`."""
+    if inference:
+        return np.array(["test"] * len(cdf), dtype=object), [[0] for _ in range(len(cdf))]
+    split = split_cells(cdf, valid_fraction, seed)
+    return split, assign_variants(cdf, split, total, float(valid_fraction), seed, report)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,8 +353,9 @@ def _check_settings(background: str, pad_mode: str, size: Optional[int], total: 
     if pad_mode not in segmentation.PAD_MODES:
         raise InputError(f"pad_mode must be one of {', '.join(sorted(segmentation.PAD_MODES))}, got {pad_mode!r}")
     size = int(size) if size is not None else (DEFAULT_INFERENCE_SIZE if inference else DEFAULT_SIZE)
-    if not 1 <= size <= MAX_INPUT_SIZE:
-        raise InputError(f"size must be in [1, {MAX_INPUT_SIZE}] pixels, got {size}")
+    if not fileio.MIN_IMAGE_SIDE <= size <= MAX_INPUT_SIZE:
+        raise InputError(f"size must be in [{fileio.MIN_IMAGE_SIDE}, {MAX_INPUT_SIZE}] pixels, got {size} (train, "
+                         f"predict and every reader refuse images under {fileio.MIN_IMAGE_SIDE} px a side)")
     if inference and total is not None:
         raise InputError("total (--total) has no meaning for an inference set (no augmentation)")
     total = int(total) if total is not None else DEFAULT_TOTAL[background]
@@ -468,6 +378,11 @@ def _check_output_folder(out: Path, source: Path, table: pd.DataFrame, overwrite
             raise fileio.SourceError(f"output {out} contains the source folder {d}; choose another output "
                                  f"(sources are never written)")
     _check_out(out, overwrite)
+
+
+def _may_replace(found: Path) -> bool:
+    """What the final rename may replace, checked at that moment: an empty folder or a build-dataset output."""
+    return found.is_dir() and not found.is_symlink() and (is_dataset_folder(found) or not any(found.iterdir()))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -540,84 +455,3 @@ def _write_tables(tmp: Path, cdf: pd.DataFrame, manifest: pd.DataFrame, inferenc
         if len(part):
             part = part.iloc[np.random.default_rng([int(seed), 7, i]).permutation(len(part))]
             fileio.write_nnc_csv(tmp / f"{s}.csv", [tmp / p for p in part["image"]], part["y"].astype(int))
-
-
-def _build_counts(cdf, split, variants, manifest, inference, crop_px) -> dict:
-    used = manifest[manifest["image"] != ""]
-    labels = cdf["label"].replace("", "unlabeled").to_numpy()
-    per_class = OrderedDict()
-    for c in _class_order(labels):
-        m = labels == c
-        d = OrderedDict(sources=int(m.sum()))
-        if inference:
-            d["images"] = int((used["label"].replace("", "unlabeled") == c).sum())
-        else:
-            for s in SPLITS:
-                ms = m & (split == s)
-                n_var = [len(variants[i]) for i in np.nonzero(ms)[0]]
-                d[f"{s}_sources"] = int(ms.sum())
-                d[f"{s}_images"] = int(sum(n_var))
-                d[f"{s}_unused_sources"] = int(sum(1 for n in n_var if n == 0))
-                d[f"{s}_images_per_source"] = [int(min(n_var)), int(max(n_var))] if n_var else []
-            n_all = [len(variants[i]) for i in np.nonzero(m)[0]]
-            d["images"] = int(sum(n_all))
-            d["identical_repeats"] = int(sum(max(0, n - 8) for n in n_all))
-        per_class[c] = d
-    out = OrderedDict(cells=int(len(cdf)), images=int(len(used)), classes=per_class)
-    if not inference:
-        out["split_images"] = {s: int((used["split"] == s).sum()) for s in SPLITS}
-        out["repeats"] = [c for c, d in per_class.items() if d["identical_repeats"]]
-    out["kinds"] = {k: int(v) for k, v in cdf["kind"].value_counts().sort_index().items()}
-    pads = manifest[(manifest["image"] != "") & (manifest["pad_top"] != "")]
-    padded = pads[(pads[["pad_top", "pad_bottom", "pad_left", "pad_right"]].astype(int).sum(axis=1) > 0)]
-    out["padded_cells"] = int(padded["cell_id"].nunique())
-    frac = pd.to_numeric(used.drop_duplicates("cell_id")["wbc_fraction"], errors="coerce")
-    small = used.drop_duplicates("cell_id")[frac < MIN_WBC_FRACTION]
-    out["small_wbc_masks"] = [{"cell_id": r.cell_id, "source": r.source_row, "wbc_fraction": float(r.wbc_fraction)}
-                              for r in small.itertuples()]
-    out["smaller_than_crop"] = int(((cdf["kind"] == "single") & (cdf["crop_px"] < crop_px)).sum())
-    return out
-
-
-def _report_md(report: dict, config: dict) -> str:
-    lines = [f"# build-dataset report ({report['mode']}, background {report['background']})", "",
-             f"source: `{config['source']}`  ", f"crop {config['crop_px']} px, output {config['size']}x"
-             f"{config['size']} px, seed {config['seed']}" +
-             ("" if report["mode"] == "inference" else
-              f", total {config['total']}, valid fraction {config['valid_fraction']}"), "",
-             f"{report['cells']} source cells -> {report['images']} images", ""]
-    if report.get("duplicates_dropped"):
-        lines += [f"{report['duplicates_dropped']} repeated cell(s) of the source dropped (--dedupe)", ""]
-    if report["mode"] == "inference":
-        lines += ["| class | cells | images |", "| --- | ---: | ---: |"]
-        lines += [f"| {c} | {d['sources']} | {d['images']} |" for c, d in report["classes"].items()]
-    else:
-        lines += ["| class | sources | train sources | valid sources | train images | valid images | "
-                  "unused sources | images per source | identical repeats |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
-        for c, d in report["classes"].items():
-            ips = "/".join("-".join(map(str, d[f"{s}_images_per_source"])) or "-" for s in SPLITS)
-            lines.append(f"| {c} | {d['sources']} | {d['train_sources']} | {d['valid_sources']} | "
-                         f"{d['train_images']} | {d['valid_images']} | "
-                         f"{d['train_unused_sources'] + d['valid_unused_sources']} | {ips} | "
-                         f"{d['identical_repeats']} |")
-        lines += ["", f"train images: {report['split_images']['train']}, "
-                      f"valid images: {report['split_images']['valid']}"]
-        if report["repeats"]:
-            lines += ["", f"Too few source cells in {', '.join(report['repeats'])}: after all 8 dihedral "
-                          "variants, variants were repeated (identical images listed more than once)."]
-    lines += ["", f"cells by kind: {report['kinds']}; padded crops: {report['padded_cells']}; "
-                  f"single-cell images smaller than the crop: {report['smaller_than_crop']}"]
-    for w in report["warnings"]:
-        lines.append(f"\nWARNING: {w}")
-    if report.get("small_wbc_masks"):
-        lines += ["", f"## Crops whose WBC mask kept < {MIN_WBC_FRACTION:.0%} of the pixels "
-                      f"({len(report['small_wbc_masks'])}): check them", ""]
-        lines += [f"- {m['cell_id']} (`{m['source']}`): {m['wbc_fraction']:.4f}" for m in report["small_wbc_masks"]]
-    if report["skipped"]:
-        lines += ["", f"## Skipped bad images ({len(report['skipped'])})", ""]
-        lines += [f"- `{s['source']}`: {s['error']}" for s in report["skipped"]]
-    if report["no_wbc_located"]:
-        lines += ["", f"## Fields with no WBC located ({len(report['no_wbc_located'])})", ""]
-        lines += [f"- `{s['source']}`" for s in report["no_wbc_located"]]
-    return "\n".join(lines) + "\n"

@@ -1,8 +1,10 @@
-"""Reading cell images and labeled cell lists; writing images and NNC dataset CSVs.
+"""Cell sources: reading labeled cell lists of every kind as one cell table; writing NNC dataset CSVs.
 
 Conventions (see ``docs/formats.md``):
 
-* Images inside the library are RGB ``uint8`` arrays of shape ``(H, W, 3)``.
+* Images inside the library are RGB ``uint8`` arrays of shape ``(H, W, 3)``, read by
+  :func:`~wbc_nnabla.images.read_rgb` (:mod:`~wbc_nnabla.images`, whose names this module
+  re-exports: ``fileio.read_rgb`` is the same function).
 * A *cell table* is a :class:`pandas.DataFrame` with one row per cell and the
   columns of :data:`CELL_COLUMNS`: ``path`` (absolute), ``label`` (six-class
   name, or ``Neutrophil`` when the subtype is unknown, or empty when
@@ -16,211 +18,32 @@ Conventions (see ``docs/formats.md``):
 """
 from __future__ import annotations
 
-import hashlib
+import csv
 import os
-import sys
-import tempfile
-import threading
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from . import classes, outputs
-from .errors import InputError, SourceError, WBCError
+from .errors import SourceError
+# the images' names, public here since 0.1.0 (fileio.read_rgb, fileio.ImageReadError, ...)
+# the duplicate finders, public here since 0.1.0 (fileio.drop_duplicates, fileio.content_keys, ...)
+from .duplicates import (content_keys, copy_groups, drop_duplicates, reencoded_pairs,  # noqa: F401
+                         thumbnail)
+from .images import (BACKGROUND_SIDE, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MAX_PIXELS_ENV,  # noqa: F401
+                     MIN_BACKGROUND, MIN_IMAGE_SIDE, ImageReadError, NoBackgroundError, background_rgb,
+                     check_background, check_rgb, file_sha256, image_files, image_folders, image_size,
+                     is_image_file, list_images, max_image_pixels, naming, read_rgb, resize_square, to_rgb_uint8,
+                     write_image)
 
 PathLike = Union[str, os.PathLike]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CELL_COLUMNS = ("path", "label", "category", "smear", "x", "y", "source")
 #: Header of a Neural Network Console dataset CSV as this library writes it.
 NNC_HEADER = ("x:image", "y:label")
-
-
-class ImageReadError(WBCError, OSError):
-    """An image file that is missing, empty, truncated or not an image."""
-
-
-# ----------------------------------------------------------------------------- images
-
-
-def _jpeg_is_complete(data: np.ndarray) -> bool:
-    # OpenCV decodes a truncated JPEG into a grey-filled image with only a
-    # warning on stderr, so a missing end-of-image marker (FF D9) is checked here.
-    tail = data[-4096:].tobytes()
-    return b"\xff\xd9" in tail
-
-
-def to_rgb_uint8(image: np.ndarray, name: str = "<array>") -> np.ndarray:
-    """Convert an OpenCV-decoded array (BGR/BGRA/gray, 8/16-bit or float) to RGB uint8.
-
-    image: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` BGR or ``(H, W, 4)`` BGRA.
-    16-bit values are scaled by 1/257 and floats in [0, 1] by 255; an alpha
-    channel is dropped (microscope images carry no meaningful transparency).
-    """
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
-    elif image.dtype.kind == "f":
-        image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageReadError(f"{name}: unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise ImageReadError(f"{name}: unsupported image shape {image.shape}")
-
-
-def check_rgb(rgb, what: str = "") -> np.ndarray:
-    """``rgb`` itself if it is an RGB uint8 array ``(H, W, 3)``, else ValueError (prefixed ``what: ``)."""
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InputError(f"{what + ': ' if what else ''}expected an RGB uint8 image (H, W, 3), got "
-                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
-    return rgb
-
-
-#: Smallest image side (pixels) accepted as a cell image: a 1x1 "cell" would become a
-#: one-pixel crop and still get a confident prediction. docs/formats.md, "Images".
-MIN_IMAGE_SIDE = 16
-
-# libjpeg reports damaged entropy-coded data (e.g. a cut file with its end marker
-# put back) only as a warning printed on the C stderr, then fills the rest grey;
-# OpenCV passes no flag back. The warning texts of libjpeg/libjpeg-turbo's jerror.h:
-_JPEG_CORRUPT_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG file", b"Invalid SOS parameters")
-_STDERR_LOCK = threading.Lock()
-
-
-def _decode_jpeg(data: np.ndarray, name: str) -> Optional[np.ndarray]:
-    """``cv2.imdecode`` of JPEG bytes with libjpeg's warnings caught from file descriptor 2.
-
-    No maintained Python API reports libjpeg's corrupt-data warnings, so stderr is
-    redirected to a temporary file around the decode (under a lock: the descriptor
-    is process-wide); anything else printed meanwhile is passed on to stderr.
-    """
-    with _STDERR_LOCK, tempfile.TemporaryFile() as caught:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(caught.fileno(), 2)
-        try:
-            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        caught.seek(0)
-        text = caught.read()
-    warning = next((w for w in _JPEG_CORRUPT_WARNINGS if w in text), None)
-    other = b"".join(line for line in text.splitlines(keepends=True)
-                     if not any(w in line for w in _JPEG_CORRUPT_WARNINGS))
-    if other:
-        os.write(2, other)
-    if warning is not None:
-        detail = next(line for line in text.splitlines() if warning in line).decode("utf-8", "replace").strip()
-        raise ImageReadError(f"{name}: corrupt JPEG data (libjpeg: {detail}); the decoded image "
-                             f"would be partly blank")
-    return image
-
-
-def read_rgb(path: PathLike, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
-    """Read an image file as RGB uint8 ``(H, W, 3)``, whatever it holds.
-
-    Accepts BMP, PNG, JPEG and TIFF; grayscale, RGBA and 16-bit images are
-    converted. Raises :class:`ImageReadError` naming the file when it is
-    missing, empty, truncated, corrupt (libjpeg's corrupt-data warnings), not an
-    image, or smaller than ``min_side`` pixels on a side: never returns None.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"{p}: no such image file")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    if data.size == 0:
-        raise ImageReadError(f"{p}: empty file, expected an image")
-    if data[:2].tobytes() == b"\xff\xd8":
-        if not _jpeg_is_complete(data):
-            raise ImageReadError(f"{p}: truncated JPEG (no end-of-image marker)")
-        image = _decode_jpeg(data, str(p))
-    else:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-    if image is None:
-        raise ImageReadError(f"{p}: not a readable image (expected BMP, PNG, JPEG or TIFF)")
-    if min(image.shape[:2]) < min_side:
-        raise ImageReadError(f"{p}: image too small ({image.shape[1]}x{image.shape[0]} px; a cell image "
-                             f"needs at least {min_side} px a side)")
-    return to_rgb_uint8(image, str(p))
-
-
-def write_image(path: PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Write an RGB uint8 ``(H, W, 3)`` (or gray ``(H, W)``) image atomically; format from the suffix."""
-    p = Path(path)
-    arr = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if p.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(p.suffix, arr, params)
-    if not ok:
-        raise OSError(f"{p}: OpenCV could not encode an image of shape {rgb.shape} as {p.suffix}")
-    with outputs.atomic_path(p) as tmp:
-        buf.tofile(str(tmp))
-
-
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize an image to ``size`` x ``size`` pixels, the one rule every stage uses.
-
-    ``cv2.INTER_AREA`` when shrinking (both sides larger than ``size``: no
-    aliasing), else ``cv2.INTER_LINEAR``. The paper resizes its 750x750 crops to
-    480 (training) and 320 (inference), section II.3. Returns a new array.
-    """
-    h, w = rgb.shape[:2]
-    if (h, w) == (size, size):
-        return rgb.copy()
-    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (int(size), int(size)), interpolation=interp)
-
-
-def is_image_file(path: PathLike) -> bool:
-    """True for a file whose suffix is one of :data:`IMAGE_EXTENSIONS`."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def list_images(folder: PathLike) -> list:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
-
-
-def image_files(items: Iterable[PathLike], recursive: bool = True) -> List[Path]:
-    """Image files named by ``items``: a file as given; a folder's images (searched recursively by default).
-
-    What ``segment``, ``locate`` and ``gradcam`` read. Folders give their image
-    files (:func:`is_image_file`) sorted by path; with ``recursive=False`` only
-    those directly inside (:func:`list_images`). A missing path, or a folder
-    holding no images, raises :class:`SourceError` naming it.
-    """
-    out: List[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = (sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)) if recursive
-                     else list_images(p))
-            if not found:
-                raise SourceError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise SourceError(f"{p}: no such image file or folder")
-    return out
-
-
-def image_folders(items: Iterable[PathLike]) -> List[Path]:
-    """The folders ``items`` (image files and/or folders) read from: a folder itself, a file's parent.
-
-    What an output must not lie inside (:func:`check_not_inside`).
-    """
-    return [Path(p) if Path(p).is_dir() else Path(p).parent for p in items]
 
 
 def read_image_folder(folder: PathLike, smear: str = "") -> pd.DataFrame:
@@ -274,12 +97,29 @@ def read_class_folders(root: PathLike) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    """The CSV as text columns; :class:`SourceError` naming it when unreadable or a column name repeats."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), [])
     except FileNotFoundError:
         raise SourceError(f"{path}: no such CSV file") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
         raise SourceError(f"{path}: not a readable CSV ({e})") from None
+    _check_header(path, header)
+    return df
+
+
+def _check_header(path: Path, header: Sequence[str]) -> None:
+    """Refuse a header naming one column twice (case and spaces aside): pandas would rename the
+    second ``label.1`` and the reader would silently use the first."""
+    seen: dict = {}
+    for i, name in enumerate(header):
+        key = name.strip().lower()
+        if key in seen:
+            raise SourceError(f"{path}:1: column {name.strip()!r} appears twice in the header (columns "
+                              f"{seen[key] + 1} and {i + 1}); name each column once")
+        seen[key] = i
 
 
 def _resolve(csv_path: Path, rel: str) -> str:
@@ -563,97 +403,6 @@ def check_whole_images(table: pd.DataFrame, source) -> pd.DataFrame:
                           f"in the field's pixels), then give OUT/cells.csv")
     return table
 
-
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read ``chunk`` bytes at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def content_keys(paths: Sequence[str]) -> List[str]:
-    """One key per path, equal for files with the same bytes: ``sha256:...`` or the path itself.
-
-    Only files whose size another file shares are read and hashed (a file of
-    unique size cannot be a copy); a path that cannot be read keeps its own
-    path as key (the stage that opens it reports it).
-    """
-    sizes = []
-    for p in paths:
-        try:
-            sizes.append(os.path.getsize(p))
-        except OSError:
-            sizes.append(None)
-    counts = pd.Series([s for s in sizes if s is not None]).value_counts()
-    keys = []
-    for p, size in zip(paths, sizes):
-        if size is None or counts.get(size, 0) < 2:
-            keys.append(str(p))
-            continue
-        try:
-            keys.append("sha256:" + file_sha256(p))
-        except OSError:
-            keys.append(str(p))
-    return keys
-
-
-def copy_groups(table: pd.DataFrame) -> List[List[int]]:
-    """Rows (positions in ``table``) whose files are byte-identical copies under different paths.
-
-    One list per image held by more than one path, rows in table order; the
-    same path listed twice is not a copy (:func:`drop_duplicates` reports it).
-    """
-    paths = table["path"].astype(str).tolist()
-    groups: dict = {}
-    for i, key in enumerate(content_keys(paths)):
-        groups.setdefault(key, []).append(i)
-    return [rows for rows in groups.values() if len({paths[i] for i in rows}) > 1]
-
-
-def _same_cell(a: pd.Series, b: pd.Series) -> str:
-    """How two rows repeat one cell, for an error message."""
-    if a["path"] == b["path"]:
-        return f"list the same cell {a['path']}"
-    return f"list byte-identical copies of one image ({a['path']} and {b['path']})"
-
-
-def drop_duplicates(table: pd.DataFrame, dedupe: bool = False,
-                    by_content: bool = False, dedupe_flag: Optional[str] = "--dedupe") -> pd.DataFrame:
-    """``table`` without repeated cells (same resolved ``path`` and centre), or :class:`SourceError`.
-
-    With ``by_content`` the image is identified by its bytes (:func:`content_keys`),
-    so a copy of a file under another name is a repeat as well. Repeats with
-    another label or smear are always an error naming both rows; exact repeats
-    are an error unless ``dedupe``, which keeps the first and records the count
-    dropped in ``attrs["duplicates_dropped"]``. The messages name both rows;
-    ``dedupe_flag`` is the flag they suggest (None: the caller has none).
-    """
-    image = pd.Series(content_keys(table["path"].astype(str).tolist()) if by_content else table["path"].astype(str),
-                      index=table.index)
-    key = image + "|" + table["x"].fillna(-1).astype(str) + "|" + table["y"].fillna(-1).astype(str)
-    dup = key.duplicated(keep=False)
-    out = table
-    if dup.any():
-        first = {}
-        for i in np.flatnonzero(dup.to_numpy()):
-            j = first.setdefault(key.iat[i], i)
-            if j == i:
-                continue
-            a, b = table.iloc[j], table.iloc[i]
-            if (a["label"], a["smear"]) != (b["label"], b["smear"]):
-                raise SourceError(f"{a['source']} and {b['source']} {_same_cell(a, b)} with "
-                                  f"different labels/smears ({a['label'] or 'unlabeled'}/{a['smear'] or '-'} vs "
-                                  f"{b['label'] or 'unlabeled'}/{b['smear'] or '-'}); a cell has one label")
-            if not dedupe:
-                fix = f"remove the repeat or pass {dedupe_flag} to drop exact repeats" if dedupe_flag \
-                    else "remove the repeat"
-                raise SourceError(f"{a['source']} and {b['source']} {_same_cell(a, b)} twice: a repeated "
-                                  f"cell counts twice and can fall on both sides of a split; {fix}")
-        out = table[~key.duplicated(keep="first")].reset_index(drop=True)
-    out.attrs["duplicates_dropped"] = int(len(table) - len(out))
-    return out
 
 
 # ----------------------------------------------------------------------------- NNC writer

@@ -14,6 +14,8 @@ Split from :mod:`~wbc_nnabla.fileio`, which reads cells and images and writes NN
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import json
@@ -24,7 +26,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -120,8 +122,149 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             os.remove(tmp)
 
 
+# ----------------------------------------------------------------------------- renames that never replace
+
+# renameat2(2) flags (linux/fs.h); AT_FDCWD: paths relative to the working folder
+RENAME_NOREPLACE, RENAME_EXCHANGE, _AT_FDCWD = 1, 2, -100
+_LIBC: list = []
+#: Use Linux's renameat2 where it exists; False: the portable fallback of :func:`rename_noreplace`
+#: and :func:`place` everywhere (tests; a file system that misreports the flags).
+RENAMEAT2 = True
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux ``renameat2(src, dst, flags)``: True when done, False when this system has no such call.
+
+    Python's ``os`` has no renameat2 (``os.rename`` replaces an existing file, or an empty
+    folder, without a word); the one PyPI wrapper (``renameat2`` 0.4.4, 2022) is unmaintained
+    and needs cffi. So glibc's function is called through ctypes. False: not Linux, glibc
+    before 2.28, a kernel or file system without the flag (ENOSYS, EINVAL, ENOTSUP); other
+    errors raise OSError naming both paths (EEXIST: ``dst`` exists).
+    """
+    if not _LIBC:
+        name = ctypes.util.find_library("c")
+        lib = ctypes.CDLL(name, use_errno=True) if name and sys.platform.startswith("linux") else None
+        _LIBC.append(getattr(lib, "renameat2", None))
+    call = _LIBC[0]
+    if call is None or not RENAMEAT2:
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise (FileExistsError if err == errno.EEXIST else OSError)(err, os.strerror(err), str(src), None, str(dst))
+
+
+def rename_noreplace(src: PathLike, dst: PathLike) -> None:
+    """Rename ``src`` (a file or folder) to ``dst`` only if nothing is at ``dst``: never replaces.
+
+    ``renameat2(RENAME_NOREPLACE)`` where the system has it (atomic). Elsewhere: a file is
+    hard-linked (which fails if ``dst`` exists) and unlinked; a folder is renamed after a
+    check, and ``os.rename`` then replaces at most an empty folder created in the
+    microseconds between (nothing is lost; a non-empty one is refused). FileExistsError
+    names ``dst`` when something is there.
+    """
+    src, dst = Path(src), Path(dst)
+    if _renameat2(src, dst, RENAME_NOREPLACE):
+        return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    try:
+        if src.is_dir() and not src.is_symlink():
+            os.rename(src, dst)
+        else:
+            os.link(src, dst, follow_symlinks=False)
+            os.unlink(src)
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
+        raise
+
+
+def identity(path: PathLike) -> Optional[Tuple[int, int]]:
+    """``(device, inode)`` of what is at ``path`` (a symlink itself, not its target), None when nothing is."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _replaceable(found: Path, expected: Optional[Tuple[int, int]], may_replace: Callable[[Path], bool]) -> bool:
+    """Whether ``found`` is the very thing checked when the run began (``expected``) and may still be replaced."""
+    return expected is not None and identity(found) == expected and may_replace(found)
+
+
+def _taken(path: Path) -> FileExistsError:
+    return FileExistsError(f"{path}: created or changed meanwhile (by another run, or by hand) while this run wrote "
+                           f"its output; not replaced, and this run's output is discarded. Choose another output")
+
+
+def place(tmp: PathLike, path: PathLike, expected: Optional[Tuple[int, int]],
+          may_replace: Optional[Callable[[Path], bool]] = None) -> None:
+    """Rename the finished ``tmp`` to ``path``, replacing only what was checked there and still may be.
+
+    expected: :func:`identity` of ``path`` when the run checked it (None: nothing was there,
+        so nothing may be replaced now). may_replace: asked, at this moment, of the thing at
+        ``path`` (e.g. "empty, or carries this command's marker"); None: the expected thing may be.
+    Under :func:`folder_lock` on the parent (cooperating runs take turns). Nothing there: a
+    rename that never replaces (:func:`rename_noreplace`). Something there: swapped with
+    ``tmp`` atomically (``RENAME_EXCHANGE``), then checked, and swapped back unless it is the
+    ``expected`` thing and ``may_replace`` says yes; the old one is then removed. Without
+    renameat2 the check comes just before the renames. FileExistsError (:func:`_taken`) names
+    ``path`` when it may not be replaced; it is then left exactly as it was.
+    """
+    tmp, path = Path(tmp), Path(path)
+    may_replace = may_replace or (lambda found: True)
+    with folder_lock(path.parent):
+        try:
+            return rename_noreplace(tmp, path)
+        except FileExistsError:
+            if expected is None:
+                raise _taken(path) from None
+        if _renameat2(tmp, path, RENAME_EXCHANGE):          # path: ours now; tmp: what was there
+            ok = False
+            try:
+                ok = _replaceable(tmp, expected, may_replace)
+            finally:
+                if not ok:
+                    _renameat2(tmp, path, RENAME_EXCHANGE)  # put it back as it was
+            if not ok:
+                raise _taken(path)
+            return _remove(tmp)
+        if not _replaceable(path, expected, may_replace):
+            raise _taken(path)
+        aside = path.parent / f"{_tmp_prefix(path)}old.tmp"
+        os.rename(path, aside)
+        try:
+            rename_noreplace(tmp, path)
+        except BaseException:
+            os.rename(aside, path)
+            raise
+        _remove(aside)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _may_replace_dir(command: Optional[str]) -> Callable[[Path], bool]:
+    """An output folder may be replaced when it is empty, or (with ``command``) carries that command's marker."""
+    def check(found: Path) -> bool:
+        if not found.is_dir() or found.is_symlink():
+            return False
+        return not any(found.iterdir()) or command is None or marker_command(found) == command
+    return check
+
+
 @contextlib.contextmanager
-def atomic_dir(path: PathLike, overwrite: bool = False, command: Optional[str] = None) -> Iterator[Path]:
+def atomic_dir(path: PathLike, overwrite: bool = False, command: Optional[str] = None,
+               may_replace: Optional[Callable[[Path], bool]] = None) -> Iterator[Path]:
     """Yield a temporary sibling folder of ``path``; rename it to ``path`` on success.
 
     An interrupted build leaves no half output under ``path`` (and its
@@ -129,23 +272,29 @@ def atomic_dir(path: PathLike, overwrite: bool = False, command: Optional[str] =
     only if ``overwrite`` is true; callers check first that it may be
     (:func:`check_output`). With ``command`` the folder gets the marker
     :data:`OUTPUT_MARKER` naming it, which later lets that command replace it.
+
+    The final rename (:func:`place`) never replaces a folder that was not there when this was
+    entered (one a user or a concurrent run made meanwhile), nor one that changed identity,
+    nor one that at that moment is neither empty nor ``may_replace``-able (default: empty, or
+    carrying ``command``'s marker; without ``command`` the folder that was there). Such a
+    folder is left as it is, this run's output discarded, and FileExistsError names it.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (choose another output or allow overwrite)")
+    expected = identity(path)
     _make_parent(path)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=str(path.parent)))
     os.chmod(tmp, 0o777 & ~_umask())
+    ours = identity(tmp)
     try:
         yield tmp
         if command:
             write_marker(tmp, command)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        place(tmp, path, expected, may_replace or _may_replace_dir(command))
     finally:
-        if tmp.exists():
+        if identity(tmp) == ours:      # never a folder swapped in by place() and not swapped back
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -462,9 +462,10 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
     backend: see :func:`load_backend`.
     expected_classes: class names the caller expects (e.g. :data:`wbc_nnabla.classes.CLASSES6`);
         a model of another class set raises :class:`~wbc_nnabla.modelfile.ModelError`.
-    skip_bad: leave out images that cannot be read (missing, corrupt, smaller than
-        :data:`wbc_nnabla.fileio.MIN_IMAGE_SIDE`) instead of stopping; they are listed in
-        ``df.attrs["skipped"]``.
+    skip_bad: leave out bad images (missing, corrupt, smaller than
+        :data:`wbc_nnabla.fileio.MIN_IMAGE_SIDE`, without a bright background) instead of
+        stopping; they are listed in ``df.attrs["skipped"]``. When every image is bad,
+        :class:`~wbc_nnabla.images.ImageReadError` ("no readable cells").
     stain: colour standardisation of each cell before it is resized (:data:`wbc_nnabla.sites.settings.STAIN_METHODS`;
         default ``none``), towards ``stain_reference`` (:func:`wbc_nnabla.sites.stain.reference` of the
         model's training cells).
@@ -505,6 +506,9 @@ def predict_run(model, cells, size: Optional[int] = None, batch_size: int = 16, 
     t0 = time.perf_counter()
     probs, keep, skipped = _run_all(engine, table["path"], size, batch_size, skip_bad, progress, hooks.view, tta,
                                     hooks.observe)
+    if len(table) and not keep.any():       # --skip-bad skipped them all: no cell to predict, nothing to write
+        raise fileio.ImageReadError(f"{cells if isinstance(cells, (str, os.PathLike)) else 'cells'}: no readable "
+                                    f"cells: all {len(table)} are bad images (first: {skipped[0]})")
     cells_kept = table[keep].reset_index(drop=True)
     probs, estimated = _with_prior(probs, cells_kept["smear"], engine.class_names, shares, estimate)
     out = predictions_table(cells_kept, probs, engine.class_names)

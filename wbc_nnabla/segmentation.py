@@ -1,26 +1,42 @@
-"""WBC location in smear fields, square crops, WBC mask and background removal.
+"""Square crops, the WBC mask and background removal; ``wbc-nnabla segment``.
 
 Implements the data preparation of section II.3 of Sasaki et al. (2020):
 crops of 750x750 pixels around each white blood cell (WBC), and dataset ①
 in which the background (red cells, plasma, slide) is removed so that only the
 WBC is kept. See ``docs/cells.md`` for the method and its parameters.
 
+The nucleus evidence and grouping are in :mod:`~wbc_nnabla.nuclei`, WBC location in fields in
+:mod:`~wbc_nnabla.locating`; this module re-exports their names (``segmentation.locate_wbcs``,
+``segmentation.violet``, ... as before the split). An image without two sides (no bright
+background, or none around the nucleus found) raises
+:class:`~wbc_nnabla.images.NoBackgroundError` before GrabCut is called, never ``cv2.error``.
+
 Images are RGB ``uint8`` arrays of shape ``(H, W, 3)``; masks are ``bool``
 ``(H, W)``; coordinates are ``(x, y)`` in pixels of the source image.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from . import fileio, outputs, sampling
+from . import images, outputs, sampling
 from .errors import InputError
+from .images import NoBackgroundError
+# names of the split-off modules, public here since 0.1.0 (segmentation.violet, segmentation.locate_wbcs, ...)
+from .locating import LOCATE_COLUMNS, locate_images, locate_table, locate_wbcs  # noqa: F401
+from .nuclei import (LOBE_GAP, MAX_ELONGATION, MAX_FIELD_BORDER, MAX_NUCLEUS_BORDER, MAX_SIDE,  # noqa: F401
+                     PLASMA_MIN_OD, PLASMA_SIGMAS, STAIN_FRACTION, STAINED_GAP, background_rgb, border_share,
+                     check_border, convex_hull, darkness, equivalent_radius, group_fragments, nucleus_group,
+                     optical_density, otsu3, reduce, stained_mask, violet)
 from .recipe import PAPER
+
+log = logging.getLogger(__name__)
 
 PAD_MODES = {
     "reflect": cv2.BORDER_REFLECT_101,
@@ -109,12 +125,9 @@ def crop_square(rgb: np.ndarray, cx: float, cy: float, size: int,
 # Parameters of the WBC mask, in units of the nucleus radius r_n (radius of the
 # disc with the area of the nucleus' convex hull), so that the method is the same
 # at 120 px, 360 px or 750 px crops. See docs/cells.md for how they were chosen.
-LOBE_GAP = 1.0        # nucleus fragments (lobes) closer than LOBE_GAP * r_n belong to one cell
-STAINED_GAP = 3.0     # ... or closer than STAINED_GAP * r_n with cytoplasm all the way between
-MAX_ELONGATION = 1.7  # ... unless joining them makes an elongated pair (two cells side by side)
+# (LOBE_GAP, STAINED_GAP, MAX_ELONGATION, MAX_SIDE and the plasma thresholds: wbc_nnabla.nuclei.)
 CELL_REACH = 1.6      # the WBC ends within CELL_REACH * r_n of the nucleus' convex hull
 WORK_RADIUS = 24.0    # GrabCut runs at a scale where r_n is at most this many pixels
-MAX_SIDE = 512        # images larger than this (px) are first reduced (speed only)
 GRABCUT_ITERS = 4
 # Retry for pale cytoplasm (see has_cytoplasm_ring): a mask of at most NUCLEUS_ONLY x the
 # nucleus hull area, or covering less than RING_COVER of the stained ring RING_INNER..RING_OUTER
@@ -130,7 +143,6 @@ RETRY_SOLIDITY = 0.85
 # Stained = not plasma (see stained_mask): optical density above the plasma's median by
 # PLASMA_SIGMAS robust standard deviations, by PLASMA_MIN_OD and by STAIN_FRACTION of the
 # nucleus' OD.
-PLASMA_SIGMAS, PLASMA_MIN_OD, STAIN_FRACTION = 6.0, 0.06, 0.1
 # Red cells as sure background (see red_cell_markers): Hough circles of radius
 # RBC_MIN..RBC_MAX r_n and quality >= RBC_QUALITY, centre farther than RBC_CLEAR x the
 # radius from the nucleus hull, at most RBC_NUCLEAR nucleus-class; the disc shrunk by
@@ -141,103 +153,6 @@ RBC_QUALITY, RBC_NUCLEAR = 0.75, 0.3
 # lobes (distance-transform maxima smaller than CUT_SMALLER x the largest, CUT_CLEAR x
 # their radius away from the hull), each widened by CUT_WIDEN of its radius.
 MIN_SOLIDITY, CUT_WIDEN, CUT_CLEAR, CUT_SMALLER = 0.9, 0.1, 0.4, 0.9
-
-
-def background_rgb(rgb: np.ndarray) -> np.ndarray:
-    """Slide background colour (float32 (3,)): median of the brightest 20% of pixels."""
-    f = rgb.reshape(-1, 3).astype(np.float32)
-    lum = f.sum(1)
-    return np.median(f[lum >= np.percentile(lum, 80)], axis=0)
-
-
-def darkness(rgb: np.ndarray, background: Optional[np.ndarray] = None) -> np.ndarray:
-    """Stain density ``1 - G / G_background`` in [0, 1] (float32 (H, W)).
-
-    Both eosin and the azure/methylene-blue stains of MGG absorb green, so the
-    green channel relative to the slide background orders the pixels as
-    background (0) < red cells and cytoplasm (0.2-0.5) < nuclei (0.6-0.9),
-    whatever the tint of the background (cream, yellow, white).
-    """
-    bg = background_rgb(rgb) if background is None else background
-    g = cv2.GaussianBlur(rgb[..., 1].astype(np.float32), (0, 0), 1.0)
-    return np.clip(1.0 - g / max(float(bg[1]), 1.0), 0.0, 1.0)
-
-
-def violet(rgb: np.ndarray, background: Optional[np.ndarray] = None) -> np.ndarray:
-    """Nucleus evidence in [0, 1] (float32 (H, W)): ``(darkness + blueness) / 2``.
-
-    blueness = ``((B - R) - (B - R)_background) / 255`` clipped at 0. Nuclei
-    are both dark and bluer than the background; red cells are redder. Dark
-    alone fails on pale fields (BCCD nuclei are light blue-violet, barely
-    darker than red cells); blue alone fails on stains with purple-red nuclei
-    (Zheng et al.'s rapid stain). The sum separates both.
-    """
-    bg = background_rgb(rgb) if background is None else background
-    f = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
-    blue = np.clip(((f[..., 2] - f[..., 0]) - (bg[2] - bg[0])) / 255.0, 0.0, 1.0)
-    return 0.5 * (darkness(rgb, bg) + blue)
-
-
-def otsu3(values: np.ndarray, bins: int = 128) -> Tuple[float, float]:
-    """Two thresholds ``(t_low, t_high)`` splitting values in [0, 1] into three classes.
-
-    Three-class Otsu (maximum between-class variance). Written here because
-    OpenCV only has the two-class version and scikit-image is not a dependency.
-    """
-    h, e = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0, 1))
-    p = h / max(h.sum(), 1)
-    c = (e[:-1] + e[1:]) / 2
-    w = np.cumsum(p)
-    mu = np.cumsum(p * c)
-    i = np.arange(bins)[:, None]
-    j = np.arange(bins)[None, :]
-    w0, w1, w2 = w[i], w[j] - w[i], 1 - w[j]
-    m0, m1, m2 = mu[i], mu[j] - mu[i], mu[-1] - mu[j]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sb = m0 ** 2 / w0 + m1 ** 2 / w1 + m2 ** 2 / w2
-    sb[~((j > i) & (w0 > 1e-9) & (w1 > 1e-9) & (w2 > 1e-9))] = -1
-    a, b = np.unravel_index(np.argmax(sb), sb.shape)
-    return float(e[a + 1]), float(e[b + 1])
-
-
-def optical_density(rgb: np.ndarray, background: Optional[np.ndarray] = None) -> np.ndarray:
-    """Optical density relative to the slide background, float32 ``(H, W, 3)`` >= 0.
-
-    ``OD_c = log((bg_c + 1) / (I_c + 1))`` per RGB channel after a 1-px Gaussian
-    (Beer-Lambert: proportional to the amount of each dye). Relative to the image's
-    own background, so independent of the illumination and of the background tint.
-    """
-    bg = background_rgb(rgb) if background is None else background
-    f = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
-    return np.clip(np.log((np.asarray(bg, np.float32) + 1.0) / (f + 1.0)), 0.0, None)
-
-
-def stained_mask(rgb: np.ndarray, nucleus: Optional[np.ndarray] = None,
-                 background: Optional[np.ndarray] = None) -> np.ndarray:
-    """Pixels that are not plasma / slide, bool ``(H, W)``, from the image's own statistics.
-
-    rgb: RGB uint8 ``(H, W, 3)``; nucleus: bool ``(H, W)``, the WBC's nucleus (the
-    stain reference; optional); background: slide colour (3,), default estimated.
-
-    The norm of :func:`optical_density` must exceed the plasma's (the brightest 20 %
-    of pixels) median by ``PLASMA_SIGMAS`` robust standard deviations (1.4826 x MAD),
-    by ``PLASMA_MIN_OD``, and, when ``nucleus`` is given, by ``STAIN_FRACTION`` of the
-    nucleus' median OD above the plasma. All three are relative to the image itself,
-    so a hue, saturation or stain-strength change moves them with the image. On pbc6 a
-    pale neutrophil cytoplasm ring is at 0.16-0.21 of the nucleus OD (medians, 3 cells),
-    the plasma halo round a basophil at 0.03-0.07 (3 cells); Zheng d1 cytoplasm 0.18-0.32
-    (2 cells).
-    """
-    bg = background_rgb(rgb) if background is None else background
-    odn = np.sqrt((optical_density(rgb, bg) ** 2).sum(-1))
-    lum = rgb.astype(np.float32).sum(-1)
-    plasma = odn[lum >= np.percentile(lum, 80)]
-    med = float(np.median(plasma))
-    sigma = 1.4826 * float(np.median(np.abs(plasma - med)))
-    t = med + max(PLASMA_SIGMAS * sigma, PLASMA_MIN_OD)
-    if nucleus is not None and nucleus.any():
-        t = max(t, med + STAIN_FRACTION * (float(np.median(odn[nucleus])) - med))
-    return odn > t
 
 
 def red_cell_markers(rgb: np.ndarray, hull_w: np.ndarray, rw: float, nuclear: np.ndarray) -> np.ndarray:
@@ -277,91 +192,16 @@ def red_cell_markers(rgb: np.ndarray, hull_w: np.ndarray, rw: float, nuclear: np
     return out > 0
 
 
-def convex_hull(mask: np.ndarray) -> np.ndarray:
-    """Filled convex hull of a bool ``(H, W)`` mask, bool ``(H, W)`` (all False for an empty mask)."""
-    pts = cv2.findNonZero(mask.astype(np.uint8))
-    out = np.zeros(mask.shape, np.uint8)
-    if pts is not None:
-        cv2.fillConvexPoly(out, cv2.convexHull(pts), 1)
-    return out > 0
-
-
-def equivalent_radius(mask: np.ndarray) -> float:
-    """Radius in pixels of the disc with the mask's area (at least 1 pixel of area is assumed)."""
-    return float(np.sqrt(max(mask.sum(), 1) / np.pi))
-
-
-def _elongation(mask: np.ndarray) -> float:
-    """Long / short side of the minimum-area rectangle around ``mask`` (>= 1)."""
-    pts = cv2.findNonZero(mask.astype(np.uint8))
-    (_, _), (a, b), _ = cv2.minAreaRect(pts)
-    return float(max(a, b) / max(min(a, b), 1.0))
-
-
-def _joins(group: np.ndarray, comp: np.ndarray, gap: np.ndarray,
-           stained: Optional[np.ndarray] = None) -> bool:
-    """Whether nuclear fragment ``comp`` is a lobe of ``group``.
-
-    Yes when it lies within ``LOBE_GAP * r_n`` of the group (``gap`` is the
-    distance map to the group), or within ``STAINED_GAP * r_n`` with stained
-    pixels (``stained``, the cytoplasm) all along the shortest line between
-    them; and the union stays compact (elongation <= MAX_ELONGATION; two
-    neighbouring cells side by side are ~2).
-    """
-    r = equivalent_radius(convex_hull(group))
-    g = gap.copy()
-    g[~comp] = np.inf
-    dmin = float(g.min())
-    if dmin > LOBE_GAP * r:
-        if stained is None or dmin > STAINED_GAP * r:
-            return False
-        py, px = np.unravel_index(np.argmin(g), g.shape)
-        _, (iy, ix) = ndi.distance_transform_edt(~group, return_indices=True)
-        qy, qx = iy[py, px], ix[py, px]
-        t = np.linspace(0, 1, max(2, int(dmin) + 2))
-        ys = np.round(py + t * (qy - py)).astype(int)
-        xs = np.round(px + t * (qx - px)).astype(int)
-        if not stained[ys, xs].all():
-            return False
-    return _elongation(group | comp) <= MAX_ELONGATION
-
-
-def _nucleus_group(nuclear: np.ndarray, centre: Tuple[float, float],
-                   stained: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-    """Nucleus of the cell nearest ``centre`` (x, y): the nuclear fragment nearest the
-    centre plus the fragments (lobes) within ``LOBE_GAP * r_n`` of it."""
-    lab, n = ndi.label(nuclear)
-    if n == 0:
-        return None
-    idx = np.arange(1, n + 1)
-    areas = ndi.sum(nuclear, lab, idx)
-    big = idx[areas >= max(0.15 * areas.max(), 10)]  # drop platelets, granules and noise
-    _, (iy, ix) = ndi.distance_transform_edt(~np.isin(lab, big), return_indices=True)
-    h, w = nuclear.shape
-    cx = min(max(int(round(centre[0])), 0), w - 1)
-    cy = min(max(int(round(centre[1])), 0), h - 1)
-    group = lab == lab[iy[cy, cx], ix[cy, cx]]
-    changed = True
-    while changed:
-        changed = False
-        d = ndi.distance_transform_edt(~group)
-        for k in big:
-            comp = lab == k
-            if not (comp & group).any() and _joins(group, comp, d, stained):
-                group |= comp
-                changed = True
-    return group
-
-
 def _segment(rgb: np.ndarray, centre: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
     """(WBC mask, nucleus mask), both bool (H, W), at the resolution of ``rgb``."""
     h, w = rgb.shape[:2]
     s = violet(rgb)
     t_low, t_high = otsu3(s)
-    nuc = _nucleus_group(s > t_high, centre, s > t_low)
+    nuc = nucleus_group(s > t_high, centre, s > t_low)
     if nuc is None:
         return np.zeros((h, w), bool), np.zeros((h, w), bool)
     nuc = ndi.binary_fill_holes(nuc)
+    check_border(convex_hull(nuc))   # a nucleus spanning the border is the slide of an inverted image
     rn = equivalent_radius(convex_hull(nuc))
     f = min(1.0, WORK_RADIUS / rn)
     if f < 1.0:  # GrabCut is O(pixels): work where the nucleus is WORK_RADIUS px
@@ -489,7 +329,12 @@ def _seeds(s_w: np.ndarray, t_low: float, nuc_w: np.ndarray, hull_w: np.ndarray,
 
 def _grabcut(img: np.ndarray, gc: np.ndarray, nuc_w: np.ndarray, hull_w: np.ndarray,
              rw: float) -> np.ndarray:
-    """WBC mask (bool) from GrabCut on RGB ``img`` with seeds ``gc``, cleaned up."""
+    """WBC mask (bool) from GrabCut on RGB ``img`` with seeds ``gc``, cleaned up.
+
+    GrabCut fits one colour model to each side and fails (``cv2.error``) when the seeds give
+    one side no pixel: that is checked first, as :class:`~wbc_nnabla.images.NoBackgroundError`.
+    """
+    check_two_sides(gc)
     gc = gc.copy()
     bgm = np.zeros((1, 65), np.float64)
     fgm = np.zeros((1, 65), np.float64)
@@ -506,6 +351,19 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, nuc_w: np.ndarray, hull_w: np.ndar
     lab, _ = ndi.label(m)
     m = np.isin(lab, np.unique(lab[nuc_w]))
     return ndi.binary_fill_holes(m | hull_w)
+
+
+def check_two_sides(gc: np.ndarray) -> np.ndarray:
+    """``gc`` (GrabCut seeds, uint8 ``(H, W)`` of ``cv2.GC_*``) when both sides have a sample, else
+    :class:`~wbc_nnabla.images.NoBackgroundError`: background = ``GC_BGD`` or ``GC_PR_BGD``, WBC =
+    ``GC_FGD`` or ``GC_PR_FGD`` (what ``cv2.grabCut`` asserts, ``!bgdSamples.empty() &&
+    !fgdSamples.empty()``)."""
+    background = int(((gc == cv2.GC_BGD) | (gc == cv2.GC_PR_BGD)).sum())
+    if background == 0 or background == gc.size:
+        side = "background" if background == 0 else "WBC"
+        raise NoBackgroundError(f"no two sides: the nucleus and its reach cover the whole image, leaving GrabCut no "
+                                f"{side} sample; a blank, very dark or colour-inverted image?")
+    return gc
 
 
 def has_cytoplasm_ring(stained: np.ndarray, hull_w: np.ndarray, d: np.ndarray, rw: float) -> bool:
@@ -550,18 +408,20 @@ def segment_wbc(rgb: np.ndarray, centre: Optional[Tuple[float, float]] = None
     lobes sets the scale ``r_n``; GrabCut seeded from the nucleus, limited to
     ``CELL_REACH * r_n`` around it, separates the cytoplasm from red cells and
     background; an opening of ``0.15 r_n`` cuts bridges; holes are filled.
-    An empty mask means no nucleus was found.
+    An empty mask means no nucleus was found. An image without two sides raises
+    :class:`~wbc_nnabla.images.NoBackgroundError` (no bright background,
+    :func:`wbc_nnabla.images.check_background`; a nucleus hull over more than
+    :data:`MAX_NUCLEUS_BORDER` of the border, :func:`check_border`; seeds without a
+    background or WBC sample, :func:`check_two_sides`), never ``cv2.error``.
     """
-    fileio.check_rgb(rgb)
+    images.check_background(images.check_rgb(rgb))
     h, w = rgb.shape[:2]
     if centre is None:
         centre = (w / 2.0, h / 2.0)
-    f = min(1.0, MAX_SIDE / max(h, w))
+    small, f = reduce(rgb)
     if f >= 1.0:
         return _segment(rgb, centre)
-    size = (max(8, int(round(w * f))), max(8, int(round(h * f))))
-    m, nuc = _segment(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
-                      (centre[0] * f, centre[1] * f))
+    m, nuc = _segment(small, (centre[0] * f, centre[1] * f))
     up = lambda a: cv2.resize(a.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) > 127
     return _largest(up(m)), up(nuc)
 
@@ -570,7 +430,8 @@ def wbc_mask(rgb: np.ndarray, centre: Optional[Tuple[float, float]] = None) -> n
     """WBC (nucleus + cytoplasm) of the cell nearest the image centre, bool ``(H, W)``.
 
     One connected region with holes filled (section II.3, dataset ①). See
-    :func:`segment_wbc` for the method; all False when no nucleus is found.
+    :func:`segment_wbc` for the method; all False when no nucleus is found;
+    :class:`~wbc_nnabla.images.NoBackgroundError` for an image without two sides.
     """
     return segment_wbc(rgb, centre)[0]
 
@@ -585,7 +446,7 @@ def remove_background(rgb: np.ndarray, mask: Optional[np.ndarray] = None,
 
     Returns a new RGB uint8 array.
     """
-    fileio.check_rgb(rgb)
+    images.check_rgb(rgb)
     if mask is None:
         mask = wbc_mask(rgb)
     mask = np.asarray(mask).astype(bool)
@@ -594,76 +455,6 @@ def remove_background(rgb: np.ndarray, mask: Optional[np.ndarray] = None,
     out = rgb.copy()
     out[~mask] = np.asarray(fill, dtype=np.uint8)
     return out
-
-
-# ----------------------------------------------------------------------------- location in fields
-
-
-def _group_fragments(nuclear: np.ndarray, min_share: float = 0.15,
-                     stained: Optional[np.ndarray] = None) -> list:
-    """Nuclear fragments grouped into cells, largest first: list of bool (H, W) masks.
-
-    A group starts from the largest free fragment and takes in the fragments
-    within ``LOBE_GAP * r_n`` of it (the lobes of a segmented neutrophil are
-    separate dark regions). Fragments smaller than ``min_share`` of the
-    largest (platelets, granules, noise) are ignored.
-    """
-    lab, n = ndi.label(nuclear)
-    if n == 0:
-        return []
-    areas = ndi.sum(nuclear, lab, np.arange(1, n + 1))
-    order = [k + 1 for k in np.argsort(-areas) if areas[k] >= max(min_share * areas.max(), 10)]
-    free = list(order)
-    groups = []
-    while free:
-        group = lab == free.pop(0)
-        changed = True
-        while changed and free:
-            changed = False
-            d = ndi.distance_transform_edt(~group)
-            for k in list(free):
-                comp = lab == k
-                if _joins(group, comp, d, stained):
-                    group |= comp
-                    free.remove(k)
-                    changed = True
-        groups.append(group)
-    return groups
-
-
-def locate_wbcs(field_rgb: np.ndarray, min_share: float = 0.3) -> np.ndarray:
-    """Centres of the WBCs in a smear field image: float ``(K, 2)`` of ``(x, y)`` pixels.
-
-    The paper's inference crops 750x750 around each WBC of a 2560x1920 photo
-    (section II.3). Nuclei are the top class of a three-class Otsu split of
-    :func:`violet` (dark and blue); fragments are grouped into cells (lobes within
-    ``LOBE_GAP * r_n``); a group counts as a WBC when its area is at least
-    ``min_share`` of the largest group's (platelets and stain debris are
-    smaller). The centre is the centroid of the group's convex hull. A field
-    with no stained nucleus gives ``(0, 2)``; a field whose largest dark
-    object is not a WBC (no WBC at all) is not recognised as such.
-    """
-    fileio.check_rgb(field_rgb)
-    h, w = field_rgb.shape[:2]
-    f = min(1.0, MAX_SIDE / max(h, w))
-    img = field_rgb if f >= 1.0 else cv2.resize(
-        field_rgb, (max(8, int(round(w * f))), max(8, int(round(h * f)))), interpolation=cv2.INTER_AREA)
-    s = violet(img)
-    t_low, t_high = otsu3(s)
-    nuclear = s > t_high
-    groups = _group_fragments(nuclear, stained=s > t_low)
-    if not groups:
-        return np.zeros((0, 2), float)
-    areas = np.array([g.sum() for g in groups], float)
-    out = []
-    for g, a in zip(groups, areas):
-        if a >= min_share * areas.max():
-            cy, cx = ndi.center_of_mass(convex_hull(g))
-            out.append(((cx + 0.5) / f - 0.5, (cy + 0.5) / f - 0.5))
-    return np.array(out, float).reshape(-1, 2)
-
-
-# ----------------------------------------------------------------------------- Pascal VOC boxes
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -676,7 +467,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, nucleus: Optional[np.ndarray] = N
     size: when given, the overlay is resized to ``size`` x ``size`` pixels
     (a gallery tile).
     """
-    fileio.check_rgb(rgb)
+    images.check_rgb(rgb)
     o = rgb.copy()
     th = max(1, max(rgb.shape[:2]) // 150)
     for m, col in ((mask, (0, 160, 0)), (nucleus, (0, 0, 255))):
@@ -719,7 +510,7 @@ def _unique_stems(paths: Sequence[Path]) -> None:
 def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = False) -> dict:
     """WBC masks of many single-cell crops, written into the folder ``out`` (``wbc-nnabla segment``).
 
-    inputs: image files and/or folders (searched recursively, :func:`wbc_nnabla.fileio.image_files`).
+    inputs: image files and/or folders (searched recursively, :func:`wbc_nnabla.images.image_files`).
     out: output folder, never inside an input folder; written whole in one rename
         (:func:`wbc_nnabla.outputs.atomic_dir`, with the ``segment`` marker). An existing
         folder is replaced only with ``overwrite`` and when it is empty or an
@@ -729,69 +520,58 @@ def segment_images(inputs: Sequence, out, gallery: int = 48, overwrite: bool = F
         (0: none).
 
     Writes one mask per image, ``out/<stem>.png`` (uint8: 0 outside, 255 WBC;
-    :func:`segment_wbc`); two inputs with the same stem are refused. Returns
-    ``dict(out, images, empty, gallery, gallery_images)``: the folder, the
-    number of masks, how many are empty (no nucleus found), the gallery path
-    (None without one) and the number of cells it shows.
+    :func:`segment_wbc`); two inputs with the same stem are refused. An image whose
+    mask fails for want of two sides (:class:`~wbc_nnabla.images.NoBackgroundError`:
+    blank, very dark, colour-inverted) gets no mask: it is listed in ``out/failed.csv``
+    (``image, error``) and logged; when every image fails, nothing is written and the
+    error names the first. Any other bad image stops the run, naming it. Returns
+    ``dict(out, images, empty, failed, gallery, gallery_images)``: the folder, the
+    number of masks, how many are empty (no nucleus found), how many failed, the
+    gallery path (None without one) and the number of cells it shows.
     """
     out = Path(out)
     if gallery < 0:
         raise InputError(f"gallery must be >= 0 cells (0: none), got {gallery}")
-    paths = fileio.image_files(inputs)
-    outputs.check_not_inside(out, fileio.image_folders(inputs))
+    paths = images.image_files(inputs)
+    outputs.check_not_inside(out, images.image_folders(inputs))
     _unique_stems(paths)
     replace = outputs.check_output_folder(out, "segment", overwrite, paths)
     # the gallery shows a seeded sample stratified by sub-folder, not the first N files
     # (a class-sorted folder would show one class only)
     shown = set(sampling.shuffled_sample([p.parent.name for p in paths], gallery, 0).tolist()) \
         if gallery > 0 else set()
-    tiles, empty = {}, 0
     with outputs.atomic_dir(out, overwrite=replace, command="segment") as tmp:
-        for i, p in enumerate(paths):
-            rgb = fileio.read_rgb(p)
-            mask, nucleus = segment_wbc(rgb)
-            empty += int(not mask.any())
-            fileio.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
-            if i in shown:
-                tiles[i] = overlay(rgb, mask, nucleus, size=GALLERY_TILE)
+        tiles, empty, failed = _write_masks(tmp, paths, shown)
         if tiles:
-            fileio.write_image(tmp / "gallery.png", contact_sheet([tiles[i] for i in sorted(tiles)], GALLERY_COLUMNS))
-    return dict(out=out, images=len(paths), empty=empty, gallery=out / "gallery.png" if tiles else None,
-                gallery_images=len(tiles))
+            images.write_image(tmp / "gallery.png", contact_sheet([tiles[i] for i in sorted(tiles)], GALLERY_COLUMNS))
+    return dict(out=out, images=len(paths) - len(failed), empty=empty, failed=len(failed),
+                gallery=out / "gallery.png" if tiles else None, gallery_images=len(tiles))
 
 
-#: Columns of the ``locate`` table: image path, WBC centre in pixels.
-LOCATE_COLUMNS = ("image", "x", "y")
+#: Columns of ``segment``'s ``failed.csv``: the image, why its mask could not be made.
+FAILED_COLUMNS = ("image", "error")
 
 
-def locate_table(paths: Sequence) -> pd.DataFrame:
-    """WBC centres (:func:`locate_wbcs`) of field images: one ``image, x, y`` row per WBC.
-
-    paths: image files, read in order. ``image`` is the path as given; ``x``,
-    ``y`` are pixels rounded to 0.1. A field without a WBC gives no row.
-    """
-    rows = []
-    for p in paths:
-        for x, y in locate_wbcs(fileio.read_rgb(p)):
-            rows.append({"image": str(p), "x": round(float(x), 1), "y": round(float(y), 1)})
-    return pd.DataFrame(rows, columns=list(LOCATE_COLUMNS))
-
-
-def locate_images(inputs: Sequence, out, overwrite: bool = False) -> pd.DataFrame:
-    """WBC centres in smear fields, written as the CSV ``out`` (``wbc-nnabla locate``).
-
-    inputs: field images and/or folders (searched recursively, :func:`wbc_nnabla.fileio.image_files`).
-    out: CSV (:data:`LOCATE_COLUMNS`, :func:`locate_table`), never in an input
-        folder; an existing file is replaced only with ``overwrite`` (and never
-        when it is an input, :func:`wbc_nnabla.outputs.check_output`), atomically.
-    Returns the table; ``attrs["images"]`` is the number of field images read.
-    """
-    out = Path(out)
-    paths = fileio.image_files(inputs)
-    outputs.check_not_inside(out.parent, fileio.image_folders(inputs))
-    outputs.check_output(out, "locate", overwrite, paths, folder=False)
-    table = locate_table(paths)
-    with outputs.atomic_files([out], overwrite=overwrite) as (tmp,):
-        table.to_csv(tmp, index=False, lineterminator="\n")
-    table.attrs["images"] = len(paths)
-    return table
+def _write_masks(tmp: Path, paths: Sequence[Path], shown: set) -> Tuple[dict, int, List[Tuple[str, str]]]:
+    """Write each image's mask into ``tmp``: (gallery tiles by index, empty masks, failed ``(image, error)``)."""
+    tiles, empty, failed = {}, 0, []
+    for i, p in enumerate(paths):
+        try:
+            rgb = images.read_rgb(p)
+            mask, nucleus = segment_wbc(rgb)
+        except NoBackgroundError as e:
+            failed.append((str(p), str(images.naming(e, p))))
+            log.warning("%s", failed[-1][1])
+            continue
+        empty += int(not mask.any())
+        images.write_image(tmp / f"{p.stem}.png", mask.astype(np.uint8) * 255)
+        if i in shown:
+            tiles[i] = overlay(rgb, mask, nucleus, size=GALLERY_TILE)
+    if failed and len(failed) == len(paths):
+        raise NoBackgroundError(f"no mask could be made: all {len(paths)} image(s) lack two sides; first: "
+                                f"{failed[0][1]}")
+    if failed:
+        pd.DataFrame(failed, columns=list(FAILED_COLUMNS)).to_csv(tmp / "failed.csv", index=False,
+                                                                   lineterminator="\n")
+        log.warning("%d of %d masks failed (no two sides), listed in failed.csv", len(failed), len(paths))
+    return tiles, empty, failed

@@ -85,6 +85,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:  # an output that cannot be written: permissions, read-only or full file system
         print(f"wbc-nnabla {args.command}: error: {_os_error_text(e, args)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written to temporaries and renamed, so none is partial
+        print(f"wbc-nnabla {args.command}: interrupted (Ctrl-C); no output was written or replaced", file=sys.stderr)
+        return 130
 
 
 def _os_error_text(e: OSError, args) -> str:

@@ -41,7 +41,8 @@ HINT_RATIO = 1.2
 def wbc_share(rgb: np.ndarray) -> float:
     """Equivalent diameter of the WBC (:func:`wbc_nnabla.segmentation.wbc_mask`) over the crop's longer side.
 
-    rgb: uint8 ``(H, W, 3)``. Returns NaN when no WBC is found.
+    rgb: uint8 ``(H, W, 3)``. Returns NaN when no WBC is found; an image without two sides raises
+    :class:`~wbc_nnabla.images.NoBackgroundError` (:func:`wbc_nnabla.segmentation.segment_wbc`).
     """
     h, w = rgb.shape[:2]
     f = min(1.0, MEASURE_SIDE / max(h, w))
@@ -53,15 +54,29 @@ def wbc_share(rgb: np.ndarray) -> float:
     return 2.0 * segmentation.equivalent_radius(mask) / max(small.shape[:2])
 
 
-def median_share(paths: Sequence[str], n: int = SHARE_SAMPLE, seed: int = 0) -> Dict[str, float]:
+def _share_of(path: str, skip_bad: bool) -> float:
+    """:func:`wbc_share` of an image file; NaN for a bad one (unreadable, or without two sides) with
+    ``skip_bad``, else its :class:`~wbc_nnabla.images.ImageReadError` naming the file."""
+    try:
+        return wbc_share(fileio.read_rgb(path))
+    except fileio.ImageReadError as e:
+        if skip_bad:
+            return float("nan")
+        raise fileio.naming(e, path) from None
+
+
+def median_share(paths: Sequence[str], n: int = SHARE_SAMPLE, seed: int = 0,
+                 skip_bad: bool = False) -> Dict[str, float]:
     """Median :func:`wbc_share` of a seeded sample of at most ``n`` cell images.
 
     Returns ``median``, ``q10``, ``q90`` (shares), ``n`` (cells measured) and ``found``
     (cells with a WBC). Raises :class:`~wbc_nnabla.errors.InputError` when fewer than
-    :data:`MIN_SHARE_CELLS` WBCs are found.
+    :data:`MIN_SHARE_CELLS` WBCs are found. A bad image (unreadable, or without two sides:
+    blank, very dark, colour-inverted) raises its :class:`~wbc_nnabla.images.ImageReadError`
+    naming the file, or with ``skip_bad`` counts as a cell without a WBC.
     """
     rows = sampling.shuffled_sample([""] * len(paths), min(int(n), len(paths)), seed)
-    shares = np.array([wbc_share(fileio.read_rgb(paths[int(i)])) for i in rows])
+    shares = np.array([_share_of(paths[int(i)], skip_bad) for i in rows])
     found = shares[np.isfinite(shares)]
     if len(found) < MIN_SHARE_CELLS:
         raise InputError(f"WBC scale: a WBC was found in {len(found)} of {len(shares)} cells; at least "
@@ -128,13 +143,14 @@ def scale_hint(meta: dict, paths: Sequence[str], seed: int = 0) -> Optional[Dict
     the cells' image files. Returns ``training``, ``site`` (:func:`median_share` records of at most
     :data:`HINT_SAMPLE` cells) and ``zoom`` (what ``adapt`` would apply) when the model takes crops
     as they are (zoom 1) and the two medians differ by more than :data:`HINT_RATIO`; else None
-    (also when the model stores no scale or too few WBCs are found to measure one).
+    (also when the model stores no scale or too few WBCs are found to measure one). A hint only:
+    a bad image among the cells counts as one without a WBC, never stops the caller.
     """
     training = meta.get("wbc_share")
     if not training or float(meta.get("zoom", 1.0)) != 1.0 or not len(paths):
         return None
     try:
-        site = median_share(list(paths), n=HINT_SAMPLE, seed=seed)
+        site = median_share(list(paths), n=HINT_SAMPLE, seed=seed, skip_bad=True)
     except InputError:
         return None
     zoom = site_zoom(site, training)
