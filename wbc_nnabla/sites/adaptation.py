@@ -95,12 +95,14 @@ def estimate_statistics(params: Dict[str, np.ndarray], meta: dict, loader: Image
         return {k: variables[k].d.copy() for k in bn_statistics(params)}
 
 
-def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "site cells") -> Optional[dict]:
+def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "site cells",
+               skip_bad: bool = False) -> Optional[dict]:
     """The re-framing of a site's crops to the training scale (:mod:`wbc_nnabla.sites.framing`), or None.
 
     The training cells' median WBC share is the model's (``meta['wbc_share']``, stored by
     training) or measured on ``train_cells`` (a cell source) for a model that stores none.
-    Returns ``training``, ``site`` (median-share records) and ``zoom``.
+    ``skip_bad``: a site cell whose WBC cannot be measured (e.g. a colour-inverted image) counts as a
+    cell without a WBC instead of stopping. Returns ``training``, ``site`` (median-share records) and ``zoom``.
     """
     training_share = meta.get("wbc_share")
     if train_cells is not None:
@@ -108,7 +110,7 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
     if not training_share:
         return None
     try:
-        site = framing.median_share(list(paths), seed=seed)
+        site = framing.median_share(list(paths), seed=seed, skip_bad=skip_bad)
     except InputError as e:
         raise AdaptationError(f"{where}: {e}; adapt the BatchNorm statistics only with --no-scale "
                               f"(scale=False)") from None
@@ -127,14 +129,16 @@ def _cells_needed(batch_size: int, max_images: int, min_images: int) -> int:
     return need
 
 
-def _check_batchnorm(model: Path, meta, params: Dict[str, np.ndarray]) -> None:
-    """Refuse (:class:`AdaptationError`) a model with no BatchNorm running statistics to adapt."""
+def _check_batchnorm(model: Path, params: Dict[str, np.ndarray], meta) -> Tuple[Dict[str, np.ndarray], object]:
+    """``(params, meta)`` of ``model``; :class:`AdaptationError` for a model with no BatchNorm running
+    statistics to adapt."""
     if meta.get("norm") == "group":
         raise AdaptationError(f"{model}: is a GroupNorm model (norm group): it has no BatchNorm running "
                               f"statistics, so AdaBN has nothing to adapt (GroupNorm normalises each cell "
                               f"by its own statistics already); use the model as it is")
     if not bn_statistics(params):
         raise AdaptationError(f"{model}: has no BatchNorm layers (no */mean, */var parameters): nothing to adapt")
+    return params, meta
 
 
 def _whole_batches(loader: ImageLoader, cells: Path, n_listed: int, max_images: int, seed: int, skip_bad: bool,
@@ -200,15 +204,14 @@ def adapt_batchnorm(model, cells, out, size: Optional[int] = None, batch_size: i
     need = _cells_needed(batch_size, max_images, min_images)
     seed = sampling.check_seed(seed)
     derived.check_derived_output(model, cells, out, overwrite, "adapt", "adapted")
-    params, meta = modelfile.read_model(model)
-    _check_batchnorm(model, meta, params)
+    params, meta = _check_batchnorm(model, *modelfile.read_model(model))
     size = _input_size(model, meta, size)
     colour = standardiser(stain, stain_reference)
     table = fileio.read_cell_images(cells, dedupe_flag=None)
     loader = ImageLoader(list(table["path"]), np.zeros(len(table), np.int32), size)
     rows, skipped = _whole_batches(loader, cells, len(table), max_images, seed, skip_bad, batch_size, need)
     paths = [loader.paths[i] for i in rows]
-    scaling = site_scale(meta, paths, seed, train_cells, str(cells)) if scale else None
+    scaling = site_scale(meta, paths, seed, train_cells, str(cells), skip_bad) if scale else None
     zoom, pad, view = _view(meta, scaling, pad, colour)
     if view is not None:        # the cells read so far (and cached) are as given: read them again as the model sees
         loader = ImageLoader(loader.paths, loader.labels, size, transform=view)
