@@ -108,7 +108,12 @@ def check_step(cfg, error=TrainingError) -> None:
                    "a finite number > 0") for n in ("alpha", "final_lr")], error)
 
 
-_UNIT = "in [0, 1]"
+_PER_IMAGE = between(0, 1, "a probability per image and iteration")
+
+
+def off(help: str, rule: settings.Rule):
+    """A term of the augmentation that is off (0.0) unless asked: a config key, not a flag."""
+    return setting(0.0, help, rule=rule, flag=False)
 
 
 @dataclasses.dataclass
@@ -136,30 +141,24 @@ class Augmentation:
                             flag=False)
     flip_ud: bool = setting(True, "random up-down mirror", flag=False)
     enabled: bool = setting(True, "the augmentation is in the training graph at all", flag=False)
-    od_scale: float = setting(0.0, "colour: optical density x s_c, s_c in [1-s, 1+s] per channel (0: off)",
-                              rule=between(0, 1, "optical density x [1-s, 1+s]: never negative"), flag=False)
-    od_shift: float = setting(0.0, "colour: optical density + b_c, b_c in [-b, b] per channel (0: off)",
-                              rule=between(0, math.inf, "optical density units"), flag=False)
-    saturation: float = setting(0.0, "colour: grey + (x - grey) x f, f in [1-s, 1+s] (0: off)",
-                                rule=between(0, 1, "the chroma x [1-s, 1+s]: never inverted"), flag=False)
-    log_gamma: float = setting(0.0, "colour: x ** gamma, ln(gamma) in [-g, g] (0: off)",
-                               rule=between(0, math.inf, "natural log of gamma"), flag=False)
-    hue: float = setting(0.0, "colour: hue turned by [-h, h] degrees about the grey axis (0: off)",
-                         rule=between(0, 180, "degrees"), flag=False)
+    od_scale: float = off("colour: optical density x s_c, s_c in [1-s, 1+s] per channel (0: off)",
+                          between(0, 1, "optical density x [1-s, 1+s]: never negative"))
+    od_shift: float = off("colour: optical density + b_c, b_c in [-b, b] per channel (0: off)",
+                          between(0, math.inf, "optical density units"))
+    saturation: float = off("colour: grey + (x - grey) x f, f in [1-s, 1+s] (0: off)",
+                            between(0, 1, "the chroma x [1-s, 1+s]: never inverted"))
+    log_gamma: float = off("colour: x ** gamma, ln(gamma) in [-g, g] (0: off)", between(0, math.inf, "natural log of gamma"))
+    hue: float = off("colour: hue turned by [-h, h] degrees about the grey axis (0: off)", between(0, 180, "degrees"))
     color_prob: float = setting(1.0, "colour: share of images given the colour terms, drawn per image (1: all)",
                                 rule=between(0, 1, "a share of images"), flag=False)
-    blur: float = setting(0.0, "optics: the image mixed with its 5x5 Gaussian blur (sigma 1 px) by a weight "
-                               "in [0, b] per image (0: off; b <= 1)",
-                          rule=between(0, 1, "the largest weight of the blurred image"), flag=False)
-    randconv: float = setting(0.0, "texture: with this probability per image, a mix of the image and a random "
-                                   "convolution of it (RandConv; 0: off)",
-                              rule=between(0, 1, "a probability per image and iteration"), flag=False)
-    mixstyle: float = setting(0.0, "features: MixStyle after residual stages 1-3, with this probability per "
-                                   "stage and iteration (0: off)",
-                              rule=between(0, 1, "a probability per stage and iteration"), flag=False)
-    fourier: float = setting(0.0, "another lab's look: with this probability per image, the lowest frequencies' "
-                                  "amplitude mixed with a style cell's (FDA; needs style_cells; 0: off)",
-                             rule=between(0, 1, "a probability per image and iteration"), flag=False)
+    blur: float = off("optics: the image mixed with its 5x5 Gaussian blur (sigma 1 px) by a weight in [0, b] per "
+                      "image (0: off; b <= 1)", between(0, 1, "the largest weight of the blurred image"))
+    randconv: float = off("texture: with this probability per image, a mix of the image and a random convolution "
+                          "of it (RandConv; 0: off)", _PER_IMAGE)
+    mixstyle: float = off("features: MixStyle after residual stages 1-3, with this probability per stage and "
+                          "iteration (0: off)", between(0, 1, "a probability per stage and iteration"))
+    fourier: float = off("another lab's look: with this probability per image, the lowest frequencies' amplitude "
+                         "mixed with a style cell's (FDA; needs style_cells; 0: off)", _PER_IMAGE)
 
     @property
     def color(self) -> bool:
