@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import typing
 from typing import Callable, Optional
 
@@ -138,3 +139,10 @@ def add_stain_arguments(p, note: str) -> None:
 def p_text(p) -> str:
     """A p-value for the console: 3 significant digits, ``n/a`` when the test reports none (NaN)."""
     return "n/a" if p is None or p != p else f"{p:.3g}"
+
+
+def command(sub, name: str, func, help: str, describe: bool = False):
+    """A sub-command's parser, running ``func``; ``describe``: its ``--help`` description is ``func``'s docstring."""
+    p = sub.add_parser(name, help=help, description=inspect.getdoc(func) if describe else None)
+    p.set_defaults(func=func)
+    return p

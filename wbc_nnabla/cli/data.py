@@ -4,19 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..recipe import PAPER
-from .common import CLIError, seed
+from .common import CLIError, command, seed
 
 
-def _cmd_classes(args) -> int:
+def _cmd_classes(args) -> None:
     from .. import classes
     print("six classes (Table 1 order):", ", ".join(f"{i} {c}" for i, c in enumerate(classes.CLASSES6)))
     print("five classes:", ", ".join(classes.CLASSES5))
     for cat in classes.TAXONOMY:
         print(f"  {cat.name:12s} -> {str(cat.class6):10s} / {cat.class5:10s}  synonyms: {', '.join(cat.synonyms)}")
-    return 0
 
 
-def _cmd_cells(args) -> int:
+def _cmd_cells(args) -> None:
     from .. import fileio
     df = fileio.read_cells(args.source, dedupe_flag=None)
     print(f"{len(df)} cells from {args.source}")
@@ -27,36 +26,32 @@ def _cmd_cells(args) -> int:
               f"(build-dataset and finetune refuse them; drop the copies or keep each on one side of a split):")
         for rows in copies:
             print("  " + " = ".join(f"{df['source'].iat[i]} ({df['label'].iat[i] or 'unlabeled'})" for i in rows))
-    return 0
 
 
 def _add_io(sub) -> None:
-    p = sub.add_parser("classes", help="list the class taxonomy (names, synonyms, five-class view)")
-    p.set_defaults(func=_cmd_classes)
-    p = sub.add_parser("cells", help="read a labeled cell source and print its class counts and any byte-identical copies")
+    p = command(sub, "classes", _cmd_classes, "list the class taxonomy (names, synonyms, five-class view)")
+    p = command(sub, "cells", _cmd_cells,
+                "read a labeled cell source and print its class counts and any byte-identical copies")
     p.add_argument("source", help="class folder tree, path,label CSV or NNC dataset CSV/folder")
-    p.set_defaults(func=_cmd_cells)
 
 
-def _cmd_segment(args) -> int:
+def _cmd_segment(args) -> None:
     from .. import segmentation
     s = segmentation.segment_images(args.inputs, args.out, gallery=args.gallery, overwrite=args.overwrite)
     msg = f"{s['images']} masks (0 outside, 255 WBC) in {s['out']}; {s['empty']} without a nucleus (empty mask)"
     if s["gallery"] is not None:
         msg += f"; overlay of {s['gallery_images']} (a seeded sample) in {s['gallery']}"
     print(msg)
-    return 0
 
 
-def _cmd_locate(args) -> int:
+def _cmd_locate(args) -> None:
     from .. import segmentation
     table = segmentation.locate_images(args.inputs, args.out, overwrite=args.overwrite)
     print(f"{len(table)} WBC centres in {table.attrs['images']} fields -> {Path(args.out)}")
-    return 0
 
 
 def _add_cells(sub) -> None:
-    p = sub.add_parser("segment", help="WBC masks (background removal, dataset 1 of section II.3)")
+    p = command(sub, "segment", _cmd_segment, "WBC masks (background removal, dataset 1 of section II.3)")
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS",
                    help="single-cell crops, or folders searched recursively")
     p.add_argument("--out", required=True, help="output folder: one mask PNG per image (same stem)")
@@ -64,16 +59,17 @@ def _add_cells(sub) -> None:
                    help="overlay N cells, a seeded sample across sub-folders, in OUT/gallery.png (default 48, 0 = none)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it is an earlier segment output (never another folder)")
-    p.set_defaults(func=_cmd_segment)
-    p = sub.add_parser("locate", help="WBC centres in smear field images")
+    p = command(sub, "locate", _cmd_locate, "WBC centres in smear field images")
     p.add_argument("inputs", nargs="+", metavar="FIELDS_OR_FOLDERS",
                    help="field images, or folders searched recursively")
     p.add_argument("--out", required=True, help="CSV with one image,x,y row per located WBC (pixels)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=_cmd_locate)
 
 
-def _cmd_build_dataset(args) -> int:
+def _cmd_build_dataset(args) -> None:
+    """Section II.3 of Sasaki et al. (2020): crop around each WBC, remove or keep the background, balance the six
+    classes with the 8 dihedral variants, split per source cell (and smear) into train/valid, write an NNC
+    dataset folder. See docs/datasets.md."""
     import time
 
     from .. import datasets
@@ -100,17 +96,12 @@ def _cmd_build_dataset(args) -> int:
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} bad image(s), listed in {out / 'build_report.md'}")
     print(f"dataset: {out.path}")
-    return 0
 
 
 def _add_datasets(sub) -> None:
-    p = sub.add_parser(
-        "build-dataset",
-        help="build teacher dataset ①/② or the inference set (crop, background, dihedral balancing, split)",
-        description="Section II.3 of Sasaki et al. (2020): crop around each WBC, remove or keep the "
-                    "background, balance the six classes with the 8 dihedral variants, split per "
-                    "source cell (and smear) into train/valid, write an NNC dataset folder. "
-                    "See docs/datasets.md.")
+    p = command(sub, "build-dataset", _cmd_build_dataset,
+                "build teacher dataset ①/② or the inference set (crop, background, dihedral balancing, split)",
+                describe=True)
     p.add_argument("source", help="class folders, path,label[,smear][,x,y] CSV, NNC CSV/folder, "
                                   "Pascal VOC folder (Annotations/ + JPEGImages/) or a folder of images")
     p.add_argument("out", help="dataset folder to create (not inside a source folder)")
@@ -138,7 +129,6 @@ def _add_datasets(sub) -> None:
                         "(default: a repeated cell is an error naming both rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_build_dataset)
 
 
 def register(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..recipe import BACKEND_NAMES, PAPER
-from .common import CLIError, add_stain_arguments, stain_reference
+from .common import CLIError, add_stain_arguments, command, stain_reference
 from .sites import domain_line
 
 
@@ -17,7 +17,7 @@ def _expected_classes(spec: str):
     return [c.strip() for c in spec.split(",") if c.strip()]
 
 
-def _cmd_predict(args) -> int:
+def _cmd_predict(args) -> None:
     from .. import outputs, predictions, predictor
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
@@ -53,10 +53,9 @@ def _cmd_predict(args) -> int:
         print(f"estimated prior of smear {smear} ({est['cells']} cells): "
               + ", ".join(f"{c} {v:.3f}" for c, v in est["shares"].items()))
     print(domain_line(run.domain or {}))
-    return 0
 
 
-def _cmd_export(args) -> int:
+def _cmd_export(args) -> None:
     from ..export import export_onnx, read_onnx_meta
     path = export_onnx(args.model, args.onnx, opset=args.opset, overwrite=args.overwrite)
     meta = read_onnx_meta(path)
@@ -64,11 +63,10 @@ def _cmd_export(args) -> int:
           f"{' with GroupNorm' if meta.norm == 'group' else ''}, input x (N,3,H,W) RGB [0,1], "
           f"output y softmax over {', '.join(meta.class_names)}; trained at "
           f"{str(meta.input_size) + ' px' if meta.input_size else 'an unstored size'})")
-    return 0
 
 
 def _add_inference(sub) -> None:
-    p = sub.add_parser("predict", help="predict cell classes with a trained model (predictions CSV)")
+    p = command(sub, "predict", _cmd_predict, "predict cell classes with a trained model (predictions CSV)")
     p.add_argument("model", help="model .nnp / .h5, or an .onnx exported by `wbc-nnabla export`")
     p.add_argument("cells", help="cell images: folder (images, class or smear sub-folders, inference dataset), "
                                  "path,label[,smear] CSV or NNC dataset CSV")
@@ -98,29 +96,26 @@ def _add_inference(sub) -> None:
                    help="test-time augmentation: average the probabilities over each cell's 8 turned and "
                         "mirrored views (8x the time); see docs/inference.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_predict)
-    p = sub.add_parser("export", help="export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")
+    p = command(sub, "export", _cmd_export, "export a model .nnp/.h5 to ONNX (for OpenCV / onnxruntime)")
     p.add_argument("model", help="model .nnp or .h5")
     p.add_argument("--onnx", required=True, help="ONNX file to write")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (>= 13; default 13)")
     p.add_argument("--overwrite", action="store_true", help="replace the ONNX file if it exists (never the model)")
-    p.set_defaults(func=_cmd_export)
 
 
-def _cmd_ensemble(args) -> int:
+def _cmd_ensemble(args) -> None:
+    """One predictions CSV from several models' predictions of the same cells: each cell's probabilities are
+    averaged and the class of highest mean is its prediction. Predict every member with the same --prior. See
+    docs/inference.md."""
     from ..ensemble import ensemble
     df = ensemble(args.members, args.out, overwrite=args.overwrite, match=args.match)
     print(f"{len(df)} cells, mean probabilities of {len(args.members)} models -> {args.out} "
           f"(+ {Path(args.out).with_suffix('.json').name})")
-    return 0
 
 
 def _add_ensemble(sub) -> None:
-    p = sub.add_parser("ensemble", help="average several models' predictions CSVs of the same cells into one",
-                       description="One predictions CSV from several models' predictions of the same cells: "
-                                   "each cell's probabilities are averaged and the class of highest mean is "
-                                   "its prediction. Predict every member with the same --prior. "
-                                   "See docs/inference.md.")
+    p = command(sub, "ensemble", _cmd_ensemble,
+                "average several models' predictions CSVs of the same cells into one", describe=True)
     p.add_argument("members", nargs="+", metavar="PRED",
                    help="predictions CSVs of the same cells by different models (at least 2; never changed)")
     p.add_argument("out", metavar="OUT", help="the ensemble's predictions CSV (+ a .json listing the members)")
@@ -129,7 +124,6 @@ def _add_ensemble(sub) -> None:
                         "made from (build-dataset's manifest): Model A on cells with the background removed "
                         "and Model B on the same cells as photographed; the first member's paths are kept")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and its .json) if it exists")
-    p.set_defaults(func=_cmd_ensemble)
 
 
 def register(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import CLIError, seed
+from .common import CLIError, command, seed
 from .score import cutoff
 
 
@@ -36,6 +36,9 @@ def gradcam_png(model: str):
 
 
 def _cmd_review(args) -> int:
+    """Serve a local page (Flask) over a review database: each smear's cells grouped by the AI's class with the
+    pending ones first, confirm or reclassify by keyboard, mark what is no leukocyte, sign the smear's
+    differential. Every decision is stored at once (SQLite) with who and when. See docs/review.md."""
     from ..review import commands
     cam = gradcam_png(args.model) if args.model else None
     return commands.review(args.predictions, db=args.db, pending_threshold=args.pending_threshold, how=args.order,
@@ -56,11 +59,8 @@ def _cmd_review_order(args) -> int:
 
 
 def _add_review(sub) -> None:
-    p = sub.add_parser("review", help="review the AI's calls in a browser page: confirm, reclassify, sign each smear",
-                       description="Serve a local page (Flask) over a review database: each smear's cells grouped "
-                                   "by the AI's class with the pending ones first, confirm or reclassify by "
-                                   "keyboard, mark what is no leukocyte, sign the smear's differential. Every "
-                                   "decision is stored at once (SQLite) with who and when. See docs/review.md.")
+    p = command(sub, "review", _cmd_review,
+                "review the AI's calls in a browser page: confirm, reclassify, sign each smear", describe=True)
     p.add_argument("predictions", help="predictions CSV (wbc-nnabla predict); never written")
     p.add_argument("--db", default=None, help="review database (default: PREDICTIONS with .review.sqlite beside "
                                               "it; created the first time, reopened after)")
@@ -77,18 +77,16 @@ def _add_review(sub) -> None:
     p.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
     p.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
     p.add_argument("--reviewer", default=None, help="name recorded with each decision (default: the login name)")
-    p.set_defaults(func=_cmd_review)
-    p = sub.add_parser("review-export", help="write a review's decisions as labelled cells (path,label,smear) "
-                                             "for finetune, build-dataset and score")
+    p = command(sub, "review-export", _cmd_review_export,
+                "write a review's decisions as labelled cells (path,label,smear) for finetune, build-dataset and score")
     p.add_argument("review", help="review database (wbc-nnabla review --db)")
     p.add_argument("out", help="cell source CSV to write (+ a .json saying what was exported)")
     p.add_argument("--include-unsigned", action="store_true",
                    help="also the decided cells of smears not signed yet (default: signed smears only)")
     p.add_argument("--smear", action="append", metavar="NAME", help="only this smear (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the database)")
-    p.set_defaults(func=_cmd_review_export)
-    p = sub.add_parser("review-order", help="list a predictions CSV's cells in the order to label them "
-                                            "(active: for a few-shot finetune in a new lab)")
+    p = command(sub, "review-order", _cmd_review_order, "list a predictions CSV's cells in the order to label them "
+                                                        "(active: for a few-shot finetune in a new lab)")
     p.add_argument("predictions", help="predictions CSV of the new lab's cells")
     p.add_argument("out", help="CSV to write: path,label,smear,rank,pred6 with empty labels, first to label first")
     p.add_argument("--order", choices=("active", "random", "ai"), default="active",
@@ -97,7 +95,6 @@ def _add_review(sub) -> None:
     p.add_argument("--smear", action="append", metavar="NAME", help="only this smear's cells (repeatable)")
     p.add_argument("--first", type=int, default=None, metavar="N", help="write the first N cells only")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=_cmd_review_order)
 
 
 def register(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import settings
-from .common import add_setting_flags, p_text
+from .common import add_setting_flags, command, p_text
 
 
 def _print_headline(summary: dict, out) -> None:
@@ -28,19 +28,17 @@ def config_overrides(args) -> dict:
     return dict(settings.parse_sets(Config, args.set), **given)
 
 
-def _cmd_reproduce(args) -> int:
+def _cmd_reproduce(args) -> None:
     from .. import pipeline
     summary = pipeline.reproduce(args.source, args.out, preset=args.preset, inference=args.inference,
                                  config_file=args.config, progress=not args.quiet, **config_overrides(args))
     _print_headline(summary, args.out)
-    return 0
 
 
-def _cmd_demo(args) -> int:
+def _cmd_demo(args) -> None:
     from .. import pipeline
     summary = pipeline.demo(args.out, progress=not args.quiet, config_file=args.config, **config_overrides(args))
     _print_headline(summary, args.out)
-    return 0
 
 
 def _add_run_flags(p) -> None:
@@ -56,7 +54,7 @@ def _add_run_flags(p) -> None:
 
 def _add_pipeline(sub) -> None:
     from ..presets import PRESETS
-    p = sub.add_parser("reproduce", help="run the paper's whole study: datasets, Model A/B, scoring, report")
+    p = command(sub, "reproduce", _cmd_reproduce, "run the paper's whole study: datasets, Model A/B, scoring, report")
     p.add_argument("source", help="labeled teacher cells (class folders, path,label[,smear] CSV, NNC CSV)")
     p.add_argument("out", help="output folder: new, empty or an earlier reproduce output (re-running skips "
                                "complete stages and runs again those whose inputs changed)")
@@ -64,11 +62,9 @@ def _add_pipeline(sub) -> None:
                    help="paper: the paper's settings; recommended: infer at the training scale; demo: minutes on a CPU")
     p.add_argument("--inference", help="labeled inference set; default: a held-out part of SOURCE")
     _add_run_flags(p)
-    p.set_defaults(func=_cmd_reproduce)
-    p = sub.add_parser("demo", help="reproduce on the embedded demo cells with the demo preset (make demo)")
+    p = command(sub, "demo", _cmd_demo, "reproduce on the embedded demo cells with the demo preset (make demo)")
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     _add_run_flags(p)
-    p.set_defaults(func=_cmd_demo)
 
 
 def register(sub) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import fraction, p_text
+from .common import command, fraction, p_text
 
 
-def _cmd_score(args) -> int:
+def _cmd_score(args) -> None:
     from .. import report, scoring
     from .review import reviewed_agreement
     result = scoring.score(args.predictions, pending_threshold=args.pending_threshold,
@@ -44,10 +44,9 @@ def _cmd_score(args) -> int:
                  if s["smears_outside_domain"] else "every smear inside"))
     shown = "report.html, " if not args.no_figures else ""
     print(f"wrote {out}/ ({shown}summary.json, per_smear.csv, confusion6.csv, confusion5.csv, ...)")
-    return 0
 
 
-def _cmd_compare(args) -> int:
+def _cmd_compare(args) -> None:
     from .. import report, scoring
     a, b = (scoring.score(p, pending_threshold=args.pending_threshold, pending_margin=args.pending_margin)
             for p in (args.pred_a, args.pred_b))
@@ -62,7 +61,6 @@ def _cmd_compare(args) -> int:
               + (f" ({'; '.join(notes)})" if notes else ""))
     shown = "report.html, " if not args.no_figures else ""
     print(f"wrote {out}/ ({shown}comparison.json, per_smear_pairs.csv, recall_change.csv)")
-    return 0
 
 
 def cutoff(text: str):
@@ -84,7 +82,8 @@ def _add_pending_flags(p, model_cutoff: bool = False) -> None:
 
 
 def _add_scoring(sub) -> None:
-    p = sub.add_parser("score", help="per-smear accuracy, Table 1, differential and pending cells of a predictions CSV")
+    p = command(sub, "score", _cmd_score,
+                "per-smear accuracy, Table 1, differential and pending cells of a predictions CSV")
     p.add_argument("predictions", help="predictions CSV (path, smear, label, pred6, pred5, prob_*)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created; see docs/scoring.md)")
     _add_pending_flags(p, model_cutoff=True)
@@ -95,18 +94,17 @@ def _add_scoring(sub) -> None:
                    help="also report AI-vs-reviewer agreement against a review database (wbc-nnabla review) or a "
                         "labels CSV (review-export): per class, overall, the reviewed differential and what became "
                         "of the pending cells (docs/review.md)")
-    p.set_defaults(func=_cmd_score)
-    p = sub.add_parser("compare", help="compare two models' per-smear accuracies on the same smears (Wilcoxon, Fig. 9)")
+    p = command(sub, "compare", _cmd_compare,
+                "compare two models' per-smear accuracies on the same smears (Wilcoxon, Fig. 9)")
     p.add_argument("pred_a", metavar="PRED_A", help="predictions CSV of the first model")
     p.add_argument("pred_b", metavar="PRED_B", help="predictions CSV of the second model (same cells)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
     p.add_argument("--name-a", default="Model A", help="label of the first model (default: Model A)")
     p.add_argument("--name-b", default="Model B", help="label of the second model (default: Model B)")
     _add_pending_flags(p)
-    p.set_defaults(func=_cmd_compare)
 
 
-def _cmd_gradcam(args) -> int:
+def _cmd_gradcam(args) -> None:
     from .. import gradcam
     table = gradcam.write_gradcam(args.model, args.images, args.out, class_name=args.class_name,
                                   size=args.size, batch_size=args.batch_size, alpha=args.alpha,
@@ -114,11 +112,10 @@ def _cmd_gradcam(args) -> int:
     size = table.attrs["size"]
     print(f"Grad-CAM of {len(table)} image(s) at {size}x{size} -> {Path(args.out)} "
           f"(gradcam.csv, *_gradcam.png, *_cam.npy)")
-    return 0
 
 
 def _add_gradcam(sub) -> None:
-    p = sub.add_parser("gradcam", help="Grad-CAM heat maps: where the CNN looks (paper's discussion)")
+    p = command(sub, "gradcam", _cmd_gradcam, "Grad-CAM heat maps: where the CNN looks (paper's discussion)")
     p.add_argument("model", help="model .nnp (or .h5) written by wbc_nnabla")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder (<stem>_gradcam.png, <stem>_cam.npy, gradcam.csv)")
@@ -131,7 +128,6 @@ def _add_gradcam(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it is an earlier gradcam output (never another folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_gradcam)
 
 
 def register(sub) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..sites.settings import (ADABN_BATCH, ADVISED_ADAPT_IMAGES, DEFAULT_PAD, MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PADS,
                               SELECT_FOLDS, FinetuneConfig, InfoMaxConfig, SelfTrainConfig)
-from .common import CLIError, add_config_flags, add_setting_flags, add_stain_arguments, seed, settings_from, stain_reference
+from .common import (CLIError, add_config_flags, add_setting_flags, add_stain_arguments, command, seed, settings_from,
+                     stain_reference)
 
 
 def domain_line(summary: dict) -> str:
@@ -27,7 +28,9 @@ def domain_line(summary: dict) -> str:
 
 
 
-def _cmd_adapt(args) -> int:
+def _cmd_adapt(args) -> None:
+    """Re-estimate every BatchNorm layer's running mean/var on a new site's cells (AdaBN, Li et al. 2016); labels
+    are not needed, every other parameter is copied unchanged. See docs/inference.md."""
     from ..sites.adaptation import adapt_batchnorm
     r = adapt_batchnorm(args.model, args.site_cells, args.out, size=args.size, batch_size=args.batch_size,
                         max_images=args.max_images, seed=args.seed, overwrite=args.overwrite, skip_bad=args.skip_bad,
@@ -50,14 +53,11 @@ def _cmd_adapt(args) -> int:
               + (f"; the band around a crop filled by {r['pad']})" if s["zoom"] > 1 else ")"))
     elif not args.no_scale:
         print("scale: not adapted (the model stores no training WBC scale; give --train-cells)")
-    return 0
 
 
 def _add_adaptation(sub) -> None:
-    p = sub.add_parser("adapt", help="adapt a model to another lab's unlabelled cells (AdaBN: BatchNorm statistics)",
-                       description="Re-estimate every BatchNorm layer's running mean/var on a new site's cells "
-                                   "(AdaBN, Li et al. 2016); labels are not needed, every other parameter is "
-                                   "copied unchanged. See docs/inference.md.")
+    p = command(sub, "adapt", _cmd_adapt,
+                "adapt a model to another lab's unlabelled cells (AdaBN: BatchNorm statistics)", describe=True)
     p.add_argument("model", help="model .nnp / .h5 to adapt (never changed)")
     p.add_argument("site_cells", help="the new site's cells: any cell source (folder, CSV, NNC dataset); "
                                       "labels ignored")
@@ -84,7 +84,6 @@ def _add_adaptation(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable, corrupt or too small images (listed) instead of stopping")
-    p.set_defaults(func=_cmd_adapt)
 
 
 def _add_site_arguments(p, cells: str, cells_help: str, out_help: str, settings, skip_bad: bool = True,
@@ -104,7 +103,11 @@ def _add_site_arguments(p, cells: str, cells_help: str, out_help: str, settings,
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _cmd_infomax(args) -> int:
+def _cmd_infomax(args) -> None:
+    """After `adapt`: train every parameter but the classifier on a new site's unlabelled cells so that each cell's
+    call is sure while the mean call of a batch stays near a class prior (SHOT-IM, Liang et al. 2020), then
+    re-estimate the BatchNorm statistics on the same cells. Check the result on some labelled cells of the site.
+    See docs/cross_site.md."""
     from ..sites.infomax import infomax
     r = infomax(args.model, args.site_cells, args.out, settings_from(InfoMaxConfig, args), overwrite=args.overwrite,
                 progress=not args.no_progress, skip_bad=args.skip_bad, max_images=args.max_images)
@@ -114,26 +117,23 @@ def _cmd_infomax(args) -> int:
     print(f"infomax: {args.model} trained on {r['n_cells']} of {r['n_listed']} cells of {args.site_cells} "
           f"({r['settings']['iterations']} updates; entropy {first['entropy']:.3f} -> {last['entropy']:.3f}, "
           f"KL from the prior {first['kl']:.3f} -> {last['kl']:.3f}) -> {r['out']}")
-    return 0
 
 
 def _add_infomax(sub) -> None:
-    p = sub.add_parser("infomax", help="adapt a model to another lab's unlabelled cells (information maximisation)",
-                       description="After `adapt`: train every parameter but the classifier on a new site's "
-                                   "unlabelled cells so that each cell's call is sure while the mean call of a "
-                                   "batch stays near a class prior (SHOT-IM, Liang et al. 2020), then re-estimate "
-                                   "the BatchNorm statistics on the same cells. Check the result on some "
-                                   "labelled cells of the site. See docs/cross_site.md.")
+    p = command(sub, "infomax", _cmd_infomax,
+                "adapt a model to another lab's unlabelled cells (information maximisation)", describe=True)
     _add_site_arguments(p, "site_cells", "the new site's cells: any cell source (folder, CSV, NNC dataset); "
                                          "labels ignored",
                         "adapted model .nnp to write (records the run in wbc_nnabla.json)", InfoMaxConfig,
                         model_help="model .nnp / .h5 to start from, best one `adapt` made (never changed)")
     p.add_argument("--max-images", type=int, default=MAX_ADAPT_IMAGES,
                    help=f"site cells drawn, a seeded sample (default %(default)s; at least {MIN_ADAPT_IMAGES})")
-    p.set_defaults(func=_cmd_infomax)
 
 
-def _cmd_finetune(args) -> int:
+def _cmd_finetune(args) -> None:
+    """Fine-tune a model on a new site's labelled cells (best at most about 100, after `adapt` on its unlabelled
+    cells): BatchNorm statistics frozen, AdaBound at a small step, the paper's geometric augmentation. Labels:
+    the model's classes, or Neutrophil for Band/Segment. See docs/cross_site.md."""
     import pandas as pd
 
     from ..sites.finetune import MIN_SITE_REFERENCE_CELLS, finetune
@@ -160,15 +160,11 @@ def _cmd_finetune(args) -> int:
           if r["site_domain_reference"] else
           f"domain-shift check: unchanged (fewer than {MIN_SITE_REFERENCE_CELLS} labelled cells; cells like "
           f"these are still compared with the training cells only)")
-    return 0
 
 
 def _add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a model on a few labelled cells of another lab",
-                       description="Fine-tune a model on a new site's labelled cells (best at most about 100, "
-                                   "after `adapt` on its unlabelled cells): BatchNorm statistics frozen, "
-                                   "AdaBound at a small step, the paper's geometric augmentation. Labels: the "
-                                   "model's classes, or Neutrophil for Band/Segment. See docs/cross_site.md.")
+    p = command(sub, "finetune", _cmd_finetune,
+                "fine-tune a model on a few labelled cells of another lab", describe=True)
     _add_site_arguments(p, "labelled_cells", "the site's labelled cells: class folders, path,label CSV or NNC dataset",
                         "fine-tuned model .nnp to write (records the fine-tuning in wbc_nnabla.json)", FinetuneConfig,
                         skip_bad=False)
@@ -177,55 +173,49 @@ def _add_finetune(sub) -> None:
                         "labelled cells (steps 1e-4 and 1e-3, 100 and 200 iterations; not with those flags), "
                         "then fine-tune on all of them with the best; about 3 x --folds fine-tunings more")
     p.add_argument("--folds", type=int, default=SELECT_FOLDS, help="folds of --select (default %(default)s)")
-    p.set_defaults(func=_cmd_finetune)
 
 
-def _cmd_self_train(args) -> int:
+def _cmd_self_train(args) -> None:
+    """Class-balanced self-training on a new site's unlabelled cells (the paper's semi-supervised proposal): the
+    model labels the cells, is fine-tuned on the most confident share of each predicted class, and labels them
+    again, for a few rounds. Best after `adapt`. Pseudo-labels repeat the model's own mistakes: check the result
+    on labelled cells. See docs/cross_site.md."""
     from ..sites.selftraining import self_train
-    r = self_train(args.model, args.site_cells, args.out, settings_from(SelfTrainConfig, args), overwrite=args.overwrite,
-                   progress=not args.no_progress, skip_bad=args.skip_bad)
-    for d in r["rounds"]:
-        counts = ", ".join(f"{k} {v}" for k, v in d["per_class"].items())
-        print(f"round {d['round']}: {d['n_pseudo']} of {d['n_cells']} cells pseudo-labelled ({counts}); "
-              f"Cost {d['cost_first']:.3f} -> {d['cost_last']:.3f}")
+    r = self_train(args.model, args.site_cells, args.out, settings_from(SelfTrainConfig, args),
+                   overwrite=args.overwrite, progress=not args.no_progress, skip_bad=args.skip_bad)
+    print("\n".join(f"round {d['round']}: {d['n_pseudo']} of {d['n_cells']} cells pseudo-labelled "
+                    f"({', '.join(f'{k} {v}' for k, v in d['per_class'].items())}); "
+                    f"Cost {d['cost_first']:.3f} -> {d['cost_last']:.3f}" for d in r["rounds"]))
     print(f"self-trained {args.model} on {args.site_cells} -> {r['out']}")
-    return 0
 
 
 def _add_self_train(sub) -> None:
-    p = sub.add_parser("self-train", help="self-train a model on another lab's unlabelled cells (pseudo-labels)",
-                       description="Class-balanced self-training on a new site's unlabelled cells (the paper's "
-                                   "semi-supervised proposal): the model labels the cells, is fine-tuned on the "
-                                   "most confident share of each predicted class, and labels them again, for a "
-                                   "few rounds. Best after `adapt`. Pseudo-labels repeat the model's own "
-                                   "mistakes: check the result on labelled cells. See docs/cross_site.md.")
+    p = command(sub, "self-train", _cmd_self_train,
+                "self-train a model on another lab's unlabelled cells (pseudo-labels)", describe=True)
     _add_site_arguments(p, "site_cells", "the site's cells: a folder, CSV or NNC dataset (labels ignored)",
                         "self-trained model .nnp to write (records each round in wbc_nnabla.json)", SelfTrainConfig)
-    p.set_defaults(func=_cmd_self_train)
 
 
-def _cmd_domain_reference(args) -> int:
+def _cmd_domain_reference(args) -> None:
+    """Compute what the model's training cells look like (colour descriptors of a seeded sample of
+    DATASET/train.csv) and write a copy of MODEL with it, so `predict` can warn about cells outside the training
+    domain. `train` stores it already; this is for older models. See docs/inference.md."""
     from ..sites.reference import add_domain_reference
     ref = add_domain_reference(args.model, args.dataset, args.out, size=args.size, seed=args.seed,
                                overwrite=args.overwrite)
     print(f"domain reference of {ref['n_cells']} training images of {args.dataset} (cell threshold "
           f"{ref['cell_threshold']:.2f}) stored with {args.model} -> {args.out}")
-    return 0
 
 
 def _add_domain(sub) -> None:
-    p = sub.add_parser("domain-reference", help="store the domain-shift reference in a model trained without one",
-                       description="Compute what the model's training cells look like (colour descriptors of a "
-                                   "seeded sample of DATASET/train.csv) and write a copy of MODEL with it, so "
-                                   "`predict` can warn about cells outside the training domain. `train` stores "
-                                   "it already; this is for older models. See docs/inference.md.")
+    p = command(sub, "domain-reference", _cmd_domain_reference,
+                "store the domain-shift reference in a model trained without one", describe=True)
     p.add_argument("model", help="model .nnp / .h5 (never changed)")
     p.add_argument("dataset", help="the NNC dataset folder the model was trained on (train.csv is read)")
     p.add_argument("out", help="model .nnp to write (the same parameters, with the reference)")
     p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the model's size)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the image sample (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the model)")
-    p.set_defaults(func=_cmd_domain_reference)
 
 
 def register(sub) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..recipe import RECIPE_NAMES, AdaBoundConfig, Augmentation, TrainConfig, config_record, recipe_config
-from .common import add_config_flags, add_setting_flags, settings_from
+from .common import add_config_flags, add_setting_flags, command, settings_from
 
 
 def train_settings(args) -> TrainConfig:
@@ -23,8 +23,10 @@ def train_settings(args) -> TrainConfig:
     return settings_from(TrainConfig, args, base, config_record, extra)
 
 
-def cmd_train(args) -> int:
-    """Train, then print the exported epoch and where the model and its learning curve are."""
+def cmd_train(args) -> None:
+    """ResNet + AdaBound + ImageAugmentation training (paper section II.4). Writes model.nnp, model.h5, config.json,
+    learning_curve.csv/.png, monitor/, checkpoints/ into OUT. Settings without a flag are config keys (--set,
+    --config; docs/training.md, "Settings")."""
     from .. import training
     s = training.train(args.dataset, args.out, train_settings(args), resume=args.resume)
     b = s["best"]
@@ -33,16 +35,12 @@ def cmd_train(args) -> int:
     print(f"{which}: Validation Error {b['validation_error']:.4f}, "
           f"misclassification {b.get('validation_misclassification', float('nan')):.3f}")
     print(f"model: {Path(args.out) / 'model.nnp'}  learning curve: {Path(args.out) / 'learning_curve.png'}")
-    return 0
 
 
 def register(sub) -> None:
     """Add ``train`` to the sub-command parsers: the paper's flags; the research settings are config keys."""
-    p = sub.add_parser("train", help="train WBC Model A (ImageNet start) or fine-tune Model B (--init A.nnp)",
-                       description="ResNet + AdaBound + ImageAugmentation training (paper section II.4). "
-                                   "Writes model.nnp, model.h5, config.json, learning_curve.csv/.png, monitor/, "
-                                   "checkpoints/ into OUT. Settings without a flag are config keys (--set, --config; "
-                                   "docs/training.md, \"Settings\").")
+    p = command(sub, "train", cmd_train,
+                "train WBC Model A (ImageNet start) or fine-tune Model B (--init A.nnp)", describe=True)
     p.add_argument("dataset", help="NNC dataset folder with train.csv and valid.csv (x:image,y:label)")
     p.add_argument("out", help="output folder")
     p.add_argument("--recipe", choices=RECIPE_NAMES, default=None,
@@ -57,4 +55,3 @@ def register(sub) -> None:
     add_setting_flags(g, Augmentation)
     g.add_argument("--no-augmentation", action="store_true",
                    help="train without any augmentation (ImageAugmentation and every other term)")
-    p.set_defaults(func=cmd_train)
