@@ -43,6 +43,12 @@ def fraction(text: str) -> float:
     return v
 
 
+def cutoff(text: str):
+    """``--pending-threshold`` of ``score`` and ``review``: a number in [0, 1], or ``model`` (the cut-off set on
+    the model's own calibration cells, :data:`wbc_nnabla.pending.MODEL_CUTOFF`)."""
+    return "model" if text.strip().lower() == "model" else fraction(text)
+
+
 def _flag_type(kind, name: str) -> Optional[Callable]:
     """The argparse ``type`` of a setting of field type ``kind`` (``Optional[X]`` gives ``X``); None: a switch."""
     if typing.get_origin(kind) is typing.Union:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import command, fraction, p_text
+from .common import command, cutoff, fraction, p_text
 
 
 def _cmd_score(args) -> None:
@@ -61,11 +61,6 @@ def _cmd_compare(args) -> None:
               + (f" ({'; '.join(notes)})" if notes else ""))
     shown = "report.html, " if not args.no_figures else ""
     print(f"wrote {out}/ ({shown}comparison.json, per_smear_pairs.csv, recall_change.csv)")
-
-
-def cutoff(text: str):
-    """``--pending-threshold`` of ``score``: a number in [0, 1], or ``model`` (scoring.MODEL_CUTOFF)."""
-    return "model" if text.strip().lower() == "model" else fraction(text)
 
 
 def _add_pending_flags(p, model_cutoff: bool = False) -> None:
