@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import CLIError, command, seed
-from .score import cutoff
+from .common import CLIError, command, cutoff, seed
 
 
 def reviewed_agreement(result, reviewed):
