@@ -60,7 +60,9 @@ def test_recommended_preset_trains_robust_and_adapts(tmp_path):
     from conftest import TINY_DEMO
     from wbc_nnabla import modelfile
     out = tmp_path / "run"
-    pipeline.demo(out, progress=False, recipe="robust", adapt=True, tta=True, **TINY_DEMO)
+    # smaller than the tiny demo (2 updates a model, short evaluations): nothing here needs a trained model
+    small = dict(TINY_DEMO, total_a=48, total_b=48, train_eval_limit=16, bn_recalibration=16)
+    pipeline.demo(out, progress=False, recipe="robust", adapt=True, tta=True, **small)
     for tag in ("A", "B"):
         aug = json.loads((out / f"model_{tag}" / "config.json").read_text())["config"]["augmentation"]
         assert all(aug[k] == v for k, v in ROBUST_AUGMENTATION.items())
