@@ -7,9 +7,9 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = {
-    "01_build_datasets.py": ["--size", "40", "--infer-size", "40", "--total-a", "60", "--total-b", "60"],
-    "02_train_model_a.py": ["--epochs", "1", "--size", "40", "--max-iterations", "2"],
-    "03_finetune_model_b.py": ["--epochs", "1", "--size", "40", "--max-iterations", "2"],
+    "01_build_datasets.py": ["--size", "32", "--infer-size", "32", "--total-a", "60", "--total-b", "60"],
+    "02_train_model_a.py": ["--epochs", "1", "--size", "32", "--batch-size", "8", "--max-iterations", "2"],
+    "03_finetune_model_b.py": ["--epochs", "1", "--size", "32", "--batch-size", "8", "--max-iterations", "2"],
     "04_predict_and_score.py": ["--pending-threshold", "0.3"],
     "05_compare.py": [],
     "06_gradcam.py": ["--n", "2"],
