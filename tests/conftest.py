@@ -8,6 +8,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WBC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+#: The test modules that take longest, longest first: ``make test`` (``-n auto --dist loadfile``, one
+#: module per worker at a time, each worker taking the next module when it runs short) hands them out
+#: in this order, so that the workers end together (a greedy schedule, longest first). The order comes
+#: from ``--durations=0`` of a full run; the modules not listed follow in name order.
+LONGEST_FIRST = ("test_pipeline.py", "test_training.py", "test_domain.py", "test_gradcam.py", "test_finetune.py",
+                 "test_examples.py", "test_infomax.py", "test_hostile.py", "test_cross_site.py", "test_adaptation.py",
+                 "test_export.py", "test_framing.py", "test_inference.py", "test_augmentation.py",
+                 "test_selftraining.py", "test_settings.py", "test_scoring.py", "test_ensemble.py", "test_models.py",
+                 "test_architecture.py", "test_datasets.py", "test_regression.py")
+
+
+def pytest_configure(config):
+    """Keep :data:`LONGEST_FIRST` under xdist: its default orders modules by their number of tests."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    """The modules of :data:`LONGEST_FIRST` first, in its order; each module's tests keep theirs."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 def shared_path(name: str) -> Path:
     """``../shared/data/<name>``, or skip the test with a reason when it is absent."""

@@ -52,30 +52,6 @@ def check_redrawn_and_seeded(term, x: np.ndarray) -> None:
     np.testing.assert_array_equal(first, again.d)
 
 
-def augmentation_graph_functions(**fields) -> tuple:
-    """The function type names (:func:`function_names`) of three 32-px ResNet-18 graphs: a training graph
-    with ``Augmentation(**fields)``, one with the default augmentation, and a test graph."""
-    from wbc_nnabla import models, training
-    from wbc_nnabla.recipe import Augmentation
-    models.clear_scope(training.SCOPE)
-    graphs = (training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(**fields), aug_seed=0),
-              training.build_graph("resnet18", 6, 4, 32, aug=Augmentation(), aug_seed=0),
-              training.build_graph("resnet18", 6, 4, 32, test=True))
-    return tuple(function_names(g.loss) for g in graphs)
-
-
-def train_with_augmentation(dataset: Path, out: Path, forbidden, **fields) -> dict:
-    """One tiny epoch (:data:`TINY_TRAIN`) with ``Augmentation(**fields)``; asserts that the exported
-    ``model.nnp`` has none of the ``forbidden`` function types, and returns ``config.json``'s augmentation."""
-    import json
-    from wbc_nnabla import training
-    from wbc_nnabla.recipe import Augmentation, TrainConfig
-    training.train(dataset, out, TrainConfig(epochs=1, augmentation=Augmentation(**fields), **TINY_TRAIN))
-    nntxt = nnp_text(Path(out) / "model.nnp")
-    assert "Convolution" in nntxt and not any(f'type: "{f}"' in nntxt for f in forbidden)
-    return json.loads((Path(out) / "config.json").read_text())["config"]["augmentation"]
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -166,43 +142,6 @@ def tiny_model(dataset: Path, out: Path, epochs: int = 2, norm: str = "batch") -
     from wbc_nnabla.recipe import TrainConfig
     training.train(dataset, out, TrainConfig(epochs=epochs, norm=norm, site_record=True, **TINY_TRAIN))
     return Path(out)
-
-
-def check_training_loss_setting(dataset: Path, model: Path, tmp_path: Path, key: str, value: float,
-                                other: float) -> Path:
-    """Assert what a setting ``key`` that changes only the training graph's loss must do, and return its run.
-
-    A tiny epoch with ``key=value`` records it and trains other weights than the same seed without it;
-    its Validation Error is still the plain cross-entropy (recomputed from ``predict``); resume refuses
-    another value; a copy of the tiny ``model`` whose config.json predates the setting resumes as 0
-    and refuses ``other``.
-    """
-    import json
-    import shutil
-    import pytest
-    from wbc_nnabla import modelfile, predictor, training
-    from wbc_nnabla.recipe import TrainConfig
-    tmp_path = Path(tmp_path)
-    on, off = tmp_path / "on", tmp_path / "off"
-    s = training.train(dataset, on, TrainConfig(epochs=1, **{key: value}, **TINY_TRAIN))
-    p = training.train(dataset, off, TrainConfig(epochs=1, **TINY_TRAIN))
-    assert s["config"][key] == value and p["config"][key] == 0.0
-    a, b = (modelfile.load_parameters(d / "checkpoints" / "epoch0001" / "params.h5") for d in (on, off))
-    assert any(not np.allclose(a[k], b[k]) for k in a)
-    df = predictor.predict(on / "model.nnp", dataset / "valid.csv", backend="nnabla", progress=False)
-    assert cross_entropy_of(df) == pytest.approx(s["best"]["validation_error"], rel=1e-4)   # not the training loss
-    refused = f"cannot resume with a different {key}"
-    with pytest.raises(training.TrainingError, match=refused):
-        training.train(dataset, on, TrainConfig(epochs=2, **TINY_TRAIN), resume=True)
-    old = tmp_path / "old"
-    shutil.copytree(model, old)
-    cfg = json.loads((old / "config.json").read_text())
-    del cfg["config"][key]
-    (old / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(training.TrainingError, match=refused):
-        training.train(dataset, old, TrainConfig(epochs=3, **{key: other}, **TINY_TRAIN), resume=True)
-    assert len(training.train(dataset, old, TrainConfig(epochs=3, **TINY_TRAIN), resume=True)["history"]) == 3
-    return on
 
 
 # ----------------------------------------------------------------------------- synthetic predictions

@@ -61,7 +61,9 @@ def test_recommended_preset_trains_the_papers_recipe_and_adapts(tmp_path):
     from conftest import TINY_DEMO
     from wbc_nnabla import modelfile
     out = tmp_path / "run"
-    small = dict(pipeline.PRESETS["demo"], **TINY_DEMO)
+    # smaller than the tiny demo (2 updates a model, short evaluations): nothing here needs a trained model
+    small = dict(pipeline.PRESETS["demo"], **dict(TINY_DEMO, total_a=48, total_b=48, train_eval_limit=16,
+                                                  bn_recalibration=16))
     small = {k: v for k, v in small.items() if k not in pipeline.PRESETS["recommended"]}   # the preset's own stay
     pipeline.reproduce(fileio.demo_data(), out, preset="recommended", progress=False, tta=True,
                        infer_size=TINY_DEMO["train_size"], **small)

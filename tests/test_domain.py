@@ -272,20 +272,6 @@ def test_reference_and_distance_units():
     np.testing.assert_allclose(domain.descriptors(np.stack(small)), domain.descriptors(np.stack(large)), atol=0.02)
 
 
-def test_reproduce_report_has_the_domain_check(tiny_demo_run):
-    out, _ = tiny_demo_run
-    md = (out / "report.md").read_text()
-    section_b = md.split("Domain-shift check (Model B's inference cells)")[1].split("\n## ")[0]
-    for tag in ("A", "B"):
-        s = scoring.score(out / f"predictions_{tag}.csv").summary
-        assert s["domain_check"] in ("inside", "outside")                # the demo's models store a reference
-        line = next(x for x in md.splitlines() if x.startswith(f"Model {tag}: 6 classes"))
-        assert (domain.WARNING in line) == bool(s["smears_outside_domain"]), (tag, line)
-        if tag == "B":
-            assert (domain.WARNING in section_b) == bool(s["smears_outside_domain"])
-            assert "share_outside" in section_b
-
-
 def test_finetune_on_a_sites_labelled_cells_makes_cells_like_them_inside(trained, tmp_path, capsys):
     """``finetune`` stores the reference of the site's labelled cells (docs/inference.md, "Domain-shift
     warning"): the site's other cells are then inside, the training lab's still are, a third stain is not."""

@@ -138,9 +138,9 @@ def test_cli_never_replaces_the_model_or_an_existing_file(tmp_path, tiny_model, 
 
 @pytest.fixture()
 def short_grid(monkeypatch):
-    """The --select grid at 2 and 4 updates (the shipped 100 and 200 are for real fine-tuning)."""
+    """The --select grid at 1 and 2 updates (the shipped 100 and 200 are for real fine-tuning)."""
     from wbc_nnabla.sites import settings
-    monkeypatch.setattr(settings, "SELECT_ITERATIONS", (2, 4))
+    monkeypatch.setattr(settings, "SELECT_ITERATIONS", (1, 2))
 
 
 @pytest.fixture(scope="module")
@@ -180,20 +180,21 @@ def test_best_setting_takes_the_best_mean_and_breaks_ties_gently():
 
 
 def test_cross_validation_scores_a_checkpoint_as_the_shorter_run(tiny_model, labelled36):
-    """The first 2 updates of a 4-update run are the 2-update run: one run per fold serves both."""
+    """The first update of a 2-update run is the 1-update run: one run per fold serves both."""
     params, meta = modelfile.read_model(tiny_model / "model.nnp")
     paths, labels, _ = finetune.read_labelled(labelled36, meta["class_names"])
-    both = [FinetuneConfig(iterations=i, batch_size=8, alpha=1e-3, final_lr=0.1) for i in (2, 4)]
+    both = [FinetuneConfig(iterations=i, batch_size=8, alpha=1e-3, final_lr=0.1) for i in (1, 2)]
     table = finetune.cross_validate(params, meta, paths, labels, both, folds=2, size=32)
     assert list(table.columns) == ["alpha", "final_lr", "iterations", "fold", "n_held_out", "accuracy"]
     assert len(table) == 4 and table["n_held_out"].groupby(table["iterations"]).sum().tolist() == [36, 36]
     assert table["accuracy"].between(0, 1).all()
     alone = finetune.cross_validate(params, meta, paths, labels, both[:1], folds=2, size=32)
     np.testing.assert_allclose(alone["accuracy"].to_numpy(),
-                               table[table.iterations == 2]["accuracy"].to_numpy(), atol=1e-12)
+                               table[table.iterations == 1]["accuracy"].to_numpy(), atol=1e-12)
 
 
-def test_select_chooses_by_cross_validation_and_records_it(tmp_path, tiny_model, labelled36, short_grid, capsys):
+def test_select_chooses_by_cross_validation_and_records_it(tmp_path, tiny_model, labelled36, short_grid, tuned,
+                                                            capsys):
     model = tiny_model / "model.nnp"
     out = tmp_path / "selected.nnp"
     assert cli.main(["finetune", str(model), str(labelled36), str(out), "--select", "--folds", "2",
@@ -203,15 +204,14 @@ def test_select_chooses_by_cross_validation_and_records_it(tmp_path, tiny_model,
     sel = rec["selection"]
     table = pd.DataFrame(sel["table"])
     assert sel["folds"] == 2 and len(table) == 2 * 2 * 2          # steps x update counts x folds
-    assert sorted(set(table["alpha"])) == [1e-4, 1e-3] and sorted(set(table["iterations"])) == [2, 4]
+    assert sorted(set(table["alpha"])) == [1e-4, 1e-3] and sorted(set(table["iterations"])) == [1, 2]
     best = finetune.best_setting(table, FinetuneConfig())
     assert sel["chosen"] == dict(alpha=best.alpha, final_lr=best.final_lr, iterations=best.iterations)
     # the model itself was fine-tuned on all 36 cells with the chosen setting
     assert rec["n_cells"] == 36 and rec["settings"]["iterations"] == best.iterations
     assert rec["settings"]["alpha"] == best.alpha
     assert printed.count("cross-validation (2 folds)") == 4 and "chosen: step" in printed
-    plain = finetune.finetune(model, labelled36, tmp_path / "plain.nnp", FinetuneConfig(iterations=2), progress=False)
-    assert plain["selection"] is None
+    assert tuned[2]["selection"] is None                           # a run without --select records none
 
 
 def test_select_refuses_too_few_cells_and_writes_nothing(tmp_path, tiny_model, labelled, capsys):

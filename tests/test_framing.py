@@ -6,7 +6,7 @@ known re-framing, and that ``adapt`` stores the site's zoom and ``predict`` appl
 import numpy as np
 import pytest
 
-from wbc_nnabla import fileio, recipe
+from wbc_nnabla import fileio
 from wbc_nnabla.sites import framing, stain
 from wbc_nnabla.errors import InputError
 from wbc_nnabla.sites import settings as site_settings

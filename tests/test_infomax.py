@@ -13,7 +13,7 @@ nn = pytest.importorskip("nnabla")
 from helpers import file_hashes  # noqa: E402
 
 from wbc_nnabla import cli, fileio, modelfile, predictions  # noqa: E402
-from wbc_nnabla.sites import adaptation, infomax
+from wbc_nnabla.sites import infomax
 from wbc_nnabla.sites.settings import InfoMaxConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow

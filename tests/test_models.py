@@ -3,6 +3,7 @@
 The 480x480 (training) and 320x320 (inference) shapes are exercised by
 benchmarks/bench_training.py; tests use 64 and 96 px to stay fast.
 """
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -312,19 +313,30 @@ def test_groupnorm_network_names_shapes_and_inference_of_norm():
                                           for a in models.ARCHS for c in models.conv_layers(a))
 
 
+@contextlib.contextmanager
+def _both_modes(x_np: np.ndarray, spec, norm: str):
+    """``(y_train, y_test, parameters, run)`` of ``models.norm_layer`` on a batch shaped as ``x_np``, in a
+    fresh parameter scope: ``run()`` feeds ``x_np`` and computes both modes (once the parameters are set)."""
+    with nn.parameter_scope("", {}):
+        x = nn.Variable(x_np.shape)
+        y_train, y_test = (models.norm_layer(x, spec, test, norm) for test in (False, True))
+
+        def run():
+            x.d = x_np
+            F.sink(y_train, y_test).forward()
+        yield y_train, y_test, nn.get_parameters(grad_only=False), run
+
+
 def test_groupnorm_layer_is_per_image_group_standardisation():
     """norm_layer('group') = (x - mean) / sqrt(var + eps) * gamma + beta over each image's groups of C/32
     channels (a NumPy reference), the same in training and test mode and whatever else is in the batch."""
     rng = np.random.RandomState(0)
     x_np = (rng.randn(3, 64, 5, 5) * 2 + 0.5).astype(np.float32)
     spec = models.ConvBN("c", "n", 3, 64, 64, 1)
-    with nn.parameter_scope("", {}):
-        x = nn.Variable(x_np.shape)
-        y_train, y_test = (models.norm_layer(x, spec, test, "group") for test in (False, True))
-        gamma, beta = (nn.get_parameters()[f"n/group_normalization/{k}"] for k in ("gamma", "beta"))
+    with _both_modes(x_np, spec, "group") as (y_train, y_test, p, run):
+        gamma, beta = (p[f"n/group_normalization/{k}"] for k in ("gamma", "beta"))
         gamma.d, beta.d = rng.rand(1, 64, 1, 1) + 0.5, rng.randn(1, 64, 1, 1)
-        x.d = x_np
-        F.sink(y_train, y_test).forward()
+        run()
         g = x_np.reshape(3, 32, -1).astype(np.float64)
         z = (g - g.mean(2, keepdims=True)) / np.sqrt(g.var(2, keepdims=True) + models.GN_EPS)
         want = z.reshape(x_np.shape) * gamma.d + beta.d
@@ -386,14 +398,10 @@ def test_ibn_layer_is_instance_norm_on_half_and_batchnorm_on_the_rest():
     rng = np.random.RandomState(1)
     x_np = (rng.randn(4, 64, 5, 5) * 2 + 0.5).astype(np.float32)
     spec = models.ConvBN("layer1/0/conv1", "layer1/0/bn1", 3, 64, 64, 1)
-    with nn.parameter_scope("", {}):
-        x = nn.Variable(x_np.shape)
-        y_train, y_test = (models.norm_layer(x, spec, test, "ibn") for test in (False, True))
-        p = nn.get_parameters(grad_only=False)
+    with _both_modes(x_np, spec, "ibn") as (y_train, y_test, p, run):
         p["layer1/0/bn1/instance_normalization/gamma"].d = rng.rand(1, 32, 1, 1) + 0.5
         p["layer1/0/bn1/bn/mean"].d, p["layer1/0/bn1/bn/var"].d = rng.randn(1, 32, 1, 1), rng.rand(1, 32, 1, 1) + 1
-        x.d = x_np
-        F.sink(y_train, y_test).forward()
+        run()
         a = x_np[:, :32].astype(np.float64)
         z = (a - a.mean((2, 3), keepdims=True)) / np.sqrt(a.var((2, 3), keepdims=True) + models.GN_EPS)
         want = z * p["layer1/0/bn1/instance_normalization/gamma"].d

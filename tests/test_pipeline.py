@@ -1,5 +1,10 @@
-"""The end-to-end pipeline: split, presets and configuration, stage skipping, the report."""
+"""The end-to-end pipeline: split, presets and configuration, stage skipping, the report.
+
+Every test of the session's tiny demo run (``conftest.tiny_demo_run``) is in this module, so that
+``--dist loadfile`` builds it once (the domain check in its report, the notebook that resumes it).
+"""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -7,8 +12,11 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_DEMO
-from wbc_nnabla import classes, fileio, pipeline, predictions, recipe
+from wbc_nnabla import classes, fileio, pipeline, predictions, recipe, scoring
 from wbc_nnabla.cli import run as run_commands
+from wbc_nnabla.sites import domain
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_and_overrides(tmp_path):
@@ -84,6 +92,43 @@ def test_demo_end_to_end_and_resume(tiny_demo_run, caplog):
     # Another configuration in the same folder is refused.
     with pytest.raises(ValueError, match="another configuration"):
         pipeline.demo(out, progress=False, epochs_a=2)
+
+
+@pytest.mark.slow
+def test_reproduce_report_has_the_domain_check(tiny_demo_run):
+    """Both models of the demo store a domain reference; the report's lines and Model B's section say so."""
+    out, _ = tiny_demo_run
+    md = (out / "report.md").read_text()
+    section_b = md.split("Domain-shift check (Model B's inference cells)")[1].split("\n## ")[0]
+    for tag in ("A", "B"):
+        s = scoring.score(out / f"predictions_{tag}.csv").summary
+        assert s["domain_check"] in ("inside", "outside")                # the demo's models store a reference
+        line = next(x for x in md.splitlines() if x.startswith(f"Model {tag}: 6 classes"))
+        assert (domain.WARNING in line) == bool(s["smears_outside_domain"]), (tag, line)
+        if tag == "B":
+            assert (domain.WARNING in section_b) == bool(s["smears_outside_domain"])
+            assert "share_outside" in section_b
+
+
+@pytest.mark.slow
+def test_notebook_executes(tmp_path, tiny_demo_run):
+    """The notebook runs headless; it resumes the session's tiny demo run (same settings)."""
+    import nbformat
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    out, _ = tiny_demo_run
+    nb = nbformat.read(ROOT / "examples" / "demo.ipynb", as_version=4)
+    os.environ["WBC_TINY"] = "1"
+    os.environ["WBC_NOTEBOOK_OUT"] = str(out)
+    try:
+        ExecutePreprocessor(timeout=900, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    finally:
+        os.environ.pop("WBC_TINY")
+        os.environ.pop("WBC_NOTEBOOK_OUT")
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 5  # learning curves A/B, box plots, disagreements, risk-coverage...
+    assert (out / "report.html").is_file()
 
 
 def test_reproduce_flags_reach_the_config():

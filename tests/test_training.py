@@ -16,9 +16,8 @@ import pytest
 nn = pytest.importorskip("nnabla")
 import nnabla.solvers as S  # noqa: E402
 
-from helpers import (TINY_TRAIN as FAST, check_training_loss_setting, cross_entropy_of,  # noqa: E402
-                     demo_nnc_dataset, function_names, nnp_text)
-from wbc_nnabla import augmentation, checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
+from helpers import TINY_TRAIN as FAST, cross_entropy_of, demo_nnc_dataset  # noqa: E402
+from wbc_nnabla import checkpoint, classes, fileio, modelfile, models, training  # noqa: E402
 from wbc_nnabla.cli.train import train_settings
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
@@ -86,38 +85,6 @@ def test_make_solver_uses_config():
     solver = training.make_solver(training.AdaBoundConfig(alpha=0.002))
     assert solver.name == "AdaBound" and math.isclose(solver.learning_rate(), 0.002, rel_tol=1e-6)
     assert len(solver.get_parameters()) == len(training.parameters(grad_only=True))
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def test_augmentation_in_training_graph_only(model_a):
-    models.clear_scope(training.SCOPE)
-    train = training.build_graph("resnet18", 6, 2, 32, aug=training.Augmentation(), aug_seed=0)
-    test = training.build_graph("resnet18", 6, 2, 32, test=True)
-    assert "ImageAugmentation" in function_names(train.loss)
-    assert "ImageAugmentation" not in function_names(test.losses)
-    assert "BatchNormalization" in function_names(test.losses)
-    nntxt = nnp_text(model_a / "model.nnp")
-    assert "ImageAugmentation" not in nntxt and "Convolution" in nntxt
-
-
-def test_augmentation_semantics_brightness_contrast():
-    """Brightness is additive on [0,1] pixels; contrast scales around contrast_center (docs/training.md)."""
-    rng = np.random.RandomState(0)
-    x = nn.Variable.from_numpy_array(rng.rand(8, 3, 16, 16).astype(np.float32))
-    none = dict(min_scale=1.0, max_scale=1.0, angle=0.0, flip_lr=False, flip_ud=False)
-    y = augmentation.augment(x, training.Augmentation(brightness=0.2, contrast=1.0, **none), seed=3)
-    y.forward()
-    shift = (y.d - x.d).reshape(8, -1)
-    assert np.allclose(shift, shift[:, :1], atol=1e-5)                  # one shift per image
-    assert np.all(np.abs(shift[:, 0]) <= 0.2 + 1e-6) and shift[:, 0].std() > 0.01
-    y = augmentation.augment(x, training.Augmentation(brightness=0.0, contrast=1.5, contrast_center=0.5, **none), 3)
-    y.forward()
-    d_in, d_out = (x.d - 0.5).reshape(8, -1), (y.d - 0.5).reshape(8, -1)
-    factor = np.array([np.median(o[np.abs(i) > 0.05] / i[np.abs(i) > 0.05]) for i, o in zip(d_in, d_out)])
-    np.testing.assert_allclose(d_out, d_in * factor[:, None], atol=1e-4)    # one factor per image
-    assert np.all((factor >= 1 / 1.5 - 1e-4) & (factor <= 1.5 + 1e-4)) and factor.std() > 0.01
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -191,22 +158,22 @@ def test_nnp_matches_test_graph_in_nnploader_and_cli(model_a, tmp_path):
 
 
 def test_resume_reaches_same_parameters(tiny, tmp_path):
-    """4 epochs straight == 2 epochs, stop, resume to 4 (augmentation on: per-epoch seeded)."""
+    """3 epochs straight == 1 epoch, stop, resume for 2 more (augmentation on: per-epoch seeded)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     one = dict(FAST, max_iterations=1)
-    training.train(tiny, straight, TrainConfig(epochs=4, **one))
-    training.train(tiny, split, TrainConfig(epochs=2, **one))
+    training.train(tiny, straight, TrainConfig(epochs=3, **one))
+    training.train(tiny, split, TrainConfig(epochs=1, **one))
     with pytest.raises(training.TrainingError, match="--resume"):
-        training.train(tiny, split, TrainConfig(epochs=4, **one))
-    training.train(tiny, split, TrainConfig(epochs=4, **one), resume=True)
-    a = modelfile.load_parameters(straight / "checkpoints" / "epoch0004" / "params.h5")
-    b = modelfile.load_parameters(split / "checkpoints" / "epoch0004" / "params.h5")
+        training.train(tiny, split, TrainConfig(epochs=3, **one))
+    training.train(tiny, split, TrainConfig(epochs=3, **one), resume=True)
+    a = modelfile.load_parameters(straight / "checkpoints" / "epoch0003" / "params.h5")
+    b = modelfile.load_parameters(split / "checkpoints" / "epoch0003" / "params.h5")
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
     ca = (straight / "learning_curve.csv").read_text().splitlines()
     cb = (split / "learning_curve.csv").read_text().splitlines()
-    assert len(ca) == len(cb) == 5
+    assert len(ca) == len(cb) == 4
     assert [r.split(",")[1:4] for r in ca] == [r.split(",")[1:4] for r in cb]   # cost and errors
     assert (split / "monitor" / "Cost.series.txt").read_text() == (straight / "monitor" / "Cost.series.txt").read_text()
 
@@ -259,12 +226,6 @@ def test_weight_init_is_recorded_and_guarded_on_resume(model_a, tiny, tmp_path):
         training.train(tiny, tmp_path / "x", TrainConfig(epochs=1, weight_init="xavier", **FAST))
     with pytest.raises(training.TrainingError, match="weight_init.*was 'glorot'"):
         training.train(tiny, model_a, TrainConfig(epochs=2, weight_init="he", **FAST), resume=True)
-    old = tmp_path / "old"                                         # a run written before the option
-    shutil.copytree(model_a, old)
-    cfg = json.loads((old / "config.json").read_text())
-    del cfg["config"]["weight_init"]
-    (old / "config.json").write_text(json.dumps(cfg))
-    assert len(training.train(tiny, old, TrainConfig(epochs=2, **FAST), resume=True)["history"]) == 2
     he = training.train(tiny, tmp_path / "he", TrainConfig(epochs=1, weight_init="he", **dict(FAST, max_iterations=1)))
     assert he["config"]["weight_init"] == "he"
     assert train_settings(cli.build_parser().parse_args(["train", "d", "o"])).weight_init == "glorot"
@@ -511,7 +472,7 @@ def test_average_epochs_exports_the_mean_of_every_update_with_its_own_bn_statist
                                atol=1e-4)
 
 
-def test_average_epochs_resumes_exactly_and_refuses_a_moved_window(tiny, tmp_path):
+def test_average_epochs_resumes_exactly_and_refuses_a_moved_window(tiny, model_a, tmp_path):
     straight, split, late = tmp_path / "straight", tmp_path / "split", tmp_path / "late"
     training.train(tiny, straight, TrainConfig(epochs=3, average_epochs=2, **FAST))
     training.train(tiny, split, TrainConfig(epochs=2, average_epochs=1, **FAST))    # the window starts at epoch 2
@@ -522,7 +483,7 @@ def test_average_epochs_resumes_exactly_and_refuses_a_moved_window(tiny, tmp_pat
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
     with pytest.raises(training.TrainingError, match="weight averaging began at epoch 2"):
         training.train(tiny, split, TrainConfig(epochs=4, average_epochs=1, **FAST), resume=True)
-    training.train(tiny, late, TrainConfig(epochs=2, **FAST))
+    shutil.copytree(model_a, late)                              # 2 epochs of FAST without averaging
     with pytest.raises(training.TrainingError, match="cannot resume with average_epochs 2"):
         training.train(tiny, late, TrainConfig(epochs=3, average_epochs=2, **FAST), resume=True)
 
@@ -595,9 +556,10 @@ def test_cosine_step_size_falls_from_alpha_towards_zero():
         TrainConfig(solver=AdaBoundConfig(schedule="step")).validate()
 
 
-def test_cosine_schedule_runs_over_every_update_of_the_run_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+def test_cosine_schedule_runs_over_every_update_of_the_run_and_resumes_exactly(tiny, model_a, tmp_path, monkeypatch):
     """2 epochs of 2 updates: each update's step is set from its place in the run's 4 updates; the
-    run records the schedule, differs from the constant step, resumes exactly and refuses other epochs."""
+    run records the schedule, differs from the constant step (the session's model, the same settings
+    otherwise), resumes exactly and refuses other epochs; a constant run never sets the step."""
     from wbc_nnabla.recipe import AdaBoundConfig
     asked = []
     real = training.step_size
@@ -609,15 +571,19 @@ def test_cosine_schedule_runs_over_every_update_of_the_run_and_resumes_exactly(t
     monkeypatch.setattr(training, "step_size", recording)
     cos = AdaBoundConfig(schedule="cosine")
     straight, split, const = tmp_path / "straight", tmp_path / "split", tmp_path / "constant"
-    s = training.train(tiny, straight, TrainConfig(epochs=2, solver=cos, **FAST))
+    s = training.train(tiny, straight, TrainConfig(epochs=2, solver=cos, site_record=True, **FAST))
     assert asked == [(0, 4), (1, 4), (2, 4), (3, 4)]
     assert s["config"]["solver"]["schedule"] == "cosine"
-    training.train(tiny, const, TrainConfig(epochs=2, **FAST))
-    assert len(asked) == 4                                      # the constant step is never set
-    a, c = (modelfile.load_parameters(d / "checkpoints" / "epoch0002" / "params.h5") for d in (straight, const))
+    constant = json.loads((model_a / "config.json").read_text())["config"]
+    assert _without(constant, "solver", "out_dir") == _without(s["config"], "solver", "out_dir")
+    assert dict(constant["solver"], schedule="cosine") == s["config"]["solver"]
+    a, c = (modelfile.load_parameters(d / "checkpoints" / "epoch0002" / "params.h5") for d in (straight, model_a))
     assert any(not np.allclose(a[k], c[k]) for k in a)
+    shutil.copytree(model_a, const)
     with pytest.raises(training.TrainingError, match="cannot resume with a different solver"):
         training.train(tiny, const, TrainConfig(epochs=3, solver=cos, **FAST), resume=True)
+    training.train(tiny, const, TrainConfig(epochs=3, **dict(FAST, max_iterations=1)), resume=True)
+    assert len(asked) == 4                                      # the constant step is never set
     real_epoch = training.train_epoch
 
     def stopped_in_epoch_2(graph, run, data, cfg, epoch, *rest):
@@ -638,17 +604,44 @@ def test_cosine_schedule_runs_over_every_update_of_the_run_and_resumes_exactly(t
         training.train(tiny, split, TrainConfig(epochs=3, solver=cos, **FAST), resume=True)
 
 
-def test_resume_of_a_run_saved_before_the_schedule(model_a, tiny, tmp_path):
-    """A config.json whose solver has no ``schedule`` had the constant step: it resumes with it, not with cosine."""
-    from wbc_nnabla.recipe import AdaBoundConfig
+def _without(record: dict, *keys) -> dict:
+    return {k: v for k, v in record.items() if k not in keys}
+
+
+#: Settings added after runs were already written, each with a value other than its default: a
+#: config.json without the setting had it off (its default), so resuming with this value is refused.
+LATER_SETTINGS = [("augmentation", "hue", dict(augmentation=training.Augmentation(hue=10))),
+                  ("augmentation", "blur", dict(augmentation=training.Augmentation(blur=0.5))),
+                  ("augmentation", "randconv", dict(augmentation=training.Augmentation(randconv=0.5))),
+                  ("augmentation", "mixstyle", dict(augmentation=training.Augmentation(mixstyle=0.5))),
+                  ("augmentation", "fourier", dict(augmentation=training.Augmentation(fourier=0.5),
+                                                   style_cells=fileio.demo_data())),
+                  ("solver", "schedule", dict(solver=training.AdaBoundConfig(schedule="cosine"))),
+                  ("config", "weight_init", dict(weight_init="he")),
+                  ("config", "norm", dict(norm="group")),
+                  ("config", "label_smoothing", dict(label_smoothing=0.1)),
+                  ("config", "mixup", dict(mixup=0.2))]
+
+
+def test_a_run_saved_before_later_settings_resumes_with_them_off(model_a, tiny, tmp_path):
+    """A config.json without the settings added later (the colour terms, blur, RandConv, MixStyle, Fourier,
+    the step-size schedule, weight_init, norm, style_cells, label_smoothing, mixup) had them at their
+    defaults: it resumes with the defaults and refuses any other value, naming the setting."""
     out = tmp_path / "old"
     shutil.copytree(model_a, out)
     cfg = json.loads((out / "config.json").read_text())
+    for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob", "blur", "randconv",
+              "mixstyle", "fourier"):
+        del cfg["config"]["augmentation"][k]
     del cfg["config"]["solver"]["schedule"]
+    for k in ("weight_init", "norm", "style_cells", "label_smoothing", "mixup"):
+        del cfg["config"][k]
     (out / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(training.TrainingError, match="cannot resume with a different solver"):
-        training.train(tiny, out, TrainConfig(epochs=3, solver=AdaBoundConfig(schedule="cosine"), **FAST), resume=True)
-    s = training.train(tiny, out, TrainConfig(epochs=3, **FAST), resume=True)
+    for where, name, changed in LATER_SETTINGS:
+        refused = name if where == "config" else where
+        with pytest.raises(training.TrainingError, match=f"cannot resume with a different .*{refused}"):
+            training.train(tiny, out, TrainConfig(epochs=3, **changed, **FAST), resume=True)
+    s = training.train(tiny, out, TrainConfig(epochs=3, **dict(FAST, max_iterations=1)), resume=True)
     assert len(s["history"]) == 3
 
 
@@ -678,8 +671,19 @@ def test_label_smoothing_out_of_range_is_refused(eps, tiny, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_label_smoothing_changes_training_only_and_is_guarded_on_resume(model_a, tiny, tmp_path):
+def test_label_smoothing_changes_training_only_and_is_guarded_on_resume(tiny, tmp_path):
     """The smoothed run is recorded and trains other weights than the same seed without it; its
     Validation Error is still the plain cross-entropy (recomputed from ``predict``); resume refuses
-    another value, and a config.json written before the setting resumes as 0."""
-    check_training_loss_setting(tiny, model_a, tmp_path, "label_smoothing", 0.3, 0.1)
+    another value (a config.json written before the setting: ``test_a_run_saved_before_later_settings...``)."""
+    from wbc_nnabla import predictor
+    on, off = tmp_path / "on", tmp_path / "off"
+    s = training.train(tiny, on, TrainConfig(epochs=1, label_smoothing=0.3, **FAST))
+    p = training.train(tiny, off, TrainConfig(epochs=1, **FAST))
+    assert s["config"]["label_smoothing"] == 0.3 and p["config"]["label_smoothing"] == 0.0
+    assert _without(s["config"], "label_smoothing", "out_dir") == _without(p["config"], "label_smoothing", "out_dir")
+    a, b = (modelfile.load_parameters(d / "checkpoints" / "epoch0001" / "params.h5") for d in (on, off))
+    assert any(not np.allclose(a[k], b[k]) for k in a)
+    df = predictor.predict(on / "model.nnp", tiny / "valid.csv", backend="nnabla", progress=False)
+    assert cross_entropy_of(df) == pytest.approx(s["best"]["validation_error"], rel=1e-4)   # not the training loss
+    with pytest.raises(training.TrainingError, match="cannot resume with a different label_smoothing"):
+        training.train(tiny, on, TrainConfig(epochs=2, **FAST), resume=True)
