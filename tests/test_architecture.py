@@ -8,6 +8,9 @@ settings never reach nnabla; the predictions CSV has one reader; no function ove
 """
 import ast
 import graphlib
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Dict, Set
 
@@ -307,3 +310,28 @@ def test_tests_use_no_private_name_of_the_package():
     assert len(used) >= 15
     used = {name: found for name, found in used.items() if found}
     assert not used, used
+
+
+def test_moved_modules_still_import_with_a_warning():
+    """0.1 code keeps working: ``wbc_nnabla.adaptation`` & co. are the wing's modules, with a DeprecationWarning."""
+    code = textwrap.dedent("""
+        import warnings, importlib
+        warnings.simplefilter("error", DeprecationWarning)
+        import wbc_nnabla
+        for old, new in wbc_nnabla.MOVED_TO_SITES.items():
+            try:
+                importlib.import_module("wbc_nnabla." + old)
+            except DeprecationWarning as w:
+                assert "wbc_nnabla.sites." + new in str(w), w
+            else:
+                raise AssertionError(old + ": no warning")
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from wbc_nnabla.finetune import read_labelled
+        import wbc_nnabla.sites.finetune as wing
+        assert read_labelled is wing.read_labelled
+        assert wbc_nnabla.adaptation is importlib.import_module("wbc_nnabla.sites.adaptation")
+        assert wing.__spec__.name == "wbc_nnabla.sites.finetune", wing.__spec__.name
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

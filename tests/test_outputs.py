@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from helpers import predictions_from_confusion, small_counts
-from wbc_nnabla import cli, fileio, outputs, predictions, predictor, report, scoring
+from wbc_nnabla import cli, fileio, modelfile, outputs, predictions, predictor, report, scoring
 from wbc_nnabla.classes import CLASSES6
 
 
@@ -175,18 +175,19 @@ def stub_predict(monkeypatch):
     """``predict`` without a network: model ``X.nnp`` gives every cell the class X (a six-class name)."""
     def load_backend(model, backend="auto", threads=None):
         return SimpleNamespace(name="stub", model_path=Path(model), class_names=list(CLASSES6),
-                               meta={"arch": "resnet18", "input_size": 32})
+                               meta=modelfile.ModelDescription({"arch": "resnet18", "input_size": 32}))
 
-    def predict(engine, cells, size=None, batch_size=16, expected_classes=None, progress=True, **kw):
+    def predict_run(engine, cells, size=None, batch_size=16, expected_classes=None, progress=True, **kw):
         table = predictor.read_inputs(cells)
         probs = np.full((len(table), 6), 0.02)
         probs[:, CLASSES6.index(engine.model_path.stem)] = 0.9
         df = predictions.predictions_table(table, probs, CLASSES6)
-        df.attrs.update(backend="stub", size=32, train_size=32, seconds=0.01, arch="resnet18")
-        return df
+        run = predictor.PredictRun("stub", 32, 32, batch_size, 0.01, "resnet18", "batch", [], "none", 1.0, "none",
+                                   False, None)
+        return predictor.Prediction(df, run)
 
     monkeypatch.setattr(predictor, "load_backend", load_backend)
-    monkeypatch.setattr(predictor, "predict", predict)
+    monkeypatch.setattr(predictor, "predict_run", predict_run)
 
 
 @pytest.fixture

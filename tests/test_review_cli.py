@@ -6,6 +6,7 @@ import pytest
 
 from review_helpers import decide_all, write_predictions
 from wbc_nnabla import cli
+from wbc_nnabla.cli import review as review_commands
 from wbc_nnabla.review import server
 from wbc_nnabla.review.load import open_review
 
@@ -83,7 +84,7 @@ def test_grad_cam_on_demand_from_a_model(tmp_path, tiny_model):
     import numpy as np
     pred = write_predictions(tmp_path, per_class=1, smears=1)
     review = open_review(pred)
-    app = server.create_app(review, "t", "tester", cam=cli.gradcam_png(str(tiny_model / "model.nnp")))
+    app = server.create_app(review, "t", "tester", cam=review_commands.gradcam_png(str(tiny_model / "model.nnp")))
     cell = review.smear(1)["cells"][0]
     got = app.test_client().get(f"/api/cells/{cell['id']}/gradcam", headers={"X-Review-Token": "t"})
     assert got.status_code == 200 and got.mimetype == "image/png"

@@ -20,6 +20,9 @@ See docs/architecture.md.
 __version__ = "0.1.0"
 
 import importlib  # noqa: E402
+import importlib.abc  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
 import warnings  # noqa: E402
 
 from .classes import CLASSES5, CLASSES6  # noqa: E402,F401
@@ -30,10 +33,37 @@ MOVED_TO_SITES = {"adaptation": "adaptation", "finetune": "finetune", "selftrain
                   "domain": "domain", "domain_model": "reference", "framing": "framing", "stain": "stain"}
 
 
+def _moved(name: str):
+    """The wing's module that ``wbc_nnabla.<name>`` became (with a DeprecationWarning)."""
+    new = f"{__name__}.sites.{MOVED_TO_SITES[name]}"
+    warnings.warn(f"wbc_nnabla.{name} moved to {new}", DeprecationWarning, stacklevel=3)
+    return importlib.import_module(new)
+
+
 def __getattr__(name: str):
-    # PEP 562: called only for names the package does not define
+    # PEP 562: called only for names the package does not define (``from wbc_nnabla import adaptation``)
     if name in MOVED_TO_SITES:
-        new = f"{__name__}.sites.{MOVED_TO_SITES[name]}"
-        warnings.warn(f"wbc_nnabla.{name} moved to {new}", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
+        return _moved(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import wbc_nnabla.adaptation`` / ``from wbc_nnabla.finetune import X``: the moved module itself."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        return importlib.util.spec_from_loader(fullname, self) if package == __name__ and name in MOVED_TO_SITES \
+            else None
+
+    def create_module(self, spec):
+        module = _moved(spec.name.rpartition(".")[2])
+        self.specs = getattr(self, "specs", {})
+        self.specs[spec.name] = (module.__spec__, module.__loader__)
+        return module
+
+    def exec_module(self, module):
+        # the wing's module is already executed; the import system gave it the old name's spec: undo that
+        module.__spec__, module.__loader__ = self.specs.pop(module.__spec__.name)
+
+
+sys.meta_path.append(_MovedModules())

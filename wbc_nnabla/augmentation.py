@@ -382,12 +382,12 @@ class Term:
         return seed if self.stream is None else _stream_seed(seed, self.stream)
 
     def validate(self, aug: Augmentation) -> None:
-        """Raise :class:`~wbc_nnabla.recipe.TrainingError` naming the first of the term's settings out of range."""
+        """Raise :class:`~wbc_nnabla.recipe.TrainingError` naming the first of the term's settings out of its
+        declared range or choices (and, for ImageAugmentation, Magnification's maximum under its minimum)."""
         from .recipe import TrainingError
-        for f in dataclasses.fields(aug):
-            d = settings.declared(f)
-            if f.name in self.fields and d is not None and d.rule is not None and not d.rule.holds(getattr(aug, f.name)):
-                raise TrainingError(f"{f.name} must be {d.rule.text}, got {getattr(aug, f.name)}")
+        settings.check(aug, TrainingError, only=self.fields)
+        if "max_scale" in self.fields:
+            aug.check_magnification()
 
     def __call__(self, x, aug: Augmentation, seed: int, styles: Optional[np.ndarray] = None):
         raise NotImplementedError

@@ -37,10 +37,10 @@ RESUME_KEYS = ("arch", "size", "batch_size", "seed", "augmentation", "solver", "
 _RESUME_KEY_DEFAULTS = {"bn_recalibration": 0, "weight_init": "glorot", "norm": "batch", "style_cells": None,
                         "label_smoothing": 0.0, "mixup": 0.0}
 # Fields of a nested setting added later: an older config had them at their defaults (off). Augmentation: the
-# colour terms, blur, RandConv, MixStyle, Fourier; solver: the step-size schedule (constant).
+# fill, the colour terms, blur, RandConv, MixStyle, Fourier; solver: the step-size schedule (constant).
 _FIELD_DEFAULTS = {
     "augmentation": {k: getattr(Augmentation(), k)
-                     for k in ("od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
+                     for k in ("fill", "od_scale", "od_shift", "saturation", "log_gamma", "hue", "color_prob",
                                "blur", "randconv", "mixstyle", "fourier")},
     "solver": {"schedule": AdaBoundConfig().schedule},
 }

@@ -169,6 +169,10 @@ class Augmentation:
         """Raise :class:`TrainingError` naming the first field outside its declared range (e.g. a
         Magnification of 0, which crashes nnabla, or a negative colour range)."""
         settings.check(self, TrainingError)
+        self.check_magnification()
+
+    def check_magnification(self) -> None:
+        """Raise :class:`TrainingError` unless Magnification's maximum is at least its minimum."""
         check_ranges([("max_scale", self.max_scale, self.min_scale <= self.max_scale < math.inf,
                        f">= min_scale = {self.min_scale} (Magnification, a zoom factor)")])
 

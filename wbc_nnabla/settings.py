@@ -114,12 +114,15 @@ def declared(f: dataclasses.Field) -> Optional[Declared]:
     return f.metadata.get(KEY)
 
 
-def check(obj, error=InputError, prefix: str = "") -> None:
+def check(obj, error=InputError, prefix: str = "", only: Optional[Iterable[str]] = None) -> None:
     """Raise ``error`` naming the first setting of ``obj`` (and of its nested settings) out of its range.
 
     Choices first: ``"norm 'x': choose one of batch, group, ibn"``; ranges: ``"NAME must be RULE, got V"``.
+    only: check these settings of ``obj`` and no other (e.g. the settings of one augmentation term).
     """
     for f in dataclasses.fields(obj):
+        if only is not None and f.name not in only:
+            continue
         value, d = getattr(obj, f.name), declared(f)
         if dataclasses.is_dataclass(value):
             check(value, error, prefix)
