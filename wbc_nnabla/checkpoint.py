@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 import nnabla as nn
 import numpy as np
 
-from . import outputs
+from . import modelfile, outputs
 from .recipe import AdaBoundConfig, Augmentation, TrainingError
 
 #: The pointer file naming the last complete checkpoint.
@@ -59,11 +59,16 @@ def save_checkpoint(out_dir: Path, epoch: int, params: Dict[str, nn.Variable], s
 
     The pointer is replaced atomically after the folder is complete, and older
     folders are removed only afterwards, so a crash at any moment leaves the
-    last good checkpoint usable. Returns the new folder.
+    last good checkpoint usable. A parameter (or weight mean) holding a NaN or an infinity is a
+    :class:`~wbc_nnabla.modelfile.ModelError` and nothing is written
+    (:func:`wbc_nnabla.modelfile.check_finite`). Returns the new folder.
     """
     out_dir = Path(out_dir)
     name = f"epoch{epoch:04d}"
     final = out_dir / "checkpoints" / name
+    modelfile.check_finite(params, final)      # a NaN checkpoint would resume into a NaN model
+    if average is not None:
+        modelfile.check_finite(average, final / AVERAGE_FILE)
     with outputs.atomic_dir(final, overwrite=True) as tmp:
         nn.save_parameters(str(tmp / "params.h5"), params, extension=".h5")
         solver.save_states(str(tmp / "solver.h5"))

@@ -223,6 +223,7 @@ def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "r
             init_norm = models.norm_of(values)
         except Exception as e:  # nnabla raises bare RuntimeErrors for unreadable files
             raise TrainingError(f"--init {init}: cannot read parameters ({type(e).__name__}: {e})") from None
+        modelfile.check_finite(values, f"--init {init}", reading=True)
         if init_norm != norm:
             raise TrainingError(f"--init {init}: a norm {init_norm} model; this run has norm {norm} "
                                 f"(give --set norm={init_norm}, or --pretrained instead of --init)")
@@ -254,8 +255,7 @@ def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict, n
         extra[predictions.CALIBRATION_KEY] = calibration
     meta = modelfile.model_meta(arch, classes.CLASSES6, size, norm=norm, training=training, **extra)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
-    with outputs.atomic_path(out_dir / "model.h5") as tmp:
-        nn.save_parameters(str(tmp), params, extension=".h5")
+    modelfile.save_h5(out_dir / "model.h5", params)
 
 
 # ----------------------------------------------------------------------------- weight averaging
