@@ -13,7 +13,7 @@ nn = pytest.importorskip("nnabla")
 
 from wbc_nnabla import (checkpoint, classes, engine, fileio, loader, modelfile, models, pipeline,  # noqa: E402
                         predictor)
-from wbc_nnabla.recipe import MIN_BN_BATCH, TrainConfig, TrainingError  # noqa: E402
+from wbc_nnabla.recipe import TrainConfig, TrainingError  # noqa: E402
 from wbc_nnabla.sites import finetune, infomax  # noqa: E402
 from wbc_nnabla.sites.settings import FinetuneConfig, InfoMaxConfig  # noqa: E402
 
@@ -51,7 +51,7 @@ def _overflowing(params):
 def test_batch_statistics_over_one_image_are_refused_where_the_settings_are_checked(norm):
     with pytest.raises(TrainingError, match=rf"^batch_size must be >= 2 with norm {norm}, got 1: BatchNorm"):
         TrainConfig(batch_size=1, norm=norm).validate()
-    TrainConfig(batch_size=MIN_BN_BATCH, norm=norm).validate()
+    TrainConfig(batch_size=2, norm=norm).validate()
     TrainConfig(batch_size=1, norm="group").validate()      # GroupNorm: each image's own statistics
     with pytest.raises(TrainingError, match="batch_size must be >= 2"):
         pipeline.make_config("demo", batch_size=1)           # reproduce: refused before OUT is made
