@@ -119,8 +119,12 @@ def check_fresh(out_dir: Path) -> None:
     if pointer(out_dir).exists() or (out_dir / "model.nnp").exists():
         raise TrainingError(f"{out_dir}: already holds a training run; use --resume to continue it "
                             f"or choose another output folder")
+    marked = outputs.marker_command(out_dir)
+    if marked not in (None, COMMAND):
+        raise TrainingError(f"{out_dir}: is the output folder of `wbc-nnabla {marked}` ({outputs.OUTPUT_MARKER}); "
+                            f"choose another output folder")
     found = _run_outputs(out_dir)
-    if found and outputs.marker_command(out_dir) != COMMAND:
+    if found and marked != COMMAND:
         raise TrainingError(f"{out_dir}: holds {found[0].name}, which a training run writes, and is not a train "
                             f"output folder (no {outputs.OUTPUT_MARKER} naming train); choose another output folder")
 
