@@ -12,7 +12,7 @@ import pytest
 nn = pytest.importorskip("nnabla")
 
 from wbc_nnabla import (checkpoint, classes, engine, fileio, loader, modelfile, models, pipeline,  # noqa: E402
-                        predictor)
+                        predictor, training)
 from wbc_nnabla.recipe import TrainConfig, TrainingError  # noqa: E402
 from wbc_nnabla.sites import finetune, infomax  # noqa: E402
 from wbc_nnabla.sites.settings import FinetuneConfig, InfoMaxConfig  # noqa: E402
@@ -110,6 +110,17 @@ def test_predict_never_returns_a_non_finite_probability(params, tmp_path, tiny_d
     with pytest.raises(modelfile.ModelError, match=rf"^{path}: gives non-finite probabilities \(NaN or infinite\) "
                                                    rf"for 6 of 6 cells"):
         predictor.predict(path, tiny_dataset / "valid.csv", backend=backend, progress=False)
+
+
+def test_the_paper_run_stops_at_a_non_finite_cost_and_leaves_nothing(params, tmp_path, tiny_dataset):
+    init = tmp_path / "overflow.nnp"
+    modelfile.save_nnp(init, _overflowing(params), _meta())
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"^non-finite Cost \(nan\) at epoch 1, iteration 1: training stopped; "
+                                            r"last good checkpoint kept: none"):
+        training.train(tiny_dataset, out, TrainConfig(epochs=2, init=str(init), size=SIZE, batch_size=4,
+                                                      progress=False, max_iterations=2, train_eval_limit=4))
+    assert not out.exists()
 
 
 def test_finetune_and_infomax_stop_at_a_non_finite_cost_and_write_nothing(params, tmp_path, tiny_dataset):

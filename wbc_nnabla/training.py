@@ -431,6 +431,16 @@ def export_run(out_dir: Path, cfg: TrainConfig, run: RunState, calibration: Opti
             norm=cfg.norm, site=site, calibration=calibration)
 
 
+def stop_if_nonfinite(run: RunState, epoch: int, out_dir: Path) -> None:
+    """Stop the run when an update left a weight, or precise BN a statistic, NaN or infinite (a finite Cost
+    can still step to an infinity), as a non-finite Cost does: nothing of the epoch is exported or saved."""
+    bad = modelfile.first_nonfinite(run.params)
+    if bad is not None:
+        raise TrainingError(f"non-finite parameter {bad[0]} ({bad[1]}) after epoch {epoch + 1}: training stopped; last "
+                            f"good checkpoint kept: {checkpoint.last_checkpoint(out_dir)} (lower --alpha/--final-lr "
+                            f"or check the images)")
+
+
 def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon: Monitors, out_dir: Path) -> dict:
     """One epoch: :func:`train_epoch`, precise BN, then NNC's errors; returns its learning-curve row."""
     n_classes = len(classes.CLASSES6)
@@ -446,6 +456,7 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     costs, compute = train_epoch(graph, run, data, cfg, epoch, mon, out_dir)
     train_time = time.perf_counter() - t0
     test = test_graph(cfg, data)
+    stop_if_nonfinite(run, epoch, out_dir)
     tr_loss, tr_mis, _ = evaluate(test, data.train, cfg.batch_size, data.eval_rows)
     va_loss, va_mis, va_probs = evaluate(test, data.valid, cfg.batch_size)
     # stored with the model if this epoch is exported: the cut-off of `score --pending-threshold model`
