@@ -13,7 +13,7 @@ from pathlib import Path
 #: library, the orchestration, the command line, then the cross-lab wing. tests/test_docs.py checks
 #: that every module, sub-packages included, is listed.
 MODULES = ["errors", "classes", "settings", "recipe", "presets", "sampling",
-           "outputs", "images", "duplicates", "fileio", "predictions", "predictions_domain", "nuclei", "locating",
+           "outputs", "images", "duplicates", "fileio", "digests", "predictions", "predictions_domain", "nuclei", "locating",
            "segmentation", "balancing", "dataset_report", "datasets", "models", "pretrained", "modelfile",
            "augmentation", "loader", "engine", "checkpoint", "training", "export", "predictor", "ensemble",
            "scoring", "pending", "report", "report_blocks", "report_figures", "gradcam",

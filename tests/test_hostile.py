@@ -111,6 +111,7 @@ def world(tmp_path_factory):
     (mdl / "truncated.nnp").write_bytes(model.read_bytes()[:500])
     _tiny_model(mdl / "gn.nnp", norm="group")
     _tiny_model(mdl / "gn_says_batch.nnp", norm="group", says="batch")
+    _non_finite_models(mdl, model)
     preds = inp / "preds"
     preds.mkdir()
     assert cli.main(["predict", str(model), str(csvs / "good.csv"), str(preds / "p.csv"), "--no-progress",
@@ -136,6 +137,19 @@ def world(tmp_path_factory):
     (inp / "a_file").write_text("a regular file where a folder is expected\n")
     out.mkdir()
     return inp, out
+
+
+def _non_finite_models(mdl: Path, model: Path) -> None:
+    """nan.h5: the tiny model with a NaN in a BatchNorm variance, as `train --batch-size 1` wrote it at 32 px
+    (saved by nnabla itself: no writer of the package writes one); overflow.nnp: finite weights whose
+    logits overflow float32, so that every probability is NaN."""
+    params = modelfile.load_parameters(model)
+    var = params["layer4/0/bn1/bn/var"].copy()
+    var.flat[0] = np.nan
+    nn.save_parameters(str(mdl / "nan.h5"), {k: nn.Variable.from_numpy_array(v) for k, v in
+                                             dict(params, **{"layer4/0/bn1/bn/var": var}).items()}, extension=".h5")
+    big = dict(params, **{"fc/affine/W": np.full_like(params["fc/affine/W"], 3e38)})
+    modelfile.save_nnp(mdl / "overflow.nnp", big, modelfile.model_meta("resnet18", classes.CLASSES6, SIZE))
 
 
 def _two_sideless(bad: Path, cell: np.ndarray) -> None:
@@ -347,6 +361,36 @@ CASES += [
      "column 'label' appears twice"),
     ("build-one-photo-in-two-formats", ["build-dataset", "{I}/csv/reencoded.csv", "{O}/ds", "--size", "32",
                                         "--background", "keep"], "list one photo saved twice"),
+]
+#: NaN-producing settings and models (issue 49, root cause 3): statistics over batches of one image, a NaN
+#: weight, a model whose probabilities overflow, a NaN step; each refused before anything is written.
+_BN_ONE = "batch_size must be >= 2 with norm batch, got 1: BatchNorm estimates its statistics"
+CASES += [
+    ("train-batch-of-one", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--batch-size", "1", "--epochs", "1",
+                            "--pretrained", "none", "--no-progress"], _BN_ONE),
+    ("train-batch-of-one-ibn", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--batch-size", "1", "--pretrained",
+                                "none", "--set", "norm=ibn"], "batch_size must be >= 2 with norm ibn, got 1"),
+    ("adapt-batch-of-one", ["adapt", "{I}/models/model.nnp", "{I}/good", "{O}/a.nnp", "--batch-size", "1"], _BN_ONE),
+    ("reproduce-batch-of-one", ["reproduce", "{I}/csv/good.csv", "{O}/rep", "--preset", "demo", "--batch-size", "1"],
+     _BN_ONE),
+    ("infomax-weight-nan", ["infomax", "{I}/models/model.nnp", "{I}/good", "{O}/i.nnp", "--weight", "nan"],
+     "weight must be a finite number >= 0, got nan"),
+    ("train-step-nan", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--alpha", "nan"],
+     "alpha must be a finite number > 0, got nan"),
+    ("predict-nan-model", ["predict", "{I}/models/nan.h5", "{I}/csv/good.csv", "{O}/p.csv", "--size", "32",
+                           "--backend", "nnabla"], "nan.h5: not usable: parameter layer4/0/bn1/bn/var holds nan"),
+    ("predict-nan-model-opencv", ["predict", "{I}/models/nan.h5", "{I}/csv/good.csv", "{O}/p.csv", "--size", "32",
+                                  "--backend", "opencv"], "nan.h5: not usable: parameter layer4/0/bn1/bn/var"),
+    ("adapt-nan-model", ["adapt", "{I}/models/nan.h5", "{I}/good", "{O}/a.nnp", "--size", "32"], "nan.h5: not usable"),
+    ("train-init-nan-model", ["train", "{I}/dataset", "{O}/m", "--size", "32", "--batch-size", "4",
+                              "--init", "{I}/models/nan.h5", "--no-progress"], "nan.h5: not usable"),
+    ("predict-overflowing-model", ["predict", "{I}/models/overflow.nnp", "{I}/csv/good.csv", "{O}/p.csv",
+                                   "--no-progress", "--backend", "nnabla"],
+     "overflow.nnp: gives non-finite probabilities (NaN or infinite) for 12 of 12 cells"),
+    ("finetune-overflowing-model", ["finetune", "{I}/models/overflow.nnp", "{I}/csv/good.csv", "{O}/f.nnp",
+                                    "--no-progress"], "overflow.nnp: fine-tuning: non-finite Cost (nan) at update 1"),
+    ("self-train-overflowing-model", ["self-train", "{I}/models/overflow.nnp", "{I}/good", "{O}/s.nnp",
+                                      "--no-progress"], "overflow.nnp: gives non-finite probabilities"),
 ]
 #: Every command with a --seed, given one that NumPy and nnabla cannot take (was a traceback, and
 #: reproduce left OUT/config.json behind).

@@ -193,12 +193,30 @@ def test_finetune_starts_from_model_a_exactly(model_a, tiny, tmp_path):
     assert json.loads((out / "config.json").read_text())["initialisation"] == info
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(tiny, tmp_path):
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):
+    """NaN inputs in epoch 2 (the Cost stays finite: nnabla's ReLU maps NaN to 0, but the gradients carry it
+    into the weights) stop the run at the end of that epoch, before anything of it is saved, and keep epoch
+    1's checkpoint, which is finite (issue 49). Steps that overflow float32 stop it after epoch 1: without a
+    good checkpoint nothing partial is left. (A NaN Cost: test_nonfinite.py.)"""
     out = tmp_path / "nan"
-    huge = training.AdaBoundConfig(alpha=1e38, final_lr=1e38)   # steps overflow float32
-    with pytest.raises(training.TrainingError, match="non-finite Cost.*checkpoints/epoch0001"):
-        training.train(tiny, out, TrainConfig(epochs=3, solver=huge, **dict(FAST, max_iterations=1)))
+    real, calls = training.batches, []
+
+    def nan_from_epoch_2(*a, **k):                               # the training stream of each epoch
+        calls.append(1)
+        for xb, yb, n in real(*a, **k):
+            yield (xb * np.float32(np.nan) if len(calls) > 1 else xb), yb, n
+
+    monkeypatch.setattr(training, "batches", nan_from_epoch_2)
+    with pytest.raises(training.TrainingError, match=r"non-finite parameter conv1/conv/W \(nan\) after epoch 2: "
+                                                     r"training stopped; last good checkpoint kept: checkpoints/epoch0001"):
+        training.train(tiny, out, TrainConfig(epochs=3, **dict(FAST, max_iterations=1)))
     assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 1
+    assert modelfile.first_nonfinite(modelfile.load_parameters(out / "checkpoints" / "epoch0001" / "params.h5")) is None
+    monkeypatch.setattr(training, "batches", real)
+    huge = training.AdaBoundConfig(alpha=1e38, final_lr=1e38)   # steps overflow float32
+    with pytest.raises(training.TrainingError, match="non-finite parameter .* after epoch 1: .*kept: none"):
+        training.train(tiny, tmp_path / "huge", TrainConfig(epochs=3, solver=huge, **dict(FAST, max_iterations=1)))
+    assert not (tmp_path / "huge").exists()
 
 
 def test_bad_inputs_fail_clearly(tiny, tmp_path):

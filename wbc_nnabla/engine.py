@@ -29,7 +29,7 @@ from tqdm import tqdm
 from . import models, outputs
 from .augmentation import augment, mixstyle_hook, mixup as mix_batch
 from .loader import ImageLoader, Subset, batches
-from .recipe import CONTEXT_NAMES, AdaBoundConfig, Augmentation, TrainingError
+from .recipe import CONTEXT_NAMES, AdaBoundConfig, Augmentation, TrainingError, check_bn_batch
 
 #: Parameter scope of the training graphs (kept apart from a user's own parameters).
 SCOPE = "wbc_train"
@@ -162,9 +162,12 @@ def recalibrate_bn(graph: Graph, loader: ImageLoader, batch_size: int, rows: Seq
     (benchmarks/bn_diagnosis.py: this costs about 0.06 of 6-class accuracy at 64 px).
     Here the training images ``rows`` go through the graph, and each layer's running
     statistics are set to the mean of the per-batch statistics.
-    Returns the number of batches used.
+    Returns the number of batches used. A ``batch_size`` under :data:`~wbc_nnabla.recipe.MIN_BN_BATCH`
+    is a :class:`~wbc_nnabla.recipe.TrainingError` (:func:`~wbc_nnabla.recipe.check_bn_batch`).
     """
     stats = {k: v for k, v in parameters().items() if k.endswith("/mean") or k.endswith("/var")}
+    if stats:
+        check_bn_batch(batch_size)
     # nnabla's BatchNormalization only exposes its statistics through the moving
     # average r_t = d r_{t-1} + (1 - d) b_t (d = models.BN_DECAY); each batch's b_t
     # is recovered from two successive r, then averaged with equal weights.
@@ -219,6 +222,15 @@ def forward_logits(graph: Graph, loader: ImageLoader, rows: Optional[Sequence[in
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+def stop_nonfinite(what: str, error=TrainingError) -> Callable[[int, float], Exception]:
+    """A ``nonfinite`` callback of :func:`fit`: ``error`` naming ``what`` (e.g. ``"MODEL: fine-tuning"``), the
+    update and the Cost, saying that the run stopped before that update and that nothing was written."""
+    def stop(i: int, cost: float) -> Exception:
+        return error(f"{what}: non-finite Cost ({cost}) at update {i + 1}: stopped before that update, nothing "
+                     f"written (lower the step: alpha, final_lr; or check the model and the cells)")
+    return stop
 
 
 FitResult = collections.namedtuple("FitResult", "costs compute")

@@ -115,19 +115,66 @@ def paths_sha256(paths) -> str:
     return hashlib.sha256("\n".join(sorted(str(p) for p in paths)).encode("utf-8")).hexdigest()
 
 
+def _array(v) -> np.ndarray:
+    """The values of a parameter given as an ndarray or an ``nn.Variable`` (anything with ``.d``)."""
+    return v.d if hasattr(v, "d") else np.asarray(v)
+
+
+def first_nonfinite(params: dict) -> Optional[Tuple[str, float]]:
+    """(name, value) of the first parameter (in ``params``' order) holding a NaN or an infinity, else None.
+
+    params: ``{name: ndarray or nn.Variable}``; BatchNorm's running statistics count as parameters.
+    """
+    for name, v in params.items():
+        arr = _array(v)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            return name, float(arr.flat[int(np.argmin(np.isfinite(arr).ravel()))])
+    return None
+
+
+def check_finite(params: dict, path: PathLike, reading: bool = False) -> None:
+    """Raise :class:`ModelError` naming ``path`` and the first non-finite parameter (:func:`first_nonfinite`).
+
+    A model with a NaN or infinite weight or statistic gives NaN probabilities for every cell, which
+    read as the first class: no such model is written (``reading`` False: every writer of a model or
+    checkpoint checks first and writes nothing) or used (``reading``: :func:`read_model`).
+    """
+    bad = first_nonfinite(params)
+    if bad is None:
+        return
+    what = "not usable" if reading else "not written"
+    raise ModelError(f"{path}: {what}: parameter {bad[0]} holds {bad[1]} (not a finite number), which makes every "
+                     f"prediction NaN" + ("; retrain or re-adapt the model" if reading else ""))
+
+
+def save_h5(path: PathLike, params: dict) -> None:
+    """Save parameters ``{name: nn.Variable or ndarray}`` as an nnabla ``.h5`` file, atomically, after
+    :func:`check_finite` (nothing is written when one is not finite)."""
+    import nnabla as nn
+
+    from .outputs import atomic_path
+    check_finite(params, path)
+    variables = {k: v if isinstance(v, nn.Variable) else nn.Variable.from_numpy_array(np.asarray(v))
+                 for k, v in params.items()}
+    with atomic_path(path) as tmp:
+        nn.save_parameters(str(tmp), variables, extension=".h5")
+
+
 def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
     """Save parameters ``{name: ndarray or nn.Variable}`` as a self-describing inference ``.nnp``.
 
     The graph is rebuilt from ``meta['arch']``/``meta['num_classes']``/``meta['norm']`` at
     ``meta['input_size']`` in test mode, so the file holds only what inference needs.
     Built in a parameter dict of its own (nnabla's global parameters are not
-    touched). Written atomically.
+    touched). Written atomically; a non-finite parameter is a :class:`ModelError` and nothing is
+    written (:func:`check_finite`).
     """
     import nnabla as nn
     import nnabla.utils.save as nn_save
 
     from . import models
     from .outputs import atomic_path
+    check_finite(params, path)
     size = int(meta["input_size"])
     with nn.parameter_scope("", {}):
         for k, v in params.items():
@@ -225,7 +272,8 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], ModelDescription]
     guessed, callers ask for it (``meta['assumed']`` lists what was assumed or unknown).
 
     Raises :class:`ModelError` naming the file and what was expected when it is
-    missing, not a model file, or its parameters do not form a supported ResNet.
+    missing, not a model file, or its parameters do not form a supported ResNet or
+    hold a NaN or infinity (:func:`check_finite`).
     """
     from . import models
     p = Path(path)
@@ -234,6 +282,7 @@ def read_model(path: PathLike) -> Tuple[Dict[str, np.ndarray], ModelDescription]
     if p.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{p}: unsupported model file type {p.suffix!r} (expected .nnp or .h5)")
     params, meta = _read_file(p)
+    check_finite(params, p, reading=True)
     try:
         arch, norm = models.arch_of(params), models.norm_of(params)
     except ValueError as e:

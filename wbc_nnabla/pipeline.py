@@ -16,10 +16,11 @@ Stages (:data:`STAGES`; each writes its own output under ``OUT``)::
 
 A stage is complete when its record in ``stages.json`` (:class:`StageRecords`)
 says it finished from the same inputs: the source cells (resolved paths,
-labels, smears, centres), the settings it depends on and the SHA-256 of the
-files it reads. A re-run skips complete stages (an interrupted run resumes,
-training from its last checkpoint) and runs again every stage whose inputs
-changed, and so every stage after it. ``OUT`` must be new, empty or an
+labels, smears, centres), the settings it depends on and the SHA-256 of
+every file it reads, the images its CSVs list included (hashed once, cached in
+``OUT/.file_digests.json`` by size and times). A re-run skips complete stages (an
+interrupted run resumes, training from its last checkpoint) and runs again every
+stage whose inputs changed, and so every stage after it. ``OUT`` must be new, empty or an
 earlier ``reproduce`` output (its :data:`wbc_nnabla.outputs.OUTPUT_MARKER`);
 inside it a stage replaces only what its own record says it wrote.
 
@@ -128,8 +129,10 @@ def _split_stage(run: Run, tables: tuple, source, inference) -> dict:
     """
     stage = STAGES["split"]
     table, held = tables
-    made_from = run.made_from(stage, {"source cells": table_digest(table),
-                                      "inference cells": None if held is None else table_digest(held)})
+    images = run.records.files.files        # the bytes of the images (read for copies under other names)
+    made_from = run.made_from(stage, {"source cells": table_digest(table), "source images": images(table["path"]),
+                                      "inference cells": None if held is None else table_digest(held),
+                                      "inference images": None if held is None else images(held["path"])})
     if not run.is_complete(stage, made_from):
         with run.recording(stage, made_from):
             write_split(table, held, run.out / "split", run.cfg, source, inference, overwrite=True)
@@ -140,7 +143,7 @@ def _dataset_stage(run: Run, name: str, cells: Path, **build) -> None:
     """Build dataset ``name`` from a split CSV (:func:`wbc_nnabla.datasets.build_dataset`) unless it is complete."""
     from . import datasets
     stage = STAGES[name]
-    made_from = run.made_from(stage, run.digests([cells]))
+    made_from = run.made_from(stage, dict(run.digests([cells]), images=run.images(cells)))
     if run.is_complete(stage, made_from):
         return
     with run.recording(stage, made_from):
@@ -175,6 +178,7 @@ def _train_stage(run: Run, name: str, dataset: Path, epochs: int, pretrained: st
     stage, cfg = STAGES[name], run.cfg
     folder = run.out / stage.outputs[0]
     inputs = run.digests([dataset / t for t in TABLES] + ([init] if init else []))
+    inputs["dataset"] = run.dataset(dataset)             # train.csv, valid.csv and the bytes of their images
     inputs["pretrained"] = pretrained if not Path(pretrained).is_file() else \
         f"{pretrained} sha256:{run.records.digest(Path(pretrained).resolve())}"
     made_from = run.made_from(stage, inputs)
@@ -194,7 +198,8 @@ def _predict_stage(run: Run, tag: str, model: Path) -> Path:
     stage = STAGES[f"predict_{tag}"]
     path = run.out / stage.outputs[0]
     cells = run.out / "dataset_inference" / "cells.csv"
-    made_from = run.made_from(stage, run.digests([model, cells, cells.with_name("manifest.csv")]))
+    made_from = run.made_from(stage, dict(run.digests([model, cells, cells.with_name("manifest.csv")]),
+                                          images=run.images(cells)))
     if not run.is_complete(stage, made_from):
         with run.recording(stage, made_from):
             if run.cfg.adapt:

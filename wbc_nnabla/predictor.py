@@ -130,11 +130,17 @@ class Backend:
         return self.meta.class_names
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, C)`` of ``x``; a NaN or infinite one is a :class:`ModelError` naming the model."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise InputError(f"expected a float32 batch (N, 3, S, S), got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         step = self.chunk or len(x)
-        return np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
+        probs = np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
+        if not np.isfinite(probs).all():    # NaN would be written as empty and read as the first class
+            raise ModelError(f"{self.model_path}: gives non-finite probabilities (NaN or infinite) for "
+                             f"{int((~np.isfinite(probs)).any(axis=1).sum())} of {len(x)} cells of a batch: its "
+                             f"weights overflow on these cells; no prediction is written")
+        return probs
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -70,6 +70,15 @@ CONTEXT_NAMES = ("cpu", "cudnn")
 #: Neural Network Console's behaviour. A deviation from NNC: docs/training.md, "BatchNorm".
 BN_RECALIBRATION_IMAGES = 960
 
+#: Fewest images a BatchNorm layer computes batch statistics over: training graphs with ``norm``
+#: batch or ibn, precise BN (:func:`wbc_nnabla.engine.recalibrate_bn`) and AdaBN. BatchNorm
+#: normalises by the mean and variance of each channel across the images of a batch; one image
+#: has no variance between images, so its running variance misses that part entirely, and where
+#: a stage's map is 1x1 (the last stage of a ResNet at 32 px) it is the variance of a single value,
+#: which nnabla's unbiased estimate n/(n-1) turns into NaN (0/0). GroupNorm normalises each image by
+#: its own statistics and needs no batch (docs/training.md, "Normalisation").
+MIN_BN_BATCH = 2
+
 #: What the training graph's ImageAugmentation fills the area from outside an image with when it
 #: zooms out or turns (:attr:`Augmentation.fill`): the border repeated (``edge``, NNC's) or the
 #: image's background colour (``background``, like ``adapt --pad background``).
@@ -100,6 +109,16 @@ def check_ranges(checks, error=TrainingError) -> None:
     for name, value, holds, rule in checks:
         if not holds:
             raise error(f"{name} must be {rule}, got {value}")
+
+
+def check_bn_batch(batch_size: int, norm: str = "batch", error=TrainingError,
+                   hint: str = "; GroupNorm (norm group) trains with batches of one") -> None:
+    """Raise ``error`` when ``batch_size`` images are too few for BatchNorm's batch statistics
+    (:data:`MIN_BN_BATCH`); ``norm`` group needs no batch. ``hint``: what the message ends with."""
+    if norm != "group" and settings.whole(batch_size) and batch_size < MIN_BN_BATCH:
+        raise error(f"batch_size must be >= {MIN_BN_BATCH} with norm {norm}, got {batch_size}: BatchNorm estimates "
+                    f"its statistics across the images of a batch, and one image has no variance between images "
+                    f"(NaN where a map is 1x1){hint}")
 
 
 def check_step(cfg, error=TrainingError) -> None:
@@ -300,6 +319,7 @@ class TrainConfig:
         settings included), or a pair of settings that do not go together."""
         self.augmentation.validate()
         settings.check(self, TrainingError)
+        check_bn_batch(self.batch_size, self.norm)
         if not 0 <= self.average_epochs <= self.epochs:
             raise TrainingError(f"average_epochs must be in [0, epochs = {self.epochs}], got {self.average_epochs}")
         if bool(self.augmentation.fourier) != (self.style_cells is not None):
@@ -314,7 +334,7 @@ class TrainConfig:
 #: Keys of a run's ``config.json`` ``config`` record that describe the run, not a setting
 #: (:func:`train_config_from_file` reads the settings and passes over these).
 RECORD_KEYS = ("dataset_dir", "out_dir", "num_classes", "class_names", "n_train", "n_valid", "wbc_share",
-               "bn_sample", "train_eval_sample", "bn_recalibration_skipped")
+               "bn_sample", "train_eval_sample", "bn_recalibration_skipped", "dataset_sha256")
 
 
 def recipe_file(name: str) -> Path:

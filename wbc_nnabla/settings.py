@@ -86,8 +86,8 @@ SEED = Rule(lambda v: whole(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_
 def between(lo: float, hi: float, note: str = "", hi_open: bool = False, lo_open: bool = False) -> Rule:
     """``lo <= v <= hi`` (open ends with ``lo_open``/``hi_open``; ``hi`` may be ``math.inf``)."""
     left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-    if hi == math.inf:
-        text = f"> {lo:g}" if lo_open else f">= {lo:g}"
+    if hi == math.inf:      # "finite": an infinity is refused too, and "weight must be >= 0, got inf" reads wrong
+        text = f"a finite number > {lo:g}" if lo_open else f"a finite number >= {lo:g}"
     else:
         text = f"in {left}{lo:g}, {hi:g}{right}"
 

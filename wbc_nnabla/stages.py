@@ -18,7 +18,7 @@ from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import pandas as pd
 
-from . import outputs
+from . import digests, outputs
 from .presets import Config
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 COMMAND = "reproduce"
 #: The stage records inside OUT (:class:`StageRecords`).
 RECORDS_FILE = "stages.json"
+#: The digests of the files the stages read, cached by size and times (:class:`~wbc_nnabla.digests.FileDigests`).
+DIGESTS_FILE = ".file_digests.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +87,8 @@ def _plain(obj):
 
 
 def table_digest(table: pd.DataFrame) -> str:
-    """SHA-256 of a cell table's cells: resolved paths, labels, smears and centres (not the image bytes)."""
+    """SHA-256 of a cell table's cells: resolved paths, labels, smears and centres (the image bytes:
+    :meth:`wbc_nnabla.digests.FileDigests.files`)."""
     text = table[["path", "label", "smear", "x", "y"]].to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -96,29 +99,19 @@ class StageRecords:
     A stage's record is written (atomically) when it starts, with ``done``
     false, and again once its outputs are in place, with ``done`` true and the
     digests of its :attr:`Stage.results`. ``made_from`` is
-    ``{"settings": {field: value}, "inputs": {name: digest}}``.
+    ``{"settings": {field: value}, "inputs": {name: digest}}``. The digests of every file read
+    (images included) are cached in :data:`DIGESTS_FILE`, so a re-run hashes only what changed.
     """
 
     def __init__(self, out):
         self.out = Path(out)
         self.path = self.out / RECORDS_FILE
         self.records: Dict[str, dict] = read_json(self.path)
-        self._digests: Dict[tuple, str] = {}
+        self.files = digests.FileDigests(self.out / DIGESTS_FILE)
 
     def digest(self, path) -> Optional[str]:
         """SHA-256 (hex) of a file (absolute, or relative to OUT); None when it is not a file."""
-        p = Path(path) if Path(path).is_absolute() else self.out / path
-        if not p.is_file():
-            return None
-        st = p.stat()
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-        if key not in self._digests:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            self._digests[key] = h.hexdigest()
-        return self._digests[key]
+        return self.files.file(Path(path) if Path(path).is_absolute() else self.out / path)
 
     def made_from(self, stage: Stage, cfg: Config, inputs: dict) -> dict:
         """The record of what ``stage`` is made from: its settings in ``cfg`` and ``inputs`` (name: digest)."""
@@ -162,12 +155,14 @@ class StageRecords:
         self.check_owned(stage)
         self.records[stage.name] = {"made_from": made_from, "done": False}
         outputs.write_json(self.path, self.records)
+        self.files.save()
 
     def finish(self, stage: Stage) -> None:
         """Record that ``stage`` finished, with the digests of its result files."""
         rec = self.records[stage.name]
         rec.update(done=True, results={rel: self.digest(rel) for rel in stage.results})
         outputs.write_json(self.path, self.records)
+        self.files.save()
 
     def check_settings(self, cfg: Config) -> None:
         """Refuse (ValueError) a ``cfg`` that changes a setting of a completed stage (its output would be lost)."""
@@ -205,7 +200,8 @@ class Run:
     t0: float = dataclasses.field(default_factory=time.perf_counter)
 
     def digests(self, paths: Iterable[Path]) -> dict:
-        """``{path (relative to OUT when inside it): SHA-256}`` of input files."""
+        """``{path (relative to OUT when inside it): SHA-256}`` of input files; FileNotFoundError for a missing one
+        (a stage's record never stands for a file it could not read)."""
         out = {}
         for p in paths:
             p = Path(p)
@@ -213,8 +209,19 @@ class Run:
                 name = p.relative_to(self.out).as_posix()
             except ValueError:
                 name = str(p)
-            out[name] = self.records.digest(p)
+            # resolved here: a path relative to the working folder is not one relative to OUT
+            out[name] = self.records.digest(p.resolve())
+            if out[name] is None:
+                raise FileNotFoundError(f"{p}: not found, yet a stage of {self.out} reads it")
         return out
+
+    def images(self, table_csv: Path) -> str:
+        """One SHA-256 over the bytes of every image a cell CSV lists (:func:`wbc_nnabla.digests.listed_images`)."""
+        return self.records.files.files(digests.listed_images(table_csv), base=self.out)
+
+    def dataset(self, folder: Path) -> str:
+        """:func:`wbc_nnabla.digests.dataset_digest` of an NNC dataset folder (what training reads)."""
+        return digests.dataset_digest(folder, self.records.files)
 
     def made_from(self, stage: Stage, inputs: dict) -> dict:
         """:meth:`StageRecords.made_from` with this run's settings."""

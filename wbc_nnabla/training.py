@@ -44,7 +44,7 @@ from nnabla.logger import logger as nn_logger
 from nnabla.monitor import Monitor, MonitorImageTile, MonitorSeries
 from tqdm import tqdm
 
-from . import checkpoint, classes, modelfile, models, outputs, predictions, sampling
+from . import checkpoint, classes, digests, modelfile, models, outputs, predictions, sampling
 # Names of earlier releases, still importable here: the augmentation (moved after 0.1.0), the graph, solver,
 # loop and evaluation (moved to engine in 0.2.0), the data loader (moved to loader) and the settings.
 from .augmentation import (BLUR_KERNEL, BLUR_SIGMA, MIXSTYLE_ALPHA, MIXSTYLE_EPS, MIXSTYLE_STAGES,  # noqa: F401
@@ -73,6 +73,7 @@ class TrainData:
     site: dict = dataclasses.field(default_factory=dict)  # what the wing records (``site_record``), else {}
     styles: Optional[np.ndarray] = None  # the Fourier step's style bank (:func:`style_bank`)
     style_record: Optional[dict] = None  # what it was read from, for config.json
+    dataset_sha256: str = ""         # train.csv, valid.csv and their images (:func:`wbc_nnabla.digests.dataset_digest`)
 
 
 def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
@@ -101,7 +102,8 @@ def load_data(dataset_dir: Path, out_dir: Path, cfg: TrainConfig) -> TrainData:
     site = seams.training_record(train, sampling.derive_seed(cfg.seed, 0, 8), sampling.derive_seed(cfg.seed, 0, 7)) \
         if cfg.site_record else {}
     return TrainData(train, ImageLoader(valid_paths, valid_y, cfg.size, cfg.cache_images), bn_rows, eval_rows,
-                     min(iters, cfg.max_iterations) if cfg.max_iterations else iters, site, styles, style_record)
+                     min(iters, cfg.max_iterations) if cfg.max_iterations else iters, site, styles, style_record,
+                     digests.dataset_digest(dataset_dir))
 
 
 def bn_recalibration_images(cfg: TrainConfig) -> int:
@@ -131,7 +133,8 @@ def run_config(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, data: TrainDa
                 label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
                 wbc_share=data.site.get("wbc_share"), style_cells=data.style_record,
                 bn_sample=_describe_rows(data.bn_rows, data.train.labels),
-                train_eval_sample=_describe_rows(data.eval_rows, data.train.labels), site_record=cfg.site_record)
+                train_eval_sample=_describe_rows(data.eval_rows, data.train.labels), site_record=cfg.site_record,
+                dataset_sha256=data.dataset_sha256)
 
 
 def _describe_rows(rows: Optional[np.ndarray], labels: np.ndarray) -> Optional[dict]:
@@ -223,6 +226,7 @@ def initialise(params: dict, pretrained: str = "none", init=None, arch: str = "r
             init_norm = models.norm_of(values)
         except Exception as e:  # nnabla raises bare RuntimeErrors for unreadable files
             raise TrainingError(f"--init {init}: cannot read parameters ({type(e).__name__}: {e})") from None
+        modelfile.check_finite(values, f"--init {init}", reading=True)
         if init_norm != norm:
             raise TrainingError(f"--init {init}: a norm {init_norm} model; this run has norm {norm} "
                                 f"(give --set norm={init_norm}, or --pretrained instead of --init)")
@@ -254,8 +258,7 @@ def _export(out_dir: Path, params: dict, arch: str, size: int, training: dict, n
         extra[predictions.CALIBRATION_KEY] = calibration
     meta = modelfile.model_meta(arch, classes.CLASSES6, size, norm=norm, training=training, **extra)
     modelfile.save_nnp(out_dir / "model.nnp", params, meta)
-    with outputs.atomic_path(out_dir / "model.h5") as tmp:
-        nn.save_parameters(str(tmp), params, extension=".h5")
+    modelfile.save_h5(out_dir / "model.h5", params)
 
 
 # ----------------------------------------------------------------------------- weight averaging
@@ -428,6 +431,16 @@ def export_run(out_dir: Path, cfg: TrainConfig, run: RunState, calibration: Opti
             norm=cfg.norm, site=site, calibration=calibration)
 
 
+def stop_if_nonfinite(run: RunState, epoch: int, out_dir: Path) -> None:
+    """Stop the run when an update left a weight, or precise BN a statistic, NaN or infinite (a finite Cost
+    can still step to an infinity), as a non-finite Cost does: nothing of the epoch is exported or saved."""
+    bad = modelfile.first_nonfinite(run.params)
+    if bad is not None:
+        raise TrainingError(f"non-finite parameter {bad[0]} ({bad[1]}) after epoch {epoch + 1}: training stopped; last "
+                            f"good checkpoint kept: {checkpoint.last_checkpoint(out_dir)} (lower --alpha/--final-lr "
+                            f"or check the images)")
+
+
 def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon: Monitors, out_dir: Path) -> dict:
     """One epoch: :func:`train_epoch`, precise BN, then NNC's errors; returns its learning-curve row."""
     n_classes = len(classes.CLASSES6)
@@ -443,6 +456,7 @@ def run_epoch(epoch: int, cfg: TrainConfig, data: TrainData, run: RunState, mon:
     costs, compute = train_epoch(graph, run, data, cfg, epoch, mon, out_dir)
     train_time = time.perf_counter() - t0
     test = test_graph(cfg, data)
+    stop_if_nonfinite(run, epoch, out_dir)
     tr_loss, tr_mis, _ = evaluate(test, data.train, cfg.batch_size, data.eval_rows)
     va_loss, va_mis, va_probs = evaluate(test, data.valid, cfg.batch_size)
     # stored with the model if this epoch is exported: the cut-off of `score --pending-threshold model`
@@ -524,7 +538,12 @@ def train(dataset_dir, out_dir, config: Optional[TrainConfig] = None, resume: bo
 
 
 def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool) -> dict:
-    """The run behind :func:`train`: data, config, checkpoint or fresh start, then every epoch."""
+    """The run behind :func:`train`: data, config, checkpoint or fresh start, then every epoch (:func:`_epochs`).
+
+    On any failure (a full disk, Ctrl-C, a refused export) the folder is left as
+    :func:`wbc_nnabla.checkpoint.after_failure` decides: a resumable run, or nothing partial; an
+    ``OSError`` is raised again with that decision added to its message.
+    """
     data = load_data(dataset_dir, out_dir, cfg)
     config = run_config(dataset_dir, out_dir, cfg, data)
     if resume:
@@ -532,11 +551,26 @@ def _run_epochs(dataset_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool
     else:
         checkpoint.check_fresh(out_dir)
         previous = None
+    created = not (out_dir.exists() or out_dir.is_symlink())
+    try:
+        return _epochs(out_dir, cfg, data, config, previous)
+    except BaseException as e:
+        left = checkpoint.after_failure(out_dir, created)
+        if left is None:
+            raise
+        log.warning("%s", left)
+        if isinstance(e, OSError) and e.strerror:
+            raise OSError(e.errno, f"{e.strerror}; {left}", e.filename) from None
+        raise
+
+
+def _epochs(out_dir: Path, cfg: TrainConfig, data: TrainData, config: dict, previous: Optional[tuple]) -> dict:
+    """Start (or resume ``previous``) and run every epoch into ``out_dir``; returns the summary of ``config.json``."""
     with nn.context_scope(get_context(cfg.context)):
         run = start_run(cfg, previous)
         if previous:
             log.info("resuming %s after epoch %d", out_dir, run.epoch)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.open_run_folder(out_dir, fresh=previous is None)
         summary = dict(config=config, environment=outputs.environment(), initialisation=run.init_info)
         outputs.write_json(out_dir / "config.json", summary)
         mon = Monitors(out_dir, run.history)

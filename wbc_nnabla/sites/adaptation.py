@@ -31,6 +31,7 @@ import numpy as np
 from .. import engine, fileio, modelfile, sampling
 from ..errors import InputError, WBCError
 from ..loader import ImageLoader
+from ..recipe import check_bn_batch
 from . import derived, framing
 from .stain import standardiser
 # nnabla-free settings (the CLI shows them without importing nnabla), re-exported as part of this API.
@@ -119,9 +120,11 @@ def site_scale(meta: dict, paths, seed: int, train_cells=None, where: str = "sit
 
 def _cells_needed(batch_size: int, max_images: int, min_images: int) -> int:
     """The fewest readable cells ``adapt`` accepts: ``min_images`` and one whole batch; an
-    :class:`~wbc_nnabla.errors.InputError` when ``max_images`` could never give them."""
-    if batch_size < 1 or max_images < 1:
-        raise InputError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
+    :class:`~wbc_nnabla.errors.InputError` when ``max_images`` could never give them, or for a batch too
+    small for BatchNorm's statistics (:data:`~wbc_nnabla.recipe.MIN_BN_BATCH`)."""
+    if max_images < 1:
+        raise InputError(f"max_images must be >= 1, got {max_images}")
+    check_bn_batch(batch_size, error=InputError, hint="")
     need = max(int(min_images), batch_size)
     if max_images < need:
         raise InputError(f"max_images {max_images}: AdaBN needs at least {need} cells (at least {int(min_images)}, "

@@ -121,12 +121,14 @@ def _accuracy(graph: engine.Graph, loader: ImageLoader, member: np.ndarray) -> f
 
 def _fit(params: Dict[str, np.ndarray], meta: dict, loader: ImageLoader, member: np.ndarray,
          cfg: FinetuneConfig, size: int, progress: bool, held_out: Optional[ImageLoader] = None,
-         checkpoints: Sequence[int] = ()) -> Tuple[Dict[str, np.ndarray], List[float], Dict[int, float]]:
+         checkpoints: Sequence[int] = (), what: str = "fine-tuning"
+         ) -> Tuple[Dict[str, np.ndarray], List[float], Dict[int, float]]:
     """(the fine-tuned parameters, Cost per iteration, {iteration: accuracy on ``held_out``}): the loss
     :func:`_grouped_loss` and the engine's loop (:func:`wbc_nnabla.engine.fit`).
 
     Runs in a parameter scope of its own. With ``held_out``, the cells are scored by a
     test-mode graph sharing the parameters after each of the ``checkpoints`` updates.
+    A non-finite Cost stops it before that update (:class:`FinetuneError` naming ``what``).
     """
     batch = min(cfg.batch_size, len(loader))
     norm = meta.get("norm") or "batch"
@@ -154,20 +156,24 @@ def _fit(params: Dict[str, np.ndarray], meta: dict, loader: ImageLoader, member:
             graph.x.d, graph.t.d = xb, yb
 
         costs = engine.fit(loss, solver, batches(loader, batch, cfg.iterations, True, cfg.seed), feed,
-                           cfg.iterations, "finetune", progress, after=after).costs
+                           cfg.iterations, "finetune", progress, after=after,
+                           nonfinite=engine.stop_nonfinite(what, FinetuneError)).costs
         return {k: v.d.copy() for k, v in variables.items()}, costs, scores
 
 
 def tune(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[str], labels: np.ndarray,
-         cfg: FinetuneConfig, size: int, progress: bool = True) -> Tuple[Dict[str, np.ndarray], List[float]]:
+         cfg: FinetuneConfig, size: int, progress: bool = True, what: str = "fine-tuning"
+         ) -> Tuple[Dict[str, np.ndarray], List[float]]:
     """(``params`` fine-tuned on the cells ``paths``, Cost per iteration); nothing is written.
+    ``what``: named in the error that a non-finite Cost raises (e.g. ``"MODEL: self-training round 2"``).
 
     labels: ``(N,)`` int, indices into :func:`target_groups` of ``meta['class_names']``.
     Every image is read (and a bad one named) before any training; each crop is seen as
     the model sees it (:func:`wbc_nnabla.sites.framing.model_view`: the site's zoom).
     """
     _, member = target_groups(meta["class_names"])
-    tuned, costs, _ = _fit(params, meta, _loader(meta, paths, labels, size), member, cfg, size, progress)
+    tuned, costs, _ = _fit(params, meta, _loader(meta, paths, labels, size), member, cfg, size, progress,
+                           what=what)
     return tuned, costs
 
 
@@ -221,7 +227,8 @@ def cross_validate(params: Dict[str, np.ndarray], meta: dict, paths: Sequence[st
         held_cells = _loader(meta, [paths[i] for i in held], labels[held], size)
         for base, counts in runs.values():
             cfg = dataclasses.replace(base, iterations=max(counts))
-            _, _, scores = _fit(params, meta, train_cells, member, cfg, size, False, held_cells, counts)
+            _, _, scores = _fit(params, meta, train_cells, member, cfg, size, False, held_cells, counts,
+                                what=f"fine-tuning (cross-validation fold {f + 1})")
             rows += [dict(alpha=cfg.alpha, final_lr=cfg.final_lr, iterations=i, fold=f, n_held_out=len(held),
                           accuracy=scores[i]) for i in sorted(counts)]
         log.info("cross-validation fold %d of %d: %d cells fine-tuned, %d held out", f + 1, folds, len(fit), len(held))
@@ -331,7 +338,8 @@ def finetune(model, cells, out, config: Optional[FinetuneConfig] = None, overwri
         selection = dict(folds=folds, chosen=dict(alpha=cfg.alpha, final_lr=cfg.final_lr, iterations=cfg.iterations),
                          table=table.to_dict(orient="records"))
     loader = _loader(meta, paths, labels, size)          # read once: fine-tuning and the site reference
-    tuned, costs, _ = _fit(params, meta, loader, target_groups(meta["class_names"])[1], cfg, size, progress)
+    tuned, costs, _ = _fit(params, meta, loader, target_groups(meta["class_names"])[1], cfg, size, progress,
+                           what=f"{model}: fine-tuning")
     site = None if _too_few_for_reference(len(paths)) else _site_reference(loader, cells, cfg.seed)
     record = dict(_record(model, cells, labels, names, paths, cfg, size, costs), selection=selection,
                   site_domain_reference=site is not None)

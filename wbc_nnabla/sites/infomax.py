@@ -60,13 +60,15 @@ def infomax_loss(logits: nn.Variable, shares: np.ndarray, weight: float) -> Tupl
 
 
 def _maximise(params: Dict[str, np.ndarray], meta: dict, loader: ImageLoader, cfg: InfoMaxConfig,
-              size: int, shares: np.ndarray, progress: bool) -> Tuple[Dict[str, np.ndarray], List[dict]]:
+              size: int, shares: np.ndarray, progress: bool, what: str = "infomax"
+              ) -> Tuple[Dict[str, np.ndarray], List[dict]]:
     """(parameters after ``cfg.iterations`` updates, per-update ``loss``/``entropy``/``kl``): the loss
     :func:`infomax_loss` and the engine's loop (:func:`wbc_nnabla.engine.fit`).
 
     BatchNorm runs on batch statistics (the site's), with the paper's geometric augmentation;
     the classifier ``fc``, BatchNorm running statistics and ``preprocess`` stay fixed.
     ``meta``: as :func:`wbc_nnabla.modelfile.read_model` returns it (``norm`` always set).
+    A non-finite loss stops it before that update (:class:`AdaptationError` naming ``what``).
     """
     with nn.parameter_scope("", {}):
         nn.random.seed(cfg.seed)
@@ -85,7 +87,8 @@ def _maximise(params: Dict[str, np.ndarray], meta: dict, loader: ImageLoader, cf
             history.append(dict(loss=cost, entropy=float(entropy.d), kl=float(kl.d)))
 
         engine.fit(loss, solver, batches(loader, cfg.batch_size, cfg.iterations, True, cfg.seed), feed,
-                   cfg.iterations, "infomax", progress, after=[record])
+                   cfg.iterations, "infomax", progress, after=[record],
+                   nonfinite=engine.stop_nonfinite(what, AdaptationError))
         tuned = {k: v.d.copy() for k, v in variables.items()}
     for k in bn_statistics(params):      # the forward passes moved them; they are re-estimated after
         tuned[k] = params[k]
@@ -148,7 +151,7 @@ def infomax(model, cells, out, config: Optional[InfoMaxConfig] = None, overwrite
     paths = [loader.paths[i] for i in readable]
     site = ImageLoader(paths, np.zeros(len(paths), np.int32), size, transform=framing.model_view(meta))
     site.cache = {j: loader.image(int(i)) for j, i in enumerate(readable)}   # read once, by _draw
-    tuned, history = _maximise(params, meta, site, cfg, size, shares, progress)
+    tuned, history = _maximise(params, meta, site, cfg, size, shares, progress, f"{model}: infomax")
     if bn_statistics(params):
         rows = np.arange(len(paths) // ADABN_BATCH * ADABN_BATCH)
         tuned.update(estimate_statistics(tuned, meta, site, rows, ADABN_BATCH, size))

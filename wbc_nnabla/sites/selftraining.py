@@ -91,7 +91,8 @@ def _round(current: Path, cells: Path, params: dict, meta: dict, cfg: SelfTrainC
                              f"cells of {finetune.MIN_FINETUNE_CLASSES} classes (more site cells, or a larger "
                              f"--portion)")
     tuned, costs = finetune.tune(params, meta, df["path"].iloc[rows].tolist(), labels,
-                                 dataclasses.replace(cfg, seed=cfg.seed + r), size, progress)
+                                 dataclasses.replace(cfg, seed=cfg.seed + r), size, progress,
+                                 what=f"{current}: self-training round {r + 1}")
     counts = np.bincount(labels, minlength=len(names))
     return tuned, dict(round=r + 1, portion=portion, n_cells=len(df), n_pseudo=len(rows),
                        per_class={n: int(c) for n, c in zip(names, counts) if c},
