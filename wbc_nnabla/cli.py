@@ -20,9 +20,9 @@ from . import __version__
 from .errors import WBCError
 # nnabla-free (standard library only): the paper's numbers and the settings' fields build the flags.
 from .recipe import (ADABN_BATCH, ADVISED_ADAPT_IMAGES, ARCH_NAMES, BACKEND_NAMES, CONTEXT_NAMES, DEFAULT_PAD, FLAG,
-                     MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PADS, PAPER, RECIPE_NAMES, SELECT_FOLDS, STAIN_METHODS,
-                     AdaBoundConfig, Augmentation, FinetuneConfig, InfoMaxConfig, SelfTrainConfig, TrainConfig,
-                     WEIGHT_INIT_NAMES, recipe_augmentation)
+                     MAX_ADAPT_IMAGES, MIN_ADAPT_IMAGES, PADS, PAPER, PRECISION_NAMES, RECIPE_NAMES, SELECT_FOLDS,
+                     STAIN_METHODS, AdaBoundConfig, Augmentation, FinetuneConfig, InfoMaxConfig, SelfTrainConfig,
+                     TrainConfig, WEIGHT_INIT_NAMES, recipe_augmentation)
 
 
 class CLIError(WBCError):
@@ -267,9 +267,11 @@ def _cmd_predict(args) -> int:
     for target in (out, predictions.run_config_path(out)):    # before the run, not after it
         outputs.check_output(target, "predict", args.overwrite, inputs, folder=False)
     try:
-        engine = predictor.load_backend(args.model, args.backend, args.threads)
-        how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
-        print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta['arch']}"
+        engine = predictor.load_backend(args.model, args.backend, args.threads, args.precision, args.size,
+                                        args.calibration, cells=args.cells)
+        how = ("auto: nnabla on GPU, else the fastest measured" if "auto" in (args.backend, args.precision)
+               else "--backend, --precision")
+        print(f"backend: {engine.name} {engine.precision} ({how}); model {args.model} ({engine.meta['arch']}"
               f"{' with GroupNorm' if engine.meta.get('norm') == 'group' else ''}, "
               f"classes {', '.join(engine.class_names)}, trained at "
               f"{str(engine.meta['input_size']) + ' px' if engine.meta.get('input_size') else 'an unstored size'})")
@@ -285,6 +287,10 @@ def _cmd_predict(args) -> int:
     rate = len(df) / df.attrs["seconds"] if df.attrs["seconds"] > 0 else float("nan")
     print(f"{len(df)} cells at {df.attrs['size']} px in {df.attrs['seconds']:.1f} s ({rate:.1f} cells/s) "
           f"-> {out} (+ {out.with_suffix('.json').name})")
+    if df.attrs.get("int8"):
+        c = df.attrs["int8"]
+        print(f"int8 ({c['chosen'].replace('_', ' ')} weights) checked on {c['calibration']}: accuracy "
+              f"{c['int8_accuracy']:.4f} vs fp32 {c['fp32_accuracy']:.4f}, same class {100 * c['same_class']:.1f}%")
     for why in df.attrs.get("skipped", ()):
         print(f"skipped: {why}")
     for smear, est in list(df.attrs.get("prior_estimated", {}).items())[:3]:
@@ -359,7 +365,14 @@ def _add_inference(sub) -> None:
                         f"{PAPER.infer_size})")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
-                   help="auto (default): nnabla on a GPU context, else the fastest CPU backend")
+                   help="auto (default): nnabla on a GPU context, else the fastest CPU backend measured")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="auto",
+                   help="int8: the ONNX export quantised on calibration cells, refused if it loses more than "
+                        "0.005 accuracy on them (onnxruntime); fp32; auto (default): int8 only if measured "
+                        "faster and as accurate (docs/inference.md)")
+    p.add_argument("--calibration", default=None, metavar="CELLS",
+                   help="labelled cells to calibrate int8 on, never the cells predicted (default: the model's "
+                        "validation cells, found through the config.json beside it)")
     p.add_argument("--classes", default="auto",
                    help="expected model classes: 'six' (the paper's), a comma list, or 'auto' (accept the "
                         "model's; default)")

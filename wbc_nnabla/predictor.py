@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import domain, fileio, outputs
+from . import domain, fileio, outputs, quantize
 from .errors import InputError
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import ModelError, network_size, read_model
@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 BACKENDS = BACKEND_NAMES
-#: CPU backends in the order ``auto`` tries them (fastest first, measured in
-#: docs/benchmarks.md on a 2-core AVX-512 machine).
-CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
 #: Most CPU threads ``threads`` may ask of OpenCV or onnxruntime: beyond the cores, threads only
 #: cost memory (OpenCV allocates per thread; a billion was a bad_alloc deep inside it).
 MAX_THREADS = 1024
@@ -118,6 +115,9 @@ class Backend:
     """
 
     name = "?"
+    #: ``fp32``, or ``int8`` for the quantised ONNX (:mod:`wbc_nnabla.quantize`; ``int8`` then holds its check record)
+    precision = "fp32"
+    int8: Optional[dict] = None
     #: images per call to the engine; larger batches are split (measured faster
     #: on CPU: activations of small chunks stay in cache).
     chunk = 0
@@ -250,15 +250,20 @@ def _model_kind(path: Path) -> str:
     return suffix[1:]
 
 
-def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] = None) -> Backend:
-    """Load a model file for one backend.
+def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] = None, precision: str = "auto",
+                 size: Optional[int] = None, calibration: Optional[PathLike] = None, cells=None) -> Backend:
+    """Load a model file for one backend and precision.
 
     model: ``.nnp`` / ``.h5`` (any backend; the ONNX is exported on the fly and
         cached, see :func:`wbc_nnabla.export.cached_onnx`) or an ONNX exported by
         wbc_nnabla (``opencv``/``onnxruntime`` only).
-    backend: one of :data:`BACKENDS`; ``auto`` = nnabla on a GPU context, else
-        the first of :data:`CPU_ORDER` available.
+    backend, precision: :data:`BACKENDS`, ``fp32``/``int8``/``auto``; ``auto``/``auto`` = nnabla on a GPU
+        context, else the measured order (:func:`wbc_nnabla.quantize.candidates`). ``int8`` (onnxruntime):
+        the export quantised on calibration cells and checked (:func:`wbc_nnabla.quantize.int8_onnx`).
     threads: CPU threads for opencv/onnxruntime (default: all cores of this process).
+    size: the px int8 is calibrated at (default the model's); calibration: labelled cells to calibrate
+        on (default the model's own); cells: the cells to score, never calibrated on (anything
+        :func:`read_inputs` accepts; ``auto`` then falls back to fp32).
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -266,12 +271,22 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
         raise InputError(f"threads must be in [1, {MAX_THREADS}] (default: every core), got {threads}")
     path = Path(model)
     kind = _model_kind(path)
-    if backend == "auto":
-        if kind != "onnx" and nnabla_on_gpu():
-            backend = "nnabla"
-        else:
-            have = available_backends()
-            backend = next(b for b in CPU_ORDER if b in have and not (kind == "onnx" and b == "nnabla"))
+    pairs = quantize.candidates(backend, precision, kind == "onnx", nnabla_on_gpu(), available_backends())
+    for i, (name, prec) in enumerate(pairs):
+        if prec == "fp32":
+            return _fp32_backend(path, kind, name, threads)
+        try:
+            return _int8_backend(path, kind, threads, size, calibration, cells)
+        except quantize.QuantizeError as e:
+            if precision == "int8" or i == len(pairs) - 1:
+                raise
+            say = log.info if isinstance(e, quantize.NoCalibrationCells) else log.warning
+            say("auto: int8 not used (%s); %s %s instead", e, *pairs[i + 1])
+    raise ModelError(f"{path}: no backend to load it")  # candidates() never returns an empty list
+
+
+def _fp32_backend(path: Path, kind: str, backend: str, threads: Optional[int]) -> Backend:
+    """The fp32 backend ``backend`` of the model file ``path`` (of ``kind`` nnp/h5/onnx)."""
     if backend not in available_backends():
         raise ModelError(f"backend {backend!r} is not installed (pip install 'wbc_nnabla[{backend}]')")
     if kind == "onnx":
@@ -291,6 +306,17 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
         return cls(onnx_path, meta, threads, model_path=path)
     except cv2.error as e:
         raise ModelError(f"{onnx_path}: OpenCV cannot load this ONNX ({str(e).strip().splitlines()[-1]})") from None
+
+
+def _int8_backend(path: Path, kind: str, threads: Optional[int], size: Optional[int], calibration, cells) -> Backend:
+    """onnxruntime on the int8 model of ``path`` (:func:`wbc_nnabla.quantize.load_int8`; ``engine.int8``: its check)."""
+    fp32 = path if kind == "onnx" else cached_onnx(path)
+    meta = read_onnx_meta(fp32)
+    size, transform = network_size(meta, size, path), cell_transform(meta)
+    scored = None if cells is None else list(read_inputs(cells)["path"])
+    return quantize.load_int8(path, fp32, meta, size, calibration, scored,
+                              lambda p: OnnxRuntimeBackend(p, meta, threads, model_path=path),
+                              lambda p: load_input(p, size, transform))
 
 
 # ----------------------------------------------------------------------------- cell inputs
@@ -408,7 +434,8 @@ def check_classes(class_names: Sequence[str], expected: Optional[Sequence[str]],
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
             progress: bool = True, skip_bad: bool = False, stain: str = "none",
-            stain_reference: Optional[dict] = None, prior=None, tta: bool = False) -> pd.DataFrame:
+            stain_reference: Optional[dict] = None, prior=None, tta: bool = False, precision: str = "auto",
+            calibration: Optional[PathLike] = None) -> pd.DataFrame:
     """Predict every cell (section III's inference, 150-200 cells per smear).
 
     model: a model file (``.nnp``, ``.h5`` or exported ``.onnx``) or a loaded
@@ -436,18 +463,23 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         (:func:`wbc_nnabla.predictions.apply_smear_priors`; at least 50 cells per smear).
     tta: test-time augmentation, the mean probability over the eight turned and mirrored views of
         each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
+    precision, calibration: see :func:`load_backend` (``int8``: never calibrated on ``cells``; refused
+        if asked to score any of its calibration cells, :func:`wbc_nnabla.quantize.check_disjoint`).
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
     none), ``batch_size``, ``seconds``, ``arch``, ``norm`` (``batch``/``group``), ``skipped``, ``stain``, ``zoom``,
     ``prior``, ``prior_estimated`` (``--prior estimate``: per smear, the shares, cells and
-    iterations) and ``tta``.
+    iterations), ``tta``, ``precision`` and ``int8`` (its check, :func:`wbc_nnabla.quantize.summary`; None for fp32).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
     estimate = prior == PRIOR_ESTIMATE
     shares = None if estimate else parse_prior(prior)
-    engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
+    engine = model if isinstance(model, Backend) else load_backend(model, backend, threads, precision, size,
+                                                                   calibration, cells=table)
+    if engine.int8:
+        quantize.check_disjoint(engine.int8["calibration"], list(table["path"]), str(engine.model_path))
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
     transform = cell_transform(engine.meta, stain, stain_reference)
     size, train_size = _input_size(engine, size)
@@ -473,7 +505,8 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
                      seconds=time.perf_counter() - t0, arch=engine.meta.get("arch"),
                      norm=engine.meta.get("norm") or "batch", skipped=skipped,
                      stain=stain, zoom=float(engine.meta.get("zoom", 1.0)),
-                     prior=PRIOR_ESTIMATE if estimate else (shares or "none"), tta=bool(tta))
+                     prior=PRIOR_ESTIMATE if estimate else (shares or "none"), tta=bool(tta),
+                     precision=engine.precision, int8=quantize.summary(engine.int8))
     # the model's calibration cells go into the run JSON, for `score --pending-threshold model`
     out.attrs[CALIBRATION_KEY] = engine.meta.get(CALIBRATION_KEY)
     if estimated is not None:
