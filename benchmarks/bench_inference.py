@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from wbc_nnabla import classes, fileio, outputs, predictor, quantize  # noqa: E402
-from bench_parts import (PROBS, compute_speed, load, sample_cells, torch_parity, torch_speed,  # noqa: E402
-                         trained_model)
+from bench_parts import (PROBS, compute_speed, load, sample_cells, stratified, torch_parity,  # noqa: E402
+                         torch_speed, trained_model)
 from cross_site import d1_sources  # noqa: E402  (the d1 labels as cross_site reads them)
 
 THREADS = (1, 2)
@@ -61,8 +61,7 @@ def prepare(args, model: Path) -> dict:
     cfg = json.loads((model.parent / "config.json").read_text())["config"]
     ds = Path(cfg["dataset_dir"])
     train = fileio.read_nnc_csv(ds / "train.csv")
-    per = int(np.ceil(args.calibration_cells / train["label"].nunique()))
-    cal = train.groupby("label", group_keys=False).apply(lambda g: g.sample(min(per, len(g)), random_state=5))
+    cal = stratified(train, args.calibration_cells, seed=5)
     cal_csv = args.workdir / "calibration_train.csv"
     cal[["path", "label"]].to_csv(cal_csv, index=False)
     used = quantize.given_calibration_cells(cal_csv).record()

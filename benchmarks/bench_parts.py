@@ -30,9 +30,13 @@ def sample_cells(source, n: int, seed: int) -> pd.DataFrame:
     df = source if isinstance(source, pd.DataFrame) else fileio.read_cells(source)
     if df["label"].fillna("").eq("").all():
         return df.sample(min(n, len(df)), random_state=seed).reset_index(drop=True)
+    return stratified(df, n, seed).head(n).reset_index(drop=True)
+
+
+def stratified(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """About ``n`` rows of ``df``, as many of each ``label`` (all of a smaller class), in a seeded random order."""
     per = int(np.ceil(n / df["label"].nunique()))
-    pick = df.groupby("label", group_keys=False).apply(lambda g: g.sample(min(per, len(g)), random_state=seed))
-    return pick.sample(frac=1.0, random_state=seed).head(n).reset_index(drop=True)
+    return df.sample(frac=1.0, random_state=seed).groupby("label", sort=False).head(per)
 
 
 def trained_model(args) -> Path:

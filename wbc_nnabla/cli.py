@@ -269,8 +269,8 @@ def _cmd_predict(args) -> int:
     try:
         engine = predictor.load_backend(args.model, args.backend, args.threads, args.precision, args.size,
                                         args.calibration, cells=args.cells)
-        how = ("auto: nnabla on GPU, else the fastest measured" if "auto" in (args.backend, args.precision)
-               else "--backend, --precision")
+        how = ("auto: nnabla on GPU, else the fastest measured" if args.backend == args.precision == "auto"
+               else "as asked")
         print(f"backend: {engine.name} {engine.precision} ({how}); model {args.model} ({engine.meta['arch']}"
               f"{' with GroupNorm' if engine.meta.get('norm') == 'group' else ''}, "
               f"classes {', '.join(engine.class_names)}, trained at "

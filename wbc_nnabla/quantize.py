@@ -372,9 +372,9 @@ def make_int8(fp32_onnx: Path, out: Path, cells: CalibrationCells, class_names: 
 def _refusal(record: dict, where: str) -> Int8Refused:
     """The refusal of a check record (:func:`make_int8`) whose accuracy rule failed, with its figures."""
     return Int8Refused(f"{where}: int8 refused: on its {record['n']} calibration cells "
-                       f"({record['calibration']['source']}) int8 accuracy {record['int8_accuracy']:.4f} is {record['drop']:.4f} below fp32's "
-                       f"{record['fp32_accuracy']:.4f} (at most {record['max_drop']} allowed; checked "
-                       f"{record['created']}); use --precision fp32, or calibrate on other cells with --calibration")
+                       f"({record['calibration']['source']}) int8 accuracy {record['int8_accuracy']:.4f} is "
+                       f"{record['drop']:.4f} below fp32's {record['fp32_accuracy']:.4f} (at most "
+                       f"{record['max_drop']} allowed; checked {record['created']}); use --precision fp32, or calibrate on other cells with --calibration")
 
 
 def _record_match(record: dict, meta: dict, size: int) -> Optional[dict]:
@@ -495,9 +495,11 @@ def summary(record: Optional[dict]) -> Optional[dict]:
 # ----------------------------------------------------------------------------- auto
 
 
-def read_choice(path: PathLike = CHOICE_FILE) -> dict:
-    """The measured choice ``auto`` follows: ``order`` (``[backend, precision]`` pairs, fastest first) and
-    how it was measured; ``{"order": FP32_ORDER}`` when the file is absent."""
+def read_choice(path: Optional[PathLike] = None) -> dict:
+    """The measured choice ``auto`` follows (``path``, default :data:`CHOICE_FILE`): ``order``
+    (``[backend, precision]`` pairs, fastest first) and how it was measured; :data:`FP32_ORDER` when
+    the file is absent."""
+    path = Path(path or CHOICE_FILE)
     try:
         choice = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
