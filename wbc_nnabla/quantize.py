@@ -374,7 +374,8 @@ def _refusal(record: dict, where: str) -> Int8Refused:
     return Int8Refused(f"{where}: int8 refused: on its {record['n']} calibration cells "
                        f"({record['calibration']['source']}) int8 accuracy {record['int8_accuracy']:.4f} is "
                        f"{record['drop']:.4f} below fp32's {record['fp32_accuracy']:.4f} (at most "
-                       f"{record['max_drop']} allowed; checked {record['created']}); use --precision fp32, or calibrate on other cells with --calibration")
+                       f"{record['max_drop']} allowed; checked {record['created']}); use --precision fp32, "
+                       f"or calibrate on other cells with --calibration")
 
 
 def _record_match(record: dict, meta: dict, size: int) -> Optional[dict]:
