@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 MODULES = ["errors", "classes", "recipe", "sampling", "outputs", "fileio", "segmentation", "datasets", "models", "pretrained", "modelfile",
-           "augmentation", "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "adaptation",
+           "augmentation", "training", "checkpoint", "framing", "stain", "domain", "domain_model", "predictor", "export", "quantize", "adaptation",
            "finetune", "selftraining", "predictions", "ensemble", "scoring", "report", "gradcam",
            "reproduce_report", "pipeline", "cli"]
 

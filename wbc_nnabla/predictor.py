@@ -463,8 +463,7 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         (:func:`wbc_nnabla.predictions.apply_smear_priors`; at least 50 cells per smear).
     tta: test-time augmentation, the mean probability over the eight turned and mirrored views of
         each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
-    precision, calibration: see :func:`load_backend` (``int8``: never calibrated on ``cells``; refused
-        if asked to score any of its calibration cells, :func:`wbc_nnabla.quantize.check_disjoint`).
+    precision, calibration: :func:`load_backend`'s; int8 never scores its calibration cells (refused).
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`), with
     ``df.attrs`` holding ``backend``, ``size``, ``train_size`` (None when the model stores
     none), ``batch_size``, ``seconds``, ``arch``, ``norm`` (``batch``/``group``), ``skipped``, ``stain``, ``zoom``,
