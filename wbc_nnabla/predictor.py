@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 BACKENDS = BACKEND_NAMES
+#: CPU backends fastest first at fp32 (docs/benchmarks.md); ``auto`` follows the measured order of
+#: :data:`wbc_nnabla.quantize.CHOICE_FILE` (int8 included), this one when that file is absent.
+CPU_ORDER = tuple(b for b, _ in quantize.FP32_ORDER)
 #: Most CPU threads ``threads`` may ask of OpenCV or onnxruntime: beyond the cores, threads only
 #: cost memory (OpenCV allocates per thread; a billion was a bad_alloc deep inside it).
 MAX_THREADS = 1024
