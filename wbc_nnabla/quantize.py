@@ -130,7 +130,8 @@ class CalibrationCells:
 
     paths: image files (absolute); labels: their class names (model classes, or five-class names);
     source: what they are, for messages and the check record; files: ``{path, sha256, bytes}`` of each
-    image; origins: the same of the source files a ``build-dataset`` manifest says they were cut from.
+    image; origins: the same of the source files a ``build-dataset`` manifest says they were cut from;
+    own: they are the model's own validation cells (:func:`own_calibration_cells`).
     """
 
     paths: List[str]
@@ -138,6 +139,7 @@ class CalibrationCells:
     source: str
     files: List[dict]
     origins: List[dict]
+    own: bool = False
 
     def key(self, size: int, model_key: str) -> str:
         """16 hex digits naming the int8 file: the model, these cells (contents, labels, order), size, quantiser."""
@@ -218,7 +220,7 @@ def own_calibration_cells(model_path: PathLike, meta: dict) -> CalibrationCells:
                                  f"{model.name} recorded (labels differ){hint}")
     paths = [str(p) for p in table["path"]]
     return CalibrationCells(paths, list(table["label"]), f"{valid} (the training run's validation cells, "
-                            f"{len(paths)})", _fingerprints(paths), _origins(dataset, paths))
+                            f"{len(paths)})", _fingerprints(paths), _origins(dataset, paths), own=True)
 
 
 def check_disjoint(calibration: dict, scored: Sequence[str], where: str) -> None:
@@ -443,7 +445,7 @@ def int8_onnx(model_path: PathLike, fp32_onnx: Path, meta: dict, size: int, cell
     record = make_int8(fp32_onnx, onnx_path, cells, meta["class_names"], runner, batches)
     record.update(model=str(model_path), model_sha256=model_key, size=size, calibration=cells.record(),
                   fp32_onnx=fp32_onnx.name)
-    record["record_match"] = _record_match(record, meta, size) if "training run" in cells.source else None
+    record["record_match"] = _record_match(record, meta, size) if cells.own else None
     del record["fp32_probs"]
     outputs.write_json(check_path, record)
     prune(folder, protect=[check_path])
