@@ -8,8 +8,8 @@ project has no GPU, so its ``cudnn`` path is checked here, on a machine that has
 
 What it does, each step timed, then one summary line, ``PASS`` or ``FAIL: <reason>`` (exit 0 / 1):
 
-1. an NNC dataset of a subset of cells (default: the embedded demo cells, ``--per-class`` for
-   training and ``--valid-per-class`` for validation of each class), the JPEGs used in place;
+1. an NNC dataset of the embedded demo cells (20 PBC cells a class; ``--per-class`` of each class
+   for training, ``--valid-per-class`` for validation), the JPEGs used in place;
 2. training with the ``paper`` preset's settings (:class:`wbc_nnabla.recipe.TrainConfig`'s defaults:
    ResNet-18, ImageNet initialisation, AdaBound, the paper's ImageAugmentation, batch 16) at
    ``--size`` (480) for ``--epochs`` epochs in ``--context`` (``cudnn``); training images/s;
@@ -41,7 +41,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wbc_nnabla import classes, fileio, predictor  # noqa: E402
+from tests.helpers import demo_nnc_dataset  # noqa: E402  (the demo cells as an NNC dataset)
+from wbc_nnabla import fileio, predictor  # noqa: E402
 from wbc_nnabla.errors import WBCError  # noqa: E402
 
 
@@ -51,18 +52,6 @@ def gpu_name() -> str:
         return ""
     proc = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
     return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else ""
-
-
-def subset(source: Path, folder: Path, per_class: int, valid_per_class: int) -> Path:
-    """An NNC dataset folder (``train.csv``, ``valid.csv``) of the first cells of each class of ``source``."""
-    df = fileio.read_cells(source)
-    tr, va = [], []
-    for _, g in df.groupby("label"):
-        tr += list(g.index[:per_class])
-        va += list(g.index[per_class:per_class + valid_per_class])
-    for name, rows in (("train.csv", tr), ("valid.csv", va)):
-        fileio.write_nnc_csv(folder / name, df.path[rows], [classes.index6(v) for v in df.label[rows]])
-    return folder
 
 
 def train(args, ds: Path, out: Path) -> dict:
@@ -122,7 +111,7 @@ def check(args, work: Path) -> dict:
     """Every step; raises WBCError (or anything) on failure, returns the figures."""
     from wbc_nnabla import training
     training.get_context(args.context)          # nnabla-ext-cuda missing: fails here, with the install line
-    ds = subset(args.cells, work / "dataset", args.per_class, args.valid_per_class)
+    ds = demo_nnc_dataset(work / "dataset", args.per_class, args.valid_per_class)
     res = dict(context=args.context, gpu=gpu_name() if args.context != "cpu" else "", size=args.size,
                epochs=args.epochs, train_images=len(fileio.read_nnc_csv(ds / "train.csv")))
     res["training"] = train(args, ds, work / "run")
@@ -154,8 +143,7 @@ def summary_line(res: dict, status: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--context", default="cudnn", choices=["cudnn", "cpu"])
-    ap.add_argument("--cells", type=Path, default=fileio.demo_data(), help="labelled cells (default: the demo cells)")
-    ap.add_argument("--per-class", type=int, default=16, help="training cells per class")
+    ap.add_argument("--per-class", type=int, default=16, help="training cells per class (of 20)")
     ap.add_argument("--valid-per-class", type=int, default=4, help="validation (and parity) cells per class")
     ap.add_argument("--size", type=int, default=480, help="training size (the paper's 480)")
     ap.add_argument("--infer-size", type=int, default=320, help="inference size (the paper's 320)")

@@ -19,16 +19,7 @@ from wbc_nnabla.export import cache_dir  # noqa: E402
 from wbc_nnabla.predictions import PROB_COLUMNS  # noqa: E402
 from wbc_nnabla.recipe import TrainConfig  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def onnx_cache(tmp_path_factory):
-    """Keep the fp32 and int8 conversions out of the user's cache (shared by this module's tests)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WBC_NNABLA_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
-    yield
-    mp.undo()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("onnx_cache")]     # fp32 and int8 files in a temp cache
 
 
 @pytest.fixture(scope="module")
