@@ -11,8 +11,9 @@ What it does, each step timed, then one summary line, ``PASS`` or ``FAIL: <reaso
 1. an NNC dataset of the embedded demo cells (20 PBC cells a class; ``--per-class`` of each class
    for training, ``--valid-per-class`` for validation), the JPEGs used in place;
 2. training with the ``paper`` preset's settings (:class:`wbc_nnabla.recipe.TrainConfig`'s defaults:
-   ResNet-18, ImageNet initialisation, AdaBound, the paper's ImageAugmentation, batch 16) at
-   ``--size`` (480) for ``--epochs`` epochs in ``--context`` (``cudnn``); training images/s;
+   ResNet-18, ImageNet initialisation when its weights file is on the machine (else from scratch,
+   said in the summary), AdaBound, the paper's ImageAugmentation, batch 16) at ``--size`` (480)
+   for ``--epochs`` epochs in ``--context`` (``cudnn``); training images/s;
 3. the forward pass of the exported weights in the context against the CPU on the same cells at the
    paper's inference size (``--infer-size``, 320): nnabla on the CPU and the ONNX export on
    onnxruntime (or OpenCV) on the CPU; every probability within ``--tolerance`` (1e-3);
@@ -58,14 +59,28 @@ def train(args, ds: Path, out: Path) -> dict:
     """The paper preset's training for ``args.epochs`` at ``args.size`` in ``args.context``; its summary."""
     from wbc_nnabla import training
     from wbc_nnabla.recipe import TrainConfig
-    cfg = TrainConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, pretrained=args.pretrained,
-                      context=args.context, tile_every=0, progress=False)
+    cfg = TrainConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size,
+                      pretrained=initialisation(args.pretrained), context=args.context, tile_every=0, progress=False)
     t0 = time.perf_counter()
     summary = training.train(ds, out, cfg)
     rates = [h["images_per_s"] for h in summary["history"]]
     warm = rates[1:] or rates                   # the first epoch includes cuDNN's algorithm search
     return dict(seconds=time.perf_counter() - t0, images_per_s=float(np.median(warm)), per_epoch=rates,
                 best=summary["best"])
+
+
+def initialisation(pretrained: str) -> str:
+    """``--pretrained``: ``auto`` is the paper's ImageNet start when its weights are on this machine
+    (:func:`wbc_nnabla.pretrained.find_pretrained`; they are never downloaded at run time), else from
+    scratch (the GPU path is the same; the summary line says which)."""
+    if pretrained != "auto":
+        return pretrained
+    from wbc_nnabla import pretrained as zoo
+    try:
+        zoo.find_pretrained("imagenet")
+        return "imagenet"
+    except WBCError:
+        return "none"
 
 
 def forward(model: Path, x: np.ndarray, context: str) -> np.ndarray:
@@ -113,7 +128,8 @@ def check(args, work: Path) -> dict:
     training.get_context(args.context)          # nnabla-ext-cuda missing: fails here, with the install line
     ds = demo_nnc_dataset(work / "dataset", args.per_class, args.valid_per_class)
     res = dict(context=args.context, gpu=gpu_name() if args.context != "cpu" else "", size=args.size,
-               epochs=args.epochs, train_images=len(fileio.read_nnc_csv(ds / "train.csv")))
+               epochs=args.epochs, train_images=len(fileio.read_nnc_csv(ds / "train.csv")),
+               pretrained=initialisation(args.pretrained))
     res["training"] = train(args, ds, work / "run")
     model = work / "run" / "model.nnp"
     cells = list(fileio.read_nnc_csv(ds / "valid.csv")["path"])
@@ -135,7 +151,8 @@ def summary_line(res: dict, status: str) -> str:
     t, i = res["training"], res["inference"]
     diff = ", ".join(f"{k} {v['max_abs_prob_diff']:.1e}" for k, v in res["parity"].items())
     return (f"gpu_check {status} | {res['context']}{' (' + res['gpu'] + ')' if res['gpu'] else ''} | train "
-            f"{res['size']} px, {res['epochs']} epochs of {res['train_images']} cells: {t['images_per_s']:.1f} img/s "
+            f"{res['size']} px ({'ImageNet start' if res['pretrained'] == 'imagenet' else 'from scratch'}), "
+            f"{res['epochs']} epochs of {res['train_images']} cells: {t['images_per_s']:.1f} img/s "
             f"({t['seconds']:.0f} s) | inference {res['infer_size']} px: network {i['network_img_per_s']:.1f} img/s, "
             f"predict {i['predict_img_per_s']:.1f} img/s | max |p - p_cpu|: {diff}")
 
@@ -149,7 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--infer-size", type=int, default=320, help="inference size (the paper's 320)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--pretrained", default="imagenet", help="imagenet (the paper's; downloaded once) or none")
+    ap.add_argument("--pretrained", default="auto",
+                    help="imagenet (the paper's start; its weights file must be in ~/nnabla_data, see "
+                         "docs/training.md), none, or auto (default: imagenet when its file is there, else none)")
     ap.add_argument("--tolerance", type=float, default=1e-3, help="max |p_context - p_cpu| allowed")
     ap.add_argument("--out", type=Path, help="folder for the run and gpu_check.json (default: a temporary one)")
     args = ap.parse_args(argv)
