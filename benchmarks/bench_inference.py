@@ -21,8 +21,9 @@ Not part of the test suite. Prints, in one run, with the load average beside eve
 
 int8 is calibrated (``--calibration``) on ``--calibration-cells`` cells of the model's *training*
 split, so that neither the validation split nor the 200 JPEGs (drawn from pbc6 sources other than
-the calibration cells') are ever scored by an int8 model calibrated on them; the model's own
-calibration cells (its validation split, the library's default) are used for d1 in addition.
+those of the calibration cells and of the validation split) are ever scored by an int8 model
+calibrated on them; the model's own calibration cells (its validation split, the library's default,
+what ``auto`` uses) are used for d1 in addition and by the CLI run with ``auto``.
 
 The model is ``--model`` (default ``../runs/ref64/model/model.nnp``, the reference: pbc6, paper recipe,
 64 px, 10 epochs; its ``config.json`` names the dataset), else one trained briefly here.
@@ -64,8 +65,10 @@ def prepare(args, model: Path) -> dict:
     cal = stratified(train, args.calibration_cells, seed=5)
     cal_csv = args.workdir / "calibration_train.csv"
     cal[["path", "label"]].to_csv(cal_csv, index=False)
-    used = quantize.given_calibration_cells(cal_csv).record()
-    taken = {f["path"] for f in used["files"] + used["origins"]}
+    taken = set()              # the cells (and their sources) of both calibrations: the train sample and valid.csv
+    for cells in (cal_csv, ds / "valid.csv"):
+        used = quantize.given_calibration_cells(cells).record()
+        taken |= {f["path"] for f in used["files"] + used["origins"]}
     pool = fileio.read_cells(args.data)
     pool = pool[~pool["path"].map(lambda p: str(Path(p).resolve())).isin(taken)]
     folder = args.workdir / f"jpegs{args.predict_cells}"
@@ -268,9 +271,14 @@ def main(argv=None) -> int:
     print(f"wbc_nnabla inference benchmark, {predictor.cpu_count()} cores, {load()}")
     args.model = args.model or trained_model(args)
     run = prepare(args, args.model)
-    t0 = time.perf_counter()
-    predictor.load_backend(args.model, "onnxruntime", None, "int8", args.size, run["calibration"])
-    print(f"int8 at {args.size} px made or found in {time.perf_counter() - t0:.0f} s ({load()})")
+    for cal in (run["calibration"], None):    # made before any timing (None: the model's own cells, auto's)
+        t0 = time.perf_counter()
+        try:
+            e = predictor.load_backend(args.model, "onnxruntime", None, "int8", args.size, cal)
+            print(f"int8 at {args.size} px on {e.int8['calibration']['source']}: made or found in "
+                  f"{time.perf_counter() - t0:.0f} s ({load()})")
+        except quantize.QuantizeError as err:
+            print(f"int8 at {args.size} px: {err}")
     steps = dict(compute=section_compute, predict=section_predict, parity=section_parity,
                  accuracy=section_accuracy)
     got = {k: f(args, args.model, run, res) for k, f in steps.items() if k not in args.skip}
