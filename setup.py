@@ -20,7 +20,7 @@ setup(
     # The demo data folders hold no Python; listing them as (namespace) packages
     # is how setuptools ships their files without "data directory" warnings.
     packages=find_namespace_packages(include=["wbc_nnabla", "wbc_nnabla.*"]),
-    package_data={"": ["*.jpg", "*.csv", "*.md"]},
+    package_data={"": ["*.jpg", "*.csv", "*.md", "*.json"]},  # *.json: data/auto_choice.json (predict auto)
     # nnabla 1.39 ships wheels for CPython 3.8-3.10 only.
     python_requires=">=3.8,<3.11",
     install_requires=[

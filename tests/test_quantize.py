@@ -186,9 +186,11 @@ def test_the_accuracy_rule_and_the_choice():
     assert choice["order"][0] == ["onnxruntime", "int8"] and choice["int8_rule_holds_on_every_set"]
     choice = quantize.choice_from_measurement(rates, {"a": fine, "b": dict(fp32_accuracy=0.8, int8_accuracy=0.79)})
     assert choice["order"] == [["onnxruntime", "fp32"], ["opencv", "fp32"]]
-    a = dict(int8_accuracy=0.80, same_class=0.99, max_prob_diff=0.05)
-    assert quantize.choose(a, dict(a, int8_accuracy=0.82)) == "per_channel"         # more accurate by > 0.005
-    assert quantize.choose(dict(a, same_class=1.0), dict(a, int8_accuracy=0.803)) == "per_tensor"  # noise: agreement
+    a = dict(fp32_accuracy=0.80, int8_accuracy=0.80, same_class=0.99, max_prob_diff=0.05)
+    assert quantize.choose(dict(a, int8_accuracy=0.81), dict(a, same_class=0.995)) == "per_channel"  # closer to fp32
+    assert quantize.choose(a, dict(a, int8_accuracy=0.79)) == "per_tensor"         # per channel breaks the rule
+    assert quantize.choose(a, dict(a, max_prob_diff=0.04)) == "per_channel"
+    assert quantize.choose(dict(a, int8_accuracy=0.78), dict(a, int8_accuracy=0.77)) == "per_tensor"  # neither
 
 
 def test_int8_without_onnxruntime_names_the_extra(trained, tmp_path, monkeypatch, capsys):
