@@ -20,7 +20,7 @@ setup(
     # The demo data folders hold no Python; listing them as (namespace) packages
     # is how setuptools ships their files without "data directory" warnings.
     packages=find_namespace_packages(include=["wbc_nnabla", "wbc_nnabla.*"]),
-    package_data={"": ["*.jpg", "*.csv", "*.md", "*.json"],
+    package_data={"": ["*.jpg", "*.csv", "*.md", "*.json"],  # *.json: data/auto_choice.json (predict auto), recipes
                   # the review page: plain HTML/CSS/JS served by wbc-nnabla review (no build step, no CDN)
                   "wbc_nnabla.review": ["templates/*.html", "static/*.js", "static/*.css"]},
     # nnabla 1.39 ships wheels for CPython 3.8-3.10 only.

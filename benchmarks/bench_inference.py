@@ -1,22 +1,37 @@
-"""Inference speed and parity of the scoring backends (issue 6). Not part of the test suite.
+"""Inference speed, parity and int8 accuracy of every scoring backend, side by side in one run (issues 6, 48).
 
-Prints, in one run:
+Not part of the test suite. Prints, in one run, with the load average beside every figure:
 
-1. images/s of each backend's engine on a batch of real cells at 320x320
-   (batch 16; median and best of ``--repeats`` timed runs after a warm-up),
-   and the ratio to nnabla;
-2. the same for the whole ``predict`` (decode + resize + inference) on a
-   folder of ``--predict-cells`` JPEGs, plus the decoding throughput alone and
-   the wall time of the ``wbc-nnabla predict`` command;
-3. parity on ``--parity-cells`` real pbc6 cells at 320: max |p - p_nnabla| and
-   argmax agreement of every backend with nnabla.
+1. **compute only**: images/s of each engine on a batch of 16 real cells at 320x320 (float32
+   ``(16, 3, 320, 320)``; best and median of ``--repeats`` timed runs after a warm-up) at 1 and 2
+   threads: PyTorch eager on the same weights (the reference peer, see ``torch_peer.py``), nnabla
+   (single-threaded), OpenCV fp32, onnxruntime fp32, onnxruntime int8 and OpenCV running the same
+   int8 (QDQ) graph; for the ONNX backends also per engine call size (``--chunks``);
+2. **whole predict** (decode + resize + inference, :func:`wbc_nnabla.predictor.predict`) on a folder
+   of ``--predict-cells`` real pbc6 JPEGs at 320 px, 1 and 2 threads, per backend and precision;
+   decoding alone; the wall time of the ``wbc-nnabla predict`` command (``auto``, and ``--precision int8``);
+3. **parity** on ``--parity-cells`` pbc6 cells at 320 px and at the training size: max |p - p_nnabla|
+   and class agreement of OpenCV, onnxruntime (fp32 and int8) and PyTorch with nnabla;
+4. **int8 accuracy**: fp32 vs int8 on the model's pbc6 validation split and on zheng2018-d1 (five
+   classes, labels read as ``benchmarks/cross_site.py`` reads them), at the model's size: each
+   accuracy, the drop, the share of cells with the same ``pred6`` and the max probability difference;
+5. the **auto choice** (:func:`wbc_nnabla.quantize.choice_from_measurement`): backend/precision pairs
+   by whole-predict speed on all cores, int8 kept only if the accuracy rule holds on both sets;
+   ``--write-choice`` writes it to ``wbc_nnabla/data/auto_choice.json``, which ``auto`` follows.
 
-The model is ``--model``, else one trained by ``wbc_nnabla.training.train``
-(ResNet-18 from scratch, 64 px, ``--train-iters`` iterations of batch 16 on
-pbc6 cells) and kept in ``--workdir`` for the next run. Load averages are
-printed with every figure: other processes share the CPU.
+int8 is calibrated (``--calibration``) on ``--calibration-cells`` cells of the model's *training*
+split, so that neither the validation split nor the 200 JPEGs (drawn from pbc6 sources other than
+those of the calibration cells and of the validation split) are ever scored by an int8 model
+calibrated on them; the model's own calibration cells (its validation split, the library's default,
+what ``auto`` uses) are used for d1 in addition and by the CLI run with ``auto``.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_inference.py
+The model is ``--model`` (default ``../runs/ref64/model/model.nnp``, the reference: pbc6, paper recipe,
+64 px, 10 epochs; its ``config.json`` names the dataset), else one trained briefly here.
+PyTorch runs in a subprocess of ``--torch-python``, an interpreter with torch and numpy (nnabla needs
+Python <= 3.10, the torch wheel on this disk is for 3.11)::
+
+    python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 numpy
+    nice -n 10 .venv/bin/python benchmarks/bench_inference.py --torch-python /tmp/torch-venv/bin/python
 """
 from __future__ import annotations
 
@@ -24,201 +39,252 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wbc_nnabla import classes, fileio, outputs, predictor  # noqa: E402
+from wbc_nnabla import classes, fileio, outputs, predictor, quantize  # noqa: E402
+from bench_parts import (PROBS, compute_speed, load, sample_cells, stratified, torch_parity,  # noqa: E402
+                         torch_speed, trained_model)
+from cross_site import d1_sources  # noqa: E402  (the d1 labels as cross_site reads them)
 
-PROBS = [f"prob_{c}" for c in classes.CLASSES6]
-
-
-def load() -> str:
-    return "load %.2f/%.2f/%.2f" % os.getloadavg()
-
-
-def sample_cells(data: Path, n: int, seed: int) -> pd.DataFrame:
-    """``n`` pbc6 cells, stratified by class, in a fixed random order."""
-    df = fileio.read_cells(data)
-    per = int(np.ceil(n / df["label"].nunique()))
-    pick = df.groupby("label", group_keys=False).apply(lambda g: g.sample(min(per, len(g)), random_state=seed))
-    return pick.sample(frac=1.0, random_state=seed).head(n).reset_index(drop=True)
+THREADS = (1, 2)
 
 
-def trained_model(args) -> Path:
-    """A model trained briefly by ``wbc_nnabla.training.train`` (cached in the workdir)."""
-    out = args.workdir / "train"
-    if (out / "model.nnp").is_file():
-        print(f"model: reusing {out / 'model.nnp'}")
-        return out / "model.nnp"
-    from wbc_nnabla import training
-    ds = args.workdir / "dataset"
-    cells = sample_cells(args.data, 192, seed=1)
-    valid = cells.groupby("label", group_keys=False).head(4)
-    train = cells.drop(valid.index)
-    for name, part in (("train.csv", train), ("valid.csv", valid)):
-        fileio.write_nnc_csv(ds / name, part["path"], [classes.INDEX6[c] for c in part["label"]])
-    t0 = time.perf_counter()
-    training.train(ds, out, training.TrainConfig(epochs=1, batch_size=16, size=64, pretrained="none",
-                                                 max_iterations=args.train_iters, train_eval_limit=32,
-                                                 tile_every=0, progress=False))
-    print(f"model: trained by wbc_nnabla.training.train, resnet18 from scratch, 64 px, {args.train_iters} "
-          f"iterations of 16 pbc6 cells ({time.perf_counter() - t0:.0f} s) -> {out / 'model.nnp'}")
-    return out / "model.nnp"
+def prepare(args, model: Path) -> dict:
+    """The cells of the run: the calibration CSV (training split), the folder of JPEGs, the accuracy sets."""
+    cfg = json.loads((model.parent / "config.json").read_text())["config"]
+    ds = Path(cfg["dataset_dir"])
+    train = fileio.read_nnc_csv(ds / "train.csv")
+    cal = stratified(train, args.calibration_cells, seed=5)
+    cal_csv = args.workdir / "calibration_train.csv"
+    cal[["path", "label"]].to_csv(cal_csv, index=False)
+    taken = set()              # the cells (and their sources) of both calibrations: the train sample and valid.csv
+    for cells in (cal_csv, ds / "valid.csv"):
+        used = quantize.given_calibration_cells(cells).record()
+        taken |= {f["path"] for f in used["files"] + used["origins"]}
+    pool = fileio.read_cells(args.data)
+    pool = pool[~pool["path"].map(lambda p: str(Path(p).resolve())).isin(taken)]
+    folder = args.workdir / f"jpegs{args.predict_cells}"
+    folder.mkdir(exist_ok=True)
+    for p in sample_cells(pool, args.predict_cells, seed=3)["path"]:  # symlinks: the shared data stays uncopied
+        if not (folder / Path(p).name).exists():
+            (folder / Path(p).name).symlink_to(p)
+    d1_sources(args.workdir, args.d1)          # OUT/d1.csv: path, five-class label
+    d1 = args.workdir / "d1.csv"
+    print(f"calibration: {len(cal)} cells of {ds / 'train.csv'} -> {cal_csv}; {len(fileio.list_images(folder))} "
+          f"JPEGs from other pbc6 sources -> {folder}")
+    return dict(dataset=ds, calibration=cal_csv, folder=folder, sets={"pbc6_valid": ds / "valid.csv", "d1": d1},
+                train_size=int(cfg.get("export_size") or cfg["size"]))
 
 
-def time_runs(fn, repeats: int):
-    """(wall seconds per run, process CPU seconds per run) after one warm-up call."""
-    fn()  # warm-up: OpenCV/onnxruntime allocate and transform weights on the first call
-    runs, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        runs.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return runs, cpu
+def engines_at(model: Path, threads: int, size: int, cal: Path) -> dict:
+    """Every engine at ``threads`` CPU threads (the int8 ones calibrated on ``cal`` at ``size`` px)."""
+    out = {"nnabla": predictor.load_backend(model, "nnabla"),
+           "opencv": predictor.load_backend(model, "opencv", threads),
+           "onnxruntime": predictor.load_backend(model, "onnxruntime", threads),
+           "onnxruntime-int8": predictor.load_backend(model, "onnxruntime", threads, "int8", size, cal)}
+    q = out["onnxruntime-int8"]
+    try:
+        out["opencv-int8"] = predictor.OpenCVBackend(q.onnx_path, q.meta, threads, model_path=model)
+        out["opencv-int8"].precision = "int8"
+    except Exception as e:    # cv2.error: OpenCV cannot run this QDQ graph
+        print(f"  OpenCV does not run the int8 (QDQ) graph: {str(e).strip().splitlines()[-1]}")
+    return out
 
 
-def engine_speed(engines, x, repeats, chunks):
-    """images/s of ``engine.run`` on the batch ``x`` (per backend and, for ONNX backends, per chunk)."""
+def section_compute(args, model: Path, run: dict, res: dict) -> None:
+    print(f"\n[1] compute only: engine.run on 16 real cells at {args.size}x{args.size} float32, best of "
+          f"{args.repeats} ({load()})", flush=True)
+    cells = sample_cells(fileio.read_cells(run["folder"]), 16, seed=2)
+    x = np.stack([predictor.load_input(p, args.size) for p in cells["path"]])
     rows = []
-    for name, eng in engines.items():
-        variants = [eng.chunk] + ([c for c in chunks if c != eng.chunk] if name != "nnabla" else [])
-        for chunk in variants:
-            eng.chunk, keep = chunk, eng.chunk
-            runs, cpu = time_runs(lambda: eng.run(x), max(1, repeats // 2) if name == "nnabla" else repeats)
-            eng.chunk = keep
-            rate = [len(x) / r for r in runs]
-            # CPU-seconds per image: with a busy machine the wall rate understates
-            # the engine; cores / cpu_per_image bounds the rate on an idle machine.
-            cpu_img = statistics.median(cpu) / len(x)
-            rows.append(dict(backend=name, chunk=chunk or len(x), default=chunk == keep,
-                             median=statistics.median(rate), best=max(rate), cpu_s_per_image=cpu_img,
-                             load=load()))
-            print(f"  {name:12s} chunk {chunk or len(x):2d}: median {rows[-1]['median']:6.2f} img/s, "
-                  f"best {rows[-1]['best']:6.2f}, {cpu_img:.3f} CPU-s/img  ({rows[-1]['load']})", flush=True)
-    return rows
+    for n in THREADS:
+        engines = engines_at(model, n, args.size, run["calibration"])
+        if n != THREADS[0]:
+            engines.pop("nnabla")          # single-threaded whatever is asked: measured once
+        rows += compute_speed(engines, x, args.repeats, args.chunks if n == max(THREADS) else [], n)
+    rows += torch_speed(args, model, x, THREADS)
+    res["compute"] = rows
 
 
-def parity(engines, cells, size, batch_size) -> dict:
-    """Max |p - p_nnabla| and argmax agreement of the ONNX backends on ``cells`` at ``size``."""
-    print(f"\n[3] parity on {len(cells)} pbc6 cells at {size} px (nnabla reference; slow on CPU)", flush=True)
-    out = {}
-    for name in ("nnabla", "opencv", "onnxruntime"):
-        out[name] = predictor.predict(engines[name], cells, size=size, batch_size=batch_size, progress=False)
-        print(f"  {name:12s}: {out[name].attrs['seconds']:.0f} s ({load()})", flush=True)
-    ref = out["nnabla"]
-    par = {}
-    for name in ("opencv", "onnxruntime"):
-        diff = float(np.abs(out[name][PROBS].values - ref[PROBS].values).max())
-        same = float((out[name]["pred6"] == ref["pred6"]).mean())
-        par[name] = dict(max_abs_prob_diff=diff, argmax_agreement=same, n=len(cells))
-        print(f"  {name:12s} vs nnabla: max |dp| = {diff:.2e}, same class {same * 100:.2f}% "
-              f"({'PASS' if diff < 1e-4 and same == 1.0 else 'FAIL'})")
-    accuracy = float((ref["pred6"] == ref["label"]).mean())
-    top = ref[PROBS].values.max(axis=1)
-    print(f"  (model sanity: nnabla accuracy {accuracy:.3f} on these cells, top probability mean {top.mean():.3f} "
-          f"max {top.max():.3f}; predicted classes {ref['pred6'].value_counts().to_dict()})")
-    par["nnabla_accuracy"], par["mean_top_prob"] = accuracy, float(top.mean())
-    return par
+def predict_rate(engine, folder: Path, size: int, batch: int) -> float:
+    df = predictor.predict(engine, folder, size=size, batch_size=batch, progress=False)
+    return len(df) / df.attrs["seconds"]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, help="model .nnp (default: train one briefly, cached in --workdir)")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "pbc6")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/wbc_bench_inference"))
-    ap.add_argument("--size", type=int, default=320)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--chunks", type=int, nargs="*", default=[1, 2, 4, 16],
-                    help="engine call sizes to compare for the ONNX backends")
-    ap.add_argument("--predict-cells", type=int, default=200)
-    ap.add_argument("--parity-cells", type=int, default=500)
-    ap.add_argument("--train-iters", type=int, default=40)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["speed", "predict", "parity"])
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WBC_NNABLA_CACHE", str(args.workdir / "onnx-cache"))
-    results = dict(environment=outputs.environment(), cpu_count=predictor.cpu_count(), args=vars(args).copy())
-    results["args"] = {k: str(v) for k, v in results["args"].items()}
-    print(f"wbc_nnabla inference benchmark, {predictor.cpu_count()} cores, {load()}")
+def section_predict(args, model: Path, run: dict, res: dict) -> dict:
+    """Whole predict on the folder of JPEGs; returns images/s per (backend, precision) on all cores."""
+    folder, size = run["folder"], args.size
+    paths = [str(p) for p in fileio.list_images(folder)]
+    print(f"\n[2] whole predict on {len(paths)} pbc6 JPEGs at {size} px, batch {args.batch_size} ({load()})")
+    t0 = time.perf_counter()
+    for p in paths:
+        predictor.load_input(p, size)
+    serial = len(paths) / (time.perf_counter() - t0)
+    print(f"  decode+resize only: {serial:.0f} img/s on one thread ({load()})")
+    out, rates = dict(decode_serial=serial, runs=[]), {}
+    for n in THREADS:
+        engines = engines_at(model, n, size, run["calibration"])
+        if n != THREADS[-1] or args.skip_nnabla_predict:
+            engines.pop("nnabla")
+        for name, eng in engines.items():
+            rate = predict_rate(eng, folder, size, args.batch_size)
+            out["runs"].append(dict(engine=name, threads=n, img_per_s=rate, load=load()))
+            print(f"  predict() {name:17s} {n} thread{'s' if n > 1 else ' '}: {rate:6.2f} img/s ({load()})",
+                  flush=True)
+            if n == predictor.cpu_count() and not name.startswith("opencv-int8"):
+                rates[(eng.name, eng.precision)] = rate
+    out["cli"] = cli_runs(args, model, folder, run["calibration"])
+    res["predict"] = out
+    return rates
 
-    model = args.model or trained_model(args)
-    results["model"] = str(model)
-    engines = {b: predictor.load_backend(model, b) for b in ("nnabla", "opencv", "onnxruntime")}
-    auto = predictor.load_backend(model, "auto").name
-    print(f"backend auto -> {auto}")
 
-    if "speed" not in args.skip:
-        cells = sample_cells(args.data, args.batch_size, seed=2)
-        x = np.stack([predictor.load_input(p, args.size) for p in cells["path"]])
-        print(f"\n[1] engine.run on {x.shape} float32 ({len(x)} real cells at {args.size}x{args.size})")
-        rows = engine_speed(engines, x, args.repeats, args.chunks)
-        ref = next(r["median"] for r in rows if r["backend"] == "nnabla")
-        for r in rows:
-            r["ratio_to_nnabla"] = r["median"] / ref
-        print("  default chunk:  " + ", ".join(f"{r['backend']} {r['median']:.2f} img/s ({r['ratio_to_nnabla']:.1f}x)"
-                                              for r in rows if r["default"]))
-        results["speed"] = rows
-
-    if "predict" not in args.skip:
-        folder = args.workdir / f"jpegs{args.predict_cells}"
-        cells = sample_cells(args.data, args.predict_cells, seed=3)
-        folder.mkdir(exist_ok=True)
-        for p in cells["path"]:                 # symlinks: the shared data stays read-only and uncopied
-            link = folder / Path(p).name
-            if not link.exists():
-                link.symlink_to(p)
-        paths = [str(p) for p in fileio.list_images(folder)]
-        print(f"\n[2] whole predict on a folder of {len(paths)} JPEGs ({args.size} px, batch {args.batch_size})")
-        t0 = time.perf_counter()
-        for p in paths:
-            predictor.load_input(p, args.size)
-        serial = len(paths) / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for _ in predictor._prefetch(paths, args.size, args.batch_size, workers=min(4, predictor.cpu_count() + 1)):
-            pass
-        pooled = len(paths) / (time.perf_counter() - t0)
-        print(f"  decode+resize only: {serial:.0f} img/s on one thread, {pooled:.0f} img/s with the prefetch pool "
-              f"({load()})")
-        pred = dict(decode_serial=serial, decode_pool=pooled)
-        for name in ("opencv", "onnxruntime"):
-            df = predictor.predict(engines[name], folder, size=args.size, batch_size=args.batch_size, progress=False)
-            pred[name] = len(df) / df.attrs["seconds"]
-            print(f"  predict() {name:12s}: {pred[name]:6.2f} img/s ({load()})", flush=True)
+def cli_runs(args, model: Path, folder: Path, cal: Path) -> list:
+    """Wall time of ``wbc-nnabla predict`` (default auto; and ``--precision int8``), start-up included."""
+    rows = []
+    for extra in ([], ["--precision", "int8", "--calibration", str(cal)]):
         out = args.workdir / "pred_cli.csv"
         cmd = [sys.executable, "-m", "wbc_nnabla.cli", "predict", str(model), str(folder), str(out),
-               "--size", str(args.size), "--no-progress"]
+               "--size", str(args.size), "--no-progress", "--overwrite"] + extra
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        if proc.returncode:
-            print(proc.stderr)
-        pred["cli_wall_s"] = wall
-        pred["cli_img_per_s"] = len(paths) / wall
-        print(f"  `wbc-nnabla predict MODEL {folder.name} OUT.csv --size {args.size}`: {wall:.1f} s wall "
-              f"= {len(paths) / wall:.2f} img/s incl. start-up ({load()})")
-        print("    " + "\n    ".join(proc.stdout.strip().splitlines()))
-        results["predict"] = pred
+        n = len(fileio.list_images(folder))
+        rows.append(dict(flags=" ".join(extra) or "(auto)", wall_s=wall, img_per_s=n / wall, rc=proc.returncode,
+                         stdout=proc.stdout.strip().splitlines()[:2]))
+        print(f"  `wbc-nnabla predict MODEL {folder.name} OUT.csv --size {args.size} {' '.join(extra[:2])}`: "
+              f"{wall:.1f} s wall = {n / wall:.2f} img/s incl. start-up ({load()})")
+        print("    " + ("\n    ".join(proc.stdout.strip().splitlines()[:1]) if not proc.returncode else proc.stderr))
+    return rows
 
-    if "parity" not in args.skip:
-        cells = sample_cells(args.data, args.parity_cells, seed=4)
-        train_size = int(engines["nnabla"].meta["input_size"])
-        results["parity"] = {}
-        for size in dict.fromkeys((args.size, train_size)):   # the paper's size, and the training size
-            results["parity"][size] = parity(engines, cells, size, args.batch_size)
 
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+def section_parity(args, model: Path, run: dict, res: dict) -> None:
+    cells = sample_cells(fileio.read_cells(args.data), args.parity_cells, seed=4)
+    res["parity"] = {}
+    for size in dict.fromkeys((args.size, run["train_size"])):
+        print(f"\n[3] parity with nnabla on {len(cells)} pbc6 cells at {size} px ({load()})", flush=True)
+        engines = engines_at(model, predictor.cpu_count(), size, run["calibration"])
+        out = {k: predictor.predict(e, cells, size=size, batch_size=args.batch_size, progress=False)
+               for k, e in engines.items()}
+        ref, par = out.pop("nnabla"), {}
+        for name, df in out.items():
+            diff = float(np.abs(df[PROBS].values - ref[PROBS].values).max())
+            same = float((df["pred6"] == ref["pred6"]).mean())
+            par[name] = dict(max_abs_prob_diff=diff, argmax_agreement=same, n=len(cells))
+            verdict = ("PASS" if diff < 1e-4 and same == 1.0 else "FAIL") if "int8" not in name else "(int8)"
+            print(f"  {name:17s} vs nnabla: max |dp| = {diff:.2e}, same class {same * 100:.2f}% {verdict}")
+        if size == run["train_size"]:
+            par["torch"] = torch_parity(args, model, cells, size, ref[PROBS].values)
+        par["nnabla_accuracy"] = float((ref["pred6"] == ref["label"]).mean())
+        print(f"  (nnabla accuracy on these cells at {size} px: {par['nnabla_accuracy']:.3f})")
+        res["parity"][size] = par
+
+
+def section_accuracy(args, model: Path, run: dict, res: dict) -> dict:
+    """fp32 vs int8 at the model's size on each set; returns :func:`quantize.compare` figures per set."""
+    size = run["train_size"]
+    print(f"\n[4] int8 accuracy at {size} px, int8 calibrated on {run['calibration'].name} ({load()})", flush=True)
+    fp32 = predictor.load_backend(model, "onnxruntime", precision="fp32")
+    int8 = predictor.load_backend(model, "onnxruntime", None, "int8", size, run["calibration"])
+    cv8 = predictor.OpenCVBackend(int8.onnx_path, int8.meta, model_path=model)
+    own = predictor.load_backend(model, "onnxruntime", None, "int8", size)           # its own validation cells
+    figures, extra = {}, {}
+    for name, cells in run["sets"].items():
+        got = {k: predictor.predict(e, cells, size=size, progress=False)
+               for k, e in (("fp32", fp32), ("int8", int8), ("opencv_int8", cv8))
+               + ((("int8_own_calibration", own),) if name == "d1" else ())}
+        labels = list(got["fp32"]["label"])
+        figures[name] = quantize.compare(got["fp32"][PROBS].values, got["int8"][PROBS].values, labels,
+                                         classes.CLASSES6)
+        five = {k: float((df["pred5"] == df["label"].map(classes.to_class5)).mean()) for k, df in got.items()}
+        extra[name] = dict(acc5=five, others={k: quantize.compare(got["fp32"][PROBS].values, df[PROBS].values,
+                                                                  labels, classes.CLASSES6)
+                                              for k, df in got.items() if k not in ("fp32", "int8")})
+        f = figures[name]
+        print(f"  {name:10s} n={f['n']}: fp32 {f['fp32_accuracy']:.4f}, int8 {f['int8_accuracy']:.4f} "
+              f"(drop {f['fp32_accuracy'] - f['int8_accuracy']:+.4f}, rule "
+              f"{'holds' if quantize.accuracy_rule(f['fp32_accuracy'], f['int8_accuracy']) else 'FAILS'}); same "
+              f"pred6 {100 * f['same_class']:.2f}%, max |dp| {f['max_prob_diff']:.3f}; five-class "
+              + ", ".join(f"{k} {v:.4f}" for k, v in five.items()))
+        for k, o in extra[name]["others"].items():
+            print(f"    {k}: accuracy {o['int8_accuracy']:.4f}, same pred6 as fp32 {100 * o['same_class']:.2f}%")
+    res["accuracy"] = dict(figures=figures, extra=extra, int8_check=quantize.summary(int8.int8),
+                           own_check=quantize.summary(own.int8))
+    return figures
+
+
+def write_choice(args, rates: dict, figures: dict, res: dict) -> None:
+    choice = quantize.choice_from_measurement(rates, figures)
+    choice["measured"] = dict(command="benchmarks/bench_inference.py " + " ".join(sys.argv[1:]), load=load(),
+                              date=time.strftime("%Y-%m-%d"), model=str(args.model), size=args.size,
+                              cores=predictor.cpu_count(), environment=outputs.environment())
+    res["choice"] = choice
+    print(f"\n[5] auto order (whole predict, {predictor.cpu_count()} cores): "
+          + ", ".join("/".join(p) for p in choice["order"])
+          + f"; int8 rule holds on every set: {choice['int8_rule_holds_on_every_set']}")
+    if args.write_choice:
+        outputs.write_json(quantize.CHOICE_FILE, choice)
+        print(f"  -> {quantize.CHOICE_FILE}")
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_model = ROOT.parent / "runs" / "ref64" / "model" / "model.nnp"
+    shared = Path(os.environ.get("WBC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    ap.add_argument("--model", type=Path, default=default_model if default_model.is_file() else None,
+                    help="model .nnp with its training config.json beside it (default: the ref64 run, else one "
+                         "trained briefly here)")
+    ap.add_argument("--data", type=Path, default=shared / "pbc6")
+    ap.add_argument("--d1", type=Path, default=shared / "zheng2018-d1")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/wbc_bench_inference"))
+    ap.add_argument("--torch-python", default=os.environ.get("WBC_TORCH_PYTHON", "python3"),
+                    help="an interpreter with torch and numpy for the PyTorch peer ('' to skip it)")
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--chunks", type=int, nargs="*", default=[1, 4, 16],
+                    help="engine call sizes to compare for the ONNX backends (at 2 threads)")
+    ap.add_argument("--predict-cells", type=int, default=200)
+    ap.add_argument("--parity-cells", type=int, default=500)
+    ap.add_argument("--calibration-cells", type=int, default=480)
+    ap.add_argument("--train-iters", type=int, default=40)
+    ap.add_argument("--skip-nnabla-predict", action="store_true", help="leave nnabla out of the whole predict")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["compute", "predict", "parity", "accuracy"])
+    ap.add_argument("--write-choice", action="store_true", help=f"write the auto choice to {quantize.CHOICE_FILE}")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WBC_NNABLA_CACHE", str(args.workdir / "onnx-cache"))
+    res = dict(environment=outputs.environment(), cpu_count=predictor.cpu_count(),
+               args={k: str(v) for k, v in vars(args).items()})
+    print(f"wbc_nnabla inference benchmark, {predictor.cpu_count()} cores, {load()}")
+    args.model = args.model or trained_model(args)
+    run = prepare(args, args.model)
+    for cal in (run["calibration"], None):    # made before any timing (None: the model's own cells, auto's)
+        t0 = time.perf_counter()
+        try:
+            e = predictor.load_backend(args.model, "onnxruntime", None, "int8", args.size, cal)
+            print(f"int8 at {args.size} px on {e.int8['calibration']['source']}: made or found in "
+                  f"{time.perf_counter() - t0:.0f} s ({load()})")
+        except quantize.QuantizeError as err:
+            print(f"int8 at {args.size} px: {err}")
+    steps = dict(compute=section_compute, predict=section_predict, parity=section_parity,
+                 accuracy=section_accuracy)
+    got = {k: f(args, args.model, run, res) for k, f in steps.items() if k not in args.skip}
+    if got.get("predict") and got.get("accuracy"):
+        write_choice(args, got["predict"], got["accuracy"], res)
+    (args.workdir / "results.json").write_text(outputs.json_text(res))
     print(f"\nresults -> {args.workdir / 'results.json'}  ({load()})")
     return 0
 

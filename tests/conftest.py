@@ -103,3 +103,13 @@ def tiny_gn_model(tiny_dataset, tmp_path_factory) -> Path:
     pytest.importorskip("nnabla")
     from helpers import tiny_model
     return tiny_model(tiny_dataset, tmp_path_factory.mktemp("tiny_gn_model") / "A", norm="group")
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """``$WBC_NNABLA_CACHE`` in a temporary folder for a module's tests (``pytestmark =
+    pytest.mark.usefixtures("onnx_cache")``): its ONNX conversions stay out of the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WBC_NNABLA_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
+    yield
+    mp.undo()

@@ -173,9 +173,10 @@ def test_cache_prune_removes_only_its_own_conversions(tmp_path):
 @pytest.fixture
 def stub_predict(monkeypatch):
     """``predict`` without a network: model ``X.nnp`` gives every cell the class X (a six-class name)."""
-    def load_backend(model, backend="auto", threads=None):
+    def load_backend(model, backend="auto", threads=None, precision="auto", size=None, calibration=None, cells=None):
         return SimpleNamespace(name="stub", model_path=Path(model), class_names=list(CLASSES6),
-                               meta=modelfile.ModelDescription({"arch": "resnet18", "input_size": 32}))
+                               meta=modelfile.ModelDescription({"arch": "resnet18", "input_size": 32}),
+                               precision="fp32", int8=None)
 
     def predict_run(engine, cells, size=None, batch_size=16, expected_classes=None, progress=True, **kw):
         table = predictor.read_inputs(cells)

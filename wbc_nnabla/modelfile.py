@@ -24,14 +24,13 @@ import collections.abc
 import dataclasses
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import classes, fileio, outputs, predictions
+from . import classes, fileio, predictions
 from .errors import InputError, PathLike, WBCError
 from .recipe import MAX_INPUT_SIZE
 
@@ -160,9 +159,10 @@ def save_h5(path: PathLike, params: dict) -> None:
         nn.save_parameters(str(tmp), variables, extension=".h5")
 
 
-def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
+def save_nnp(path, params: dict, meta: collections.abc.Mapping, batch_size: int = 1) -> None:
     """Save parameters ``{name: ndarray or nn.Variable}`` as a self-describing inference ``.nnp``.
 
+    meta: the model description, a dict or the :class:`ModelDescription` :func:`read_model` gives.
     The graph is rebuilt from ``meta['arch']``/``meta['num_classes']``/``meta['norm']`` at
     ``meta['input_size']`` in test mode, so the file holds only what inference needs.
     Built in a parameter dict of its own (nnabla's global parameters are not
@@ -191,7 +191,7 @@ def save_nnp(path, params: dict, meta: dict, batch_size: int = 1) -> None:
         with atomic_path(path) as tmp:
             nn_save.save(str(tmp), contents, variable_batch_size=True)
             with zipfile.ZipFile(tmp, "a") as z:
-                z.writestr(META_NAME, json.dumps(meta, indent=2))
+                z.writestr(META_NAME, json.dumps(dict(meta), indent=2))
 
 
 # ----------------------------------------------------------------------------- reading

@@ -31,13 +31,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from . import fileio, outputs
+from . import fileio, outputs, quantize
 from .errors import InputError, PathLike
 from .export import cached_onnx, read_onnx_meta
 from .modelfile import MODEL_SUFFIXES, ONNX_SUFFIX, ModelError, network_size, read_model
@@ -49,9 +49,9 @@ from .sites import seams
 log = logging.getLogger(__name__)
 
 BACKENDS = BACKEND_NAMES
-#: CPU backends in the order ``auto`` tries them (fastest first, measured in
-#: docs/research/benchmarks_log.md on a 2-core AVX-512 machine).
-CPU_ORDER = ("opencv", "onnxruntime", "nnabla")
+#: CPU backends fastest first at fp32 (docs/benchmarks.md); ``auto`` follows the measured order of
+#: :data:`wbc_nnabla.quantize.CHOICE_FILE` (int8 included), this one when that file is absent.
+CPU_ORDER = tuple(b for b, _ in quantize.FP32_ORDER)
 #: Most CPU threads ``threads`` may ask of OpenCV or onnxruntime: beyond the cores, threads only
 #: cost memory (OpenCV allocates per thread; a billion was a bad_alloc deep inside it).
 MAX_THREADS = 1024
@@ -117,6 +117,9 @@ class Backend:
     """
 
     name = "?"
+    #: ``fp32``, or ``int8`` for the quantised ONNX (:mod:`wbc_nnabla.quantize`; ``int8`` then holds its check record)
+    precision = "fp32"
+    int8: Optional[dict] = None
     #: images per call to the engine; larger batches are split (measured faster
     #: on CPU: activations of small chunks stay in cache).
     chunk = 0
@@ -255,15 +258,20 @@ def _model_kind(path: Path) -> str:
     return suffix[1:]
 
 
-def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] = None) -> Backend:
-    """Load a model file for one backend.
+def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] = None, precision: str = "auto",
+                 size: Optional[int] = None, calibration: Optional[PathLike] = None, cells=None) -> Backend:
+    """Load a model file for one backend and precision.
 
     model: ``.nnp`` / ``.h5`` (any backend; the ONNX is exported on the fly and
         cached, see :func:`wbc_nnabla.export.cached_onnx`) or an ONNX exported by
         wbc_nnabla (``opencv``/``onnxruntime`` only).
-    backend: one of :data:`BACKENDS`; ``auto`` = nnabla on a GPU context, else
-        the first of :data:`CPU_ORDER` available.
+    backend, precision: :data:`BACKENDS`, ``fp32``/``int8``/``auto``; ``auto``/``auto`` = nnabla on a GPU
+        context, else the measured order (:func:`wbc_nnabla.quantize.candidates`). ``int8`` (onnxruntime):
+        the export quantised on calibration cells and checked (:func:`wbc_nnabla.quantize.int8_onnx`).
     threads: CPU threads for opencv/onnxruntime (default: all cores of this process).
+    size: the px int8 is calibrated at (default the model's); calibration: labelled cells to calibrate
+        on (default the model's own); cells: the cells to score, never calibrated on (anything
+        :func:`read_inputs` accepts; ``auto`` then falls back to fp32).
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -271,12 +279,22 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
         raise InputError(f"threads must be in [1, {MAX_THREADS}] (default: every core), got {threads}")
     path = Path(model)
     kind = _model_kind(path)
-    if backend == "auto":
-        if kind != "onnx" and nnabla_on_gpu():
-            backend = "nnabla"
-        else:
-            have = available_backends()
-            backend = next(b for b in CPU_ORDER if b in have and not (kind == "onnx" and b == "nnabla"))
+    pairs = quantize.candidates(backend, precision, kind == "onnx", nnabla_on_gpu(), available_backends())
+    for i, (name, prec) in enumerate(pairs):
+        if prec == "fp32":
+            return _fp32_backend(path, kind, name, threads)
+        try:
+            return _int8_backend(path, kind, threads, size, calibration, cells)
+        except quantize.QuantizeError as e:
+            if precision == "int8" or i == len(pairs) - 1:
+                raise
+            say = log.info if isinstance(e, quantize.NoCalibrationCells) else log.warning
+            say("auto: int8 not used (%s); %s %s instead", e, *pairs[i + 1])
+    raise ModelError(f"{path}: no backend to load it")  # candidates() never returns an empty list
+
+
+def _fp32_backend(path: Path, kind: str, backend: str, threads: Optional[int]) -> Backend:
+    """The fp32 backend ``backend`` of the model file ``path`` (of ``kind`` nnp/h5/onnx)."""
     if backend not in available_backends():
         raise ModelError(f"backend {backend!r} is not installed (pip install 'wbc_nnabla[{backend}]')")
     if kind == "onnx":
@@ -296,6 +314,17 @@ def load_backend(model: PathLike, backend: str = "auto", threads: Optional[int] 
         return cls(onnx_path, meta, threads, model_path=path)
     except cv2.error as e:
         raise ModelError(f"{onnx_path}: OpenCV cannot load this ONNX ({str(e).strip().splitlines()[-1]})") from None
+
+
+def _int8_backend(path: Path, kind: str, threads: Optional[int], size: Optional[int], calibration, cells) -> Backend:
+    """onnxruntime on the int8 model of ``path`` (:func:`wbc_nnabla.quantize.load_int8`; ``engine.int8``: its check)."""
+    fp32 = path if kind == "onnx" else cached_onnx(path)
+    meta = read_onnx_meta(fp32)
+    size, transform = network_size(meta, size, path), cell_view(meta)
+    scored = None if cells is None else list(read_inputs(cells)["path"])
+    return quantize.load_int8(path, fp32, meta, size, calibration, scored,
+                              lambda p: OnnxRuntimeBackend(p, meta, threads, model_path=path),
+                              lambda p: load_input(p, size, transform))
 
 
 # ----------------------------------------------------------------------------- cell inputs
@@ -418,7 +447,8 @@ class PredictRun:
     norm (``batch``/``group``/``ibn``), skipped (reasons of the images left out), stain, zoom (the site
     view ``adapt`` stored), prior (``none``, the shares, or ``estimate``), tta, calibration (the model's
     validation cells, for ``score --pending-threshold model``), prior_estimated (``--prior estimate``:
-    per smear, the shares, cells and iterations), domain (the domain-shift check's summary).
+    per smear, the shares, cells and iterations), domain (the domain-shift check's summary), precision
+    (``fp32``/``int8``), int8 (the int8 model's accuracy check, :func:`wbc_nnabla.quantize.summary`; None for fp32).
     """
     backend: str
     size: int
@@ -435,6 +465,8 @@ class PredictRun:
     calibration: Optional[dict]
     prior_estimated: Optional[dict] = None
     domain: Optional[dict] = None
+    precision: str = "fp32"
+    int8: Optional[dict] = None
 
     def to_dict(self) -> dict:
         """The record as the run JSON holds it (``calibration`` under its key; ``prior_estimated`` only when set)."""
@@ -454,7 +486,8 @@ Prediction.__doc__ = """What :func:`predict_run` returns: ``table`` (the predict
 def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
             expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
             progress: bool = True, skip_bad: bool = False, stain: str = "none",
-            stain_reference: Optional[dict] = None, prior=None, tta: bool = False) -> pd.DataFrame:
+            stain_reference: Optional[dict] = None, prior=None, tta: bool = False, precision: str = "auto",
+            calibration: Optional[PathLike] = None) -> pd.DataFrame:
     """Predict every cell (section III's inference, 150-200 cells per smear).
 
     model: a model file (``.nnp``, ``.h5`` or exported ``.onnx``) or a loaded
@@ -483,12 +516,13 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
         (:func:`wbc_nnabla.predictions.apply_smear_priors`; at least 50 cells per smear).
     tta: test-time augmentation, the mean probability over the eight turned and mirrored views of
         each cell (:data:`TTA_VIEWS`); eight times the inference time. Off by default.
+    precision, calibration: :func:`load_backend`'s; int8 never scores its calibration cells (refused).
     Returns the predictions table (:func:`wbc_nnabla.predictions.predictions_table`) with the run's
     record (:class:`PredictRun`, :meth:`PredictRun.to_dict`) in ``df.attrs``; :func:`predict_run` returns
     the two apart, typed.
     """
     table, run = predict_run(model, cells, size, batch_size, backend, expected_classes, threads, progress, skip_bad,
-                             stain, stain_reference, prior, tta)
+                             stain, stain_reference, prior, tta, precision, calibration)
     table.attrs.update(run.to_dict())
     return table
 
@@ -496,14 +530,18 @@ def predict(model, cells, size: Optional[int] = None, batch_size: int = 16, back
 def predict_run(model, cells, size: Optional[int] = None, batch_size: int = 16, backend: str = "auto",
                 expected_classes: Optional[Sequence[str]] = None, threads: Optional[int] = None,
                 progress: bool = True, skip_bad: bool = False, stain: str = "none",
-                stain_reference: Optional[dict] = None, prior=None, tta: bool = False) -> Prediction:
+                stain_reference: Optional[dict] = None, prior=None, tta: bool = False, precision: str = "auto",
+                calibration: Optional[PathLike] = None) -> Prediction:
     """:func:`predict`, returning the predictions table and its :class:`PredictRun` apart (section III)."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     table = read_inputs(cells)            # bad cell lists fail before any model conversion
     estimate = prior == PRIOR_ESTIMATE
     shares = None if estimate else parse_prior(prior)
-    engine = model if isinstance(model, Backend) else load_backend(model, backend, threads)
+    engine = model if isinstance(model, Backend) else load_backend(model, backend, threads, precision, size,
+                                                                   calibration, cells=table)
+    if engine.int8:
+        quantize.check_disjoint(engine.int8["calibration"], list(table["path"]), str(engine.model_path))
     check_classes(engine.class_names, expected_classes, str(engine.model_path))
     hooks = seams.prediction_hooks(engine.meta, str(engine.model_path), stain, stain_reference)
     size, train_size = _input_size(engine, size)
@@ -521,7 +559,8 @@ def predict_run(model, cells, size: Optional[int] = None, batch_size: int = 16, 
     run = PredictRun(engine.name, size, train_size, batch_size, time.perf_counter() - t0, engine.meta.arch,
                      engine.meta.norm, skipped, stain, float(engine.meta.get("zoom", 1.0)),
                      PRIOR_ESTIMATE if estimate else (shares or "none"), bool(tta), engine.meta.calibration,
-                     estimated)
+                     estimated, precision=engine.precision,
+                     int8=quantize.summary(engine.int8))
     out, run.domain = hooks.finish(out)
     return Prediction(out, run)
 

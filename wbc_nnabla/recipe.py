@@ -62,6 +62,9 @@ SCHEDULE_NAMES = ("constant", "cosine")
 GN_GROUPS = 32
 #: Inference backends (:mod:`wbc_nnabla.predictor`); ``auto`` picks one.
 BACKEND_NAMES = ("auto", "nnabla", "opencv", "onnxruntime")
+#: Arithmetic of the ONNX backends (:mod:`wbc_nnabla.quantize`): ``auto`` follows the measured choice,
+#: ``int8`` is the export quantised statically on calibration cells (onnxruntime only).
+PRECISION_NAMES = ("auto", "fp32", "int8")
 #: nnabla contexts the training accepts (``cudnn`` needs nnabla-ext-cuda).
 CONTEXT_NAMES = ("cpu", "cudnn")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..recipe import BACKEND_NAMES, PAPER
+from ..recipe import BACKEND_NAMES, PAPER, PRECISION_NAMES
 from .common import CLIError, add_stain_arguments, command, stain_reference
 from .sites import domain_line
 
@@ -30,9 +30,11 @@ def _cmd_predict(args) -> None:
     inputs = [Path(args.model), cells]
     for target in (out, predictions.run_config_path(out)):    # before the run, not after it
         outputs.check_output(target, "predict", args.overwrite, inputs, folder=False)
-    engine = predictor.load_backend(args.model, args.backend, args.threads)
-    how = "auto: nnabla on GPU, else fastest CPU backend" if args.backend == "auto" else "--backend"
-    print(f"backend: {engine.name} ({how}); model {args.model} ({engine.meta.arch}"
+    engine = predictor.load_backend(args.model, args.backend, args.threads, args.precision, args.size,
+                                    args.calibration, cells=args.cells)
+    how = ("auto: nnabla on GPU, else the fastest measured" if args.backend == args.precision == "auto"
+           else "as asked")
+    print(f"backend: {engine.name} {engine.precision} ({how}); model {args.model} ({engine.meta.arch}"
           f"{' with GroupNorm' if engine.meta.norm == 'group' else ''}, "
           f"classes {', '.join(engine.class_names)}, trained at "
           f"{str(engine.meta.input_size) + ' px' if engine.meta.input_size else 'an unstored size'})")
@@ -47,6 +49,10 @@ def _cmd_predict(args) -> None:
     rate = len(df) / run.seconds if run.seconds > 0 else float("nan")
     print(f"{len(df)} cells at {run.size} px in {run.seconds:.1f} s ({rate:.1f} cells/s) "
           f"-> {out} (+ {out.with_suffix('.json').name})")
+    if run.int8:
+        c = run.int8
+        print(f"int8 ({c['chosen'].replace('_', ' ')} weights) checked on {c['calibration']}: accuracy "
+              f"{c['int8_accuracy']:.4f} vs fp32 {c['fp32_accuracy']:.4f}, same class {100 * c['same_class']:.1f}%")
     for why in run.skipped:
         print(f"skipped: {why}")
     for smear, est in list((run.prior_estimated or {}).items())[:3]:
@@ -76,7 +82,14 @@ def _add_inference(sub) -> None:
                         f"{PAPER.infer_size})")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
-                   help="auto (default): nnabla on a GPU context, else the fastest CPU backend")
+                   help="auto (default): nnabla on a GPU context, else the fastest CPU backend measured")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="auto",
+                   help="int8: the ONNX export quantised on calibration cells, refused if it loses more than "
+                        "0.005 accuracy on them (onnxruntime); fp32; auto (default): int8 only if measured "
+                        "faster and as accurate (docs/inference.md)")
+    p.add_argument("--calibration", default=None, metavar="CELLS",
+                   help="labelled cells to calibrate int8 on, never the cells predicted (default: the model's "
+                        "validation cells, found through the config.json beside it)")
     p.add_argument("--classes", default="auto",
                    help="expected model classes: 'six' (the paper's), a comma list, or 'auto' (accept the "
                         "model's; default)")
