@@ -64,6 +64,11 @@ def demo_dir() -> Path:
 #: uses the same values when WBC_TINY=1, so it resumes this run instead of training again).
 TINY_DEMO = dict(epochs_a=1, epochs_b=1, train_size=40, infer_size=40, total_a=120, total_b=120)
 
+#: The ``demo`` preset's split for the 120 full-size cells (``fileio.demo_data()``): 40 held out as 4
+#: pseudo-smears of 10. The preset's own (5 x 24) is sized for the cells ``make demo`` trains on
+#: (``fileio.demo_data("small")``, 100 per class), which ``pipeline.demo`` and the tiny demo run use.
+FULL_SPLIT = dict(pseudo_smears=4, cells_per_smear=10)
+
 
 @pytest.fixture(scope="session")
 def tiny_demo_run(tmp_path_factory):

@@ -58,12 +58,12 @@ def test_recommended_preset_trains_the_papers_recipe_and_adapts(tmp_path):
     ``config.json`` shows it) and are adapted (AdaBN) on the inference cells before predicting; with ``tta``
     (not in the preset) the pipeline predicts each cell's eight views. On the demo cells, at tiny settings."""
     pytest.importorskip("nnabla")
-    from conftest import TINY_DEMO
+    from conftest import FULL_SPLIT, TINY_DEMO
     from wbc_nnabla import modelfile
     out = tmp_path / "run"
     # smaller than the tiny demo (2 updates a model, short evaluations): nothing here needs a trained model
     small = dict(pipeline.PRESETS["demo"], **dict(TINY_DEMO, total_a=48, total_b=48, train_eval_limit=16,
-                                                  bn_recalibration=16))
+                                                  bn_recalibration=16), **FULL_SPLIT)
     small = {k: v for k, v in small.items() if k not in pipeline.PRESETS["recommended"]}   # the preset's own stay
     pipeline.reproduce(fileio.demo_data(), out, preset="recommended", progress=False, tta=True,
                        infer_size=TINY_DEMO["train_size"], **small)

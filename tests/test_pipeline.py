@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY_DEMO
+from conftest import FULL_SPLIT, TINY_DEMO
 from wbc_nnabla import classes, fileio, pipeline, predictions, recipe, scoring
 from wbc_nnabla.cli import run as run_commands
 from wbc_nnabla.sites import domain
@@ -175,8 +175,8 @@ def test_item4_split_dedupe_drops_repeats_and_no_held_out_cell_trains(tmp_path, 
     cells = fileio.read_cells(demo_dir)
     doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:30]], ignore_index=True))
     with pytest.raises(fileio.SourceError, match=r"doubled\.csv:2 and .*doubled\.csv:122 list the same cell"):
-        pipeline.split_source(doubled, tmp_path / "split", pipeline.make_config("demo"))
-    cfg = pipeline.make_config("demo", dedupe=True)
+        pipeline.split_source(doubled, tmp_path / "split", pipeline.make_config("demo", **FULL_SPLIT))
+    cfg = pipeline.make_config("demo", dedupe=True, **FULL_SPLIT)
     info = pipeline.split_source(doubled, tmp_path / "split", cfg)
     assert info["duplicates_dropped"] == 30 and "30 repeated cell(s) dropped" in info["note"]
     teacher = pd.read_csv(tmp_path / "split" / "teacher.csv")
@@ -225,7 +225,8 @@ def test_item4_reproduce_and_build_dataset_report_repeats_in_one_line_and_dedupe
     assert "3 repeated cell(s) of the source dropped" in (tmp_path / "ds" / "build_report.md").read_text()
     with pytest.raises(_TrainingStarted):  # the same folder takes the corrected run (item 14)
         cli.main(["reproduce", str(doubled), str(tmp_path / "run"), "--preset", "demo", "--quiet", "--dedupe",
-                  "--train-size", "32", "--infer-size", "32", "--total-a", "60", "--total-b", "60"])
+                  "--train-size", "32", "--infer-size", "32", "--total-a", "60", "--total-b", "60",
+                  "--pseudo-smears", "4", "--cells-per-smear", "10"])
     assert json.loads((tmp_path / "run" / "split" / "split.json").read_text())["duplicates_dropped"] == 3
     args = cli.build_parser().parse_args(["reproduce", "SRC", "OUT", "--dedupe", "--skip-bad"])
     cfg = pipeline.make_config("paper", **run_commands.config_overrides(args))
@@ -262,20 +263,19 @@ def test_item10_stage_records_say_when_a_stage_is_complete(tmp_path):
 
 
 @pytest.mark.slow
-def test_item10_copied_run_with_another_source_runs_every_stage_again(tiny_demo_run, tmp_path, demo_dir, caplog,
-                                                                      no_training):
+def test_item10_copied_run_with_another_source_runs_every_stage_again(tiny_demo_run, tmp_path, caplog, no_training):
     out, _ = tiny_demo_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    cells = fileio.read_cells(demo_dir)
-    other = _cells_csv(tmp_path / "other.csv", cells.drop(index=[0, 20, 40, 60, 80, 100]))
+    cells = fileio.read_cells(fileio.demo_data("small"))       # the tiny demo run's cells, one per class fewer
+    other = _cells_csv(tmp_path / "other.csv", cells.drop(index=cells.groupby("label").head(1).index))
     caplog.set_level("INFO")
     with pytest.raises(_TrainingStarted):
         pipeline.reproduce(other, copy, preset="demo", progress=False, **TINY_DEMO)
     assert no_training == ["model_A"]
     assert "run: split" in caplog.text and "run: dataset ①" in caplog.text and "skip (complete)" not in caplog.text
     split = json.loads((copy / "split" / "split.json").read_text())
-    assert split["source"] == str(other) and split["n_teacher"] + split["n_inference"] == 114
+    assert split["source"] == str(other) and split["n_teacher"] + split["n_inference"] == len(cells) - 6
 
 
 @pytest.mark.slow
@@ -311,7 +311,7 @@ def test_item14_failed_run_folder_takes_a_corrected_run(tmp_path, demo_dir, no_t
     cells = fileio.read_cells(demo_dir)
     doubled = _cells_csv(tmp_path / "doubled.csv", pd.concat([cells, cells.iloc[:1]], ignore_index=True))
     fixed = _cells_csv(tmp_path / "fixed.csv", cells)
-    small = dict(train_size=32, infer_size=32, total_a=60, total_b=60)
+    small = dict(train_size=32, infer_size=32, total_a=60, total_b=60, **FULL_SPLIT)
     with pytest.raises(fileio.SourceError, match="twice"):
         pipeline.reproduce(doubled, tmp_path / "run", preset="demo", progress=False, **small)
     with pytest.raises(_TrainingStarted):   # another crop: no stage had completed, so the folder is free
@@ -347,7 +347,7 @@ def test_split_keeps_cell_centres_and_the_users_rows(tmp_path, demo_dir):
     cells = fileio.read_cells(demo_dir)
     fields = cells[["path", "label"]].assign(x=30.0, y=40.0)
     fields.to_csv(tmp_path / "fields.csv", index=False)
-    pipeline.split_source(tmp_path / "fields.csv", tmp_path / "split", pipeline.make_config("demo"))
+    pipeline.split_source(tmp_path / "fields.csv", tmp_path / "split", pipeline.make_config("demo", **FULL_SPLIT))
     teacher = fileio.read_cells(tmp_path / "split" / "teacher.csv")
     assert (teacher["x"] == 30.0).all() and (teacher["y"] == 40.0).all()
     assert teacher["source"].str.startswith(f"{tmp_path / 'fields.csv'}:").all()

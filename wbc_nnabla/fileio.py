@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import classes, outputs
-from .errors import SourceError
+from .errors import InputError, SourceError
 # the images' names, public here since 0.1.0 (fileio.read_rgb, fileio.ImageReadError, ...)
 # the duplicate finders, public here since 0.1.0 (fileio.drop_duplicates, fileio.content_keys, ...)
 from .duplicates import (content_keys, copy_groups, drop_duplicates, reencoded_pairs,  # noqa: F401
@@ -438,14 +438,25 @@ def write_nnc_csv(path: PathLike, images: Iterable[PathLike], labels: Iterable[i
 # ----------------------------------------------------------------------------- demo data
 
 
-def demo_data() -> Path:
-    """Folder of the embedded demo cells: a stratified subset of the PBC dataset.
+#: The embedded demo sets (:func:`demo_data`): name -> folder under ``wbc_nnabla/data``.
+DEMO_SETS = {"full": "demo_pbc", "small": "demo_pbc_small"}
 
-    20 May-Grünwald-Giemsa single-cell JPEGs per class (Acevedo et al., Data in
-    Brief 30:105474, 2020; CC-BY-4.0, see ``ATTRIBUTION.md`` beside them) with a
-    ``labels.csv`` (``path,label``). Read it with :func:`read_cells`.
+
+def demo_data(which: str = "full") -> Path:
+    """Folder of embedded demo cells: a seeded stratified subset of the PBC dataset.
+
+    May-Grünwald-Giemsa single-cell JPEGs (Acevedo et al., Data in Brief 30:105474, 2020;
+    CC-BY-4.0, see ``ATTRIBUTION.md`` beside them) in class folders, with a ``labels.csv``
+    (``path,label``). Read it with :func:`read_cells`.
+
+    which: ``"full"`` (the default): 20 cells per class, the PBC files unchanged (about 360x363
+        pixels); the tests count on them. ``"small"``: 150 other cells per class, each the centred
+        216x216 pixels of its PBC image resized to 96x96 (what ``make demo`` trains on,
+        :func:`wbc_nnabla.pipeline.demo`). Both are made by ``scripts/make_demo_subset.py``.
     """
-    return Path(__file__).resolve().parent / "data" / "demo_pbc"
+    if which not in DEMO_SETS:
+        raise InputError(f"unknown demo set {which!r}; choose one of {', '.join(DEMO_SETS)}")
+    return Path(__file__).resolve().parent / "data" / DEMO_SETS[which]
 
 
 # ----------------------------------------------------------------------------- moved names

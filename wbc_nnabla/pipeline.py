@@ -331,5 +331,11 @@ def _headline(cfg, split, results, comparison, timings, seconds) -> dict:
 
 
 def demo(out="out/demo", progress: bool = True, config_file: Optional[str] = None, **overrides) -> dict:
-    """``reproduce`` on the embedded demo cells with the ``demo`` preset (what ``make demo`` runs)."""
-    return reproduce(fileio.demo_data(), out, preset="demo", config_file=config_file, progress=progress, **overrides)
+    """``reproduce`` on the embedded demo cells with the ``demo`` preset (what ``make demo`` runs).
+
+    The cells are ``fileio.demo_data("small")``: the PBC cells framed and resized for a short CPU run
+    (the ``demo`` preset's crop takes each image whole); the 120 full-size cells of ``demo_data()``
+    are the tests'.
+    """
+    return reproduce(fileio.demo_data("small"), out, preset="demo", config_file=config_file, progress=progress,
+                     **overrides)

@@ -91,9 +91,9 @@ class Config:
 PRESETS: Dict[str, dict] = {
     "paper": {},
     "recommended": dict(infer_size=PAPER.train_size, adapt=True),
-    "demo": dict(crop=360, train_size=48, infer_size=48, total_a=360, total_b=360, epochs_a=5, epochs_b=3,
-                 batch_size=16, train_eval_limit=96, pretrained="none", inference_fraction=1 / 3,
-                 pseudo_smears=4, cells_per_smear=10, gradcam_examples=6),
+    "demo": dict(crop=360, train_size=40, infer_size=40, total_a=480, total_b=480, epochs_a=5, epochs_b=3,
+                 batch_size=16, train_eval_limit=96, bn_recalibration=192, pretrained="none",
+                 inference_fraction=1 / 3, pseudo_smears=5, cells_per_smear=24, gradcam_examples=6),
 }
 
 

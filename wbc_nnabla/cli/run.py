@@ -1,6 +1,7 @@
 """The whole study in one command: ``reproduce`` (sections II-III) and ``demo`` (``make demo``)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from .. import settings
@@ -35,10 +36,20 @@ def _cmd_reproduce(args) -> None:
     _print_headline(summary, args.out)
 
 
+def review_command(out) -> str:
+    """The command that opens a ``reproduce``/``demo`` run's Model B predictions in the review page
+    (docs/review.md), with the pending cut-off set on the model's own calibration cells."""
+    out = Path(out)
+    return " ".join(["wbc-nnabla", "review", shlex.quote(str(out / "predictions_B.csv")), "--pending-threshold",
+                     "model", "--model", shlex.quote(str(out / "model_B" / "model.nnp"))])
+
+
 def _cmd_demo(args) -> None:
     from .. import pipeline
     summary = pipeline.demo(args.out, progress=not args.quiet, config_file=args.config, **config_overrides(args))
     _print_headline(summary, args.out)
+    # printed, not run: the review page serves until Ctrl+C, and make demo must end (issue 47)
+    print(f"review Model B's calls, cell by cell, in a browser page (docs/review.md):\n  {review_command(args.out)}")
 
 
 def _add_run_flags(p) -> None:
