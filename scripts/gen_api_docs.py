@@ -15,7 +15,7 @@ from pathlib import Path
 MODULES = ["errors", "classes", "settings", "recipe", "presets", "sampling",
            "outputs", "images", "duplicates", "fileio", "digests", "predictions", "predictions_domain", "nuclei", "locating",
            "segmentation", "balancing", "dataset_report", "datasets", "models", "pretrained", "modelfile",
-           "augmentation", "loader", "engine", "checkpoint", "training", "export", "quantize", "predictor", "ensemble",
+           "augmentation", "loader", "engine", "checkpoint", "training", "export", "quantize", "backends", "predictor", "ensemble",
            "scoring", "pending", "report", "report_blocks", "report_figures", "gradcam",
            "split", "stages", "reproduce_report", "pipeline",
            "cli", "cli.common", "cli.data", "cli.train", "cli.predict", "cli.sites", "cli.score", "cli.review", "cli.run",

@@ -12,7 +12,6 @@ seeded from the augmentation seed, so a resumed run draws the same images.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import List, Optional, Tuple
 

@@ -35,7 +35,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
