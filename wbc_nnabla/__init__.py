@@ -17,7 +17,7 @@ The paper's library: :mod:`~wbc_nnabla.fileio` (cell sources, images, NNC CSVs; 
 :mod:`~wbc_nnabla.errors`. The cross-lab wing (other labs' cells): :mod:`wbc_nnabla.sites`.
 See docs/architecture.md.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import importlib  # noqa: E402
 import importlib.abc  # noqa: E402
