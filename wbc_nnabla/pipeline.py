@@ -206,7 +206,7 @@ def _predict_stage(run: Run, tag: str, model: Path) -> Path:
                 model = _adapt(model, cells, run.out / stage.outputs[1], run.cfg)
             result = infer.predict_run(model, cells, size=run.cfg.infer_size, batch_size=run.cfg.batch_size,
                                        backend=run.cfg.backend, expected_classes=classes.CLASSES6,
-                                       progress=run.progress, tta=run.cfg.tta)
+                                       progress=run.progress, tta=run.cfg.tta, precision=run.cfg.precision)
             # the CSV and its run JSON (as `wbc-nnabla predict` writes them, so `score --pending-threshold
             # model` reads the model's calibration cells); an earlier CSV here is this stage's own, left by
             # a run stopped before its record was finished (is_complete checked the record)

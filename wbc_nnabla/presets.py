@@ -21,7 +21,7 @@ from typing import Dict, Optional
 from . import settings
 from .errors import InputError
 from .recipe import (ARCH_NAMES, BACKEND_NAMES, BATCH_SIZE, BN_RECALIBRATION_IMAGES, CONTEXT_NAMES, MAX_INPUT_SIZE,
-                     MIN_TRAIN_SIZE, PAPER, RECIPE_NAMES, TrainConfig, recipe_config)
+                     MIN_TRAIN_SIZE, PAPER, PRECISION_NAMES, RECIPE_NAMES, TrainConfig, recipe_config)
 from .settings import SEED, at_least, between, setting
 
 _SIZE = between(MIN_TRAIN_SIZE, MAX_INPUT_SIZE, "pixels")
@@ -73,6 +73,10 @@ class Config:
                                     "instead of stopping")
     seed: int = setting(0, "seed of every random choice", rule=SEED)
     backend: str = setting("auto", "inference backend", choices=BACKEND_NAMES)
+    # fp32 by default, unlike `predict`'s measured auto: the study is reproduced with the paper's arithmetic
+    precision: str = setting("fp32", "arithmetic of the predictions: fp32 (the paper's), int8 or auto "
+                                     "(`predict --precision`, docs/inference.md)", choices=PRECISION_NAMES,
+                             flag=False)
     context: str = setting("cpu", "nnabla context for training", choices=CONTEXT_NAMES)
     pending_threshold: Optional[float] = setting(
         None, "judgement-pending cut-off on the top probability",
