@@ -339,12 +339,6 @@ CASES += [
 CASES += [
     ("train-black", ["train", "{I}/dataset_black", "{O}/m", "--size", "32", "--batch-size", "4", "--epochs", "1",
                      "--pretrained", "none", "--no-progress"], "black.png: no two sides"),
-    ("finetune-black", ["finetune", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/f.nnp"],
-     "black.png: no two sides"),
-    ("self-train-black", ["self-train", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/s.nnp"],
-     "black.png: no two sides"),
-    ("infomax-black", ["infomax", "{I}/models/model.nnp", "{I}/csv/with_black.csv", "{O}/i.nnp"],
-     "black.png: no two sides"),
     ("build-remove-inverted", ["build-dataset", "{I}/csv/with_inverted.csv", "{O}/ds", "--size", "32", "--background",
                                "remove"], "inverted.png: no two sides"),
     ("segment-only-inverted", ["segment", "{I}/bad/inverted.png", "--out", "{O}/seg"], "inverted.png: no two sides"),
@@ -362,6 +356,9 @@ CASES += [
     ("build-one-photo-in-two-formats", ["build-dataset", "{I}/csv/reencoded.csv", "{O}/ds", "--size", "32",
                                         "--background", "keep"], "list one photo saved twice"),
 ]
+# the wing's three commands that read labelled or site cells, each given a black frame among them
+CASES += [(f"{command}-black", [command, "{I}/models/model.nnp", "{I}/csv/with_black.csv", f"{{O}}/{command}.nnp"],
+           "black.png: no two sides") for command in ("finetune", "self-train", "infomax")]
 #: NaN-producing settings and models (issue 49, root cause 3): statistics over batches of one image, a NaN
 #: weight, a model whose probabilities overflow, a NaN step; each refused before anything is written.
 _BN_ONE = "batch_size must be >= 2 with norm batch, got 1: BatchNorm estimates its statistics"
