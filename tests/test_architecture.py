@@ -169,6 +169,20 @@ def test_one_predictions_reader():
     assert found == [f"{PACKAGE}.predictions"], found
 
 
+def test_shared_names_are_defined_once():
+    """``PathLike`` lives in ``errors`` and ``MODEL_SUFFIXES`` in ``modelfile``; other modules import them."""
+    wanted = {"PathLike": [f"{PACKAGE}.errors"], "MODEL_SUFFIXES": [f"{PACKAGE}.modelfile"]}
+    found = {name: [] for name in wanted}
+    for module, tree in _sources().items():
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AnnAssign) else []
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id in found:
+                    found[t.id].append(module)
+    assert found == wanted
+
+
 def test_every_error_class_of_the_package_is_a_wbc_error():
     """cli.main catches one type: every exception class the package defines derives from WBCError."""
     import importlib

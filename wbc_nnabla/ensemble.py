@@ -28,20 +28,18 @@ deviation documented in docs/inference.md.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import datasets, outputs
-from .errors import InputError
+from .errors import InputError, PathLike
 from .classes import CLASSES6
 from .predictions import (ALL_SMEARS, NO_SMEAR, PROB_COLUMNS, PredictionsError, predictions_table,
                           read_predictions, read_run_config, run_config_path, write_predictions)
 
-PathLike = Union[str, os.PathLike]
 #: Fewest predictions CSVs an ensemble takes (one model is not an ensemble).
 MIN_MEMBERS = 2
 #: How members' rows are paired (``ensemble --match``): by the image file each row names, or by

@@ -19,17 +19,16 @@ Conventions (see ``docs/formats.md``):
 from __future__ import annotations
 
 import csv
-import os
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from . import classes, outputs
-from .errors import InputError, SourceError
+from .errors import InputError, PathLike, SourceError
 # the images' names, public here since 0.1.0 (fileio.read_rgb, fileio.ImageReadError, ...)
 # the duplicate finders, public here since 0.1.0 (fileio.drop_duplicates, fileio.content_keys, ...)
 from .duplicates import (content_keys, copy_groups, drop_duplicates, reencoded_pairs,  # noqa: F401
@@ -40,7 +39,6 @@ from .images import (BACKGROUND_SIDE, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MAX_PI
                      is_image_file, list_images, max_image_pixels, naming, read_rgb, resize_square, to_rgb_uint8,
                      write_image)
 
-PathLike = Union[str, os.PathLike]
 CELL_COLUMNS = ("path", "label", "category", "smear", "x", "y", "source")
 #: Header of a Neural Network Console dataset CSV as this library writes it.
 NNC_HEADER = ("x:image", "y:label")

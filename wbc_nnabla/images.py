@@ -22,16 +22,15 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from . import outputs
-from .errors import InputError, SourceError, WBCError
+from .errors import InputError, PathLike, SourceError, WBCError
 
-PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 

@@ -26,13 +26,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError, SourceError
+from .errors import InputError, PathLike, SourceError
 
-PathLike = Union[str, os.PathLike]
 
 
 def bar_disabled(progress: bool) -> Optional[bool]:

@@ -25,10 +25,9 @@ import numpy as np
 import pandas as pd
 
 from . import classes, outputs
-from .errors import WBCError
+from .errors import PathLike, WBCError
 from .classes import CLASSES5, CLASSES6
 
-PathLike = Union[str, os.PathLike]
 PathOrFrame = Union[str, os.PathLike, pd.DataFrame]
 
 PROB_PREFIX = "prob_"

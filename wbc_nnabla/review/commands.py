@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
 import secrets
 import sys
 import threading
 import webbrowser
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence
 
 import pandas as pd
 
@@ -23,7 +22,7 @@ from ..predictions import PROB_COLUMNS
 from . import labels, load, order, server
 from .db import ReviewDB, ReviewError, check_reviewer
 
-PathLike = Union[str, os.PathLike]
+from ..errors import PathLike
 
 
 def order_ranks(review: ReviewDB, how: str, seed: int = 0) -> Optional[Dict[int, int]]:

@@ -24,18 +24,16 @@ mid-review loses at most the action in flight.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 from .. import outputs
 from ..classes import CLASSES6
-from ..errors import WBCError
+from ..errors import PathLike, WBCError
 
-PathLike = Union[str, os.PathLike]
 
 #: Schema version stored in the file (``PRAGMA user_version``); a file of another version is refused.
 SCHEMA_VERSION = 1

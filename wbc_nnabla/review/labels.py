@@ -13,11 +13,10 @@
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,7 @@ from . import db
 from .db import UNUSABLE, ReviewDB, ReviewError
 from .load import image_paths
 
-PathLike = Union[str, os.PathLike]
+from ..errors import PathLike
 #: Columns of the exported cell source.
 EXPORT_COLUMNS = ("path", "label", "smear")
 #: The anchor the agreement is compared with (issue 47): technologists agreed with this share of the

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from ..predictions import PROB_COLUMNS, PredictionsError, read_predictions
 from . import db
 from .db import ReviewDB, ReviewError
 
-PathLike = Union[str, os.PathLike]
+from ..errors import PathLike
 #: Suffix of the default database beside the predictions CSV: ``pred.csv`` -> ``pred.review.sqlite``.
 DB_SUFFIX = ".review.sqlite"
 #: Decimals the cells' digest rounds the probabilities to (the database stores 6).
